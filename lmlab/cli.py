@@ -1,0 +1,29 @@
+"""The ``lmlab`` command: ``lmlab doctor`` and ``lmlab grade``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmlab", description="lmlab: the LLM pretraining course's helper command.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="print versions, device and whether widgets will render")
+    grade = sub.add_parser("grade", help="grade an exercise notebook (.ipynb or .py)")
+    grade.add_argument("path", help="the exercise notebook to grade")
+    grade.add_argument("--json", dest="json_path", nargs="?", const="-", default=None, help="also write the results as JSON (to a file, or - for stdout)")
+    grade.add_argument("--timeout", type=float, default=None, help="seconds allowed per exercise (default: the exercise's own limit)")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from .doctor import doctor
+
+        doctor()
+        return 0
+    from .grading.cli import grade_command
+
+    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

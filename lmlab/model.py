@@ -1,0 +1,225 @@
+"""A GPT-style causal decoder built from small swappable parts (lesson 00, ``lessons/00_tour``).
+
+One model, many parts: :class:`ModelConfig` names each choice (norm, where it goes, activation,
+position scheme, attention) and the builders below turn a name into a module. Later chapters add
+names to the option tables (``NORMS``, ``ACTIVATIONS``, ...) instead of writing new models.
+
+Shapes: B = batch, T = tokens, C = d_model, nh = heads, hs = head size, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
+
+# The option tables. A chapter that adds a choice adds it here and to the matching builder.
+NORMS = ("layernorm",)
+NORM_POSITIONS = ("pre", "post")
+ACTIVATIONS = ("gelu", "relu")
+POSITIONS = ("learned", "none")
+ATTENTIONS = ("full",)
+
+
+@dataclass
+class ModelConfig:
+    """Every architectural choice of the model, validated on creation."""
+
+    vocab_size: int = 256
+    context_length: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int | None = None  # hidden size of the feed-forward block; None means 4 * d_model
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    norm_position: str = "pre"
+    activation: str = "gelu"
+    position: str = "learned"
+    attention: str = "full"
+    tie_embeddings: bool = True  # share the token embedding with the output layer (GPT-2)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}); "
+                f"try n_heads in {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and h <= 64]}"
+            )
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        elif not isinstance(self.d_ff, int) or self.d_ff < 1:
+            raise ValueError(f"ModelConfig.d_ff must be an int >= 1 or None, got {self.d_ff!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name, allowed in (
+            ("norm", NORMS),
+            ("norm_position", NORM_POSITIONS),
+            ("activation", ACTIVATIONS),
+            ("position", POSITIONS),
+            ("attention", ATTENTIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Builders: a name in the config -> a module
+# --------------------------------------------------------------------------------------------
+
+
+def build_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+    raise ValueError(f"norm must be one of {NORMS}, got {cfg.norm!r}")
+
+
+def build_activation(cfg: ModelConfig) -> nn.Module:
+    return {"gelu": nn.GELU, "relu": nn.ReLU}[cfg.activation]()
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: C -> d_ff -> C."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.act = build_activation(cfg)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.down.is_residual_projection = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down(self.act(self.up(x))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; causal unless a mask is given (True = may attend)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.proj.is_residual_projection = True
+        self.dropout = cfg.dropout
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """One transformer layer: attention then feed-forward, each in a residual branch.
+
+    pre-LN:  x = x + f(norm(x))      (GPT-2, LLaMA: stable)
+    post-LN: x = norm(x + f(x))      (the original Transformer)
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_position = cfg.norm_position
+        self.norm1 = build_norm(cfg)
+        self.attn = SelfAttention(cfg)
+        self.norm2 = build_norm(cfg)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_position == "pre":
+            x = x + self.attn(self.norm1(x), attn_mask)
+            x = x + self.ffn(self.norm2(x))
+        else:  # post
+            x = self.norm1(x + self.attn(x, attn_mask))
+            x = self.norm2(x + self.ffn(x))
+        return x
+
+
+class GPT(nn.Module):
+    """A causal decoder: token ids ``(B, T)`` -> next-token logits ``(B, T, V)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError(f"GPT expects a ModelConfig, got {type(cfg).__name__}")
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # pre-LN needs a final norm before the output layer; post-LN already ends on a norm.
+        self.final_norm = build_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2: N(0, 0.02), and residual projections scaled down by sqrt(2 * n_layers).
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "is_residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for every position. ``attn_mask`` (True = may attend, ``(T, T)`` or
+        ``(B, 1, T, T)``) replaces the default causal mask, e.g. with a prefix-LM mask."""
+        cfg = self.config
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32, torch.int64):
+            got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be an integer tensor of shape (B, T), got {got}")
+        B, T = idx.shape
+        if not 1 <= T <= cfg.context_length:
+            raise ValueError(f"sequence length T={T} must be in [1, context_length={cfg.context_length}]")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size):
+            raise ValueError(f"token ids must be in [0, vocab_size={cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+        if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (T, T)):
+            raise ValueError(f"attn_mask must be a bool tensor whose last two dims are (T, T) = ({T}, {T}), got {attn_mask.dtype} {tuple(attn_mask.shape)}")
+
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C) + (T, C)
+        x = self.drop(x)  # no norm right after the embedding (the seed's advice)
+        for block in self.blocks:
+            x = block(x, attn_mask)  # (B, T, C)
+        return self.lm_head(self.final_norm(x))  # (B, T, V)

@@ -1,0 +1,166 @@
+"""A compact training loop and text generation (lesson 00, ``lessons/00_tour``).
+
+Chapter 09 (training recipe) adds schedules, clipping policies and spike handling; chapter 07
+(decoding) adds beam search, top-k and top-p. What is here is the minimum that trains a tiny GPT.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import sample_batch
+
+__all__ = ["seed_everything", "lm_loss", "evaluate", "History", "train", "generate"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats: logits ``(B, T, V)``, targets ``(B, T)``."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits (B, T, V) and targets (B, T), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))  # (B*T, V) vs (B*T,)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ids: torch.Tensor, batch_size: int = 32, n_batches: int = 20, seed: int = 1234) -> float:
+    """Mean loss over ``n_batches`` random windows of ``ids`` (same windows every call)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    T = model.config.context_length
+    losses = []
+    for _ in range(n_batches):
+        x, y = sample_batch(ids, batch_size, T, generator=gen, device=device)
+        losses.append(lm_loss(model(x), y).item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+@dataclass
+class History:
+    """What :func:`train` measured, ready to plot: ``go.Scatter(x=h.steps, y=h.train_loss)``."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(steps=self.steps, train_loss=self.train_loss, val_steps=self.val_steps, val_loss=self.val_loss, seconds=self.seconds)
+
+
+def train(
+    model: nn.Module,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor | None = None,
+    *,
+    steps: int = 500,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    grad_clip: float | None = 1.0,
+    eval_every: int | None = 100,
+    eval_batches: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> History:
+    """Train with AdamW on random windows of ``train_ids``; evaluate on ``val_ids`` every ``eval_every`` steps.
+
+    Weight decay applies to matrices only (not to biases, norms or embeddings' rows of 1-D params).
+    """
+    import time
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    gen = seed_everything(seed)
+    device = next(model.parameters()).device
+    T = model.config.context_length
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=betas,
+    )
+    hist = History()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(1, steps + 1), disable=not progress, desc="training", leave=False)
+    for step in bar:
+        x, y = sample_batch(train_ids, batch_size, T, generator=gen, device=device)
+        loss = lm_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        hist.steps.append(step)
+        hist.train_loss.append(loss.item())
+        if val_ids is not None and eval_every and (step % eval_every == 0 or step == steps):
+            hist.val_steps.append(step)
+            hist.val_loss.append(evaluate(model, val_ids, batch_size, eval_batches))
+            bar.set_postfix(val_loss=f"{hist.val_loss[-1]:.3f}")
+    hist.seconds = time.perf_counter() - start
+    model.eval()
+    return hist
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend ``prompt_ids`` (``(T,)`` or ``(B, T)``) by ``max_new_tokens`` tokens.
+
+    ``greedy=True`` picks the most likely token; otherwise samples from softmax(logits / temperature).
+    When the text grows past the context, the model sees only the last ``context_length`` tokens.
+    """
+    squeeze = prompt_ids.dim() == 1
+    idx = prompt_ids[None] if squeeze else prompt_ids  # (B, T)
+    if idx.dim() != 2 or idx.size(1) < 1:
+        raise ValueError(f"prompt_ids must have shape (T,) or (B, T) with T >= 1, got {tuple(prompt_ids.shape)}")
+    T_max = model.config.context_length
+    if idx.size(1) > T_max:
+        raise ValueError(f"the prompt has {idx.size(1)} tokens but the model's context_length is {T_max}; shorten the prompt")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling (use greedy=True for argmax), got {temperature}")
+    was_training = model.training
+    model.eval()
+    idx = idx.to(next(model.parameters()).device)
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -T_max:])[:, -1, :]  # (B, V): the last position predicts the next token
+        if greedy:
+            nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        idx = torch.cat([idx, nxt], dim=1)
+    model.train(was_training)
+    return idx[0] if squeeze else idx

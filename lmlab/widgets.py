@@ -1,0 +1,96 @@
+"""The widget toolkit every lesson uses: ipywidgets controls driving a plotly figure.
+
+The figure is a plain ``plotly.graph_objects.Figure`` re-rendered into an ``ipywidgets.Output``
+whenever a control changes. That works in JupyterLab, classic Notebook, VS Code, Binder and Colab
+(plotly's ``FigureWidget`` does not render on Colab). Usage::
+
+    explorer = FigureExplorer(
+        make_figure=lambda T, arch: mask_figure(arch, T),
+        controls={"T": IntSlider(8, 2, 32), "arch": Dropdown(options=ARCHITECTURES)},
+        caption="Rows are queries, columns are keys.",
+    )
+    explorer  # display it
+
+``make_figure`` receives the controls' values as keyword arguments and returns ``(figure, note)`` or
+just the figure; ``note`` is a short line shown under the plot (e.g. a number the figure implies).
+Tests drive it without a browser: ``explorer.controls["T"].value = 16`` then read ``explorer.figure``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from IPython.display import display
+
+__all__ = ["FigureExplorer", "style_figure", "FIGURE_WIDTH", "FIGURE_HEIGHT"]
+
+FIGURE_WIDTH = 640
+FIGURE_HEIGHT = 480
+CONTROL_LAYOUT = W.Layout(width="420px")
+CONTROL_STYLE = {"description_width": "140px"}
+
+
+def style_figure(fig: go.Figure, title: str | None = None, width: int = FIGURE_WIDTH, height: int = FIGURE_HEIGHT) -> go.Figure:
+    """The course's one figure style: fixed size, white template, tight margins."""
+    fig.update_layout(
+        template="plotly_white",
+        width=width,
+        height=height,
+        margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+        title=title,
+    )
+    return fig
+
+
+class FigureExplorer(W.VBox):
+    """Controls on top, the figure in an ``Output`` below, then a one-line note and a caption."""
+
+    def __init__(self, make_figure: Callable[..., go.Figure | tuple[go.Figure, str]], controls: dict[str, W.ValueWidget], caption: str = ""):
+        if not callable(make_figure):
+            raise ValueError("make_figure must be a function of the controls' values returning a plotly Figure")
+        if not controls:
+            raise ValueError("controls must name at least one widget, e.g. {'T': IntSlider(...)}")
+        for name, control in controls.items():
+            if not isinstance(control, W.ValueWidget):
+                raise ValueError(f"control {name!r} must be an ipywidgets value widget (slider, dropdown, text...), got {type(control).__name__}")
+            control.layout = CONTROL_LAYOUT
+            control.style = CONTROL_STYLE
+            if not control.description:
+                control.description = name
+            if hasattr(control, "continuous_update"):
+                control.continuous_update = False  # redraw on release: smooth on a 2-core laptop
+        self.make_figure = make_figure
+        self.controls = dict(controls)
+        self.output = W.Output(layout=W.Layout(min_height=f"{FIGURE_HEIGHT}px"))
+        self.note = W.HTML()
+        self.figure: go.Figure | None = None
+        self.renders = 0
+        parts: list[W.Widget] = [W.VBox(list(self.controls.values())), self.output, self.note]
+        if caption:
+            parts.append(W.HTML(f"<span style='color:#555;font-size:0.9em'>{caption}</span>"))
+        super().__init__(parts, layout=W.Layout(border="1px solid #ddd", padding="8px", width="fit-content"))
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+        self.update()
+
+    @property
+    def values(self) -> dict:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def _on_change(self, _change) -> None:
+        self.update()
+
+    def update(self) -> None:
+        """Rebuild the figure from the current control values and show it."""
+        result = self.make_figure(**self.values)
+        fig, note = result if isinstance(result, tuple) else (result, "")
+        if not isinstance(fig, go.Figure):
+            raise ValueError(f"make_figure must return a plotly go.Figure (optionally with a note), got {type(fig).__name__}")
+        self.figure = fig
+        self.note.value = f"<b>{note}</b>" if note else ""
+        self.renders += 1
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(fig)
