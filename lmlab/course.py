@@ -68,6 +68,8 @@ def ipynb_text(py_text: str) -> str:
     import jupytext
 
     nb = jupytext.reads(py_text, fmt="py:percent")
+    for i, cell in enumerate(nb.cells):  # stable cell ids: the same source gives the same file
+        cell.id = f"cell-{i:03d}"
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
