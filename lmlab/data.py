@@ -212,7 +212,15 @@ def unigram_entropy(train_ids: torch.Tensor, eval_ids: torch.Tensor | None = Non
     """
     if train_ids.numel() == 0:
         raise ValueError("train_ids is empty")
+    if eval_ids is not None and eval_ids.numel() == 0:
+        raise ValueError("eval_ids is empty; pass None to score train_ids")
+    for name, t in (("train_ids", train_ids), ("eval_ids", eval_ids)):
+        if t is not None and int(t.min()) < 0:
+            raise ValueError(f"{name} must be non-negative token ids, got {int(t.min())}")
     vocab_size = vocab_size or int(max(train_ids.max(), -1 if eval_ids is None else eval_ids.max())) + 1
+    for name, t in (("train_ids", train_ids), ("eval_ids", eval_ids)):
+        if t is not None and int(t.max()) >= vocab_size:
+            raise ValueError(f"{name} has id {int(t.max())} but vocab_size is {vocab_size}; ids must be in [0, vocab_size)")
     counts = Counter(train_ids.tolist())
     total = train_ids.numel() + vocab_size  # add-one smoothing
     logp = {i: math.log((counts.get(i, 0) + 1) / total) for i in range(vocab_size)}

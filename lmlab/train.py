@@ -140,6 +140,8 @@ def generate(
     ``greedy=True`` picks the most likely token; otherwise samples from softmax(logits / temperature).
     When the text grows past the context, the model sees only the last ``context_length`` tokens.
     """
+    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype not in (torch.long, torch.int32):
+        raise ValueError("prompt_ids must be an integer tensor of token ids, e.g. torch.tensor(tok.encode(text))")
     squeeze = prompt_ids.dim() == 1
     idx = prompt_ids[None] if squeeze else prompt_ids  # (B, T)
     if idx.dim() != 2 or idx.size(1) < 1:
