@@ -1,0 +1,84 @@
+"""``lmlab grade PATH [--json [FILE|-]] [--timeout SECONDS]``: grade any copy of an exercise notebook.
+
+Exit status 0 when the notebook was graded, whatever the score; 2 with a one-line message when it
+could not be (missing file, not an exercise notebook, invalid JSON, a syntax error).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .extract import ExtractError, extract
+from .registry import UnknownExercise, chapter_exercises, get_exercise
+from .report import format_table, summary
+from .runner import grade_all
+
+__all__ = ["grade_command", "grade_path"]
+
+
+def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None = None) -> dict:
+    """Grade the notebook at ``path``; return the gradebook record (raises :class:`ExtractError`).
+
+    The record: ``{"notebook", "chapters", "score", "max_score", "exercises": [result, ...], "warnings"}``.
+    """
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    code = extract(path)
+    exercises, warnings = [], []
+    for chapter in code.chapters:
+        found = chapter_exercises(chapter)
+        if not found:
+            warnings.append(f"chapter {chapter} has no graded exercises in this version of lmlab")
+        exercises += found
+    for exercise_id in dict.fromkeys(code.check_ids):
+        try:
+            get_exercise(exercise_id)
+        except UnknownExercise as exc:
+            warnings.append(str(exc))
+    if not exercises:
+        raise ExtractError(f"{path}: none of its chapters ({', '.join(code.chapters)}) has graded exercises")
+    results = grade_all(exercises, code.to_json(), timeout=timeout, cwd=Path(path).resolve().parent, jobs=jobs)
+    got, total = summary(results)
+    return {
+        "notebook": str(path),
+        "chapters": code.chapters,
+        "score": got,
+        "max_score": total,
+        "exercises": [r.to_dict() for r in results],
+        "warnings": warnings,
+    }
+
+
+def grade_command(path: str, json_path: str | None = None, timeout: float | None = None) -> int:
+    """The ``lmlab grade`` command: print the score table (and JSON); return the exit status."""
+    from .report import ExerciseResult
+
+    if timeout is not None and not timeout > 0:
+        print(f"lmlab grade: --timeout must be a positive number of seconds, got {timeout}", file=sys.stderr)
+        return 2
+    try:
+        record = grade_path(path, timeout=timeout)
+    except ExtractError as exc:
+        print(f"lmlab grade: {exc}", file=sys.stderr)
+        return 2
+    results = [ExerciseResult.from_dict(r) for r in record["exercises"]]
+    limit = f"{timeout:g} s" if timeout else "each exercise's own"
+    table = format_table(results, title=f"Grading {path} (chapter {', '.join(record['chapters'])}; time limit: {limit})\n")
+    to_stdout = json_path == "-"
+    out = sys.stderr if to_stdout else sys.stdout  # keep stdout pure JSON when it carries the JSON
+    for warning in record["warnings"]:
+        print(f"warning: {warning}", file=out)
+    print(table, file=out)
+    text = json.dumps(record, indent=2, ensure_ascii=False)
+    if to_stdout:
+        print(text)
+    elif json_path:
+        try:
+            Path(json_path).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"lmlab grade: could not write {json_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {json_path}", file=out)
+    return 0

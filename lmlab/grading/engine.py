@@ -1,0 +1,165 @@
+"""Run one exercise's checks against a learner's object, in this process, and never raise.
+
+Used directly by :func:`lmlab.grading.check` in a notebook, and by the grading subprocess that
+``lmlab grade`` starts for each exercise. Whatever the learner's code does — raise, print a
+megabyte, call ``sys.exit``, loop forever (stopped by a timer where signals allow it) — the result
+is an :class:`~lmlab.grading.report.ExerciseResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import sysconfig
+import threading
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from .registry import CheckFailed, Exercise
+from .report import ExerciseResult
+
+__all__ = ["run_exercise", "BoundedText"]
+
+_OUTPUT_KEEP = 2000  # characters of the learner's printing kept for the report
+
+
+class _Timeout(BaseException):
+    """Raised by the timer inside the learner's code (a BaseException: ``except Exception`` cannot swallow it)."""
+
+
+class BoundedText(io.TextIOBase):
+    """A write-only text stream that keeps the first ``limit`` characters and counts the rest."""
+
+    def __init__(self, limit: int = _OUTPUT_KEEP):
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self.limit, self.kept, self.total = limit, [], 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        s = str(s)
+        room = self.limit - min(self.total, self.limit)
+        if room > 0:
+            self.kept.append(s[:room])
+        self.total += len(s)
+        return len(s)
+
+    def getvalue(self) -> str:
+        text = "".join(self.kept)
+        return text + (f"\n… ({self.total:,} characters in all)" if self.total > self.limit else "")
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            dirs.add(sysconfig.get_paths()[key])
+    return tuple(d + os.sep for d in dirs if d)
+
+
+def _where(exc: BaseException) -> str:
+    """``" (in f, cell 3 line 7)"`` for the deepest frame of the learner's own code, or ``""``."""
+    libs = _library_dirs()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(libs)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    loc = f"line {f.lineno}" if os.path.isabs(f.filename) else f"{f.filename}, line {f.lineno}"
+    return f" (in {f.name}, {loc})"
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise :class:`_Timeout` in this thread after ``seconds`` (only where SIGALRM is usable)."""
+    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _expected_kind(exercise: Exercise, obj: Any) -> str | None:
+    if exercise.kind == "class" and not isinstance(obj, type):
+        return f"expected a class {exercise.signature}, got {type(obj).__name__}"
+    if exercise.kind == "function" and (not callable(obj) or isinstance(obj, type)):
+        return f"expected a function {exercise.signature}, got {type(obj).__name__}"
+    return None
+
+
+def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, missing: bool = False) -> ExerciseResult:
+    """Run ``exercise``'s checks on ``obj``; stop at the first failure; never raise.
+
+    Args:
+        exercise: the registered exercise.
+        obj: the learner's function or class.
+        timeout: seconds allowed for all checks together (None: the exercise's own limit;
+            0 or less is refused with ValueError).
+        missing: ``obj`` was not found at all (reported as not implemented).
+    """
+    if not isinstance(exercise, Exercise):
+        raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
+    limit = exercise.timeout if timeout is None else float(timeout)
+    res = ExerciseResult(id=exercise.id, status="failed", points=0, max_points=exercise.points,
+                         checks_total=len(exercise.checks), hint=exercise.hint)
+    if missing:
+        res.status, res.reason = "not implemented", f"no definition of `{exercise.name}` found: define {exercise.signature}"
+        return res
+    wrong_kind = _expected_kind(exercise, obj)
+    if wrong_kind:
+        res.reason = wrong_kind
+        return res
+    out = BoundedText()
+    start = time.perf_counter()
+    check = None
+    try:
+        with _time_limit(limit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            for check in exercise.checks:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    check.fn(obj)
+                res.checks_passed += 1
+        res.status, res.points, check = "passed", exercise.points, None
+    except NotImplementedError as exc:
+        res.status = "not implemented"
+        res.reason = f"{exercise.name} still raises NotImplementedError{_where(exc)}"
+        res.details = res.reason + "\nreplace the `raise NotImplementedError(...)` line with your code"
+    except CheckFailed as exc:
+        msg = str(exc) or "check failed"
+        res.reason, res.details = msg.splitlines()[0], msg
+    except _Timeout:
+        res.status, res.reason = "timeout", f"stopped after {limit:g} s (an endless loop? a very slow step?)"
+    except KeyboardInterrupt:
+        res.status, res.reason = "timeout", "interrupted while running"
+    except SystemExit as exc:
+        res.reason = f"your code called sys.exit({exc.code!r}){_where(exc)}; return a value instead"
+    except RecursionError as exc:
+        res.reason = f"your code recursed too deeply{_where(exc)}: RecursionError"
+    except Exception as exc:  # the learner's own error: report it, never re-raise
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        res.reason = f"your code raised {type(exc).__name__}{': ' + text if text else ''}{_where(exc)}"
+        res.details = res.reason + f"\nexpected: {exercise.signature}"
+    res.seconds = round(time.perf_counter() - start, 3)
+    if check is not None and res.status != "passed":
+        res.check = check.description
+    if out.total:
+        res.output = out.getvalue()
+    return res

@@ -1,0 +1,149 @@
+"""The exercise registry: every graded exercise of the course, by id.
+
+An exercise is identified as ``"NN.name"`` (chapter, then the name the learner defines), e.g.
+``"00.causal_mask"``. Each chapter's graders live in a module ``lmlab/grading/chNN.py`` that calls
+:func:`register` at import time; :func:`all_exercises` imports every such module, so a new chapter
+only has to add its file.
+
+A check is a small function that receives the learner's object (a function or a class) and either
+returns (passed) or raises :class:`CheckFailed` with a message that says what was expected. Checks
+compare against torch built-ins, independent constructions, or properties — never only against
+lmlab's own implementation — and seed any randomness they use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "CheckFailed", "Check", "Exercise", "register", "get_exercise", "all_exercises",
+    "chapter_exercises", "chapters", "UnknownExercise",
+]
+
+ID_PATTERN = re.compile(r"^(\d\d)\.([A-Za-z_][A-Za-z0-9_]*)$")
+DEFAULT_TIMEOUT = 5.0  # seconds of the learner's code per exercise (imports not counted)
+
+
+class CheckFailed(Exception):
+    """Raised by a check: ``message`` says what was expected and what came back."""
+
+
+class UnknownExercise(ValueError):
+    """An exercise id that is not registered; the message lists the chapter's valid ids."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One case of an exercise: ``description`` names it in reports, ``fn(obj)`` runs it."""
+
+    description: str
+    fn: Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A graded exercise.
+
+    Attributes:
+        id: ``"NN.name"``; ``name`` is what the learner defines in the notebook.
+        points: what passing every check is worth.
+        signature: how the learner's object is called, shown when a call fails, e.g.
+            ``"causal_mask(T: int) -> torch.Tensor (T, T) of bool"``.
+        hint: one sentence that nudges without giving the answer (also the stub's message).
+        checks: the cases, run in order; the first failure stops the exercise.
+        reference: zero-argument callable returning lmlab's own implementation (for the tests
+            that prove the checks accept a correct answer), or None.
+        kind: ``"function"`` or ``"class"``.
+        timeout: seconds the learner's code may run for this exercise.
+    """
+
+    id: str
+    points: int
+    signature: str
+    hint: str
+    checks: tuple[Check, ...]
+    reference: Callable[[], Any] | None = None
+    kind: str = "function"
+    timeout: float = DEFAULT_TIMEOUT
+    name: str = field(init=False)
+    chapter: str = field(init=False)
+
+    def __post_init__(self):
+        m = ID_PATTERN.match(self.id) if isinstance(self.id, str) else None
+        if not m:
+            raise ValueError(f"id must look like '00.causal_mask' (chapter.name), got {self.id!r}")
+        object.__setattr__(self, "chapter", m.group(1))
+        object.__setattr__(self, "name", m.group(2))
+        if not isinstance(self.points, int) or self.points < 1:
+            raise ValueError(f"points must be a positive int, got {self.points!r}")
+        if not self.checks:
+            raise ValueError(f"checks must not be empty (exercise {self.id})")
+        if self.kind not in ("function", "class"):
+            raise ValueError(f"kind must be 'function' or 'class', got {self.kind!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if not self.hint:
+            raise ValueError(f"hint must not be empty (exercise {self.id})")
+
+
+_REGISTRY: dict[str, Exercise] = {}
+_loaded = False
+
+
+def register(exercise: Exercise) -> Exercise:
+    """Add ``exercise`` to the registry (ids are unique)."""
+    if not isinstance(exercise, Exercise):
+        raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
+    if exercise.id in _REGISTRY and _REGISTRY[exercise.id] is not exercise:
+        raise ValueError(f"exercise id {exercise.id!r} is registered twice")
+    _REGISTRY[exercise.id] = exercise
+    return exercise
+
+
+def _load_chapters() -> None:
+    """Import every ``lmlab.grading.chNN`` module (each registers its exercises)."""
+    global _loaded
+    if _loaded:
+        return
+    from . import __path__ as package_path
+
+    for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
+        if re.fullmatch(r"ch\d\d", info.name):
+            importlib.import_module(f"{__package__}.{info.name}")
+    _loaded = True
+
+
+def all_exercises() -> list[Exercise]:
+    """Every registered exercise, sorted by id."""
+    _load_chapters()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def chapters() -> list[str]:
+    """The chapters that have exercises, e.g. ``["00", "01"]``."""
+    return sorted({ex.chapter for ex in all_exercises()})
+
+
+def chapter_exercises(chapter: str) -> list[Exercise]:
+    """The exercises of one chapter (``"00"``), in registration order."""
+    if not isinstance(chapter, str) or not re.fullmatch(r"\d\d", chapter):
+        raise ValueError(f"chapter must be a two-digit string like '00', got {chapter!r}")
+    _load_chapters()
+    return [ex for ex in _REGISTRY.values() if ex.chapter == chapter]
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    """The exercise with this id; :class:`UnknownExercise` lists the valid ids if there is none."""
+    _load_chapters()
+    if isinstance(exercise_id, str) and exercise_id in _REGISTRY:
+        return _REGISTRY[exercise_id]
+    chapter = exercise_id.split(".")[0] if isinstance(exercise_id, str) else ""
+    same = [ex.id for ex in all_exercises() if ex.chapter == chapter]
+    if same:
+        raise UnknownExercise(f"there is no exercise {exercise_id!r}; chapter {chapter} has: {', '.join(same)}")
+    every = ", ".join(ex.id for ex in all_exercises())
+    raise UnknownExercise(f"there is no exercise {exercise_id!r}; exercise ids look like '00.causal_mask'. Known: {every}")

@@ -1,0 +1,104 @@
+"""Results of grading and their friendly text: one exercise in a notebook, a table in a terminal.
+
+Plain text with emoji, so it reads the same in JupyterLab, Colab, a terminal and a CI log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["STATUSES", "ExerciseResult", "format_result", "format_table", "summary"]
+
+# status -> (icon, words)
+STATUSES = {
+    "passed": ("✅", "passed"),
+    "failed": ("❌", "failed"),
+    "not implemented": ("⏳", "not implemented yet"),
+    "timeout": ("⏱️", "timed out"),
+    "error": ("💥", "could not be graded"),
+}
+
+
+@dataclass
+class ExerciseResult:
+    """The outcome of one exercise.
+
+    ``reason`` is one line (for tables); ``details`` may span lines (expected vs got, a drawn mask);
+    ``check`` names the case that failed.
+    """
+
+    id: str
+    status: str
+    points: int
+    max_points: int
+    checks_passed: int = 0
+    checks_total: int = 0
+    reason: str = ""
+    details: str = ""
+    check: str = ""
+    hint: str = ""
+    output: str = ""
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {list(STATUSES)}, got {self.status!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExerciseResult":
+        if not isinstance(data, dict):
+            raise ValueError(f"data must be a dict, got {type(data).__name__}")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def format_result(result: ExerciseResult) -> str:
+    """The report printed under a check cell."""
+    if not isinstance(result, ExerciseResult):
+        raise ValueError(f"result must be an ExerciseResult, got {type(result).__name__}")
+    icon, words = STATUSES[result.status]
+    if result.status == "passed":
+        return f"{icon} {result.id} passed ({result.checks_total} checks) · {result.points}/{result.max_points} points"
+    lines = [f"{icon} {result.id} {words} · {result.points}/{result.max_points} points"]
+    if result.check and result.status != "not implemented":
+        lines.append(f"   case {result.checks_passed + 1} of {result.checks_total}: {result.check}")
+    if result.reason:
+        lines.append(f"   {result.reason}")
+    extra = result.details.splitlines()
+    if extra and extra[0] == result.reason:
+        extra = extra[1:]
+    lines.extend("   " + line for line in extra)
+    if result.output:
+        lines.append("   your code printed: " + result.output.splitlines()[0][:120] + (" …" if len(result.output) > 120 or "\n" in result.output.strip() else ""))
+    if result.hint and result.status in ("failed", "not implemented", "timeout"):
+        lines.append(f"   💡 hint: {result.hint}")
+    return "\n".join(lines)
+
+
+def summary(results: list[ExerciseResult]) -> tuple[int, int]:
+    """``(points, max_points)`` over ``results``."""
+    return sum(r.points for r in results), sum(r.max_points for r in results)
+
+
+def format_table(results: list[ExerciseResult], title: str = "") -> str:
+    """A score table: exercise, points, status, one-line reason; then the total."""
+    if not isinstance(results, list):
+        raise ValueError(f"results must be a list of ExerciseResult, got {type(results).__name__}")
+    rows = [("exercise", "points", "status", "reason")]
+    for r in results:
+        icon, words = STATUSES[r.status]
+        reason = r.reason if r.status != "passed" else f"{r.checks_total} checks"
+        reason = reason.splitlines()[0] if reason else ""
+        rows.append((r.id, f"{r.points}/{r.max_points}", f"{icon} {words}", reason[:90] + ("…" if len(reason) > 90 else "")))
+    got, total = summary(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [title] if title else []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row[:3])) + "  " + row[3])
+        if i == 0:
+            lines.append("-" * (sum(widths) + 6 + max(len("reason"), 20)))
+    lines.append(f"total: {got}/{total} points" + (f" ({100 * got / total:.0f}%)" if total else ""))
+    return "\n".join(lines)

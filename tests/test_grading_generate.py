@@ -1,0 +1,84 @@
+"""The exercise generator: one source of truth (solutions/), refusals, and the committed output."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from lmlab import course
+from lmlab.grading.generate import SolutionError, exercise_text, expected_exercise_files
+from lmlab.grading.registry import chapter_exercises
+
+ROOT = course.ROOT
+SOL = (ROOT / "solutions" / "00_tour.py").read_text(encoding="utf-8")
+
+
+def test_committed_exercises_are_regenerated_exactly():
+    files = expected_exercise_files(ROOT)
+    assert files, "no solutions/NN_*.py found"
+    for path, text in files.items():
+        assert path.exists(), f"{path} missing: run python -m lmlab.course build"
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} differs from its solution: run python -m lmlab.course build"
+        ipynb = path.with_suffix(".ipynb")
+        assert ipynb.read_text(encoding="utf-8") == course.ipynb_text(text), f"{ipynb.name} is stale"
+    assert course.check() == []
+
+
+def test_every_solution_notebook_starts_with_the_colab_cell():
+    for src in sorted((ROOT / "solutions").glob("[0-9][0-9]_*.py")):
+        import jupytext
+
+        code = [c for c in jupytext.read(src).cells if c.cell_type == "code"]
+        assert code[0].source == course.COLAB_SETUP_SOURCE, src.name
+        assert "from lmlab.grading import check" in code[1].source, src.name
+
+
+def test_stub_replaces_each_block_at_its_indentation():
+    text = exercise_text(SOL, "00")
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    assert "logsumexp(logits, dim=-1, keepdim=True)  # (B, T, V)" not in text  # the answer is gone
+    assert re.search(r"^    raise NotImplementedError\(\"mask\[i, j\]", text, re.M)  # function body
+    assert re.search(r"^        raise NotImplementedError\(\"chars = sorted", text, re.M)  # method body
+    assert "blob/main/exercises/00_tour.ipynb" in text and "blob/main/solutions/" not in text
+    ast.parse(text)
+    for ex in chapter_exercises("00"):
+        assert f'check("{ex.id}", {ex.name})' in text
+
+
+def _mutate(old: str, new: str, count: int = 1) -> str:
+    assert old in SOL
+    return SOL.replace(old, new, count)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (_mutate("    ### END SOLUTION\n", ""), "inside another"),
+        (SOL[: SOL.rindex("    ### END SOLUTION")], "never closed"),
+        (_mutate("    ### BEGIN SOLUTION\n", ""), "without a"),
+        (_mutate("    ### END SOLUTION\n", "  ### END SOLUTION\n"), "not indented like"),
+        (SOL + "\n# %%\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "top level"),
+        (_mutate('check("00.cross_entropy", cross_entropy)', "print(cross_entropy)"), "00.cross_entropy has no check cell"),
+        (_mutate("def sample_batch(", "def sample_batches("), "no exercise '00.sample_batches'"),
+        (SOL.replace("    ### BEGIN SOLUTION\n    i = torch.arange(T)", "    i = torch.arange(T)").replace(
+            "<= i[:, None]  # (T, T): key j <= query i\n    ### END SOLUTION\n", "<= i[:, None]  # (T, T): key j <= query i\n"),
+         "00.causal_mask is registered but has no"),
+        (_mutate("    ### BEGIN SOLUTION\n", "    ### BEGIN SOLUTION  extra\n"), "alone on its line"),
+    ],
+    ids=["nested", "unclosed", "end-without-begin", "indent", "top-level", "no-check-cell", "unknown-exercise",
+         "exercise-without-block", "marker-with-text"],
+)
+def test_generator_refuses(text, message):
+    with pytest.raises(SolutionError, match=re.escape(message)):
+        exercise_text(text, "00", name="solutions/00_tour.py")
+
+
+def test_generator_validates_its_arguments():
+    with pytest.raises(ValueError, match="chapter"):
+        exercise_text(SOL, "0")
+    with pytest.raises(ValueError, match="solution_text"):
+        exercise_text(None, "00")
+    with pytest.raises(ValueError, match="root"):
+        expected_exercise_files(str(ROOT))
