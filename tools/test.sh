@@ -35,6 +35,9 @@ export IPYTHONDIR="$PWD/.venv/ipython"
 mkdir -p "$IPYTHONDIR/profile_default/startup"
 echo 'import sys; sys.modules.setdefault("rfc3987_syntax", None)' > "$IPYTHONDIR/profile_default/startup/00-fast-import.py"
 export PYTHONHASHSEED=0
+# Two pytest workers on two cores: one thread each. Oversubscribed torch threads spin-wait and can
+# make a 20-second training run take minutes.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 # Every notebook folder that exists (solutions/ and exercises/ appear with the first graded chapter).
 paths=()
