@@ -16,19 +16,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .activations import GLU_KINDS, FeedForward, glu_hidden_size
+from .norms import DeepNorm, deepnorm_constants, make_norm
+
 __all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
 
 # The option tables. A chapter that adds a choice adds it here and to the matching builder.
-NORMS = ("layernorm",)
-NORM_POSITIONS = ("pre", "post")
-ACTIVATIONS = ("gelu", "relu")
+NORMS = ("layernorm", "rmsnorm")  # lesson 01
+NORM_POSITIONS = ("pre", "post", "sandwich", "deepnorm")  # lesson 01
+ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")  # lesson 02
+GLU_MULTIPLE_OF = 8  # default gated hidden size is rounded up to a multiple of this
 POSITIONS = ("learned", "none")
 ATTENTIONS = ("full",)
 
 
 @dataclass
 class ModelConfig:
-    """Every architectural choice of the model, validated on creation."""
+    """Every architectural choice of the model, validated on creation.
+
+    ``norm``: ``layernorm`` (with a bias if ``bias``) or ``rmsnorm`` (never a bias).
+    ``norm_position``: ``pre``, ``post``, ``sandwich`` (pre-LN plus a norm on each sub-layer's
+    output before the residual add) or ``deepnorm`` (post-LN with DeepNet's alpha and beta).
+    ``activation``: ``gelu``, ``relu``, or the gated ``swiglu`` / ``geglu``.
+    ``d_ff``: the FFN hidden size (for gated kinds, the size after gating, so the first projection
+    has ``2 * d_ff`` outputs). ``None`` means ``4 * d_model`` for plain FFNs and, for gated ones,
+    the parameter-matched ``glu_hidden_size(4 * d_model, 8)`` (2/3 of that, rounded up to a
+    multiple of 8: 344 for ``d_model=128``).
+    """
 
     vocab_size: int = 256
     context_length: int = 128
@@ -55,9 +69,7 @@ class ModelConfig:
                 f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}); "
                 f"try n_heads in {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and h <= 64]}"
             )
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        elif not isinstance(self.d_ff, int) or self.d_ff < 1:
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or isinstance(self.d_ff, bool) or self.d_ff < 1):
             raise ValueError(f"ModelConfig.d_ff must be an int >= 1 or None, got {self.d_ff!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
@@ -70,6 +82,9 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.d_ff is None:
+            plain = 4 * self.d_model
+            self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if self.activation in GLU_KINDS else plain
 
     @property
     def head_size(self) -> int:
@@ -85,28 +100,19 @@ class ModelConfig:
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "layernorm":
-        return nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-    raise ValueError(f"norm must be one of {NORMS}, got {cfg.norm!r}")
+    """``cfg.norm`` -> a :mod:`lmlab.norms` module over ``d_model`` (lesson 01)."""
+    if cfg.norm not in NORMS:
+        raise ValueError(f"ModelConfig.norm must be one of {NORMS}, got {cfg.norm!r}")
+    return make_norm(cfg.norm, cfg.d_model, bias=cfg.bias)
 
 
-def build_activation(cfg: ModelConfig) -> nn.Module:
-    return {"gelu": nn.GELU, "relu": nn.ReLU}[cfg.activation]()
-
-
-class FeedForward(nn.Module):
-    """Position-wise MLP: C -> d_ff -> C."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.act = build_activation(cfg)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
-        self.down.is_residual_projection = True
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.down(self.act(self.up(x))))
+def build_ffn(cfg: ModelConfig) -> FeedForward:
+    """``cfg.activation`` and ``cfg.d_ff`` -> a :class:`lmlab.activations.FeedForward` (lesson 02)."""
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"ModelConfig.activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
+    ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, bias=cfg.bias, dropout=cfg.dropout)
+    ffn.down.is_residual_projection = True
+    return ffn
 
 
 class SelfAttention(nn.Module):
@@ -138,28 +144,47 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer: attention then feed-forward, each in a residual branch.
+    """One transformer layer: attention then feed-forward, each in a residual branch (lesson 01).
 
-    pre-LN:  x = x + f(norm(x))      (GPT-2, LLaMA: stable)
-    post-LN: x = norm(x + f(x))      (the original Transformer)
+    pre-LN:      x = x + f(norm(x))                  (GPT-2, LLaMA: stable)
+    post-LN:     x = norm(x + f(x))                  (the original Transformer)
+    sandwich-LN: x = x + norm_out(f(norm(x)))        (CogView: pre-LN + a norm before the add)
+    DeepNorm:    x = norm(alpha * x + f(x))          (DeepNet: post-LN with an up-weighted skip,
+                                                      and f's initial weights scaled by beta)
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_position = cfg.norm_position
-        self.norm1 = build_norm(cfg)
+        deep = cfg.norm_position == "deepnorm"
+        alpha, beta = deepnorm_constants(cfg.n_layers)
+        self.norm1 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
         self.attn = SelfAttention(cfg)
-        self.norm2 = build_norm(cfg)
-        self.ffn = FeedForward(cfg)
+        self.norm2 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
+        self.ffn = build_ffn(cfg)
+        if deep:  # DeepNet: init scaled by beta (in GPT._init_weights) for the FFN, v and the output projection
+            C = cfg.d_model
+            self.attn.qkv.init_gain, self.attn.qkv.init_gain_rows = beta, slice(2 * C, 3 * C)  # v only, not q, k
+            self.attn.proj.init_gain = beta
+            self.ffn.up.init_gain = self.ffn.down.init_gain = beta
+        if cfg.norm_position == "sandwich":
+            self.attn_out_norm = build_norm(cfg)
+            self.ffn_out_norm = build_norm(cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_position == "pre":
             x = x + self.attn(self.norm1(x), attn_mask)
             x = x + self.ffn(self.norm2(x))
-        else:  # post
+        elif self.norm_position == "post":
             x = self.norm1(x + self.attn(x, attn_mask))
             x = self.norm2(x + self.ffn(x))
-        return x
+        elif self.norm_position == "sandwich":
+            x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask))
+            x = x + self.ffn_out_norm(self.ffn(self.norm2(x)))
+        else:  # deepnorm: norm(alpha * x + f(x))
+            x = self.norm1(x, self.attn(x, attn_mask))
+            x = self.norm2(x, self.ffn(x))
+        return x  # (B, T, C)
 
 
 class GPT(nn.Module):
@@ -174,8 +199,9 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model) if cfg.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        # pre-LN needs a final norm before the output layer; post-LN already ends on a norm.
-        self.final_norm = build_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
+        # pre- and sandwich-LN need a final norm before the output layer (their residual stream is
+        # never normalized); post-LN and DeepNorm already end on a norm.
+        self.final_norm = build_norm(cfg) if cfg.norm_position in ("pre", "sandwich") else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -183,11 +209,15 @@ class GPT(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2: N(0, 0.02), and residual projections scaled down by sqrt(2 * n_layers).
+        # DeepNorm replaces that scaling by its beta (``init_gain``, on some rows only for qkv).
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "is_residual_projection", False):
+            if getattr(module, "is_residual_projection", False) and self.config.norm_position != "deepnorm":
                 std /= math.sqrt(2 * self.config.n_layers)
             nn.init.normal_(module.weight, mean=0.0, std=std)
+            if hasattr(module, "init_gain"):
+                with torch.no_grad():
+                    module.weight[getattr(module, "init_gain_rows", slice(None))] *= module.init_gain
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):

@@ -1,0 +1,225 @@
+"""Normalization layers and where they go (lesson 01, ``lessons/01_normalization``).
+
+- :func:`layer_norm` / :class:`LayerNorm`: re-centre and re-scale each token's features
+  (Ba et al., 2016). Equal to ``torch.nn.functional.layer_norm`` over the last dimension.
+- :func:`rms_norm` / :class:`RMSNorm`: re-scale only, by the root mean square (Zhang & Sennrich,
+  2019; Gopher, Chinchilla, LLaMA). Equal to ``torch.nn.functional.rms_norm``. One statistic
+  instead of two, no bias.
+- :class:`DeepNorm` and :func:`deepnorm_constants`: post-LN with an up-weighted skip,
+  ``x -> norm(alpha * x + f(x))``, plus a smaller init (``beta``) for the sub-layers, which lets
+  very deep post-LN stacks train (Wang et al., 2022, "DeepNet").
+
+Where the norm sits in a block (post / pre / sandwich / deepnorm) is the model's business: see
+``lmlab.model.Block``. Unlike BatchNorm, every function here normalizes one token at a time, so
+the batch size and the padding of other sequences never change a token's output.
+
+Shapes: ``x`` is ``(..., d)``; the statistics are taken over the last dimension ``d`` only.
+Half-precision inputs (bf16/fp16) are normalized in fp32 and the result cast back to the input's
+dtype, as torch's own kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "NORM_KINDS", "DEEPNORM_ARCHITECTURES",
+    "layer_norm", "rms_norm", "LayerNorm", "RMSNorm", "make_norm",
+    "DeepNorm", "DeepNormConstants", "deepnorm_constants",
+]
+
+NORM_KINDS = ("layernorm", "rmsnorm")
+DEEPNORM_ARCHITECTURES = ("decoder-only", "encoder-only")
+DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}  # torch's LayerNorm default; LLaMA/T5's RMSNorm
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers (every public function says which parameter is wrong and what is allowed)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_eps(eps, where: str) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{where}: eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_dim(d, where: str, name: str = "d_model") -> int:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"{where}: {name} must be an int >= 1, got {d!r}")
+    return d
+
+
+def _check_input(x, where: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1 or x.shape[-1] < 1:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{where}: x must be a floating-point tensor of shape (..., d) with d >= 1, got {got}")
+
+
+def _check_affine(x: torch.Tensor, t, name: str, where: str) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != (x.shape[-1],):
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(
+            f"{where}: {name} must be None or a tensor of shape (d,) = ({x.shape[-1]},) "
+            f"matching the last dimension of x, got {got}"
+        )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16 -> fp32 for the statistics; fp32 and fp64 stay as they are.
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Functions
+# --------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the last dimension: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``var`` is the biased variance (divide by ``d``), as in the paper and in torch. Equal to
+    ``F.layer_norm(x, (d,), weight, bias, eps)``.
+    """
+    _check_input(x, "layer_norm")
+    _check_affine(x, weight, "weight", "layer_norm")
+    _check_affine(x, bias, "bias", "layer_norm")
+    eps = _check_eps(eps, "layer_norm")
+    xf = x.to(_compute_dtype(x.dtype))  # (..., d), a no-op for fp32
+    xc = xf - xf.mean(dim=-1, keepdim=True)  # (..., d): centred, mean 0 per token
+    var = xc.pow(2).mean(dim=-1, keepdim=True)  # (..., 1): biased variance
+    y = xc * torch.rsqrt(var + eps)  # (..., d): variance 1 per token
+    if weight is not None:
+        y = y * weight.to(y.dtype)  # (..., d) * (d,)
+    if bias is not None:
+        y = y + bias.to(y.dtype)  # (..., d) + (d,)
+    return y.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension: ``x / sqrt(mean(x**2) + eps) * weight``.
+
+    No mean is subtracted and there is no bias: one reduction instead of two. Equal to
+    ``F.rms_norm(x, (d,), weight, eps)`` (note torch's default eps differs; pass it explicitly).
+    """
+    _check_input(x, "rms_norm")
+    _check_affine(x, weight, "weight", "rms_norm")
+    eps = _check_eps(eps, "rms_norm")
+    xf = x.to(_compute_dtype(x.dtype))  # (..., d)
+    y = xf * torch.rsqrt((xf * xf).mean(dim=-1, keepdim=True) + eps)  # (..., d) * (..., 1)
+    if weight is not None:
+        y = y * weight.to(y.dtype)  # (..., d) * (d,)
+    return y.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """:func:`layer_norm` with a learned gain ``weight`` (ones) and, if ``bias``, a shift (zeros)."""
+
+    def __init__(self, d_model: int, eps: float = DEFAULT_EPS["layernorm"], bias: bool = True):
+        super().__init__()
+        self.d_model = _check_dim(d_model, "LayerNorm")
+        self.eps = _check_eps(eps, "LayerNorm")
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)  # (..., d)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    """:func:`rms_norm` with a learned gain ``weight`` (ones); no bias."""
+
+    def __init__(self, d_model: int, eps: float = DEFAULT_EPS["rmsnorm"]):
+        super().__init__()
+        self.d_model = _check_dim(d_model, "RMSNorm")
+        self.eps = _check_eps(eps, "RMSNorm")
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)  # (..., d)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}"
+
+
+def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = True) -> nn.Module:
+    """A norm by name: ``"layernorm"`` or ``"rmsnorm"`` (which has no bias; ``bias`` is ignored).
+
+    ``eps=None`` takes the kind's default: 1e-5 for LayerNorm (torch), 1e-6 for RMSNorm (LLaMA).
+    """
+    if kind not in NORM_KINDS:
+        raise ValueError(f"make_norm: kind must be one of {NORM_KINDS}, got {kind!r}")
+    eps = DEFAULT_EPS[kind] if eps is None else eps
+    if kind == "layernorm":
+        return LayerNorm(d_model, eps=eps, bias=bias)
+    return RMSNorm(d_model, eps=eps)
+
+
+# --------------------------------------------------------------------------------------------
+# DeepNorm
+# --------------------------------------------------------------------------------------------
+
+
+class DeepNormConstants(NamedTuple):
+    alpha: float  # multiplies the skip connection: x -> norm(alpha * x + f(x))
+    beta: float  # multiplies the init of the FFN weights and the attention value/output projections
+
+
+def deepnorm_constants(num_layers: int, architecture: str = "decoder-only") -> DeepNormConstants:
+    """DeepNet's ``alpha`` and ``beta`` for a stack of ``num_layers`` blocks (Wang et al. 2022, Table 1).
+
+    Decoder-only with M layers (and, by the same formula, encoder-only with N layers):
+    ``alpha = (2M)**(1/4)``, ``beta = (8M)**(-1/4)``. For 12 layers: alpha ~ 2.21, beta ~ 0.32.
+    (Encoder-decoder models use different constants per side; they are not needed here.)
+    """
+    num_layers = _check_dim(num_layers, "deepnorm_constants", "num_layers")
+    if architecture not in DEEPNORM_ARCHITECTURES:
+        raise ValueError(f"deepnorm_constants: architecture must be one of {DEEPNORM_ARCHITECTURES}, got {architecture!r}")
+    return DeepNormConstants(alpha=(2 * num_layers) ** 0.25, beta=(8 * num_layers) ** -0.25)
+
+
+class DeepNorm(nn.Module):
+    """The DeepNorm residual connection: ``x, f(x) -> norm(alpha * x + f(x))``.
+
+    Post-LN is the special case ``alpha = 1``. A block uses one per sub-layer::
+
+        x = deepnorm1(x, attn(x))   # (B, T, C)
+        x = deepnorm2(x, ffn(x))    # (B, T, C)
+
+    The other half of DeepNorm, scaling the sub-layers' initial weights by ``beta``, happens where
+    the weights are initialised (``lmlab.model.GPT``).
+    """
+
+    def __init__(self, d_model: int, alpha: float, norm: str = "layernorm", eps: float | None = None,
+                 bias: bool = True):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"DeepNorm: alpha must be a finite number > 0, got {alpha!r}")
+        if norm not in NORM_KINDS:
+            raise ValueError(f"DeepNorm: norm must be one of {NORM_KINDS}, got {norm!r}")
+        self.alpha = float(alpha)
+        self.norm = make_norm(norm, d_model, eps=eps, bias=bias)
+
+    def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        if not isinstance(fx, torch.Tensor) or fx.shape != x.shape:
+            got = tuple(fx.shape) if isinstance(fx, torch.Tensor) else type(fx).__name__
+            raise ValueError(f"DeepNorm: fx (the sub-layer output) must have the shape of x {tuple(x.shape)}, got {got}")
+        return self.norm(self.alpha * x + fx)  # (..., d)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:.4g}"
