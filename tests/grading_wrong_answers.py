@@ -145,3 +145,11 @@ def _prefix_ok(T, p):
 
 
 WRONG_ANSWERS: dict[str, dict[str, object]] = {**WRONG_00}
+
+# A chapter may instead keep its wrong answers in its own file, tests/wrong_answers_chNN.py, holding
+# a dict named WRONG of the same shape; every such file is merged here.
+import importlib as _importlib
+import pathlib as _pathlib
+
+for _path in sorted(_pathlib.Path(__file__).parent.glob("wrong_answers_ch*.py")):
+    WRONG_ANSWERS.update(_importlib.import_module(_path.stem).WRONG)
