@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .activations import GLU_KINDS, FeedForward, glu_hidden_size
+from .attention import MultiHeadAttention
 from .norms import DeepNorm, deepnorm_constants, make_norm
 
 __all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
@@ -27,7 +27,7 @@ NORM_POSITIONS = ("pre", "post", "sandwich", "deepnorm")  # lesson 01
 ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")  # lesson 02
 GLU_MULTIPLE_OF = 8  # default gated hidden size is rounded up to a multiple of this
 POSITIONS = ("learned", "none")
-ATTENTIONS = ("full",)
+ATTENTIONS = ("full", "sliding_window")  # lesson 04
 
 
 @dataclass
@@ -42,6 +42,10 @@ class ModelConfig:
     has ``2 * d_ff`` outputs). ``None`` means ``4 * d_model`` for plain FFNs and, for gated ones,
     the parameter-matched ``glu_hidden_size(4 * d_model, 8)`` (2/3 of that, rounded up to a
     multiple of 8: 344 for ``d_model=128``).
+    ``n_kv_heads``: key/value heads shared by the query heads (lesson 04): ``None`` = ``n_heads``
+    (multi-head), 1 = multi-query, a divisor in between = grouped-query attention.
+    ``attention``: ``full`` (causal) or ``sliding_window`` (causal, each token sees its ``window``
+    most recent tokens; ``window`` is required then and meaningless otherwise).
     """
 
     vocab_size: int = 256
@@ -58,6 +62,8 @@ class ModelConfig:
     position: str = "learned"
     attention: str = "full"
     tie_embeddings: bool = True  # share the token embedding with the output layer (GPT-2)
+    n_kv_heads: int | None = None  # lesson 04: None means n_heads (MHA); 1 is MQA; else GQA
+    window: int | None = None  # lesson 04: tokens each query sees with attention="sliding_window"
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -82,6 +88,18 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelConfig.n_kv_heads must divide n_heads ({self.n_heads}): one of "
+                f"{[h for h in range(1, self.n_heads + 1) if self.n_heads % h == 0]} (or None), got {self.n_kv_heads!r}"
+            )
+        if self.attention == "sliding_window":
+            if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
+                raise ValueError(f"ModelConfig.window must be an int >= 1 with attention='sliding_window', got {self.window!r}")
+        elif self.window is not None:
+            raise ValueError(f"ModelConfig.window only applies to attention='sliding_window', got window={self.window!r} with attention={self.attention!r}")
         if self.d_ff is None:
             plain = 4 * self.d_model
             self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if self.activation in GLU_KINDS else plain
@@ -115,32 +133,14 @@ def build_ffn(cfg: ModelConfig) -> FeedForward:
     return ffn
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention; causal unless a mask is given (True = may attend)."""
+class SelfAttention(MultiHeadAttention):
+    """Causal multi-head self-attention unless a mask is given (True = may attend); with
+    ``cfg.n_kv_heads`` K/V heads (MQA/GQA) and an optional sliding window (lesson 04, see
+    :class:`lmlab.attention.MultiHeadAttention`). ``kv_cache`` is for lesson 08's decoding."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.proj.is_residual_projection = True
-        self.dropout = cfg.dropout
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.drop(self.proj(y))
+        window = cfg.window if cfg.attention == "sliding_window" else None
+        super().__init__(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=window)
 
 
 class Block(nn.Module):
@@ -163,26 +163,26 @@ class Block(nn.Module):
         self.norm2 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
         self.ffn = build_ffn(cfg)
         if deep:  # DeepNet: init scaled by beta (in GPT._init_weights) for the FFN, v and the output projection
-            C = cfg.d_model
-            self.attn.qkv.init_gain, self.attn.qkv.init_gain_rows = beta, slice(2 * C, 3 * C)  # v only, not q, k
+            C, kv = cfg.d_model, self.attn.kv_dim
+            self.attn.qkv.init_gain, self.attn.qkv.init_gain_rows = beta, slice(C + kv, C + 2 * kv)  # v only, not q, k
             self.attn.proj.init_gain = beta
             self.ffn.up.init_gain = self.ffn.down.init_gain = beta
         if cfg.norm_position == "sandwich":
             self.attn_out_norm = build_norm(cfg)
             self.ffn_out_norm = build_norm(cfg)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
         if self.norm_position == "pre":
-            x = x + self.attn(self.norm1(x), attn_mask)
+            x = x + self.attn(self.norm1(x), attn_mask, kv_cache)
             x = x + self.ffn(self.norm2(x))
         elif self.norm_position == "post":
-            x = self.norm1(x + self.attn(x, attn_mask))
+            x = self.norm1(x + self.attn(x, attn_mask, kv_cache))
             x = self.norm2(x + self.ffn(x))
         elif self.norm_position == "sandwich":
-            x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask))
+            x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, kv_cache))
             x = x + self.ffn_out_norm(self.ffn(self.norm2(x)))
         else:  # deepnorm: norm(alpha * x + f(x))
-            x = self.norm1(x, self.attn(x, attn_mask))
+            x = self.norm1(x, self.attn(x, attn_mask, kv_cache))
             x = self.norm2(x, self.ffn(x))
         return x  # (B, T, C)
 
@@ -253,3 +253,32 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask)  # (B, T, C)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
+
+    def forward_with_cache(self, idx: torch.Tensor, cache=None):
+        """Logits for the *new* tokens ``idx (B, T_new)`` given a :class:`lmlab.kvcache.KVCache`
+        holding the keys/values of every earlier token; returns ``(logits (B, T_new, V), cache)``
+        (lesson 08). ``cache=None`` starts a cache (prefill: the whole prompt in one pass); then
+        pass one token per step (decode). Same logits as :meth:`forward` on the whole sequence.
+        This is the protocol :func:`lmlab.decoding.generate` uses. The cache is updated in place."""
+        from .kvcache import KVCache
+
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError(f"idx must be an integer tensor of shape (B, T_new), got {getattr(idx, 'shape', type(idx).__name__)}")
+        B, T = idx.shape
+        if idx.dtype not in (torch.long, torch.int32) or T < 1 or (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"idx must hold T_new >= 1 token ids in [0, vocab_size={self.config.vocab_size}), got {idx.dtype} {tuple(idx.shape)}")
+        if cache is None:
+            p = self.tok_emb.weight
+            cache = KVCache.for_model(self, batch=B, dtype=p.dtype, device=p.device)
+        if not callable(getattr(cache, "layer", None)) or cache.batch != B:
+            raise ValueError(f"cache must be a KVCache for batch {B}, got {type(cache).__name__} (batch {getattr(cache, 'batch', None)})")
+        start = cache.length
+        if start + T > self.config.context_length:
+            raise ValueError(f"cached tokens ({start}) + new tokens ({T}) exceed context_length={self.config.context_length}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # positions continue after the cache
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, kv_cache=cache.layer(i))  # (B, T, C)
+        return self.lm_head(self.final_norm(x)), cache  # (B, T, V)

@@ -1,0 +1,338 @@
+"""Attention variants (lesson 04, ``lessons/04_attention``).
+
+* :func:`attention` - the plain reference ``softmax(Q K^T / sqrt(d)) V``, written out so every
+  step is visible. Everything else in this chapter is checked against it.
+* Sparse patterns as boolean masks (the convention of :mod:`lmlab.masks`: ``(T_q, T_k)``,
+  ``True`` = may attend): :func:`sliding_window_mask`, :func:`strided_mask`,
+  :func:`global_local_mask`; and the same patterns as FlexAttention ``mask_mod`` functions
+  (:func:`sliding_window_mask_mod`, ...), run by :func:`flex_attention` where
+  ``torch.nn.attention.flex_attention`` works (forward only on CPU, see :func:`flex_available`).
+* Multi-query / grouped-query attention: :func:`repeat_kv` and :class:`MultiHeadAttention` with
+  ``n_kv_heads`` (``1`` = MQA, ``n_heads`` = plain multi-head attention, in between = GQA).
+* The tiled FlashAttention algorithm lives in :mod:`lmlab.flash` (re-exported here).
+
+Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head size.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
+from .masks import _check_length, causal_mask
+
+__all__ = [
+    "attention",
+    "sliding_window_mask",
+    "strided_mask",
+    "global_local_mask",
+    "causal_mask_mod",
+    "sliding_window_mask_mod",
+    "strided_mask_mod",
+    "global_local_mask_mod",
+    "mask_from_mask_mod",
+    "flex_available",
+    "flex_attention",
+    "repeat_kv",
+    "MultiHeadAttention",
+    "decode_mask",
+    "flash_attention",
+    "IOStats",
+    "sram_block_sizes",
+    "standard_attention_io",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The reference
+# --------------------------------------------------------------------------------------------
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_heads: bool = True) -> None:
+    """``q (B, nh, T_q, hs)``, ``k (B, nkv, T_k, hs)``, ``v (B, nkv, T_k, hs_v)``, one dtype and device.
+
+    ``same_heads``: require ``nh == nkv``; otherwise ``nh`` must be a multiple of ``nkv`` (GQA).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor (B, heads, T, head_size), got {got}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise ValueError(f"q, k, v must share one floating dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}")
+    if q.size(0) != k.size(0) or k.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"q (B, nh, T_q, hs), k (B, nkv, T_k, hs), v (B, nkv, T_k, hs_v) must agree on B, nkv, T_k; "
+            f"got q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}"
+        )
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"q and k must have the same head size, got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if same_heads and q.size(1) != k.size(1):
+        raise ValueError(f"q and k must have the same number of heads (use repeat_kv for GQA), got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if not same_heads and q.size(1) % k.size(1):
+        raise ValueError(f"q's heads ({q.size(1)}) must be a multiple of k/v's heads ({k.size(1)})")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference: ``softmax(q k^T / sqrt(hs) + mask) v``; ``(B, nh, T_q, hs) -> (B, nh, T_q, hs_v)``.
+
+    ``mask``: bool, broadcastable to ``(B, nh, T_q, T_k)``, True = may attend (``None``: every key).
+    It builds the full ``(T_q, T_k)`` score matrix - exactly what FlashAttention avoids.
+    A query row whose mask is all False has no distribution: its output is NaN, as in softmax.
+    """
+    check_qkv(q, k, v)
+    T_q, T_k = q.size(-2), k.size(-2)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() < 2 or mask.shape[-2:] != (T_q, T_k):
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor whose last two dims are (T_q, T_k) = ({T_q}, {T_k}), got {got}")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T_q, T_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # (B, nh, T_q, T_k)
+    weights = torch.softmax(scores, dim=-1)  # (B, nh, T_q, T_k): each row sums to 1
+    return weights @ v  # (B, nh, T_q, hs_v)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse patterns as dense masks (causal by default)
+# --------------------------------------------------------------------------------------------
+
+
+def _positions(T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    i = torch.arange(T, device=device)[:, None]  # (T, 1): query position
+    j = torch.arange(T, device=device)[None, :]  # (1, T): key position
+    return i, j
+
+
+def sliding_window_mask(T: int, window: int, causal: bool = True, device=None) -> torch.Tensor:
+    """``(T, T)``: token i sees the ``window`` most recent tokens ``i-window+1 .. i`` (Longformer's
+    local attention, Mistral's sliding window). ``causal=False``: every j with ``|i - j| < window``.
+    ``window >= T`` (causal) is the causal mask; ``window=1`` sees only itself."""
+    _check_length("T", T)
+    _check_length("window", window)
+    i, j = _positions(T, device)
+    near = (i - j).abs() < window  # (T, T): the band
+    return near & (j <= i) if causal else near
+
+
+def strided_mask(T: int, stride: int, causal: bool = True, device=None) -> torch.Tensor:
+    """``(T, T)``: the Sparse Transformer's strided pattern (Child et al. 2019): token i sees the
+    previous ``stride`` tokens (local head) plus every token a multiple of ``stride`` back
+    (strided head), i.e. ``i - j < stride or (i - j) % stride == 0``. Each row sees about
+    ``stride + T/stride`` keys: ``O(T sqrt T)`` in total for ``stride ~ sqrt(T)``."""
+    _check_length("T", T)
+    _check_length("stride", stride)
+    i, j = _positions(T, device)
+    d = (i - j).abs()  # (T, T): distance
+    pattern = (d < stride) | (d % stride == 0)
+    return pattern & (j <= i) if causal else pattern
+
+
+def global_local_mask(T: int, n_global: int, window: int, causal: bool = True, device=None) -> torch.Tensor:
+    """``(T, T)``: a sliding window of ``window`` tokens plus ``n_global`` global tokens at the start
+    (Longformer/BigBird's global+local; with causal=True it is the Λ-shaped mask of LM-Infinite /
+    StreamingLLM's "attention sinks", lesson 06). Non-causal: global tokens also see everything."""
+    _check_length("T", T)
+    _check_length("n_global", n_global, minimum=0)
+    _check_length("window", window)
+    i, j = _positions(T, device)
+    pattern = sliding_window_mask(T, window, causal=False, device=device) | (j < n_global)  # (T, T)
+    if causal:
+        return pattern & (j <= i)
+    return pattern | (i < n_global)  # global rows see every key
+
+
+# --------------------------------------------------------------------------------------------
+# The same patterns as FlexAttention mask_mods: (b, h, q_idx, kv_idx) -> bool
+# --------------------------------------------------------------------------------------------
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def causal_mask_mod(b, h, q_idx, kv_idx):
+    """FlexAttention's causal ``mask_mod``: key ``kv_idx`` visible from query ``q_idx``."""
+    return q_idx >= kv_idx
+
+
+def sliding_window_mask_mod(window: int, causal: bool = True) -> MaskMod:
+    """:func:`sliding_window_mask` as a FlexAttention ``mask_mod``."""
+    _check_length("window", window)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        near = (q_idx - kv_idx).abs() < window
+        return near & (q_idx >= kv_idx) if causal else near
+
+    return mask_mod
+
+
+def strided_mask_mod(stride: int, causal: bool = True) -> MaskMod:
+    """:func:`strided_mask` as a FlexAttention ``mask_mod``."""
+    _check_length("stride", stride)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        d = (q_idx - kv_idx).abs()
+        pattern = (d < stride) | (d % stride == 0)
+        return pattern & (q_idx >= kv_idx) if causal else pattern
+
+    return mask_mod
+
+
+def global_local_mask_mod(n_global: int, window: int, causal: bool = True) -> MaskMod:
+    """:func:`global_local_mask` as a FlexAttention ``mask_mod``."""
+    _check_length("n_global", n_global, minimum=0)
+    _check_length("window", window)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        pattern = ((q_idx - kv_idx).abs() < window) | (kv_idx < n_global)
+        return pattern & (q_idx >= kv_idx) if causal else pattern | (q_idx < n_global)
+
+    return mask_mod
+
+
+def mask_from_mask_mod(mask_mod: MaskMod, T_q: int, T_k: int | None = None, device=None) -> torch.Tensor:
+    """Evaluate a ``mask_mod`` on every (query, key) pair: a dense ``(T_q, T_k)`` bool mask.
+    Needs no FlexAttention, so it works on any torch."""
+    _check_length("T_q", T_q)
+    T_k = T_q if T_k is None else T_k
+    _check_length("T_k", T_k)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    q_idx = torch.arange(T_q, device=device)[:, None]  # (T_q, 1)
+    kv_idx = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
+    return mask_mod(zero, zero, q_idx, kv_idx).expand(T_q, T_k).to(torch.bool)  # (T_q, T_k)
+
+
+def flex_available() -> tuple[bool, str]:
+    """``(True, "")`` if ``torch.nn.attention.flex_attention`` runs a tiny forward here, else
+    ``(False, reason)``. On CPU only the forward runs (no backward): call it under ``no_grad``."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask  # noqa: F401
+        from torch.nn.attention.flex_attention import flex_attention as _flex  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the torch build
+        return False, f"torch {torch.__version__} has no usable torch.nn.attention.flex_attention ({e})"
+    try:
+        x = torch.randn(1, 1, 4, 4)
+        with torch.no_grad():
+            flex_attention(x, x, x, causal_mask_mod)
+    except Exception as e:  # pragma: no cover
+        return False, f"flex_attention does not run on this machine: {type(e).__name__}: {e}"
+    return True, ""
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_mod: MaskMod | None = None) -> torch.Tensor:
+    """Run PyTorch's FlexAttention with a ``mask_mod`` (eager; ``torch.compile`` it for speed).
+
+    ``(B, nh, T_q, hs)`` q and ``(B, nkv, T_k, hs)`` k, v (``nh`` a multiple of ``nkv``). Unlike
+    the reference, only the blocks the mask touches are computed. On CPU: forward only, so call
+    it under ``torch.no_grad()``.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as _flex
+
+    check_qkv(q, k, v, same_heads=False)
+    block_mask = None
+    if mask_mod is not None:
+        block_mask = create_block_mask(mask_mod, None, None, q.size(-2), k.size(-2), device=q.device)
+    with warnings.catch_warnings():  # eager flex warns that it is unfused; the lesson knows
+        warnings.simplefilter("ignore", UserWarning)
+        return _flex(q, k, v, block_mask=block_mask, enable_gqa=q.size(1) != k.size(1))  # (B, nh, T_q, hs)
+
+
+# --------------------------------------------------------------------------------------------
+# MQA / GQA
+# --------------------------------------------------------------------------------------------
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs)``: each K/V head serves ``n_rep`` query heads
+    (query head ``h`` uses K/V head ``h // n_rep``, as in LLaMA and SDPA's ``enable_gqa``)."""
+    _check_length("n_rep", n_rep)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor (B, n_kv_heads, T, head_size), got {getattr(x, 'shape', type(x).__name__)}")
+    if n_rep == 1:
+        return x
+    B, nkv, T, hs = x.shape
+    x = x[:, :, None].expand(B, nkv, n_rep, T, hs)  # (B, nkv, n_rep, T, hs): a view, no copy
+    return x.reshape(B, nkv * n_rep, T, hs)  # (B, nh, T, hs)
+
+
+def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None) -> torch.Tensor:
+    """Causal ``(T_q, T_k)`` mask for the *last* ``T_q`` queries of a ``T_k``-token sequence (the
+    new tokens of a cached forward): query i sits at position ``T_k - T_q + i``. ``window`` also
+    limits each query to its ``window`` most recent keys."""
+    offset = T_k - T_q
+    i = torch.arange(T_q, device=device)[:, None] + offset  # (T_q, 1): absolute query position
+    j = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
+    mask = j <= i
+    return mask & (i - j < window) if window is not None else mask  # (T_q, T_k)
+
+
+def _check_heads(n_heads: int, n_kv_heads: int | None) -> int:
+    _check_length("n_heads", n_heads)
+    if n_kv_heads is None:
+        return n_heads
+    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1 or n_heads % n_kv_heads:
+        divisors = [h for h in range(1, n_heads + 1) if n_heads % h == 0]
+        raise ValueError(f"n_kv_heads must divide n_heads={n_heads} (1 = MQA, {n_heads} = MHA): one of {divisors}, got {n_kv_heads!r}")
+    return n_kv_heads
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention with ``n_heads`` query heads sharing ``n_kv_heads`` K/V heads.
+
+    ``n_kv_heads = n_heads``: multi-head attention (MHA); ``1``: multi-query (MQA, PaLM,
+    StarCoder); in between: grouped-query (GQA, LLaMA-2-70B). One fused projection ``qkv`` of
+    ``(n_heads + 2 * n_kv_heads) * hs`` outputs (``3 * d_model`` for MHA), then ``proj``.
+    ``window``: sliding-window attention (every token sees its ``window`` most recent tokens).
+
+    The fast path calls ``F.scaled_dot_product_attention`` (``enable_gqa`` for MQA/GQA).
+    ``kv_cache``: a per-layer cache (:meth:`lmlab.kvcache.KVCache.layer`) with
+    ``update(k, v) -> (k_all, v_all)``; ``x`` then holds only the new tokens (lesson 08).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
+                 dropout: float = 0.0, window: int | None = None):
+        super().__init__()
+        _check_length("d_model", d_model)
+        self.n_kv_heads = _check_heads(n_heads, n_kv_heads)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if window is not None:
+            _check_length("window", window)
+        self.n_heads, self.head_size, self.window = n_heads, d_model // n_heads, window
+        self.n_rep = n_heads // self.n_kv_heads
+        self.kv_dim = self.n_kv_heads * self.head_size  # width of k (and of v)
+        self.qkv = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.proj.is_residual_projection = True
+        self.dropout = dropout
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
+        q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs): all keys so far
+        T_k = k.size(2)
+        is_causal = attn_mask is None and T_k == T and self.window is None
+        one_new_token = T == 1 and self.window is None  # decode step: it sees every cached key
+        if attn_mask is None and not is_causal and not one_new_token:
+            attn_mask = decode_mask(T, T_k, self.window, device=x.device)  # (T, T_k)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            **({"enable_gqa": True} if self.n_rep > 1 else {}),
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.drop(self.proj(y))
