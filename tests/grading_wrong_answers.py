@@ -153,3 +153,171 @@ import pathlib as _pathlib
 
 for _path in sorted(_pathlib.Path(__file__).parent.glob("wrong_answers_ch*.py")):
     WRONG_ANSWERS.update(_importlib.import_module(_path.stem).WRONG)
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 07 (decoding): appended section, merged into WRONG_ANSWERS below.
+# ---------------------------------------------------------------------------------------------
+
+
+def _w07_one_hot(z):
+    return F.one_hot(z.argmax(-1), z.size(-1)).to(z.dtype)
+
+
+def _w07_temp(z, t, how):
+    if t == 0:
+        return _w07_one_hot(z)
+    if how == "after softmax":
+        return torch.softmax(z, dim=-1) / t  # temperature applied to probabilities, not logits
+    if how == "after softmax, renormalised":
+        p = torch.softmax(z, dim=-1) / t
+        return p / p.sum(-1, keepdim=True)  # = plain softmax: t has no effect
+    if how == "multiplied":
+        return torch.softmax(z * t, dim=-1)
+    if how == "naive exp":
+        e = torch.exp(z / t)  # no max subtraction: overflows for tiny t
+        return e / e.sum(-1, keepdim=True)
+    raise ValueError(how)
+
+
+def _w07_topk(z, k, how):
+    V = z.size(-1)
+    if how == "threshold keeps ties":
+        kth = torch.sort(z, dim=-1, descending=True).values[:, min(k, V) - 1:min(k, V)]
+        return z.masked_fill(z < kth, float("-inf"))  # every token tied with the k-th survives: k+1 or more
+    if how == "k+1":
+        order = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k + 1]
+    elif how == "ascending":
+        order = torch.sort(z, dim=-1, descending=False, stable=True).indices[:, :k]  # keeps the k least likely
+    elif how == "ties to higher id":
+        order = (V - 1) - torch.sort(z.flip(-1), dim=-1, descending=True, stable=True).indices[:, :k]
+    elif how == "zero not -inf":
+        order = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k]
+        keep = torch.zeros_like(z, dtype=torch.bool).scatter(-1, order, True)
+        return z.masked_fill(~keep, 0.0)
+    else:
+        raise ValueError(how)
+    keep = torch.zeros_like(z, dtype=torch.bool).scatter(-1, order, True)
+    return z.masked_fill(~keep, float("-inf"))
+
+
+def _w07_topk_inplace(z, k):
+    order = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k]
+    keep = torch.zeros_like(z, dtype=torch.bool).scatter(-1, order, True)
+    z[~keep] = float("-inf")  # modifies the caller's logits
+    return z
+
+
+def _w07_topp(z, p, how):
+    probs = torch.softmax(z, dim=-1)
+    descending = how != "ascending"
+    order = torch.sort(probs, dim=-1, descending=descending, stable=True).indices
+    sp = probs.gather(-1, order)
+    if how == "drops the crossing token":
+        keep_sorted = sp.cumsum(-1) <= p
+        keep_sorted[:, 0] = True
+    elif how == "cumsum on logits":
+        sl = z.gather(-1, order)
+        keep_sorted = (sl.cumsum(-1) - sl) < p
+    elif how == "ascending":
+        keep_sorted = (sp.cumsum(-1) - sp) < p
+    elif how == "keeps one extra":
+        keep_sorted = (sp.cumsum(-1) - sp) <= p + sp  # also keeps the token after the crossing one
+    elif how == "no scatter back":
+        keep_sorted = (sp.cumsum(-1) - sp) < p
+        return z.masked_fill(~keep_sorted, float("-inf"))  # mask in sorted order applied to token order
+    else:
+        raise ValueError(how)
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return z.masked_fill(~keep, float("-inf"))
+
+
+def _w07_beam(sums, lengths, lp_next, n, alpha, how):
+    K, V = lp_next.shape
+    cand = sums[:, None] + lp_next
+    if how == "penalised length is the old length":
+        score = cand / lengths.to(cand.dtype)[:, None].clamp(min=1) ** alpha
+    elif how == "no length penalty":
+        score = cand
+    else:
+        score = cand / (lengths + 1).to(cand.dtype)[:, None] ** alpha
+    best = torch.sort(score.flatten(), descending=how != "ascending", stable=True).indices[:n]
+    if how == "running score is penalised":
+        return best // V, best % V, score.flatten()[best]  # the penalty then compounds every step
+    if how == "beam and token swapped":
+        return best % V, best // V, cand.flatten()[best]
+    if how == "per-beam top-1":
+        tok = lp_next.argmax(-1)
+        s = cand.gather(-1, tok[:, None]).squeeze(-1)
+        o = torch.sort(s, descending=True, stable=True).indices[:n]
+        return o, tok[o], s[o]
+    return best // V, best % V, cand.flatten()[best]
+
+
+def _w07_penalty(z, ids, r, how):
+    if how == "always divide":
+        seen = z.gather(-1, ids) / r  # makes negative logits LESS negative: repeats become likelier
+        return z.scatter(-1, ids, seen)
+    if how == "subtract":
+        return z.scatter(-1, ids, z.gather(-1, ids) - r)
+    if how == "per occurrence":
+        out = z.clone()
+        for b in range(ids.size(0)):
+            for i in ids[b].tolist():
+                out[b, i] = out[b, i] / r if out[b, i] > 0 else out[b, i] * r
+        return out
+    if how == "first row's history for all":
+        seen = z.gather(-1, ids[:1].expand_as(ids))
+        return z.scatter(-1, ids[:1].expand_as(ids), torch.where(seen > 0, seen / r, seen * r))
+    if how == "in place":
+        seen = z.gather(-1, ids)
+        z.scatter_(-1, ids, torch.where(seen > 0, seen / r, seen * r))
+        return z
+    if how == "penalises unseen tokens":
+        seen = torch.zeros_like(z, dtype=torch.bool).scatter(-1, ids, True)
+        return torch.where(~seen, torch.where(z > 0, z / r, z * r), z)
+    raise ValueError(how)
+
+
+WRONG_07 = {
+    "07.softmax_with_temperature": {
+        "temperature applied after softmax": lambda z, t: _w07_temp(z, t, "after softmax"),
+        "temperature after softmax, renormalised (no effect)": lambda z, t: _w07_temp(z, t, "after softmax, renormalised"),
+        "multiplies by t": lambda z, t: _w07_temp(z, t, "multiplied"),
+        "naive exp overflows": lambda z, t: _w07_temp(z, t, "naive exp"),
+        "t = 0 divides by zero": lambda z, t: torch.softmax(z / t, dim=-1) if t else torch.softmax(z / 1e-30, dim=-1),
+        "softmax over the batch axis": lambda z, t: _w07_one_hot(z) if t == 0 else torch.softmax(z / t, dim=0),
+        "returns log-probabilities": lambda z, t: _w07_one_hot(z) if t == 0 else torch.log_softmax(z / t, dim=-1),
+    },
+    "07.top_k_filter": {
+        "threshold keeps every tie (k+1 on ties)": lambda z, k: _w07_topk(z, k, "threshold keeps ties"),
+        "keeps k+1": lambda z, k: _w07_topk(z, k, "k+1"),
+        "sorted the wrong way": lambda z, k: _w07_topk(z, k, "ascending"),
+        "ties go to the higher id": lambda z, k: _w07_topk(z, k, "ties to higher id"),
+        "fills with 0, not -inf": lambda z, k: _w07_topk(z, k, "zero not -inf"),
+        "changes the input in place": _w07_topk_inplace,
+    },
+    "07.top_p_filter": {
+        "drops the crossing token": lambda z, p: _w07_topp(z, p, "drops the crossing token"),
+        "cumulative sum of logits, not probabilities": lambda z, p: _w07_topp(z, p, "cumsum on logits"),
+        "sorted the wrong way": lambda z, p: _w07_topp(z, p, "ascending"),
+        "keeps one token too many": lambda z, p: _w07_topp(z, p, "keeps one extra"),
+        "mask not scattered back to token order": lambda z, p: _w07_topp(z, p, "no scatter back"),
+    },
+    "07.beam_step": {
+        "length penalty applied to the running score every step": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "running score is penalised"),
+        "sorted the wrong way": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "ascending"),
+        "length penalty ignored": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "no length penalty"),
+        "divides by the old length": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "penalised length is the old length"),
+        "beam and token indices swapped": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "beam and token swapped"),
+        "each beam keeps only its best token": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "per-beam top-1"),
+    },
+    "07.repetition_penalty": {
+        "always divides (negative logits go up)": lambda z, ids, r: _w07_penalty(z, ids, r, "always divide"),
+        "subtracts the penalty": lambda z, ids, r: _w07_penalty(z, ids, r, "subtract"),
+        "penalises once per occurrence": lambda z, ids, r: _w07_penalty(z, ids, r, "per occurrence"),
+        "uses the first row's history for every row": lambda z, ids, r: _w07_penalty(z, ids, r, "first row's history for all"),
+        "changes the logits in place": lambda z, ids, r: _w07_penalty(z, ids, r, "in place"),
+        "penalises the unseen tokens": lambda z, ids, r: _w07_penalty(z, ids, r, "penalises unseen tokens"),
+    },
+}
+WRONG_ANSWERS.update(WRONG_07)

@@ -1,0 +1,220 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Exercises: decoding strategies
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/07_decoding.ipynb)
+#
+# Five pieces of the decoders of [lesson 07](../lessons/07_decoding.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 |
+# | 2 | `top_k_filter(logits, k)`: keep exactly the k most likely tokens | 2 |
+# | 3 | `top_p_filter(logits, p)`: keep the nucleus of probability p | 3 |
+# | 4 | `beam_step(...)`: one step of beam search with a length penalty | 3 |
+# | 5 | `repetition_penalty(logits, ids, penalty)`: CTRL's penalty on tokens already used | 2 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/07_decoding.ipynb` grades the whole notebook.
+#
+# Conventions used throughout: logits are `(B, V)` float tensors (B rows, V tokens); a token that is
+# filtered out gets the logit `-inf` (probability 0 after softmax); never change the inputs in place.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · Softmax with temperature (2 points)
+#
+# $P(x_j) = \dfrac{\exp(l_j / t)}{\sum_{j'} \exp(l_{j'} / t)}$. Small $t$ sharpens the distribution,
+# large $t$ flattens it; $t = 0$ is defined as greedy: all the probability on the most likely token.
+
+# %%
+def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The next-token distribution at temperature ``temperature``.
+
+    Args:
+        logits: ``(B, V)`` float tensor (entries may be ``-inf``: those tokens get probability 0).
+        temperature: a number ``>= 0``.
+
+    Returns:
+        ``(B, V)`` probabilities (each row sums to 1), same dtype as ``logits``: the softmax of
+        ``logits / temperature``. For ``temperature == 0``: a one-hot row on the argmax (the *first*
+        one if several tokens tie). Must not overflow for tiny temperatures such as 0.01.
+
+    Hint: ``torch.softmax`` subtracts the maximum for you; for t = 0, ``F.one_hot(logits.argmax(-1), V)``.
+    """
+    raise NotImplementedError("divide the logits by t BEFORE the softmax (torch.softmax(logits / t, dim=-1)); t = 0 needs its own case: a one-hot on argmax.")
+
+
+# %%
+check("07.softmax_with_temperature", softmax_with_temperature)
+
+# %% [markdown]
+# ## 2 · Top-k filtering (2 points)
+#
+# Keep the $k$ largest logits of each row and set the others to $-\infty$. Exactly $k$ tokens survive:
+# if several tokens tie at the $k$-th place, the lower token ids win (so that $k = 1$ is exactly greedy,
+# like `argmax`). Beware `torch.topk`: it does not promise which of equal values it returns.
+
+# %%
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row, set the rest to ``-inf``.
+
+    Args:
+        logits: ``(B, V)`` float tensor.
+        k: int ``>= 1``; ``k >= V`` keeps everything.
+
+    Returns:
+        a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Exactly ``min(k, V)``
+        entries per row are kept; ties go to the lower token id. ``-inf`` entries stay ``-inf``.
+
+    Hint: ``torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]`` are the ids to
+    keep; ``torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True)`` makes the mask.
+    """
+    raise NotImplementedError("sort each row with torch.sort(logits, dim=-1, descending=True, stable=True); keep the first k indices (scatter into a bool mask), fill the rest with -inf.")
+
+
+# %%
+check("07.top_k_filter", top_k_filter)
+
+# %% [markdown]
+# ## 3 · Top-p (nucleus) filtering (3 points)
+#
+# Keep the smallest set of most likely tokens whose probability adds up to at least $p$. Walking down
+# the tokens from the most likely, a token is kept while the mass of the tokens *before* it is still
+# below $p$ — so the token that crosses $p$ is kept, and the most likely token always is.
+#
+# Example: probabilities 0.5, 0.3, 0.15, 0.05 and $p = 0.7$ keep the first two (0.5 < 0.7, so the 0.3
+# token is kept, and 0.5 + 0.3 = 0.8 ≥ 0.7 stops there).
+
+# %%
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches ``p``.
+
+    Args:
+        logits: ``(B, V)`` float tensor.
+        p: a number in ``(0, 1]``; ``p = 1`` keeps everything.
+
+    Returns:
+        a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Token ``i`` is kept when
+        the total probability of the tokens ranked before it (ties: lower id first) is ``< p``.
+
+    Hint: sort the softmax probabilities descending (stable), ``mass_before = cumsum - sorted_probs``,
+    keep ``mass_before < p``, and scatter that mask back from sorted order to token order.
+    """
+    raise NotImplementedError("sort the probabilities descending; the mass BEFORE a token is cumsum - prob; keep the token if that mass is < p (so the crossing token stays), then scatter back to token order.")
+
+
+# %%
+check("07.top_p_filter", top_p_filter)
+
+# %% [markdown]
+# ## 4 · One step of beam search (3 points)
+#
+# Beam search keeps $K$ running hypotheses ("beams"), each with the **sum** of its tokens'
+# log-probabilities and its length. One step:
+#
+# 1. **expand**: every beam $k$ times every token $v$ is a candidate, with
+#    $\text{sum}_{k,v} = \text{sum}_k + \log P(v \mid \text{beam}_k)$ and length $\text{len}_k + 1$;
+# 2. **score** with the length penalty $\alpha$: $\text{score}_{k,v} = \text{sum}_{k,v} / (\text{len}_k + 1)^{\alpha}$
+#    ($\alpha = 0$: the raw log-probability, which prefers short hypotheses; $\alpha = 1$: per token);
+# 3. **keep** the `num_beams` best scores (ties: lower flat index $k \cdot V + v$ first).
+#
+# The running value you return is the plain **sum**: the penalty only decides the ranking. (Storing
+# the penalised score and adding to it next step would divide the early tokens again and again.)
+
+# %%
+def beam_step(sum_logprobs: torch.Tensor, lengths: torch.Tensor, next_logprobs: torch.Tensor,
+              num_beams: int, length_penalty: float):
+    """One step of beam search: expand every beam by every token, score, keep the best.
+
+    Args:
+        sum_logprobs: ``(K,)`` each running beam's sum of log-probabilities so far.
+        lengths: ``(K,)`` long, each beam's number of generated tokens so far.
+        next_logprobs: ``(K, V)`` log-probabilities of the next token for each beam.
+        num_beams: how many candidates to keep.
+        length_penalty: the exponent alpha of the length in the score.
+
+    Returns:
+        ``(beam_idx, token_idx, new_sum_logprobs)``, each of shape ``(min(num_beams, K * V),)``, ordered
+        best score first: the parent beam and the token of each kept candidate (long tensors), and its
+        plain sum of log-probabilities (``sum_logprobs[beam] + next_logprobs[beam, token]``).
+
+    Hint: ``cand = sum_logprobs[:, None] + next_logprobs`` is ``(K, V)``; divide it by
+    ``(lengths + 1)[:, None] ** length_penalty`` to score; ``torch.sort(score.flatten(),
+    descending=True, stable=True)``; flat index ``i`` is beam ``i // V``, token ``i % V``.
+    """
+    raise NotImplementedError("cand = sum_logprobs[:, None] + next_logprobs is (K, V); score = cand / (lengths + 1)[:, None] ** length_penalty; sort score.flatten() descending (stable) and keep num_beams: beam = i // V, token = i % V, and return cand (not score) as the new sums.")
+
+
+# %%
+check("07.beam_step", beam_step)
+
+# %% [markdown]
+# ## 5 · Repetition penalty (2 points)
+#
+# CTRL (Keskar et al., 2019) discourages tokens that already occur in the text: a seen token's logit
+# is divided by the penalty if it is positive and multiplied by it if it is negative (either way it
+# moves down for a penalty > 1). A token seen five times is penalised once, like a token seen once.
+
+# %%
+def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Apply CTRL's repetition penalty.
+
+    Args:
+        logits: ``(B, V)`` next-token logits.
+        ids: ``(B, T)`` long, the tokens so far of each row (prompt and generated).
+        penalty: a number ``> 0``; ``1`` changes nothing, ``> 1`` discourages repeats.
+
+    Returns:
+        a new ``(B, V)`` tensor: for every token that occurs in row ``b`` of ``ids``, its logit divided
+        by ``penalty`` if positive, multiplied by ``penalty`` otherwise; other logits unchanged.
+
+    Hint: ``seen = logits.gather(-1, ids)``; ``torch.where(seen > 0, seen / penalty, seen * penalty)``;
+    ``logits.scatter(-1, ids, new)`` (repeated ids write the same value, so each counts once).
+    """
+    raise NotImplementedError("seen = logits.gather(-1, ids); penalised = where(seen > 0, seen / penalty, seen * penalty); write it back with scatter (on a copy).")
+
+
+# %%
+check("07.repetition_penalty", repetition_penalty)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/07_decoding.ipynb` prints in a terminal.
+
+# %%
+check_all("07")

@@ -1,0 +1,374 @@
+"""Chapter 07 graders (``exercises/07_decoding.ipynb``): temperature, top-k, top-p, a beam step, a penalty.
+
+Every check compares with ``torch.softmax``, an independent construction written here with plain
+Python loops and sorting, or a property (rows sum to 1, inputs left unchanged, t = 0 is the argmax).
+lmlab's own implementation is only the ``reference`` that the tests feed through the same checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .registry import Check, Exercise, register
+
+NEG = -math.inf
+
+
+def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _ranked(row: list[float]) -> list[int]:
+    """Token ids by value, largest first; equal values: lower id first."""
+    return sorted(range(len(row)), key=lambda i: (-row[i], i))
+
+
+# ---------------------------------------------------------------------------------------------
+# 07.softmax_with_temperature
+# ---------------------------------------------------------------------------------------------
+
+
+def _temp_call(f, logits, t, what):
+    before = logits.clone()
+    got = expect_tensor(f(logits, t), what, shape=tuple(logits.shape), dtype=logits.dtype)
+    expect_true(torch.equal(logits, before), f"{what} changed its input logits in place; work on a copy")
+    return got
+
+
+def _temp_values(f):
+    logits = _randn(3, 7, seed=70, scale=2.0)
+    for t in (1.0, 0.5, 2.0):
+        what = f"softmax_with_temperature(logits (3, 7), {t})"
+        got = _temp_call(f, logits, t, what)
+        expect_close(got, torch.softmax(logits / t, dim=-1), f"{what} vs softmax(logits / {t})", atol=1e-6)
+
+
+def _temp_zero(f):
+    logits = torch.tensor([[0.5, 2.0, -1.0, 2.0, 1.0], [-3.0, -1.0, -2.0, -1.5, -4.0]])
+    what = "softmax_with_temperature(logits, 0) (t = 0 is greedy: all the probability on the first argmax)"
+    got = _temp_call(f, logits, 0.0, what)
+    expected = torch.zeros_like(logits)
+    expected[0, 1] = 1.0  # the first of the two tied maxima
+    expected[1, 1] = 1.0
+    expect_close(got, expected, what, atol=1e-6)
+
+
+def _temp_extremes(f):
+    logits = _randn(2, 9, seed=71, scale=40.0)
+    what = "softmax_with_temperature(logits around ±100, 0.01)"
+    got = _temp_call(f, logits, 0.01, what)
+    expect_true(not torch.isnan(got).any(), f"{what} contains NaN: exp(logits / t) overflows; subtract the row maximum first "
+                "(or use torch.softmax)")
+    expect_close(got, torch.softmax(logits / 0.01, dim=-1), what, atol=1e-6)
+    what = "softmax_with_temperature(logits, 1e6) (t → ∞ approaches uniform)"
+    got = _temp_call(f, logits, 1e6, what)
+    expect_close(got, torch.full_like(logits, 1 / 9), what, atol=1e-4)
+    masked = logits.clone()
+    masked[:, ::2] = NEG  # tokens already filtered out
+    what = "softmax_with_temperature(logits with -inf entries, 3.0)"
+    got = _temp_call(f, masked, 3.0, what)
+    expect_close(got, torch.softmax(masked / 3.0, dim=-1), f"{what} (a -inf logit must keep probability 0)", atol=1e-6)
+
+
+register(Exercise(
+    id="07.softmax_with_temperature",
+    points=2,
+    signature="softmax_with_temperature(logits: (B, V) float tensor, temperature: float >= 0) -> (B, V) probabilities",
+    hint="divide the logits by t BEFORE the softmax (torch.softmax(logits / t, dim=-1)); t = 0 needs its own case: a one-hot on argmax.",
+    checks=(
+        Check("t = 1, 0.5 and 2 against softmax(logits / t)", _temp_values),
+        Check("t = 0 puts all the probability on the first argmax", _temp_zero),
+        Check("tiny t does not overflow, huge t is uniform, -inf stays at probability 0", _temp_extremes),
+    ),
+    reference=lambda: (lambda logits, temperature: __import__("lmlab.decoding", fromlist=["x"]).filtered_probs(logits, temperature)),
+))
+
+# ---------------------------------------------------------------------------------------------
+# 07.top_k_filter
+# ---------------------------------------------------------------------------------------------
+
+
+def _top_k_expected(logits: torch.Tensor, k: int) -> torch.Tensor:
+    out = torch.full_like(logits, NEG)
+    for b, row in enumerate(logits.tolist()):
+        for i in _ranked(row)[:k]:
+            out[b, i] = logits[b, i]
+    return out
+
+
+def _filter_call(f, logits, arg, what):
+    before = logits.clone()
+    got = expect_tensor(f(logits, arg), what, shape=tuple(logits.shape), dtype=logits.dtype)
+    expect_true(torch.equal(logits, before), f"{what} changed its input logits in place; work on a copy (logits.clone())")
+    return got
+
+
+def _kept(got: torch.Tensor, b: int = 0) -> list[int]:
+    return torch.isfinite(got[b]).nonzero().flatten().tolist()
+
+
+def _top_k_random(f):
+    logits = _randn(4, 12, seed=72, scale=2.0)
+    for k in (1, 3, 7):
+        what = f"top_k_filter(logits (4, 12), {k})"
+        got = _filter_call(f, logits, k, what)
+        expect_close(got, _top_k_expected(logits, k), f"{what} (kept logits unchanged, the rest -inf)")
+
+
+def _top_k_ties(f):
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0, 2.0]])
+    what = "top_k_filter([[1, 3, 3, 3, 0], [2, 2, 2, 2, 2]], 2)"
+    got = _filter_call(f, logits, 2, what)
+    counts = torch.isfinite(got).sum(dim=-1).tolist()
+    expect_equal(counts, [2, 2], f"{what}: number of tokens kept per row (exactly k, also when the k-th value is tied)")
+    expect_equal(_kept(got, 0), [1, 2], f"{what}: kept ids of row 0 (ties go to the lower token id)")
+    expect_equal(_kept(got, 1), [0, 1], f"{what}: kept ids of row 1 (ties go to the lower token id)")
+
+
+def _top_k_edges(f):
+    logits = _randn(2, 6, seed=73)
+    what = "top_k_filter(logits (2, 6), 6) (k = V keeps everything)"
+    expect_close(_filter_call(f, logits, 6, what), logits, what)
+    what = "top_k_filter(logits (2, 6), 10) (k > V keeps everything)"
+    expect_close(_filter_call(f, logits, 10, what), logits, what)
+    masked = logits.clone()
+    masked[:, 1::2] = NEG  # three finite logits per row
+    what = "top_k_filter(logits with 3 finite entries per row, 2)"
+    expect_close(_filter_call(f, masked, 2, what), _top_k_expected(masked, 2), what)
+
+
+register(Exercise(
+    id="07.top_k_filter",
+    points=2,
+    signature="top_k_filter(logits: (B, V) float tensor, k: int >= 1) -> (B, V) logits, -inf outside the top k",
+    hint="sort each row with torch.sort(logits, dim=-1, descending=True, stable=True); keep the first k indices (scatter into a bool mask), fill the rest with -inf.",
+    checks=(
+        Check("random logits, k = 1, 3, 7: the k largest keep their value", _top_k_random),
+        Check("ties at the k-th place: exactly k kept, lower ids first", _top_k_ties),
+        Check("k >= V keeps everything; -inf entries are never revived", _top_k_edges),
+    ),
+    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).top_k_filter,
+))
+
+# ---------------------------------------------------------------------------------------------
+# 07.top_p_filter
+# ---------------------------------------------------------------------------------------------
+
+
+def _top_p_kept(probs: list[float], p: float) -> list[int]:
+    kept, mass = [], 0.0
+    for i in _ranked(probs):
+        if mass >= p:
+            break
+        kept.append(i)
+        mass += probs[i]
+    return sorted(kept)
+
+
+def _top_p_expected(logits: torch.Tensor, p: float) -> torch.Tensor:
+    out = torch.full_like(logits, NEG)
+    probs = torch.softmax(logits.double(), dim=-1)
+    for b in range(logits.size(0)):
+        for i in _top_p_kept(probs[b].tolist(), p):
+            out[b, i] = logits[b, i]
+    return out
+
+
+def _top_p_known(f):
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])  # sorted: 0.5, 0.3, 0.15, 0.05
+    logits = probs.log()
+    for p, ids in ((0.6, [1, 3]), (0.7, [1, 3]), (0.85, [0, 1, 3]), (0.97, [0, 1, 2, 3]), (0.2, [1])):
+        what = f"top_p_filter(log [[0.15, 0.5, 0.05, 0.3]], {p})"
+        got = _filter_call(f, logits, p, what)
+        expect_equal(_kept(got), ids, f"{what}: kept token ids (the smallest set reaching p, the token that crosses p included)")
+        expect_close(got, _top_p_expected(logits, p), f"{what} (kept logits unchanged, the rest -inf)")
+
+
+def _top_p_random(f):
+    logits = _randn(5, 20, seed=74, scale=2.0)
+    for p in (0.5, 0.8, 0.95):
+        what = f"top_p_filter(logits (5, 20), {p})"
+        expect_close(_filter_call(f, logits, p, what), _top_p_expected(logits, p), what)
+
+
+def _top_p_edges(f):
+    logits = _randn(2, 8, seed=75)
+    what = "top_p_filter(logits, 1.0) (p = 1 keeps everything)"
+    expect_close(_filter_call(f, logits, 1.0, what), logits, what)
+    what = "top_p_filter(logits, 1e-4) (a tiny p keeps only the most likely token)"
+    got = _filter_call(f, logits, 1e-4, what)
+    expect_close(torch.isfinite(got), torch.nn.functional.one_hot(logits.argmax(-1), 8).bool(), what)
+    confident = torch.tensor([[0.0, 12.0, 1.0, -2.0, 0.5]])  # one token holds > 99.9%
+    what = "top_p_filter(a confident row, 0.9)"
+    expect_equal(_kept(_filter_call(f, confident, 0.9, what)), [1], f"{what}: kept ids")
+
+
+register(Exercise(
+    id="07.top_p_filter",
+    points=3,
+    signature="top_p_filter(logits: (B, V) float tensor, p: float in (0, 1]) -> (B, V) logits, -inf outside the nucleus",
+    hint="sort the probabilities descending; the mass BEFORE a token is cumsum - prob; keep the token if that mass is < p (so the crossing token stays), then scatter back to token order.",
+    checks=(
+        Check("a known distribution: the token that crosses p is kept", _top_p_known),
+        Check("random logits against an independent construction", _top_p_random),
+        Check("p = 1 keeps all, a tiny p keeps the argmax, a confident row keeps one", _top_p_edges),
+    ),
+    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).top_p_filter,
+))
+
+# ---------------------------------------------------------------------------------------------
+# 07.beam_step
+# ---------------------------------------------------------------------------------------------
+
+
+def _beam_expected(sums, lengths, logprobs, num_beams, lp):
+    K, V = logprobs.shape
+    cands = []
+    for k in range(K):
+        for v in range(V):
+            s = float(sums[k]) + float(logprobs[k, v])
+            score = s / float(lengths[k] + 1) ** lp
+            cands.append((-score, k * V + v, k, v, s))
+    cands.sort()
+    best = cands[:num_beams]
+    return ([c[2] for c in best], [c[3] for c in best], torch.tensor([c[4] for c in best]))
+
+
+def _beam_call(f, sums, lengths, logprobs, num_beams, lp, what):
+    got = f(sums.clone(), lengths.clone(), logprobs.clone(), num_beams, lp)
+    expect_true(isinstance(got, (tuple, list)) and len(got) == 3,
+                f"{what} should return a tuple (beam_idx, token_idx, new_sum_logprobs), got "
+                + (f"{type(got).__name__} of length {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__))
+    n = min(num_beams, logprobs.numel())
+    beam_idx = expect_tensor(got[0], f"beam_idx from {what}", shape=(n,))
+    token_idx = expect_tensor(got[1], f"token_idx from {what}", shape=(n,))
+    new_sums = expect_tensor(got[2], f"new_sum_logprobs from {what}", shape=(n,))
+    return beam_idx.tolist(), token_idx.tolist(), new_sums
+
+
+def _beam_compare(f, sums, lengths, logprobs, num_beams, lp, what):
+    b, t, s = _beam_call(f, sums, lengths, logprobs, num_beams, lp, what)
+    eb, et, es = _beam_expected(sums, lengths, logprobs, num_beams, lp)
+    expect_equal(list(zip(b, t)), list(zip(eb, et)), f"{what}: the kept (beam, token) pairs, best score first")
+    expect_close(s.to(es.dtype), es, f"{what}: new_sum_logprobs (the plain sum of log-probs, no length penalty in it)", atol=1e-5)
+    return b, t, s
+
+
+def _logprobs(K, V, seed):
+    return torch.log_softmax(_randn(K, V, seed=seed, scale=2.0), dim=-1)
+
+
+def _beam_basic(f):
+    sums = torch.tensor([-1.0, -1.7, -2.4])
+    lengths = torch.tensor([3, 3, 3])
+    _beam_compare(f, sums, lengths, _logprobs(3, 6, seed=76), 3, 1.0, "beam_step(3 beams of length 3, V = 6, num_beams=3, length_penalty=1.0)")
+    _beam_compare(f, torch.zeros(1), torch.zeros(1, dtype=torch.long), _logprobs(1, 6, seed=77), 4, 0.0,
+                  "beam_step(the prompt only: 1 beam of length 0, V = 6, num_beams=4, length_penalty=0.0)")
+
+
+def _beam_penalty(f):
+    # Beam 0: sum -2.0 over 1 token; beam 1: sum -3.6 over 5 tokens. Per token, beam 1 is better.
+    sums, lengths = torch.tensor([-2.0, -3.6]), torch.tensor([1, 5])
+    logprobs = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]))
+    for lp in (0.0, 1.0, 2.0):
+        _beam_compare(f, sums, lengths, logprobs, 2, lp,
+                      f"beam_step(beams of lengths 1 and 5, num_beams=2, length_penalty={lp}) (score = sum / (length + 1) ** length_penalty)")
+    # The candidate's length is the beam's length + 1 (the new token counts).
+    sums, lengths = torch.tensor([-0.6, -2.1]), torch.tensor([1, 3])
+    logprobs = torch.log(torch.tensor([[0.67, 0.33], [0.67, 0.33]]))
+    _beam_compare(f, sums, lengths, logprobs, 2, 1.0,
+                  "beam_step(beams of lengths 1 and 3, num_beams=2, length_penalty=1.0) (a candidate's length is lengths[k] + 1)")
+
+
+def _beam_loop(f):
+    # Five steps of a bigram "model", feeding back what beam_step returns: the running sums must stay plain sums.
+    V, K = 5, 3
+    table = _logprobs(V, V, seed=78)  # next-token log-probs given the last token
+    sums, lengths, last = torch.zeros(1), torch.zeros(1, dtype=torch.long), [0]
+    ref_sums, ref_last = torch.zeros(1), [0]
+    for step in range(5):
+        what = f"beam_step at step {step + 1} of a 5-step search (num_beams={K}, length_penalty=1.0), fed its own outputs"
+        b, t, s = _beam_call(f, sums, lengths, table[last], K, 1.0, what)
+        eb, et, es = _beam_expected(ref_sums, torch.full((len(ref_last),), step), table[ref_last], K, 1.0)
+        expect_equal(list(zip(b, t)), list(zip(eb, et)), f"{what}: the kept (beam, token) pairs")
+        expect_close(s.to(es.dtype), es, f"{what}: new_sum_logprobs (a running score must not be divided by the length "
+                     "every step: keep the plain sum, divide only to rank)", atol=1e-5)
+        sums, lengths, last = s, torch.full((K,), step + 1), t
+        ref_sums, ref_last = es, et
+
+
+register(Exercise(
+    id="07.beam_step",
+    points=3,
+    signature="beam_step(sum_logprobs: (K,), lengths: (K,) long, next_logprobs: (K, V), num_beams: int, length_penalty: float) "
+              "-> (beam_idx, token_idx, new_sum_logprobs), each (min(num_beams, K*V),)",
+    hint="cand = sum_logprobs[:, None] + next_logprobs is (K, V); score = cand / (lengths + 1)[:, None] ** length_penalty; "
+         "sort score.flatten() descending (stable) and keep num_beams: beam = i // V, token = i % V, and return cand (not score) as the new sums.",
+    checks=(
+        Check("3 beams of equal length, and the first step from the prompt", _beam_basic),
+        Check("beams of different lengths: the length penalty decides the ranking", _beam_penalty),
+        Check("5 steps feeding back its own outputs: running sums stay plain sums", _beam_loop),
+    ),
+    reference=lambda: __import__("lmlab.experiments.decoding", fromlist=["x"]).beam_step,
+))
+
+# ---------------------------------------------------------------------------------------------
+# 07.repetition_penalty
+# ---------------------------------------------------------------------------------------------
+
+
+def _penalty_expected(logits, ids, penalty):
+    out = logits.clone()
+    for b in range(logits.size(0)):
+        for i in set(ids[b].tolist()):
+            x = float(logits[b, i])
+            out[b, i] = x / penalty if x > 0 else x * penalty
+    return out
+
+
+def _penalty_call(f, logits, ids, penalty, what):
+    before_l, before_i = logits.clone(), ids.clone()
+    got = expect_tensor(f(logits, ids, penalty), what, shape=tuple(logits.shape), dtype=logits.dtype)
+    expect_true(torch.equal(logits, before_l) and torch.equal(ids, before_i), f"{what} changed its inputs in place; work on a copy")
+    return got
+
+
+def _penalty_known(f):
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, -2.0, 1.0]])
+    ids = torch.tensor([[0, 1, 4]])
+    what = "repetition_penalty(logits [[2, -1, 0.5, 3, -2, 1]], ids [[0, 1, 4]], 2.0)"
+    expected = torch.tensor([[1.0, -2.0, 0.5, 3.0, -4.0, 1.0]])  # positive / 2, negative * 2, unseen unchanged
+    expect_close(_penalty_call(f, logits, ids, 2.0, what), expected, f"{what} (seen: positive logits / penalty, negative * penalty)")
+
+
+def _penalty_repeats(f):
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    ids = torch.tensor([[3, 3, 3, 1, 3]])
+    what = "repetition_penalty(logits, ids [[3, 3, 3, 1, 3]], 1.5) (a token seen 4 times is penalised once)"
+    expect_close(_penalty_call(f, logits, ids, 1.5, what), _penalty_expected(logits, ids, 1.5), what)
+    what = "repetition_penalty(logits, ids, 1.0) (penalty 1 changes nothing)"
+    expect_close(_penalty_call(f, logits, ids, 1.0, what), logits, what)
+
+
+def _penalty_batch(f):
+    logits = _randn(3, 10, seed=79, scale=2.0)
+    ids = torch.randint(10, (3, 6), generator=torch.Generator().manual_seed(80))
+    what = "repetition_penalty(logits (3, 10), ids (3, 6), 1.3) (each row uses its own history)"
+    expect_close(_penalty_call(f, logits, ids, 1.3, what), _penalty_expected(logits, ids, 1.3), what)
+
+
+register(Exercise(
+    id="07.repetition_penalty",
+    points=2,
+    signature="repetition_penalty(logits: (B, V) float tensor, ids: (B, T) long tensor, penalty: float > 0) -> (B, V) logits",
+    hint="seen = logits.gather(-1, ids); penalised = where(seen > 0, seen / penalty, seen * penalty); write it back with scatter (on a copy).",
+    checks=(
+        Check("a known case: positive logits divided, negative multiplied, unseen unchanged", _penalty_known),
+        Check("a token seen many times is penalised once; penalty 1 is a no-op", _penalty_repeats),
+        Check("a batch: each row penalises its own history", _penalty_batch),
+    ),
+    reference=lambda: (lambda logits, ids, penalty: __import__("lmlab.decoding", fromlist=["x"]).apply_repetition_penalty(logits, ids, penalty)),
+))
