@@ -40,6 +40,7 @@ def style_figure(fig: go.Figure, title: str | None = None, width: int = FIGURE_W
         height=height,
         margin=dict(l=60, r=20, t=50 if title else 20, b=50),
         title=title,
+        modebar=dict(orientation="v"),  # keep plotly's toolbar off the title
     )
     return fig
 

@@ -99,7 +99,9 @@ def mask_figure(architecture: str, T: int, prefix_len: int) -> tuple[go.Figure, 
     v = visibility(architecture, T, prefix_len)
     note = (f"{architecture}: {v['visible_pairs']} of {T * T} pairs visible ({v['fraction_visible']:.0%}); "
             f"{v['positions_with_loss']} of {T} positions get a next-token loss")
-    return style_figure(fig, f"What each token sees — {architecture}", width=560, height=560), note
+    fig = style_figure(fig, f"What each token sees — {architecture}", width=560, height=600)
+    fig.update_layout(margin=dict(t=120), title=dict(y=0.98, yanchor="top"))  # room for the top axis title
+    return fig, note
 
 
 @torch.no_grad()
