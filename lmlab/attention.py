@@ -262,15 +262,16 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x.reshape(B, nkv * n_rep, T, hs)  # (B, nh, T, hs)
 
 
-def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None) -> torch.Tensor:
+def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None, n_sink: int = 0) -> torch.Tensor:
     """Causal ``(T_q, T_k)`` mask for the *last* ``T_q`` queries of a ``T_k``-token sequence (the
     new tokens of a cached forward): query i sits at position ``T_k - T_q + i``. ``window`` also
-    limits each query to its ``window`` most recent keys."""
+    limits each query to its ``window`` most recent keys; ``n_sink`` keeps the first ``n_sink``
+    keys visible too (Λ-shaped attention, lesson 06)."""
     offset = T_k - T_q
     i = torch.arange(T_q, device=device)[:, None] + offset  # (T_q, 1): absolute query position
     j = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
     mask = j <= i
-    return mask & (i - j < window) if window is not None else mask  # (T_q, T_k)
+    return mask & ((i - j < window) | (j < n_sink)) if window is not None else mask  # (T_q, T_k)
 
 
 def _check_heads(n_heads: int, n_kv_heads: int | None) -> int:
@@ -297,7 +298,7 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
-                 dropout: float = 0.0, window: int | None = None):
+                 dropout: float = 0.0, window: int | None = None, n_sink: int = 0):
         super().__init__()
         _check_length("d_model", d_model)
         self.n_kv_heads = _check_heads(n_heads, n_kv_heads)
@@ -305,7 +306,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if window is not None:
             _check_length("window", window)
-        self.n_heads, self.head_size, self.window = n_heads, d_model // n_heads, window
+        _check_length("n_sink", n_sink, minimum=0)
+        self.n_heads, self.head_size, self.window, self.n_sink = n_heads, d_model // n_heads, window, n_sink
         self.n_rep = n_heads // self.n_kv_heads
         self.kv_dim = self.n_kv_heads * self.head_size  # width of k (and of v)
         self.qkv = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)
@@ -314,19 +316,25 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        if positions is not None:  # lesson 03: lmlab.positions.AttentionPositions of this forward pass
+            q, k = positions.rotate(q, k)  # RoPE: new q and k rotated at their positions, before caching
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs): all keys so far
         T_k = k.size(2)
+        if positions is not None and positions.changes_scores:  # ALiBi / T5 bias, RoPE truncation
+            mask = attn_mask if attn_mask is not None else decode_mask(T, T_k, self.window, x.device, self.n_sink)
+            y = positions.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            return self.drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))  # (B, T, C)
         is_causal = attn_mask is None and T_k == T and self.window is None
         one_new_token = T == 1 and self.window is None  # decode step: it sees every cached key
         if attn_mask is None and not is_causal and not one_new_token:
-            attn_mask = decode_mask(T, T_k, self.window, device=x.device)  # (T, T_k)
+            attn_mask = decode_mask(T, T_k, self.window, device=x.device, n_sink=self.n_sink)  # (T, T_k)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,

@@ -18,6 +18,7 @@ import torch.nn as nn
 from .activations import GLU_KINDS, FeedForward, glu_hidden_size
 from .attention import MultiHeadAttention
 from .norms import DeepNorm, deepnorm_constants, make_norm
+from .positions import POSITIONS, LearnedPositionEmbedding, build_position
 
 __all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
 
@@ -26,7 +27,7 @@ NORMS = ("layernorm", "rmsnorm")  # lesson 01
 NORM_POSITIONS = ("pre", "post", "sandwich", "deepnorm")  # lesson 01
 ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")  # lesson 02
 GLU_MULTIPLE_OF = 8  # default gated hidden size is rounded up to a multiple of this
-POSITIONS = ("learned", "none")
+# POSITIONS (lesson 03) = ("learned", "none", "sinusoidal", "t5", "rope", "alibi"), from lmlab.positions
 ATTENTIONS = ("full", "sliding_window")  # lesson 04
 
 
@@ -46,6 +47,18 @@ class ModelConfig:
     (multi-head), 1 = multi-query, a divisor in between = grouped-query attention.
     ``attention``: ``full`` (causal) or ``sliding_window`` (causal, each token sees its ``window``
     most recent tokens; ``window`` is required then and meaningless otherwise).
+    ``position`` (lesson 03): ``learned`` (GPT-2 table), ``none``, ``sinusoidal``, ``t5``
+    (relative bias), ``rope`` or ``alibi`` (see :mod:`lmlab.positions`).
+    ``n_positions``: rows of the learned table (``position="learned"`` only); ``None`` means
+    ``context_length``. To run a trained model at a longer ``context_length`` keep
+    ``n_positions`` at the trained length: asking for a position past the table raises a
+    ``ValueError`` (learned positions cannot extrapolate) instead of using untrained rows.
+    ``rope_base``, ``rope_scaling`` (lesson 06, ``position="rope"`` only): RoPE's base and an
+    optional context-extension dict (``linear``, ``ntk``, ``dynamic_ntk``, ``yarn``, ``truncate``;
+    see :mod:`lmlab.longctx`).
+    ``n_sink`` (lesson 06): with ``sliding_window``, the first ``n_sink`` tokens stay visible to
+    every query (Λ-shaped attention). ``knn_memory`` (lesson 06): ``{"layer": i, "top_k": k,
+    "size": M}`` makes layer ``i`` a :class:`lmlab.longctx.KNNMemoryAttention`.
     """
 
     vocab_size: int = 256
@@ -64,6 +77,11 @@ class ModelConfig:
     tie_embeddings: bool = True  # share the token embedding with the output layer (GPT-2)
     n_kv_heads: int | None = None  # lesson 04: None means n_heads (MHA); 1 is MQA; else GQA
     window: int | None = None  # lesson 04: tokens each query sees with attention="sliding_window"
+    n_positions: int | None = None  # lesson 03: learned table size; None means context_length
+    rope_base: float = 10000.0  # lesson 03: RoPE's base
+    rope_scaling: dict | None = None  # lesson 06: RoPE context extension, see lmlab.longctx
+    n_sink: int = 0  # lesson 06: sink tokens kept visible with attention="sliding_window"
+    knn_memory: dict | None = None  # lesson 06: {"layer": i, "top_k": k, "size": M}
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -100,9 +118,34 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.window must be an int >= 1 with attention='sliding_window', got {self.window!r}")
         elif self.window is not None:
             raise ValueError(f"ModelConfig.window only applies to attention='sliding_window', got window={self.window!r} with attention={self.attention!r}")
+        self._check_long_context()
         if self.d_ff is None:
             plain = 4 * self.d_model
             self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if self.activation in GLU_KINDS else plain
+
+    def _check_long_context(self) -> None:
+        """Lessons 03 and 06: the position and long-context options."""
+        from .longctx import check_knn_memory, check_rope_scaling
+
+        if self.n_positions is not None:
+            if not isinstance(self.n_positions, int) or isinstance(self.n_positions, bool) or self.n_positions < 1:
+                raise ValueError(f"ModelConfig.n_positions must be an int >= 1 or None, got {self.n_positions!r}")
+            if self.position != "learned":
+                raise ValueError(f"ModelConfig.n_positions only applies to position='learned', got position={self.position!r}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
+            raise ValueError(f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}")
+        if self.position == "rope" and self.head_size % 2:
+            raise ValueError(f"ModelConfig: position='rope' needs an even head_dim = d_model / n_heads, got {self.head_size}")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"ModelConfig: position='sinusoidal' needs an even d_model, got {self.d_model}")
+        if self.rope_scaling is not None and self.position != "rope":
+            raise ValueError(f"ModelConfig.rope_scaling only applies to position='rope', got position={self.position!r}")
+        check_rope_scaling(self.rope_scaling)
+        if not isinstance(self.n_sink, int) or isinstance(self.n_sink, bool) or self.n_sink < 0:
+            raise ValueError(f"ModelConfig.n_sink must be an int >= 0, got {self.n_sink!r}")
+        if self.n_sink and self.attention != "sliding_window":
+            raise ValueError(f"ModelConfig.n_sink only applies to attention='sliding_window', got attention={self.attention!r}")
+        check_knn_memory(self.knn_memory, self.n_layers)
 
     @property
     def head_size(self) -> int:
@@ -140,7 +183,8 @@ class SelfAttention(MultiHeadAttention):
 
     def __init__(self, cfg: ModelConfig):
         window = cfg.window if cfg.attention == "sliding_window" else None
-        super().__init__(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=window)
+        super().__init__(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=window,
+                         n_sink=cfg.n_sink)
 
 
 class Block(nn.Module):
@@ -171,18 +215,18 @@ class Block(nn.Module):
             self.attn_out_norm = build_norm(cfg)
             self.ffn_out_norm = build_norm(cfg)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
         if self.norm_position == "pre":
-            x = x + self.attn(self.norm1(x), attn_mask, kv_cache)
+            x = x + self.attn(self.norm1(x), attn_mask, kv_cache, positions)
             x = x + self.ffn(self.norm2(x))
         elif self.norm_position == "post":
-            x = self.norm1(x + self.attn(x, attn_mask, kv_cache))
+            x = self.norm1(x + self.attn(x, attn_mask, kv_cache, positions))
             x = self.norm2(x + self.ffn(x))
         elif self.norm_position == "sandwich":
-            x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, kv_cache))
+            x = x + self.attn_out_norm(self.attn(self.norm1(x), attn_mask, kv_cache, positions))
             x = x + self.ffn_out_norm(self.ffn(self.norm2(x)))
         else:  # deepnorm: norm(alpha * x + f(x))
-            x = self.norm1(x, self.attn(x, attn_mask, kv_cache))
+            x = self.norm1(x, self.attn(x, attn_mask, kv_cache, positions))
             x = self.norm2(x, self.ffn(x))
         return x  # (B, T, C)
 
@@ -196,7 +240,9 @@ class GPT(nn.Module):
             raise ValueError(f"GPT expects a ModelConfig, got {type(cfg).__name__}")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model) if cfg.position == "learned" else None
+        n_positions = cfg.n_positions or cfg.context_length
+        self.pos_emb = LearnedPositionEmbedding(n_positions, cfg.d_model) if cfg.position == "learned" else None
+        self.position = build_position(cfg)  # lesson 03: sinusoidal / RoPE / ALiBi / T5 (None: learned, none)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         # pre- and sandwich-LN need a final norm before the output layer (their residual stream is
@@ -205,6 +251,13 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        if cfg.knn_memory is not None:  # lesson 06: one layer also retrieves from a kNN memory
+            from .longctx import KNNMemoryAttention
+
+            old = self.blocks[cfg.knn_memory["layer"]].attn
+            self.blocks[cfg.knn_memory["layer"]].attn = KNNMemoryAttention(
+                cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=old.window,
+                n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"], memory_size=cfg.knn_memory["size"])
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -231,9 +284,10 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position. ``attn_mask`` (True = may attend, ``(T, T)`` or
-        ``(B, 1, T, T)``) replaces the default causal mask, e.g. with a prefix-LM mask."""
+        ``(B, 1, T, T)``) replaces the default causal mask, e.g. with a prefix-LM mask.
+        ``position_ids (T,)`` replaces ``0..T-1`` (parallel context windows, lesson 06)."""
         cfg = self.config
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32, torch.int64):
             got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
@@ -246,12 +300,20 @@ class GPT(nn.Module):
         if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (T, T)):
             raise ValueError(f"attn_mask must be a bool tensor whose last two dims are (T, T) = ({T}, {T}), got {attn_mask.dtype} {tuple(attn_mask.shape)}")
 
+        if position_ids is not None and (not isinstance(position_ids, torch.Tensor) or position_ids.shape != (T,) or position_ids.is_floating_point()):
+            raise ValueError(f"position_ids must be an integer tensor of shape (T,) = ({T},), got {getattr(position_ids, 'shape', position_ids)!r}")
+        pos = torch.arange(T, device=idx.device) if position_ids is None else position_ids  # (T,)
+
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C) + (T, C)
+            x = x + self.pos_emb(pos)  # (B, T, C) + (T, C)
+        positions = None
+        if self.position is not None:  # lesson 03
+            x = self.position.embed(x, pos)  # sinusoidal: + (T, C); others unchanged
+            positions = self.position.for_attention(pos, pos)  # shared by every layer
         x = self.drop(x)  # no norm right after the embedding (the seed's advice)
         for block in self.blocks:
-            x = block(x, attn_mask)  # (B, T, C)
+            x = block(x, attn_mask, positions=positions)  # (B, T, C)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
 
     def forward_with_cache(self, idx: torch.Tensor, cache=None):
@@ -276,9 +338,14 @@ class GPT(nn.Module):
         if start + T > self.config.context_length:
             raise ValueError(f"cached tokens ({start}) + new tokens ({T}) exceed context_length={self.config.context_length}")
         x = self.tok_emb(idx)  # (B, T, C)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,): positions continue after the cache
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # positions continue after the cache
+            x = x + self.pos_emb(pos)
+        positions = None
+        if self.position is not None:  # lesson 03: queries at start.., keys at 0..start+T-1
+            x = self.position.embed(x, pos)
+            positions = self.position.for_attention(pos, torch.arange(start + T, device=idx.device))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, kv_cache=cache.layer(i))  # (B, T, C)
+            x = block(x, kv_cache=cache.layer(i), positions=positions)  # (B, T, C)
         return self.lm_head(self.final_norm(x)), cache  # (B, T, V)
