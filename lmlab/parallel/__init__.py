@@ -1,0 +1,17 @@
+"""Parallel training from scratch on ``torch.distributed`` (lesson 12, ``lessons/12_parallelism``).
+
+- :mod:`.launch`: :func:`launch` spawns ranks (gloo on CPU, nccl with a GPU per rank).
+- :mod:`.comm`: every collective behind one small module, with a traffic :func:`counting` context.
+- :mod:`.grid`: :class:`RankGrid`, the (dp, pp, tp) layout of ranks and its process groups.
+- :mod:`.collectives`: a ring all-reduce from send/recv.
+- :mod:`.data_parallel`: naive and bucketed data parallel with gradient accumulation.
+- :mod:`.zero`: :class:`ZeroOptimizer`, ZeRO stages 0-3.
+- :mod:`.tensor_parallel`: Megatron column-/row-/vocab-parallel layers and a TP transformer block.
+- :mod:`.pipeline`: a schedule simulator (GPipe, 1F1B) and a pipeline over real ranks.
+- :mod:`.workers`: the functions the lesson and the tests launch.
+"""
+
+from .grid import DIMS, RankGrid
+from .launch import WorkerError, launch
+
+__all__ = ["launch", "WorkerError", "RankGrid", "DIMS"]

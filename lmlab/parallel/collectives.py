@@ -1,0 +1,79 @@
+"""A ring all-reduce from point-to-point messages (lesson 12, ``lessons/12_parallelism``).
+
+N ranks in a ring, each holding a vector cut into N chunks. Two phases of N - 1 steps each, in
+every step rank r sends one chunk to rank r + 1 and receives one from rank r - 1:
+
+1. reduce-scatter: the received chunk is *added* to the local one; after N - 1 steps rank r
+   holds the full sum of chunk (r + 1) mod N;
+2. all-gather: the received (finished) chunk *replaces* the local one; after N - 1 steps
+   every rank holds every finished chunk.
+
+Each rank sends 2 (N - 1) chunks of n / N elements: ``2 (N - 1) / N x n``, almost independent
+of N, which is why the ring is bandwidth-optimal (:func:`lmlab.calc.ring_all_reduce_volume`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import comm
+
+__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather"]
+
+
+def _chunks(flat: torch.Tensor, n: int) -> list[torch.Tensor]:
+    return list(flat.view(n, -1).unbind(0))  # n equal views into flat
+
+
+def _step(send_chunk: torch.Tensor, recv_buf: torch.Tensor, right: int, left: int) -> torch.Tensor:
+    handle = comm.isend(send_chunk.clone(), right)  # non-blocking: everyone sends and receives at once
+    comm.recv(recv_buf, left)
+    handle.wait()
+    return recv_buf
+
+
+def _ring(group) -> tuple[int, int, int, int]:
+    ranks = comm.group_ranks(group)
+    n, me = len(ranks), ranks.index(comm.rank())
+    return n, me, ranks[(me + 1) % n], ranks[(me - 1) % n]
+
+
+def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
+    flat = t.reshape(-1)
+    pad = (-flat.numel()) % n
+    return torch.cat([flat, flat.new_zeros(pad)]) if pad else flat.clone()
+
+
+def ring_reduce_scatter(flat: torch.Tensor, group=None) -> int:
+    """In place on ``flat`` (numel divisible by N): afterwards chunk ``(r + 1) mod N`` holds the sum.
+    Returns the index of that chunk."""
+    n, me, right, left = _ring(group)
+    chunks = _chunks(flat, n)
+    buf = torch.empty_like(chunks[0])
+    for s in range(n - 1):
+        got = _step(chunks[(me - s) % n], buf, right, left)
+        chunks[(me - s - 1) % n].add_(got)
+    return (me + 1) % n
+
+
+def ring_all_gather(flat: torch.Tensor, group=None) -> None:
+    """In place: rank r's finished chunk ``(r + 1) mod N`` is copied around the ring to everyone."""
+    n, me, right, left = _ring(group)
+    chunks = _chunks(flat, n)
+    buf = torch.empty_like(chunks[0])
+    for s in range(n - 1):
+        got = _step(chunks[(me + 1 - s) % n], buf, right, left)
+        chunks[(me - s) % n].copy_(got)
+
+
+def ring_all_reduce(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum ``t`` over the ranks of ``group``, in place, with send/recv only. Equals ``dist.all_reduce``
+    (up to the order of the additions). Works for any numel (zero-padded to a multiple of N)."""
+    n = comm.group_size(group)
+    if n == 1:
+        return t
+    flat = _padded(t, n)
+    ring_reduce_scatter(flat, group)
+    ring_all_gather(flat, group)
+    t.copy_(flat[: t.numel()].view_as(t))
+    return t

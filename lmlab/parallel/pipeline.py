@@ -1,0 +1,191 @@
+"""Pipeline parallelism: a schedule simulator and a pipeline over real ranks (lesson 12,
+``lessons/12_parallelism``).
+
+The model is cut into ``p`` consecutive stages, one per rank; the batch into ``m`` micro-batches.
+Stage ``s`` runs forward ``F_i`` of micro-batch ``i`` after stage ``s - 1`` sent it the activation,
+and backward ``B_i`` after stage ``s + 1`` sent back the gradient.
+
+- GPipe ("all forward, all backward"): every stage runs ``F_0 .. F_{m-1}`` then the backwards.
+  A stage stores the activations of all ``m`` micro-batches.
+- 1F1B (PipeDream-Flush, Megatron): stage ``s`` runs ``p - 1 - s`` warm-up forwards, then
+  alternates one forward and one backward. The same bubble, but at most ``p - s`` micro-batches
+  are in flight on stage ``s``.
+
+Bubble (idle fraction of the total time) = ``(p - 1) / (m + p - 1)`` for both
+(:func:`lmlab.calc.bubble`). :func:`simulate` measures it on an event timeline;
+:func:`pipeline_step` runs a schedule on real ranks with send/recv. The loss is the *mean* of the
+micro-batch losses, so the gradients equal one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from . import comm
+
+__all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step"]
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def _check(schedule: str, n_stages: int, n_micro: int, where: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{where}: schedule must be one of {SCHEDULES}, got {schedule!r}")
+    for name, v in (("n_stages", n_stages), ("n_micro", n_micro)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {v!r}")
+
+
+def schedule_ops(schedule: str, n_stages: int, n_micro: int, stage: int) -> list[tuple[str, int]]:
+    """The order in which ``stage`` runs its work: ``[("F", 0), ("F", 1), ..., ("B", 0), ...]``."""
+    _check(schedule, n_stages, n_micro, "schedule_ops")
+    if not 0 <= stage < n_stages:
+        raise ValueError(f"schedule_ops: stage must be in [0, {n_stages}), got {stage!r}")
+    if schedule == "gpipe":
+        return [("F", i) for i in range(n_micro)] + [("B", i) for i in range(n_micro)]
+    warmup = min(n_stages - 1 - stage, n_micro)
+    ops = [("F", i) for i in range(warmup)]
+    for i in range(n_micro - warmup):  # steady state: one forward, one backward
+        ops += [("F", warmup + i), ("B", i)]
+    return ops + [("B", i) for i in range(n_micro - warmup, n_micro)]
+
+
+@dataclass
+class SimResult:
+    events: list[tuple[int, str, int, float, float]]  # (stage, "F"/"B", micro-batch, start, end)
+    makespan: float
+    bubble: float  # idle fraction of n_stages x makespan
+    peak_activations: list[int] = field(default_factory=list)  # per stage: micro-batches stored at once
+
+
+def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float = 1.0, t_backward: float = 2.0) -> SimResult:
+    """Event simulation: each stage runs its ops in order, each op as soon as its input is there
+    (``F`` needs the previous stage's ``F``; ``B`` needs the next stage's ``B``)."""
+    _check(schedule, n_stages, n_micro, "simulate")
+    ops = [schedule_ops(schedule, n_stages, n_micro, s) for s in range(n_stages)]
+    done: dict[tuple[str, int, int], float] = {}  # (kind, stage, micro) -> end time
+    free, nxt = [0.0] * n_stages, [0] * n_stages
+    events, stored, peak = [], [0] * n_stages, [0] * n_stages
+    while any(nxt[s] < len(ops[s]) for s in range(n_stages)):
+        progressed = False
+        for s in range(n_stages):
+            if nxt[s] == len(ops[s]):
+                continue
+            kind, i = ops[s][nxt[s]]
+            dep = ("F", s - 1, i) if kind == "F" else ("B", s + 1, i)
+            if kind == "F" and s == 0:
+                ready = 0.0
+            elif kind == "B" and s == n_stages - 1:
+                ready = done[("F", s, i)]
+            elif dep in done:
+                ready = done[dep]
+            else:
+                continue
+            start = max(free[s], ready)
+            end = start + (t_forward if kind == "F" else t_backward)
+            done[(kind, s, i)], free[s], nxt[s] = end, end, nxt[s] + 1
+            events.append((s, kind, i, start, end))
+            stored[s] += 1 if kind == "F" else -1
+            peak[s] = max(peak[s], stored[s])
+            progressed = True
+        if not progressed:
+            raise RuntimeError("simulate: the schedule deadlocked")  # cannot happen for GPipe / 1F1B
+    makespan = max(e[4] for e in events)
+    busy = n_micro * (t_forward + t_backward) * n_stages
+    return SimResult(events, makespan, 1 - busy / (n_stages * makespan), peak)
+
+
+def render(result: SimResult, unit: float = 1.0) -> str:
+    """A text timeline, one row per stage: digits are forwards, letters backwards (a = micro-batch 0),
+    dots are the bubble."""
+    n_stages = 1 + max(e[0] for e in result.events)
+    width = int(round(result.makespan / unit))
+    rows = [["."] * width for _ in range(n_stages)]
+    for s, kind, i, start, end in result.events:
+        mark = str(i % 10) if kind == "F" else chr(ord("a") + i % 26)
+        for t in range(int(round(start / unit)), int(round(end / unit))):
+            rows[s][t] = mark
+    return "\n".join(f"stage {s}: {''.join(r)}" for s, r in enumerate(rows))
+
+
+# -- real ranks ----------------------------------------------------------------------------------
+
+
+class _Embed(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.tok_emb, self.pos_emb, self.drop = model.tok_emb, model.pos_emb, model.drop
+
+    def forward(self, idx):
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
+        return self.drop(x)
+
+
+class _Head(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.final_norm, self.lm_head = model.final_norm, model.lm_head
+
+    def forward(self, x):
+        return self.lm_head(self.final_norm(x))
+
+
+def gpt_stages(model, n_stages: int) -> list[nn.Sequential]:
+    """Cut a :class:`lmlab.model.GPT` (untied embeddings) into ``n_stages`` consecutive pieces:
+    the embedding joins the first blocks, the final norm and output layer the last ones.
+    The pieces share the model's parameters (no copy)."""
+    if model.config.tie_embeddings:
+        raise ValueError("gpt_stages: tie_embeddings must be False (the tied weight would live on two stages)")
+    L = len(model.blocks)
+    if isinstance(n_stages, bool) or not isinstance(n_stages, int) or not 1 <= n_stages <= L:
+        raise ValueError(f"gpt_stages: n_stages must be an int in [1, n_layers={L}], got {n_stages!r}")
+    cuts = [round(k * L / n_stages) for k in range(n_stages + 1)]
+    stages = [nn.Sequential(*model.blocks[cuts[k]: cuts[k + 1]]) for k in range(n_stages)]
+    stages[0].insert(0, _Embed(model))
+    stages[-1].append(_Head(model))
+    return stages
+
+
+def pipeline_step(stage_module: nn.Module, micro_inputs, micro_targets, loss_fn, *, schedule: str = "1f1b",
+                  stage_ranks: list[int] | None = None) -> dict:
+    """Run one forward+backward of all micro-batches through the pipeline; gradients accumulate in
+    ``stage_module``. Every stage calls this; ``micro_inputs`` matter on the first stage,
+    ``micro_targets`` on the last (a list of ``m`` tensors each; the others may pass ``[None] * m``).
+    ``stage_ranks``: global rank of each stage (default ``0 .. p-1``).
+
+    Returns ``{"loss": mean of the micro-batch losses (last stage, else None), "peak_activations": n}``.
+    """
+    stage_ranks = list(range(comm.world_size())) if stage_ranks is None else list(stage_ranks)
+    n_stages, n_micro = len(stage_ranks), len(micro_inputs)
+    _check(schedule, n_stages, n_micro, "pipeline_step")
+    s = stage_ranks.index(comm.rank())
+    first, last = s == 0, s == n_stages - 1
+    inputs, outputs, pending = {}, {}, []  # pending: (handle, tensor) of non-blocking sends
+    total, peak = 0.0, 0
+    for kind, i in schedule_ops(schedule, n_stages, n_micro, s):
+        if kind == "F":
+            x = micro_inputs[i] if first else comm.recv_tensor(stage_ranks[s - 1]).requires_grad_()
+            y = stage_module(x)
+            if last:
+                y = loss_fn(y, micro_targets[i]) / n_micro  # mean over micro-batches
+                total += float(y.detach())
+            else:
+                pending += comm.send_tensor(y.detach(), stage_ranks[s + 1])
+            inputs[i], outputs[i] = x, y
+            peak = max(peak, len(outputs))
+        else:
+            x, y = inputs.pop(i), outputs.pop(i)
+            if last:
+                y.backward()
+            else:
+                y.backward(comm.recv_tensor(stage_ranks[s + 1]))
+            if not first:
+                pending += comm.send_tensor(x.grad, stage_ranks[s - 1])
+    for handle, _tensor in pending:
+        handle.wait()
+    return {"loss": total if last else None, "peak_activations": peak}

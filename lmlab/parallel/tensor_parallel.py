@@ -1,0 +1,237 @@
+"""Megatron tensor parallelism from scratch (lesson 12, ``lessons/12_parallelism``; Shoeybi et al., 2019).
+
+A weight matrix is cut across ``tp`` ranks. Two cuts suffice for a transformer:
+
+- :class:`ColumnParallelLinear`: each rank holds some *output* features (rows of ``W``). Input
+  replicated, output split: no communication forward; backward must sum the input gradients
+  (operator ``f``: identity forward, all-reduce backward).
+- :class:`RowParallelLinear`: each rank holds some *input* features (columns of ``W``). Input
+  split, partial outputs must be summed (operator ``g``: all-reduce forward, identity backward).
+
+Column then row (MLP: up, down; attention: q/k/v by heads, output projection) needs no
+communication in between, so a transformer block costs exactly 2 all-reduces forward and 2
+backward (:class:`TPBlock`). :class:`VocabParallelEmbedding` splits the vocabulary: each rank
+looks up the ids it owns, zeros the rest, and an all-reduce adds the pieces.
+
+Every layer has ``from_*`` constructors that shard an existing ``nn.Linear`` / ``nn.Embedding``
+/ :class:`lmlab.model.Block`, so outputs and gradients can be compared with the original.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import comm
+
+__all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "ColumnParallelLinear", "RowParallelLinear",
+           "VocabParallelEmbedding", "TPBlock", "check_divisible"]
+
+
+def check_divisible(value: int, tp: int, name: str, where: str) -> None:
+    if value % tp:
+        raise ValueError(f"{where}: {name} ({value}) must be divisible by tp ({tp})")
+
+
+# -- the conjugate operators f and g ----------------------------------------------------------
+
+
+class _CopyToTP(torch.autograd.Function):  # f
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        comm.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):  # g
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.contiguous().clone()
+        comm.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _GatherFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = comm.all_gather(x.movedim(-1, 0).contiguous(), group=group)  # (n * k, ...)
+        return out.movedim(0, -1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, r = comm.group_size(ctx.group), comm.group_rank(ctx.group)
+        return grad.chunk(n, dim=-1)[r].contiguous(), None
+
+
+def copy_to_tp(x, group=None):
+    """Identity forward, all-reduce of the gradient backward (Megatron's ``f``)."""
+    return _CopyToTP.apply(x, group)
+
+
+def reduce_from_tp(x, group=None):
+    """All-reduce forward, identity backward (Megatron's ``g``)."""
+    return _ReduceFromTP.apply(x, group)
+
+
+def gather_from_tp(x, group=None):
+    """Concatenate the ranks' last dimension forward; keep this rank's slice of the gradient backward."""
+    return _GatherFromTP.apply(x, group)
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+class ColumnParallelLinear(nn.Module):
+    """``y_r = x W_r^T + b_r`` with ``W_r`` = this rank's rows. ``split_sizes``: a fused weight
+    (q|k|v, or value|gate) is cut part by part, so each rank gets a slice of every part.
+    ``gather_output=True`` returns the full output (all-gather), else this rank's slice."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, gather_output: bool = False,
+                 split_sizes: list[int] | None = None, group=None):
+        super().__init__()
+        tp = comm.group_size(group)
+        self.split_sizes = list(split_sizes) if split_sizes is not None else [out_features]
+        if sum(self.split_sizes) != out_features:
+            raise ValueError(f"ColumnParallelLinear: split_sizes must add up to out_features ({out_features}), got {self.split_sizes}")
+        for s in self.split_sizes:
+            check_divisible(s, tp, "out_features" if len(self.split_sizes) == 1 else "each of split_sizes", "ColumnParallelLinear")
+        if gather_output and len(self.split_sizes) > 1:
+            raise ValueError("ColumnParallelLinear: gather_output needs a single part (split_sizes=None)")
+        self.group, self.tp, self.gather_output = group, tp, gather_output
+        self.weight = nn.Parameter(torch.empty(out_features // tp, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, gather_output: bool = False, split_sizes=None, group=None):
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    gather_output=gather_output, split_sizes=split_sizes, group=group)
+        with torch.no_grad():
+            layer.weight.copy_(layer.shard(linear.weight))
+            if linear.bias is not None:
+                layer.bias.copy_(layer.shard(linear.bias))
+        return layer
+
+    def shard(self, full: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a full ``(out, ...)`` tensor: slice ``r`` of each part."""
+        r = comm.group_rank(self.group)
+        return torch.cat([part.chunk(self.tp)[r] for part in full.split(self.split_sizes)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)  # (..., out / tp)
+        return gather_from_tp(y, self.group) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """``y = sum_r x_r W_r^T + b`` with ``W_r`` = this rank's columns; ``x_r`` is this rank's slice
+    of the input (``input_is_parallel=True``: the output of a :class:`ColumnParallelLinear`)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, input_is_parallel: bool = True, group=None):
+        super().__init__()
+        tp = comm.group_size(group)
+        check_divisible(in_features, tp, "in_features", "RowParallelLinear")
+        self.group, self.tp, self.input_is_parallel = group, tp, input_is_parallel
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // tp))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None  # replicated, added once
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, input_is_parallel: bool = True, group=None):
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    input_is_parallel=input_is_parallel, group=group)
+        with torch.no_grad():
+            layer.weight.copy_(layer.shard(linear.weight))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def shard(self, full: torch.Tensor) -> torch.Tensor:
+        return full.chunk(self.tp, dim=-1)[comm.group_rank(self.group)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            x = x.chunk(self.tp, dim=-1)[comm.group_rank(self.group)]
+        y = reduce_from_tp(F.linear(x, self.weight), self.group)  # partial sums -> full output
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows ``[r V/tp, (r+1) V/tp)`` of the embedding live on rank ``r``; other ids give zeros here."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group=None):
+        super().__init__()
+        tp = comm.group_size(group)
+        check_divisible(num_embeddings, tp, "num_embeddings", "VocabParallelEmbedding")
+        self.group, self.tp = group, tp
+        per = num_embeddings // tp
+        self.start = comm.group_rank(group) * per
+        self.end = self.start + per
+        self.weight = nn.Parameter(torch.empty(per, embedding_dim))
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, group=None):
+        layer = cls(emb.num_embeddings, emb.embedding_dim, group=group)
+        with torch.no_grad():
+            layer.weight.copy_(emb.weight[layer.start: layer.end])
+        return layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        outside = (ids < self.start) | (ids >= self.end)
+        local = (ids - self.start).masked_fill(outside, 0)
+        y = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # (..., C), zeros elsewhere
+        return reduce_from_tp(y, self.group)
+
+
+class TPBlock(nn.Module):
+    """A pre-LN :class:`lmlab.model.Block` split over ``tp`` ranks: heads and FFN hidden units are
+    divided; norms are replicated. Forward: 2 all-reduces (after attention's output projection and
+    after the FFN's down projection); backward: 2 (before qkv and before the FFN's up projection)."""
+
+    def __init__(self, block, group=None):
+        super().__init__()
+        tp = comm.group_size(group)
+        attn, ffn = block.attn, block.ffn
+        if block.norm_position != "pre":
+            raise ValueError(f"TPBlock: norm_position must be 'pre', got {block.norm_position!r}")
+        check_divisible(attn.n_heads, tp, "n_heads", "TPBlock")
+        check_divisible(attn.n_kv_heads, tp, "n_kv_heads", "TPBlock")
+        check_divisible(ffn.hidden, tp, "d_ff", "TPBlock")
+        C, kv = attn.proj.in_features, attn.kv_dim
+        self.norm1, self.norm2 = _clone(block.norm1), _clone(block.norm2)
+        self.qkv = ColumnParallelLinear.from_linear(attn.qkv, split_sizes=[C, kv, kv], group=group)
+        self.proj = RowParallelLinear.from_linear(attn.proj, group=group)
+        gated = ffn.up.out_features == 2 * ffn.hidden
+        self.up = ColumnParallelLinear.from_linear(ffn.up, split_sizes=[ffn.hidden] * (2 if gated else 1), group=group)
+        self.down = RowParallelLinear.from_linear(ffn.down, group=group)
+        self.activation = ffn.activation  # works on this rank's [value | gate] halves unchanged
+        self.heads, self.kv_heads, self.head_size = attn.n_heads // tp, attn.n_kv_heads // tp, attn.head_size
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        hs = self.head_size
+        q, k, v = self.qkv(x).split([self.heads * hs, self.kv_heads * hs, self.kv_heads * hs], dim=-1)
+        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh/tp, T, hs)
+        k = k.view(B, T, self.kv_heads, hs).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.heads != self.kv_heads)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.heads * hs))  # all-reduce inside
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.down(self.activation(self.up(self.norm2(x))))
+
+
+def _clone(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

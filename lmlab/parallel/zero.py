@@ -1,0 +1,226 @@
+"""ZeRO stages 0-3 from scratch (lesson 12, ``lessons/12_parallelism``; Rajbhandari et al., 2020).
+
+Data parallel training keeps N identical copies of everything. ZeRO keeps one copy, cut in N
+shards: rank r owns shard r of every flattened group of parameters ("unit": by default each
+direct child of the model) and is the only one to update it.
+
+==========  ==================================================  =====================================
+stage       held per rank                                       communication per step (per rank)
+==========  ==================================================  =====================================
+0 (DP)      params, grads, optimizer state                      all-reduce grads          ~2 Psi
+1           params, grads, 1/N optimizer state                  reduce-scatter grads, all-gather params
+2           params, 1/N grads, 1/N optimizer state              the same                  ~2 Psi
+3           1/N params, 1/N grads, 1/N optimizer state          all-gather params before forward *and*
+                                                                before backward, reduce-scatter grads ~3 Psi
+==========  ==================================================  =====================================
+
+The optimizer (``torch.optim.AdamW``) runs on an fp32 *master* copy of the shard, so a bf16 model
+costs exactly ZeRO's 2 + 2 + 12 bytes per parameter (:func:`lmlab.calc.zero_memory_per_gpu`,
+``precision="mixed"``); :meth:`ZeroOptimizer.memory_bytes` measures it. AdamW is element-wise, so
+stepping a flat shard equals stepping the parameters one by one.
+
+Stage 3 frees each unit's full parameters right after its forward. Backward needs them again:
+a saved-tensor hook stores a *marker* instead of the weight; when the unit's backward begins (the
+gradient of its output arrives) the unit is gathered once more and unpacking a marker returns a
+view of it; the gradient of the gathered parameters is reduce-scattered to the owners
+(``_GatherParams.backward``). Gradients are averaged over ranks (each rank's loss is a mean).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from . import comm
+
+__all__ = ["ZeroOptimizer", "ZERO_STAGES"]
+
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def _flat(tensors, pad_to: int, dtype=None) -> torch.Tensor:
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    pad = (-flat.numel()) % pad_to
+    flat = torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
+    return flat.to(dtype) if dtype is not None else flat
+
+
+class _Unit:
+    """One flattened group of parameters and this rank's shard of it."""
+
+    def __init__(self, module: nn.Module, stage: int, group):
+        self.module, self.stage, self.group = module, stage, group
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dtype = self.params[0].dtype
+        self.n, self.r = comm.group_size(group), comm.group_rank(group)
+        with torch.no_grad():
+            flat = _flat([p.detach() for p in self.params], self.n)
+        self.padded = flat.numel()
+        shard = flat if stage == 0 else flat.view(self.n, -1)[self.r]
+        self.master = nn.Parameter(shard.detach().float().clone())  # fp32 master copy the optimizer updates
+        self.grad_shard: torch.Tensor | None = None  # stage 2 (stage 3 uses shard.grad)
+        self.shard: nn.Parameter | None = None  # stage 3: the only copy of this unit's weights
+
+    def views(self, full: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape, k in zip(self.names, self.shapes, self.numels):
+            out[name] = full[offset: offset + k].view(shape)
+            offset += k
+        return out
+
+    def full_grad(self) -> torch.Tensor:
+        return _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params], self.n)
+
+
+class _GatherParams(torch.autograd.Function):
+    """Forward: all-gather a unit's shards into its full flat parameters. Backward: reduce-scatter
+    the full gradient so each rank keeps (the mean of) its own shard's gradient."""
+
+    @staticmethod
+    def forward(ctx, shard: torch.Tensor, wrapper: "_Zero3Unit") -> torch.Tensor:
+        ctx.wrapper = wrapper
+        return comm.all_gather(shard.detach(), group=wrapper.unit.group)
+
+    @staticmethod
+    def backward(ctx, grad_full: torch.Tensor):
+        unit = ctx.wrapper.unit
+        ctx.wrapper.regathered = None  # backward of this unit is over: free its parameters again
+        return comm.reduce_scatter(grad_full.contiguous(), group=unit.group) / unit.n, None
+
+
+class _Zero3Unit(nn.Module):
+    """Stands in for a unit under stage 3: holds only the shard, gathers the weights on demand."""
+
+    def __init__(self, inner: nn.Module, unit: _Unit):
+        super().__init__()
+        self.inner, self.unit = inner, unit
+        self.shard = nn.Parameter(unit.master.detach().to(unit.dtype).clone())
+        unit.shard = self.shard
+        for p in unit.params:  # free the full weights: from now on they exist only while gathered
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            p.requires_grad_(False)
+        self.regathered: torch.Tensor | None = None
+
+    def _regather(self) -> torch.Tensor:
+        if self.regathered is None:
+            self.regathered = comm.all_gather(self.shard.detach(), group=self.unit.group)
+        return self.regathered
+
+    def forward(self, *args, **kwargs):
+        full = _GatherParams.apply(self.shard, self)
+        ptr = full.untyped_storage().data_ptr()
+        base = full.storage_offset()
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() == ptr:  # a view of the gathered weights: keep a marker only
+                return ("zero3-param", t.storage_offset() - base, t.size(), t.stride())
+            return t
+
+        def unpack(saved):
+            if isinstance(saved, tuple) and saved[0] == "zero3-param":
+                _, offset, size, stride = saved
+                again = self._regather()
+                return again.as_strided(size, stride, again.storage_offset() + offset)
+            return saved
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            out = functional_call(self.inner, self.unit.views(full), args, kwargs)
+        # when the gradient of our output arrives, this unit's backward begins: gather the weights
+        # then (as FSDP does), even if only the input gradient is needed
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if torch.is_tensor(t) and t.requires_grad:
+                t.register_hook(self._pre_backward)
+        return out
+
+    def _pre_backward(self, grad: torch.Tensor) -> None:
+        self._regather()
+
+
+class ZeroOptimizer:
+    """AdamW with ZeRO ``stage`` over the ranks of ``group``; all ranks must start with equal weights.
+
+    ``units``: names of ``module``'s direct children to flatten and shard separately (default:
+    every child that has parameters). Stage 3 replaces each unit by a wrapper, in place.
+    Use it like an optimizer: ``loss.backward(); opt.step(); opt.zero_grad()``.
+    """
+
+    def __init__(self, module: nn.Module, stage: int, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, units: list[str] | None = None, group=None):
+        if stage not in ZERO_STAGES:
+            raise ValueError(f"ZeroOptimizer: stage must be one of {ZERO_STAGES}, got {stage!r}")
+        self.module, self.stage, self.group = module, stage, group
+        names = units if units is not None else [n for n, c in module.named_children() if any(True for _ in c.parameters())]
+        children = dict(module.named_children())
+        missing = [n for n in names if n not in children]
+        if missing or not names:
+            raise ValueError(f"ZeroOptimizer: units must name children of the module with parameters, "
+                             f"one of {list(children)}, got {units!r}")
+        self.units = [_Unit(children[n], stage, group) for n in names]
+        if stage == 3:
+            for n, u in zip(names, self.units):
+                setattr(module, n, _Zero3Unit(children[n], u))
+        self.opt = torch.optim.AdamW([u.master for u in self.units], lr=lr, betas=betas, eps=eps,
+                                     weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for u in self.units:  # 1. each rank gets the (mean) gradient of what it owns
+            if self.stage == 0:
+                g = u.full_grad()
+                comm.all_reduce(g, group=self.group)
+                u.master.grad = g.float() / u.n
+            elif self.stage in (1, 2):
+                g = comm.reduce_scatter(u.full_grad(), group=self.group) / u.n
+                if self.stage == 2:  # the full gradient is gone; only our shard of it stays
+                    u.grad_shard = g
+                    for p in u.params:
+                        p.grad = None
+                u.master.grad = g.float()
+            else:
+                u.master.grad = u.shard.grad.float() if u.shard.grad is not None else torch.zeros_like(u.master)
+        self.opt.step()  # 2. update the fp32 master shard
+        for u in self.units:  # 3. put the new weights where the model reads them
+            u.master.grad = None
+            if self.stage == 3:
+                u.shard.copy_(u.master)
+                continue
+            full = u.master if self.stage == 0 else comm.all_gather(u.master.to(u.dtype), group=self.group)
+            for p, v in zip(u.params, u.views(full).values()):
+                p.copy_(v)
+
+    def zero_grad(self) -> None:
+        for u in self.units:
+            u.grad_shard = None
+            for p in u.params:
+                p.grad = None
+            if u.shard is not None:
+                u.shard.grad = None
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds now (call it after ``step()``, before ``zero_grad()``): ``params``
+        (what the model keeps), ``grads`` and ``optimizer`` (master copy + AdamW's two moments)."""
+        size = lambda t: t.numel() * t.element_size() if t is not None else 0  # noqa: E731
+        params = sum(size(p) for p in self.module.parameters())
+        if self.stage in (0, 1):
+            grads = sum(size(p.grad) for u in self.units for p in u.params)
+        elif self.stage == 2:
+            grads = sum(size(u.grad_shard) for u in self.units)
+        else:
+            grads = sum(size(u.shard.grad) for u in self.units)
+        optimizer = sum(size(u.master) for u in self.units)
+        for state in self.opt.state.values():
+            optimizer += sum(size(v) for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+        return {"params": params, "grads": grads, "optimizer": optimizer, "total": params + grads + optimizer}
+
+    def full_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter, gathered (a collective: call it on all ranks), keyed like the original model."""
+        out = {}
+        for u in self.units:
+            full = comm.all_gather(u.master.detach(), group=self.group) if self.stage else u.master.detach()
+            prefix = next(n for n, m in self.module.named_children() if m is u.module or getattr(m, "inner", None) is u.module)
+            out.update({f"{prefix}.{k}": v.clone() for k, v in u.views(full.to(u.dtype)).items()})
+        return out
