@@ -1,0 +1,178 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Exercises: activation functions
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/02_activations.ipynb)
+#
+# Five pieces of the feed-forward block of [lesson 02](../lessons/02_activations.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 |
+# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 |
+# | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
+# | 4 | `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 2 |
+# | 5 | `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 2 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/02_activations.ipynb` grades the whole notebook.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · Swish (2 points)
+#
+# $\mathrm{Swish}_\beta(x) = x\,\sigma(\beta x)$. β = 1 is SiLU (`F.silu`), β = 0 the line x/2,
+# β → ∞ ReLU. Write it with `torch.sigmoid` (not `F.silu`: the check compares with it).
+
+# %%
+def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Swish: ``x * sigmoid(beta * x)``, element-wise.
+
+    Args:
+        x: a float tensor of any shape.
+        beta: a float (0 gives ``x / 2``; 1 gives SiLU).
+
+    Returns:
+        a tensor of ``x``'s shape. Autograd must flow through it.
+
+    Hint: ``torch.sigmoid``.
+    """
+    raise NotImplementedError("Swish multiplies x by a sigmoid of beta times x.")
+
+
+# %%
+check("02.swish", swish)
+
+# %% [markdown]
+# ## 2 · GeLU, the tanh approximation (2 points)
+#
+# GeLU is $x\,\Phi(x)$ with $\Phi$ the normal CDF. GPT-2 (and BERT's original code) used
+#
+# $$\mathrm{GeLU}(x) \approx \tfrac12\,x\,\Bigl(1 + \tanh\bigl(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\bigr)\Bigr).$$
+#
+# The check compares with `F.gelu(x, approximate="tanh")` to 1e-9 in float64, so the exact erf
+# GeLU (which differs by up to 5e-4) does not pass.
+
+# %%
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GeLU with the tanh approximation, element-wise, in ``x``'s dtype.
+
+    Hint: ``math.sqrt(2 / math.pi)``, ``torch.tanh``, and don't forget the cubic term.
+    """
+    raise NotImplementedError("0.5 · x · (1 + tanh(sqrt(2/pi) · (x + 0.044715 · x³))); math.sqrt and math.pi help.")
+
+
+# %%
+check("02.gelu_tanh", gelu_tanh)
+
+# %% [markdown]
+# ## 3 · A SwiGLU feed-forward pass (3 points)
+#
+# LLaMA's MLP: $\mathrm{FFN}(x) = \bigl(\mathrm{SiLU}(x W_{\text{gate}}^\top) \otimes x W_{\text{value}}^\top\bigr) W_{\text{down}}^\top$.
+# The weights come in `nn.Linear`'s layout, `(out_features, in_features)`, and there are no biases.
+# The activation goes on the **gate** only; the value passes through linearly.
+
+# %%
+def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """A SwiGLU FFN forward pass.
+
+    Args:
+        x: ``(..., d)`` — any number of leading dimensions, e.g. ``(B, T, d)``.
+        w_gate: ``(h, d)``, the gate projection (LLaMA's ``w1`` / ``gate_proj``).
+        w_value: ``(h, d)``, the value projection (``w3`` / ``up_proj``).
+        w_down: ``(d, h)``, the output projection (``w2`` / ``down_proj``).
+
+    Returns:
+        ``(..., d)``: ``silu(x @ w_gate.T) * (x @ w_value.T)``, then ``@ w_down.T``.
+
+    Hint: ``F.linear(x, w)`` computes ``x @ w.T``; ``F.silu``.
+    """
+    raise NotImplementedError("weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only, then multiply by the value and project down.")
+
+
+# %%
+check("02.swiglu_ffn", swiglu_ffn)
+
+# %% [markdown]
+# ## 4 · The 2/3 rule (2 points)
+#
+# A gated FFN has three $d \times h$ matrices where a plain FFN has two, so to keep the parameter
+# count it uses $\tfrac23$ of the plain hidden size, rounded **up** to a multiple of `multiple_of`
+# (LLaMA: 256). LLaMA-7B: $d = 4096$, plain $4d = 16384$ → 10922.67 → **11008**.
+
+# %%
+def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
+    """Hidden size of a gated FFN with about the parameters of a plain FFN of ``plain_hidden``.
+
+    ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
+    ``multiple_of``. Returns an ``int``.
+
+    Hint: ``math.ceil(n / m) * m`` rounds ``n`` up to a multiple of ``m``.
+    """
+    raise NotImplementedError("take int(2 * plain_hidden / 3), then round it UP to a multiple of multiple_of (math.ceil), never below one multiple.")
+
+
+# %%
+check("02.glu_hidden_size", glu_hidden_size)
+
+# %% [markdown]
+# ## 5 · Counting an FFN's parameters (2 points)
+#
+# Plain (`relu`, `gelu`): an up projection $d \to h$ and a down projection $h \to d$. Gated
+# (`swiglu`, `geglu`): a gate and a value projection $d \to h$ each, and the down projection.
+# With `bias=True` every projection has a bias of its output size.
+
+# %%
+def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int:
+    """The number of parameters of a feed-forward block (weights, plus biases if ``bias``).
+
+    ``kind`` is ``"relu"``, ``"gelu"`` (two matrices) or ``"swiglu"``, ``"geglu"`` (three).
+
+    Hint: count each ``nn.Linear(in, out)``: ``in * out`` weights and ``out`` biases.
+    """
+    raise NotImplementedError("a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each matrix's bias has its output size.")
+
+
+# %%
+check("02.ffn_num_parameters", ffn_num_parameters)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/02_activations.ipynb` prints in a terminal.
+
+# %%
+check_all("02")
