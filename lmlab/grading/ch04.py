@@ -1,0 +1,214 @@
+"""Chapter 04 graders (``exercises/04_attention.ipynb``): attention, a sliding-window mask, repeat_kv,
+the online-softmax merge.
+
+Every check compares with ``F.scaled_dot_product_attention`` (with ``enable_gqa`` for repeat_kv), a
+construction written here with plain Python loops, ``torch.softmax`` on the concatenated scores, or
+a property (inputs unchanged). lmlab's own implementation is only the ``reference`` that the tests
+feed through the same checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .registry import Check, Exercise, register
+
+
+def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# 04.scaled_dot_product_attention
+# ---------------------------------------------------------------------------------------------
+
+
+def _sdpa_plain(f):
+    q, k, v = _randn(2, 3, 5, 8, seed=40), _randn(2, 3, 7, 8, seed=41), _randn(2, 3, 7, 4, seed=42)
+    what = "scaled_dot_product_attention(q (2, 3, 5, 8), k (2, 3, 7, 8), v (2, 3, 7, 4)) with no mask"
+    got = expect_tensor(f(q, k, v), what, shape=(2, 3, 5, 4), dtype=torch.float32)
+    expect_close(got, F.scaled_dot_product_attention(q, k, v), f"{what} vs F.scaled_dot_product_attention", atol=1e-5)
+
+
+def _sdpa_mask(f):
+    q, k, v = (_randn(1, 2, 9, 16, seed=43 + i, scale=2.0) for i in range(3))
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    what = "scaled_dot_product_attention(q, k, v, causal mask (9, 9))"
+    got = expect_tensor(f(q, k, v, causal), what, shape=(1, 2, 9, 16))
+    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True), f"{what} vs SDPA(is_causal=True)", atol=1e-5)
+    band = causal & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
+    what = "scaled_dot_product_attention(q, k, v, a band mask (each query sees 3 keys))"
+    got = expect_tensor(f(q, k, v, band), what, shape=(1, 2, 9, 16))
+    expect_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=band), f"{what} vs SDPA(attn_mask=band)", atol=1e-5)
+
+
+def _sdpa_large(f):
+    q, k, v = _randn(1, 1, 4, 64, seed=46, scale=10.0), _randn(1, 1, 6, 64, seed=47, scale=10.0), _randn(1, 1, 6, 8, seed=48)
+    what = "scaled_dot_product_attention on scores in the hundreds (head size 64, entries ~10)"
+    got = expect_tensor(f(q, k, v), what, shape=(1, 1, 4, 8))
+    expect_true(not torch.isnan(got).any(), f"{what} contains NaN: exp overflows; use torch.softmax (it subtracts the max)")
+    expect_close(got, F.scaled_dot_product_attention(q, k, v), f"{what} vs SDPA", atol=1e-4)
+
+
+register(Exercise(
+    id="04.scaled_dot_product_attention",
+    points=2,
+    signature="scaled_dot_product_attention(q (B, nh, Tq, hs), k (B, nh, Tk, hs), v (B, nh, Tk, hv), mask=None) -> (B, nh, Tq, hv)",
+    hint="scores = q @ k.transpose(-2, -1) / sqrt(hs); masked_fill(~mask, -inf); softmax over the LAST axis (keys); @ v.",
+    checks=(
+        Check("no mask, Tq != Tk, hv != hs: equals F.scaled_dot_product_attention", _sdpa_plain),
+        Check("causal and band masks (True = may attend)", _sdpa_mask),
+        Check("large scores do not overflow", _sdpa_large),
+    ),
+    reference=lambda: (lambda q, k, v, mask=None: __import__("lmlab.attention", fromlist=["x"]).attention(q, k, v, mask)),
+))
+
+# ---------------------------------------------------------------------------------------------
+# 04.sliding_window_mask
+# ---------------------------------------------------------------------------------------------
+
+
+def _window_loops(T: int, w: int) -> torch.Tensor:
+    m = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        for j in range(T):
+            m[i, j] = j <= i and i - j < w  # the w most recent tokens, itself included
+    return m
+
+
+def _window_values(f):
+    for T, w in ((8, 3), (10, 1), (6, 6), (5, 9), (12, 4)):
+        what = f"sliding_window_mask({T}, {w})"
+        got = expect_tensor(f(T, w), what, shape=(T, T), dtype=torch.bool)
+        expect_equal(got.tolist(), _window_loops(T, w).tolist(), f"{what} (row i: True for keys i-{w}+1 .. i)")
+
+
+def _window_counts(f):
+    got = expect_tensor(f(20, 5), "sliding_window_mask(20, 5)", shape=(20, 20), dtype=torch.bool)
+    expect_equal(got.sum(1).tolist(), [min(i + 1, 5) for i in range(20)],
+                 "keys seen per query by sliding_window_mask(20, 5) (each query sees at most 5, itself included)")
+    expect_true(not got.triu(1).any(), "sliding_window_mask(20, 5) lets a query see a later key (it must stay causal)")
+
+
+register(Exercise(
+    id="04.sliding_window_mask",
+    points=2,
+    signature="sliding_window_mask(T: int, window: int) -> (T, T) bool tensor, True = may attend",
+    hint="i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i and i - j < window (window counts the token itself).",
+    checks=(
+        Check("equals a loop construction for several T and window", _window_values),
+        Check("each query sees min(i + 1, window) keys, none in the future", _window_counts),
+    ),
+    reference=lambda: (lambda T, window: __import__("lmlab.attention", fromlist=["x"]).sliding_window_mask(T, window)),
+))
+
+# ---------------------------------------------------------------------------------------------
+# 04.repeat_kv
+# ---------------------------------------------------------------------------------------------
+
+
+def _rkv_values(f):
+    x = _randn(2, 3, 5, 4, seed=49)
+    for n in (1, 2, 4):
+        what = f"repeat_kv(x (2, 3, 5, 4), {n})"
+        got = expect_tensor(f(x, n), what, shape=(2, 3 * n, 5, 4), dtype=x.dtype)
+        for h in range(3 * n):
+            expect_close(got[:, h], x[:, h // n], f"{what}[:, {h}] (query head {h} uses K/V head {h} // {n} = {h // n})", atol=0)
+
+
+def _rkv_gqa(f):
+    q = _randn(1, 8, 6, 16, seed=50)
+    k, v = _randn(1, 2, 6, 16, seed=51), _randn(1, 2, 6, 16, seed=52)
+    what = "SDPA(q (1, 8, 6, 16), repeat_kv(k, 4), repeat_kv(v, 4))"
+    got = F.scaled_dot_product_attention(q, expect_tensor(f(k, 4), "repeat_kv(k, 4)", shape=(1, 8, 6, 16)),
+                                         expect_tensor(f(v, 4), "repeat_kv(v, 4)", shape=(1, 8, 6, 16)), is_causal=True)
+    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), f"{what} vs SDPA(enable_gqa=True)")
+
+
+register(Exercise(
+    id="04.repeat_kv",
+    points=2,
+    signature="repeat_kv(x: (B, nkv, T, hs), n_rep: int) -> (B, nkv * n_rep, T, hs)",
+    hint="each K/V head must appear n_rep times IN A ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat would interleave the heads).",
+    checks=(
+        Check("query head h gets K/V head h // n_rep", _rkv_values),
+        Check("with it, attention equals SDPA's grouped-query attention", _rkv_gqa),
+    ),
+    reference=lambda: __import__("lmlab.attention", fromlist=["x"]).repeat_kv,
+))
+
+# ---------------------------------------------------------------------------------------------
+# 04.online_softmax_merge
+# ---------------------------------------------------------------------------------------------
+
+
+def _partial(s: torch.Tensor, v: torch.Tensor):
+    m = s.amax(dim=-1)
+    p = torch.exp(s - m[:, None])
+    return m, p.sum(-1), p @ v
+
+
+def _merge_call(f, a, b, what):
+    inputs = [t.clone() for t in (*a, *b)]
+    out = f(*a, *b)
+    expect_true(isinstance(out, tuple) and len(out) == 3, f"{what} must return a tuple (m, l, acc), got {type(out).__name__}")
+    expect_true(all(torch.equal(x, y) for x, y in zip(inputs, (*a, *b))), f"{what} changed its inputs in place")
+    return out
+
+
+def _merge_softmax(f):
+    s, v = _randn(4, 30, seed=53, scale=3.0), _randn(30, 6, seed=54)
+    s[:, 12:] += 5.0  # the second block holds the larger scores: the old part must be rescaled
+    what = "online_softmax_merge(partial(keys 0..11), partial(keys 12..29))"
+    m, l, acc = _merge_call(f, _partial(s[:, :12], v[:12]), _partial(s[:, 12:], v[12:]), what)
+    expect_close(expect_tensor(m, f"{what}: m", shape=(4,)), s.amax(-1), f"{what}: m (the row max over all keys)")
+    expect_close(expect_tensor(l, f"{what}: l", shape=(4,)), torch.exp(s - s.amax(-1)[:, None]).sum(-1),
+                 f"{what}: l (sum of exp(s - m) over all keys)", atol=1e-4)
+    expect_close(expect_tensor(acc, f"{what}: acc", shape=(4, 6)) / l[:, None], torch.softmax(s, -1) @ v,
+                 f"{what}: acc / l vs softmax(s) @ v", atol=1e-5)
+
+
+def _merge_order(f):
+    s, v = _randn(3, 20, seed=55, scale=4.0), _randn(20, 5, seed=56)
+    s[:, :8] += 6.0  # now the FIRST block has the larger scores
+    what = "online_softmax_merge(partial(keys 0..7), partial(keys 8..19)) with the larger scores first"
+    m, l, acc = _merge_call(f, _partial(s[:, :8], v[:8]), _partial(s[:, 8:], v[8:]), what)
+    expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, f"{what}: acc / l vs softmax(s) @ v", atol=1e-5)
+    parts = [_partial(s[:, a:b], v[a:b]) for a, b in ((0, 5), (5, 11), (11, 20))]
+    state = parts[0]
+    for p in parts[1:]:
+        state = _merge_call(f, state, p, "online_softmax_merge(running state, next block)")
+    expect_close(state[2] / state[1][:, None], torch.softmax(s, -1) @ v, "three blocks merged one after another vs softmax(s) @ v",
+                 atol=1e-5)
+
+
+def _merge_empty(f):
+    s, v = _randn(2, 10, seed=57), _randn(10, 3, seed=58)
+    empty = (torch.full((2,), -math.inf), torch.zeros(2), torch.zeros(2, 3))
+    what = "online_softmax_merge(empty state (m=-inf, l=0, acc=0), partial(all keys))"
+    m, l, acc = _merge_call(f, empty, _partial(s, v), what)
+    expect_true(not torch.isnan(acc).any() and not torch.isnan(l).any(),
+                f"{what} gives NaN: with m = max(m1, m2) the empty part's factor exp(-inf - m) is 0, not NaN")
+    expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, f"{what}: acc / l", atol=1e-5)
+
+
+def _reference_merge():
+    return __import__("lmlab.experiments.attention", fromlist=["x"]).online_softmax_merge
+
+
+register(Exercise(
+    id="04.online_softmax_merge",
+    points=3,
+    signature="online_softmax_merge(m1 (R,), l1 (R,), acc1 (R, hv), m2, l2, acc2) -> (m, l, acc)",
+    hint="m = max(m1, m2); rescale BOTH parts by exp(m_i - m) before adding: l = a1 l1 + a2 l2, acc = a1 acc1 + a2 acc2.",
+    checks=(
+        Check("merging two blocks gives the full softmax (the larger scores come second)", _merge_softmax),
+        Check("the larger scores first, and three blocks merged in turn", _merge_order),
+        Check("merging into the empty state (m = -inf, l = 0) works", _merge_empty),
+    ),
+    reference=_reference_merge,
+))

@@ -1,0 +1,180 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Exercises: attention variants
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/04_attention.ipynb)
+#
+# Four pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 |
+# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
+# | 3 | `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 2 |
+# | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/04_attention.ipynb` grades the whole notebook.
+#
+# Conventions: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head size.
+# Masks are bool, `True` = may attend.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import math
+
+import torch
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · Scaled dot-product attention (2 points)
+#
+# $\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(QK^\top / \sqrt{d} + M\right) V$, with
+# $M = -\infty$ where the mask is False. The softmax runs over the keys (the last axis).
+
+# %%
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of every query over the keys.
+
+    Args:
+        q: ``(B, nh, Tq, hs)`` queries; k: ``(B, nh, Tk, hs)`` keys; v: ``(B, nh, Tk, hv)`` values.
+        mask: ``None`` (every key visible) or a bool ``(Tq, Tk)`` tensor, True = may attend.
+
+    Returns:
+        ``(B, nh, Tq, hv)``.
+
+    Hint: ``q @ k.transpose(-2, -1)``, divide by ``math.sqrt(hs)``, ``masked_fill(~mask, -inf)``,
+    ``torch.softmax(..., dim=-1)``, then ``@ v``.
+    """
+    ### BEGIN SOLUTION
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (B, nh, Tq, hv)
+    ### END SOLUTION
+
+
+# %%
+check("04.scaled_dot_product_attention", scaled_dot_product_attention)
+
+# %% [markdown]
+# ## 2 · Causal sliding-window mask (2 points)
+#
+# Query $i$ sees the `window` most recent tokens, itself included: keys $j$ with
+# $i - \text{window} < j \le i$. `window = 1` sees only itself; `window >= T` is the causal mask.
+
+# %%
+def sliding_window_mask(T: int, window: int) -> torch.Tensor:
+    """The causal sliding-window mask.
+
+    Args:
+        T: number of tokens; window: int ``>= 1``, how many recent tokens each query sees (itself included).
+
+    Returns:
+        ``(T, T)`` bool tensor, ``[i, j]`` True when ``j <= i`` and ``i - j < window``.
+
+    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``.
+    """
+    ### BEGIN SOLUTION
+    i = torch.arange(T)[:, None]  # (T, 1)
+    j = torch.arange(T)[None, :]  # (1, T)
+    return (j <= i) & (i - j < window)  # (T, T)
+    ### END SOLUTION
+
+
+# %%
+check("04.sliding_window_mask", sliding_window_mask)
+
+# %% [markdown]
+# ## 3 · `repeat_kv` for grouped-query attention (2 points)
+#
+# With $n_h$ query heads and $n_{kv}$ K/V heads, each K/V head serves $n_{rep} = n_h / n_{kv}$
+# consecutive query heads: query head $h$ uses K/V head $h \,/\!/\, n_{rep}$ (LLaMA's convention,
+# and PyTorch's `enable_gqa`).
+
+# %%
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Repeat each K/V head ``n_rep`` times, in a row.
+
+    Args:
+        x: ``(B, nkv, T, hs)``; n_rep: int ``>= 1``.
+
+    Returns:
+        ``(B, nkv * n_rep, T, hs)`` where head ``h`` is ``x[:, h // n_rep]``.
+
+    Hint: ``torch.repeat_interleave`` on dim 1 (``x.repeat`` would give heads 0, 1, 0, 1, ... instead).
+    """
+    ### BEGIN SOLUTION
+    return x.repeat_interleave(n_rep, dim=1)  # (B, nkv * n_rep, T, hs): 0, 0, 1, 1, ...
+    ### END SOLUTION
+
+
+# %%
+check("04.repeat_kv", repeat_kv)
+
+# %% [markdown]
+# ## 4 · The online-softmax merge (3 points)
+#
+# FlashAttention processes keys block by block. For a block with scores $s$ and values $v$, a
+# *partial result* is the triple $m = \max_j s_j$, $\ell = \sum_j e^{s_j - m}$,
+# $\text{acc} = \sum_j e^{s_j - m} v_j$ (one per query row). Two partial results over disjoint key
+# sets merge into the partial result over their union; at the end, $\text{acc}/\ell$ is the softmax
+# output. Both parts were computed under their own max, so both must be rescaled to the new one.
+
+# %%
+def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
+    """Merge two partial softmax results.
+
+    Args:
+        m1, l1: ``(R,)`` row max and sum of the first part; acc1: ``(R, hv)``; the same for part 2.
+        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0``.
+
+    Returns:
+        ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
+        Do not change the inputs in place.
+
+    Hint: ``a1 = torch.exp(m1 - m)``, ``a2 = torch.exp(m2 - m)``; acc needs ``a1[:, None]``.
+    """
+    ### BEGIN SOLUTION
+    m = torch.maximum(m1, m2)  # (R,)
+    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # (R,): rescale each part to the common max
+    return m, a1 * l1 + a2 * l2, a1[:, None] * acc1 + a2[:, None] * acc2
+    ### END SOLUTION
+
+
+# %%
+check("04.online_softmax_merge", online_softmax_merge)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/04_attention.ipynb` prints in a terminal.
+
+# %%
+check_all("04")

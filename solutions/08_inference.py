@@ -1,0 +1,177 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Exercises: inference efficiency
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/08_inference.ipynb)
+#
+# Four pieces of the KV cache and PagedAttention of [lesson 08](../lessons/08_inference.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 |
+# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
+# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
+# | 4 | `locate_token(block_table, position, block_size)`: physical block and offset of a token | 2 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/08_inference.ipynb` grades the whole notebook.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import math
+
+import torch
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · The size of a KV cache (2 points)
+#
+# Every layer keeps a key **and** a value vector per K/V head for every token:
+# $$\text{bytes} = 2 \times L \times n_{kv} \times d_h \times \text{tokens} \times \text{batch} \times \text{bytes per value}.$$
+# With grouped-query or multi-query attention, $n_{kv}$ is smaller than the number of query heads
+# $n_h$ — and only the K/V heads are cached. LLaMA-2-13B (40 layers, 40 heads of 128) at 8,192
+# tokens in 16-bit: 6,710,886,400 bytes.
+
+# %%
+def kv_cache_bytes(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, n_tokens: int,
+                   bytes_per_value: float, batch: int = 1) -> int:
+    """Bytes of the K and V cache of a decoder.
+
+    Args:
+        n_layers: transformer layers.
+        n_heads: query heads (given for completeness: is it needed?).
+        n_kv_heads: key/value heads (``n_heads`` for MHA, 1 for MQA, in between for GQA).
+        head_dim: size of one head.
+        n_tokens: tokens cached per sequence.
+        bytes_per_value: 4 (fp32), 2 (fp16/bf16), 1 (int8), 0.5 (int4).
+        batch: sequences.
+
+    Returns:
+        the number of bytes, as an ``int``.
+
+    Hint: K and V are two tensors of shape ``(layers, batch, n_kv_heads, tokens, head_dim)``.
+    """
+    ### BEGIN SOLUTION
+    return int(round(2 * n_layers * n_kv_heads * head_dim * n_tokens * batch * bytes_per_value))
+    ### END SOLUTION
+
+
+# %%
+check("08.kv_cache_bytes", kv_cache_bytes)
+
+# %% [markdown]
+# ## 2 · One decode step with a KV cache (3 points)
+#
+# The cache holds the keys and values of the $T$ tokens seen so far. For the new token: append its
+# key and value, then attend with its query over **all** $T + 1$ keys (its own included — no mask
+# is needed, they are all in the past):
+# $\mathrm{out} = \mathrm{softmax}\!\left(q K^\top / \sqrt{d_h}\right) V$.
+
+# %%
+def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor):
+    """Append one token's key/value to the cache and attend over the whole cache.
+
+    Args:
+        k_cache, v_cache: ``(B, nh, T, hs)`` keys and values of the ``T`` earlier tokens (``T`` may be 0).
+        q, k_new, v_new: ``(B, nh, 1, hs)`` the new token's query, key and value.
+
+    Returns:
+        ``(out, k_cache, v_cache)``: ``out (B, nh, 1, hs)`` the attention output of the new token,
+        and the grown caches ``(B, nh, T + 1, hs)`` (old tokens first, then the new one). Do not
+        change the inputs in place.
+
+    Hint: ``torch.cat([k_cache, k_new], dim=2)``; scores ``(B, nh, 1, T + 1)``; softmax on the last axis.
+    """
+    ### BEGIN SOLUTION
+    k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs)
+    v_cache = torch.cat([v_cache, v_new], dim=2)
+    scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, 1, T+1)
+    return torch.softmax(scores, dim=-1) @ v_cache, k_cache, v_cache
+    ### END SOLUTION
+
+
+# %%
+check("08.decode_step", decode_step)
+
+# %% [markdown]
+# ## 3 · Blocks needed for n tokens (1 point)
+#
+# PagedAttention stores a sequence in blocks of `block_size` tokens. How many blocks hold `n`
+# tokens? A partly filled last block is still a whole block; an exact multiple needs no extra one.
+
+# %%
+def blocks_needed(n_tokens: int, block_size: int) -> int:
+    """The number of ``block_size``-token blocks that hold ``n_tokens`` tokens (0 for 0 tokens).
+
+    Hint: round up, in integers: ``(n + bs - 1) // bs``.
+    """
+    ### BEGIN SOLUTION
+    return (n_tokens + block_size - 1) // block_size
+    ### END SOLUTION
+
+
+# %%
+check("08.blocks_needed", blocks_needed)
+
+# %% [markdown]
+# ## 4 · Where does token p live? (2 points)
+#
+# A sequence's **block table** lists its physical blocks in order: logical block $i$ holds the
+# tokens $i \cdot bs, \dots, (i+1) \cdot bs - 1$. Token position $p$ (counted from 0) is therefore in
+# logical block $\lfloor p / bs \rfloor$, at offset $p \bmod bs$ inside it.
+#
+# Example: table `[7, 2, 9]`, block size 4: token 5 is in physical block 2 at offset 1.
+
+# %%
+def locate_token(block_table: list[int], position: int, block_size: int) -> tuple[int, int]:
+    """``(physical block, offset)`` of token ``position`` (from 0) of a sequence.
+
+    Args:
+        block_table: the sequence's physical block ids, in logical order.
+        position: a token position, ``0 <= position < len(block_table) * block_size``.
+        block_size: tokens per block.
+
+    Returns:
+        a tuple ``(physical_block, offset)`` with ``0 <= offset < block_size``.
+    """
+    ### BEGIN SOLUTION
+    return block_table[position // block_size], position % block_size
+    ### END SOLUTION
+
+
+# %%
+check("08.locate_token", locate_token)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/08_inference.ipynb` prints in a terminal.
+
+# %%
+check_all("08")
