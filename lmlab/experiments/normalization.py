@@ -1,18 +1,369 @@
 """Lesson 01's experiments (``lessons/01_normalization``), importable so tests run the same code.
 
-- :func:`grad_norms_per_layer`: the gradient norm of every block's weights at initialisation, the
-  measurement behind "post-LN has large gradients near the output, pre-LN does not"
-  (Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture", Fig. 3).
+- :func:`batchnorm_vs_layernorm`: a token's BatchNorm output depends on which other sequences
+  (and how much padding) share its batch; its LayerNorm output never does.
+- :func:`norm_properties` and :func:`time_norms`: what LayerNorm and RMSNorm re-centre and
+  re-scale, and what each costs (from-scratch and torch's kernels).
+- :func:`compare_norm_training`: the same tiny GPT trained with LayerNorm and with RMSNorm.
+- :func:`grad_norms_per_layer` / :func:`placement_grad_norms`: the gradient norm of every block's
+  weights at initialisation, the measurement behind "post-LN has large gradients near the output,
+  pre-LN does not" (Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture",
+  Fig. 3), under lmlab's GPT-2 init or the original Transformer's Xavier init.
+- :func:`stability_experiment`: a deep stack trained at a high learning rate without warm-up
+  (post-LN vs pre-LN vs DeepNorm).
+- Figure builders for each, and for the lesson's two widgets.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import plotly.graph_objects as go
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from plotly.subplots import make_subplots
 
-from ..model import GPT, ModelConfig
-from ..train import lm_loss
+from ..data import CharTokenizer, load_corpus, sample_batch, unigram_entropy
+from ..model import GPT, NORM_POSITIONS, ModelConfig
+from ..train import History, lm_loss, seed_everything, train
+from ..widgets import style_figure
 
-__all__ = ["grad_norms_per_layer"]
+__all__ = [
+    "INITS", "POSITION_COLORS",
+    "batchnorm_vs_layernorm", "batchnorm_figure",
+    "norm_properties", "time_norms", "timing_figure",
+    "NormTraining", "compare_norm_training", "norm_training_figure",
+    "pre_ln_block", "grad_norms_per_layer", "init_weights", "placement_grad_norms", "depth_scan", "grad_norm_figure", "grad_norm_explorer_figure",
+    "StabilityResult", "stability_experiment", "stability_figure",
+    "activation_histogram_figure",
+]
+
+INITS = ("gpt2", "xavier")
+POSITION_COLORS = {"post": "#d62728", "pre": "#1f77b4", "sandwich": "#2ca02c", "deepnorm": "#9467bd"}
+NORM_COLORS = {"layernorm": "#1f77b4", "rmsnorm": "#ff7f0e"}
+
+
+# =============================================================================================
+# (a) BatchNorm vs LayerNorm on padded, variable-length, small batches
+# =============================================================================================
+
+
+def _padded_batch(lengths: torch.Tensor, T: int, mu: torch.Tensor, sigma: torch.Tensor, g: torch.Generator):
+    """``(B, T, d)`` activations (zeros at padded positions) and the ``(B, T)`` mask of real tokens."""
+    B, d = len(lengths), len(mu)
+    x = mu + sigma * torch.randn(B, T, d, generator=g)  # (B, T, d): every feature has its own mean/scale
+    real = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    return x * real[..., None], real
+
+
+def _bn(x: torch.Tensor, weight_mask: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Training-mode BatchNorm over every (b, t) position; ``weight_mask`` (B, T) keeps only real tokens."""
+    if weight_mask is None:
+        mean = x.mean(dim=(0, 1))  # (d,): statistics over the batch *and* the time axis, pads included
+        var = x.var(dim=(0, 1), unbiased=False)
+    else:
+        w = weight_mask[..., None].to(x.dtype)  # (B, T, 1)
+        n = w.sum()
+        mean = (x * w).sum(dim=(0, 1)) / n  # (d,): real tokens only
+        var = (((x - mean) * w) ** 2).sum(dim=(0, 1)) / n
+    return (x - mean) / torch.sqrt(var + eps)  # (B, T, d)
+
+
+def batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), d: int = 16, max_len: int = 32, min_len: int = 2,
+                           probe_len: int = 12, trials: int = 40, seed: int = 0) -> dict:
+    """Put one fixed "probe" sequence into many random padded batches and watch its normalized output.
+
+    Every other sequence has a random length in ``[min_len, max_len]`` and is zero-padded to
+    ``max_len``. Features have their own mean and scale (as real activations do). For each batch
+    size, over ``trials`` batches, we measure at the probe's real tokens:
+
+    - ``spread_*``: how much the probe's output moves when its batch-mates change (std across
+      trials, averaged over positions and features). LayerNorm's is exactly 0.
+    - ``mismatch_*``: the mean |difference| between the training-mode output and the output with
+      the population statistics (what BatchNorm uses at inference, from its running averages).
+
+    ``*_padded``: the statistics include the pads (what ``nn.BatchNorm1d`` does on a padded batch);
+    ``*_masked``: pads excluded (the careful version). Also returns the probe's pad-induced mean
+    bias and what happens with one sequence of one token (generation): the variance is 0.
+    """
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
+    if not 1 <= min_len <= max_len or not 1 <= probe_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len and 1 <= probe_len <= max_len, got {min_len}, {max_len}, {probe_len}")
+    if trials < 2:
+        raise ValueError(f"trials must be >= 2 to measure a spread, got {trials}")
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.empty(d).uniform_(-2.0, 2.0, generator=g)  # (d,) population mean per feature
+    sigma = torch.empty(d).uniform_(0.5, 2.0, generator=g)  # (d,) population std per feature
+    probe, _ = _padded_batch(torch.tensor([probe_len]), max_len, mu, sigma, g)  # (1, T, d)
+    reference = (probe - mu) / sigma  # (1, T, d): normalized with the population statistics
+    ln_ref = F.layer_norm(probe, (d,))  # (1, T, d)
+    out = {"batch_sizes": [int(b) for b in batch_sizes], "spread_padded": [], "spread_masked": [], "spread_layernorm": [],
+           "mismatch_padded": [], "mismatch_masked": [], "mean_pad_fraction": []}
+    for B in out["batch_sizes"]:
+        runs = {"padded": [], "masked": [], "layernorm": []}
+        pad_fraction = []
+        for _ in range(trials):
+            lengths = torch.randint(min_len, max_len + 1, (B - 1,), generator=g)
+            others, _ = _padded_batch(lengths, max_len, mu, sigma, g)
+            x = torch.cat([probe, others])  # (B, T, d): the probe is row 0
+            real = torch.arange(max_len)[None, :] < torch.cat([torch.tensor([probe_len]), lengths])[:, None]
+            pad_fraction.append(1 - float(real.float().mean()))
+            runs["padded"].append(_bn(x)[0, :probe_len])  # (probe_len, d)
+            runs["masked"].append(_bn(x, real)[0, :probe_len])
+            runs["layernorm"].append(F.layer_norm(x, (d,))[0, :probe_len])
+        for name, outs in runs.items():
+            stacked = torch.stack(outs)  # (trials, probe_len, d)
+            out[f"spread_{name}"].append(float(stacked.std(dim=0).mean()))
+            if name != "layernorm":
+                out[f"mismatch_{name}"].append(float((stacked - reference[0, :probe_len]).abs().mean()))
+        out["mean_pad_fraction"].append(sum(pad_fraction) / trials)
+    out["layernorm_max_change"] = float(max((o - ln_ref[0, :probe_len]).abs().max() for o in runs["layernorm"]))
+    # Generation feeds one token of one sequence: BatchNorm's training-mode variance over a single value is 0.
+    one = probe[:, :1]  # (1, 1, d)
+    out["one_token_batchnorm_abs_max"] = float(_bn(one).abs().max())  # everything maps to 0
+    out["one_token_layernorm_std"] = float(F.layer_norm(one, (d,)).std(unbiased=False))
+    try:
+        nn.BatchNorm1d(d).train()(one[0])  # (N=1, C=d)
+        out["torch_batchnorm_one_token_error"] = ""
+    except ValueError as exc:  # "Expected more than 1 value per channel when training"
+        out["torch_batchnorm_one_token_error"] = str(exc).split(",")[0]
+    return out
+
+
+def batchnorm_figure(result: dict) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
+        "the probe's output moves with its batch-mates", "train-mode vs population statistics"))
+    B = result["batch_sizes"]
+    styles = {"padded": ("BatchNorm, pads counted", "#d62728"), "masked": ("BatchNorm, pads masked", "#ff7f0e"),
+              "layernorm": ("LayerNorm", "#1f77b4")}
+    for name, (label, color) in styles.items():
+        fig.add_scatter(x=B, y=result[f"spread_{name}"], name=label, mode="lines+markers", line_color=color,
+                        legendgroup=name, row=1, col=1)
+        if name != "layernorm":
+            fig.add_scatter(x=B, y=result[f"mismatch_{name}"], name=label, mode="lines+markers", line_color=color,
+                            legendgroup=name, showlegend=False, row=1, col=2)
+    fig.update_xaxes(type="log", title="batch size (sequences)", tickvals=B)
+    fig.update_yaxes(title="std of the probe's output across batches", row=1, col=1)
+    fig.update_yaxes(title="mean |train-mode − population-stat output|", row=1, col=2)
+    fig.update_layout(legend=dict(orientation="h", y=-0.25))
+    return style_figure(fig, "BatchNorm on padded, variable-length batches", width=900, height=420)
+
+
+# =============================================================================================
+# (b) LayerNorm vs RMSNorm: what each does, what each costs, how each trains
+# =============================================================================================
+
+
+def _layer_norm_scratch(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    xc = x - x.mean(-1, keepdim=True)  # two reductions: the mean ...
+    return xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # ... and the variance
+
+
+def _rms_norm_scratch(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # one reduction
+
+
+def norm_properties(x: torch.Tensor, shift: float = 3.0, scale: float = 5.0) -> dict:
+    """What LayerNorm and RMSNorm do to ``x`` (``(..., d)``), and whether ``x * scale + shift`` changes it.
+
+    Returns, for each of ``layernorm`` / ``rmsnorm``: the mean over tokens of each output row's mean and
+    root-mean-square, and the max change of the output when the input is scaled, and when shifted.
+    """
+    out = {}
+    for name, fn in (("layernorm", lambda t: F.layer_norm(t, t.shape[-1:])), ("rmsnorm", lambda t: F.rms_norm(t, t.shape[-1:], eps=1e-6))):
+        y = fn(x)
+        out[name] = {
+            "row_mean": float(y.mean(-1).mean()),
+            "row_rms": float(y.pow(2).mean(-1).sqrt().mean()),
+            "change_when_scaled": float((fn(x * scale) - y).abs().max()),
+            "change_when_shifted": float((fn(x + shift) - y).abs().max()),
+        }
+    return out
+
+
+def time_norms(rows: int = 2048, d: int = 256, repeats: int = 7, number: int = 10, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Microseconds per call (minimum over ``repeats`` rounds, the four timed in turn each round) of four
+    ways to normalize a ``(rows, d)`` float32 tensor, for the ``forward`` pass alone and for
+    ``forward+backward`` (what a training step pays).
+
+    ``layernorm (scratch)`` / ``rmsnorm (scratch)``: plain tensor ops, as you would write them;
+    ``F.layer_norm`` / ``F.rms_norm``: torch's kernels (no learned weight in any of the four).
+    The default size (2 MB) stays clear of very large temporaries, whose allocation can cost more
+    than the arithmetic on a CPU.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, d, generator=g)
+    grad_out = torch.randn(rows, d, generator=g)
+    xg = x.clone().requires_grad_(True)
+    fns = {
+        "layernorm (scratch)": _layer_norm_scratch,
+        "rmsnorm (scratch)": _rms_norm_scratch,
+        "F.layer_norm": lambda t: F.layer_norm(t, (d,)),
+        "F.rms_norm": lambda t: F.rms_norm(t, (d,), eps=1e-6),
+    }
+
+    def forward(fn):
+        with torch.no_grad():
+            fn(x)
+
+    def forward_backward(fn):
+        torch.autograd.grad(fn(xg), xg, grad_out)
+
+    out = {}
+    for mode, run in (("forward", forward), ("forward+backward", forward_backward)):
+        best = {name: math.inf for name in fns}
+        for fn in fns.values():
+            run(fn)  # warm-up
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(number):
+                    run(fn)
+                best[name] = min(best[name], (time.perf_counter() - t0) / number)
+        out[mode] = {name: t * 1e6 for name, t in best.items()}
+    return out
+
+
+def timing_figure(times: dict[str, dict[str, float]]) -> go.Figure:
+    """Grouped bars: one group per way of normalizing, one bar per mode (forward, forward+backward)."""
+    fig = go.Figure()
+    for mode, pattern in zip(times, ("", "/")):
+        names = list(times[mode])
+        fig.add_bar(x=names, y=[times[mode][n] for n in names], name=mode, marker_pattern_shape=pattern,
+                    marker_color=[NORM_COLORS["layernorm" if "layer" in n else "rmsnorm"] for n in names],
+                    text=[f"{times[mode][n]:.0f}" for n in names], textposition="outside")
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="µs per call (min of repeats)")
+    return style_figure(fig, "Cost of one normalization call (CPU); hatched = forward+backward", height=400)
+
+
+@lru_cache(maxsize=1)
+def _data() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
+    corpus = load_corpus()
+    tok = CharTokenizer(corpus.text)
+    return tok, torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val))
+
+
+@dataclass
+class NormTraining:
+    histories: dict[str, list[History]]  # norm -> one History per seed
+    seeds: tuple[int, ...]
+    unigram_loss: float
+
+    def final(self, norm: str) -> list[float]:
+        return [h.val_loss[-1] for h in self.histories[norm]]
+
+    def mean(self, norm: str) -> float:
+        v = self.final(norm)
+        return sum(v) / len(v)
+
+    def seconds(self, norm: str) -> float:
+        return sum(h.seconds for h in self.histories[norm])
+
+
+def compare_norm_training(norms=("layernorm", "rmsnorm"), seeds=(0, 1), steps: int = 200, d_model: int = 64,
+                          n_layers: int = 2, n_heads: int = 4, context_length: int = 64, batch_size: int = 32,
+                          lr: float = 3e-3, progress: bool = False) -> NormTraining:
+    """Train the same pre-LN tiny GPT with each norm, same seeds and batches; final validation losses."""
+    tok, train_ids, val_ids = _data()
+    histories = {}
+    for norm in norms:
+        histories[norm] = []
+        for seed in seeds:
+            seed_everything(seed)
+            cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
+                              n_layers=n_layers, n_heads=n_heads, norm=norm)
+            histories[norm].append(train(GPT(cfg), train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
+                                         eval_every=max(1, steps // 4), eval_batches=8, seed=seed, progress=progress))
+    return NormTraining(histories, tuple(seeds), unigram_entropy(train_ids, val_ids, tok.vocab_size))
+
+
+def norm_training_figure(result: NormTraining) -> go.Figure:
+    fig = go.Figure()
+    for norm, hs in result.histories.items():
+        for i, (seed, h) in enumerate(zip(result.seeds, hs)):
+            fig.add_scatter(x=h.val_steps, y=h.val_loss, mode="lines+markers", name=f"{norm} (seed {seed})",
+                            line=dict(color=NORM_COLORS.get(norm), dash="solid" if i == 0 else "dot"))
+    fig.add_hline(y=result.unigram_loss, line_dash="dash", line_color="gray", annotation_text="unigram baseline")
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="validation loss (nats / token)")
+    return style_figure(fig, "LayerNorm vs RMSNorm: the same tiny GPT", height=400)
+
+
+# =============================================================================================
+# (c) Placement: gradient norms at initialisation, and stability
+# =============================================================================================
+
+
+def init_weights(model: GPT, init: str = "gpt2") -> GPT:
+    """Re-initialise ``model`` in place. ``gpt2``: lmlab's own init (as built). ``xavier``: the original
+    Transformer's — Xavier-uniform linear layers, no residual down-scaling, embeddings N(0, 1/d);
+    DeepNorm's ``beta`` still scales its sub-layers (DeepNet uses Xavier init with that gain)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "gpt2":
+        return model
+    d = model.config.d_model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and m is not model.lm_head:
+                nn.init.xavier_uniform_(m.weight)
+                if hasattr(m, "init_gain"):
+                    m.weight[getattr(m, "init_gain_rows", slice(None))] *= m.init_gain
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in model.modules():  # after the linears: with tied embeddings lm_head.weight is tok_emb.weight
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, d ** -0.5)
+    return model
+
+
+def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
+    """One pre-LN transformer layer from its parts (what ``lmlab.model.Block`` does for ``pre``)::
+
+        h   = x + attn(norm1(x))     # (B, T, C): only the sub-layer's input is normalized
+        out = h + ffn(norm2(h))      # (B, T, C): the residual stream itself never is
+    """
+    h = x + attn(norm1(x))  # (B, T, C)
+    return h + ffn(norm2(h))  # (B, T, C)
+
+
+def _split_batch(batch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() != 2 or batch.shape[1] < 2:
+            raise ValueError(f"{where}: batch must be (x, y) or one (B, T + 1) tensor with T >= 1, "
+                             f"got shape {tuple(batch.shape)}")
+        return batch[:, :-1], batch[:, 1:]
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        if not all(isinstance(t, torch.Tensor) for t in (x, y)) or x.shape != y.shape or x.dim() != 2:
+            raise ValueError(f"{where}: batch (x, y) must be two token-id tensors of the same shape (B, T)")
+        return x, y
+    raise ValueError(f"{where}: batch must be (x, y) or one (B, T + 1) tensor, got {type(batch).__name__}")
+
+
+def _grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
+    loss = lm_loss(model(x), y)
+    loss.backward()
+
+    def norm(params) -> float:
+        grads = [p.grad for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+    def matrices(module: torch.nn.Module):
+        return [p for p in module.parameters() if p.dim() >= 2]
+
+    return {
+        "attn": [norm(matrices(b.attn)) for b in model.blocks],
+        "ffn": [norm(matrices(b.ffn)) for b in model.blocks],
+        "block": [norm(b.parameters()) for b in model.blocks],
+        "loss": [float(loss.detach())],
+    }
 
 
 def grad_norms_per_layer(cfg: ModelConfig, batch: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
@@ -31,33 +382,159 @@ def grad_norms_per_layer(cfg: ModelConfig, batch: tuple[torch.Tensor, torch.Tens
         raise ValueError(f"grad_norms_per_layer: cfg must be a ModelConfig, got {type(cfg).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"grad_norms_per_layer: seed must be an int, got {seed!r}")
-    if isinstance(batch, torch.Tensor):
-        if batch.dim() != 2 or batch.shape[1] < 2:
-            raise ValueError(f"grad_norms_per_layer: batch must be (x, y) or one (B, T + 1) tensor with T >= 1, "
-                             f"got shape {tuple(batch.shape)}")
-        x, y = batch[:, :-1], batch[:, 1:]
-    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
-        x, y = batch
-        if not all(isinstance(t, torch.Tensor) for t in (x, y)) or x.shape != y.shape or x.dim() != 2:
-            raise ValueError("grad_norms_per_layer: batch (x, y) must be two token-id tensors of the same shape (B, T)")
-    else:
-        raise ValueError(f"grad_norms_per_layer: batch must be (x, y) or one (B, T + 1) tensor, got {type(batch).__name__}")
-
+    x, y = _split_batch(batch, "grad_norms_per_layer")
     torch.manual_seed(seed)
-    model = GPT(cfg).eval()
-    loss = lm_loss(model(x), y)
-    loss.backward()
+    return _grad_norms(GPT(cfg).eval(), x, y)
 
-    def norm(params) -> float:
-        grads = [p.grad for p in params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
-    def matrices(module: torch.nn.Module):
-        return [p for p in module.parameters() if p.dim() >= 2]
+def placement_grad_norms(positions=("post", "pre", "sandwich"), n_layers: int = 6, init: str = "gpt2",
+                         d_model: int = 64, n_heads: int = 4, batch_size: int = 16, context_length: int = 64,
+                         seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """:func:`grad_norms_per_layer` for each norm position, on the same corpus batch and seed, under
+    ``init`` (``gpt2``: lmlab's; ``xavier``: the original Transformer's, see :func:`init_weights`).
 
-    return {
-        "attn": [norm(matrices(b.attn)) for b in model.blocks],
-        "ffn": [norm(matrices(b.ffn)) for b in model.blocks],
-        "block": [norm(b.parameters()) for b in model.blocks],
-        "loss": [float(loss.detach())],
-    }
+    Each value is :func:`grad_norms_per_layer`'s dict plus ``stream_std``: the std of the residual
+    stream leaving the last block (pre-LN's final norm divides the gradient's way back by about it).
+    """
+    for pos in positions:
+        if pos not in NORM_POSITIONS:
+            raise ValueError(f"positions must be among {NORM_POSITIONS}, got {pos!r}")
+    tok, train_ids, _ = _data()
+    x, y = sample_batch(train_ids, batch_size, context_length, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for pos in positions:
+        cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
+                          n_layers=n_layers, n_heads=n_heads, norm_position=pos)
+        torch.manual_seed(seed)
+        model = init_weights(GPT(cfg), init).eval()
+        stream = []
+        hook = model.blocks[-1].register_forward_hook(lambda _m, _i, o: stream.append(float(o.detach().std())))
+        out[pos] = _grad_norms(model, x, y)
+        hook.remove()
+        out[pos]["stream_std"] = stream  # std of the residual stream leaving the last block (one float)
+    return out
+
+
+def depth_scan(depths=(6, 12, 24), seeds=(0, 1), init: str = "xavier", **kwargs) -> dict[str, list[float]]:
+    """Post-LN vs pre-LN at init across depths, averaged over ``seeds`` (batch and weights both change).
+
+    Per depth: ``post_over_pre_last`` (post-LN's last-layer FFN gradient norm ÷ pre-LN's),
+    ``post_last_over_first`` and ``pre_last_over_first`` (each one's last layer ÷ its first).
+    """
+    out = {"depths": [int(d) for d in depths], "post_over_pre_last": [], "post_last_over_first": [], "pre_last_over_first": []}
+    for depth in out["depths"]:
+        runs = [placement_grad_norms(("post", "pre"), n_layers=depth, init=init, seed=s, **kwargs) for s in seeds]
+        post, pre = [r["post"]["ffn"] for r in runs], [r["pre"]["ffn"] for r in runs]
+        out["post_over_pre_last"].append(sum(p[-1] / q[-1] for p, q in zip(post, pre)) / len(runs))
+        out["post_last_over_first"].append(sum(p[-1] / p[0] for p in post) / len(runs))
+        out["pre_last_over_first"].append(sum(q[-1] / q[0] for q in pre) / len(runs))
+    return out
+
+
+def grad_norm_figure(norms: dict[str, dict[str, list[float]]], title: str = "", which: str = "ffn",
+                     log_y: bool = True) -> go.Figure:
+    fig = go.Figure()
+    for pos, g in norms.items():
+        layers = list(range(1, len(g[which]) + 1))
+        fig.add_scatter(x=layers, y=g[which], name=pos + ("-LN" if pos in ("post", "pre", "sandwich") else ""),
+                        mode="lines+markers", line_color=POSITION_COLORS.get(pos))
+    fig.update_xaxes(title="layer (1 = nearest the input)", dtick=1 if len(layers) <= 12 else None)
+    fig.update_yaxes(title=f"‖∂loss/∂W‖ of the {'FFN' if which == 'ffn' else which} weights", type="log" if log_y else "linear")
+    return style_figure(fig, title or "Gradient norm per layer at initialisation", height=420)
+
+
+@lru_cache(maxsize=64)
+def _cached_placement(pos: str, n_layers: int, init: str) -> dict[str, list[float]]:
+    return placement_grad_norms((pos,), n_layers=n_layers, init=init)[pos]  # the lesson's sizes: d=64, one batch of 16 x 64
+
+
+def grad_norm_explorer_figure(depth: int, placements, init: str) -> tuple[go.Figure, str]:
+    """The widget's figure: FFN-weight gradient norm per layer for the chosen placements and depth."""
+    placements = tuple(placements) or ("pre",)
+    norms = {pos: _cached_placement(pos, int(depth), init) for pos in placements}
+    ratios = ", ".join(f"{p}: {g['ffn'][-1] / g['ffn'][0]:.2f}" for p, g in norms.items())
+    note = f"last layer ÷ first layer — {ratios} (above 1: larger gradients near the output)"
+    return grad_norm_figure(norms, f"{depth} layers, {init} init (d=64)"), note
+
+
+@dataclass
+class StabilityResult:
+    histories: dict[str, History]
+    unigram_loss: float
+    settings: dict = field(default_factory=dict)
+
+    def final_loss(self, pos: str) -> float:
+        return self.histories[pos].val_loss[-1]
+
+    def status(self, pos: str, margin: float = 0.1) -> str:
+        """``diverged`` (loss not finite), ``stalled`` (not ``margin`` below the unigram baseline) or ``trained``."""
+        losses = self.histories[pos].train_loss + self.histories[pos].val_loss
+        if not all(math.isfinite(v) for v in losses):
+            return "diverged"
+        return "stalled" if self.final_loss(pos) > self.unigram_loss - margin else "trained"
+
+
+def stability_experiment(positions=("post", "pre", "deepnorm"), n_layers: int = 12, d_model: int = 32, n_heads: int = 4,
+                         lr: float = 3e-3, steps: int = 150, init: str = "xavier", grad_clip: float | None = None,
+                         batch_size: int = 16, context_length: int = 32, seed: int = 0,
+                         progress: bool = False) -> StabilityResult:
+    """Train a deep, narrow GPT with each norm position at a constant, high learning rate: no warm-up,
+    no gradient clipping by default, same seed and batches for all."""
+    tok, train_ids, val_ids = _data()
+    histories = {}
+    for pos in positions:
+        cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
+                          n_layers=n_layers, n_heads=n_heads, norm_position=pos)
+        seed_everything(seed)
+        model = init_weights(GPT(cfg), init)
+        histories[pos] = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+                               eval_every=max(1, steps // 5), eval_batches=6, seed=seed, progress=progress)
+    settings = dict(n_layers=n_layers, d_model=d_model, lr=lr, steps=steps, init=init, grad_clip=grad_clip, seed=seed)
+    return StabilityResult(histories, unigram_entropy(train_ids, val_ids, tok.vocab_size), settings)
+
+
+def stability_figure(result: StabilityResult) -> go.Figure:
+    fig = go.Figure()
+    for pos, h in result.histories.items():
+        color = POSITION_COLORS.get(pos)
+        fig.add_scatter(x=h.steps, y=h.train_loss, name=f"{pos} (train)", line=dict(color=color, width=1), opacity=0.45,
+                        legendgroup=pos, showlegend=False)
+        fig.add_scatter(x=h.val_steps, y=h.val_loss, name=f"{pos}: {result.status(pos)}", mode="lines+markers",
+                        line=dict(color=color, width=3), legendgroup=pos)
+    fig.add_hline(y=result.unigram_loss, line_dash="dash", line_color="gray", annotation_text="unigram baseline")
+    s = result.settings
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="loss (nats / token)")
+    return style_figure(fig, f"{s.get('n_layers')} layers, lr {s.get('lr')}, no warm-up, {s.get('init')} init", height=420)
+
+
+# =============================================================================================
+# Widget: activations before / after the norm
+# =============================================================================================
+
+
+def activation_histogram_figure(shift: float, scale: float, norm: str = "both", d: int = 64, tokens: int = 64,
+                                seed: int = 0) -> tuple[go.Figure, str]:
+    """Histograms of ``tokens`` activation vectors ``shift + scale * z`` (z ~ N(0, 1) of size ``d``,
+    each token also a little off-centre) and of the same vectors after LayerNorm and/or RMSNorm."""
+    if norm not in ("layernorm", "rmsnorm", "both"):
+        raise ValueError(f"norm must be 'layernorm', 'rmsnorm' or 'both', got {norm!r}")
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(tokens, d, generator=g) + 0.3 * torch.randn(tokens, 1, generator=g)  # (tokens, d)
+    x = shift + scale * z
+    outs = {"input": x}
+    if norm in ("layernorm", "both"):
+        outs["after LayerNorm"] = F.layer_norm(x, (d,))
+    if norm in ("rmsnorm", "both"):
+        outs["after RMSNorm"] = F.rms_norm(x, (d,), eps=1e-6)
+    colors = {"input": "#7f7f7f", "after LayerNorm": NORM_COLORS["layernorm"], "after RMSNorm": NORM_COLORS["rmsnorm"]}
+    fig = go.Figure()
+    for name, t in outs.items():
+        fig.add_histogram(x=t.flatten().tolist(), name=name, opacity=0.55, marker_color=colors[name], nbinsx=80)
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="activation value", range=[min(-4.0, shift - 4 * abs(scale)), max(4.0, shift + 4 * abs(scale))])
+    fig.update_yaxes(title="count")
+    parts = []
+    for name, t in outs.items():
+        parts.append(f"{name}: mean {float(t.mean()):+.2f}, std within a token {float(t.std(-1, unbiased=False).mean()):.2f}")
+    return style_figure(fig, "Activations before and after the norm", height=400), " · ".join(parts)

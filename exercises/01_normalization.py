@@ -1,0 +1,167 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Exercises: normalization
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/01_normalization.ipynb)
+#
+# Four pieces of [lesson 01](../lessons/01_normalization.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 |
+# | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 |
+# | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 |
+# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/01_normalization.ipynb` grades the whole notebook.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import torch
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · LayerNorm (3 points)
+#
+# $$y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot g + b,\qquad \mu = \frac1d\sum_i x_i,\quad \sigma^2 = \frac1d\sum_i (x_i - \mu)^2$$
+#
+# over the **last** dimension only (each token by itself). Three classic slips: the wrong axis, the
+# unbiased variance (`d - 1`), and ε outside the root. The check compares with `F.layer_norm`,
+# including its gradients.
+
+# %%
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the last dimension of ``x``.
+
+    Args:
+        x: ``(..., d)`` float tensor (any number of leading dimensions).
+        weight, bias: ``(d,)`` tensors, the learned gain ``g`` and shift ``b``.
+        eps: added to the variance *inside* the square root.
+
+    Returns:
+        a tensor of ``x``'s shape equal to ``F.layer_norm(x, (d,), weight, bias, eps)``.
+
+    Hint: ``x.mean(-1, keepdim=True)``; the variance is the mean of the squared deviations (divide
+    by ``d``); ``torch.sqrt(var + eps)``.
+    """
+    raise NotImplementedError("mean and variance over the LAST dimension (keepdim=True), biased variance (divide by d), eps inside the square root, then * weight + bias.")
+
+
+# %%
+check("01.layer_norm", layer_norm)
+
+# %% [markdown]
+# ## 2 · RMSNorm (2 points)
+#
+# $$y = \frac{x}{\sqrt{\frac1d\sum_i x_i^2 + \epsilon}} \odot g$$
+#
+# No mean is subtracted and there is no bias (Gopher, Chinchilla, LLaMA). The check compares with
+# `F.rms_norm`.
+
+# %%
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension of ``x``.
+
+    Args:
+        x: ``(..., d)`` float tensor.
+        weight: ``(d,)`` tensor, the learned gain ``g``.
+        eps: added to the mean square *inside* the square root.
+
+    Returns:
+        a tensor of ``x``'s shape equal to ``F.rms_norm(x, (d,), weight, eps=eps)``.
+
+    Hint: ``x.pow(2).mean(-1, keepdim=True)``, then ``torch.rsqrt(... + eps)``.
+    """
+    raise NotImplementedError("divide x by sqrt(mean(x**2 over the last dim, keepdim=True) + eps), then multiply by weight; subtract nothing.")
+
+
+# %%
+check("01.rms_norm", rms_norm)
+
+# %% [markdown]
+# ## 3 · A pre-LN block (2 points)
+#
+# GPT-2 and LLaMA normalize only what goes *into* each sub-layer; the residual stream passes
+# through untouched:
+#
+# $$h = x + \mathrm{attn}(\mathrm{norm}_1(x)),\qquad \text{out} = h + \mathrm{ffn}(\mathrm{norm}_2(h)).$$
+#
+# The parts are given to you as callables (attention, feed-forward, two norms); wire them.
+
+# %%
+def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
+    """One pre-LN transformer layer.
+
+    Args:
+        x: ``(B, T, d)`` residual stream.
+        attn, ffn: the two sub-layers, each a callable ``(B, T, d) -> (B, T, d)``.
+        norm1, norm2: the norms in front of ``attn`` and ``ffn``, callables ``(B, T, d) -> (B, T, d)``.
+
+    Returns:
+        ``(B, T, d)``. Call each part exactly once.
+
+    Hint: two residual additions; the FFN branch reads the stream *after* the attention branch
+    was added.
+    """
+    raise NotImplementedError("normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the residual stream itself is never normalized.")
+
+
+# %%
+check("01.pre_ln_block", pre_ln_block)
+
+# %% [markdown]
+# ## 4 · DeepNorm's constants (1 point)
+#
+# DeepNet (Wang et al., 2022) keeps post-LN but up-weights the skip, $x \leftarrow \mathrm{LN}(\alpha x + f(x))$,
+# and scales the sub-layers' initial weights by $\beta$. For a decoder-only stack of $M$ layers:
+# $\alpha = (2M)^{1/4}$, $\beta = (8M)^{-1/4}$.
+
+# %%
+def deepnorm_constants(num_layers: int) -> tuple[float, float]:
+    """DeepNet's ``(alpha, beta)`` for a decoder-only stack of ``num_layers`` layers.
+
+    Returns a pair of floats: ``alpha = (2 * M) ** (1/4)`` and ``beta = (8 * M) ** (-1/4)``.
+    For 12 layers: about (2.21, 0.32).
+
+    Hint: ``** 0.25`` and ``** -0.25``.
+    """
+    raise NotImplementedError("DeepNet, decoder-only with M layers: alpha = (2M) ** (1/4), beta = (8M) ** (-1/4).")
+
+
+# %%
+check("01.deepnorm_constants", deepnorm_constants)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/01_normalization.ipynb` prints in a terminal.
+
+# %%
+check_all("01")
