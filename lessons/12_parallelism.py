@@ -1,0 +1,292 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 12 · Scalable training on simulated GPUs: data, ZeRO, tensor and pipeline parallelism
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/lessons/12_parallelism.ipynb)
+#
+# **Goals**
+# - Build a ring all-reduce from send/recv and count its traffic: $2(N-1)/N$ of the data per rank.
+# - Run data parallelism, ZeRO stages 0–3 and a Megatron tensor-parallel block on real processes
+#   ("simulated GPUs": CPU ranks talking through `torch.distributed`/gloo) and check each gives the
+#   same model as one process, with memory and messages counted.
+# - Reproduce the ZeRO paper's memory per GPU (7.5B parameters, 64 GPUs: 120 / 31.4 / 16.6 / 1.9 GB)
+#   and the pipeline bubble in both of its definitions.
+# - Plan BLOOM-176B's 8 × 4 × 12 layout on 384 GPUs on paper.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+from fractions import Fraction
+
+import torch
+from ipywidgets import Dropdown, IntSlider
+
+from lmlab import calc
+from lmlab.doctor import doctor
+from lmlab.experiments import parallelism as P
+from lmlab.parallel import RankGrid
+from lmlab.parallel.pipeline import render, simulate
+from lmlab.widgets import FigureExplorer
+
+info = doctor()  # versions, device, and whether widgets will render
+
+# %% [markdown]
+# ## 1 · The idea
+#
+# One GPU cannot hold a 100B-parameter model, nor train it in a lifetime. Four ways to split the work
+# over $N$ devices, each trading memory for communication:
+#
+# | scheme | what is split | what travels each step |
+# |---|---|---|
+# | **data parallel (DP)** | the batch; every rank holds the whole model | an all-reduce of all gradients: $\approx 2\Psi$ elements per rank |
+# | **ZeRO 1/2/3** (FSDP = stage 3) | DP, plus the optimizer state (1), the gradients (2), the parameters (3) | $2\Psi$ (stages 1–2), $3\Psi$ (stage 3) |
+# | **tensor parallel (TP, Megatron)** | each weight matrix, by columns then rows | 2 all-reduces of the activations per layer forward, 2 backward |
+# | **pipeline parallel (PP)** | the layers, into $p$ stages; the batch into $m$ micro-batches | one activation per micro-batch per stage boundary; idle **bubble** $\frac{p-1}{m+p-1}$ |
+#
+# The workhorse collective is the **ring all-reduce**. $N$ ranks in a ring cut their vector into $N$
+# chunks. In $N-1$ *reduce-scatter* steps each rank sends one chunk right and *adds* the chunk it
+# receives; then rank $r$ holds the full sum of chunk $(r+1) \bmod N$. In $N-1$ *all-gather* steps
+# the finished chunks are passed on and *copied*. Each rank sends $2(N-1)$ chunks of $n/N$ elements:
+#
+# $$\text{sent per rank} = 2\,\frac{N-1}{N}\, n ,$$
+#
+# nearly independent of $N$ — the reason the ring is bandwidth-optimal. The picture: the chunk each
+# rank sends at each step (rank $r$ sends $(r - s) \bmod N$ in reduce-scatter step $s$).
+
+# %%
+P.ring_figure(4).show()
+
+# %% [markdown]
+# With mixed-precision Adam each parameter costs $2 + 2 + 12 = 16$ bytes (16-bit weights and
+# gradients; fp32 master weights, momentum and variance). ZeRO divides the part it shards by $N$:
+#
+# $$M_{\text{stage 0}} = 16\Psi,\quad M_1 = 4\Psi + \tfrac{12\Psi}{N},\quad M_2 = 2\Psi + \tfrac{14\Psi}{N},\quad M_3 = \tfrac{16\Psi}{N}.$$
+
+# %% [markdown]
+# ## 2 · Build it, and run it on two processes
+#
+# The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
+# function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
+# everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
+# stages 0–3 trained 5 AdamW steps against one process on the whole batch; a transformer block split
+# Megatron-style against the unsplit block. Every communication call goes through `lmlab.parallel.comm`,
+# which counts calls and elements sent.
+
+# %%
+ranks = P.run_two_ranks()
+r0 = ranks[0]
+N, psi = r0["world"], r0["n_params"]
+TOL = 1e-6
+
+# ring all-reduce == dist.all_reduce, and its traffic is 2(N-1)/N of the data in 2(N-1) messages
+for r in ranks:
+    assert r["ring_vs_all_reduce"] <= TOL and r["ring_odd_size"] <= TOL
+    assert abs(r["ring_sent_fraction"] - 2 * (N - 1) / N) < 1e-12 and r["ring_messages"] == 2 * (N - 1)
+print(f"ring all-reduce vs dist.all_reduce: max |diff| {max(r['ring_vs_all_reduce'] for r in ranks):.1e}; "
+      f"sent {r0['ring_sent_fraction']:.3f} of the data per rank in {r0['ring_messages']} messages "
+      f"(formula 2(N-1)/N = {2 * (N - 1) / N:.3f}, N = {N})")
+
+# %% [markdown]
+# ### Data parallel and ZeRO: the same model as one process
+#
+# The model is a small MLP with $\Psi$ = 1,240 parameters. For ZeRO's memory we run it in bf16 with an
+# fp32 master copy (the paper's mixed-precision setting) and measure the bytes each rank really holds.
+
+# %%
+print(f"{'scheme':<22}{'max |Δ| vs 1 process':>22}{'sent/step (elements)':>22}{'calc':>8}")
+print(f"{'DP naive':<22}{r0['dp_naive']:>22.1e}")
+print(f"{'DP bucketed (2 micro)':<22}{r0['dp_bucketed']:>22.1e}{r0['dp_sent_per_step']:>22.0f}{calc.dp_comm_volume(psi, N):>8.0f}")
+for s in range(4):
+    print(f"{'ZeRO stage ' + str(s):<22}{r0[f'zero{s}']:>22.1e}{r0[f'zero{s}_sent_per_step']:>22.0f}{calc.zero_comm_volume(psi, N, s):>8.0f}")
+print(f"\n{'bytes per rank':<16}{'params':>8}{'grads':>8}{'optimizer':>10}{'total':>8}   calculator (mixed precision)")
+zero_ok = True
+for s in range(4):
+    m, c = r0[f"zero{s}_bytes"], calc.zero_memory_per_gpu(psi, N, s, "mixed")
+    same = all(abs(m[k] - c[k]) < 1e-9 for k in c)
+    zero_ok &= same
+    print(f"{'ZeRO stage ' + str(s):<16}{m['params']:>8}{m['grads']:>8}{m['optimizer']:>10}{m['total']:>8}   "
+          f"{c['total']:>8.0f} {'✔' if same else '✘'}")
+equal = all(r[k] <= TOL for r in ranks for k in ("dp_naive", "dp_bucketed", "zero0", "zero1", "zero2", "zero3"))
+ratio = r0["zero3_sent_per_step"] / r0["zero2_sent_per_step"]
+print(f"\nVerdict: every scheme {'gives' if equal else 'does NOT give'} the same parameters as one process (≤ {TOL:g}); "
+      f"measured bytes {'match' if zero_ok else 'do NOT match'} the calculator at every stage; "
+      f"ZeRO-3 sends {ratio:.2f}× ZeRO-2 (the paper: 3Ψ vs 2Ψ = 1.5×).")
+assert equal and zero_ok and abs(ratio - 1.5) < 1e-9
+
+# %% [markdown]
+# ### Tensor parallel: a Megatron block on 2 ranks
+#
+# Attention heads and the FFN's hidden units are divided: $W_{qkv}$ and $W_{up}$ are split by
+# **columns** (each rank computes its own heads/units, no communication), $W_{o}$ and $W_{down}$ by
+# **rows** (each rank gets a partial sum, so an all-reduce follows). Forward: 2 all-reduces (after
+# attention, after the FFN); backward: 2 (the gradients flowing into the two column-parallel inputs).
+
+# %%
+for kind in ("gelu", "llama"):
+    fwd, bwd = r0[f"tp_block_{kind}_all_reduces"]
+    out_d = max(r[f"tp_block_{kind}_out"] for r in ranks)
+    grad_d = max(r[f"tp_block_{kind}_grad"] for r in ranks)
+    ok = out_d <= TOL and grad_d <= TOL and (fwd, bwd) == (2, 2)
+    print(f"{kind:>6} block: output Δ {out_d:.1e}, gradient Δ {grad_d:.1e}; all-reduces counted: {fwd} forward, {bwd} backward "
+          f"→ {'matches' if ok else 'does NOT match'} Megatron's 2 + 2 per layer")
+    assert ok
+
+# %% [markdown]
+# ## 3 · Experiment: the ZeRO paper's memory per GPU
+#
+# ZeRO (Rajbhandari et al., 2020, Fig. 1): a 7.5B-parameter model on 64 GPUs with mixed-precision Adam.
+
+# %%
+rows = P.zero_table(7.5e9, 64)
+paper = {0: 120, 1: 31.4, 2: 16.6, 3: 1.9}
+for row in rows:
+    match = round(row["total"], 1) == paper[row["stage"]]
+    print(f"stage {row['stage']}: {row['total']:6.2f} GB per GPU (paper {paper[row['stage']]:>5} GB) "
+          f"{'reproduced' if match else 'NOT reproduced'}; traffic {row['comm_psi']:.2f} Ψ per step")
+assert all(round(r["total"], 1) == paper[r["stage"]] for r in rows)
+P.zero_figure(rows).show()
+
+# %% [markdown]
+# ## 4 · Experiment: the pipeline bubble, simulated
+#
+# The simulator runs every stage's operations as soon as their inputs arrive (backward takes twice the
+# forward). Digits are forwards of micro-batch $i$, letters backwards ($a$ = micro-batch 0), dots are
+# the bubble. GPipe runs all forwards, then all backwards; 1F1B alternates after a warm-up.
+
+# %%
+for schedule in ("gpipe", "1f1b"):
+    res = simulate(schedule, 4, 8)
+    print(f"{schedule}:\n{render(res)}\n  bubble {res.bubble:.4f}, micro-batches stored per stage {res.peak_activations}\n")
+
+p, m = 4, 8
+g, meg = calc.bubble(p, m, "gpipe"), calc.bubble(p, m, "megatron")
+sim = simulate("gpipe", p, m).bubble
+print(f"p = {p}, m = {m}: simulated {sim:.4f}; GPipe (p-1)/(m+p-1) = {g} = {float(g):.4f}; "
+      f"Megatron (p-1)/m = {meg} = {float(meg):.4f}")
+print(f"identity megatron = gpipe / (1 - gpipe): {g / (1 - g)} {'==' if g / (1 - g) == meg else '!='} {meg}; "
+      f"bubble_identity holds for all p, m ≤ 16: {all(calc.bubble_identity(a, b) for a in range(1, 17) for b in range(1, 17))}")
+assert g == Fraction(3, 11) and meg == Fraction(3, 8) and abs(sim - float(g)) < 1e-12
+
+# %%
+sweep = P.bubble_sweep(4, (1, 2, 4, 8, 16, 32, 64))
+agree = all(abs(r["sim_gpipe"] - float(r["gpipe"])) < 1e-12 and abs(r["sim_1f1b"] - float(r["gpipe"])) < 1e-12 for r in sweep)
+print(f"Verdict: simulated bubble {'equals' if agree else 'differs from'} (p-1)/(m+p-1) for GPipe and 1F1B at every m; "
+      f"it falls from {sweep[0]['sim_gpipe']:.2f} (m = 1) to {sweep[-1]['sim_gpipe']:.3f} (m = 64). "
+      f"Peak stored micro-batches at m = 64: GPipe {sweep[-1]['peak_gpipe']}, 1F1B {sweep[-1]['peak_1f1b']} "
+      f"— 1F1B {'saves activation memory, not time' if sweep[-1]['peak_1f1b'] < sweep[-1]['peak_gpipe'] else 'saves nothing'}.")
+P.bubble_figure(sweep, 4).show()
+
+# %% [markdown]
+# ## 5 · Widgets
+#
+# ### Pipeline schedule (Gantt chart)
+#
+# Blue: forward of micro-batch $i$ (F$i$); red: backward (B$i$). Move $p$ and $m$ and switch GPipe/1F1B:
+# the white gaps (the bubble) depend only on $p$ and $m$, the stored micro-batches on the schedule.
+
+# %%
+gantt_explorer = FigureExplorer(
+    make_figure=lambda schedule, p, m: P.gantt_figure(schedule, p, m),
+    controls={"schedule": Dropdown(options=["gpipe", "1f1b"], value="gpipe", description="schedule"),
+              "p": IntSlider(value=4, min=1, max=8, description="stages p"),
+              "m": IntSlider(value=8, min=1, max=16, description="micro-batches m")},
+    caption="Backward takes twice the forward. Bubble = (p-1)/(m+p-1) of the step, for both schedules.",
+)
+gantt_explorer
+
+# %% [markdown]
+# ### 3D-parallelism planner
+#
+# Pick a model and a layout. Bars: memory per GPU (model states under ZeRO over the DP group, for the
+# replica's $\Psi / (t \cdot p)$ parameters; activations from Korthikanti et al.'s per-layer formula,
+# times layers per stage, times micro-batches in flight on the first stage). The note gives the bubble
+# and the bytes each GPU sends per step, and flags layouts that do not fit or do not multiply to the GPUs.
+
+# %%
+planner = FigureExplorer(
+    make_figure=P.planner_figure,
+    controls={
+        "model": Dropdown(options=list(P.MODELS), value="BLOOM-176B", description="model"),
+        "gpu": Dropdown(options=list(P.GPU_MEMORY_GB), value="A100 80GB", description="GPU"),
+        "n_gpus": IntSlider(value=384, min=1, max=1024, description="GPUs"),
+        "dp": IntSlider(value=8, min=1, max=128, description="data parallel"),
+        "tp": IntSlider(value=4, min=1, max=16, description="tensor parallel"),
+        "pp": IntSlider(value=12, min=1, max=64, description="pipeline parallel"),
+        "zero_stage": IntSlider(value=1, min=0, max=3, description="ZeRO stage"),
+        "n_micro": IntSlider(value=8, min=1, max=64, description="micro-batches"),
+        "precision": Dropdown(options=list(calc.PRECISIONS), value="mixed", description="precision"),
+        "recompute": Dropdown(options=list(calc.RECOMPUTE), value="selective", description="recompute"),
+        "schedule": Dropdown(options=["gpipe", "1f1b"], value="1f1b", description="schedule"),
+    },
+    caption="Micro-batch of 1 sequence at the model's context length. Try LLaMA-2-70B with tp = 1, pp = 1.",
+)
+planner
+
+# %% [markdown]
+# ## 6 · BLOOM-176B on paper
+#
+# BLOOM (BigScience, 2022) trained on 384 A100-80GB: 8-way data × 4-way tensor × 12-way pipeline, with
+# ZeRO stage 1. Its shape: $h = 14336$, 70 layers, vocabulary 250,880, tied embeddings, LayerNorm
+# after the embedding, ALiBi (no position parameters).
+
+# %%
+b = P.bloom_layout()
+print(f"BLOOM parameters: {b['n_params']:,} ≈ {b['n_params'] / 1e9:.1f}B  (12 L h² = {12 * 70 * 14336**2 / 1e9:.1f}B for the layers alone)")
+print(f"layout: {b['layout']}")
+print(f"rank 0's groups: tp {b['rank0_groups']['tp']}, pp {b['rank0_groups']['pp'][:4]}…(12), dp {b['rank0_groups']['dp']}; "
+      f"rank 383 = {b['last_rank']}")
+pl = b["plan"]
+print(f"per GPU (ZeRO-1, 1F1B, global batch {pl['global_batch']} = 8 replicas × 128 micro-batches of 2 × 2048 tokens, "
+      f"full recompute assumed): params {pl['params']:.1f} + grads "
+      f"{pl['grads']:.1f} + optimizer {pl['optimizer']:.1f} + activations {pl['activations']:.1f} = {pl['total']:.1f} GB "
+      f"→ {'fits' if pl['fits'] else 'does NOT fit'} in 80 GB; bubble {pl['bubble']} = {float(pl['bubble']):.1%} of the step")
+one_gpu = calc.zero_memory_per_gpu(b["n_params"], 1, 0)["total"] / 1e9
+print(f"without any parallelism the model states alone would need {one_gpu:,.0f} GB on one GPU.")
+assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"] == 48
+
+# %% [markdown]
+# ## 7 · Exercises
+#
+# Open [`exercises/12_parallelism.ipynb`](../exercises/12_parallelism.ipynb). You will write, and check
+# as you go (all in-process, no spawning):
+# - `ring_send_chunk`: which chunk rank $r$ sends at step $s$ of a ring all-reduce;
+# - `zero_bytes_per_gpu`: ZeRO's memory formula for stages 0–3;
+# - `bubble_fraction`: the pipeline bubble, GPipe's definition;
+# - `column_parallel_forward`: a column-parallel linear layer's output from its weight shards;
+# - `rank_coords`: a rank's (dp, pp, tp) coordinates on the 3D grid.
+#
+# Grade with `lmlab grade exercises/12_parallelism.ipynb`.
+#
+# ## 8 · Summary and further reading
+#
+# - A ring all-reduce sends $2(N-1)/N$ of the data per rank; data parallel needs one per step.
+# - ZeRO shards optimizer state, gradients, then parameters: 16Ψ → 4Ψ + 12Ψ/N → 2Ψ + 14Ψ/N → 16Ψ/N
+#   bytes, for 1.5× the traffic at stage 3. Every stage trains the same model.
+# - Megatron TP: column- then row-parallel linears, 2 all-reduces forward and 2 backward per layer.
+# - Pipelines idle for $(p-1)/(m+p-1)$ of the step (= $(p-1)/m$ of the ideal time); 1F1B keeps that
+#   bubble but stores at most $p$ micro-batches instead of $m$.
+# - Reading: Rajbhandari et al., *ZeRO* (2020); Shoeybi et al., *Megatron-LM* (2019); Narayanan et al.,
+#   *Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM* (2021); Huang et al.,
+#   *GPipe* (2019); Korthikanti et al., *Reducing Activation Recomputation in Large Transformer Models*
+#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023) §4.
