@@ -184,7 +184,8 @@ def plan(model: str = "BLOOM-176B", n_gpus: int = 384, dp: int = 8, tp: int = 4,
     return {"params": states["params"] / GB, "grads": states["grads"] / GB, "optimizer": states["optimizer"] / GB,
             "activations": act / GB, "total": total / GB, "bubble": calc.bubble(pp, n_micro),
             "comm_gb": {k: v / GB for k, v in comm.items()}, "fits": not problems, "problems": problems,
-            "n_params": cfg["n_params"], "global_batch": dp * n_micro * micro_batch}
+            "n_params": cfg["n_params"], "global_batch": dp * n_micro * micro_batch, "in_flight": in_flight,
+            "schedule": schedule}
 
 
 def planner_figure(model="BLOOM-176B", gpu="A100 80GB", n_gpus=384, dp=8, tp=4, pp=12, zero_stage=1, n_micro=8,
@@ -194,7 +195,11 @@ def planner_figure(model="BLOOM-176B", gpu="A100 80GB", n_gpus=384, dp=8, tp=4, 
     fig = go.Figure()
     parts = ("params", "grads", "optimizer", "activations")
     fig.add_bar(x=list(parts) + ["total"], y=[r[k] for k in parts] + [r["total"]],
-                marker_color=["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756" if not r["fits"] else "#72b7b2"])
+                marker_color=["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756" if not r["fits"] else "#72b7b2"],
+                # label each bar; the total's label also names what is wrong with the layout (e.g. dp x tp x pp
+                # not matching the GPU count), so every control shows on the plot itself
+                text=[f"{r[k]:.1f}" for k in parts[:3]] + [f"{r['activations']:.1f} ({r['in_flight']} in flight, {r['schedule']})"] + [f"{r['total']:.1f}" + ("" if r["fits"] else " ⚠ " + "; ".join(r["problems"]))],
+                textposition="outside", cliponaxis=False)
     fig.add_hline(y=gpu_gb, line_dash="dash", annotation_text=f"{gpu}: {gpu_gb} GB")
     fig.update_yaxes(title="GB per GPU")
     c = r["comm_gb"]
