@@ -9,6 +9,8 @@ Shapes: B = batch, T = tokens, C = d_model, nh = heads, hs = head size, V = voca
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -275,6 +277,23 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def with_config(self, **changes) -> "GPT":
+        """A new model with ``changes`` applied to the config and this model's weights (lessons 03, 06).
+
+        Used to evaluate a model trained at a short context at a longer one
+        (``model.with_config(context_length=4 * L)``) or with RoPE scaling switched on
+        (``rope_scaling={"type": "yarn", "factor": 4}``). Only options that add no weights can change.
+        """
+        cfg = dataclasses.replace(self.config, **changes)  # validates the new config
+        if cfg.position == "learned" and self.config.n_positions is None and "n_positions" not in changes:
+            cfg = dataclasses.replace(cfg, n_positions=self.config.context_length)  # the table keeps its trained size
+        other = GPT(cfg).to(self.tok_emb.weight.device)
+        try:
+            other.load_state_dict(self.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"with_config can only change options that keep the weights' shapes; {sorted(changes)} changed them: {err}") from None
+        return other.train(self.training)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

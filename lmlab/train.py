@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import sample_batch
 
-__all__ = ["seed_everything", "lm_loss", "evaluate", "History", "train", "generate"]
+__all__ = ["seed_everything", "lm_loss", "evaluate", "evaluate_lengths", "History", "train", "generate"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -36,19 +36,47 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ids: torch.Tensor, batch_size: int = 32, n_batches: int = 20, seed: int = 1234) -> float:
-    """Mean loss over ``n_batches`` random windows of ``ids`` (same windows every call)."""
+def evaluate(model: nn.Module, ids: torch.Tensor, batch_size: int = 32, n_batches: int = 20, seed: int = 1234,
+             context_length: int | None = None) -> float:
+    """Mean loss over ``n_batches`` random windows of ``ids`` (same windows every call).
+
+    Windows are ``context_length`` tokens long (default: the model's own context length).
+    """
+    T = model.config.context_length if context_length is None else context_length
+    if not isinstance(T, int) or not 1 <= T <= model.config.context_length:
+        raise ValueError(f"context_length must be an int in [1, model context_length={model.config.context_length}], got {T!r}")
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    T = model.config.context_length
     losses = []
     for _ in range(n_batches):
         x, y = sample_batch(ids, batch_size, T, generator=gen, device=device)
         losses.append(lm_loss(model(x), y).item())
     model.train(was_training)
     return float(np.mean(losses))
+
+
+def evaluate_lengths(model: nn.Module, ids: torch.Tensor, lengths, *, batch_size: int = 16, n_batches: int = 10,
+                     seed: int = 1234, **changes) -> dict[int, float]:
+    """Mean loss of ``model`` on windows of every length in ``lengths`` (lessons 03 and 06).
+
+    A model trained at context ``L`` is copied with ``context_length=max(lengths)`` (and any config
+    ``changes``, e.g. ``rope_scaling``) via :meth:`lmlab.model.GPT.with_config`, so lengths past ``L``
+    test extrapolation. A scheme that cannot run at a length (learned positions past their table)
+    gives ``nan`` for it instead of raising.
+    """
+    lengths = [int(n) for n in lengths]
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths must be a non-empty list of ints >= 1, got {lengths!r}")
+    longer = model.with_config(context_length=max(max(lengths), model.config.context_length), **changes)
+    out = {}
+    for n in lengths:
+        try:
+            out[n] = evaluate(longer, ids, batch_size, n_batches, seed, context_length=n)
+        except ValueError:
+            out[n] = float("nan")
+    return out
 
 
 @dataclass

@@ -281,3 +281,30 @@ def test_generate_rejects_bad_input(gen_model):
         generate(gen_model, torch.tensor([], dtype=torch.long), 1)
     with pytest.raises(ValueError, match=r"prompt_ids must have shape"):
         generate(gen_model, torch.zeros(1, 1, 2, dtype=torch.long), 1)
+
+
+def test_with_config_keeps_weights_and_evaluate_lengths_marks_learned_past_table():
+    import math
+
+    from lmlab.model import GPT, ModelConfig
+    from lmlab.train import evaluate, evaluate_lengths
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32, (4000,))
+    rope = GPT(ModelConfig(vocab_size=32, context_length=16, d_model=16, n_layers=1, n_heads=2, position="rope"))
+    longer = rope.with_config(context_length=64)
+    assert longer.config.context_length == 64
+    x = torch.randint(0, 32, (2, 16))
+    torch.testing.assert_close(longer(x), rope(x), rtol=0, atol=0)  # same weights, same positions
+    got = evaluate_lengths(rope, ids, [16, 64], n_batches=2)
+    assert got[16] == evaluate(rope, ids, 16, 2)  # same windows as evaluate at the trained length
+    assert math.isfinite(got[64])
+    learned = GPT(ModelConfig(vocab_size=32, context_length=16, d_model=16, n_layers=1, n_heads=2, position="learned"))
+    got = evaluate_lengths(learned, ids, [16, 32], n_batches=2)
+    assert math.isfinite(got[16]) and math.isnan(got[32])
+    with pytest.raises(ValueError, match="keep the weights"):
+        rope.with_config(d_model=32)
+    with pytest.raises(ValueError, match="lengths"):
+        evaluate_lengths(rope, ids, [])
+    with pytest.raises(ValueError, match="context_length"):
+        evaluate(rope, ids, context_length=17)
