@@ -87,8 +87,9 @@ def decode_speedup(cfg: dict, device: torch.device, new_tokens: int, prompt_len:
     prompt = torch.randint(0, cfg["vocab_size"], (1, prompt_len), device=device)
     generate(model, prompt, 8, use_cache=True)  # warm-up
     out = {}
-    with_cache = timed(lambda: out.setdefault("cached", generate(model, prompt, new_tokens, use_cache=True)), device)
-    without = timed(lambda: out.setdefault("full", generate(model, prompt, new_tokens, use_cache=False)), device)
+    # median of several rounds each: one busy moment on a shared machine must not decide the ratio
+    with_cache = timed(lambda: out.setdefault("cached", generate(model, prompt, new_tokens, use_cache=True)), device, rounds=5)
+    without = timed(lambda: out.setdefault("full", generate(model, prompt, new_tokens, use_cache=False)), device, rounds=3)
     return with_cache, without, torch.equal(out["cached"], out["full"])
 
 

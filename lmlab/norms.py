@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = [
     "NORM_KINDS", "DEEPNORM_ARCHITECTURES",
@@ -125,7 +126,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
 
 
 class LayerNorm(nn.Module):
-    """:func:`layer_norm` with a learned gain ``weight`` (ones) and, if ``bias``, a shift (zeros)."""
+    """:func:`layer_norm` with a learned gain ``weight`` (ones) and, if ``bias``, a shift (zeros).
+
+    The module runs torch's fused kernel (``F.layer_norm``): the same numbers as :func:`layer_norm`
+    (tested), without the per-call Python overhead that dominates a decode step of a tiny model
+    (lesson 08). The from-scratch function is the one to read.
+    """
 
     def __init__(self, d_model: int, eps: float = DEFAULT_EPS["layernorm"], bias: bool = True):
         super().__init__()
@@ -135,14 +141,22 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)  # (..., d)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1 or x.shape[-1] != self.d_model:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"LayerNorm: x must be a floating-point tensor of shape (..., d_model={self.d_model}), got {got}")
+        if x.dtype != self.weight.dtype:  # e.g. bf16 activations, fp32 weights: compute in fp32 here
+            return layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)  # (..., d), fast path
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, eps={self.eps}, bias={self.bias is not None}"
 
 
 class RMSNorm(nn.Module):
-    """:func:`rms_norm` with a learned gain ``weight`` (ones); no bias."""
+    """:func:`rms_norm` with a learned gain ``weight`` (ones); no bias.
+
+    Runs torch's kernel (``F.rms_norm``, same numbers as :func:`rms_norm`) as :class:`LayerNorm` does.
+    """
 
     def __init__(self, d_model: int, eps: float = DEFAULT_EPS["rmsnorm"]):
         super().__init__()
@@ -151,7 +165,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)  # (..., d)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1 or x.shape[-1] != self.d_model:
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"RMSNorm: x must be a floating-point tensor of shape (..., d_model={self.d_model}), got {got}")
+        if x.dtype != self.weight.dtype:  # e.g. bf16 activations, fp32 weights: compute in fp32 here
+            return rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(x, (self.d_model,), self.weight, self.eps)  # (..., d), fast path
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, eps={self.eps}"

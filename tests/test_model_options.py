@@ -136,7 +136,7 @@ def test_block_follows_its_formula(position):
 
 
 def test_deepnorm_block_differs_from_post_by_alpha_only():
-    post, deep = make(norm_position="post"), make(norm_position="deepnorm")
+    deep = make(norm_position="deepnorm")
     x = torch.randn(2, 6, 16)
     block = deep.blocks[0]
     alpha = deepnorm_constants(2).alpha

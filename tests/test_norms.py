@@ -319,9 +319,10 @@ def test_module_and_builder_validation():
         LayerNorm(0)
     with pytest.raises(ValueError, match=r"RMSNorm: eps must be a finite number > 0, got -1"):
         RMSNorm(8, eps=-1)
-    with pytest.raises(ValueError, match=r"LayerNorm: weight must be None or a tensor of shape \(d,\) = \(4,\)|"
-                                         r"layer_norm: weight must be .* = \(4,\)"):
+    with pytest.raises(ValueError, match=r"LayerNorm: x must be a floating-point tensor of shape \(\.\.\., d_model=8\), got torch.float32 \(2, 4\)"):
         LayerNorm(8)(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"RMSNorm: x must be a floating-point tensor .* got torch.int64"):
+        RMSNorm(4)(torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"kind must be one of \('layernorm', 'rmsnorm'\), got 'batchnorm'"):
         make_norm("batchnorm", 8)
     with pytest.raises(ValueError, match=r"num_layers must be an int >= 1, got 0"):
@@ -334,3 +335,22 @@ def test_module_and_builder_validation():
         DeepNorm(8, alpha=2.0, norm="batchnorm")
     with pytest.raises(ValueError, match=r"DeepNorm: fx .* must have the shape of x \(2, 8\), got \(2, 4\)"):
         DeepNorm(8, alpha=2.0)(torch.randn(2, 8), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_module_fast_path_equals_from_scratch_function(kind, dtype):
+    """The modules run torch's kernels (fast path); the from-scratch functions give the same numbers."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 5, 16, generator=g) * 3 + 1).to(dtype)
+    m = make_norm(kind, 16)
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(16, generator=g))
+        if getattr(m, "bias", None) is not None:
+            m.bias.copy_(torch.randn(16, generator=g))
+    scratch = layer_norm(x, m.weight, m.bias, m.eps) if kind == "layernorm" else rms_norm(x, m.weight, m.eps)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+    torch.testing.assert_close(m(x), scratch, **tol)
+    m_same = m.to(dtype)  # weights in x's dtype: torch's kernel runs (the fast path)
+    scratch_same = layer_norm(x, m_same.weight, m_same.bias, m_same.eps) if kind == "layernorm" else rms_norm(x, m_same.weight, m_same.eps)
+    torch.testing.assert_close(m_same(x), scratch_same, **tol)

@@ -1,6 +1,5 @@
 """lmlab.paged: block manager, copy-on-write, paged attention, the waste experiment (lesson 08)."""
 
-import math
 import random
 
 import pytest

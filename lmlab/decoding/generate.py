@@ -83,12 +83,12 @@ def _prepare_ids(model: Model, ids, name: str = "prompt_ids") -> tuple[torch.Ten
 
 @contextlib.contextmanager
 def _inference(model: Model) -> Iterator[None]:
-    """eval mode (no dropout) and no autograd while decoding; the training flag is restored after."""
+    """eval mode (no dropout) and inference mode (no autograd) while decoding; the training flag is restored after."""
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # like no_grad, with less per-op bookkeeping
             yield
     finally:
         if was_training:

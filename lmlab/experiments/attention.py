@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -25,6 +24,7 @@ from ..kvcache import kv_cache_bytes
 from ..masks import causal_mask
 from ..model import GPT, ModelConfig
 from ..train import seed_everything, train
+from .timing import log_log_slope as slope, min_time
 from ..widgets import style_figure
 
 __all__ = [
@@ -34,24 +34,6 @@ __all__ = [
 ]
 
 PATTERNS = ("full (causal)", "sliding window", "strided", "global + local")
-
-
-def min_time(fn, repeats: int = 3) -> float:
-    """The fastest of ``repeats`` calls, in seconds."""
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def slope(xs, ys) -> float:
-    """Least-squares slope of log(y) against log(x): the exponent p in y ~ x^p."""
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 # ---------------------------------------------------------------------------------------------

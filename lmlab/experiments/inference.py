@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from ..kvcache import KVCache, kv_cache_bytes
 from ..model import GPT, ModelConfig
 from ..paged import BlockManager, sample_request_lengths, simulate_waste
+from .timing import fit_slope, min_time
 from ..widgets import style_figure
 
 __all__ = [
@@ -49,16 +50,6 @@ def tiny_model(d_model: int = 128, n_layers: int = 4, n_heads: int = 4, context_
     cfg = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model,
                       n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads)
     return GPT(cfg).eval()
-
-
-def min_time(fn, repeats: int = 3) -> float:
-    """The fastest of ``repeats`` calls, in seconds (the least disturbed by a busy machine)."""
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def forward_flops(model: GPT, n_new: int, n_cached: int = 0) -> int:
@@ -148,12 +139,6 @@ def step_cost_experiment(model: GPT, lengths=(32, 64, 128, 256, 384, 511), repea
         f_recompute.append(forward_flops(model, T + 1))
     return {"lengths": list(lengths), "cached_s": cached, "recompute_s": recompute,
             "cached_flops": f_cached, "recompute_flops": f_recompute, "max_logit_diff": max_diff}
-
-
-def fit_slope(xs, ys) -> float:
-    """Least-squares slope of ys against xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def step_cost_figure(result: dict) -> go.Figure:

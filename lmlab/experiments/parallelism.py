@@ -34,10 +34,10 @@ def lesson_checks(rank: int, world_size: int) -> dict:
     out: dict = {}
     data = workers.batches()
     reference = workers.reference_training(workers.mlp(), data)
-    workers._check_collectives(out)  # ring all-reduce == all_reduce, sends counted
-    workers._check_data_parallel(out, data, reference)  # naive + bucketed DP == one process
-    workers._check_zero(out, data, reference)  # ZeRO 0-3 == one process; bytes and traffic measured
-    workers._check_tp_block(out)  # Megatron block: output/grads == one process, all-reduces counted
+    workers.check_collectives(out)  # ring all-reduce == all_reduce, sends counted
+    workers.check_data_parallel(out, data, reference)  # naive + bucketed DP == one process
+    workers.check_zero(out, data, reference)  # ZeRO 0-3 == one process; bytes and traffic measured
+    workers.check_tp_block(out)  # Megatron block: output/grads == one process, all-reduces counted
     return out
 
 

@@ -253,8 +253,8 @@ def _batch_edges(f):
     T = 5
     ids = torch.arange(T + 1) * 10
     x, y = _windows(f, ids, 3, T, seed=8)
-    expect_close(x, ids[:T].expand(3, T), f"x when len(ids) == context_length + 1 (only one window exists)")
-    expect_close(y, ids[1:].expand(3, T), f"y when len(ids) == context_length + 1 (only one window exists)")
+    expect_close(x, ids[:T].expand(3, T), "x when len(ids) == context_length + 1 (only one window exists)")
+    expect_close(y, ids[1:].expand(3, T), "y when len(ids) == context_length + 1 (only one window exists)")
     ids = torch.arange(T + 3)  # three possible starts: 0, 1, 2
     x, _ = _windows(f, ids, 300, T, seed=9)
     expect_equal(sorted(set(x[:, 0].tolist())), [0, 1, 2], "the starts drawn from a stream with exactly 3 possible windows")

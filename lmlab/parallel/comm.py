@@ -185,5 +185,5 @@ def recv_tensor(src: int) -> torch.Tensor:
     dev = device()
     size = recv(torch.empty(1, dtype=torch.int64, device=dev), src)
     header = recv(torch.empty(int(size), dtype=torch.int64, device=dev), src).tolist()
-    ndim, dtype, shape = header[0], _DTYPES[header[1]], header[2:2 + header[0]]
+    dtype, shape = _DTYPES[header[1]], header[2:2 + header[0]]  # header[0] = ndim
     return recv(torch.empty(shape, dtype=dtype, device=dev), src)

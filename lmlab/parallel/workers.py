@@ -24,7 +24,10 @@ from .tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock, V
 from .zero import ZeroOptimizer
 
 __all__ = ["fail_on_rank", "hang_on_rank", "rank_info", "check_collectives_dp_zero", "check_tensor_parallel",
-           "check_two_ranks", "check_pipeline", "check_3d"]
+           "check_two_ranks", "check_pipeline", "check_3d",
+           # the pieces, run inside a rank by lesson 12's own worker (lmlab.experiments.parallelism)
+           "check_collectives", "check_data_parallel", "check_zero", "check_fsdp2", "check_tp_layers", "check_tp_block",
+           "check_dtensor"]
 
 STEPS = 5
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
@@ -93,7 +96,7 @@ def _my_slice(x: torch.Tensor, group=None) -> torch.Tensor:
 # -- 2 ranks: collectives, data parallel, ZeRO -------------------------------------------------
 
 
-def _check_collectives(out: dict) -> None:
+def check_collectives(out: dict) -> None:
     n = comm.world_size()
     torch.manual_seed(100 + comm.rank())
     t = torch.randn(6, 10)  # 60 elements: divisible by 2, 3, 4
@@ -111,7 +114,7 @@ def _check_collectives(out: dict) -> None:
     out["world"] = n
 
 
-def _check_data_parallel(out: dict, data, reference) -> None:
+def check_data_parallel(out: dict, data, reference) -> None:
     # naive: average gradients after backward
     model = mlp()
     opt = torch.optim.AdamW(model.parameters(), **ADAMW)
@@ -142,7 +145,7 @@ def _check_data_parallel(out: dict, data, reference) -> None:
     out["dp_sent_per_step"] = c.elements["all_reduce"] / len(data)
 
 
-def _check_zero(out: dict, data, reference) -> None:
+def check_zero(out: dict, data, reference) -> None:
     n = comm.world_size()
     for stage in (0, 1, 2, 3):
         model = mlp()
@@ -166,7 +169,7 @@ def _check_zero(out: dict, data, reference) -> None:
     out["zero_world"] = n
 
 
-def _check_fsdp2(out: dict, data, reference) -> None:
+def check_fsdp2(out: dict, data, reference) -> None:
     from torch.distributed.fsdp import fully_shard
 
     model = mlp()
@@ -188,10 +191,10 @@ def check_collectives_dp_zero(rank: int, world_size: int) -> dict:
     out: dict = {}
     data = batches()
     reference = reference_training(mlp(), data)
-    _check_collectives(out)
-    _check_data_parallel(out, data, reference)
-    _check_zero(out, data, reference)
-    _check_fsdp2(out, data, reference)
+    check_collectives(out)
+    check_data_parallel(out, data, reference)
+    check_zero(out, data, reference)
+    check_fsdp2(out, data, reference)
     return out
 
 
@@ -202,7 +205,7 @@ def _grad_diffs(pairs) -> float:
     return max(_diff(a, b) for a, b in pairs)
 
 
-def _check_tp_layers(out: dict) -> None:
+def check_tp_layers(out: dict) -> None:
     torch.manual_seed(7)
     lin1, lin2, emb = nn.Linear(16, 32), nn.Linear(32, 16), nn.Embedding(20, 16)
     x = torch.randn(4, 5, 16, requires_grad=True)
@@ -227,7 +230,7 @@ def _check_tp_layers(out: dict) -> None:
     out["tp_column_gather"] = _diff(gathered(x), lin1(x))
 
 
-def _check_tp_block(out: dict) -> None:
+def check_tp_block(out: dict) -> None:
     from ..model import GPT, ModelConfig
 
     for name, kw in (("gelu", {}), ("llama", dict(activation="swiglu", norm="rmsnorm", bias=False, n_kv_heads=2))):
@@ -255,7 +258,7 @@ def _check_tp_block(out: dict) -> None:
         out[f"tp_block_{name}_all_reduces"] = (fwd.calls["all_reduce"], bwd.calls["all_reduce"])
 
 
-def _check_dtensor(out: dict) -> None:
+def check_dtensor(out: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -279,9 +282,9 @@ def _check_dtensor(out: dict) -> None:
 def check_tensor_parallel(rank: int, world_size: int) -> dict:
     """Column/row/vocab-parallel layers, a TP block (GPT and LLaMA-style), DTensor cross-check."""
     out: dict = {}
-    _check_tp_layers(out)
-    _check_tp_block(out)
-    _check_dtensor(out)
+    check_tp_layers(out)
+    check_tp_block(out)
+    check_dtensor(out)
     return out
 
 
@@ -314,7 +317,7 @@ def check_pipeline(rank: int, world_size: int, n_micro: int = 8) -> dict:
     from .pipeline import gpt_stages, pipeline_step
 
     out: dict = {}
-    _check_collectives(out)
+    check_collectives(out)
     g = torch.Generator().manual_seed(9)
     idx = torch.randint(0, 32, (2 * n_micro, 8), generator=g)
     tgt = torch.randint(0, 32, (2 * n_micro, 8), generator=g)
