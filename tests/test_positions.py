@@ -201,10 +201,13 @@ def test_t5_buckets_match_transformers():
 
 @needs_hf
 def test_alibi_slopes_match_transformers():
-    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+    # BLOOM's ALiBi tensor is slope * position, (B * H, 1, T): its column at position 1 is the slopes.
+    # (build_alibi_tensor exists in transformers 4.x and 5.x; a private _get_alibi_slopes did not last.)
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
     for n in range(1, 40):
-        torch.testing.assert_close(alibi_slopes(n), _get_alibi_slopes(n, torch.device("cpu")), rtol=1e-6, atol=0)
+        hf = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), n, torch.float32)[:, 0, 1]  # (H,)
+        torch.testing.assert_close(alibi_slopes(n), hf, rtol=1e-6, atol=0)
 
 
 @needs_hf
