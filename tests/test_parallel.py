@@ -127,15 +127,20 @@ def test_hung_collective_times_out_instead_of_hanging():
     assert _no_children_left(before)
 
 
+def launch_and_clean_up(fn, world_size: int) -> list:
+    """Run a checking worker on ``world_size`` real processes; no child process may outlive it."""
+    before = _children()
+    results = launch(fn, world_size, timeout=60, join_timeout=240)
+    assert _no_children_left(before)
+    return results
+
+
 # -- 2 ranks: collectives, data parallel, ZeRO, FSDP2, tensor parallel ---------------------------
 
 
 @pytest.fixture(scope="module")
 def two():
-    before = _children()
-    results = launch(workers.check_two_ranks, 2, timeout=60, join_timeout=240)
-    assert _no_children_left(before)
-    return results
+    return launch_and_clean_up(workers.check_two_ranks, 2)
 
 
 def test_ring_all_reduce(two):
@@ -196,10 +201,7 @@ def test_tensor_parallel_matches_dtensor(two):
 
 @pytest.fixture(scope="module")
 def four():
-    before = _children()
-    results = launch(workers.check_pipeline, 4, timeout=60, join_timeout=240)
-    assert _no_children_left(before)
-    return results
+    return launch_and_clean_up(workers.check_pipeline, 4)
 
 
 def test_ring_all_reduce_four_ranks(four):
@@ -224,9 +226,7 @@ def test_pipeline_peak_activations_match_the_simulator(four):
 
 
 def test_3d_losses_match_one_process():
-    before = _children()
-    results = launch(workers.check_3d, 8, timeout=60, join_timeout=240)
-    assert _no_children_left(before)
+    results = launch_and_clean_up(workers.check_3d, 8)
     grid = RankGrid(dp=2, pp=2, tp=2)
     assert results[0]["table"] == grid.table()
     for rank, r in enumerate(results):
