@@ -5,19 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-# pip's exit status is kept; only the machine's noisy "Location ... is ignored" lines are dropped.
-pip_install() { python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
-pip_install --upgrade pip
-
-# torch first: a bare "torch" requirement would pull a multi-GB CUDA build. Override with LMLAB_TORCH.
-if ! python -c "import torch" 2>/dev/null; then
-  pip_install "${LMLAB_TORCH:-torch==2.13.0}"
-fi
+# The tests pin torch 2.13.0 (a CPU build on the CI machine) unless LMLAB_TORCH says otherwise.
+LMLAB_TORCH=${LMLAB_TORCH:-torch==2.13.0}
+. tools/venv.sh
 pip_install -e ".[test]"
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
