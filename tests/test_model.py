@@ -9,15 +9,6 @@ from lmlab.masks import causal_mask, prefix_lm_mask
 from lmlab.model import GPT, ModelConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and they thrash on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**overrides) -> ModelConfig:
     kw = dict(vocab_size=13, context_length=10, d_model=16, n_layers=2, n_heads=2)
     kw.update(overrides)

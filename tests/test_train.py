@@ -13,15 +13,6 @@ from lmlab.model import GPT, ModelConfig
 from lmlab.train import History, evaluate, generate, lm_loss, seed_everything, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and they thrash on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def corpus_ids():
     corpus = load_corpus(max_chars=30_000)
