@@ -29,7 +29,8 @@ never saw once it reads more. Two families of fixes, each usable from :class:`lm
 * Λ-shaped attention (:func:`lambda_mask`; ``ModelConfig(attention="sliding_window", window=w,
   n_sink=n)``; the bounded cache :class:`SinkKVCache` that evicts the middle): the first ``n``
   "sink" tokens plus the ``w`` most recent ones (LM-Infinite, StreamingLLM);
-* kNN external memory (:class:`KNNMemory`, :class:`KNNMemoryAttention`, :func:`memorize_segments`;
+* kNN external memory (:class:`KNNMemory`, :class:`KNNMemoryAttention`, :func:`memorize_segments`, in
+  :mod:`lmlab.knn_memory` and re-exported here;
   ``ModelConfig(knn_memory={"layer": i, "top_k": k, "size": M})``): one layer also attends to the
   top-k keys retrieved from past segments (Memorizing Transformers).
 
@@ -41,16 +42,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import MultiHeadAttention, decode_mask, repeat_kv
+from .attention import decode_mask, repeat_kv
+from .kvcache import LayerKVCache
+from .knn_memory import KNNMemory, KNNMemoryAttention, check_knn_memory, memorize_segments, reset_memory  # noqa: F401 (re-exported)
 from .positions import AttentionPositions, _check_head_dim, _check_int, apply_rope, rope_cos_sin, rope_frequencies
 
 __all__ = [
     "ROPE_SCALINGS",
     "check_rope_scaling",
     "scaled_rope_frequencies",
+    "ntk_base",
     "yarn_ramp",
     "yarn_attention_factor",
     "rope_attention_positions",
@@ -109,6 +112,18 @@ def check_rope_scaling(scaling: dict | None) -> None:
         raise ValueError(f"rope_scaling beta_fast must be > beta_slow, got {scaling.get('beta_fast', 32)} <= {scaling.get('beta_slow', 1)}")
 
 
+def ntk_base(base: float, factor: float, head_dim: int) -> float:
+    """The NTK-aware base ``base · factor^(d/(d-2))``: with it the slowest pair turns exactly
+    ``factor`` times slower and the fastest one not at all (lesson 06's exercise)."""
+    _check_head_dim(head_dim)
+    if head_dim < 4:
+        raise ValueError(f"head_dim must be >= 4 for the NTK base (d/(d-2) is undefined at d = 2), got {head_dim}")
+    for name, value, low in (("base", base, 1), ("factor", factor, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+    return float(base) * float(factor) ** (head_dim / (head_dim - 2))
+
+
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's temperature as a factor on cos and sin: ``0.1·ln(s) + 1`` (1 for ``s <= 1``); the
     scores get its square, i.e. softmax temperature ``t`` with ``sqrt(1/t) = 0.1 ln s + 1``."""
@@ -143,11 +158,11 @@ def scaled_rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict 
     if kind == "linear":
         return inv_freq / s, 1.0
     if kind == "ntk":
-        return rope_frequencies(d, base * s ** (d / (d - 2))), 1.0
+        return rope_frequencies(d, ntk_base(base, s, d)), 1.0
     if kind == "dynamic_ntk":
         L = scaling["original_context_length"]
         n = max(seq_len or L, L)
-        return rope_frequencies(d, base * ((s * n / L) - (s - 1)) ** (d / (d - 2))), 1.0
+        return rope_frequencies(d, ntk_base(base, (s * n / L) - (s - 1), d)), 1.0
     # yarn: blend the interpolated and the original frequency pair by pair
     ramp = yarn_ramp(d, base, scaling["original_context_length"], scaling.get("beta_fast", 32), scaling.get("beta_slow", 1))
     inv_freq = (inv_freq / s) * ramp + inv_freq * (1 - ramp)
@@ -208,18 +223,23 @@ class SinkKVCache:
     """A KV cache bounded at ``n_sink + window`` tokens per layer: it keeps the first ``n_sink``
     tokens and the ``window`` most recent ones and evicts the middle (StreamingLLM).
 
-    Same per-layer protocol as :class:`lmlab.kvcache.KVCache` (``layer(i).update(k, v)``).
-    Each decode step then sees exactly what :func:`lambda_mask` allows. ``positions(layer)``
-    gives the original positions of the kept tokens; StreamingLLM instead numbers them
-    ``0..held-1`` inside the cache (``within_cache=True``), which needs keys cached un-rotated
-    and rotated when read - so with RoPE the model path uses the mask, not this cache.
+    Same per-layer protocol as :class:`lmlab.kvcache.KVCache` (``layer(i).update(k, v)``, ``length``,
+    ``batch``), so :meth:`lmlab.model.GPT.forward_with_cache` decodes with it: pass it as the cache of
+    a model with ``attention="sliding_window"`` and the same ``window`` and ``n_sink`` (lesson 06).
+    ``length`` counts every token ever appended, so a new token gets its true position (keys are
+    cached already rotated at their own positions), while ``len(cache)`` is what is held, at most
+    ``n_sink + window``. Each decode step then sees exactly what :func:`lambda_mask` allows.
+    ``positions(layer)`` gives the original positions of the kept tokens; StreamingLLM instead
+    numbers them ``0..held-1`` inside the cache (``within_cache=True``), which needs keys cached
+    un-rotated and rotated when read - so with RoPE the model path uses true positions.
     """
 
-    def __init__(self, n_layers: int, n_sink: int, window: int):
+    def __init__(self, n_layers: int, n_sink: int, window: int, batch: int = 1):
         _check_int("n_layers", n_layers)
         _check_int("n_sink", n_sink, minimum=0)
         _check_int("window", window)
-        self.n_sink, self.window = n_sink, window
+        _check_int("batch", batch)
+        self.n_sink, self.window, self.batch = n_sink, window, batch
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.v: list[torch.Tensor | None] = [None] * n_layers
         self.pos: list[torch.Tensor | None] = [None] * n_layers
@@ -231,6 +251,25 @@ class SinkKVCache:
 
     def __len__(self) -> int:
         return 0 if self.k[0] is None else self.k[0].size(2)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.k)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens ever appended, per layer (the position of each layer's next token)."""
+        return self.seen
+
+    @property
+    def length(self) -> int:
+        return self.seen[0]
+
+    def layer(self, index: int) -> LayerKVCache:
+        """Layer ``index``'s view, what an attention module sees as ``kv_cache``."""
+        if not isinstance(index, int) or not 0 <= index < self.n_layers:
+            raise ValueError(f"layer index must be in [0, {self.n_layers}), got {index!r}")
+        return LayerKVCache(self, index)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``(B, nkv, T_new, hs)``, evict the middle, return the kept ``(B, nkv, held, hs)``."""
@@ -290,138 +329,3 @@ def parallel_context_logits(model, contexts: list[torch.Tensor], task: torch.Ten
     Segment order is invisible to the task tokens (same positions, same mask): PCW's weakness."""
     ids, position_ids, mask = parallel_context_inputs(contexts, task)
     return model(ids, mask, position_ids=position_ids)[:, -len(task):]  # (1, n_task, V)
-
-
-# --------------------------------------------------------------------------------------------
-# kNN external memory (Memorizing Transformers)
-# --------------------------------------------------------------------------------------------
-
-
-class KNNMemory:
-    """Keys and values of past segments, ``(B, nkv, M, hs)``, first in first out at ``size``.
-
-    :meth:`search` is exact brute force (every query scores every memory key: ``O(T·M)``). At
-    scale (M in the millions) one uses approximate nearest-neighbour search instead (FAISS,
-    ScaNN: clustering / product quantization), trading a little recall for sub-linear time.
-    """
-
-    def __init__(self, size: int):
-        _check_int("size", size)
-        self.size = size
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return 0 if self.k is None else self.k.size(2)
-
-    def clear(self) -> None:
-        self.k = self.v = None
-
-    def add(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        k, v = k.detach(), v.detach()  # no gradient into the past (as in the paper)
-        if self.k is not None and self.k.shape[:2] != k.shape[:2]:
-            raise ValueError(f"memory holds (B, nkv) = {tuple(self.k.shape[:2])}, got keys for {tuple(k.shape[:2])}; call clear() first")
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)  # (B, nkv, M + T, hs)
-        self.k, self.v = k[:, :, -self.size:], v[:, :, -self.size:]  # drop the oldest beyond size
-
-    def search(self, q: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For ``q (B, nh, T, hs)``: the ``top_k`` memory entries by ``q·k`` per query:
-        ``scores (B, nh, T, k)``, ``keys``, ``values (B, nh, T, k, hs)``."""
-        _check_int("top_k", top_k)
-        n_rep = q.size(1) // self.k.size(1)
-        mk, mv = repeat_kv(self.k, n_rep), repeat_kv(self.v, n_rep)  # (B, nh, M, hs)
-        scores = q @ mk.transpose(-2, -1)  # (B, nh, T, M): brute force
-        top, idx = scores.topk(min(top_k, mk.size(2)), dim=-1)  # (B, nh, T, k)
-        gather = idx[..., None].expand(*idx.shape, mk.size(-1))  # (B, nh, T, k, hs)
-        expand = (-1, -1, q.size(2), -1, -1)
-        keys = mk[:, :, None].expand(*expand).gather(3, gather)  # (B, nh, T, k, hs)
-        values = mv[:, :, None].expand(*expand).gather(3, gather)  # (B, nh, T, k, hs)
-        return top, keys, values
-
-    def attend(self, q: torch.Tensor, top_k: int) -> torch.Tensor:
-        """Softmax attention of ``q (B, nh, T, hs)`` over its retrieved entries: ``(B, nh, T, hs)``."""
-        scores, _, values = self.search(q, top_k)
-        w = F.softmax(scores / math.sqrt(q.size(-1)), dim=-1)  # (B, nh, T, k)
-        return (w[..., None] * values).sum(-2)  # (B, nh, T, hs)
-
-
-def check_knn_memory(spec: dict | None, n_layers: int) -> None:
-    """Validate ``ModelConfig.knn_memory``: ``{"layer": i, "top_k": k, "size": M}``."""
-    if spec is None:
-        return
-    if not isinstance(spec, dict) or set(spec) != {"layer", "top_k", "size"}:
-        raise ValueError(f"knn_memory must be None or a dict with keys ['layer', 'size', 'top_k'], got {spec!r}")
-    if not isinstance(spec["layer"], int) or isinstance(spec["layer"], bool) or not 0 <= spec["layer"] < n_layers:
-        raise ValueError(f"knn_memory layer must be an int in [0, n_layers={n_layers}), got {spec['layer']!r}")
-    _check_int("knn_memory top_k", spec["top_k"])
-    _check_int("knn_memory size", spec["size"])
-
-
-class KNNMemoryAttention(MultiHeadAttention):
-    """Local causal attention mixed, per head, with attention over the ``top_k`` entries
-    retrieved from a :class:`KNNMemory` of past segments: ``y = g·y_mem + (1-g)·y_local`` with a
-    learned gate ``g = sigmoid(gate_h)`` (0.5 at init). With an empty memory it is exactly
-    :class:`lmlab.attention.MultiHeadAttention`. The memory is read on every call but written
-    only while ``memorize`` is True (see :func:`memorize_segments`), and never from a KV-cache step.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, top_k: int = 32,
-                 memory_size: int = 4096, **kwargs):
-        super().__init__(d_model, n_heads, n_kv_heads, **kwargs)
-        _check_int("top_k", top_k)
-        self.top_k = top_k
-        self.memory = KNNMemory(memory_size)
-        self.memorize = False
-        self.gate = nn.Parameter(torch.zeros(n_heads))
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
-        q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        if positions is not None:
-            q, k = positions.rotate(q, k)
-        k_new, v_new = k, v
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs)
-        mask = attn_mask if attn_mask is not None else decode_mask(T, k.size(2), self.window, device=x.device, n_sink=self.n_sink)
-        if positions is not None and positions.changes_scores:
-            y = positions.attend(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **({"enable_gqa": True} if self.n_rep > 1 else {}))
-        if len(self.memory):
-            g = torch.sigmoid(self.gate)[None, :, None, None]  # (1, nh, 1, 1)
-            y = g * self.memory.attend(q, self.top_k) + (1 - g) * y  # (B, nh, T, hs)
-        if self.memorize and kv_cache is None:
-            self.memory.add(k_new, v_new)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.drop(self.proj(y))
-
-
-def _memory_layers(model) -> list[KNNMemoryAttention]:
-    return [m for m in model.modules() if isinstance(m, KNNMemoryAttention)]
-
-
-def reset_memory(model) -> None:
-    """Empty every kNN memory of ``model`` (start of a new document)."""
-    for m in _memory_layers(model):
-        m.memory.clear()
-
-
-def memorize_segments(model, ids: torch.Tensor, segment_length: int) -> torch.Tensor:
-    """Run a long ``ids (B, N)`` through ``model`` one segment at a time; after each segment its
-    keys/values join the memory, so later segments can retrieve them. Returns logits ``(B, N, V)``."""
-    _check_int("segment_length", segment_length)
-    layers = _memory_layers(model)
-    if not layers:
-        raise ValueError("model has no kNN memory layer: build it with ModelConfig(knn_memory={'layer': i, 'top_k': k, 'size': M})")
-    reset_memory(model)
-    for m in layers:
-        m.memorize = True
-    try:
-        return torch.cat([model(ids[:, i:i + segment_length]) for i in range(0, ids.size(1), segment_length)], dim=1)  # (B, N, V)
-    finally:
-        for m in layers:
-            m.memorize = False

@@ -284,3 +284,23 @@ def test_rope_scaling_matches_transformers(hf, ours, n):
     got = rope_attention_positions(32, 10000.0, ours, torch.arange(n), torch.arange(n))
     torch.testing.assert_close(got.cos, cos_ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.sin, sin_ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_model_decodes_with_a_sink_cache_like_the_lambda_mask():
+    """SinkKVCache speaks KVCache's protocol: forward_with_cache decodes with it, memory stays bounded,
+    and every step equals the Λ-masked forward over the whole sequence."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=32, context_length=40, d_model=16, n_layers=2, n_heads=4, position="rope",
+                            attention="sliding_window", window=6, n_sink=2)).eval()
+    ids = torch.randint(0, 32, (2, 40))
+    cache = SinkKVCache(n_layers=2, n_sink=2, window=6, batch=2)
+    with torch.no_grad():
+        steps = [model.forward_with_cache(ids[:, t:t + 1], cache)[0] for t in range(40)]  # (2, 1, V) each
+        full = model(ids)  # (2, 40, V): the Λ mask over all tokens at once
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert len(cache) == 8 and cache.length == 40
+    assert cache.positions(0).tolist() == [0, 1, *range(34, 40)]
+    with pytest.raises(ValueError, match="batch"):
+        SinkKVCache(n_layers=1, n_sink=1, window=2, batch=0)
+    with pytest.raises(ValueError, match="layer index"):
+        cache.layer(2)

@@ -1,0 +1,176 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Exercises: long-context modeling
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/06_long_context.ipynb)
+#
+# Four pieces of [lesson 06](../lessons/06_long_context.ipynb), written by you.
+#
+# | # | exercise | points |
+# |---|---|---|
+# | 1 | `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 2 |
+# | 2 | `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 2 |
+# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
+# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
+#
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
+# it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
+# never stops the notebook. The last cell shows your score; in a terminal,
+# `lmlab grade exercises/06_long_context.ipynb` grades the whole notebook.
+#
+# Conventions: T = tokens, hs = head size, M = memory entries. Masks are bool, `True` = may attend.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import math
+
+import torch
+
+from lmlab.grading import check, check_all
+
+# %% [markdown]
+# ## 1 · Position interpolation (2 points)
+#
+# A model trained on $L$ tokens knows positions $0..L-1$. To read $L' = sL$ tokens, position
+# interpolation (Chen et al. 2023) squeezes them into that range: position $p$ becomes $p / s$
+# (fractional positions are fine: RoPE's angle $p\,\theta_i$ works for any real $p$).
+
+# %%
+def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tensor:
+    """Position interpolation.
+
+    Args:
+        positions: ``(T,)`` integer tensor of token positions.
+        factor: ``s >= 1``, the target length divided by the trained length.
+
+    Returns:
+        ``(T,)`` float tensor: every position divided by ``factor``.
+
+    Hint: convert to float first (``positions.float()``), so that ``3 / 4`` stays ``0.75``.
+    """
+    ### BEGIN SOLUTION
+    return positions.float() / factor  # (T,)
+    ### END SOLUTION
+
+
+# %%
+check("06.interpolate_positions", interpolate_positions)
+
+# %% [markdown]
+# ## 2 · The NTK-aware base (2 points)
+#
+# RoPE's pair $i$ turns by $\theta_i = b^{-2i/d}$ per token. The NTK-aware change replaces the base
+# $b$ by $b' = b\,s^{d/(d-2)}$: the fastest pair ($i = 0$) is untouched, and the slowest
+# ($i = d/2 - 1$, exponent $-(d-2)/d$) turns exactly $s$ times slower — like interpolation, but
+# only where it is needed.
+
+# %%
+def ntk_base(base: float, factor: float, head_dim: int) -> float:
+    """The NTK-aware RoPE base.
+
+    Args:
+        base: the original base ``b`` (e.g. 10000); factor: ``s >= 1``; head_dim: ``d``, even, ``>= 4``.
+
+    Returns:
+        ``b · s ** (d / (d - 2))`` as a Python float.
+
+    Hint: the exponent is ``head_dim / (head_dim - 2)``: put it in parentheses.
+    """
+    ### BEGIN SOLUTION
+    return float(base) * float(factor) ** (head_dim / (head_dim - 2))
+    ### END SOLUTION
+
+
+# %%
+check("06.ntk_base", ntk_base)
+
+# %% [markdown]
+# ## 3 · The Λ-shaped mask (2 points)
+#
+# Query $i$ sees the first `n_sink` tokens ("attention sinks") and its `window` most recent tokens,
+# itself included — and never a later token: key $j$ is visible when $j \le i$ and
+# ($i - j < \text{window}$ or $j < n_\text{sink}$).
+
+# %%
+def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
+    """The causal Λ-shaped (sinks + sliding window) mask.
+
+    Args:
+        T: tokens; n_sink: ``>= 0`` sink tokens; window: ``>= 1`` recent tokens (itself included).
+
+    Returns:
+        ``(T, T)`` bool tensor, ``[i, j]`` True when query ``i`` may attend to key ``j``.
+
+    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``; combine with ``&`` and ``|``.
+    """
+    ### BEGIN SOLUTION
+    i = torch.arange(T)[:, None]  # (T, 1)
+    j = torch.arange(T)[None, :]  # (1, T)
+    return (j <= i) & ((i - j < window) | (j < n_sink))  # (T, T)
+    ### END SOLUTION
+
+
+# %%
+check("06.lambda_mask", lambda_mask)
+
+# %% [markdown]
+# ## 4 · Exact top-k memory retrieval (3 points)
+#
+# A kNN memory (Memorizing Transformers) stores the keys and values of past tokens. Each query
+# fetches the $k$ entries whose keys have the **largest inner product** with it — brute force here:
+# score every entry. (At millions of entries one uses approximate search instead, e.g. FAISS.)
+
+# %%
+def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: int):
+    """The ``k`` memory entries with the largest ``q · key``, per query, best first.
+
+    Args:
+        q: ``(T, hs)`` queries; mem_k: ``(M, hs)`` memory keys; mem_v: ``(M, hv)`` memory values;
+        k: ``1 <= k <= M``.
+
+    Returns:
+        ``(scores (T, k), indices (T, k), values (T, k, hv))``: the inner products, sorted from the
+        largest down, the memory rows they come from, and those rows of ``mem_v``.
+
+    Hint: ``scores = q @ mem_k.T`` then ``torch.topk(scores, k, dim=-1)``; ``mem_v[indices]`` indexes rows.
+    """
+    ### BEGIN SOLUTION
+    scores = q @ mem_k.T  # (T, M): every query against every memory key
+    top, idx = torch.topk(scores, k, dim=-1)  # (T, k) each: largest first
+    return top, idx, mem_v[idx]  # mem_v[idx]: (T, k, hv)
+    ### END SOLUTION
+
+
+# %%
+check("06.memory_top_k", memory_top_k)
+
+# %% [markdown]
+# ## Your score
+#
+# The same table as `lmlab grade exercises/06_long_context.ipynb` prints in a terminal.
+
+# %%
+check_all("06")
