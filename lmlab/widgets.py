@@ -24,7 +24,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-__all__ = ["FigureExplorer", "style_figure", "FIGURE_WIDTH", "FIGURE_HEIGHT"]
+__all__ = ["FigureExplorer", "style_figure", "mask_heatmap", "FIGURE_WIDTH", "FIGURE_HEIGHT"]
 
 FIGURE_WIDTH = 640
 FIGURE_HEIGHT = 480
@@ -43,6 +43,21 @@ def style_figure(fig: go.Figure, title: str | None = None, width: int = FIGURE_W
         modebar=dict(orientation="v"),  # keep plotly's toolbar off the title
     )
     return fig
+
+
+def mask_heatmap(mask, title: str, labels: list[str] | None = None, size: int = 520) -> go.Figure:
+    """An attention mask ``(T, T)`` (True = may attend) as a heatmap: rows are queries, columns keys
+    (lessons 00, 04, 06). Cells are outlined while ``T <= 48``; ``labels`` name the tokens."""
+    T = len(mask)
+    gap = 1 if T <= 48 else 0
+    fig = go.Figure(go.Heatmap(
+        z=[[int(bool(v)) for v in row] for row in mask.tolist()], x=labels, y=labels, zmin=0, zmax=1, showscale=False,
+        colorscale=[[0, "#f3f3f3"], [1, "#3b6fb6"]], xgap=gap, ygap=gap,
+        hovertemplate="query %{y} → key %{x}: %{z}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x")
+    fig.update_xaxes(title="key j", side="top")
+    return style_figure(fig, title, width=size, height=size)
 
 
 class FigureExplorer(W.VBox):

@@ -25,7 +25,7 @@ from ..masks import causal_mask
 from ..model import GPT, ModelConfig
 from ..train import seed_everything, train
 from .timing import log_log_slope as slope, min_time
-from ..widgets import style_figure
+from ..widgets import mask_heatmap, style_figure
 
 __all__ = [
     "PATTERNS", "min_time", "local_attention", "cost_experiment", "cost_figure", "pattern_mask", "mask_fraction",
@@ -126,11 +126,7 @@ def mask_fraction(mask: torch.Tensor) -> dict:
 def mask_figure(pattern: str, T: int, window: int, stride: int, n_global: int = 2) -> tuple[go.Figure, str]:
     mask = pattern_mask(pattern, T, window, stride, n_global)
     f = mask_fraction(mask)
-    fig = go.Figure(go.Heatmap(z=mask.int().tolist(), colorscale=[[0, "#f3f3f3"], [1, "#1f77b4"]], showscale=False,
-                               xgap=1 if T <= 48 else 0, ygap=1 if T <= 48 else 0))
-    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x")
-    fig.update_xaxes(title="key j", side="top")
-    style_figure(fig, f"{pattern}: who sees whom (T = {T})", width=520, height=520)
+    fig = mask_heatmap(mask, f"{pattern}: who sees whom (T = {T})")
     note = (f"{f['kept']} of {T * T} pairs kept: {100 * f['of_full']:.1f}% of the full matrix, "
             f"{100 * f['of_causal']:.1f}% of the causal one; {f['mean_keys_per_query']:.1f} keys per query on average")
     return fig, note

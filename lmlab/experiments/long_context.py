@@ -28,7 +28,7 @@ from ..longctx import (SinkKVCache, lambda_mask, memorize_segments, parallel_con
 from ..model import GPT, ModelConfig
 from ..positions import rope_frequencies
 from ..train import evaluate_lengths, lm_loss, seed_everything, train
-from ..widgets import style_figure
+from ..widgets import mask_heatmap, style_figure
 
 __all__ = [
     "METHODS", "WAVELENGTH_METHODS", "Base", "train_base", "method_changes", "fine_tune", "length_experiment",
@@ -351,11 +351,7 @@ def lambda_stats(T: int, n_sink: int, window: int) -> dict:
 
 def lambda_figure(T: int, n_sink: int, window: int) -> tuple[go.Figure, str]:
     s = lambda_stats(T, n_sink, window)
-    fig = go.Figure(go.Heatmap(z=s["mask"].int().tolist(), colorscale=[[0, "#f3f3f3"], [1, "#1f77b4"]], showscale=False,
-                               xgap=1 if T <= 48 else 0, ygap=1 if T <= 48 else 0))
-    fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x")
-    fig.update_xaxes(title="key j", side="top")
-    style_figure(fig, f"Λ-shaped mask: {n_sink} sinks + window {window} (T = {T})", width=520, height=520)
+    fig = mask_heatmap(s["mask"], f"Λ-shaped mask: {n_sink} sinks + window {window} (T = {T})")
     note = (f"{s['kept']} pairs kept = {100 * s['of_causal']:.1f}% of the causal matrix; a decoder's cache holds "
             f"{s['cache']} tokens instead of {T}")
     return fig, note

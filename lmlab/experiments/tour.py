@@ -17,7 +17,7 @@ from ..data import CharTokenizer, load_corpus, unigram_entropy
 from ..masks import architecture_mask, causal_mask, prefix_lm_mask
 from ..model import GPT, ModelConfig
 from ..train import History, seed_everything, train
-from ..widgets import style_figure
+from ..widgets import mask_heatmap, style_figure
 
 __all__ = ["TourResult", "train_tiny_gpt", "visibility", "mask_figure", "leakage_test", "loss_figure"]
 
@@ -85,21 +85,17 @@ def mask_figure(architecture: str, T: int, prefix_len: int) -> tuple[go.Figure, 
         prefix_len = min(prefix_len, T)
     mask = architecture_mask(architecture, T, prefix_len)
     labels = [("src " if architecture == "encoder-decoder" and i < prefix_len else "") + f"t{i}" for i in range(T)]
-    fig = go.Figure(go.Heatmap(
-        z=mask.int().tolist(), x=labels, y=labels, zmin=0, zmax=1, showscale=False,
-        colorscale=[[0, "#f4f4f4"], [1, "#3b6fb6"]], xgap=1, ygap=1,
-        hovertemplate="query %{y} → key %{x}: %{z}<extra></extra>",
-    ))
+    fig = mask_heatmap(mask, f"What each token sees — {architecture}", labels=labels)
     if 0 < prefix_len < T:
         edge = prefix_len - 0.5
         fig.add_shape(type="line", x0=edge, x1=edge, y0=-0.5, y1=T - 0.5, line=dict(color="#d62728", dash="dot"))
         fig.add_shape(type="line", x0=-0.5, x1=T - 0.5, y0=edge, y1=edge, line=dict(color="#d62728", dash="dot"))
-    fig.update_yaxes(autorange="reversed", title="query (the token doing the looking)")
-    fig.update_xaxes(title="key (the token being looked at)", side="top")
+    fig.update_yaxes(title="query (the token doing the looking)")
+    fig.update_xaxes(title="key (the token being looked at)")
     v = visibility(architecture, T, prefix_len)
     note = (f"{architecture}: {v['visible_pairs']} of {T * T} pairs visible ({v['fraction_visible']:.0%}); "
             f"{v['positions_with_loss']} of {T} positions get a next-token loss")
-    fig = style_figure(fig, f"What each token sees — {architecture}", width=560, height=600)
+    fig.update_layout(width=560, height=600)
     fig.update_layout(margin=dict(t=120), title=dict(y=0.98, yanchor="top"))  # room for the top axis title
     return fig, note
 
