@@ -33,6 +33,7 @@ __all__ = [
     "POSITIONS",
     "ROPE_LAYOUTS",
     "sinusoidal_embedding",
+    "SINUSOIDAL_SCALE",
     "LearnedPositionEmbedding",
     "relative_position_bucket",
     "T5RelativeBias",
@@ -52,6 +53,11 @@ __all__ = [
 ]
 
 POSITIONS = ("learned", "none", "sinusoidal", "t5", "rope", "alibi")
+# The model adds SINUSOIDAL_SCALE * table to the token embeddings. The raw table has RMS 1/sqrt(2) per
+# dimension, 35x the 0.02 of GPT-2-initialised token embeddings: unscaled, it drowns the tokens and
+# lesson 03's model trained ~0.95 nats worse with it. Scaled, both start at RMS 0.02. Vaswani
+# et al. keep the same balance the other way round: embeddings initialised at d**-0.5, times sqrt(d).
+SINUSOIDAL_SCALE = 0.02 * math.sqrt(2)
 ROPE_LAYOUTS = ("half", "interleaved")
 
 
@@ -366,7 +372,8 @@ class AttentionPositions:
 class PositionScheme(nn.Module):
     """``ModelConfig.position`` as one module (``sinusoidal``, ``t5``, ``rope``, ``alibi``).
 
-    ``embed(x, positions)`` adds an absolute embedding to ``x (B, T, C)`` (sinusoidal only);
+    ``embed(x, positions)`` adds an absolute embedding to ``x (B, T, C)`` (sinusoidal only, scaled
+    by :data:`SINUSOIDAL_SCALE` to the token embeddings' size);
     ``for_attention(q_positions, k_positions)`` gives the :class:`AttentionPositions` all layers
     share. RoPE frequencies come from ``rope_base`` and ``rope_scaling`` (see
     :func:`lmlab.longctx.scaled_rope_frequencies`).
@@ -394,7 +401,8 @@ class PositionScheme(nn.Module):
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if self.kind != "sinusoidal":
             return x
-        return x + sinusoidal_embedding(positions, self.d_model).to(x.dtype)  # (B, T, C) + (T, C)
+        pe = SINUSOIDAL_SCALE * sinusoidal_embedding(positions, self.d_model)  # (T, C), RMS 0.02 like the tokens
+        return x + pe.to(x.dtype)  # (B, T, C) + (T, C)
 
     def for_attention(self, q_positions: torch.Tensor, k_positions: torch.Tensor) -> AttentionPositions | None:
         if self.kind == "alibi":

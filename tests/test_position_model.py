@@ -134,3 +134,15 @@ def test_position_ids_default_is_arange():
 def test_bad_config_names_the_parameter(kw, match):
     with pytest.raises(ValueError, match=match):
         make(**kw)
+
+
+def test_sinusoidal_table_is_scaled_to_the_token_embeddings():
+    """The model adds SINUSOIDAL_SCALE * table: RMS 0.02 per dimension, the token embeddings' init."""
+    from lmlab.positions import SINUSOIDAL_SCALE, sinusoidal_embedding
+
+    model = make(position="sinusoidal")
+    pos = torch.arange(24)
+    added = model.position.embed(torch.zeros(1, 24, 16), pos)[0]  # (T, C)
+    torch.testing.assert_close(added, SINUSOIDAL_SCALE * sinusoidal_embedding(pos, 16))
+    assert abs(float(added.pow(2).mean().sqrt()) - 0.02) < 1e-6
+    assert abs(float(model.tok_emb.weight.pow(2).mean().sqrt()) - 0.02) < 0.004
