@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
-from .masks import _check_length, causal_mask
+from .masks import _check_length
 
 __all__ = [
     "attention",
@@ -322,7 +322,7 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        if positions is not None:  # lesson 03: lmlab.positions.AttentionPositions of this forward pass
+        if positions is not None:  # lesson 03: lmlab.position_scheme.AttentionPositions of this forward pass
             q, k = positions.rotate(q, k)  # RoPE: new q and k rotated at their positions, before caching
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs): all keys so far

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from .attention import decode_mask, repeat_kv
 from .kvcache import LayerKVCache
 from .knn_memory import KNNMemory, KNNMemoryAttention, check_knn_memory, memorize_segments, reset_memory  # noqa: F401 (re-exported)
-from .positions import AttentionPositions, _check_head_dim, _check_int, apply_rope, rope_cos_sin, rope_frequencies
+from .position_scheme import AttentionPositions
+from .positions import _check_head_dim, _check_int, apply_rope, rope_cos_sin, rope_frequencies
 
 __all__ = [
     "ROPE_SCALINGS",
@@ -172,7 +173,7 @@ def scaled_rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict 
 def rope_attention_positions(head_dim: int, base: float, scaling: dict | None, q_positions: torch.Tensor,
                              k_positions: torch.Tensor) -> AttentionPositions:
     """What a RoPE model's attention layers need for one forward pass (see
-    :class:`lmlab.positions.AttentionPositions`): cos/sin at the new tokens' positions, or, for
+    :class:`lmlab.position_scheme.AttentionPositions`): cos/sin at the new tokens' positions, or, for
     ``truncate``, an attention function that works on un-rotated q and k."""
     if scaling is not None and scaling["type"] == "truncate":
         window = scaling["window"]

@@ -20,7 +20,8 @@ import torch.nn as nn
 from .activations import GLU_KINDS, FeedForward, glu_hidden_size
 from .attention import MultiHeadAttention
 from .norms import DeepNorm, deepnorm_constants, make_norm
-from .positions import POSITIONS, LearnedPositionEmbedding, build_position
+from .position_scheme import build_position
+from .positions import POSITIONS, LearnedPositionEmbedding
 
 __all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
 
