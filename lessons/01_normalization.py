@@ -229,7 +229,7 @@ norm_training_figure(quality).show()
 # Transformer's Xavier init** (the setting of Xiong et al.).
 
 # %%
-from lmlab.experiments.normalization import grad_norm_figure, placement_grad_norms
+from lmlab.experiments.norm_placement import grad_norm_figure, placement_grad_norms
 
 placements = ("post", "pre", "sandwich", "deepnorm")
 at_init = {init: placement_grad_norms(placements, n_layers=12, init=init) for init in ("gpt2", "xavier")}
@@ -262,7 +262,7 @@ grad_norm_figure(at_init["gpt2"], "Gradient norm per layer at init — GPT-2 ini
 # batch each time), Xavier init:
 
 # %%
-from lmlab.experiments.normalization import depth_scan
+from lmlab.experiments.norm_placement import depth_scan
 
 scan = depth_scan(depths=(6, 12, 24), seeds=(0, 1), init="xavier")
 for i, depth in enumerate(scan["depths"]):
@@ -298,7 +298,7 @@ print(f"Near the output post-LN's gradient is {min(ratios):.1f}–{max(ratios):.
 # letter frequencies); "diverged" means it went to inf/NaN.
 
 # %%
-from lmlab.experiments.normalization import stability_experiment, stability_figure
+from lmlab.experiments.norm_placement import stability_experiment, stability_figure
 
 stab = stability_experiment(positions=("post", "pre", "deepnorm"), n_layers=12, d_model=32, lr=3e-3, steps=150,
                             init="xavier", grad_clip=None, seed=0)
@@ -333,7 +333,8 @@ for M in (6, 12, 24, 100, 1000):
 # layer's FFN-weight gradient norm (d=64, one batch; each setting is computed once, then cached).
 
 # %%
-from lmlab.experiments.normalization import activation_histogram_figure, grad_norm_explorer_figure
+from lmlab.experiments.normalization import activation_histogram_figure
+from lmlab.experiments.norm_placement import grad_norm_explorer_figure
 from lmlab.widgets import FigureExplorer
 
 grad_explorer = FigureExplorer(

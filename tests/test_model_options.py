@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.activations import FeedForward, glu_hidden_size
-from lmlab.experiments.normalization import grad_norms_per_layer
+from lmlab.experiments.norm_placement import grad_norms_per_layer
 from lmlab.model import ACTIVATIONS, GPT, NORM_POSITIONS, NORMS, ModelConfig
 from lmlab.norms import DeepNorm, LayerNorm, RMSNorm, deepnorm_constants
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 
+from lmlab.experiments import norm_placement as NP
 from lmlab.experiments import normalization as N
 from lmlab.model import GPT, ModelConfig
 from lmlab.widgets import FigureExplorer
@@ -74,41 +75,41 @@ def test_compare_norm_training_small():
 def test_grad_norms_per_layer_keeps_its_contract():
     cfg = ModelConfig(vocab_size=20, context_length=8, d_model=16, n_layers=3, n_heads=2, norm_position="post")
     ids = torch.randint(20, (2, 9), generator=torch.Generator().manual_seed(0))
-    a = N.grad_norms_per_layer(cfg, ids, seed=0)
-    b = N.grad_norms_per_layer(cfg, (ids[:, :-1], ids[:, 1:]), seed=0)
+    a = NP.grad_norms_per_layer(cfg, ids, seed=0)
+    b = NP.grad_norms_per_layer(cfg, (ids[:, :-1], ids[:, 1:]), seed=0)
     assert a == b and set(a) == {"attn", "ffn", "block", "loss"} and len(a["ffn"]) == 3
     with pytest.raises(ValueError):
-        N.grad_norms_per_layer(cfg, ids[:, :1])
+        NP.grad_norms_per_layer(cfg, ids[:, :1])
 
 
 def test_init_weights_xavier():
     cfg = ModelConfig(vocab_size=20, context_length=8, d_model=16, n_layers=2, n_heads=2, norm_position="deepnorm")
     torch.manual_seed(0)
-    m = N.init_weights(GPT(cfg), "xavier")
+    m = NP.init_weights(GPT(cfg), "xavier")
     bound = math.sqrt(6 / (16 + 64))  # xavier-uniform bound of the FFN's up-projection
     beta = m.blocks[0].ffn.up.init_gain
     assert float(m.blocks[0].ffn.up.weight.detach().abs().max()) <= bound * beta + 1e-6  # DeepNorm's beta kept
     assert abs(float(m.tok_emb.weight.detach().std()) - 16 ** -0.5) < 0.05
     assert m.lm_head.weight is m.tok_emb.weight
     with pytest.raises(ValueError):
-        N.init_weights(m, "kaiming")
+        NP.init_weights(m, "kaiming")
 
 
 def test_placement_gradients_show_the_init_dependence():
     """The lesson's finding at 12 layers: Xavier init gives post-LN larger gradients near the output
     than pre-LN; GPT-2 init makes post-LN's flat and far smaller than pre-LN's."""
-    xavier = N.placement_grad_norms(("post", "pre", "sandwich", "deepnorm"), n_layers=12, init="xavier")
-    gpt2 = N.placement_grad_norms(("post", "pre"), n_layers=12, init="gpt2")
+    xavier = NP.placement_grad_norms(("post", "pre", "sandwich", "deepnorm"), n_layers=12, init="xavier")
+    gpt2 = NP.placement_grad_norms(("post", "pre"), n_layers=12, init="gpt2")
     post, pre = xavier["post"]["ffn"], xavier["pre"]["ffn"]
     assert post[-1] / post[0] > 1.15 and post[-1] > 2 * pre[-1] and pre[0] > pre[-1]
     assert 0.8 < xavier["deepnorm"]["ffn"][-1] / xavier["deepnorm"]["ffn"][0] < 1.2
     assert gpt2["post"]["ffn"][-1] < 0.1 * gpt2["pre"]["ffn"][-1]
     assert gpt2["pre"]["stream_std"][0] < 0.1 and abs(gpt2["post"]["stream_std"][0] - 1) < 0.05
-    assert len(N.grad_norm_figure(xavier).data) == 4
+    assert len(NP.grad_norm_figure(xavier).data) == 4
 
 
 def test_depth_scan_gap_grows():
-    scan = N.depth_scan(depths=(4, 16), seeds=(0,), d_model=32, batch_size=8, context_length=32)
+    scan = NP.depth_scan(depths=(4, 16), seeds=(0,), d_model=32, batch_size=8, context_length=32)
     assert scan["depths"] == [4, 16]
     assert scan["post_over_pre_last"][1] > scan["post_over_pre_last"][0]
     assert scan["pre_last_over_first"][1] < 1
@@ -120,13 +121,13 @@ def test_pre_ln_block_matches_lmlab_block():
     block = GPT(cfg).blocks[0].eval()
     x = torch.randn(2, 8, 16)
     with torch.no_grad():
-        torch.testing.assert_close(N.pre_ln_block(x, block.attn, block.ffn, block.norm1, block.norm2), block(x))
+        torch.testing.assert_close(NP.pre_ln_block(x, block.attn, block.ffn, block.norm1, block.norm2), block(x))
 
 
 def test_stability_small_run_and_status():
-    r = N.stability_experiment(positions=("pre",), n_layers=2, d_model=16, steps=10, batch_size=4, context_length=16)
+    r = NP.stability_experiment(positions=("pre",), n_layers=2, d_model=16, steps=10, batch_size=4, context_length=16)
     assert r.status("pre") in ("trained", "stalled") and math.isfinite(r.final_loss("pre"))
-    assert r.settings["init"] == "xavier" and len(N.stability_figure(r).data) == 2
+    assert r.settings["init"] == "xavier" and len(NP.stability_figure(r).data) == 2
     r.histories["pre"].train_loss[3] = float("nan")
     assert r.status("pre") == "diverged"
 
@@ -134,13 +135,13 @@ def test_stability_small_run_and_status():
 @pytest.mark.slow
 def test_stability_claim_at_lesson_size():
     """The lesson's run: post-LN stalls, pre-LN and DeepNorm train (12 layers, lr 3e-3, Xavier, no warm-up)."""
-    r = N.stability_experiment()
+    r = NP.stability_experiment()
     assert r.status("post") == "stalled" and r.status("pre") == "trained" and r.status("deepnorm") == "trained"
 
 
 def test_grad_norm_widget_wiring():
     explorer = FigureExplorer(
-        make_figure=N.grad_norm_explorer_figure,
+        make_figure=NP.grad_norm_explorer_figure,
         controls={
             "depth": IntSlider(value=3, min=2, max=24),
             "placements": SelectMultiple(options=("post", "pre", "sandwich", "deepnorm"), value=("post",)),

@@ -236,7 +236,7 @@ register(Exercise(
         Check("with sub-layers that output zeros the block is the identity (gradient 1)", _block_identity),
         Check("each part is called once, the FFN sees the updated stream", _block_calls_and_order),
     ),
-    reference=lambda: __import__("lmlab.experiments.normalization", fromlist=["x"]).pre_ln_block,
+    reference=lambda: __import__("lmlab.experiments.norm_placement", fromlist=["x"]).pre_ln_block,
 ))
 
 # ---------------------------------------------------------------------------------------------
