@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # The tests pin torch 2.13.0 (a CPU build on the CI machine) unless LMLAB_TORCH says otherwise.
 LMLAB_TORCH=${LMLAB_TORCH:-torch==2.13.0}
 . tools/venv.sh
-pip_install -e ".[test]"
+pip_install -e ".[test,parity]"  # parity: Hugging Face transformers, for the reference-implementation tests
+# Those tests build tiny random configs: nothing is ever downloaded.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
