@@ -178,7 +178,7 @@ class FeedForward(nn.Module):
         self.hidden = hidden
         self.up = nn.Linear(d_model, 2 * hidden if kind in GLU_KINDS else hidden, bias=bias)
         self.down = nn.Linear(hidden, d_model, bias=bias)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
         """The non-linearity between ``up`` and ``down``: ``(..., up.out_features) -> (..., hidden)``."""

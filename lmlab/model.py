@@ -246,7 +246,7 @@ class GPT(nn.Module):
         n_positions = cfg.n_positions or cfg.context_length
         self.pos_emb = LearnedPositionEmbedding(n_positions, cfg.d_model) if cfg.position == "learned" else None
         self.position = build_position(cfg)  # lesson 03: sinusoidal / RoPE / ALiBi / T5 (None: learned, none)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()  # Identity: no per-call cost
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         # pre- and sandwich-LN need a final norm before the output layer (their residual stream is
         # never normalized); post-LN and DeepNorm already end on a norm.

@@ -229,10 +229,12 @@ def generate(
             check_logits(logits, "the model's logits")
             if eos_id is not None and eos_id >= logits.size(-1):
                 raise ValueError(f"eos_id must be a token id in [0, V={logits.size(-1)}), got {eos_id}")
-            logits = process_history(logits, idx, repetition_penalty, no_repeat_ngram_size)  # (B, V)
-            logits = logits.masked_fill(finished[:, None], 0.0)  # finished rows: anything valid
+            if repetition_penalty != 1.0 or no_repeat_ngram_size > 0:
+                logits = process_history(logits, idx, repetition_penalty, no_repeat_ngram_size)  # (B, V)
+                check_logits(logits)  # the n-gram block can rule out every token
+            if eos_id is not None:
+                logits = logits.masked_fill(finished[:, None], 0.0)  # finished rows: anything valid
             if strategy == "greedy":
-                check_logits(logits)
                 nxt = logits.argmax(dim=-1)  # (B,)
             else:
                 nxt = sample(logits, temperature, top_k, top_p, generator=generator)  # (B,)
