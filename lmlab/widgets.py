@@ -57,7 +57,8 @@ def mask_heatmap(mask, title: str, labels: list[str] | None = None, size: int = 
     ))
     fig.update_yaxes(autorange="reversed", title="query i", scaleanchor="x")
     fig.update_xaxes(title="key j", side="top")
-    return style_figure(fig, title, width=size, height=size)
+    style_figure(fig, title, width=size, height=size)
+    return fig.update_layout(margin=dict(t=110), title=dict(y=0.98, yanchor="top"))  # room for the top axis title
 
 
 class FigureExplorer(W.VBox):
@@ -79,14 +80,14 @@ class FigureExplorer(W.VBox):
                 control.continuous_update = False  # redraw on release: smooth on a 2-core laptop
         self.make_figure = make_figure
         self.controls = dict(controls)
-        self.output = W.Output(layout=W.Layout(min_height=f"{FIGURE_HEIGHT}px"))
+        self.output = W.Output(layout=W.Layout(min_height=f"{FIGURE_HEIGHT}px", overflow="auto"))  # wide figure: scroll
         self.note = W.HTML()
         self.figure: go.Figure | None = None
         self.renders = 0
         parts: list[W.Widget] = [W.VBox(list(self.controls.values())), self.output, self.note]
         if caption:
             parts.append(W.HTML(f"<span style='color:#555;font-size:0.9em'>{caption}</span>"))
-        super().__init__(parts, layout=W.Layout(border="1px solid #ddd", padding="8px", width="fit-content"))
+        super().__init__(parts, layout=W.Layout(border="1px solid #ddd", padding="8px", width="fit-content", max_width="100%"))
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         self.update()

@@ -139,7 +139,7 @@ def length_figure(result: dict) -> go.Figure:
                   annotation_position="bottom right")
     fig.update_xaxes(type="log", title="evaluation length (tokens)", tickvals=result["lengths"])
     fig.update_yaxes(title="validation loss (nats/char)")
-    return style_figure(fig, "Loss against evaluation length, per long-context method", width=900, height=480)
+    return style_figure(fig, "Loss against evaluation length, per long-context method", width=820, height=480)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def extrapolation_figure(result: ExtrapolationResult) -> go.Figure:
     fig.update_xaxes(title="evaluation length (tokens)", type="log", tickvals=result.lengths, row=1, col=1)
     fig.update_xaxes(title="position in the window", row=1, col=2)
     fig.update_yaxes(title="loss (nats/char)", row=1, col=1)
-    return style_figure(fig, f"Trained at L = {result.L}, evaluated further (dotted: L)", width=920, height=420)
+    return style_figure(fig, f"Trained at L = {result.L}, evaluated further (dotted: L)", width=820, height=420)
 
 
 def t5_learned_bias(model: GPT, up_to: int = 160) -> torch.Tensor:
@@ -271,7 +271,7 @@ def rope_figure(position: int, base: float, head_dim: int = 32, pairs=(0, 2, 6),
     fig.add_scatter(x=dist.tolist(), y=dots.tolist(), mode="lines", name="q·k", showlegend=False, line=dict(color="#1f77b4"),
                     row=1, col=3)
     fig.update_xaxes(title="distance m − n", row=1, col=3)
-    style_figure(fig, f"RoPE, head_dim {head_dim}, base {base:.3g}", width=860, height=430)
+    style_figure(fig, f"RoPE, head_dim {head_dim}, base {base:.3g}", width=820, height=430)
     fig.update_layout(legend=dict(orientation="h", y=-0.25), margin=dict(t=90, b=110), height=470)
     longest = wavelengths[-1]
     note = (f"The slowest pair turns once every {longest:,.0f} tokens, the fastest every {wavelengths[0]:.1f}; "
@@ -302,7 +302,7 @@ def bias_figure(n_heads: int, num_buckets: int, max_distance: int) -> tuple[go.F
     for c in (1, 2):
         fig.update_xaxes(title="distance back (tokens)", row=1, col=c)
     fig.update_yaxes(title="bucket", row=1, col=2)
-    style_figure(fig, "Relative biases against distance", width=860, height=440)
+    style_figure(fig, "Relative biases against distance", width=820, height=440)
     fig.update_layout(legend=dict(orientation="h", y=-0.25), margin=dict(t=90, b=110), height=480)
     first_last = int((buckets == num_buckets - 1).nonzero()[0])
     n_log = len(set(buckets[max_exact:first_last].tolist()))

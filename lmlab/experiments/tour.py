@@ -96,7 +96,6 @@ def mask_figure(architecture: str, T: int, prefix_len: int) -> tuple[go.Figure, 
     note = (f"{architecture}: {v['visible_pairs']} of {T * T} pairs visible ({v['fraction_visible']:.0%}); "
             f"{v['positions_with_loss']} of {T} positions get a next-token loss")
     fig.update_layout(width=560, height=600)
-    fig.update_layout(margin=dict(t=120), title=dict(y=0.98, yanchor="top"))  # room for the top axis title
     return fig, note
 
 
