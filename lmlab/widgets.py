@@ -24,21 +24,27 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-__all__ = ["FigureExplorer", "style_figure", "mask_heatmap", "FIGURE_WIDTH", "FIGURE_HEIGHT"]
+__all__ = ["FigureExplorer", "style_figure", "mask_heatmap", "FIGURE_WIDTH", "FIGURE_HEIGHT", "FIGURE_MAX_WIDTH"]
 
 FIGURE_WIDTH = 640
 FIGURE_HEIGHT = 480
+FIGURE_MAX_WIDTH = 820
 CONTROL_LAYOUT = W.Layout(width="420px")
 CONTROL_STYLE = {"description_width": "140px"}
 
 
 def style_figure(fig: go.Figure, title: str | None = None, width: int = FIGURE_WIDTH, height: int = FIGURE_HEIGHT) -> go.Figure:
-    """The course's one figure style: fixed size, white template, tight margins."""
+    """The course's one figure style: fixed size, white template, tight margins.
+
+    ``width`` is capped at ``FIGURE_MAX_WIDTH``, what JupyterLab's notebook column holds beside the
+    file browser on a 1280-pixel screen; subplot titles get room under the figure's title.
+    """
+    subplot_titles = any(a.yref == "paper" and a.y is not None and a.y >= 0.99 for a in fig.layout.annotations)
     fig.update_layout(
         template="plotly_white",
-        width=width,
+        width=min(width, FIGURE_MAX_WIDTH),
         height=height,
-        margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+        margin=dict(l=60, r=20, t=(90 if subplot_titles else 50) if title else 20, b=50),
         title=title,
         modebar=dict(orientation="v"),  # keep plotly's toolbar off the title
     )

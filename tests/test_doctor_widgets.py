@@ -189,3 +189,15 @@ def test_style_figure():
     assert fig.layout.title.text == "Loss"
     small = style_figure(go.Figure(), width=300, height=200)
     assert small.layout.width == 300 and small.layout.height == 200
+
+
+def test_style_figure_caps_the_width_and_makes_room_for_subplot_titles():
+    from plotly.subplots import make_subplots
+
+    from lmlab.widgets import FIGURE_MAX_WIDTH, style_figure
+
+    wide = style_figure(go.Figure(), "wide", width=1200)
+    assert wide.layout.width == FIGURE_MAX_WIDTH  # fits JupyterLab's column beside the file browser
+    plain = style_figure(go.Figure(), "one plot")
+    two = style_figure(make_subplots(rows=1, cols=2, subplot_titles=("a", "b")), "two plots")
+    assert two.layout.margin.t > plain.layout.margin.t  # the title clears the subplot titles

@@ -251,7 +251,7 @@ _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 def _two_panels(title: str, height: int = 380) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("f(x)", "f′(x) (autograd)"), horizontal_spacing=0.1)
     fig.update_xaxes(title="x", zeroline=True)
-    return style_figure(fig, title, width=860, height=height)
+    return style_figure(fig, title, width=820, height=height)
 
 
 def curves_figure(names=None, x_range: tuple[float, float] = (-5.0, 5.0)) -> go.Figure:

@@ -201,7 +201,7 @@ def kv_heads_figure(result: KVHeadsResult, decode_rows: list[dict]) -> go.Figure
                 showlegend=False)
     lo = min(r["val_loss"] for r in result.rows)
     fig.update_yaxes(range=[lo - 0.1, max(r["val_loss"] for r in result.rows) + 0.05], row=1, col=1)
-    return style_figure(fig, "MHA vs GQA vs MQA", width=900, height=380)
+    return style_figure(fig, "MHA vs GQA vs MQA", width=820, height=380)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def tiled_figure(trace: dict, step: int) -> tuple[go.Figure, str]:
                     mode="lines", line=dict(dash="dot"), name="final sum (at this m)", row=1, col=2)
     fig.update_xaxes(title="query position", row=1, col=2)
     style_figure(fig, f"step {step + 1} of {len(trace['steps'])}: Q tile {st['q_tile']} × K tile {st['k_tile']}",
-                 width=900, height=420)
+                 width=820, height=420)
     last = st["k_tile"][1] >= min(T, i1) if trace["causal"] else st["k_tile"][1] >= T
     gap = max(abs(a - b) for a, b in zip(st["m"], trace["final_m"][i0:i1]))
     note = (f"red = this tile, blue = done, grey = still to do, white = skipped (causal). "

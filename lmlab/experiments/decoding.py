@@ -237,7 +237,7 @@ def beam_figure(rows: list[dict]) -> go.Figure:
     fig.update_xaxes(type="log", title="beam size", tickvals=sorted({r["beams"] for r in rows}))
     fig.update_yaxes(title="characters", row=1, col=2)
     fig.update_yaxes(range=[0, 1], row=1, col=3)
-    return style_figure(fig, "Beam search: larger beams win the search, the text does not", width=960, height=400)
+    return style_figure(fig, "Beam search: larger beams win the search, the text does not", width=820, height=400)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def beam_tree_figure(tree: BeamTree) -> tuple[go.Figure, str]:
     best = tree.best
     note = (f"best of {tree.num_beams} beam(s) after {len(tree.steps)} steps: {best.text!r}, log p = {best.logprob:.2f}; "
             f"{sum(not n.kept for s in tree.steps for n in s)} shown candidates pruned")
-    return style_figure(fig, "Beam search tree (grey = pruned)", width=880, height=520), note
+    return style_figure(fig, "Beam search tree (grey = pruned)", width=820, height=520), note
 
 
 def tok_char(text: str) -> str:

@@ -152,7 +152,7 @@ def step_cost_figure(result: dict) -> go.Figure:
     fig.update_yaxes(title="milliseconds", row=1, col=1)
     fig.update_yaxes(title="FLOPs", type="log", row=1, col=2)
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
-    return style_figure(fig, "Producing token T+1: with and without the KV cache", width=860, height=420)
+    return style_figure(fig, "Producing token T+1: with and without the KV cache", width=820, height=420)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def block_table_figure(steps: int, block_size: int = 4, n_blocks: int = 16):
     real = sum(s["lengths"].values())
     note = (f"step {steps}: {s['last']}. {used} of {n_blocks} blocks in use; the sequences hold {real} tokens "
             f"(a fork's shared prefix counts for each sequence, but is stored once); grey = shared by a fork.")
-    return style_figure(fig, f"PagedAttention bookkeeping, block size {block_size}", width=860, height=380), note
+    return style_figure(fig, f"PagedAttention bookkeeping, block size {block_size}", width=820, height=380), note
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def batchnorm_figure(result: dict) -> go.Figure:
     fig.update_yaxes(title="std of the probe's output across batches", row=1, col=1)
     fig.update_yaxes(title="mean |train-mode − population-stat output|", row=1, col=2)
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
-    return style_figure(fig, "BatchNorm on padded, variable-length batches", width=900, height=420)
+    return style_figure(fig, "BatchNorm on padded, variable-length batches", width=820, height=420)
 
 
 # =============================================================================================
