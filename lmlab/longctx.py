@@ -215,8 +215,11 @@ def truncated_rope_attention(q, k, v, q_positions, k_positions, window: int, *, 
 def lambda_mask(T_q: int, n_sink: int, window: int, T_k: int | None = None, device=None) -> torch.Tensor:
     """``(T_q, T_k)`` causal mask where each query sees the first ``n_sink`` tokens and its
     ``window`` most recent ones (itself included); queries are the last ``T_q`` of ``T_k`` tokens."""
+    _check_int("T_q", T_q)
     _check_int("window", window)
     _check_int("n_sink", n_sink, minimum=0)
+    if T_k is not None:
+        _check_int("T_k", T_k, minimum=T_q)
     return decode_mask(T_q, T_q if T_k is None else T_k, window, device=device, n_sink=n_sink)
 
 

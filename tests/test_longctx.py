@@ -145,6 +145,10 @@ def test_lambda_mask_hand_value():
     assert torch.equal(lambda_mask(2, 1, 2, T_k=6), expected[-2:])
     with pytest.raises(ValueError, match="window"):
         lambda_mask(6, 1, 0)
+    with pytest.raises(ValueError, match="T_q must be an int >= 1"):
+        lambda_mask(0, 1, 2)
+    with pytest.raises(ValueError, match="T_k must be an int >= 6"):
+        lambda_mask(6, 1, 2, T_k=4)
 
 
 def test_sink_cache_is_bounded_and_equals_the_lambda_mask():
