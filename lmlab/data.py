@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -20,6 +21,8 @@ __all__ = [
     "load_text",
     "CharTokenizer",
     "ByteTokenizer",
+    "CharData",
+    "char_data",
     "sample_batch",
     "unigram_entropy",
 ]
@@ -157,6 +160,22 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=256)"
+
+
+class CharData(NamedTuple):
+    """The embedded corpus as character ids: ``tok, train_ids, val_ids = char_data()``."""
+
+    tok: CharTokenizer
+    train_ids: torch.Tensor  # (N_train,) long
+    val_ids: torch.Tensor  # (N_val,) long
+
+
+def char_data(val_fraction: float = 0.1, max_chars: int | None = None) -> CharData:
+    """:func:`load_corpus` through a :class:`CharTokenizer` built on the whole text: what every
+    lesson's tiny-model experiment trains and evaluates on."""
+    corpus = load_corpus(val_fraction, max_chars)
+    tok = CharTokenizer(corpus.text)
+    return CharData(tok, torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val)))
 
 
 def _as_id_list(ids) -> list[int]:

@@ -324,3 +324,13 @@ def test_unigram_entropy_rejects_bad_input():
         unigram_entropy(torch.tensor([0, 7]), vocab_size=3)
     with pytest.raises(ValueError, match="train_ids"):
         unigram_entropy(torch.tensor([0, -1, 2]))
+
+
+def test_char_data_is_the_corpus_through_a_char_tokenizer():
+    from lmlab.data import CharTokenizer, char_data, load_corpus
+
+    corpus = load_corpus(max_chars=5000)
+    tok, train_ids, val_ids = char_data(max_chars=5000)
+    assert tok.vocab_size == CharTokenizer(corpus.text).vocab_size
+    assert tok.decode(train_ids) == corpus.train and tok.decode(val_ids) == corpus.val
+    assert train_ids.dtype == torch.long and val_ids.dim() == 1

@@ -25,7 +25,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..activations import FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters, gelu, glu_hidden_size, swish
-from ..data import CharTokenizer, load_corpus
+from ..data import char_data
 from ..model import GPT, ModelConfig
 from ..train import History, seed_everything, train
 from ..widgets import style_figure
@@ -183,10 +183,7 @@ def compare_activations(activations=FFN_KINDS, seeds=(0, 1, 2, 3), steps: int = 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"compare_activations: seeds must be distinct ints, got {seeds}")
-    corpus = load_corpus(max_chars=max_chars)
-    tok = CharTokenizer(corpus.text)
-    train_ids = torch.tensor(tok.encode(corpus.train))
-    val_ids = torch.tensor(tok.encode(corpus.val))
+    tok, train_ids, val_ids = char_data(max_chars=max_chars)
     result = ActivationComparison(activations, seeds, {a: [] for a in activations}, {}, {}, {a: [] for a in activations},
                                   settings=dict(steps=steps, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                                                 context_length=context_length, batch_size=batch_size, lr=lr))

@@ -19,7 +19,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..attention import attention, global_local_mask, sliding_window_mask, strided_mask
-from ..data import CharTokenizer, load_corpus
+from ..data import char_data
 from ..kvcache import kv_cache_bytes
 from ..masks import causal_mask
 from ..model import GPT, ModelConfig
@@ -145,10 +145,7 @@ class KVHeadsResult:
 def kv_heads_experiment(kv_heads=(4, 2, 1), steps: int = 300, seed: int = 0, d_model: int = 64, n_layers: int = 2,
                         n_heads: int = 4, context_length: int = 64, batch_size: int = 32, lr: float = 3e-3) -> KVHeadsResult:
     """Train lesson 00's tiny GPT once per ``n_kv_heads`` (same seed, data and steps)."""
-    corpus = load_corpus()
-    tok = CharTokenizer(corpus.text)
-    train_ids = torch.tensor(tok.encode(corpus.train))
-    val_ids = torch.tensor(tok.encode(corpus.val))
+    tok, train_ids, val_ids = char_data()
     rows = []
     for nkv in kv_heads:
         seed_everything(seed)

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
-from ..data import CharTokenizer, load_corpus
+from ..data import CharTokenizer, char_data
 from ..longctx import (SinkKVCache, lambda_mask, memorize_segments, parallel_context_logits, reset_memory,
                        scaled_rope_frequencies)
 from ..model import GPT, ModelConfig
@@ -59,9 +59,7 @@ class Base:
 def train_base(context_length: int = 64, steps: int = 300, batch_size: int = 32, d_model: int = 64, n_layers: int = 2,
                n_heads: int = 4, lr: float = 3e-3, seed: int = 0) -> Base:
     """Lesson 00's tiny GPT with RoPE (head size ``d_model / n_heads``), trained at ``context_length``."""
-    corpus = load_corpus()
-    tok = CharTokenizer(corpus.text)
-    train_ids, val_ids = torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val))
+    tok, train_ids, val_ids = char_data()
     seed_everything(seed)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                             n_layers=n_layers, n_heads=n_heads, position="rope"))

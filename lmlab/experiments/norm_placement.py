@@ -22,11 +22,10 @@ import plotly.graph_objects as go
 import torch
 import torch.nn as nn
 
-from ..data import sample_batch, unigram_entropy
+from ..data import char_data, sample_batch, unigram_entropy
 from ..model import GPT, NORM_POSITIONS, ModelConfig
 from ..train import History, lm_loss, seed_everything, train
 from ..widgets import style_figure
-from .normalization import _data
 
 __all__ = [
     "INITS", "POSITION_COLORS",
@@ -142,7 +141,7 @@ def placement_grad_norms(positions=("post", "pre", "sandwich"), n_layers: int = 
     for pos in positions:
         if pos not in NORM_POSITIONS:
             raise ValueError(f"positions must be among {NORM_POSITIONS}, got {pos!r}")
-    tok, train_ids, _ = _data()
+    tok, train_ids, _ = char_data()
     x, y = sample_batch(train_ids, batch_size, context_length, generator=torch.Generator().manual_seed(seed))
     out = {}
     for pos in positions:
@@ -223,7 +222,7 @@ def stability_experiment(positions=("post", "pre", "deepnorm"), n_layers: int = 
                          progress: bool = False) -> StabilityResult:
     """Train a deep, narrow GPT with each norm position at a constant, high learning rate: no warm-up,
     no gradient clipping by default, same seed and batches for all."""
-    tok, train_ids, val_ids = _data()
+    tok, train_ids, val_ids = char_data()
     histories = {}
     for pos in positions:
         cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
-from ..data import CharTokenizer, load_corpus, unigram_entropy
+from ..data import char_data, unigram_entropy
 from ..model import GPT, ModelConfig
 from ..train import History, seed_everything, train
 from ..widgets import style_figure
@@ -234,12 +234,6 @@ def timing_figure(times: dict[str, dict[str, float]]) -> go.Figure:
 
 
 @lru_cache(maxsize=1)
-def _data() -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    corpus = load_corpus()
-    tok = CharTokenizer(corpus.text)
-    return tok, torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val))
-
-
 @dataclass
 class NormTraining:
     histories: dict[str, list[History]]  # norm -> one History per seed
@@ -261,7 +255,7 @@ def compare_norm_training(norms=("layernorm", "rmsnorm"), seeds=(0, 1), steps: i
                           n_layers: int = 2, n_heads: int = 4, context_length: int = 64, batch_size: int = 32,
                           lr: float = 3e-3, progress: bool = False) -> NormTraining:
     """Train the same pre-LN tiny GPT with each norm, same seeds and batches; final validation losses."""
-    tok, train_ids, val_ids = _data()
+    tok, train_ids, val_ids = char_data()
     histories = {}
     for norm in norms:
         histories[norm] = []

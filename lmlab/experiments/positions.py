@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
-from ..data import CharTokenizer, load_corpus, sample_batch
+from ..data import char_data, sample_batch
 from ..model import GPT, ModelConfig
 from ..positions import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
@@ -158,9 +158,7 @@ def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, see
     for s in schemes:
         if s not in SCHEMES:
             raise ValueError(f"schemes must be drawn from {SCHEMES}, got {s!r}")
-    corpus = load_corpus()
-    tok = CharTokenizer(corpus.text)
-    train_ids, val_ids = torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val))
+    tok, train_ids, val_ids = char_data()
     lengths = [L * f for f in factors]
     rows, models = [], {}
     for scheme in schemes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 
-from ..data import CharTokenizer, load_corpus, unigram_entropy
+from ..data import CharTokenizer, char_data, unigram_entropy
 from ..masks import architecture_mask, causal_mask, prefix_lm_mask
 from ..model import GPT, ModelConfig
 from ..train import History, seed_everything, train
@@ -34,10 +34,7 @@ class TourResult:
 def train_tiny_gpt(steps: int = 800, seed: int = 0, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
                    context_length: int = 64, batch_size: int = 32, lr: float = 3e-3, progress: bool = True) -> TourResult:
     """Train the lesson's tiny GPT on the embedded corpus and measure it against the unigram baseline."""
-    corpus = load_corpus()
-    tok = CharTokenizer(corpus.text)
-    train_ids = torch.tensor(tok.encode(corpus.train))
-    val_ids = torch.tensor(tok.encode(corpus.val))
+    tok, train_ids, val_ids = char_data()
     seed_everything(seed)
     cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                       n_layers=n_layers, n_heads=n_heads)

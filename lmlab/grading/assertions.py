@@ -12,7 +12,7 @@ import torch
 
 from .registry import CheckFailed
 
-__all__ = ["expect_tensor", "expect_close", "expect_equal", "expect_true", "describe", "draw_mask"]
+__all__ = ["expect_tensor", "expect_close", "expect_equal", "expect_true", "expect_int", "seeded_randn", "describe", "draw_mask"]
 
 
 def describe(value: Any) -> str:
@@ -87,6 +87,17 @@ def expect_true(condition: bool, message: str) -> None:
     """Fail with ``message`` unless ``condition`` holds."""
     if not condition:
         raise CheckFailed(message)
+
+
+def expect_int(got: Any, what: str) -> int:
+    """``got`` if it is a plain ``int`` (not a bool, float or tensor), else fail saying what came back."""
+    expect_true(isinstance(got, int) and not isinstance(got, bool), f"{what} should return an int, got {type(got).__name__} {got!r}")
+    return got
+
+
+def seeded_randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scale`` times standard-normal test inputs, the same on every machine and in every call."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
 
 
 def _short(value: Any) -> str:

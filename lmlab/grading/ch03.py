@@ -13,12 +13,9 @@ import math
 
 import torch
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from .registry import Check, CheckFailed, Exercise, register
 
-
-def _randn(*shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _positions_module():
@@ -116,18 +113,18 @@ def _rope_by_hand(f):
 def _rope_values(f):
     for shape, positions, base in (((6, 8), list(range(6)), 10000.0), ((2, 3, 5, 16), [0, 7, 1, 30, 4], 10000.0),
                                    ((4, 12), [10, 11, 12, 500], 500.0)):
-        x = _randn(*shape, seed=30 + len(shape))
+        x = seeded_randn(*shape, seed=30 + len(shape))
         what = f"apply_rope(x {tuple(shape)}, positions={positions}, base={base})"
         got = _rope_call(f, x, positions, what, base=base)
         expect_close(got, _rope_loops(x, positions, base), f"{what} vs the half-split rotation", atol=1e-4, rtol=1e-4)
 
 
 def _rope_properties(f):
-    x = _randn(1, 2, 9, 16, seed=33)
+    x = seeded_randn(1, 2, 9, 16, seed=33)
     pos = list(range(100, 109))
     got = _rope_call(f, x, pos, "apply_rope(x (1, 2, 9, 16), positions 100..108)")
     expect_close(got.norm(dim=-1), x.norm(dim=-1), "the norms of apply_rope's output vectors (a rotation keeps norms)", atol=1e-4)
-    q, k = _randn(1, 16, seed=34), _randn(1, 16, seed=35)
+    q, k = seeded_randn(1, 16, seed=34), seeded_randn(1, 16, seed=35)
     scores = []
     for m, n in ((5, 2), (40, 37), (1003, 1000)):
         qm = expect_tensor(f(q, torch.tensor([m])), f"apply_rope(q (1, 16), [{m}])", shape=(1, 16))

@@ -14,12 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from .registry import Check, Exercise, register
 
-
-def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,14 +25,14 @@ def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 
 def _sdpa_plain(f):
-    q, k, v = _randn(2, 3, 5, 8, seed=40), _randn(2, 3, 7, 8, seed=41), _randn(2, 3, 7, 4, seed=42)
+    q, k, v = seeded_randn(2, 3, 5, 8, seed=40), seeded_randn(2, 3, 7, 8, seed=41), seeded_randn(2, 3, 7, 4, seed=42)
     what = "scaled_dot_product_attention(q (2, 3, 5, 8), k (2, 3, 7, 8), v (2, 3, 7, 4)) with no mask"
     got = expect_tensor(f(q, k, v), what, shape=(2, 3, 5, 4), dtype=torch.float32)
     expect_close(got, F.scaled_dot_product_attention(q, k, v), f"{what} vs F.scaled_dot_product_attention", atol=1e-5)
 
 
 def _sdpa_mask(f):
-    q, k, v = (_randn(1, 2, 9, 16, seed=43 + i, scale=2.0) for i in range(3))
+    q, k, v = (seeded_randn(1, 2, 9, 16, seed=43 + i, scale=2.0) for i in range(3))
     causal = torch.ones(9, 9, dtype=torch.bool).tril()
     what = "scaled_dot_product_attention(q, k, v, causal mask (9, 9))"
     got = expect_tensor(f(q, k, v, causal), what, shape=(1, 2, 9, 16))
@@ -47,7 +44,7 @@ def _sdpa_mask(f):
 
 
 def _sdpa_large(f):
-    q, k, v = _randn(1, 1, 4, 64, seed=46, scale=10.0), _randn(1, 1, 6, 64, seed=47, scale=10.0), _randn(1, 1, 6, 8, seed=48)
+    q, k, v = seeded_randn(1, 1, 4, 64, seed=46, scale=10.0), seeded_randn(1, 1, 6, 64, seed=47, scale=10.0), seeded_randn(1, 1, 6, 8, seed=48)
     what = "scaled_dot_product_attention on scores in the hundreds (head size 64, entries ~10)"
     got = expect_tensor(f(q, k, v), what, shape=(1, 1, 4, 8))
     expect_true(not torch.isnan(got).any(), f"{what} contains NaN: exp overflows; use torch.softmax (it subtracts the max)")
@@ -112,7 +109,7 @@ register(Exercise(
 
 
 def _rkv_values(f):
-    x = _randn(2, 3, 5, 4, seed=49)
+    x = seeded_randn(2, 3, 5, 4, seed=49)
     for n in (1, 2, 4):
         what = f"repeat_kv(x (2, 3, 5, 4), {n})"
         got = expect_tensor(f(x, n), what, shape=(2, 3 * n, 5, 4), dtype=x.dtype)
@@ -121,8 +118,8 @@ def _rkv_values(f):
 
 
 def _rkv_gqa(f):
-    q = _randn(1, 8, 6, 16, seed=50)
-    k, v = _randn(1, 2, 6, 16, seed=51), _randn(1, 2, 6, 16, seed=52)
+    q = seeded_randn(1, 8, 6, 16, seed=50)
+    k, v = seeded_randn(1, 2, 6, 16, seed=51), seeded_randn(1, 2, 6, 16, seed=52)
     what = "SDPA(q (1, 8, 6, 16), repeat_kv(k, 4), repeat_kv(v, 4))"
     got = F.scaled_dot_product_attention(q, expect_tensor(f(k, 4), "repeat_kv(k, 4)", shape=(1, 8, 6, 16)),
                                          expect_tensor(f(v, 4), "repeat_kv(v, 4)", shape=(1, 8, 6, 16)), is_causal=True)
@@ -161,7 +158,7 @@ def _merge_call(f, a, b, what):
 
 
 def _merge_softmax(f):
-    s, v = _randn(4, 30, seed=53, scale=3.0), _randn(30, 6, seed=54)
+    s, v = seeded_randn(4, 30, seed=53, scale=3.0), seeded_randn(30, 6, seed=54)
     s[:, 12:] += 5.0  # the second block holds the larger scores: the old part must be rescaled
     what = "online_softmax_merge(partial(keys 0..11), partial(keys 12..29))"
     m, l, acc = _merge_call(f, _partial(s[:, :12], v[:12]), _partial(s[:, 12:], v[12:]), what)
@@ -173,7 +170,7 @@ def _merge_softmax(f):
 
 
 def _merge_order(f):
-    s, v = _randn(3, 20, seed=55, scale=4.0), _randn(20, 5, seed=56)
+    s, v = seeded_randn(3, 20, seed=55, scale=4.0), seeded_randn(20, 5, seed=56)
     s[:, :8] += 6.0  # now the FIRST block has the larger scores
     what = "online_softmax_merge(partial(keys 0..7), partial(keys 8..19)) with the larger scores first"
     m, l, acc = _merge_call(f, _partial(s[:, :8], v[:8]), _partial(s[:, 8:], v[8:]), what)
@@ -187,7 +184,7 @@ def _merge_order(f):
 
 
 def _merge_empty(f):
-    s, v = _randn(2, 10, seed=57), _randn(10, 3, seed=58)
+    s, v = seeded_randn(2, 10, seed=57), seeded_randn(10, 3, seed=58)
     empty = (torch.full((2,), -math.inf), torch.zeros(2), torch.zeros(2, 3))
     what = "online_softmax_merge(empty state (m=-inf, l=0, acc=0), partial(all keys))"
     m, l, acc = _merge_call(f, empty, _partial(s, v), what)

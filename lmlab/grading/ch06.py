@@ -14,12 +14,9 @@ import math
 
 import torch
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from .registry import CheckFailed, Check, Exercise, register
 
-
-def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +184,7 @@ def _brute_force(q, mk, k):
 
 
 def _topk_values(f):
-    q, mk, mv = _randn(5, 8, seed=60), _randn(20, 8, seed=61), _randn(20, 3, seed=62)
+    q, mk, mv = seeded_randn(5, 8, seed=60), seeded_randn(20, 8, seed=61), seeded_randn(20, 3, seed=62)
     what = "memory_top_k(q (5, 8), mem_k (20, 8), mem_v (20, 3), k=4)"
     scores, idx, vals = _topk_call(f, q, mk, mv, 4, what)
     best = _brute_force(q, mk, 4)

@@ -11,14 +11,11 @@ import math
 
 import torch
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from .registry import Check, Exercise, register
 
 NEG = -math.inf
 
-
-def _randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
 def _ranked(row: list[float]) -> list[int]:
@@ -39,7 +36,7 @@ def _temp_call(f, logits, t, what):
 
 
 def _temp_values(f):
-    logits = _randn(3, 7, seed=70, scale=2.0)
+    logits = seeded_randn(3, 7, seed=70, scale=2.0)
     for t in (1.0, 0.5, 2.0):
         what = f"softmax_with_temperature(logits (3, 7), {t})"
         got = _temp_call(f, logits, t, what)
@@ -57,7 +54,7 @@ def _temp_zero(f):
 
 
 def _temp_extremes(f):
-    logits = _randn(2, 9, seed=71, scale=40.0)
+    logits = seeded_randn(2, 9, seed=71, scale=40.0)
     what = "softmax_with_temperature(logits around ±100, 0.01)"
     got = _temp_call(f, logits, 0.01, what)
     expect_true(not torch.isnan(got).any(), f"{what} contains NaN: exp(logits / t) overflows; subtract the row maximum first "
@@ -111,7 +108,7 @@ def _kept(got: torch.Tensor, b: int = 0) -> list[int]:
 
 
 def _top_k_random(f):
-    logits = _randn(4, 12, seed=72, scale=2.0)
+    logits = seeded_randn(4, 12, seed=72, scale=2.0)
     for k in (1, 3, 7):
         what = f"top_k_filter(logits (4, 12), {k})"
         got = _filter_call(f, logits, k, what)
@@ -129,7 +126,7 @@ def _top_k_ties(f):
 
 
 def _top_k_edges(f):
-    logits = _randn(2, 6, seed=73)
+    logits = seeded_randn(2, 6, seed=73)
     what = "top_k_filter(logits (2, 6), 6) (k = V keeps everything)"
     expect_close(_filter_call(f, logits, 6, what), logits, what)
     what = "top_k_filter(logits (2, 6), 10) (k > V keeps everything)"
@@ -188,14 +185,14 @@ def _top_p_known(f):
 
 
 def _top_p_random(f):
-    logits = _randn(5, 20, seed=74, scale=2.0)
+    logits = seeded_randn(5, 20, seed=74, scale=2.0)
     for p in (0.5, 0.8, 0.95):
         what = f"top_p_filter(logits (5, 20), {p})"
         expect_close(_filter_call(f, logits, p, what), _top_p_expected(logits, p), what)
 
 
 def _top_p_edges(f):
-    logits = _randn(2, 8, seed=75)
+    logits = seeded_randn(2, 8, seed=75)
     what = "top_p_filter(logits, 1.0) (p = 1 keeps everything)"
     expect_close(_filter_call(f, logits, 1.0, what), logits, what)
     what = "top_p_filter(logits, 1e-4) (a tiny p keeps only the most likely token)"
@@ -258,7 +255,7 @@ def _beam_compare(f, sums, lengths, logprobs, num_beams, lp, what):
 
 
 def _logprobs(K, V, seed):
-    return torch.log_softmax(_randn(K, V, seed=seed, scale=2.0), dim=-1)
+    return torch.log_softmax(seeded_randn(K, V, seed=seed, scale=2.0), dim=-1)
 
 
 def _beam_basic(f):
@@ -354,7 +351,7 @@ def _penalty_repeats(f):
 
 
 def _penalty_batch(f):
-    logits = _randn(3, 10, seed=79, scale=2.0)
+    logits = seeded_randn(3, 10, seed=79, scale=2.0)
     ids = torch.randint(10, (3, 6), generator=torch.Generator().manual_seed(80))
     what = "repetition_penalty(logits (3, 10), ids (3, 6), 1.3) (each row uses its own history)"
     expect_close(_penalty_call(f, logits, ids, 1.3, what), _penalty_expected(logits, ids, 1.3), what)

@@ -13,12 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true, seeded_randn
 from .registry import Check, Exercise, register
 
-
-def _randn(*shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -26,16 +23,12 @@ def _randn(*shape, seed: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _int_result(got, what):
-    expect_true(isinstance(got, int) and not isinstance(got, bool), f"{what} should return an int (a number of bytes), got {type(got).__name__} {got!r}")
-    return got
-
 
 def _kv_published(f):
     what = "kv_cache_bytes(40, 40, 40, 128, 8192, 2) (LLaMA-2-13B, 8,192 tokens, 16-bit)"
-    expect_equal(_int_result(f(40, 40, 40, 128, 8192, 2), what), 6_710_886_400, what)
+    expect_equal(expect_int(f(40, 40, 40, 128, 8192, 2), what), 6_710_886_400, what)
     what = "kv_cache_bytes(80, 64, 8, 128, 1, 2) (LLaMA-2-70B, GQA with 8 K/V heads, one token)"
-    expect_equal(_int_result(f(80, 64, 8, 128, 1, 2), what), 327_680, what + " — only the K/V heads are cached")
+    expect_equal(expect_int(f(80, 64, 8, 128, 1, 2), what), 327_680, what + " — only the K/V heads are cached")
 
 
 def _kv_tensors(f):
@@ -45,17 +38,17 @@ def _kv_tensors(f):
         v = torch.zeros_like(k)
         expected = k.numel() * k.element_size() + v.numel() * v.element_size()
         what = f"kv_cache_bytes({L}, {nh}, {nkv}, {hs}, {T}, {k.element_size()}, batch={B})"
-        expect_equal(_int_result(f(L, nh, nkv, hs, T, k.element_size(), batch=B), what), expected,
+        expect_equal(expect_int(f(L, nh, nkv, hs, T, k.element_size(), batch=B), what), expected,
                      what + " (the bytes of real K and V tensors of shape (L, B, n_kv, T, hs))")
 
 
 def _kv_edge(f):
     what = "kv_cache_bytes(4, 4, 4, 32, 1001, 0.5) (int4: half a byte per value)"
-    expect_equal(_int_result(f(4, 4, 4, 32, 1001, 0.5), what), 2 * 4 * 4 * 32 * 1001 // 2, what)
+    expect_equal(expect_int(f(4, 4, 4, 32, 1001, 0.5), what), 2 * 4 * 4 * 32 * 1001 // 2, what)
     what = "kv_cache_bytes(4, 4, 4, 32, 0, 2) (an empty cache)"
-    expect_equal(_int_result(f(4, 4, 4, 32, 0, 2), what), 0, what)
+    expect_equal(expect_int(f(4, 4, 4, 32, 0, 2), what), 0, what)
     what = "kv_cache_bytes(2, 4, 4, 8, 10, 2) (default batch = 1)"
-    expect_equal(_int_result(f(2, 4, 4, 8, 10, 2), what), 2 * 2 * 4 * 8 * 10 * 2, what)
+    expect_equal(expect_int(f(2, 4, 4, 8, 10, 2), what), 2 * 2 * 4 * 8 * 10 * 2, what)
 
 
 def _kv_reference():
@@ -98,7 +91,7 @@ def _step_call(f, k_cache, v_cache, q, k_new, v_new, what):
 
 def _step_vs_sdpa(f):
     B, nh, T, hs = 2, 3, 9, 16
-    q, k, v = (_randn(B, nh, T + 1, hs, seed=80 + i) for i in range(3))
+    q, k, v = (seeded_randn(B, nh, T + 1, hs, seed=80 + i) for i in range(3))
     what = f"decode_step(caches of {T} tokens, one new token)"
     out, k_c, v_c = _step_call(f, k[:, :, :T], v[:, :, :T], q[:, :, T:], k[:, :, T:], v[:, :, T:], what)
     expect_close(k_c, k, f"{what}: the new k_cache (old keys, then the new key)")
@@ -109,7 +102,7 @@ def _step_vs_sdpa(f):
 
 def _step_from_empty(f):
     B, nh, T, hs = 1, 2, 6, 8
-    q, k, v = (_randn(B, nh, T, hs, seed=90 + i) for i in range(3))
+    q, k, v = (seeded_randn(B, nh, T, hs, seed=90 + i) for i in range(3))
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
     k_c, v_c = torch.zeros(B, nh, 0, hs), torch.zeros(B, nh, 0, hs)
     for t in range(T):
@@ -138,13 +131,13 @@ register(Exercise(
 def _blocks_cases(f):
     for n, bs in ((1, 16), (15, 16), (17, 16), (100, 7), (5, 1), (1000, 64)):
         what = f"blocks_needed({n}, {bs})"
-        expect_equal(_int_result(f(n, bs), what), math.ceil(n / bs), what + " (a partly filled last block still takes a whole block)")
+        expect_equal(expect_int(f(n, bs), what), math.ceil(n / bs), what + " (a partly filled last block still takes a whole block)")
 
 
 def _blocks_exact(f):
     for n, bs in ((16, 16), (32, 16), (64, 8), (0, 16)):
         what = f"blocks_needed({n}, {bs})"
-        expect_equal(_int_result(f(n, bs), what), n // bs, what + " (an exact multiple needs no extra block)")
+        expect_equal(expect_int(f(n, bs), what), n // bs, what + " (an exact multiple needs no extra block)")
 
 
 register(Exercise(

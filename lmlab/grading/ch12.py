@@ -12,13 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .assertions import expect_close, expect_equal, expect_tensor, expect_true
+from .assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true
 from .registry import Check, Exercise, register
 
-
-def _int_result(got, what):
-    expect_true(isinstance(got, int) and not isinstance(got, bool), f"{what} should return an int, got {type(got).__name__} {got!r}")
-    return got
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,7 +28,7 @@ def _ring_expected(rank, step, n):
 
 def _ring_small(f):
     for n in (2, 3, 4):
-        table = [[_int_result(f(r, s, n), f"ring_send_chunk({r}, {s}, {n})") for r in range(n)] for s in range(2 * (n - 1))]
+        table = [[expect_int(f(r, s, n), f"ring_send_chunk({r}, {s}, {n})") for r in range(n)] for s in range(2 * (n - 1))]
         expected = [[_ring_expected(r, s, n) for r in range(n)] for s in range(2 * (n - 1))]
         expect_equal(table, expected, f"the send table for N = {n} (rows = steps, columns = ranks)")
 
