@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 from pathlib import Path
 
@@ -170,9 +171,11 @@ class CharData(NamedTuple):
     val_ids: torch.Tensor  # (N_val,) long
 
 
+@lru_cache(maxsize=4)
 def char_data(val_fraction: float = 0.1, max_chars: int | None = None) -> CharData:
     """:func:`load_corpus` through a :class:`CharTokenizer` built on the whole text: what every
-    lesson's tiny-model experiment trains and evaluates on."""
+    lesson's tiny-model experiment trains and evaluates on. Cached (the encoding is done once per
+    process): read the tensors, do not modify them in place."""
     corpus = load_corpus(val_fraction, max_chars)
     tok = CharTokenizer(corpus.text)
     return CharData(tok, torch.tensor(tok.encode(corpus.train)), torch.tensor(tok.encode(corpus.val)))

@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .masks import _check_length as _check_int  # "<name> must be an int >= <minimum>"
+
 __all__ = [
     "POSITIONS",
     "ROPE_LAYOUTS",
@@ -54,11 +56,6 @@ POSITIONS = ("learned", "none", "sinusoidal", "t5", "rope", "alibi")
 # et al. keep the same balance the other way round: embeddings initialised at d**-0.5, times sqrt(d).
 SINUSOIDAL_SCALE = 0.02 * math.sqrt(2)
 ROPE_LAYOUTS = ("half", "interleaved")
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_positive(name: str, value) -> None:

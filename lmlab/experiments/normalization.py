@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import plotly.graph_objects as go
 import torch
@@ -233,7 +232,6 @@ def timing_figure(times: dict[str, dict[str, float]]) -> go.Figure:
     return style_figure(fig, "Cost of one normalization call (CPU); hatched = forward+backward", height=400)
 
 
-@lru_cache(maxsize=1)
 @dataclass
 class NormTraining:
     histories: dict[str, list[History]]  # norm -> one History per seed
