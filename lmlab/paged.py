@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from .kvcache import LayerKVCache
 from .masks import _check_length
 
 __all__ = ["BlockManager", "OutOfBlocksError", "PagedKVCache", "paged_attention", "sample_request_lengths", "simulate_waste"]
@@ -186,18 +187,6 @@ def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Ten
     return acc / l[..., None]  # (nh, T_q, hs)
 
 
-class _PagedLayer:
-    def __init__(self, cache: "PagedKVCache", layer: int):
-        self.cache, self.index = cache, layer
-
-    @property
-    def length(self) -> int:
-        return self.cache.layer_lengths[self.index]
-
-    def update(self, k, v):
-        return self.cache.update(self.index, k, v)
-
-
 class PagedKVCache:
     """A block pool for ``n_layers`` layers, ``k_pool, v_pool: (L, n_blocks, nkv, bs, hs)``.
 
@@ -215,7 +204,7 @@ class PagedKVCache:
         self.k_pool = torch.zeros(n_layers, n_blocks, n_kv_heads, block_size, head_dim, dtype=dtype, device=device)
         self.v_pool = torch.zeros_like(self.k_pool)  # (L, n_blocks, nkv, bs, hs)
         self.rows: list[int] = []  # the batch, for the KVCache protocol
-        self.layer_lengths = [0] * n_layers
+        self.lengths = [0] * n_layers  # tokens per layer, as in KVCache (LayerKVCache reads it)
 
     @classmethod
     def for_model(cls, model, batch: int = 1, n_blocks: int | None = None, block_size: int = 16, dtype=torch.float32, device=None) -> "PagedKVCache":
@@ -283,17 +272,17 @@ class PagedKVCache:
 
     @property
     def length(self) -> int:
-        return self.layer_lengths[0]
+        return self.lengths[0]
 
-    def layer(self, index: int) -> _PagedLayer:
-        if not isinstance(index, int) or not 0 <= index < len(self.layer_lengths):
-            raise ValueError(f"layer index must be in [0, {len(self.layer_lengths)}), got {index!r}")
-        return _PagedLayer(self, index)
+    def layer(self, index: int) -> LayerKVCache:
+        if not isinstance(index, int) or not 0 <= index < len(self.lengths):
+            raise ValueError(f"layer index must be in [0, {len(self.lengths)}), got {index!r}")
+        return LayerKVCache(self, index)  # the view the model's attention layers use
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``(B, nkv, T_new, hs)`` for the batch rows; return ``(B, nkv, length, hs)`` read
         back through the block tables. Layer 0 allocates the slots; later layers reuse them."""
-        start, T_new = self.layer_lengths[layer], k.size(2)
+        start, T_new = self.lengths[layer], k.size(2)
         if layer == 0:
             for seq in self.rows:  # all-or-nothing per row; rows share the pool
                 self.manager.append(seq, T_new)
@@ -303,7 +292,7 @@ class PagedKVCache:
                 pos = start + t
                 self.k_pool[layer, table[pos // bs], :, pos % bs] = k[row, :, t]  # (nkv, hs)
                 self.v_pool[layer, table[pos // bs], :, pos % bs] = v[row, :, t]
-        self.layer_lengths[layer] = start + T_new
+        self.lengths[layer] = start + T_new
         ks, vs = zip(*(self.gather(seq, layer) for seq in self.rows))
         return torch.stack(ks), torch.stack(vs)  # (B, nkv, length, hs) each
 
