@@ -47,12 +47,14 @@ def _check_density(noise_density, mean_noise_span_length, where):
 
 def noise_counts(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> tuple[int, int]:
     """``(num_noise_tokens, num_noise_spans)`` of :func:`random_spans_noise_mask`, T5's rules:
-    ``round(length * density)`` clipped to ``[1, length - 1]``, and ``max(1, round(noise / mean_span))``."""
+    ``round(length * density)`` clipped to ``[1, length - 1]``, and ``max(1, round(noise / mean_span))``
+    - kept at most the number of non-noise tokens (``length=3, density=0.5, mean_span=1``: T5's
+    segmentation would give an empty non-noise span there, so its mask would not alternate)."""
     where = "noise_counts"
     length = check_int(length, "length", where, minimum=2)
     d, mu = _check_density(noise_density, mean_noise_span_length, where)
     n_noise = min(max(round(length * d), 1), length - 1)
-    return n_noise, max(1, round(n_noise / mu))
+    return n_noise, min(max(1, round(n_noise / mu)), length - n_noise)
 
 
 def random_segmentation(num_items: int, num_segments: int, generator: torch.Generator | None = None) -> list[int]:

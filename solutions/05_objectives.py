@@ -58,7 +58,8 @@ from lmlab.grading import check, check_all
 # with noise. For a short text that is one span at the very end, every time; `random_roll=True`
 # rolls the finished mask by a uniform random offset (`torch.roll`).
 #
-# Python's `round` rounds half to even, like T5's `tf.round` (`round(4.5) == 4`).
+# Python's `round` rounds half to even, like T5's `tf.round` (`round(4.5) == 4`). (In a corner like
+# $L = 3$, $r = 0.5$, $\mu = 1$, keep $n_\text{spans}$ at most the number of non-noise tokens.)
 
 # %%
 def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float, seed: int,
@@ -78,7 +79,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
     ### BEGIN SOLUTION
     g = torch.Generator().manual_seed(seed)
     n_noise = min(max(round(length * noise_density), 1), length - 1)
-    n_spans = max(1, round(n_noise / mean_noise_span_length))
+    n_spans = min(max(1, round(n_noise / mean_noise_span_length)), length - n_noise)
 
     def segment(n, k):
         cuts = sorted((torch.randperm(n - 1, generator=g)[:k - 1] + 1).tolist())

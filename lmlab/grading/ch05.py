@@ -32,7 +32,7 @@ def _runs(mask: list[bool]) -> list[tuple[bool, int]]:
 
 def _t5_counts(L: int, d: float, mu: float) -> tuple[int, int]:
     n = min(max(round(L * d), 1), L - 1)  # Python's round is half-to-even, as tf.round
-    return n, max(1, round(n / mu))
+    return n, min(max(1, round(n / mu)), L - n)  # (never more spans than non-noise tokens)
 
 
 # ---------------------------------------------------------------------------------------------
