@@ -58,7 +58,8 @@ from lmlab.grading import check, check_all
 # with noise. For a short text that is one span at the very end, every time; `random_roll=True`
 # rolls the finished mask by a uniform random offset (`torch.roll`).
 #
-# Python's `round` rounds half to even, like T5's `tf.round` (`round(4.5) == 4`).
+# Python's `round` rounds half to even, like T5's `tf.round` (`round(4.5) == 4`). (In a corner like
+# $L = 3$, $r = 0.5$, $\mu = 1$, keep $n_\text{spans}$ at most the number of non-noise tokens.)
 
 # %%
 def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float, seed: int,

@@ -269,7 +269,7 @@ def sample_objective_batch(objective: str, ids: torch.Tensor, batch_size: int, s
 
     ``causal`` and ``prefix`` read ``seq_len + 1`` raw tokens (the prefix length drawn as T5's
     ``prefix_lm``); ``span`` is T5 span corruption (``span``: r=0.15, mu=3 by default, mode
-    ``[R]``); ``ul2`` draws a denoiser per row from ``weights`` (default :data:`UL2_WEIGHTS`).
+    ``[R]``, with ``random_roll`` as every span denoiser here: the windows are short); ``ul2`` draws a denoiser per row from ``weights`` (default :data:`UL2_WEIGHTS`).
     Every objective fills the same ``(B, seq_len)`` shape, so a step costs the same compute.
     Returns the batch and each row's denoiser name.
     """

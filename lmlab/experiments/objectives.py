@@ -45,7 +45,7 @@ __all__ = [
     "results_figure", "span_explorer_figure", "mixture_figure",
 ]
 
-SETUP = dict(seq_len=48, d_model=64, n_layers=2, n_heads=4, batch_size=16, steps=150, lr=3e-3)
+SETUP = dict(seq_len=48, d_model=64, n_layers=2, n_heads=4, batch_size=16, steps=120, lr=3e-3)
 
 
 def course_tokenizer() -> tuple[ExtraIdTokenizer, torch.Tensor, torch.Tensor]:
@@ -197,8 +197,8 @@ def fill_spans(model: GPT, tok: ExtraIdTokenizer, window: list[int], mask, mode:
     return {"inputs": tok.decode(prefix), "targets": tok.decode(sc.targets), "generated": tok.decode(seq[len(prefix):])}
 
 
-def objectives_experiment(seeds=(0, 1, 2), steps: int = 150, batch_size: int = 16, seq_len: int = 48, lr: float = 3e-3,
-                          d_model: int = 64, n_layers: int = 2, n_heads: int = 4, n_eval: int = 64,
+def objectives_experiment(seeds=(0, 1, 2), steps: int = 120, batch_size: int = 16, seq_len: int = 48, lr: float = 3e-3,
+                          d_model: int = 64, n_layers: int = 2, n_heads: int = 4, n_eval: int = 48,
                           objectives=OBJECTIVES) -> dict:
     """Train every objective with every seed (equal steps x batch x length) and score each model.
 
@@ -232,8 +232,9 @@ def objectives_experiment(seeds=(0, 1, 2), steps: int = 150, batch_size: int = 1
             if log["snapshot"] is not None:
                 run["lm_loss_half"] = lm_suffix_loss(log["snapshot"], obj, tok, lm_windows, P)
                 run["trained_tokens_half"] = log["snapshot_trained_tokens"]
-            if obj == "ul2":
+            if obj in ("span", "ul2"):  # the span model never saw [X] or [S]: the control
                 run["modes"] = mode_switch_scores(model, tok, windows, r_masks)
+            if obj == "ul2":
                 run["xspan"] = span_fill_scores(model, obj, tok, windows, x_masks, mode="[X]")
                 run["xspan_wrong_mode"] = span_fill_scores(model, obj, tok, windows, x_masks, mode="[R]")
             if obj in ("span", "ul2") and seed == seeds[0]:
@@ -275,6 +276,10 @@ def objective_verdicts(res: dict) -> dict:
                                                       "UL2 mixture", "causal LM only")
             v["ul2_vs_causal_fill"] = paired_comparison(_values(res, "ul2", "span", "loss"), _values(res, "causal", "span", "loss"),
                                                         "UL2 mixture", "causal LM only")
+        if "span" in runs:
+            v["mode_switch_vs_control"] = paired_comparison(
+                _values(res, "ul2", "modes", "tv [R] vs [X]"), _values(res, "span", "modes", "tv [R] vs [X]"),
+                "UL2 model", "span-only model (never saw [X])", unit="total variation", lower_is_better=False)
         v["mode_matched_vs_s"] = paired_comparison(_values(res, "ul2", "modes", "loss [R]"), _values(res, "ul2", "modes", "loss [S]"),
                                                    "[R] (matching mode)", "[S] (wrong mode)")
         v["xmode_matched_vs_r"] = paired_comparison(_values(res, "ul2", "xspan", "loss"), _values(res, "ul2", "xspan_wrong_mode", "loss"),
