@@ -83,6 +83,8 @@ def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_noise
     if isinstance(length, int) and not isinstance(length, bool) and length < 2:
         raise ValueError(f"{where}.length must be an int >= 2 (a sequence too short for one noise span and one "
                          f"non-noise span), got {length!r}")
+    check_int(length, "length", where, minimum=2)
+    _check_density(noise_density, mean_noise_span_length, where)
     n_noise, n_spans = noise_counts(length, noise_density, mean_noise_span_length)
     noise_lengths = random_segmentation(n_noise, n_spans, generator)
     nonnoise_lengths = random_segmentation(length - n_noise, n_spans, generator)
