@@ -73,8 +73,8 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
         seed: seed ``torch.Generator().manual_seed(seed)`` and draw every random number from it.
         random_roll: roll the mask by a random offset in ``[0, length)`` at the end.
 
-    Hint: a random split of n items into k positive parts = k - 1 distinct cut points among the
-    n - 1 gaps between them (``torch.randperm(n - 1, generator=g)[:k - 1] + 1``, sorted).
+    Hint: a random split of n items into k positive parts = k - 1 distinct cut points chosen among
+    the n - 1 gaps between them (a random permutation of the gaps gives them in random order).
     """
     raise NotImplementedError("noise = round(L·d) kept in [1, L-1]; spans = max(1, round(noise/μ)); split noise and non-noise tokens into that many positive parts at random; non-noise first; roll at the end.")
 

@@ -39,6 +39,7 @@ if "google.colab" in sys.modules:
     pio.renderers.default = "colab"
 
 # %%
+import html
 import time
 
 import torch
@@ -88,7 +89,7 @@ tok, train_ids, val_ids = course_tokenizer()
 print(tok)
 fig, note = mixture_figure("R r=0.15 μ=3", seed=1, seq_len=40)
 fig.show()
-print(note.replace("<br>", "\n").replace("<code>", "").replace("</code>", ""))
+print(html.unescape(note.replace("<br>", "\n").replace("<code>", "").replace("</code>", "")))
 
 # %% [markdown]
 # ## 2 · Build it
@@ -253,8 +254,12 @@ elif v1.better == "prefix LM":
     print("→ Not reproduced: the prefix LM is better here despite fewer trained tokens (its bidirectional prefix helps the suffix).")
 else:
     print("→ At this scale the two cannot be told apart at equal steps: the seed's 'slightly negative' effect is smaller than the seed noise.")
-if v1b.better != "causal LM":
-    print("  Per trained token the prefix LM is at least as good: the cost is the positions it skips, not worse learning.")
+if v1b.better is None:
+    print("  Per trained token the two cannot be told apart: the prefix LM's cost is the positions it skips, not worse learning.")
+elif v1b.better.startswith("prefix"):
+    print("  Per trained token the prefix LM is better: its cost is only the positions it skips.")
+else:
+    print("  Even per trained token the causal LM is better here: skipping the prefix is not the whole cost.")
 
 # %% [markdown]
 # ### Claim 2 · Denoising: a span-corruption model fills masked spans
