@@ -25,7 +25,7 @@ import torch.nn as nn
 from .validation import check_bool, check_int, check_positive
 
 __all__ = [
-    "PARTS", "param_counts", "count_params", "matmul_params", "kaplan_flops_per_token", "flops_per_token",
+    "PARTS", "param_counts", "count_params", "llama_config", "llama_params", "matmul_params", "kaplan_flops_per_token", "flops_per_token",
     "training_flops", "measure_training_flops", "ChinchillaConstants", "CHINCHILLA_PUBLISHED",
     "EPOCH_REPLICATION", "CONSTANT_SETS", "chinchilla_loss", "compute_optimal", "isoflop_curve", "CHINCHILLA_COMPUTE",
 ]
@@ -84,6 +84,23 @@ def count_params(cfg, exclude_embeddings: bool = False) -> int:
     check_bool(exclude_embeddings, "exclude_embeddings", "count_params")
     c = param_counts(cfg)
     return c["total"] - (c["embedding"] + c["positions"] if exclude_embeddings else 0)
+
+
+def llama_config(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int, n_kv_heads: int | None = None,
+                 tie_embeddings: bool = False, context_length: int = 2048):
+    """A LLaMA-style :class:`lmlab.model.ModelConfig`: RMSNorm, SwiGLU, RoPE, no biases, pre-LN.
+    LLaMA-7B is ``llama_config(32000, 4096, 32, 11008, 32)``: 6,738,415,616 parameters."""
+    from .model import ModelConfig
+
+    return ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, n_layers=n_layers,
+                       n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, bias=False, norm="rmsnorm",
+                       activation="swiglu", position="rope", tie_embeddings=tie_embeddings)
+
+
+def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int, n_kv_heads: int | None = None,
+                 tie_embeddings: bool = False) -> int:
+    """Parameters of :func:`llama_config` (the exercise's reference): LLaMA-7B -> 6,738,415,616."""
+    return count_params(llama_config(vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads, tie_embeddings))
 
 
 def matmul_params(cfg) -> int:

@@ -167,7 +167,10 @@ def _power_inits(L: list[float]) -> list[list[float]]:
 
 def _power_result(theta, mu, n, obj, converged, grad, inits, agree) -> PowerLawFit:
     la, b, lc = (float(v) for v in theta)
-    a, c = math.exp(la - b * mu), math.exp(lc)
+    try:
+        a, c = math.exp(la - b * mu), math.exp(lc)
+    except OverflowError:
+        a = c = math.inf
     finite = all(math.isfinite(v) for v in (a, b, c))
     if not finite:
         ok, msg = False, "the fit diverged (non-finite parameters)"
@@ -371,10 +374,11 @@ def fit_chinchilla(n_params, n_tokens, loss, *, delta: float = HUBER_DELTA, max_
                         float(res["grad"][i]), K, agree)
 
 
-def bootstrap_chinchilla(n_params, n_tokens, loss, *, n_boot: int = 100, level: float = 0.9, seed: int = 0,
+def bootstrap_chinchilla(n_params, n_tokens, loss, at=None, *, n_boot: int = 100, level: float = 0.9, seed: int = 0,
                          delta: float = HUBER_DELTA) -> dict:
     """Refit Chinchilla's law on resamples of the points; ``(low, high)`` for each constant and for
-    the compute-optimal ``tokens_per_param`` at the largest compute of the data."""
+    the compute-optimal ``tokens_per_param`` at the largest compute of the data; with ``at = (N, D)``
+    also ``prediction``, ``low``, ``high`` of the loss there."""
     from .scaling import compute_optimal
 
     where = "bootstrap_chinchilla"
@@ -411,5 +415,11 @@ def bootstrap_chinchilla(n_params, n_tokens, loss, *, n_boot: int = 100, level: 
         out[name] = (_percentile(vals, lo_q), _percentile(vals, hi_q))
     tpp = [compute_optimal(C, f.constants())["tokens_per_param"] for f in fits]
     out["tokens_per_param"] = (_percentile(tpp, lo_q), _percentile(tpp, hi_q))
-    return {**out, "ok": fit.ok, "message": fit.message}
+    if at is not None:
+        if not (isinstance(at, (tuple, list)) and len(at) == 2):
+            raise ValueError(f"{where}: at must be a pair (n_params, n_tokens), got {at!r}")
+        preds = [f.predict(*at) for f in fits]
+        out["prediction"] = fit.predict(*at) if fit.ok else _percentile(preds, 0.5)
+        out["low"], out["high"] = _percentile(preds, lo_q), _percentile(preds, hi_q)
+    return {**out, "ok": fit.ok, "message": fit.message, "samples": fits}
 
