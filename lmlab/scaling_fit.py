@@ -87,6 +87,10 @@ def fit_lse(X: torch.Tensor, y: torch.Tensor, theta0: torch.Tensor, delta: float
     return dict(theta=theta, objective=obj, grad=grad_rel, converged=converged, iterations=it)
 
 
+def _log(v: float) -> float:
+    return math.log(max(v, 1e-300))  # a constant that underflowed to 0 still gives a finite start
+
+
 def _as_positive_list(values, name: str, where: str) -> list[float]:
     if isinstance(values, torch.Tensor):
         values = values.tolist()
@@ -240,7 +244,7 @@ def bootstrap_power_law(compute, loss, at=None, *, n_boot: int = 200, level: flo
     idx = _bootstrap_indices(len(C), n_boot, seed)
     starts = _power_inits(L)[::4]  # 5 initialisations per resample (one per exponent) ...
     if fit.ok:  # ... plus the full fit as a warm start
-        starts = starts + [[math.log(fit.a) + fit.b * mu, fit.b, math.log(fit.c)]]
+        starts = starts + [[_log(fit.a) + fit.b * mu, fit.b, _log(fit.c)]]
     S = len(starts)
     X = _power_design(logC[idx].repeat_interleave(S, 0), mu)
     y = logL[idx].repeat_interleave(S, 0)
@@ -391,7 +395,7 @@ def bootstrap_chinchilla(n_params, n_tokens, loss, at=None, *, n_boot: int = 100
     idx = _bootstrap_indices(len(N), n_boot, seed)
     starts = _chin_inits(L)[::9]
     if fit.ok:
-        starts = starts + [[math.log(fit.A) - fit.alpha * muN, math.log(fit.B) - fit.beta * muD, math.log(fit.E), fit.alpha, fit.beta]]
+        starts = starts + [[_log(fit.A) - fit.alpha * muN, _log(fit.B) - fit.beta * muD, _log(fit.E), fit.alpha, fit.beta]]
     S = len(starts)
     X = _chin_design(logN[idx].repeat_interleave(S, 0), logD[idx].repeat_interleave(S, 0), muN, muD)
     res = fit_lse(X, logL[idx].repeat_interleave(S, 0), torch.tensor(starts, dtype=torch.float64).repeat(n_boot, 1), delta)
