@@ -276,13 +276,14 @@ exp.subset_figure(subsets, actual).show()
 
 # %% [markdown]
 # **IsoFLOP view.** The same runs, sliced at fixed compute: for each budget, which width reached the
-# lowest loss? (Each run's loss is interpolated between its checkpoints; the planned run is included.)
+# lowest loss? (Each run's loss is interpolated between its checkpoints; the planned run is included;
+# at the largest budgets only the runs that got that far take part.)
 
 # %%
 every = runs + [big]
-lo = max(r["points"][0]["C"] for r in every)
-hi = min(r["points"][-1]["C"] for r in every)
-levels = [lo * (hi / lo) ** (i / 2) for i in range(3)]
+lo = max(r["points"][0]["C"] for r in every)  # every run has reached this compute ...
+hi = max(r["points"][-1]["C"] for r in runs)  # ... and at least two runs reach this one
+levels = [lo * (hi / lo) ** (i / 3) for i in range(3)] + [hi]
 iso = exp.isoflop(every, levels)
 for row in iso:
     print(f"C = {row['C']:.2e}: " + ", ".join(f"d={x['d_model']} {x['loss']:.3f}" for x in row["runs"])

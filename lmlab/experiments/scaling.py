@@ -108,7 +108,7 @@ def frontier(points: list[dict]) -> list[dict]:
     return out
 
 
-def predict_run(runs: list[dict], compute: float, *, n_boot: int = 200, level: float = 0.9, seed: int = 0,
+def predict_run(runs: list[dict], compute: float, *, n_boot: int = 100, level: float = 0.9, seed: int = 0,
                 min_compute: float | None = None) -> dict:
     """Fit ``L(C)`` on the frontier of ``runs`` (checkpoints at ``C >= min_compute`` only, if given)
     and predict the loss at ``compute`` with a ``level`` bootstrap interval."""
@@ -149,18 +149,24 @@ def score_prediction(pred: dict, actual: float, tolerance: float = 0.05) -> dict
     rel = err / actual
     inside = pred["low"] <= actual <= pred["high"]
     close = abs(rel) <= tolerance
+    width = pred["high"] - pred["low"]
+    if inside and close:
+        tail = " — the small runs predicted the big one."
+    elif close:
+        tail = " — close, but the interval was too narrow: it covers the fit's uncertainty, not a single run's noise."
+    elif inside:
+        tail = f" — inside only because the interval is wide ({width:.3f} nats): the fit did not pin the loss down."
+    else:
+        tail = " — the extrapolation failed here."
     sentence = (f"Predicted {pred['prediction']:.3f} [{pred['low']:.3f}, {pred['high']:.3f}], measured {actual:.3f}: "
                 f"error {err:+.3f} nats ({rel:+.1%}). The measured loss is {'inside' if inside else 'outside'} the "
-                f"{pred['level']:.0%} interval and {'within' if close else 'NOT within'} {tolerance:.0%} of the prediction"
-                + (" — the small runs predicted the big one." if inside and close else
-                   " — close, but the interval was too narrow: it covers the fit's uncertainty, not a single run's noise."
-                   if close else " — the extrapolation failed here."))
+                f"{pred['level']:.0%} interval and {'within' if close else 'NOT within'} {tolerance:.0%} of the prediction" + tail)
     return dict(ok=True, error=err, rel_error=rel, inside=inside, within_tolerance=close, sentence=sentence)
 
 
 def subset_predictions(runs: list[dict], compute: float, n_boot: int = 100) -> list[dict]:
     """The prediction at ``compute`` from fits on parts of the frontier: all of it, its last decade,
-    its last half-decade, its first decade, and every other point."""
+    its last half-decade, its first decade, and every other point (same bootstrap as :func:`predict_run`)."""
     pts = frontier(all_points(runs))
     top = pts[-1]["C"]
     subsets = {
