@@ -64,7 +64,7 @@ def flops_per_token(n_params: float, n_layers: int, context_length: int, d_model
     """Training FLOPs (forward + backward) per token of a decoder with ``n_params`` matmul weights,
     ``n_layers`` layers of width ``d_model``, attending over ``context_length`` tokens.
 
-    Hint: the 6N rule, plus per layer 2 attention matmuls of 2·T·d FLOPs each, times 3 for backward.
+    Hint: FLOPs per weight forward and backward, then attention's two matmuls per layer, forward and backward.
     """
     raise NotImplementedError("Each weight costs a multiply-add forward and two backward; attention adds QK^T and AV over the context per layer.")
 

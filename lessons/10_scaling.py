@@ -242,6 +242,11 @@ score = exp.score_prediction(pred, actual)
 print("L(C):    " + score["sentence"])
 score_nd = exp.score_prediction(pred_nd, actual)
 print("L(N, D): " + score_nd["sentence"])
+if actual < pred["fit"].c:
+    last = [p for p in pred["points"] if p["C"] >= pred["points"][-1]["C"] / 10]
+    print(f"The planned run went below the fitted irreducible loss c = {pred['fit'].c:.3f}. Over its last decade the small "
+          f"runs' frontier fell only from {last[0]['loss']:.2f} to {last[-1]['loss']:.2f} nats (a plateau the tiny models pass "
+          "through), so the fit expected the loss to level off — and the bigger run kept falling.")
 all_pts = exp.all_points(runs + [big])
 print(f"The whole sweep spans {math.log10(max(p['C'] for p in all_pts) / min(p['C'] for p in all_pts)):.1f} decades of training compute.")
 

@@ -220,6 +220,21 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def _resample_fits(res: dict, idx: torch.Tensor, S: int, make, n_params: int) -> tuple[list, int]:
+    """The best usable fit of each resample (``S`` starts each, consecutive in ``res``), and how many
+    resamples had none (or had no more distinct points than parameters)."""
+    fits, failed = [], 0
+    for k in range(idx.shape[0]):
+        sub = {key: v[k * S:(k + 1) * S] for key, v in res.items() if key != "iterations"}
+        i, agree = _best(sub, S)
+        f = make(sub["theta"][i], sub["objective"][i], bool(sub["converged"][i]), float(sub["grad"][i]), S, agree)
+        if f.ok and len(set(idx[k].tolist())) > n_params:
+            fits.append(f)
+        else:
+            failed += 1
+    return fits, failed
+
+
 def _bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(n, (n_boot, n), generator=gen)  # (n_boot, n): resampled points, with replacement
@@ -249,17 +264,7 @@ def bootstrap_power_law(compute, loss, at=None, *, n_boot: int = 200, level: flo
     X = _power_design(logC[idx].repeat_interleave(S, 0), mu)
     y = logL[idx].repeat_interleave(S, 0)
     res = fit_lse(X, y, torch.tensor(starts, dtype=torch.float64).repeat(n_boot, 1), delta)
-    params, failed = [], 0
-    for k in range(n_boot):
-        sl = slice(k * S, (k + 1) * S)
-        sub = {key: v[sl] for key, v in res.items() if key != "iterations"}
-        i, agree = _best(sub, S)
-        f = _power_result(sub["theta"][i], mu, len(C), sub["objective"][i], bool(sub["converged"][i]),
-                          float(sub["grad"][i]), S, agree)
-        if f.ok and len(set(idx[k].tolist())) > 3:
-            params.append(f)
-        else:
-            failed += 1
+    params, failed = _resample_fits(res, idx, S, lambda th, *r: _power_result(th, mu, len(C), *r), n_params=3)
     out = dict(fit=fit, n_boot=n_boot, n_failed=failed, level=level, samples=params)
     if len(params) < max(10, n_boot // 2):
         out["ok"] = False
@@ -400,16 +405,7 @@ def bootstrap_chinchilla(n_params, n_tokens, loss, at=None, *, n_boot: int = 100
     X = _chin_design(logN[idx].repeat_interleave(S, 0), logD[idx].repeat_interleave(S, 0), muN, muD)
     res = fit_lse(X, logL[idx].repeat_interleave(S, 0), torch.tensor(starts, dtype=torch.float64).repeat(n_boot, 1), delta)
     C = max(6 * n * d for n, d in zip(N, D))
-    fits, failed = [], 0
-    for k in range(n_boot):
-        sl = slice(k * S, (k + 1) * S)
-        sub = {key: v[sl] for key, v in res.items() if key != "iterations"}
-        i, agree = _best(sub, S)
-        f = _chin_result(sub["theta"][i], muN, muD, len(N), sub["objective"][i], bool(sub["converged"][i]), float(sub["grad"][i]), S, agree)
-        if f.ok:
-            fits.append(f)
-        else:
-            failed += 1
+    fits, failed = _resample_fits(res, idx, S, lambda th, *r: _chin_result(th, muN, muD, len(N), *r), n_params=5)
     out = dict(fit=fit, n_boot=n_boot, n_failed=failed, level=level, compute=C)
     if len(fits) < max(10, n_boot // 2):
         return {**out, "ok": False, "message": f"only {len(fits)} of {n_boot} resamples gave a usable fit: no interval"}
