@@ -209,10 +209,10 @@ for r in runs:
     print(f"  d={r['d_model']:>3}: N = {r['N']:>6,} ({r['N_nonemb']:>6,} without embeddings), final loss {r['points'][-1]['loss']:.3f}")
 
 # %% [markdown]
-# **The planned run** is twice as wide ($d$ = 48) and trains for 600 steps. Before it exists, we fit
-# the frontier of the small runs and print what it will reach — with a 90 % bootstrap interval
-# (refits on resampled points) — and, as a second opinion, Chinchilla's $L(N, D)$ fitted on every
-# checkpoint, which also knows the planned run's $N$ and $D$.
+# **The planned run** is wider ($d$ = 48, twice the parameters of $d$ = 32) and trains for 600
+# steps. Before it exists, we fit the frontier of the small runs and print what it will reach —
+# with a 90 % bootstrap interval (refits on resampled points) — and, as a second opinion,
+# Chinchilla's $L(N, D)$ fitted on every checkpoint, which also knows the planned run's $N$ and $D$.
 
 # %%
 S = exp.SWEEP
