@@ -10,6 +10,7 @@ the same checks.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,7 +37,13 @@ def _rel(got: float, expected: float, tol: float, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
+def _measured_cached(items: tuple) -> tuple[float, int, int, int, int]:
+    return _measured(dict(items))
+
+
 def _measured(cfg_kwargs: dict) -> tuple[float, int, int, int, int]:
+    """FLOPs per token of one counted training step of that model, and its (matmul N, L, T, d)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,7 +66,7 @@ def _flops_measured(f):
                dict(vocab_size=80, context_length=16, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, bias=False,
                     norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=False),
                dict(vocab_size=30, context_length=128, d_model=16, n_layers=1, n_heads=1)):
-        per_token, n, L, T, d = _measured(kw)
+        per_token, n, L, T, d = _measured_cached(tuple(sorted(kw.items())))
         what = f"flops_per_token({n}, {L}, {T}, {d})"
         _rel(_number(f(n, L, T, d), what), per_token, 0.01, what + " vs FlopCounterMode on a real training step "
              "(forward + backward) of that model")
@@ -89,6 +96,7 @@ register(Exercise(
         Check("LLaMA-7B; the attention term grows with the context, the 6N term with the parameters", _flops_terms),
     ),
     reference=lambda: __import__("lmlab.scaling", fromlist=["x"]).kaplan_flops_per_token,
+    timeout=20.0,  # the check itself counts three real training steps
 ))
 
 # ---------------------------------------------------------------------------------------------
