@@ -169,7 +169,9 @@ g = torch.Generator().manual_seed(0)
 C_syn = torch.logspace(15, 19, 12, dtype=torch.float64)
 L_syn = (40 * C_syn ** -0.12 + 1.7) * torch.exp(0.002 * torch.randn(12, generator=g, dtype=torch.float64))
 f = fit_power_law(C_syn.tolist(), L_syn.tolist())
-print(f"L(C) = 40·C^-0.12 + 1.7 with 0.2 % noise → a = {f.a:.1f}, b = {f.b:.4f}, c = {f.c:.3f} ({f.message})")
+print(f"L(C) = 40·C^-0.12 + 1.7 with 0.2 % noise → a = {f.a:.1f}, b = {f.b:.4f}, c = {f.c:.3f} ({f.message}); "
+      f"a and b trade off, the curve is what the points pin down: at C = 1e20 the fit says {f.predict(1e20):.4f}, "
+      f"the truth is {40 * 1e20 ** -0.12 + 1.7:.4f}")
 assert abs(f.b + 0.12) < 0.02 and abs(f.c - 1.7) < 0.05
 
 Ns, Ds, Ls = [], [], []
