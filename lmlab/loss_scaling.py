@@ -15,13 +15,38 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from .validation import check_bool, check_int, check_number, check_positive
 
-__all__ = ["DynamicLossScaler", "gradscaler_trajectory", "scaler_trajectory", "grads_finite", "MasterWeights"]
+__all__ = ["DynamicLossScaler", "update_scale", "gradscaler_trajectory", "scaler_trajectory", "grads_finite",
+           "MasterWeights", "master_weights_step"]
+
+
+def _fp32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0] if math.isfinite(v) and abs(v) < 3.4e38 else (
+        v if not math.isfinite(v) else math.copysign(math.inf, v))
+
+
+def update_scale(scale: float, clean_steps: int, found_inf: bool, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> tuple[float, int]:
+    """GradScaler's update rule as a pure function: ``(new scale, new clean-step count)``.
+
+    inf/NaN found → ``(scale * backoff_factor, 0)``. Otherwise one more clean step; reaching
+    ``growth_interval`` → ``(scale * growth_factor, 0)`` (the growth is kept only if finite).
+    Products are rounded to FP32, as GradScaler stores its scale. Exercise 11.update_scale's reference.
+    """
+    if found_inf:
+        return _fp32(scale * backoff_factor), 0
+    clean_steps += 1
+    if clean_steps == growth_interval:
+        grown = _fp32(scale * growth_factor)
+        return (grown if math.isfinite(grown) else scale), 0
+    return scale, clean_steps
 
 
 def grads_finite(params: Iterable[torch.Tensor]) -> bool:
@@ -63,10 +88,6 @@ class DynamicLossScaler:
         """``loss * scale`` (backward through it gives gradients ``scale`` times larger)."""
         return loss * self._scale.to(loss.device)
 
-    def _times(self, factor: float) -> torch.Tensor:
-        # the product in FP64, rounded once to FP32 (as GradScaler's kernel does)
-        return (self._scale.double() * factor).to(torch.float32)
-
     def update(self, found_inf: bool) -> float:
         """Apply the rule once; returns the new scale.
 
@@ -76,17 +97,11 @@ class DynamicLossScaler:
         """
         check_bool(bool(found_inf) if isinstance(found_inf, torch.Tensor) else found_inf, "found_inf", "DynamicLossScaler.update")
         step = len(self.history)
+        scale, self.clean_steps = update_scale(self.scale, self.clean_steps, bool(found_inf), self.growth_factor,
+                                               self.backoff_factor, self.growth_interval)
+        self._scale = torch.tensor(scale, dtype=torch.float32)
         if found_inf:
-            self._scale = self._times(self.backoff_factor)
-            self.clean_steps = 0
             self.skipped.append(step)
-        else:
-            self.clean_steps += 1
-            if self.clean_steps == self.growth_interval:
-                grown = self._times(self.growth_factor)
-                if torch.isfinite(grown):
-                    self._scale = grown
-                self.clean_steps = 0
         self.history.append(self.scale)
         return self.scale
 
@@ -221,3 +236,21 @@ class MasterWeights:
         out = dict(weights=weights / n, grads=grads / n, master=master / n, optimizer_state=state / n)
         out["total"] = sum(out.values())
         return out
+
+
+@torch.no_grad()
+def master_weights_step(params: Sequence[torch.Tensor], masters: Sequence[torch.Tensor], lr: float, scale: float) -> bool:
+    """One SGD step with FP32 master weights, in place: exercise 11.master_weights_step's reference.
+
+    ``params``: the model's low-precision (FP16/BF16) parameters, each with a ``.grad`` of the loss
+    multiplied by ``scale``; ``masters``: their FP32 copies. Unscale each gradient in FP32; if any
+    is inf/NaN change nothing and return False; else ``master -= lr * grad`` in FP32, copy each
+    master back into its parameter (rounding to its dtype) and return True.
+    """
+    grads = [p.grad.to(torch.float32) / scale for p in params]
+    if not all(bool(torch.isfinite(g).all()) for g in grads):
+        return False
+    for p, m, g in zip(params, masters, grads):
+        m.sub_(lr * g)
+        p.copy_(m)
+    return True

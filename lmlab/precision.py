@@ -26,7 +26,7 @@ import torch
 from .validation import check_choice, check_tensor
 
 __all__ = ["FloatFormat", "FORMATS", "FORMAT_NAMES", "get_format", "decode", "encode", "quantize", "bit_fields",
-           "format_info", "torch_bits", "autocast_report"]
+           "format_info", "torch_bits", "autocast_report", "decode_fp16", "fp32_to_bf16_bits"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,8 @@ def quantize(x: torch.Tensor, fmt: str | FloatFormat) -> torch.Tensor:
     """
     f = get_format(fmt)
     check_tensor(x, "x", floating=True)
+    if x.dtype == torch.float32:
+        return _quantize_fp32(x, f)
     xd = x.to(torch.float64)
     _, e = torch.frexp(xd)  # |x| = mant * 2**e with mant in [0.5, 1): floor(log2|x|) = e - 1
     q = (torch.clamp(e - 1, min=f.emin) - f.mantissa_bits).to(torch.float64)
@@ -197,6 +199,52 @@ def quantize(x: torch.Tensor, fmt: str | FloatFormat) -> torch.Tensor:
     top = float("inf") if f.ieee else decode(f.max_bits, f)  # E4M3FN saturates at ±448
     y = torch.where(big, torch.where(y > 0, top, -top), y)
     return y.to(x.dtype)
+
+
+def _quantize_fp32(x: torch.Tensor, f: FloatFormat) -> torch.Tensor:
+    """:func:`quantize` for FP32 tensors in FP32/int32 operations (the fast path of simulated training).
+
+    Normal range: round the FP32 bits at bit ``23 - M`` (add ``0x0..7F..F`` plus the last kept bit:
+    ties go to even), then clear the dropped bits. Subnormal range of ``fmt``: ``(|x| + C) - C`` with
+    ``C = 2**(emin - M + 23)``, whose FP32 spacing is exactly ``fmt``'s subnormal spacing, so the FP32
+    addition itself rounds to nearest even.
+    """
+    if f.mantissa_bits >= 23:
+        return x.clone()
+    shift = 23 - f.mantissa_bits
+    ax = x.abs()
+    a = ax.contiguous().view(torch.int32)  # |x| as bits (the sign is put back at the end)
+    r = (a + ((1 << (shift - 1)) - 1) + ((a >> shift) & 1)) & ~((1 << shift) - 1)
+    max32 = int(torch.tensor(decode(f.max_bits, f), dtype=torch.float32).view(torch.int32))
+    r = r.masked_fill_((r > max32) & (a <= 0x7F800000), 0x7F800000 if f.ieee else max32)  # E4M3FN saturates
+    c = 2.0 ** (f.emin - f.mantissa_bits + 23)
+    y = torch.where(a < ((f.emin + 127) << 23), (ax + c) - c, r.view(torch.float32))
+    y = torch.where(a > 0x7F800000, x, y)  # NaN stays NaN
+    return torch.copysign(y, x)
+
+
+def decode_fp16(bits: int) -> float:
+    """One FP16 pattern (an int in ``[0, 65535]``) as a Python float: exercise 11.decode_fp16's reference."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 0xFFFF:
+        raise ValueError(f"bits must be an int in [0, 65535] (an FP16 bit pattern), got {bits!r}")
+    sign = -1.0 if bits >> 15 else 1.0
+    e, m = (bits >> 10) & 0x1F, bits & 0x3FF
+    if e == 0x1F:
+        return sign * float("inf") if m == 0 else float("nan")
+    if e == 0:
+        return sign * m * 2.0 ** -24  # subnormal: no implicit 1, exponent fixed at 1 - 15 (= -14), times 2**-10
+    return sign * (1024 + m) * 2.0 ** (e - 15 - 10)
+
+
+def fp32_to_bf16_bits(x: torch.Tensor) -> torch.Tensor:
+    """FP32 tensor → BF16 bit patterns (``int64`` in ``[0, 65535]``), round to nearest even with
+    integer operations: add ``0x7FFF`` plus the lowest kept bit, keep the top 16 bits; NaN stays NaN.
+    Exercise 11.fp32_to_bf16_bits's reference."""
+    check_tensor(x, "x", dtype=torch.float32)
+    b = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF  # the 32 bits, unsigned
+    rounded = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    is_nan = (b & 0x7FFFFFFF) > 0x7F800000
+    return torch.where(is_nan, (b >> 16) | 0x0040, rounded)  # NaN: keep it NaN (set the quiet bit)
 
 
 def torch_bits(t: torch.Tensor) -> torch.Tensor:
