@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-import struct
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -28,8 +27,7 @@ __all__ = ["DynamicLossScaler", "update_scale", "gradscaler_trajectory", "scaler
 
 
 def _fp32(v: float) -> float:
-    return struct.unpack("f", struct.pack("f", v))[0] if math.isfinite(v) and abs(v) < 3.4e38 else (
-        v if not math.isfinite(v) else math.copysign(math.inf, v))
+    return float(torch.tensor(v, dtype=torch.float64).to(torch.float32))  # round to FP32 (inf past its range)
 
 
 def update_scale(scale: float, clean_steps: int, found_inf: bool, growth_factor: float = 2.0,
@@ -40,6 +38,12 @@ def update_scale(scale: float, clean_steps: int, found_inf: bool, growth_factor:
     ``growth_interval`` → ``(scale * growth_factor, 0)`` (the growth is kept only if finite).
     Products are rounded to FP32, as GradScaler stores its scale. Exercise 11.update_scale's reference.
     """
+    where = "update_scale"
+    check_number(scale, "scale", where, low=0.0)  # 0 only after a long run of overflows
+    check_int(clean_steps, "clean_steps", where, minimum=0)
+    check_number(growth_factor, "growth_factor", where, low=1.0, low_inclusive=False)
+    check_number(backoff_factor, "backoff_factor", where, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    check_int(growth_interval, "growth_interval", where)
     if found_inf:
         return _fp32(scale * backoff_factor), 0
     clean_steps += 1
@@ -247,6 +251,10 @@ def master_weights_step(params: Sequence[torch.Tensor], masters: Sequence[torch.
     is inf/NaN change nothing and return False; else ``master -= lr * grad`` in FP32, copy each
     master back into its parameter (rounding to its dtype) and return True.
     """
+    check_positive(lr, "lr", "master_weights_step")
+    check_positive(scale, "scale", "master_weights_step")
+    if len(params) != len(masters) or any(p.shape != m.shape or m.dtype != torch.float32 for p, m in zip(params, masters)):
+        raise ValueError("master_weights_step: masters must be FP32 tensors, one per parameter, of the same shapes")
     grads = [p.grad.to(torch.float32) / scale for p in params]
     if not all(bool(torch.isfinite(g).all()) for g in grads):
         return False

@@ -199,6 +199,7 @@ def train_recipe(recipe: str, seed: int = 0, steps: int = 100, batch_size: int =
     """
     recipe = check_choice(recipe, "recipe", RECIPES, "train_recipe")
     steps = check_int(steps, "steps", "train_recipe")
+    check_positive(lr, "lr", "train_recipe")
     cfg = cfg or tiny_config()
     _, train_ids, val_ids = char_data()
     torch.manual_seed(seed)
