@@ -174,7 +174,10 @@ assert (round(final["fp32"], 4), round(final["fp16"], 3), final["bf16"]) == (10.
 # range or accumulate (softmax-cross-entropy, on CUDA also LayerNorm) in FP32. One training step of
 # a tiny lmlab GPT, recording the dtype each aten op produced (on this machine's device, and on CUDA
 # too when there is one). lmlab's `LayerNorm`/`RMSNorm` compute their statistics in FP32 internally
-# and return the input's dtype, on every device — as LLaMA's RMSNorm does.
+# and return the input's dtype, on every device — as LLaMA's RMSNorm does. Inside lmlab's GPT the
+# norms read the residual stream, which stays FP32 under autocast (the embeddings are FP32 and
+# `x + attn(...)` promotes to FP32), so they report FP32 outputs there; fed a BF16 tensor straight
+# from a Linear, torch's own LayerNorm returns BF16 on the CPU but FP32 on CUDA (printed below).
 
 # %%
 from lmlab.experiments.precision import tiny_config
@@ -324,7 +327,8 @@ print(("Reproduced: without the master copy a large share of the updates is lost
        if lost > 0.25 and stall.better == "FP32 master" else
        f"Partly reproduced: {lost:.0%} of the updates are lost, but the loss difference is not measurable in 10 steps"
        if lost > 0.25 else "Not reproduced at this learning rate")
-      + f"; at the lesson's main lr of 3e-3, only {ur['fp16'][ur['lrs'].index(1e-3)]:.1%} of weights would miss a 1e-3 step.")
+      + f". Early in training the steps are large: at lr 1e-3 only {ur['fp16'][ur['lrs'].index(1e-3)]:.1%} of the FP16 weights "
+        f"would miss a step (BF16: {ur['bf16'][ur['lrs'].index(1e-3)]:.1%}); the loss comes in late, when the learning rate has decayed.")
 
 # %% [markdown]
 # ## 9 · Memory: what a parameter costs
