@@ -328,7 +328,7 @@ print(("Reproduced: without the master copy a large share of the updates is lost
        f"Partly reproduced: {lost:.0%} of the updates are lost, but the loss difference is not measurable in 10 steps"
        if lost > 0.25 else "Not reproduced at this learning rate")
       + f". Early in training the steps are large: at lr 1e-3 only {ur['fp16'][ur['lrs'].index(1e-3)]:.1%} of the FP16 weights "
-        f"would miss a step (BF16: {ur['bf16'][ur['lrs'].index(1e-3)]:.1%}); the loss comes in late, when the learning rate has decayed.")
+        f"would miss a step (BF16: {ur['bf16'][ur['lrs'].index(1e-3)]:.1%}); updates are lost late in training, once the learning rate has decayed.")
 
 # %% [markdown]
 # ## 9 · Memory: what a parameter costs

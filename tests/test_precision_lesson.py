@@ -115,6 +115,9 @@ def test_scale_lab_matches_gradscaler_and_reacts():
     assert list(ex.figure.data[1].y) != before and max(ex.figure.data[1].y[10:]) <= math.log2(65504 / 16) + 1  # backed off below it
     ex.controls["inject"].value = "5"
     assert 5 in list(ex.figure.data[2].x)
+    before = list(ex.figure.data[2].x)
+    ex.controls["inject"].value = "5x, 7"  # what a learner (or the browser test) might type
+    assert 7 in list(ex.figure.data[2].x) and list(ex.figure.data[2].x) != before and "Ignored" in ex.note.value
     assert parse_steps(" 3, 1;2 ") == [1, 2, 3]
     with pytest.raises(ValueError, match="inject"):
         parse_steps("five")

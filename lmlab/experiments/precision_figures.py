@@ -95,7 +95,11 @@ def scale_lab(init_scale_log2: int = 16, growth_interval: int = 20, grad_max_log
     init_scale_log2 = check_int(init_scale_log2, "init_scale_log2", "scale_lab", minimum=-10, maximum=40)
     steps = check_int(steps, "steps", "scale_lab")
     growth_interval = check_int(growth_interval, "growth_interval", "scale_lab")
-    injected = set(parse_steps(inject))
+    if not isinstance(inject, str):
+        raise ValueError(f"inject must be a string of step numbers like '5, 40', got {inject!r}")
+    tokens = [tok.strip() for tok in inject.replace(";", ",").split(",") if tok.strip()]
+    ignored = [tok for tok in tokens if not tok.isdigit()]  # typed by a learner: skip what is not a step number
+    injected = {int(tok) for tok in tokens if tok.isdigit()}
     gmax = 2.0 ** grad_max_log2
     ours = DynamicLossScaler(init_scale=2.0 ** init_scale_log2, growth_interval=growth_interval)
     script = []
@@ -118,7 +122,8 @@ def scale_lab(init_scale_log2: int = 16, growth_interval: int = 20, grad_max_log
     fig.update_yaxes(title="log2(scale) after the step")
     style_figure(fig, "Dynamic loss scaling: grow after clean runs, halve and skip on overflow", height=380)
     note = (f"{len(ours.skipped)} of {steps} steps skipped; final scale 2^{math.log2(ours.scale):.0f}. "
-            f"lmlab and GradScaler trajectories {'identical' if same else 'DIFFER'}.")
+            f"lmlab and GradScaler trajectories {'identical' if same else 'DIFFER'}."
+            + (f" Ignored (not step numbers): {', '.join(map(repr, ignored))}." if ignored else ""))
     return fig, note
 
 
