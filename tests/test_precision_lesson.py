@@ -121,3 +121,10 @@ def test_scale_lab_matches_gradscaler_and_reacts():
     assert parse_steps(" 3, 1;2 ") == [1, 2, 3]
     with pytest.raises(ValueError, match="inject"):
         parse_steps("five")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_recipes_run_on_cuda():
+    for r in ("bf16_autocast", "fp16_scaled_master"):
+        out = train_recipe(r, seed=0, steps=3, batch_size=4, cfg=CFG, eval_batches=1, device="cuda")
+        assert math.isfinite(out["val_loss"]) and next(out["model"].parameters()).is_cuda

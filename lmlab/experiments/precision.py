@@ -183,16 +183,18 @@ def gradient_underflow(model: GPT, scales=(1.0, 2.0 ** 8, 2.0 ** 16), batch_size
 
 def train_recipe(recipe: str, seed: int = 0, steps: int = 100, batch_size: int = 16, lr: float = 3e-3,
                  cfg: ModelConfig | None = None, init_scale: float = 65536.0, growth_interval: int = 2000,
-                 eval_batches: int = 8, init_state: dict | None = None, data_seed: int | None = None) -> dict:
+                 eval_batches: int = 8, init_state: dict | None = None, data_seed: int | None = None,
+                 device: str = "cpu") -> dict:
     """Train a tiny GPT with AdamW (no clipping, no decay) under one precision recipe.
 
-    ``fp32``; ``bf16_autocast`` (``torch.autocast("cpu", torch.bfloat16)``, FP32 weights);
+    ``fp32``; ``bf16_autocast`` (``torch.autocast(device, torch.bfloat16)``, FP32 weights);
     ``fp16_no_scaling`` / ``fp16_scaled_master`` (FP16 weights, activations and gradients simulated,
     FP32 master weights and moments in :class:`MasterWeights`; without / with a
     :class:`DynamicLossScaler`); ``fp16_no_master`` (the same with loss scaling, but AdamW updates
     the FP16 weights directly: each new weight is rounded to FP16, its moments stay FP32).
     The same seed gives the same initial weights and batches for every recipe. ``init_state`` (a
     ``state_dict``) starts from trained weights instead; ``data_seed`` (default ``seed``) seeds the batches.
+    ``device``: ``"cpu"`` or ``"cuda"`` (autocast then runs on that device; FP16 stays simulated).
     Returns losses per step, the final validation loss (an FP32 forward of the final weights),
     the share of zero gradient entries per step, skipped steps, scales, and the share of
     parameter entries whose update rounded away (``fp16_no_master``).
@@ -200,12 +202,14 @@ def train_recipe(recipe: str, seed: int = 0, steps: int = 100, batch_size: int =
     recipe = check_choice(recipe, "recipe", RECIPES, "train_recipe")
     steps = check_int(steps, "steps", "train_recipe")
     check_positive(lr, "lr", "train_recipe")
+    device = check_choice(device, "device", ("cpu", "cuda"), "train_recipe")
     cfg = cfg or tiny_config()
     _, train_ids, val_ids = char_data()
     torch.manual_seed(seed)
     model = GPT(cfg)
     if init_state is not None:
         model.load_state_dict(init_state)
+    model = model.to(device)
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(seed if data_seed is None else data_seed)
     fp16 = recipe.startswith("fp16")
@@ -222,9 +226,9 @@ def train_recipe(recipe: str, seed: int = 0, steps: int = 100, batch_size: int =
     start = time.perf_counter()
     model.train()
     for step in range(steps):
-        x, y = sample_batch(train_ids, batch_size, cfg.context_length, generator=gen)
+        x, y = sample_batch(train_ids, batch_size, cfg.context_length, generator=gen, device=device)
         if recipe == "bf16_autocast":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device, dtype=torch.bfloat16):
                 loss = lm_loss(model(x).float(), y)
         elif fp16:
             with fp16_simulation(model):
