@@ -13,7 +13,8 @@
 #
 # **Goals**
 # - See why BatchNorm does not suit language models: with padded, variable-length, small batches a
-#   token's output depends on the *other* sequences in its batch. LayerNorm's never does.
+#   token's output depends on the *other* sequences in its batch, and in training mode it leaks the
+#   *future* into a causal model. LayerNorm's never does either.
 # - Build LayerNorm and RMSNorm, check them against torch, and measure what each re-centres,
 #   re-scales and costs — and whether RMSNorm trains as well.
 # - Compare where the norm goes (post-LN, pre-LN, sandwich-LN, DeepNorm): gradient norms per layer
@@ -131,7 +132,8 @@ assert props["rmsnorm"]["change_when_scaled"] < 1e-4 < props["rmsnorm"]["change_
 # batches are often small (a few long sequences per device). We put one fixed "probe" sequence into
 # 40 random padded batches of each size and measure (left) how much its normalized output moves when
 # its batch-mates change, and (right) how far the training-mode output is from the output with the
-# population statistics — what BatchNorm's running averages would give at inference.
+# features' *true* statistics — the best that running averages could give at inference (averages
+# collected on padded batches would carry the pads' bias as well).
 
 # %%
 from lmlab.experiments.normalization import batchnorm_figure, batchnorm_vs_layernorm
@@ -142,10 +144,10 @@ for i, B in enumerate(bn["batch_sizes"]):
           f" / {bn['spread_layernorm'][i]:.3f} (LayerNorm); train-vs-population gap {bn['mismatch_padded'][i]:.2f} / "
           f"{bn['mismatch_masked'][i]:.2f}; {bn['mean_pad_fraction'][i]:.0%} of positions are padding")
 print(f"one token, one sequence (generation): BatchNorm output max |y| = {bn['one_token_batchnorm_abs_max']:.1f}; "
-      f"torch's BatchNorm1d says: {bn['torch_batchnorm_one_token_error']!r}")
+      f"in training mode torch's BatchNorm1d says: {bn['torch_batchnorm_one_token_error']!r}")
 worst_B = bn["batch_sizes"][max(range(len(bn["batch_sizes"])), key=lambda i: bn["mismatch_padded"][i])]
 verdict = (f"LayerNorm's output never moved (max change {bn['layernorm_max_change']:.1g}); BatchNorm's moved by up to "
-           f"{max(bn['spread_padded']):.2f} with the batch-mates, its train-mode output was off the population-statistics "
+           f"{max(bn['spread_padded']):.2f} with the batch-mates, its train-mode output was off the true-statistics "
            f"output by {max(bn['mismatch_padded']):.2f} (worst at B={worst_B}) when pads are counted, and masking the pads "
            f"still left a gap of {bn['mismatch_masked'][0]:.2f} at B=1 — the claim holds."
            if bn["layernorm_max_change"] == 0 and max(bn["spread_padded"]) > 0.05 else
@@ -157,12 +159,35 @@ assert bn["layernorm_max_change"] == 0.0 and bn["one_token_batchnorm_abs_max"] =
 batchnorm_figure(bn).show()
 
 # %% [markdown]
-# Three failures, all measured above: (1) the *same* tokens get different outputs depending on who
-# shares the batch, most with small batches; (2) counting the padding drags the mean towards the pad
-# value and the gap does not close with bigger batches (it tracks the padding fraction); (3) at
-# generation time there is one token in the batch, its variance is zero, and every feature maps to 0
-# (torch refuses outright). LayerNorm and RMSNorm use one token's own features, so none of this can
-# happen.
+# Two failures measured above: (1) the *same* tokens get different outputs depending on who shares
+# the batch, most with small batches; (2) counting the padding drags the mean towards the pad value
+# and the gap does not close with bigger batches (it tracks the padding fraction). A one-token batch
+# has zero variance in *training* mode (torch refuses it); at generation the model is in eval mode and
+# BatchNorm uses its running averages, so one token is fine there.
+#
+# The failure that matters most for a causal LM is another one: training-mode BatchNorm pools each
+# feature's statistics over the whole batch — **including the positions after a token**. The causal
+# mask stops attention from looking ahead, but the norm does it anyway. Lesson 00's leakage test
+# (change one token, see whether any *earlier* output moves) on the same tiny GPT with its norms
+# swapped for BatchNorm:
+
+# %%
+from lmlab.experiments.normalization import batchnorm_leakage
+
+leak = batchnorm_leakage(seed=0, T=24, position=12)
+for name in ("layernorm", "batchnorm_train", "batchnorm_eval"):
+    r = leak[name]
+    print(f"{name:<16} outputs before position {leak['position']} that moved: {r['earlier_positions_changed']:>2} "
+          f"(max change {r['max_change_before_position']:.2e})")
+leaks = leak["batchnorm_train"]["earlier_positions_changed"] > 0
+print("Training-mode BatchNorm " + (f"leaks the future: {leak['batchnorm_train']['earlier_positions_changed']} earlier "
+      "outputs see a later token, so next-token training would be cheating" if leaks else "did not leak here")
+      + f"; in eval mode {'nothing leaks' if leak['batchnorm_eval']['earlier_positions_changed'] == 0 else 'it leaks too'}"
+      f" and a one-token batch gives {'finite' if leak['eval_one_token_finite'] else 'non-finite'} logits; "
+      f"LayerNorm: {leak['layernorm']['earlier_positions_changed']} moved.")
+
+# %% [markdown]
+# LayerNorm and RMSNorm use one token's own features, so none of this can happen.
 #
 # ## 4 · Experiment: RMSNorm vs LayerNorm — cost and quality
 #
@@ -389,7 +414,8 @@ hist_explorer
 # ## 9 · Summary and further reading
 #
 # - BatchNorm's statistics come from the batch, so a token's output depends on padding and on its
-#   batch-mates, and a one-token batch has no variance at all; per-token norms avoid all of it.
+#   batch-mates, and in training mode they include later positions, which leaks the future into a
+#   causal LM; per-token norms avoid all of it.
 # - RMSNorm drops the mean (and the bias): cheaper when written the same way, equally good on our
 #   tiny model; which kernel is faster on your hardware is a measurement, not a given.
 # - Placement matters more than the norm: post-LN concentrates gradient near the output under the
@@ -399,4 +425,4 @@ hist_explorer
 #   Normalization* (2016); Zhang & Sennrich, *Root Mean Square Layer Normalization* (2019); Xiong et
 #   al., *On Layer Normalization in the Transformer Architecture* (2020); Ding et al., *CogView*
 #   (2021, sandwich-LN); Wang et al., *DeepNet: Scaling Transformers to 1,000 Layers* (2022); Zeng et
-#   al., *GLM-130B* (2022); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.
+#   al., *GLM-130B* (2022); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).

@@ -105,8 +105,9 @@ print(f"Verdict: without a mask, {'only ' if len(equivariant) == 1 else ''}{', '
 # ### 3.1 Sinusoidal (absolute, fixed)
 #
 # A loop straight from the formula first, then `lmlab.positions.sinusoidal_embedding`. Columns come in
-# (sin, cos) pairs; each pair is a clock turning at its own speed, from one turn every $2\pi$ tokens
-# to one every $2\pi \cdot 10000$. Because $PE_{p+k}$ is a fixed rotation of $PE_p$, the dot product
+# (sin, cos) pairs; pair $i$ is a clock turning once every $2\pi \cdot 10000^{2i/d}$ tokens, from one
+# turn every $2\pi$ tokens (pair 0) to one every $2\pi \cdot 10000^{(d-2)/d}$ (the last pair, $i = d/2 - 1$;
+# just under $2\pi \cdot 10000$). Because $PE_{p+k}$ is a fixed rotation of $PE_p$, the dot product
 # $PE_p \cdot PE_{p+k}$ depends on $k$ only.
 
 # %%
@@ -396,4 +397,4 @@ bias_explorer
 #   with a Unified Text-to-Text Transformer* (T5, 2020); Su et al., *RoFormer: Enhanced Transformer with
 #   Rotary Position Embedding* (2021); Press et al., *Train Short, Test Long: Attention with Linear
 #   Biases* (ALiBi, 2022); Kazemnejad et al., *The Impact of Positional Encoding on Length
-#   Generalization in Transformers* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.
+#   Generalization in Transformers* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).

@@ -58,7 +58,7 @@ info = doctor()  # versions, device, and whether widgets will render
 # $\theta_i = b^{-2i/d}$ ($b$ = base, $d$ = head size). Pair $i$ completes a turn every
 # $\lambda_i = 2\pi/\theta_i$ tokens. A model trained on $L$ tokens has only seen relative angles
 # up to $L\,\theta_i$: the slow pairs (whose $\lambda_i > L$) never even completed one turn. Past
-# $L$ their angles are *new* and attention goes wrong. Two families of fixes (Zhao et al. 2023, §4.2.3):
+# $L$ their angles are *new* and attention goes wrong. Two families of fixes (Zhao et al. 2023, §4.2.4):
 #
 # **Scale the position embedding** so that $L' = sL$ tokens reuse angles the model knows:
 # - *Position interpolation* (Chen et al. 2023): $p \mapsto p/s$, i.e. every $\theta_i \mapsto \theta_i/s$.
@@ -319,4 +319,5 @@ lambda_explorer
 #   Han et al., *LM-Infinite* (2023); Xiao et al., *Efficient Streaming Language Models with
 #   Attention Sinks* (2023); Ratner et al., *Parallel Context Windows* (2023); Wu et al.,
 #   *Memorizing Transformers* (2022); Liu et al., *Lost in the Middle* (2023); Zhao et al.,
-#   *A Survey of Large Language Models* (2023), §4.2.3.
+#   *A Survey of Large Language Models* (2023), §4.2.4 (long context modeling;
+#   section numbers of the survey's v13 and later, which the seed note follows).

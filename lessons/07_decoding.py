@@ -132,7 +132,7 @@ print("top-2 of", tied.tolist(), "→ lmlab keeps", torch.isfinite(decoding.top_
 # %% [markdown]
 # ## 3 · The model: lesson 00's tiny GPT
 #
-# We train the same character-level GPT as in lesson 00 (800 steps, seed 0, about 30 s). A
+# We train the same character-level GPT as in lesson 00 (800 steps, seed 0, about 30 s on 2 CPU cores). A
 # character model has **no end-of-sequence token**, so for beam search we pick a natural one: the
 # **newline** `"\n"`. "The model ended its line" is where a sentence-like output stops, and it is a
 # single token (`"\n\n"`, a paragraph break, would be two).

@@ -348,7 +348,9 @@ block_explorer
 #   cut it by the ratio of query to K/V heads.
 # - Reserving the maximum length per request wastes most of the cache; blocks of 16 tokens waste a
 #   few percent, and forks share blocks with copy-on-write.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.4 / §4.3; Pope et al.,
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.5 (decoding strategy, its
+#   "decoding efficiency issues"; section numbers of the survey's v13 and later, which the seed
+#   note follows); Pope et al.,
 #   *Efficiently Scaling Transformer Inference* (2022, prefill vs decode, memory-bound decode);
 #   Shazeer, *Fast Transformer Decoding: One Write-Head is All You Need* (2019, MQA); Ainslie et
 #   al., *GQA* (2023); Kwon et al., *Efficient Memory Management for Large Language Model Serving

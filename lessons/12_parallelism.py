@@ -71,10 +71,22 @@ info = doctor()  # versions, device, and whether widgets will render
 #
 # $$\text{sent per rank} = 2\,\frac{N-1}{N}\, n ,$$
 #
-# nearly independent of $N$ — the reason the ring is bandwidth-optimal. The picture: the chunk each
-# rank sends at each step (rank $r$ sends $(r - s) \bmod N$ in reduce-scatter step $s$).
+# nearly independent of $N$ — the reason the ring is bandwidth-optimal. Bandwidth is not the whole
+# cost, though: every one of the $2(N-1)$ steps also pays a fixed latency $\alpha$ (start-up per
+# message), and with $\beta$ seconds per element sent the α–β cost model gives
+#
+# $$T_{\text{ring}} = 2(N-1)\,\alpha + 2\,\frac{N-1}{N}\, n\,\beta ,$$
+#
+# whose latency term *grows* with $N$: for small messages or many ranks the ring loses to tree-shaped
+# all-reduces ($\approx 2\log_2 N$ steps), which is why NCCL switches between them. The picture: the
+# chunk each rank sends at each step (rank $r$ sends $(r - s) \bmod N$ in reduce-scatter step $s$).
 
 # %%
+alpha, beta = 5e-6, 1 / 25e9 * 2  # illustrative: 5 µs per message, 25 GB/s links, 2-byte elements
+for n_elems in (1e4, 1e9):
+    cost = {N: (2 * (N - 1) * alpha, 2 * (N - 1) / N * n_elems * beta) for N in (2, 8, 64, 512)}
+    print(f"n = {n_elems:.0e} elements: " + ", ".join(f"N={N}: latency {a * 1e3:.2f} ms + bandwidth {b_ * 1e3:.2f} ms"
+                                                   for N, (a, b_) in cost.items()))
 P.ring_figure(4).show()
 
 # %% [markdown]
@@ -249,13 +261,19 @@ planner
 # BLOOM (BigScience, 2022) trained on 384 A100-80GB: 8-way data × 4-way tensor × 12-way pipeline, with
 # ZeRO stage 1. Its shape: $h = 14336$, 70 layers, vocabulary 250,880, tied embeddings, LayerNorm
 # after the embedding, ALiBi (no position parameters).
+#
+# The rank order below is **lmlab's** convention (`lmlab.parallel.RankGrid`): tensor parallel fastest,
+# then pipeline, then data outermost, `rank = (d·pp + p)·tp + t`. Megatron-DeepSpeed, which trained
+# BLOOM, also keeps tensor parallel fastest but puts **pipeline outermost** (its topology's axes are
+# pipe, data, model). Both keep each TP group inside one node, but they number the DP and PP groups
+# differently: rank 4 is (data 0, stage 1) here and (data 1, stage 0) in Megatron-DeepSpeed.
 
 # %%
 b = P.bloom_layout()
 print(f"BLOOM parameters: {b['n_params']:,} ≈ {b['n_params'] / 1e9:.1f}B  (12 L h² = {12 * 70 * 14336**2 / 1e9:.1f}B for the layers alone)")
 print(f"layout: {b['layout']}")
-print(f"rank 0's groups: tp {b['rank0_groups']['tp']}, pp {b['rank0_groups']['pp'][:4]}…(12), dp {b['rank0_groups']['dp']}; "
-      f"rank 383 = {b['last_rank']}")
+print(f"rank 0's groups (lmlab's order, data outermost): tp {b['rank0_groups']['tp']}, pp {b['rank0_groups']['pp'][:4]}…(12), "
+      f"dp {b['rank0_groups']['dp']}; rank 383 = {b['last_rank']}")
 pl = b["plan"]
 print(f"per GPU (ZeRO-1, 1F1B, global batch {pl['global_batch']} = 8 replicas × 128 micro-batches of 2 × 2048 tokens, "
       f"full recompute assumed): params {pl['params']:.1f} + grads "
@@ -289,4 +307,5 @@ assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"
 # - Reading: Rajbhandari et al., *ZeRO* (2020); Shoeybi et al., *Megatron-LM* (2019); Narayanan et al.,
 #   *Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM* (2021); Huang et al.,
 #   *GPipe* (2019); Korthikanti et al., *Reducing Activation Recomputation in Large Transformer Models*
-#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023) §4.
+#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023) §4.3.2
+#   (scalable training techniques).

@@ -29,6 +29,17 @@ def test_batchnorm_depends_on_the_batch_layernorm_does_not():
     assert len(N.batchnorm_figure(r).data) == 5
 
 
+def test_training_mode_batchnorm_leaks_the_future_eval_mode_does_not():
+    r = N.batchnorm_leakage(seed=1, T=16, position=8)
+    assert r["layernorm"]["earlier_positions_changed"] == 0
+    assert r["batchnorm_train"]["earlier_positions_changed"] == 8  # every earlier output saw the later token
+    assert r["batchnorm_eval"]["earlier_positions_changed"] == 0 and r["eval_one_token_finite"]
+    model = N.with_batchnorm(N.GPT(N.ModelConfig(vocab_size=16, context_length=8, d_model=16, n_layers=1, n_heads=2)))
+    assert sum(isinstance(m, N.SequenceBatchNorm) for m in model.modules()) == 3  # two per block + the final norm
+    with pytest.raises(ValueError, match="position"):
+        N.batchnorm_leakage(T=8, position=8)
+
+
 def test_batchnorm_is_seeded():
     a = N.batchnorm_vs_layernorm(batch_sizes=(2, 4), trials=5, seed=3)
     b = N.batchnorm_vs_layernorm(batch_sizes=(2, 4), trials=5, seed=3)
