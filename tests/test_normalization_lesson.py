@@ -136,11 +136,15 @@ def test_pre_ln_block_matches_lmlab_block():
 
 
 def test_stability_small_run_and_status():
-    r = NP.stability_experiment(positions=("pre",), n_layers=2, d_model=16, steps=10, batch_size=4, context_length=16)
-    assert r.status("pre") in ("trained", "stalled") and math.isfinite(r.final_loss("pre"))
-    assert r.settings["init"] == "xavier" and len(NP.stability_figure(r).data) == 2
-    r.histories["pre"].train_loss[3] = float("nan")
-    assert r.status("pre") == "diverged"
+    r = NP.stability_experiment(positions=("pre", "sandwich"), n_layers=2, d_model=16, steps=10, batch_size=4,
+                                context_length=16, seeds=(0, 1))
+    assert r.status("pre") in ("trained", "stalled") and math.isfinite(r.final_loss("pre", 1))
+    assert r.settings["init"] == "xavier" and r.seeds == [0, 1]
+    assert len(NP.stability_figure(r).data) == 2 * (2 + 1)  # per placement: a loss curve per seed + one RMS curve
+    assert all(len(t) == 10 and all(v > 0 for v in t) for ts in r.residual_rms.values() for t in ts)  # every training step
+    assert r.final_loss("pre", 0) != r.final_loss("pre", 1)  # the seeds differ
+    r.histories["pre"][1].train_loss[3] = float("nan")
+    assert r.status("pre", 1) == "diverged" and r.counts("pre")["diverged"] == 1 and "diverged in 1" in r.summary("pre")
 
 
 @pytest.mark.slow
@@ -148,6 +152,7 @@ def test_stability_claim_at_lesson_size():
     """The lesson's run: post-LN stalls, pre-LN and DeepNorm train (12 layers, lr 3e-3, Xavier, no warm-up)."""
     r = NP.stability_experiment()
     assert r.status("post") == "stalled" and r.status("pre") == "trained" and r.status("deepnorm") == "trained"
+    assert r.counts("post")["stalled"] == 1
 
 
 def test_grad_norm_widget_wiring():

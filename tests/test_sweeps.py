@@ -40,3 +40,12 @@ def test_train_sweep_is_paired_and_seeded():
     assert a.loss[("x", 3e-3)][0] != a.loss[("x", 3e-3)][1]
     with pytest.raises(ValueError, match="seeds"):
         train_sweep({"x": {}}, seeds=(0, 0))
+
+
+def test_sweep_figure_has_a_line_and_the_seeds_per_variant():
+    from lmlab.experiments.sweeps import sweep_figure
+
+    loss = {("a", 1e-3): [2.0, 2.1, 2.2], ("b", 1e-3): [2.2, 2.3, 2.4], ("a", 1e-2): [1.9, 2.0, 2.1], ("b", 1e-2): [2.5, math.nan, 2.4]}
+    fig = sweep_figure(_sweep(loss))
+    assert len(fig.data) == 4 and list(fig.data[1].y) == [2.0, 2.1, 2.2, 1.9, 2.0, 2.1]
+    assert fig.data[2].y[1] is None  # a diverged LR has no mean

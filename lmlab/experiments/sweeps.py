@@ -21,7 +21,7 @@ from ..stats import PairedComparison, paired_comparison
 from ..train import seed_everything, train
 from ..validation import check_int
 
-__all__ = ["Sweep", "train_sweep"]
+__all__ = ["Sweep", "train_sweep", "sweep_figure"]
 
 
 @dataclass
@@ -125,3 +125,24 @@ def train_sweep(configs: dict[str, dict], lrs: Sequence[float] = (3e-3,), seeds:
             sweep.loss[(name, lr)] = losses
     sweep.seconds = time.perf_counter() - start
     return sweep
+
+
+def sweep_figure(sweep: Sweep, title: str = "Final validation loss by learning rate") -> "go.Figure":
+    """Each variant's final validation loss against the LR: every seed as a dot, the mean as a line."""
+    import plotly.graph_objects as go
+
+    from ..widgets import style_figure
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    fig = go.Figure()
+    for i, v in enumerate(sweep.variants):
+        color = colors[i % len(colors)]
+        fig.add_scatter(x=sweep.lrs, y=[sweep.mean(v, lr) if math.isfinite(sweep.mean(v, lr)) else None for lr in sweep.lrs],
+                        name=v, mode="lines", line=dict(color=color), legendgroup=v)
+        xs = [lr for lr in sweep.lrs for _ in sweep.seeds]
+        ys = [x if math.isfinite(x) else None for lr in sweep.lrs for x in sweep.loss[(v, lr)]]
+        fig.add_scatter(x=xs, y=ys, mode="markers", marker=dict(color=color, size=7), name=f"{v} (each seed)",
+                        legendgroup=v, showlegend=False)
+    fig.update_xaxes(type="log", title="learning rate", tickvals=sweep.lrs)
+    fig.update_yaxes(title="final validation loss (nats / char)")
+    return style_figure(fig, title, height=380)
