@@ -303,19 +303,17 @@ print(f"Near the output post-LN's gradient is {min(ratios):.1f}–{max(ratios):.
          if min(scan["post_last_over_first"]) > 1 else " Post-LN's own profile does not always rise towards the output."))
 
 # %% [markdown]
-# **What the tiny model shows.** Under the original Transformer's Xavier init, post-LN's gradient near
-# the output is larger than pre-LN's, and the gap widens with depth: pre-LN's last layers get smaller
-# as the stack deepens while post-LN's do not, which is what Xiong et al.'s bounds predict. Whether
-# post-LN's *own* profile rises from layer 1 to the last is noisier: it does on average, but not for
-# every seed (move the widget below through 6, 12 and 24 layers). And pre-LN's are not flat here: they
-# are largest near the input. Under GPT-2 init the picture changes: post-LN is flat and tens of times
-# *smaller* than pre-LN. The printed residual-stream std explains it: with std-0.02 embeddings the
-# pre-LN stream stays tiny, and its final norm divides by that std on the way back, multiplying every
-# gradient; post-LN re-normalizes the stream to std 1 after every sub-layer. So "large gradients near
-# the output" is a property of post-LN *with that init*, not of post-LN alone. DeepNorm is flat in
-# both, and smaller (its β shrinks the sub-layers' weights). Sandwich-LN's gradients have pre-LN's
-# shape (largest near the input); under GPT-2 init its extra norms on the sub-layer outputs also make
-# them several times larger.
+# **What to look for** (the verdict lines above are this run's; the reasoning is why they can differ).
+# Xiong et al.'s bounds predict that under the original Transformer's Xavier init post-LN's gradient
+# near the output is larger than pre-LN's, and that the gap widens with depth as pre-LN's last layers
+# get smaller. Whether post-LN's *own* profile rises from layer 1 to the last is noisier from seed to
+# seed (move the widget below through 6, 12 and 24 layers). Under GPT-2 init the picture can flip: the
+# printed residual-stream std explains why — with std-0.02 embeddings the pre-LN stream stays tiny,
+# and its final norm divides by that std on the way back, multiplying every gradient, while post-LN
+# re-normalizes the stream to std 1 after every sub-layer. So "large gradients near the output" is a
+# property of post-LN *with an init*, not of post-LN alone. DeepNorm's β shrinks the sub-layers'
+# weights, so its gradients start smaller; sandwich-LN has pre-LN's structure plus a norm on each
+# sub-layer's output.
 #
 # ## 6 · Experiment: a deep stack, a high learning rate, no warm-up
 #
@@ -434,11 +432,13 @@ hist_explorer
 # - BatchNorm's statistics come from the batch, so a token's output depends on padding and on its
 #   batch-mates, and in training mode they include later positions, which leaks the future into a
 #   causal LM; per-token norms avoid all of it.
-# - RMSNorm drops the mean (and the bias): cheaper when written the same way, equally good on our
-#   tiny model; which kernel is faster on your hardware is a measurement, not a given.
-# - Placement matters more than the norm: post-LN concentrates gradient near the output under the
-#   original init and stalls a deep stack at a high learning rate without warm-up; pre-LN and DeepNorm
-#   train. What you see depends on the init — measure it.
+# - RMSNorm drops the mean (and the bias): cheaper when written the same way; section 4's paired test
+#   over seeds and learning rates said whether its quality differed here; which kernel is faster on
+#   your hardware is a measurement, not a given.
+# - Placement: post-LN concentrates gradient near the output under the original init, and is expected
+#   to stall a deep stack at a high learning rate without warm-up where pre-LN and DeepNorm train —
+#   section 6 counted in how many seeds that happened here. What you see depends on the init and the
+#   learning rate — measure it.
 # - Reading: Ioffe & Szegedy, *Batch Normalization* (2015); Ba, Kiros & Hinton, *Layer
 #   Normalization* (2016); Zhang & Sennrich, *Root Mean Square Layer Normalization* (2019); Xiong et
 #   al., *On Layer Normalization in the Transformer Architecture* (2020); Ding et al., *CogView*

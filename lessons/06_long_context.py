@@ -179,7 +179,7 @@ print(f"Verdict 2: PI alone gives {pi['losses'][target]:.3f} at {target} (no tri
       f"{'cheaply' if recovers else ''}. But its short-text loss rises by {pi['short'] - none['short']:+.3f} "
       f"(after fine-tune {pi_ft['short'] - none['short']:+.3f}): {'the short-text cost the seed warns about' if pi_ft['short'] > none['short'] else 'no short-text cost here'}. "
       f"A plain fine-tune at {target} with no trick reaches {none_ft['losses'][target]:.3f} at {target}: PI + fine-tune is "
-      f"{'better' if pi_ft['losses'][target] < none_ft['losses'][target] else 'NOT better'} than that in our 30-step budget.")
+      f"{'better' if pi_ft['losses'][target] < none_ft['losses'][target] else 'NOT better'} than that in this run's 30-step budget.")
 ntk, yarn = rows["NTK-aware"], rows["YaRN"]
 best_free = min((r for r in res["rows"] if not r["fine_tuned"] and "window" not in r["method"] and "Λ" not in r["method"]),
                 key=lambda r: r["losses"][target])
@@ -308,12 +308,14 @@ lambda_explorer
 #
 # ## 8 · Summary and further reading
 #
-# - A RoPE model breaks past its trained length (printed above: the loss rises at 2×–8×).
+# - A RoPE model trained at one length meets unseen angles past it; section 3 printed how its loss
+#   moved at 2×–8× in this run.
 # - Interpolation maps long inputs onto known angles; it needs a fine-tune and costs short-text
 #   quality. NTK / dynamic NTK / YaRN change the frequencies unevenly and hurt short text less;
 #   Verdict 3 above says how well they did here without any fine-tune.
-# - A window (with or without sinks) never sees an unseen distance: flat loss and a bounded cache,
-#   at the price of forgetting the middle. A kNN memory brings back what the window forgot.
+# - A window (with or without sinks) never sees an unseen distance and keeps the cache bounded, at the
+#   price of forgetting the middle; a kNN memory is meant to bring back what the window forgot. The
+#   verdicts above say how flat the loss stayed and how much the memory recovered here.
 # - Reading: Chen et al., *Extending Context Window of LLMs via Positional Interpolation* (2023);
 #   bloc97, *NTK-Aware Scaled RoPE* (2023); Peng et al., *YaRN* (2023); Su, *ReRoPE* (2023);
 #   Han et al., *LM-Infinite* (2023); Xiao et al., *Efficient Streaming Language Models with
