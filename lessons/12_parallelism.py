@@ -101,8 +101,10 @@ P.ring_figure(4).show()
 # The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
 # function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
 # everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
-# stages 0–3 trained 5 AdamW steps against one process on the whole batch; a transformer block split
-# Megatron-style against the unsplit block. Every communication call goes through `lmlab.parallel.comm`,
+# stages 0–3 and torch's FSDP2 (`fully_shard`) trained 5 AdamW steps against one process on the whole
+# batch; a transformer block split Megatron-style against the unsplit block; and a 4-layer GPT cut
+# into 2 pipeline stages running GPipe and 1F1B over 8 micro-batches (lmlab's from scratch and
+# `torch.distributed.pipelining`'s) against one process. Every communication call goes through `lmlab.parallel.comm`,
 # which counts calls and elements sent.
 
 # %%
@@ -163,6 +165,29 @@ for kind in ("gelu", "llama"):
     print(f"{kind:>6} block: output Δ {out_d:.1e}, gradient Δ {grad_d:.1e}; all-reduces counted: {fwd} forward, {bwd} backward "
           f"→ {'matches' if ok else 'does NOT match'} Megatron's 2 + 2 per layer")
     assert ok
+
+# %% [markdown]
+# ### FSDP2 and the pipeline on the same 2 ranks
+#
+# FSDP2 shards every parameter across the ranks (ZeRO-3's layout, torch's implementation). The
+# pipeline runs each rank as one stage; its gradients must equal the one-process gradients of the
+# same layers with the *mean* of the micro-batch losses (torch's schedules divide by the number of
+# micro-batches). The stage peak says how many micro-batches' activations a stage held at once:
+# GPipe keeps all $m$, 1F1B at most $p$.
+
+# %%
+print(f"FSDP2 (fully_shard) vs one process after 5 AdamW steps: max |Δ| {max(r['fsdp2'] for r in ranks):.1e}")
+pipe = [r["pipeline"] for r in ranks]
+pipe_ok = max(r["fsdp2"] for r in ranks) <= TOL
+for name in ("gpipe", "1f1b", "torch_gpipe", "torch_1f1b"):
+    grad_d = max(p[f"{name}_grad"] for p in pipe)
+    loss_d = abs(pipe[-1][f"{name}_loss"] - pipe[-1]["ref_loss"])
+    peak = [p.get(f"{name}_peak") for p in pipe]
+    pipe_ok &= grad_d <= TOL and loss_d <= TOL
+    print(f"{name:<12} gradient Δ {grad_d:.1e}, loss Δ {loss_d:.1e}" + (f", micro-batches held per stage {peak}" if peak[0] else ""))
+print("FSDP2 and both pipeline schedules give the one-process model on real ranks." if pipe_ok else
+      "A sharded or pipelined run did NOT match one process.")
+assert pipe_ok
 
 # %% [markdown]
 # ## 3 · Experiment: the ZeRO paper's memory per GPU
