@@ -308,7 +308,9 @@ print(f"Verdict: learned positions {learned_text}. "
       f"Past L, {', '.join(holds) or 'no scheme'} {'holds' if len(holds) == 1 else 'hold'} and "
       f"{', '.join(degrades) or 'none'} {'degrades' if len(degrades) == 1 else 'degrade'}"
       + (f" (worst: {worst}, +{verdicts[worst]['beyond'] - verdicts[worst]['inside']:.2f} nats)." if worst else ".")
-      + f" At L itself the best scheme is {best_at_L}.")
+      + f" At L itself the best scheme is {best_at_L} (mean of 3 seeds at one learning rate, {3e-3:g}: a ranking "
+      "confounded with the LR, which each scheme might like differently; the past-L verdicts compare each model "
+      "with itself and do not have that confound).")
 
 # %% [markdown]
 # How to read these numbers (the verdict above says which case each scheme is in):
