@@ -351,6 +351,27 @@ print(f"trained T5 bias: it changes at {int(steps[:15].sum())} of the 15 steps b
       f"head 0 at d = 0, 1, 2, 20, 100: {[round(float(t5_bias[0, d]), 3) for d in (0, 1, 2, 20, 100)]}")
 
 # %% [markdown]
+# **Distance-sensitive nearby, coarse far away — in the trained models.** The bucket table shows what
+# T5's bias *can* do; what the trained models *do* is in their attention. For every model of section 4
+# (seed 0) we recompute each layer's attention weights on validation windows of $4L$ tokens and
+# average the weight on the key $d$ tokens back, relative to uniform attention (1 = uniform). A slope
+# per token of distance, $|\Delta \ln w| / \Delta d$, nearby ($d = 1 \to 8$) against far away
+# ($d = L \to 4L-1$) says whether attention changes quickly close by and slowly far away.
+
+# %%
+from lmlab.data import char_data
+
+_, _, val_ids = char_data()
+curves = {s: X.attention_by_distance(m, val_ids, 4 * L) for s, m in ext.models.items()}
+X.attention_distance_figure(curves, L).show()
+for s, c in curves.items():
+    near = abs(math.log(c[1]) - math.log(c[8])) / 7
+    far = abs(math.log(c[L]) - math.log(c[4 * L - 1])) / (3 * L - 1)
+    shape = "sensitive nearby, coarse far away" if near > 3 * far else "not sharper nearby than far away"
+    print(f"{s:<11} weight ÷ uniform at d = 1, 8, L, 4L-1: {c[1]:.2f}, {c[8]:.2f}, {c[L]:.2f}, {c[4 * L - 1]:.2f}; "
+          f"slope nearby {near:.3f} vs far {far:.4f} per token → {shape}")
+
+# %% [markdown]
 # ### Widget: RoPE rotation explorer
 #
 # Left: three pairs of dimensions of one vector rotated to `position` (the trail shows where it was at

@@ -158,3 +158,15 @@ def test_bias_widget_wiring():
     X.bias_figure(1, 4, 256)
     with pytest.raises(ValueError, match="max_distance"):
         X.bias_figure(8, 32, 16)
+
+
+def test_attention_by_distance_is_relative_to_uniform_and_sees_alibi_decay():
+    from lmlab.data import char_data
+
+    _, _, val_ids = char_data()
+    res = X.extrapolation_experiment(schemes=("none", "alibi"), L=16, steps=3, batch_size=4, eval_batches=1)
+    none = X.attention_by_distance(res.models["none"], val_ids, 32, batch_size=2, n_batches=1)
+    alibi = X.attention_by_distance(res.models["alibi"], val_ids, 32, batch_size=2, n_batches=1)
+    assert len(none) == 32 and all(0.5 < w < 2 for w in none)  # barely trained, no positions: about uniform
+    assert alibi[1] > 1.5 * alibi[31]  # ALiBi's fixed penalty: attention falls with distance
+    assert len(X.attention_distance_figure({"none": none, "alibi": alibi}, 16).data) == 2

@@ -31,7 +31,7 @@ from ..widgets import style_figure
 __all__ = [
     "SCHEMES", "permutation_check", "sinusoidal_figure", "bucket_table", "ExtrapolationResult",
     "extrapolation_experiment", "loss_by_position", "extrapolation_figure", "extrapolation_verdicts",
-    "t5_learned_bias", "rope_figure", "bias_figure",
+    "t5_learned_bias", "attention_by_distance", "attention_distance_figure", "rope_figure", "bias_figure",
 ]
 
 SCHEMES = ("none", "sinusoidal", "learned", "t5", "rope", "alibi")
@@ -244,6 +244,67 @@ def extrapolation_figure(result: ExtrapolationResult) -> go.Figure:
     fig.update_xaxes(title="position in the window", row=1, col=2)
     fig.update_yaxes(title="loss (nats/char)", row=1, col=1)
     return style_figure(fig, f"Trained at L = {result.L}, evaluated further (dotted: L)", width=820, height=420)
+
+
+@torch.no_grad()
+def attention_by_distance(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,
+                          seed: int = 99) -> list[float]:
+    """The trained model's attention on the key ``d`` tokens back, for ``d = 0..T-1``, *relative to
+    uniform* (a query at position ``i`` sees ``i + 1`` keys; its weight times ``i + 1`` is 1 for
+    uniform attention), averaged over layers, heads and the queries that have such a key, on random
+    ``T``-token windows.
+
+    The weights are recomputed from the q, k and mask that each attention call hands to
+    ``scaled_dot_product_attention`` (the call itself is unchanged), so this works for every scheme
+    (RoPE's rotated q/k, ALiBi's and T5's float biases)."""
+    import torch.nn.functional as F_mod
+
+    longer = model.with_config(context_length=max(T, model.config.context_length)).eval()
+    total = torch.zeros(T)
+    count = torch.zeros(T)
+    original = F_mod.scaled_dot_product_attention
+    dist = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T): i - j
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if k.size(1) != q.size(1):
+            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+        Tq, Tk = scores.shape[-2:]
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else scores + attn_mask
+        if is_causal:
+            scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(1), -math.inf)
+        w = torch.softmax(scores.float(), dim=-1).mean(dim=(0, 1))  # (Tq, Tk)
+        w = w * torch.arange(1, Tq + 1, dtype=w.dtype)[:, None]  # relative to uniform over the i + 1 visible keys
+        if (Tq, Tk) == (T, T):
+            d = dist.clamp(min=0)
+            ok = dist >= 0
+            total.index_add_(0, d[ok], w[ok])
+            count.index_add_(0, d[ok], torch.ones(int(ok.sum())))
+        return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        **({"enable_gqa": True} if enable_gqa else {}))
+
+    gen = torch.Generator().manual_seed(seed)
+    F_mod.scaled_dot_product_attention = spy
+    try:
+        for _ in range(n_batches):
+            x, _ = sample_batch(ids, batch_size, T, generator=gen)
+            longer(x)
+    finally:
+        F_mod.scaled_dot_product_attention = original
+    return (total / count.clamp(min=1)).tolist()
+
+
+def attention_distance_figure(curves: dict[str, list[float]], L: int) -> go.Figure:
+    """Mean attention weight against distance (log-log), one line per scheme; dotted: the trained length."""
+    colors = dict(zip(SCHEMES, ("#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#1f77b4", "#d62728")))
+    fig = go.Figure()
+    for scheme, ys in curves.items():
+        fig.add_scatter(x=list(range(1, len(ys))), y=ys[1:], mode="lines", name=scheme, line=dict(color=colors.get(scheme)))
+    fig.add_vline(x=L, line=dict(dash="dot", color="black"))
+    fig.update_xaxes(type="log", title="distance back (tokens)")
+    fig.update_yaxes(type="log", title="attention weight ÷ uniform")
+    return style_figure(fig, "Trained models: attention against distance (dotted: trained length L)", height=380)
 
 
 def t5_learned_bias(model: GPT, up_to: int = 160) -> torch.Tensor:
