@@ -254,44 +254,23 @@ def attention_by_distance(model: GPT, ids: torch.Tensor, T: int, batch_size: int
     uniform attention), averaged over layers, heads and the queries that have such a key, on random
     ``T``-token windows.
 
-    The weights are recomputed from the q, k and mask that each attention call hands to
-    ``scaled_dot_product_attention`` (the call itself is unchanged), so this works for every scheme
-    (RoPE's rotated q/k, ALiBi's and T5's float biases)."""
-    import torch.nn.functional as F_mod
+    The weights come from :func:`lmlab.experiments.attention_probe.attention_maps` (recomputed from
+    what each layer hands to SDPA), so this works for every scheme (RoPE's rotated q/k, ALiBi's and
+    T5's float biases)."""
+    from .attention_probe import attention_maps
 
     longer = model.with_config(context_length=max(T, model.config.context_length)).eval()
-    total = torch.zeros(T)
-    count = torch.zeros(T)
-    original = F_mod.scaled_dot_product_attention
+    total, count = torch.zeros(T), torch.zeros(T)
     dist = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T): i - j
-
-    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if k.size(1) != q.size(1):
-            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
-        Tq, Tk = scores.shape[-2:]
-        if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else scores + attn_mask
-        if is_causal:
-            scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(1), -math.inf)
-        w = torch.softmax(scores.float(), dim=-1).mean(dim=(0, 1))  # (Tq, Tk)
-        w = w * torch.arange(1, Tq + 1, dtype=w.dtype)[:, None]  # relative to uniform over the i + 1 visible keys
-        if (Tq, Tk) == (T, T):
-            d = dist.clamp(min=0)
-            ok = dist >= 0
-            total.index_add_(0, d[ok], w[ok])
-            count.index_add_(0, d[ok], torch.ones(int(ok.sum())))
-        return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                        **({"enable_gqa": True} if enable_gqa else {}))
-
+    ok = dist >= 0
+    visible = torch.arange(1, T + 1, dtype=torch.float32)[:, None]  # query i sees i + 1 keys
     gen = torch.Generator().manual_seed(seed)
-    F_mod.scaled_dot_product_attention = spy
-    try:
-        for _ in range(n_batches):
-            x, _ = sample_batch(ids, batch_size, T, generator=gen)
-            longer(x)
-    finally:
-        F_mod.scaled_dot_product_attention = original
+    for _ in range(n_batches):
+        x, _ = sample_batch(ids, batch_size, T, generator=gen)
+        for w in attention_maps(longer, x):  # (T, T) per layer
+            w = w * visible  # relative to uniform over the visible keys
+            total.index_add_(0, dist[ok], w[ok])
+            count.index_add_(0, dist[ok], torch.ones(int(ok.sum())))
     return (total / count.clamp(min=1)).tolist()
 
 
