@@ -13,7 +13,7 @@
 #
 # **Goals**
 # - Turn text into tokens and tokens into next-token training pairs.
-# - Build and train a tiny GPT (a *causal decoder*) on your laptop CPU in about 20 seconds.
+# - Build and train a tiny GPT (a *causal decoder*) on your laptop CPU in about 30 seconds.
 # - Measure it against the best model that ignores context (the unigram baseline).
 # - See, with masks, what the three transformer architectures let each token look at —
 #   and why most large language models are causal decoders.
@@ -141,7 +141,7 @@ print(f"{lmlab.GPT(cfg).num_parameters():,} parameters")
 # ## 3 · Experiment: does a tiny GPT learn to use context?
 #
 # The seed's claim to test: a causal decoder trained with the plain next-token objective learns a
-# model of the text. We train for 800 steps (about 20 s on 2 CPU cores) and compare the validation
+# model of the text. We train for 800 steps (about 30 s on 2 CPU cores) and compare the validation
 # loss with the unigram baseline.
 
 # %%
@@ -191,10 +191,17 @@ assert causal["earlier_positions_changed"] == 0 and prefix["earlier_positions_ch
 #
 # The survey notes that most LLMs are causal decoders: trained only on next-token prediction they
 # show strong zero/few-shot ability, they scale predictably, and they suit instruction and alignment
-# tuning. One concrete, measurable reason is the **training signal**: a causal decoder gets a loss at
-# *every* position, while a prefix decoder or an encoder-decoder only predicts the part after the
-# prefix/source. (Note also that the prefix decoder and the encoder-decoder have the *same*
-# visibility pattern; they differ in whether the two parts share parameters.)
+# tuning. One concrete reason is the **training signal**: a causal decoder gets a loss at *every*
+# position, while a prefix decoder or an encoder-decoder only predicts the part after the
+# prefix/source. The cell below is only that arithmetic (T positions against T − prefix), read off the
+# masks — not an experiment: whether the extra positions make a better model is a question for
+# trained models, which chapter 05 (pretraining objectives) compares.
+#
+# The prefix decoder and the encoder-decoder have the same *visibility pattern* as drawn here, but
+# they are not the same model. Besides whether the two parts share parameters, they differ in *what*
+# the target reads: an encoder-decoder's cross-attention reads the encoder's **final** layer (one
+# summary of the source, the same for every decoder layer), while a prefix LM's layer ℓ reads the
+# prefix's states **at layer ℓ**, computed by the same weights as the targets'.
 
 # %%
 T, prefix_len = 64, 16
@@ -203,7 +210,8 @@ for arch, v in rows.items():
     print(f"{arch:<16} sees {v['fraction_visible']:.0%} of all pairs, "
           f"{v['positions_with_loss']:>2}/{T} positions trained")
 most_signal = max(rows, key=lambda a: rows[a]["positions_with_loss"])
-print(f"Most training signal per sequence: {most_signal}")
+print(f"Arithmetic, not a measurement: {most_signal} has a loss at {rows[most_signal]['positions_with_loss']} of {T} "
+      f"positions, the others at {T} − {prefix_len} = {T - prefix_len}.")
 
 # %% [markdown]
 # ## 5 · Widget: explore the masks
@@ -241,8 +249,9 @@ explorer
 #
 # - A language model is trained to predict the next token; the unigram entropy is the bar a model
 #   must clear to show it uses context.
-# - The three architectures differ in their attention masks; causal decoders train on every position
-#   and are the default for LLMs.
+# - The three architectures differ in their attention masks (and the encoder-decoder also in what its
+#   cross-attention reads); causal decoders get a loss at every position, by construction, and are
+#   the default for LLMs.
 # - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4; Radford et al., *Language
 #   Models are Unsupervised Multitask Learners* (GPT-2, 2019); Raffel et al., *Exploring the Limits of
 #   Transfer Learning with a Unified Text-to-Text Transformer* (T5, 2020) — its Fig. 3 draws these

@@ -246,6 +246,8 @@ else:
     claim = (f"NOT RESOLVED at this scale: SwiGLU − GeLU = {sw['mean_diff']:+.3f} nats, within the seed noise "
              f"(t = {sw['t']:+.1f}, needs |t| > {sw['critical']:.2f}).")
 print("\nThe claim 'SwiGLU trains better than GeLU at equal parameters' is", claim)
+print(f"Confound: every run used one learning rate ({comparison.settings['lr']:g}); a gated FFN may prefer another step "
+      "size, so this verdict is about that LR, not the best each activation can do (lessons 01 and 04 sweep the LR).")
 
 # %% [markdown]
 # **Reading the result honestly.** The gains reported for gated FFNs are small — in Shazeer's
@@ -323,4 +325,4 @@ swish_explorer.controls["beta"].value = 1.0
 #   & Le, *Searching for Activation Functions* (Swish, 2017); Elfwing et al., *Sigmoid-Weighted
 #   Linear Units* (SiLU, 2017); Dauphin et al., *Language Modeling with Gated Convolutional
 #   Networks* (GLU, 2017); Shazeer, *GLU Variants Improve Transformer* (2020); Touvron et al.,
-#   *LLaMA* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.
+#   *LLaMA* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).

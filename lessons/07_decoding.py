@@ -64,6 +64,11 @@ info = doctor()  # versions, device, and whether widgets will render
 # - **Beam search** keeps the $K$ best partial sequences and extends all of them each step
 #   ($K = 1$ is greedy). It maximises $\log P(y) = \sum_i \log P(y_i \mid y_{<i})$, a sum of negative
 #   terms, so it favours *short* outputs; a **length penalty** divides by $|y|^{\alpha}$ to compensate.
+#   That is Hugging Face's form, the one lmlab uses; GNMT (Wu et al., 2016) divides by
+#   $\left(\frac{5 + |y|}{6}\right)^{\alpha}$ instead. Either way the penalty only matters between
+#   hypotheses of *different* lengths: the running beams of a step all have the same length, so it is
+#   applied to **finished** hypotheses (a beam that chose EOS), which wait in a list of the $K$ best
+#   until no running beam can beat them.
 # - **Sampling** draws $x_i \sim P(x \mid x_{<i})$, reshaped first by
 #   - **temperature**: $P(x_j) = \dfrac{\exp(l_j / t)}{\sum_{j'} \exp(l_{j'} / t)}$ ($t \to 0$:
 #     greedy, $t = 1$: the model, $t \to \infty$: uniform);
@@ -127,7 +132,7 @@ print("top-2 of", tied.tolist(), "→ lmlab keeps", torch.isfinite(decoding.top_
 # %% [markdown]
 # ## 3 · The model: lesson 00's tiny GPT
 #
-# We train the same character-level GPT as in lesson 00 (800 steps, seed 0, about 30 s). A
+# We train the same character-level GPT as in lesson 00 (800 steps, seed 0, about 30 s on 2 CPU cores). A
 # character model has **no end-of-sequence token**, so for beam search we pick a natural one: the
 # **newline** `"\n"`. "The model ended its line" is where a sentence-like output stops, and it is a
 # single token (`"\n\n"`, a paragraph break, would be two).
@@ -241,17 +246,23 @@ print("top-p :", repr(rep.examples["top-p = 0.9"][:140]))
 #
 # Beam search with the newline as EOS, up to 60 new characters, the same four prompts, beam sizes
 # 1 → 32, without a length penalty ($\alpha = 0$: the raw $\log P$) and with $\alpha = 1$ (log-probability
-# per character). Three numbers per setting, averaged over prompts: the **score** the search
-# maximises, the **length** of the best output, and its **blank fraction** (share of spaces / line
-# breaks in it, EOS excluded) — a crude measure of how empty the text is.
+# per character). The search stops with the **exact** rule (`early_stopping="never"`): only when no
+# running beam, even at the longest length it could reach, can beat the worst of the $K$ finished
+# hypotheses. (The cheaper heuristic compares at the current length and can stop before a longer,
+# better hypothesis; with it, one beam and $\alpha = 1$ would be plain greedy decoding — with the exact
+# rule, one beam may keep going past greedy's first EOS.) Four numbers per setting, averaged over
+# prompts: the **score** the search maximises, the **length** of the best output, and two signs of
+# degenerate text: its **blank fraction** (share of spaces / line breaks, EOS excluded) and its
+# fraction of **repeated 4-grams** (the measure of section 4).
 
 # %%
 from lmlab.experiments.decoding import beam_experiment, beam_figure
 
 beams = beam_experiment(model, tok, beam_sizes=(1, 2, 4, 8, 16, 32), length_penalties=(0.0, 1.0), max_new_tokens=60)
-print(f"{'α':>4}{'beams':>7}{'score':>9}{'log P':>9}{'length':>8}{'blank':>7}   first prompt's output")
+print(f"{'α':>4}{'beams':>7}{'score':>9}{'log P':>9}{'length':>8}{'blank':>7}{'repeat':>8}   first prompt's output")
 for r in beams:
-    print(f"{r['length_penalty']:>4g}{r['beams']:>7}{r['score']:>9.2f}{r['logprob']:>9.2f}{r['length']:>8.1f}{r['blank']:>7.2f}   {r['texts'][0]!r}")
+    print(f"{r['length_penalty']:>4g}{r['beams']:>7}{r['score']:>9.2f}{r['logprob']:>9.2f}{r['length']:>8.1f}"
+          f"{r['blank']:>7.2f}{r['repeat']:>8.2f}   {r['texts'][0]!r}")
 beam_figure(beams).show()
 
 # %%
@@ -260,21 +271,27 @@ def series(lp, key):
 
 
 sizes = series(0.0, "beams")
-score0, len0, len1, score1, blank1 = series(0.0, "score"), series(0.0, "length"), series(1.0, "length"), series(1.0, "score"), series(1.0, "blank")
+score0, len0, len1, score1 = series(0.0, "score"), series(0.0, "length"), series(1.0, "length"), series(1.0, "score")
+blank1, repeat1 = series(1.0, "blank"), series(1.0, "repeat")
 rises = all(b >= a - 1e-6 for a, b in zip(score0, score0[1:]))
 print(f"No length penalty: log P of the best output {'rises' if rises else 'does not rise steadily'} with the beam "
-      f"({score0[0]:.1f} at 1 beam → {score0[-1]:.1f} at {sizes[-1]}), and it wins by getting shorter: "
+      f"({score0[0]:.1f} at 1 beam → {score0[-1]:.1f} at {sizes[-1]}), and its length goes "
       f"{len0[0]:.1f} → {len0[-1]:.1f} characters"
-      + (" — the seed's 'beam search prefers short outputs', reproduced." if len0[-1] < 0.5 * len0[0] else "."))
+      + (" — the seed's 'beam search prefers short outputs', reproduced." if len0[-1] < 0.5 * len0[0] else
+         " — not the large shortening the seed describes."))
 longer = sum(b > a for a, b in zip(len0[1:], len1[1:]))
 print(f"Length penalty α = 1: longer output than α = 0 at {longer} of {len(sizes) - 1} beam sizes > 1 "
       f"(at {sizes[-1]} beams: {len1[-1]:.1f} vs {len0[-1]:.1f} characters).")
-best_k = sizes[min(range(len(sizes)), key=lambda i: blank1[i])]
-print(f"Larger beams with α = 1: the score keeps {'rising' if score1[-1] > score1[0] else 'falling'} "
-      f"({score1[0]:.2f} → {score1[-1]:.2f} nats/char), but the blank fraction goes {blank1[0]:.2f} → {blank1[-1]:.2f}: "
-      + ("the widest beams find that runs of spaces are the most probable 'text'. Very large beams hurt here — "
-         "a better search for a flawed objective." if blank1[-1] > blank1[0] + 0.1 else
-         "no clear sign here that very large beams hurt."))
+small = [i for i, k in enumerate(sizes) if k <= 4]  # the seed's usual beam sizes (3-6) and below
+large = [i for i, k in enumerate(sizes) if k >= 16]
+worse = [name for name, v in (("blank fraction", blank1), ("repeated 4-grams", repeat1))
+         if min(v[i] for i in large) > max(v[i] for i in small) + 0.05]
+print(f"Larger beams with α = 1: the score goes {score1[0]:.2f} → {score1[-1]:.2f} nats/char; blank fraction "
+      f"{blank1[0]:.2f} → {blank1[-1]:.2f}, repeated 4-grams {repeat1[0]:.2f} → {repeat1[-1]:.2f}. "
+      + (f"At ≥ 16 beams the {' and the '.join(worse)} {'are' if len(worse) > 1 else 'is'} higher than at any beam size ≤ 4: "
+         "very large beams hurt here — a better search for a flawed objective." if worse else
+         "Neither measure is clearly worse at ≥ 16 beams than at every beam size ≤ 4: no clear sign here that very "
+         "large beams hurt."))
 
 # %% [markdown]
 # ## 7 · Widgets
@@ -329,20 +346,23 @@ beam_explorer
 # - `softmax_with_temperature`: the temperature softmax, with t = 0 as greedy and no overflow at tiny t;
 # - `top_k_filter`: exactly k tokens, ties to the lower id;
 # - `top_p_filter`: the nucleus, keeping the token that crosses p;
-# - `beam_step`: one step of beam search — expand, score with a length penalty, keep the best;
+# - `beam_step`: one step of beam search — expand, finish the EOS candidates with the length penalty,
+#   keep the running beams and the best finished scores, and decide with the exact rule when it is done;
 # - `repetition_penalty`: CTRL's penalty on tokens already generated.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/07_decoding.ipynb`.
 #
 # ## 9 · Summary and further reading
 #
-# - Greedy decoding is the $t \to 0$ end of sampling; in our run it fell into loops (mostly of
-#   spaces) far more than real text does, while every sampler repeated less than real text.
-# - Beam search maximises $\log P$, which favours short outputs; a length penalty counters that, and
-#   very wide beams find degenerate high-probability text (in our run: runs of spaces).
+# - Greedy decoding is the $t \to 0$ end of sampling; section 4 measured how often it loops compared
+#   with real text and with the samplers (the verdict printed there is this run's).
+# - Beam search maximises $\log P$, which favours short outputs; a length penalty (applied to finished
+#   hypotheses) counters that; section 6 measured whether very wide beams find degenerate
+#   high-probability text on this model.
 # - Top-k keeps a fixed number of tokens; top-p keeps a fixed probability mass and so adapts to how
 #   sure the model is.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.3 (decoding); Holtzman et
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.5 (decoding strategy; the
+#   section numbers of the survey's v13 and later, which the seed note follows); Holtzman et
 #   al., *The Curious Case of Neural Text Degeneration* (ICLR 2020, top-p); Fan et al., *Hierarchical
 #   Neural Story Generation* (2018, top-k); Keskar et al., *CTRL* (2019, repetition penalty); Wu et
 #   al., *Google's Neural Machine Translation System* (2016, length penalty); Meister et al., *If Beam

@@ -184,6 +184,29 @@ print(f"Per token, decode needs {flop_ratio:.2f}× the FLOPs of prefill but take
          if time_ratio > 3 * flop_ratio else "not reproduced here: the two phases cost about the same per FLOP."))
 
 # %% [markdown]
+# **Memory: which phase needs more?** The seed says prefill takes much more memory than decode, and
+# this lesson says decode is memory-*bandwidth*-bound. Both can hold, because they are about different
+# things. We measure each phase's **peak working memory** (the bytes of the tensors it creates that are
+# alive at once; weights and the pre-allocated cache excluded, `X.PeakLiveBytes`) and the **bytes it
+# must read** per FLOP: every step reads all the weights and the filled cache.
+
+# %%
+from lmlab.experiments.inference import prefill_decode_memory
+
+mem = prefill_decode_memory(model, prompt_len=256)
+print(f"peak working memory: prefill of 256 tokens {mem['prefill_peak_bytes'] / 2**20:.2f} MiB, one decode step "
+      f"{mem['decode_peak_bytes'] / 2**10:.1f} KiB ({mem['prefill_peak_bytes'] / max(mem['decode_peak_bytes'], 1):.0f}× less); "
+      f"weights {mem['weight_bytes'] / 2**20:.2f} MiB and cache {mem['cache_bytes'] / 2**20:.2f} MiB are read by both")
+print(f"FLOPs per byte read: prefill {mem['prefill_flops_per_byte_read']:.1f}, decode {mem['decode_flops_per_byte_read']:.2f}")
+more = mem["prefill_peak_bytes"] > 10 * mem["decode_peak_bytes"]
+bound = mem["decode_flops_per_byte_read"] < mem["prefill_flops_per_byte_read"] / 10
+print(("Prefill needs much more working memory (the seed's claim, reproduced)" if more else
+       "Prefill did NOT need much more working memory here")
+      + (", and decode does far fewer FLOPs per byte it reads: its cost is moving the weights and the cache, "
+         "not computing — memory-bandwidth-bound while using little memory." if bound else
+         "; decode's FLOPs per byte read were not much lower than prefill's here."))
+
+# %% [markdown]
 # ## 4 · Experiment: the cache makes one new token cheap, and its cost grows only slowly
 #
 # For context lengths $T$ from 32 to 511 we time how long token $T+1$ takes with the cache (one
@@ -340,15 +363,19 @@ block_explorer
 #
 # ## 8 · Summary and further reading
 #
-# - Prefill handles the prompt in one compute-heavy pass; decode produces one token per step and is
-#   bound by reading weights and the cache — per token, it was far slower here at equal FLOPs.
+# - Prefill handles the prompt in one compute-heavy pass and needs the most working memory; decode
+#   produces one token per step, needs little memory but reads all the weights and the cache for each
+#   token (few FLOPs per byte: bandwidth-bound). Section 3 measured both on this machine.
 # - The KV cache keeps every layer's K and V, so a new token costs a forward step of one token plus
 #   attention over the cache, linear in the context; without it each token recomputes everything.
 # - The cache costs $2 L n_{kv} d_h$ values per token: 6.7 GB for LLaMA-2-13B at 8K tokens; GQA/MQA
 #   cut it by the ratio of query to K/V heads.
-# - Reserving the maximum length per request wastes most of the cache; blocks of 16 tokens waste a
-#   few percent, and forks share blocks with copy-on-write.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.4 / §4.3; Pope et al.,
+# - Reserving the maximum length per request wastes most of the cache, blocks of a few tokens waste
+#   only the unfilled end of each request's last block (section 6 measured how much), and forks share
+#   blocks with copy-on-write.
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.5 (decoding strategy, its
+#   "decoding efficiency issues"; section numbers of the survey's v13 and later, which the seed
+#   note follows); Pope et al.,
 #   *Efficiently Scaling Transformer Inference* (2022, prefill vs decode, memory-bound decode);
 #   Shazeer, *Fast Transformer Decoding: One Write-Head is All You Need* (2019, MQA); Ainslie et
 #   al., *GQA* (2023); Kwon et al., *Efficient Memory Management for Large Language Model Serving

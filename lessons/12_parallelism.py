@@ -71,10 +71,22 @@ info = doctor()  # versions, device, and whether widgets will render
 #
 # $$\text{sent per rank} = 2\,\frac{N-1}{N}\, n ,$$
 #
-# nearly independent of $N$ — the reason the ring is bandwidth-optimal. The picture: the chunk each
-# rank sends at each step (rank $r$ sends $(r - s) \bmod N$ in reduce-scatter step $s$).
+# nearly independent of $N$ — the reason the ring is bandwidth-optimal. Bandwidth is not the whole
+# cost, though: every one of the $2(N-1)$ steps also pays a fixed latency $\alpha$ (start-up per
+# message), and with $\beta$ seconds per element sent the α–β cost model gives
+#
+# $$T_{\text{ring}} = 2(N-1)\,\alpha + 2\,\frac{N-1}{N}\, n\,\beta ,$$
+#
+# whose latency term *grows* with $N$: for small messages or many ranks the ring loses to tree-shaped
+# all-reduces ($\approx 2\log_2 N$ steps), which is why NCCL switches between them. The picture: the
+# chunk each rank sends at each step (rank $r$ sends $(r - s) \bmod N$ in reduce-scatter step $s$).
 
 # %%
+alpha, beta = 5e-6, 1 / 25e9 * 2  # illustrative: 5 µs per message, 25 GB/s links, 2-byte elements
+for n_elems in (1e4, 1e9):
+    cost = {N: (2 * (N - 1) * alpha, 2 * (N - 1) / N * n_elems * beta) for N in (2, 8, 64, 512)}
+    print(f"n = {n_elems:.0e} elements: " + ", ".join(f"N={N}: latency {a * 1e3:.2f} ms + bandwidth {b_ * 1e3:.2f} ms"
+                                                   for N, (a, b_) in cost.items()))
 P.ring_figure(4).show()
 
 # %% [markdown]
@@ -89,8 +101,10 @@ P.ring_figure(4).show()
 # The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
 # function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
 # everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
-# stages 0–3 trained 5 AdamW steps against one process on the whole batch; a transformer block split
-# Megatron-style against the unsplit block. Every communication call goes through `lmlab.parallel.comm`,
+# stages 0–3 and torch's FSDP2 (`fully_shard`) trained 5 AdamW steps against one process on the whole
+# batch; a transformer block split Megatron-style against the unsplit block; and a 4-layer GPT cut
+# into 2 pipeline stages running GPipe and 1F1B over 8 micro-batches (lmlab's from scratch and
+# `torch.distributed.pipelining`'s) against one process. Every communication call goes through `lmlab.parallel.comm`,
 # which counts calls and elements sent.
 
 # %%
@@ -151,6 +165,29 @@ for kind in ("gelu", "llama"):
     print(f"{kind:>6} block: output Δ {out_d:.1e}, gradient Δ {grad_d:.1e}; all-reduces counted: {fwd} forward, {bwd} backward "
           f"→ {'matches' if ok else 'does NOT match'} Megatron's 2 + 2 per layer")
     assert ok
+
+# %% [markdown]
+# ### FSDP2 and the pipeline on the same 2 ranks
+#
+# FSDP2 shards every parameter across the ranks (ZeRO-3's layout, torch's implementation). The
+# pipeline runs each rank as one stage; its gradients must equal the one-process gradients of the
+# same layers with the *mean* of the micro-batch losses (torch's schedules divide by the number of
+# micro-batches). The stage peak says how many micro-batches' activations a stage held at once:
+# GPipe keeps all $m$, 1F1B at most $p$.
+
+# %%
+print(f"FSDP2 (fully_shard) vs one process after 5 AdamW steps: max |Δ| {max(r['fsdp2'] for r in ranks):.1e}")
+pipe = [r["pipeline"] for r in ranks]
+pipe_ok = max(r["fsdp2"] for r in ranks) <= TOL
+for name in ("gpipe", "1f1b", "torch_gpipe", "torch_1f1b"):
+    grad_d = max(p[f"{name}_grad"] for p in pipe)
+    loss_d = abs(pipe[-1][f"{name}_loss"] - pipe[-1]["ref_loss"])
+    peak = [p.get(f"{name}_peak") for p in pipe]
+    pipe_ok &= grad_d <= TOL and loss_d <= TOL
+    print(f"{name:<12} gradient Δ {grad_d:.1e}, loss Δ {loss_d:.1e}" + (f", micro-batches held per stage {peak}" if peak[0] else ""))
+print("FSDP2 and both pipeline schedules give the one-process model on real ranks." if pipe_ok else
+      "A sharded or pipelined run did NOT match one process.")
+assert pipe_ok
 
 # %% [markdown]
 # ## 3 · Experiment: the ZeRO paper's memory per GPU
@@ -249,13 +286,19 @@ planner
 # BLOOM (BigScience, 2022) trained on 384 A100-80GB: 8-way data × 4-way tensor × 12-way pipeline, with
 # ZeRO stage 1. Its shape: $h = 14336$, 70 layers, vocabulary 250,880, tied embeddings, LayerNorm
 # after the embedding, ALiBi (no position parameters).
+#
+# The rank order below is **lmlab's** convention (`lmlab.parallel.RankGrid`): tensor parallel fastest,
+# then pipeline, then data outermost, `rank = (d·pp + p)·tp + t`. Megatron-DeepSpeed, which trained
+# BLOOM, also keeps tensor parallel fastest but puts **pipeline outermost** (its topology's axes are
+# pipe, data, model). Both keep each TP group inside one node, but they number the DP and PP groups
+# differently: rank 4 is (data 0, stage 1) here and (data 1, stage 0) in Megatron-DeepSpeed.
 
 # %%
 b = P.bloom_layout()
 print(f"BLOOM parameters: {b['n_params']:,} ≈ {b['n_params'] / 1e9:.1f}B  (12 L h² = {12 * 70 * 14336**2 / 1e9:.1f}B for the layers alone)")
 print(f"layout: {b['layout']}")
-print(f"rank 0's groups: tp {b['rank0_groups']['tp']}, pp {b['rank0_groups']['pp'][:4]}…(12), dp {b['rank0_groups']['dp']}; "
-      f"rank 383 = {b['last_rank']}")
+print(f"rank 0's groups (lmlab's order, data outermost): tp {b['rank0_groups']['tp']}, pp {b['rank0_groups']['pp'][:4]}…(12), "
+      f"dp {b['rank0_groups']['dp']}; rank 383 = {b['last_rank']}")
 pl = b["plan"]
 print(f"per GPU (ZeRO-1, 1F1B, global batch {pl['global_batch']} = 8 replicas × 128 micro-batches of 2 × 2048 tokens, "
       f"full recompute assumed): params {pl['params']:.1f} + grads "
@@ -289,4 +332,5 @@ assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"
 # - Reading: Rajbhandari et al., *ZeRO* (2020); Shoeybi et al., *Megatron-LM* (2019); Narayanan et al.,
 #   *Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM* (2021); Huang et al.,
 #   *GPipe* (2019); Korthikanti et al., *Reducing Activation Recomputation in Large Transformer Models*
-#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023) §4.
+#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023) §4.3.2
+#   (scalable training techniques).

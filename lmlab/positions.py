@@ -84,8 +84,8 @@ def sinusoidal_embedding(n_positions, d_model: int, base: float = 10000.0) -> to
     ``PE[p, 2i] = sin(p / base^(2i/d))``, ``PE[p, 2i+1] = cos(p / base^(2i/d))``.
 
     ``n_positions`` may also be a 1-D tensor of positions (any values: nothing to extrapolate).
-    Each pair of columns is a clock at its own speed, from one turn per ``2π`` tokens to one per
-    ``2π·base`` tokens; ``PE[p + k]`` is a fixed rotation of ``PE[p]``.
+    Each pair of columns is a clock at its own speed: pair ``i`` turns once per ``2π·base**(2i/d)``
+    tokens, from ``2π`` (pair 0) to ``2π·base**((d-2)/d)`` (the last pair); ``PE[p + k]`` is a fixed rotation of ``PE[p]``.
     """
     pos = _as_positions(n_positions)
     _check_int("d_model", d_model)

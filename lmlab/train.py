@@ -1,7 +1,8 @@
 """A compact training loop and text generation (lesson 00, ``lessons/00_tour``).
 
-Chapter 09 (training recipe) adds schedules, clipping policies and spike handling; chapter 07
-(decoding) adds beam search, top-k and top-p. What is here is the minimum that trains a tiny GPT.
+What is here is the minimum that trains a tiny GPT: AdamW, a fixed learning rate, gradient-norm
+clipping. Decoding beyond greedy and plain sampling (beam search, top-k, top-p) is
+:mod:`lmlab.decoding` (lesson 07).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def train(
 ) -> History:
     """Train with AdamW on random windows of ``train_ids``; evaluate on ``val_ids`` every ``eval_every`` steps.
 
-    Weight decay applies to matrices only (not to biases, norms or embeddings' rows of 1-D params).
+    Weight decay applies to every parameter with 2 or more dimensions (the weight matrices and the
+    embedding tables) and not to 1-D parameters (biases and the norms' gains).
     """
     import time
 

@@ -18,7 +18,7 @@
 # | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 |
 # | 2 | `top_k_filter(logits, k)`: keep exactly the k most likely tokens | 2 |
 # | 3 | `top_p_filter(logits, p)`: keep the nucleus of probability p | 3 |
-# | 4 | `beam_step(...)`: one step of beam search with a length penalty | 3 |
+# | 4 | `beam_step(...)`: one step of beam search with finished hypotheses and a length penalty | 3 |
 # | 5 | `repetition_penalty(logits, ids, penalty)`: CTRL's penalty on tokens already used | 2 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
@@ -157,47 +157,71 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 check("07.top_p_filter", top_p_filter)
 
 # %% [markdown]
-# ## 4 · One step of beam search (3 points)
+# ## 4 · One step of beam search, with finished hypotheses (3 points)
 #
-# Beam search keeps $K$ running hypotheses ("beams"), each with the **sum** of its tokens'
-# log-probabilities and its length. One step:
+# Beam search keeps $K$ running hypotheses ("beams") of one prompt, each with the **sum** of its
+# tokens' log-probabilities. All running beams have the same length, so they are ranked by that sum:
+# a length penalty would divide every one of them by the same number and change nothing. The penalty
+# matters where lengths differ — between **finished** hypotheses, the ones that chose EOS at
+# different steps. One step:
 #
-# 1. **expand**: every beam $k$ times every token $v$ is a candidate, with
-#    $\text{sum}_{k,v} = \text{sum}_k + \log P(v \mid \text{beam}_k)$ and length $\text{len}_k + 1$;
-# 2. **score** with the length penalty $\alpha$: $\text{score}_{k,v} = \text{sum}_{k,v} / (\text{len}_k + 1)^{\alpha}$
-#    ($\alpha = 0$: the raw log-probability, which prefers short hypotheses; $\alpha = 1$: per token);
-# 3. **keep** the `num_beams` best scores (ties: lower flat index $k \cdot V + v$ first).
-#
-# The running value you return is the plain **sum**: the penalty only decides the ranking. (Storing
-# the penalised score and adding to it next step would divide the early tokens again and again.)
+# 1. **expand**: every beam $k$ times every token $v$ is a candidate with
+#    $\text{sum}_{k,v} = \text{sum}_k + \log P(v \mid \text{beam}_k)$; walk the $2K$ best sums in order
+#    (ties: lower flat index $k \cdot V + v$ first);
+# 2. **finish**: an EOS candidate among the first $K$ becomes a finished hypothesis with score
+#    $\text{sum} / (\text{length} + 1)^{\alpha}$ (EOS counts); an EOS ranked lower is dropped;
+# 3. **run on**: every other candidate becomes a running beam, until $K$ run;
+# 4. **keep** the $K$ best finished scores, and decide whether the search is **done**: no running beam
+#    is left, or the finished list is full and its worst score is at least the best this step's best
+#    sum could still score, at the longest length it could reach ($\text{max\_length}^{\alpha}$ when
+#    $\alpha > 0$; a longer hypothesis only adds negative log-probabilities, so with $\alpha \le 0$ its
+#    best is now, $(\text{length} + 1)^{\alpha}$). This is the exact rule: stopping when the worst
+#    finished score beats the best sum at the *current* length is a cheaper heuristic that can stop
+#    before a longer, better hypothesis.
 
 # %%
-def beam_step(sum_logprobs: torch.Tensor, lengths: torch.Tensor, next_logprobs: torch.Tensor,
-              num_beams: int, length_penalty: float):
-    """One step of beam search: expand every beam by every token, score, keep the best.
+def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: int, finished: list,
+              num_beams: int, eos_id, length_penalty: float, max_length: int):
+    """One step of beam search for one prompt: expand, finish EOS candidates, keep the running beams.
 
     Args:
-        sum_logprobs: ``(K,)`` each running beam's sum of log-probabilities so far.
-        lengths: ``(K,)`` long, each beam's number of generated tokens so far.
+        sum_logprobs: ``(K,)`` each running beam's sum of log-probabilities (each has ``length`` tokens).
         next_logprobs: ``(K, V)`` log-probabilities of the next token for each beam.
-        num_beams: how many candidates to keep.
-        length_penalty: the exponent alpha of the length in the score.
+        length: int, the number of tokens generated so far by every running beam.
+        finished: list of floats, the scores of the finished hypotheses so far (at most ``num_beams``).
+        num_beams: K, how many beams run (and how many finished scores are kept).
+        eos_id: the EOS token id, or ``None`` (then nothing finishes).
+        length_penalty: the exponent alpha.
+        max_length: the most tokens a hypothesis may have (``> length``).
 
     Returns:
-        ``(beam_idx, token_idx, new_sum_logprobs)``, each of shape ``(min(num_beams, K * V),)``, ordered
-        best score first: the parent beam and the token of each kept candidate (long tensors), and its
-        plain sum of log-probabilities (``sum_logprobs[beam] + next_logprobs[beam, token]``).
+        ``(beam_idx, token_idx, new_sums, finished, done)``: the running candidates kept, best sum
+        first (parent beam and token as long tensors, their plain sums as a float tensor; at most
+        ``num_beams``), the new list of the ``num_beams`` best finished scores (best first), and
+        ``done`` (a bool).
 
-    Hint: ``cand = sum_logprobs[:, None] + next_logprobs`` is ``(K, V)``; divide it by
-    ``(lengths + 1)[:, None] ** length_penalty`` to score; ``torch.sort(score.flatten(),
-    descending=True, stable=True)``; flat index ``i`` is beam ``i // V``, token ``i % V``.
+    Hint: ``cand = (sum_logprobs[:, None] + next_logprobs).flatten()``; ``torch.sort(cand,
+    descending=True, stable=True).indices[:2 * num_beams]``; flat index ``i`` is beam ``i // V``,
+    token ``i % V``; the best sum is the first candidate's.
     """
     ### BEGIN SOLUTION
     K, V = next_logprobs.shape
-    cand = sum_logprobs[:, None] + next_logprobs  # (K, V): plain sums
-    score = cand / (lengths + 1).to(cand.dtype)[:, None] ** length_penalty  # (K, V): for ranking only
-    best = torch.sort(score.flatten(), descending=True, stable=True).indices[:num_beams]  # (K',)
-    return best // V, best % V, cand.flatten()[best]
+    cand = (sum_logprobs[:, None] + next_logprobs).flatten()  # (K*V,): plain sums, all of length + 1
+    order = torch.sort(cand, descending=True, stable=True).indices[:2 * num_beams].tolist()
+    scores, kept = list(finished), []
+    for rank, i in enumerate(order):
+        if i % V == eos_id:
+            if rank < num_beams:  # only an EOS among the top K finishes
+                scores.append(cand[i].item() / (length + 1) ** length_penalty)
+        else:
+            kept.append(i)
+        if len(kept) == num_beams:
+            break
+    scores = sorted(scores, reverse=True)[:num_beams]
+    idx = torch.tensor(kept, dtype=torch.long)
+    reach = max_length if length_penalty > 0 else length + 1  # the best length still reachable
+    done = not kept or (len(scores) == num_beams and scores[-1] >= cand[order[0]].item() / reach ** length_penalty)
+    return idx // V, idx % V, cand[idx], scores, done
     ### END SOLUTION
 
 

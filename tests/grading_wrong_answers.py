@@ -231,26 +231,30 @@ def _w07_topp(z, p, how):
     return z.masked_fill(~keep, float("-inf"))
 
 
-def _w07_beam(sums, lengths, lp_next, n, alpha, how):
+def _w07_beam(sums, lp_next, length, finished, n, eos, alpha, max_len, how):
     K, V = lp_next.shape
-    cand = sums[:, None] + lp_next
-    if how == "penalised length is the old length":
-        score = cand / lengths.to(cand.dtype)[:, None].clamp(min=1) ** alpha
-    elif how == "no length penalty":
-        score = cand
+    cand = (sums[:, None] + lp_next).flatten()
+    order = torch.sort(cand, descending=True, stable=True).indices[:2 * n].tolist()
+    scores, kept = list(finished), []
+    for rank, i in enumerate(order):
+        if i % V == eos and how != "EOS keeps running":
+            if rank < n or how == "EOS finishes anywhere in the top 2K":
+                L = length if how == "length excludes EOS" else length + 1
+                scores.append(cand[i].item() / (1 if how == "no penalty on finished" else max(L, 1) ** alpha))
+        else:
+            kept.append(i)
+        if len(kept) == n:
+            break
+    scores = sorted(scores, reverse=how == "finished kept worst first")[:n]
+    if how == "finished kept worst first":
+        scores = scores[::-1]
+    idx = torch.tensor(kept, dtype=torch.long)
+    reach = max_len if alpha > 0 and how != "heuristic stopping (current length)" else length + 1
+    if how == "done as soon as finished is full":
+        done = not kept or len(scores) == n
     else:
-        score = cand / (lengths + 1).to(cand.dtype)[:, None] ** alpha
-    best = torch.sort(score.flatten(), descending=how != "ascending", stable=True).indices[:n]
-    if how == "running score is penalised":
-        return best // V, best % V, score.flatten()[best]  # the penalty then compounds every step
-    if how == "beam and token swapped":
-        return best % V, best // V, cand.flatten()[best]
-    if how == "per-beam top-1":
-        tok = lp_next.argmax(-1)
-        s = cand.gather(-1, tok[:, None]).squeeze(-1)
-        o = torch.sort(s, descending=True, stable=True).indices[:n]
-        return o, tok[o], s[o]
-    return best // V, best % V, cand.flatten()[best]
+        done = not kept or (len(scores) == n and scores[-1] >= cand[order[0]].item() / reach ** alpha)
+    return idx // V, idx % V, cand[idx], scores, done
 
 
 def _w07_penalty(z, ids, r, how):
@@ -304,12 +308,13 @@ WRONG_07 = {
         "mask not scattered back to token order": lambda z, p: _w07_topp(z, p, "no scatter back"),
     },
     "07.beam_step": {
-        "length penalty applied to the running score every step": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "running score is penalised"),
-        "sorted the wrong way": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "ascending"),
-        "length penalty ignored": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "no length penalty"),
-        "divides by the old length": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "penalised length is the old length"),
-        "beam and token indices swapped": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "beam and token swapped"),
-        "each beam keeps only its best token": lambda s, L, lp, n, a: _w07_beam(s, L, lp, n, a, "per-beam top-1"),
+        "EOS keeps running": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "EOS keeps running"),
+        "EOS finishes anywhere in the top 2K": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "EOS finishes anywhere in the top 2K"),
+        "length excludes EOS": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "length excludes EOS"),
+        "no penalty on finished": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "no penalty on finished"),
+        "finished kept worst first": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "finished kept worst first"),
+        "heuristic stopping (current length)": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "heuristic stopping (current length)"),
+        "done as soon as finished is full": lambda s, lp, L, fin, n, e, a, m: _w07_beam(s, lp, L, fin, n, e, a, m, "done as soon as finished is full"),
     },
     "07.repetition_penalty": {
         "always divides (negative logits go up)": lambda z, ids, r: _w07_penalty(z, ids, r, "always divide"),

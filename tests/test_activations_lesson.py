@@ -125,6 +125,16 @@ def test_verdict_detects_a_real_gap_and_refuses_noise():
         comparison_verdicts(clear, against="relu")
 
 
+def test_verdicts_are_the_shared_paired_comparison():
+    from lmlab.stats import paired_comparison
+
+    losses = {"gelu": [2.30, 2.20, 2.40, 2.25], "swiglu": [2.25, 2.32, 2.28, 2.29]}
+    (v,) = comparison_verdicts(_synthetic(losses), against="gelu")
+    assert v["sentence"] == paired_comparison(losses["swiglu"], losses["gelu"], "swiglu", "gelu").sentence
+    (v,) = comparison_verdicts(_synthetic({"gelu": [2.3], "swiglu": [2.0]}), against="gelu")
+    assert "one seed only" in v["sentence"]  # one seed: the noise was not measured, so no verdict
+
+
 def test_compare_activations_rejects_bad_arguments():
     with pytest.raises(ValueError, match="activations"):
         compare_activations(activations=["tanh"], seeds=(0,), steps=1)

@@ -35,11 +35,15 @@ def test_mask_fractions():
 
 
 def test_kv_heads_experiment_small():
-    res = X.kv_heads_experiment(kv_heads=(4, 1), steps=20, batch_size=8)
+    res = X.kv_heads_experiment(kv_heads=(4, 1), steps=20, batch_size=8, seeds=(0, 1), lrs=(3e-3, 1e-2))
     mha, mqa = res.rows
     assert mha["kv_bytes_per_token"] == 4 * mqa["kv_bytes_per_token"]
     assert mqa["params"] < mha["params"]
     assert all(2.0 < r["val_loss"] < 5.0 for r in res.rows)
+    assert set(res.sweep.loss) == {(r["name"], lr) for r in res.rows for lr in (3e-3, 1e-2)}
+    assert all(len(v) == 2 for v in res.sweep.loss.values())  # one loss per seed: the noise is measured
+    text, cmp, _ = res.sweep.verdict(mqa["name"], mha["name"])
+    assert cmp.n == 2 and "at lr 0.003" in text and "at lr 0.01" in text
 
 
 def test_decode_attention_matches_sdpa_and_mqa_reads_less():

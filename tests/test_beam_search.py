@@ -236,3 +236,57 @@ def test_bad_arguments():
     nan = lambda idx: torch.full((idx.size(0), idx.size(1), 4), math.nan)  # noqa: E731
     with pytest.raises(ValueError, match="NaN"):
         beam_search(nan, p, 2, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# beam_step: one step of beam_search with plain values (lesson 07's graded reference)
+# --------------------------------------------------------------------------------------------
+
+
+def _search_with_beam_step(model, prompt, K, L, length_penalty, eos_id):
+    """beam_search(..., early_stopping="never") for one row, written as a loop of beam_step."""
+    from lmlab.decoding import beam_step
+
+    beams, sums, finished = torch.tensor([prompt]), torch.zeros(1), []
+    for step in range(L):
+        logprobs = torch.log_softmax(model(beams)[:, -1].float(), dim=-1)  # (K, V)
+        b, t, sums, finished, done = beam_step(sums, logprobs, step, finished, K, eos_id, length_penalty, L)
+        beams = torch.cat([beams[b], t[:, None]], dim=1)
+        if done:
+            return finished
+    for s in sums.tolist():  # max_length reached: the live beams finish too
+        finished = sorted(finished + [s / L ** length_penalty], reverse=True)[:K]
+    return finished
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0, -1.0])
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_beam_step_loop_equals_beam_search(length_penalty, K):
+    V, L, prompt = 4, 6, [1, 2]
+    model = PrefixHash(V, seed=11, scale=2.0)
+    got = _search_with_beam_step(model, prompt, K, L, length_penalty, eos_id=0)
+    ref = beam_search(model, torch.tensor(prompt), K, L, length_penalty, 0, early_stopping="never")
+    assert got == pytest.approx([h.score for h in ref.hypotheses[0]], rel=1e-5, abs=1e-5)
+
+
+def test_beam_step_finishes_only_top_k_eos_and_uses_the_exact_rule():
+    from lmlab.decoding import beam_step
+
+    # two beams; sums -1 and -1.5; EOS = token 0
+    sums = torch.tensor([-1.0, -1.5])
+    logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]))
+    b, t, s, fin, done = beam_step(sums, logprobs, 3, [], 2, 0, 1.0, 10)
+    # candidates by sum: (0,0)=EOS -1.69 rank 0 -> finished; (1,1) -2.01; (0,1) -2.20; (1,2) -2.70; (1,0)=EOS -3.80
+    assert fin == pytest.approx([(-1.0 + math.log(0.5)) / 4])
+    assert list(zip(b.tolist(), t.tolist())) == [(1, 1), (0, 1)]
+    torch.testing.assert_close(s, torch.stack([sums[1] + logprobs[1, 1], sums[0] + logprobs[0, 1]]))
+    # an EOS ranked below the top K is dropped: beam 1's EOS is 5th of 6 here
+    _, _, _, fin1, _ = beam_step(sums[1:], logprobs[1:], 3, [], 2, 0, 1.0, 10)
+    assert fin1 == []
+    assert not done  # only one finished hypothesis of 2
+    # the heap is full and beats the best candidate at its current length, but not at max_length
+    full = [-0.2, -0.3]
+    assert beam_step(sums, logprobs, 3, full, 2, 0, 1.0, 100)[4] is False  # -1.69/100 > -0.3: could still win
+    assert beam_step(sums, logprobs, 3, full, 2, 0, 1.0, 4)[4] is True
+    with pytest.raises(ValueError, match="max_length"):
+        beam_step(sums, logprobs, 3, full, 2, 0, 1.0, 3)

@@ -12,7 +12,6 @@ from lmlab.experiments.decoding import (
     PROMPTS,
     beam_experiment,
     beam_figure,
-    beam_step,
     beam_tree,
     beam_tree_figure,
     kept_by_filters,
@@ -124,30 +123,35 @@ def test_beam_size_and_length_penalty(run):
         assert r["score"] == pytest.approx(r["logprob"] if r["length_penalty"] == 0 else r["logprob_per_token"], rel=1e-5)
         assert 1 <= r["length"] <= 40 and 0 <= r["blank"] <= 1 and len(r["texts"]) == 2
         assert all(t.startswith(p) for t, p in zip(r["texts"], PROMPTS))
-    # Beam size 1 is greedy decoding, with or without length penalty.
-    assert no_pen[0]["texts"] == per_tok[0]["texts"]
+    for r in rows:
+        assert 0 <= r["repeat"] <= 1
+    # Beam size 1 without length penalty is greedy decoding (the exact stopping rule included).
     eos = run.tokenizer.stoi[EOS_CHAR]
     greedy = generate(run.model, torch.tensor(run.tokenizer.encode(PROMPTS[0])), 40, "greedy", eos_id=eos)
     assert run.tokenizer.decode(greedy.tolist()) == no_pen[0]["texts"][0]
     fig = beam_figure(rows)
-    assert len(fig.data) == 6 and list(fig.data[0].x) == [1, 4, 8]
+    assert len(fig.data) == 8 and list(fig.data[0].x) == [1, 4, 8]
+
+
+def test_beam_experiment_uses_the_exact_stopping_rule(run, monkeypatch):
+    """The heuristic (early_stopping=False, beam_search's default) can stop before a longer hypothesis
+    that the length penalty ranks higher; the experiment must ask for the exact rule."""
+    import lmlab.experiments.decoding as D
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("early_stopping", False))
+        return beam_search(*args, **kwargs)
+
+    monkeypatch.setattr(D, "beam_search", spy)
+    D.beam_experiment(run.model, run.tokenizer, prompts=PROMPTS[:1], beam_sizes=(2,), length_penalties=(1.0,), max_new_tokens=5)
+    assert seen == ["never"]
 
 
 # ---------------------------------------------------------------------------------------------
 # beam_step and the beam tree
 # ---------------------------------------------------------------------------------------------
-
-
-def test_beam_step_ranks_with_the_length_penalty():
-    sums, lengths = torch.tensor([-2.0, -3.6]), torch.tensor([1, 5])
-    logprobs = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]))
-    b, t, s = beam_step(sums, lengths, logprobs, 2, 0.0)
-    assert b.tolist() == [0, 0] and t.tolist() == [0, 1]  # raw log P: the short beam wins
-    b, t, s = beam_step(sums, lengths, logprobs, 2, 1.0)
-    assert b.tolist() == [1, 1] and t.tolist() == [0, 1]  # per token: the long beam wins
-    torch.testing.assert_close(s, sums[1] + logprobs[1, :2])  # running sums stay plain sums
-    b, t, s = beam_step(torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.log(torch.tensor([[0.5, 0.5]])), 5, 1.0)
-    assert b.tolist() == [0, 0] and t.tolist() == [0, 1]  # fewer candidates than beams; ties: lower id first
 
 
 @pytest.mark.parametrize("num_beams,steps", [(1, 5), (3, 6), (5, 4)])

@@ -12,7 +12,9 @@ from lmlab.experiments.inference import (
     cache_bytes_for,
     forward_flops,
     kv_memory_figure,
+    PeakLiveBytes,
     prefill_decode_experiment,
+    prefill_decode_memory,
     step_cost_experiment,
     step_cost_figure,
     tiny_model,
@@ -118,3 +120,22 @@ def test_block_widget_wiring():
     assert "#999999" in colors  # a block shared by the fork
     ex.controls["block_size"].value = 1
     assert len(ex.figure.data) > 10  # one bar per token now
+
+
+def test_peak_live_bytes_counts_fresh_tensors_not_views():
+    with PeakLiveBytes() as p:
+        a = torch.zeros(1000)  # 4000 B
+        view = a[:10]
+        a.add_(1)  # in place: no new memory
+        b = torch.zeros(1000)  # peak 8000
+        del a, view
+        c = torch.zeros(500)  # 4000 + 2000
+    assert p.peak == 8000 and p.live == 6000
+    del b, c
+
+
+def test_prefill_needs_more_working_memory_decode_reads_more_per_flop():
+    model = tiny_model(d_model=64, n_layers=2, context_length=256)
+    r = prefill_decode_memory(model, prompt_len=128)
+    assert r["prefill_peak_bytes"] > 10 * r["decode_peak_bytes"] > 0
+    assert r["decode_flops_per_byte_read"] < r["prefill_flops_per_byte_read"] / 10

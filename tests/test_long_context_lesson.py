@@ -115,3 +115,27 @@ def test_lambda_widget_wiring():
         before, note = ex.figure.data[0].z, ex.note.value
         ex.controls[name].value = value
         assert ex.figure.data[0].z != before and ex.note.value != note, name
+
+
+def test_lambda_cost_counts_pairs_and_cache():
+    from lmlab.model import ModelConfig
+
+    cfg = ModelConfig(vocab_size=16, context_length=64, d_model=32, n_layers=2, n_heads=4, position="rope")
+    c = X.lambda_cost(128, 4, 60, cfg)
+    kept = int(X.lambda_mask(128, 4, 60).sum()) if hasattr(X, "lambda_mask") else X.lambda_stats(128, 4, 60)["kept"]
+    assert c["attention_flops_full"] == 4 * 8 * 4 * 2 * (128 * 129 // 2)
+    assert c["attention_flops_lambda"] == 4 * 8 * 4 * 2 * kept < c["attention_flops_full"]
+    assert c["cache_bytes_lambda"] * 128 == c["cache_bytes_full"] * 64  # 64 of 128 tokens held
+
+
+def test_attention_mass_by_key_is_one_for_uniform_attention():
+    from lmlab.model import GPT, ModelConfig
+
+    cfg = ModelConfig(vocab_size=16, context_length=16, d_model=16, n_layers=1, n_heads=2, position="rope")
+    model = GPT(cfg)
+    for p in model.blocks[0].attn.qkv.parameters():
+        torch.nn.init.zeros_(p)  # q = k = 0: every query attends uniformly
+    ids = torch.randint(16, (200,), generator=torch.Generator().manual_seed(0))
+    mass = X.attention_mass_by_key(model, ids, 16, batch_size=2, n_batches=1)
+    assert mass == pytest.approx([1.0] * 16, abs=1e-5)
+    assert len(X.sink_mass_figure(mass).data) == 1

@@ -29,6 +29,17 @@ def test_batchnorm_depends_on_the_batch_layernorm_does_not():
     assert len(N.batchnorm_figure(r).data) == 5
 
 
+def test_training_mode_batchnorm_leaks_the_future_eval_mode_does_not():
+    r = N.batchnorm_leakage(seed=1, T=16, position=8)
+    assert r["layernorm"]["earlier_positions_changed"] == 0
+    assert r["batchnorm_train"]["earlier_positions_changed"] == 8  # every earlier output saw the later token
+    assert r["batchnorm_eval"]["earlier_positions_changed"] == 0 and r["eval_one_token_finite"]
+    model = N.with_batchnorm(N.GPT(N.ModelConfig(vocab_size=16, context_length=8, d_model=16, n_layers=1, n_heads=2)))
+    assert sum(isinstance(m, N.SequenceBatchNorm) for m in model.modules()) == 3  # two per block + the final norm
+    with pytest.raises(ValueError, match="position"):
+        N.batchnorm_leakage(T=8, position=8)
+
+
 def test_batchnorm_is_seeded():
     a = N.batchnorm_vs_layernorm(batch_sizes=(2, 4), trials=5, seed=3)
     b = N.batchnorm_vs_layernorm(batch_sizes=(2, 4), trials=5, seed=3)
@@ -125,11 +136,15 @@ def test_pre_ln_block_matches_lmlab_block():
 
 
 def test_stability_small_run_and_status():
-    r = NP.stability_experiment(positions=("pre",), n_layers=2, d_model=16, steps=10, batch_size=4, context_length=16)
-    assert r.status("pre") in ("trained", "stalled") and math.isfinite(r.final_loss("pre"))
-    assert r.settings["init"] == "xavier" and len(NP.stability_figure(r).data) == 2
-    r.histories["pre"].train_loss[3] = float("nan")
-    assert r.status("pre") == "diverged"
+    r = NP.stability_experiment(positions=("pre", "sandwich"), n_layers=2, d_model=16, steps=10, batch_size=4,
+                                context_length=16, seeds=(0, 1))
+    assert r.status("pre") in ("trained", "stalled") and math.isfinite(r.final_loss("pre", 1))
+    assert r.settings["init"] == "xavier" and r.seeds == [0, 1]
+    assert len(NP.stability_figure(r).data) == 2 * (2 + 1)  # per placement: a loss curve per seed + one RMS curve
+    assert all(len(t) == 10 and all(v > 0 for v in t) for ts in r.residual_rms.values() for t in ts)  # every training step
+    assert r.final_loss("pre", 0) != r.final_loss("pre", 1)  # the seeds differ
+    r.histories["pre"][1].train_loss[3] = float("nan")
+    assert r.status("pre", 1) == "diverged" and r.counts("pre")["diverged"] == 1 and "diverged in 1" in r.summary("pre")
 
 
 @pytest.mark.slow
@@ -137,6 +152,7 @@ def test_stability_claim_at_lesson_size():
     """The lesson's run: post-LN stalls, pre-LN and DeepNorm train (12 layers, lr 3e-3, Xavier, no warm-up)."""
     r = NP.stability_experiment()
     assert r.status("post") == "stalled" and r.status("pre") == "trained" and r.status("deepnorm") == "trained"
+    assert r.counts("post")["stalled"] == 1
 
 
 def test_grad_norm_widget_wiring():

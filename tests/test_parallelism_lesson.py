@@ -33,6 +33,19 @@ def test_launch_checks_equal_one_process_and_match_the_calculators(ranks):
             assert tuple(r[f"tp_block_{kind}_all_reduces"]) == (2, 2)
 
 
+def test_launch_runs_fsdp2_and_the_pipeline_schedules_on_real_ranks(ranks):
+    for r in ranks:
+        assert r["fsdp2"] <= TOL
+        p = r["pipeline"]
+        for name in ("gpipe", "1f1b", "torch_gpipe", "torch_1f1b"):
+            assert p[f"{name}_grad"] <= TOL
+    last = ranks[-1]["pipeline"]
+    for name in ("gpipe", "1f1b", "torch_gpipe", "torch_1f1b"):
+        assert abs(last[f"{name}_loss"] - last["ref_loss"]) <= TOL
+    assert max(ranks[0]["pipeline"]["1f1b_peak"], ranks[1]["pipeline"]["1f1b_peak"]) <= 2  # 1F1B holds <= p
+    assert ranks[0]["pipeline"]["gpipe_peak"] == 8  # GPipe holds all m micro-batches on the first stage
+
+
 def test_ring_schedule_is_a_valid_all_reduce():
     for n in (2, 3, 4, 5):
         table = P.ring_send_schedule(n)

@@ -38,8 +38,31 @@ def test_bucket_table_exact_near_log_far():
     assert widths[0] <= 3 and widths[-1] > 10 and widths[-1] == max(widths)  # wider and wider: log-spaced
 
 
+def test_learned_table_with_untrained_rows_is_measured_past_L():
+    """The claim is tested, not raised: a 4L table trained on L windows runs at 4L, and its rows past L
+    are exactly their initial values (no gradient ever reached them)."""
+    res = X.extrapolation_experiment(schemes=("learned",), L=16, steps=15, batch_size=8, eval_batches=2, seeds=(0, 1))
+    (row,) = res.rows
+    assert row["error"] is None and len(row["per_position"]) == 64 and all(math.isfinite(v) for v in row["losses"].values())
+    assert len(row["per_seed"]) == 2 and row["per_seed"][0] != row["per_seed"][1]
+    model = res.models["learned"]
+    from lmlab.model import GPT
+    from lmlab.train import seed_everything
+    seed_everything(0)
+    fresh = GPT(model.config)
+    params = dict(model.named_parameters())
+    fresh_params = dict(fresh.named_parameters())
+    (name,) = [n for n in params if n.startswith("pos_emb")]
+    decay = (1 - 3e-3 * 0.1) ** 15  # AdamW's decoupled weight decay is all that reaches them (lr 3e-3, wd 0.1)
+    torch.testing.assert_close(params[name][16:], fresh_params[name][16:] * decay)  # rows past L: no gradient
+    assert not torch.equal(params[name][:16], fresh_params[name][:16])  # rows inside L: trained
+    v = X.extrapolation_verdicts(res)["learned"]
+    assert v["verdict"] in ("holds", "degrades") and v["comparison"].n == 2
+
+
 def test_extrapolation_experiment_small():
-    res = X.extrapolation_experiment(schemes=("learned", "alibi", "rope"), L=16, steps=15, batch_size=8, eval_batches=2)
+    res = X.extrapolation_experiment(schemes=("learned", "alibi", "rope"), L=16, steps=15, batch_size=8, eval_batches=2,
+                                     learned_rows=16)
     assert res.lengths == [16, 32, 64]
     rows = {r["scheme"]: r for r in res.rows}
     learned = rows["learned"]
@@ -135,3 +158,15 @@ def test_bias_widget_wiring():
     X.bias_figure(1, 4, 256)
     with pytest.raises(ValueError, match="max_distance"):
         X.bias_figure(8, 32, 16)
+
+
+def test_attention_by_distance_is_relative_to_uniform_and_sees_alibi_decay():
+    from lmlab.data import char_data
+
+    _, _, val_ids = char_data()
+    res = X.extrapolation_experiment(schemes=("none", "alibi"), L=16, steps=3, batch_size=4, eval_batches=1)
+    none = X.attention_by_distance(res.models["none"], val_ids, 32, batch_size=2, n_batches=1)
+    alibi = X.attention_by_distance(res.models["alibi"], val_ids, 32, batch_size=2, n_batches=1)
+    assert len(none) == 32 and all(0.5 < w < 2 for w in none)  # barely trained, no positions: about uniform
+    assert alibi[1] > 1.5 * alibi[31]  # ALiBi's fixed penalty: attention falls with distance
+    assert len(X.attention_distance_figure({"none": none, "alibi": alibi}, 16).data) == 2

@@ -18,7 +18,7 @@ from it. This package holds every strategy the lesson compares:
 return, is accepted too). See :mod:`lmlab.decoding.generate` for the KV-cache protocol.
 """
 
-from .beam import BeamSearchResult, Hypothesis, beam_search
+from .beam import BeamSearchResult, Hypothesis, beam_search, beam_step
 from .generate import generate, next_token_logits, repetition_rate, sequence_logprob
 from .logits import (
     apply_repetition_penalty,
@@ -35,5 +35,5 @@ __all__ = [
     "apply_temperature", "top_k_filter", "top_p_filter", "filter_logits", "filtered_probs", "sample",
     "apply_repetition_penalty", "block_repeated_ngrams",
     "generate", "next_token_logits", "sequence_logprob", "repetition_rate",
-    "beam_search", "BeamSearchResult", "Hypothesis",
+    "beam_search", "beam_step", "BeamSearchResult", "Hypothesis",
 ]

@@ -28,6 +28,15 @@ non-EOS candidates are always left to continue). A prompt is *done* when, per ``
 
 ``num_beams=1`` is greedy decoding (with ``early_stopping`` True or False). Ties between equal
 scores go to the lower (beam, token) index.
+
+The penalty is ``length ** alpha`` (Hugging Face's form). GNMT (Wu et al., 2016) divides by
+``((5 + length) / 6) ** alpha`` instead; both only matter between hypotheses of different lengths,
+i.e. between *finished* hypotheses (all running beams have the same length at a step, so dividing
+their sums by the same number never changes their ranking).
+
+:func:`beam_step` is one step of the search above for one prompt row, with plain values (the graded
+exercise of lesson 07 and its reference): expand, finish the EOS candidates among the top K, keep K
+running beams, update the finished scores and decide whether the row is done (the exact rule).
 """
 
 from __future__ import annotations
@@ -42,8 +51,9 @@ import torch.nn.functional as F
 
 from .generate import Model, Stepper, _inference, _prepare_ids, check_common, process_history
 from .logits import check_logits
+from ..validation import check_int, check_number, check_tensor
 
-__all__ = ["beam_search", "BeamSearchResult", "Hypothesis", "EARLY_STOPPING"]
+__all__ = ["beam_search", "beam_step", "BeamSearchResult", "Hypothesis", "EARLY_STOPPING"]
 
 EARLY_STOPPING = (True, False, "never")
 
@@ -115,6 +125,56 @@ class BeamHypotheses:
 
     def sorted(self) -> list[Hypothesis]:
         return [h for _, _, h in sorted(self.heap, key=lambda e: (-e[0], e[1]))]
+
+
+def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: int, finished: list[float],
+              num_beams: int, eos_id: int | None, length_penalty: float, max_length: int):
+    """One step of :func:`beam_search` for one prompt row (``early_stopping="never"``), plain values in and out.
+
+    ``sum_logprobs`` ``(K,)``: the running beams' sums of log-probabilities, each over ``length``
+    generated tokens; ``next_logprobs`` ``(K, V)``; ``finished``: the scores of the finished
+    hypotheses so far (at most ``num_beams``). Candidates ``(k, v)`` with sum ``sum_logprobs[k] +
+    next_logprobs[k, v]`` are walked best sum first among the top ``2 * num_beams`` (ties: lower
+    ``k * V + v``): an EOS candidate ranked among the first ``num_beams`` finishes with score
+    ``sum / (length + 1) ** length_penalty`` (EOS counts in the length); an EOS ranked lower is
+    dropped; other candidates become running beams until ``num_beams`` are kept.
+
+    Returns ``(beam_idx, token_idx, new_sums, finished, done)``: the kept running beams (long, long,
+    float tensors, best first), the ``num_beams`` best finished scores (old and new, best first), and
+    whether no running beam can still enter them: no beam is left, or ``finished`` is full and its
+    worst score ``>=`` the best candidate's sum divided by the best length it could still reach
+    (``max_length ** length_penalty`` for a positive penalty, ``(length + 1) ** length_penalty``
+    otherwise).
+    """
+    where = "beam_step"
+    check_tensor(sum_logprobs, "sum_logprobs", where, dim=1, floating=True)
+    check_tensor(next_logprobs, "next_logprobs", where, shape=(sum_logprobs.numel(), None), floating=True)
+    length = check_int(length, "length", where, minimum=0)
+    num_beams = check_int(num_beams, "num_beams", where)
+    eos_id = check_int(eos_id, "eos_id", where, minimum=0, allow_none=True)
+    length_penalty = check_number(length_penalty, "length_penalty", where)
+    max_length = check_int(max_length, "max_length", where, minimum=length + 1)
+    K, V = next_logprobs.shape
+    cand = (sum_logprobs[:, None] + next_logprobs).flatten()  # (K*V,): plain sums, all of length + 1
+    order = torch.sort(cand, descending=True, stable=True).indices[:2 * num_beams]  # (<= 2K,)
+    scores = sorted((float(s) for s in finished), reverse=True)
+    kept: list[int] = []
+    for rank, i in enumerate(order.tolist()):
+        if cand[i].item() == -math.inf:
+            break
+        if i % V == eos_id:
+            if rank < num_beams:
+                scores.append(cand[i].item() / (length + 1) ** length_penalty)
+        else:
+            kept.append(i)
+        if len(kept) == num_beams:
+            break
+    scores = sorted(scores, reverse=True)[:num_beams]
+    idx = torch.tensor(kept, dtype=torch.long)
+    best = cand[order[0]].item() if order.numel() else -math.inf
+    reach = max_length if length_penalty > 0 else length + 1
+    done = not kept or (len(scores) == num_beams and scores[-1] >= best / reach ** length_penalty)
+    return idx // V, idx % V, cand[idx], scores, done
 
 
 def _check_beam_args(num_beams, length_penalty, early_stopping) -> None:

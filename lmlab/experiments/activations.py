@@ -28,6 +28,7 @@ from ..activations import FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters,
 from ..data import char_data
 from ..model import GPT, ModelConfig
 from ..train import History, seed_everything, train
+from ..stats import T_CRITICAL_95, paired_comparison
 from ..widgets import style_figure
 
 __all__ = [
@@ -52,8 +53,7 @@ ACTIVATION_FUNCTIONS = {
     "Swish β=10": lambda x: swish(x, 10.0),
 }
 
-# Two-sided 95 % critical values of Student's t for 1..10 degrees of freedom (a table, so no scipy).
-T_CRITICAL_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+# T_CRITICAL_95 (re-exported from lmlab.stats): two-sided 95 % critical values of Student's t.
 
 
 def _grid(lo: float = -5.0, hi: float = 5.0, n: int = 401) -> torch.Tensor:
@@ -205,7 +205,8 @@ def compare_activations(activations=FFN_KINDS, seeds=(0, 1, 2, 3), steps: int = 
 
 
 def comparison_verdicts(result: ActivationComparison, against: str | None = None) -> list[dict]:
-    """Compare every activation with ``against`` (default: the best mean) by a paired t-test.
+    """Compare every activation with ``against`` (default: the best mean) by a paired t-test
+    (:func:`lmlab.stats.paired_comparison`, the one helper every lesson's verdict uses).
 
     For each other activation: the mean over seeds of (its loss - the reference's loss with the same
     seed), that difference's standard error, t = mean / se, and ``significant`` when |t| exceeds
@@ -216,25 +217,12 @@ def comparison_verdicts(result: ActivationComparison, against: str | None = None
     if ref not in result.final_loss:
         raise ValueError(f"comparison_verdicts: {ref!r} was not trained; have {result.activations}")
     out = []
-    n = len(result.seeds)
     for act in result.activations:
         if act == ref:
             continue
-        diffs = [a - b for a, b in zip(result.final_loss[act], result.final_loss[ref])]
-        mean = statistics.fmean(diffs)
-        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("inf")
-        t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
-        crit = T_CRITICAL_95.get(n - 1, 1.96) if n > 1 else math.inf
-        significant = n > 1 and abs(t) > crit
-        better = ref if mean > 0 else act
-        if significant:
-            sentence = (f"{act} vs {ref}: {mean:+.3f} nats (± {se:.3f} s.e., t = {t:+.1f} over {n} paired seeds) — "
-                        f"larger than the seed noise: {better} is better here.")
-        else:
-            sentence = (f"{act} vs {ref}: {mean:+.3f} nats (± {se:.3f} s.e., t = {t:+.1f} over {n} paired seeds) — "
-                        f"within the seed noise (|t| ≤ {crit:.2f}): no measurable difference at this scale.")
-        out.append({"activation": act, "against": ref, "mean_diff": mean, "se": se, "t": t, "critical": crit,
-                    "significant": significant, "better": better if significant else None, "sentence": sentence})
+        c = paired_comparison(result.final_loss[act], result.final_loss[ref], act, ref)  # the shared paired t-test
+        out.append({"activation": act, "against": ref, "mean_diff": c.mean_diff, "se": c.se, "t": c.t,
+                    "critical": c.critical, "significant": c.significant, "better": c.better, "sentence": c.sentence})
     return out
 
 

@@ -24,6 +24,7 @@ from ..kvcache import kv_cache_bytes
 from ..masks import causal_mask
 from ..model import GPT, ModelConfig
 from ..train import seed_everything, train
+from .sweeps import Sweep, train_sweep
 from .timing import log_log_slope as slope, min_time
 from ..widgets import mask_heatmap, style_figure
 
@@ -139,26 +140,26 @@ def mask_figure(pattern: str, T: int, window: int, stride: int, n_global: int = 
 
 @dataclass
 class KVHeadsResult:
-    rows: list  # one dict per n_kv_heads: name, n_kv_heads, params, val_loss, kv_bytes_per_token
+    rows: list  # one dict per n_kv_heads: name, n_kv_heads, params, val_loss (mean at its best LR), best_lr, kv bytes
+    sweep: Sweep | None = None  # every (variant, LR, seed) final validation loss
 
 
-def kv_heads_experiment(kv_heads=(4, 2, 1), steps: int = 300, seed: int = 0, d_model: int = 64, n_layers: int = 2,
-                        n_heads: int = 4, context_length: int = 64, batch_size: int = 32, lr: float = 3e-3) -> KVHeadsResult:
-    """Train lesson 00's tiny GPT once per ``n_kv_heads`` (same seed, data and steps)."""
-    tok, train_ids, val_ids = char_data()
+def kv_heads_experiment(kv_heads=(4, 2, 1), steps: int = 120, seeds=(0, 1, 2), lrs=(3e-3, 1e-2), d_model: int = 32,
+                        n_layers: int = 2, n_heads: int = 4, context_length: int = 32, batch_size: int = 16) -> KVHeadsResult:
+    """Train lesson 00's tiny GPT once per (``n_kv_heads``, LR, seed): same data order and validation
+    windows per seed, so :meth:`Sweep.verdict` can compare variants with a paired test at every LR."""
+    names = {nkv: f"{'MHA' if nkv == n_heads else 'MQA' if nkv == 1 else 'GQA'} ({nkv} KV head{'s' if nkv > 1 else ''})"
+             for nkv in kv_heads}
+    sweep = train_sweep({names[nkv]: dict(n_kv_heads=nkv) for nkv in kv_heads}, lrs, seeds, steps=steps,
+                        batch_size=batch_size, base=dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                                                         context_length=context_length))
     rows = []
     for nkv in kv_heads:
-        seed_everything(seed)
-        cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
-                          n_layers=n_layers, n_heads=n_heads, n_kv_heads=nkv)
-        model = GPT(cfg)
-        h = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, eval_every=steps,
-                  seed=seed, progress=False)
-        name = "MHA" if nkv == n_heads else "MQA" if nkv == 1 else "GQA"
-        rows.append({"name": f"{name} ({nkv} KV heads)", "n_kv_heads": nkv, "params": sum(p.numel() for p in model.parameters()),
-                     "val_loss": h.val_loss[-1],
-                     "kv_bytes_per_token": kv_cache_bytes(n_layers, nkv, d_model // n_heads, 1, 2)})
-    return KVHeadsResult(rows)
+        name = names[nkv]
+        best = sweep.best_lr(name)
+        rows.append({"name": name, "n_kv_heads": nkv, "params": sweep.parameters[name], "val_loss": sweep.mean(name, best),
+                     "best_lr": best, "kv_bytes_per_token": kv_cache_bytes(n_layers, nkv, d_model // n_heads, 1, 2)})
+    return KVHeadsResult(rows, sweep)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -190,7 +191,7 @@ def decode_attention_time(kv_heads=(16, 4, 1), n_heads: int = 16, head_size: int
 
 def kv_heads_figure(result: KVHeadsResult, decode_rows: list[dict]) -> go.Figure:
     names = [r["name"] for r in result.rows]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("validation loss (nats/char)", "KV cache bytes / token (fp16)",
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("val. loss at each one's best LR", "KV cache bytes / token (fp16)",
                                                         "decode-step attention (ms)"))
     fig.add_bar(x=names, y=[r["val_loss"] for r in result.rows], row=1, col=1, showlegend=False)
     fig.add_bar(x=names, y=[r["kv_bytes_per_token"] for r in result.rows], row=1, col=2, showlegend=False)

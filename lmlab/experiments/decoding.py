@@ -10,8 +10,8 @@ A character model has no end-of-sequence token, so the lesson uses the newline c
   confident and to a flat next-token distribution; :func:`temperature_figure`.
 - :func:`beam_experiment`: beam size x length penalty -> search score, output length, blank output;
   :func:`beam_figure`.
-- :func:`beam_step` (one step of beam search, the graded exercise's reference), :func:`beam_tree`
-  (every step's candidates, kept and pruned) and :func:`beam_tree_figure`.
+- :func:`beam_tree` (every step's candidates, kept and pruned, grown one
+  :func:`lmlab.decoding.beam_step` at a time) and :func:`beam_tree_figure`.
 - :func:`next_token_figure`: the next-token explorer widget's figure.
 """
 
@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from ..decoding import (
     beam_search,
+    beam_step,
     filter_logits,
     generate,
     next_token_logits,
@@ -40,7 +41,7 @@ __all__ = [
     "repetition_experiment", "real_text_repetition", "repetition_figure",
     "entropy", "temperature_sweep", "kept_by_filters", "temperature_figure",
     "beam_experiment", "beam_figure",
-    "beam_step", "BeamTree", "beam_tree", "beam_tree_figure",
+    "BeamTree", "beam_tree", "beam_tree_figure",
     "next_token_figure",
 ]
 
@@ -195,17 +196,21 @@ def _blank_fraction(text: str) -> float:
 
 
 def beam_experiment(model, tok, prompts=PROMPTS, beam_sizes=(1, 2, 4, 8, 16, 32), length_penalties=(0.0, 1.0),
-                    max_new_tokens: int = 60, eos_char: str = EOS_CHAR) -> list[dict]:
+                    max_new_tokens: int = 60, eos_char: str = EOS_CHAR, early_stopping: bool | str = "never") -> list[dict]:
     """Beam search for every (length penalty, beam size): per row, the means over prompts of the best
-    hypothesis' score (what the search maximises), its log-probability, its length, and how much of
-    it is blank (whitespace, EOS excluded). One batched ``beam_search`` call per setting."""
+    hypothesis' score (what the search maximises), its log-probability, its length, and two measures
+    of degenerate text: how much of it is blank (whitespace, EOS excluded) and its fraction of
+    repeated 4-grams (:func:`lmlab.decoding.repetition_rate`). One batched ``beam_search`` call per
+    setting, with the exact stopping rule (``early_stopping="never"``) by default: the heuristic
+    (``False``) can stop before a longer hypothesis that the length penalty would rank higher."""
     eos = tok.stoi[eos_char]
     batch = _prompt_batch(tok, prompts, 1)  # (P, T0)
     T0 = batch.size(1)
     rows = []
     for lp in length_penalties:
         for K in beam_sizes:
-            result = beam_search(model, batch, K, max_new_tokens, length_penalty=lp, eos_id=eos)
+            result = beam_search(model, batch, K, max_new_tokens, length_penalty=lp, eos_id=eos,
+                                 early_stopping=early_stopping)
             best = [h[0] for h in result.hypotheses]
             texts = [tok.decode(h.ids[T0:].tolist()) for h in best]
             bodies = [t[:-1] if t.endswith(eos_char) else t for t in texts]
@@ -217,6 +222,7 @@ def beam_experiment(model, tok, prompts=PROMPTS, beam_sizes=(1, 2, 4, 8, 16, 32)
                 "logprob_per_token": sum(h.sum_logprobs / h.length for h in best) / P,
                 "length": sum(h.length for h in best) / P,
                 "blank": sum(_blank_fraction(b) for b in bodies) / P,
+                "repeat": sum(repetition_rate(tok.encode(b), 4) for b in bodies) / P,
                 "ended": sum(t.endswith(eos_char) for t in texts) / P,
                 "texts": [p + t for p, t in zip(prompts, texts)],
             })
@@ -225,15 +231,17 @@ def beam_experiment(model, tok, prompts=PROMPTS, beam_sizes=(1, 2, 4, 8, 16, 32)
 
 def beam_figure(rows: list[dict]) -> go.Figure:
     fig = make_subplots(rows=1, cols=3, subplot_titles=("search score (higher = better for the search)",
-                                                        "length of the best output", "blank fraction of the output"))
+                                                        "length of the best output",
+                                                        "degenerate text: blank (solid), repeated 4-grams (dotted)"))
     colors = ["#d62728", "#3b6fb6", "#2ca02c", "#9467bd"]
     for lp, color in zip(sorted({r["length_penalty"] for r in rows}), colors):
         rs = [r for r in rows if r["length_penalty"] == lp]
         x = [r["beams"] for r in rs]
         name = f"length penalty {lp:g}"
-        for col, key in enumerate(("score", "length", "blank"), start=1):
+        for col, key in ((1, "score"), (2, "length"), (3, "blank"), (3, "repeat")):
             fig.add_scatter(x=x, y=[r[key] for r in rs], name=name, legendgroup=name, showlegend=col == 1,
-                            mode="lines+markers", line=dict(color=color), row=1, col=col)
+                            mode="lines+markers", line=dict(color=color, dash="dot" if key == "repeat" else None),
+                            hovertemplate=f"{key}: %{{y:.2f}}<extra>{name}</extra>", row=1, col=col)
     fig.update_xaxes(type="log", title="beam size", tickvals=sorted({r["beams"] for r in rows}))
     fig.update_yaxes(title="characters", row=1, col=2)
     fig.update_yaxes(range=[0, 1], row=1, col=3)
@@ -243,25 +251,6 @@ def beam_figure(rows: list[dict]) -> go.Figure:
 # ---------------------------------------------------------------------------------------------
 # One beam-search step, and the beam tree it grows
 # ---------------------------------------------------------------------------------------------
-
-
-def beam_step(sum_logprobs: torch.Tensor, lengths: torch.Tensor, next_logprobs: torch.Tensor, num_beams: int,
-              length_penalty: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of beam search: expand every beam by every token, score, keep the best ``num_beams``.
-
-    ``sum_logprobs``: ``(K,)`` each running beam's log-probability so far; ``lengths``: ``(K,)`` its
-    generated tokens so far; ``next_logprobs``: ``(K, V)`` the next-token log-probabilities.
-    Candidate (k, v) has ``sum = sum_logprobs[k] + next_logprobs[k, v]``, length ``lengths[k] + 1``
-    and score ``sum / length ** length_penalty``. Returns ``(beam_idx, token_idx, new_sum_logprobs)``,
-    each ``(min(num_beams, K*V),)``, best score first; ties go to the lower flat index ``k*V + v``.
-    The running value stays the *plain* sum: the penalty only ranks, it never accumulates.
-    """
-    K, V = next_logprobs.shape
-    cand = sum_logprobs[:, None] + next_logprobs  # (K, V): plain sums
-    length = (lengths + 1).to(cand.dtype)[:, None]  # (K, 1)
-    score = (cand / length ** length_penalty).flatten()  # (K*V,)
-    order = torch.sort(score, descending=True, stable=True).indices[:num_beams]  # (K',)
-    return order // V, order % V, cand.flatten()[order]
 
 
 @dataclass
@@ -291,7 +280,7 @@ class BeamTree:
 
 
 def beam_tree(model, tok, prompt: str, num_beams: int = 3, steps: int = 6, children: int = 3) -> BeamTree:
-    """Run beam search (no EOS, no length penalty) one :func:`beam_step` at a time and record every
+    """Run beam search (no EOS, no length penalty) one :func:`lmlab.decoding.beam_step` at a time and record every
     step: for each running beam its ``children`` most likely continuations (kept or pruned) plus every
     kept one. With the same arguments, the best final beam equals :func:`lmlab.decoding.beam_search`'s."""
     ids = encode_prompt(tok, prompt)
@@ -302,7 +291,7 @@ def beam_tree(model, tok, prompt: str, num_beams: int = 3, steps: int = 6, child
     tree = BeamTree(prompt, num_beams)
     for step in range(1, steps + 1):
         logprobs = F.log_softmax(next_token_logits(model, beams).float(), dim=-1)  # (K, V)
-        beam_idx, token_idx, new_sums = beam_step(sums, torch.full_like(sums, step - 1, dtype=torch.long), logprobs, num_beams, 0.0)
+        beam_idx, token_idx, new_sums, _, _ = beam_step(sums, logprobs, step - 1, [], num_beams, None, 0.0, steps)
         kept = {(int(b), int(t)): j for j, (b, t) in enumerate(zip(beam_idx, token_idx))}
         ranks = torch.sort(logprobs, dim=-1, descending=True, stable=True).indices  # (K, V)
         nodes = []

@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 import time
 
+import torch.utils._python_dispatch  # noqa: F401  (PeakLiveBytes)
+import torch.utils._pytree  # noqa: F401
+
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -30,7 +33,7 @@ from ..widgets import style_figure
 
 __all__ = [
     "tiny_model", "forward_flops", "min_time", "fit_slope",
-    "prefill_decode_experiment", "step_cost_experiment", "step_cost_figure",
+    "prefill_decode_experiment", "PeakLiveBytes", "prefill_decode_memory", "step_cost_experiment", "step_cost_figure",
     "PRESETS", "PRECISIONS", "cache_bytes_for", "kv_memory_figure",
     "waste_experiment", "waste_figure",
     "block_scenario", "block_table_figure",
@@ -99,6 +102,69 @@ def prefill_decode_experiment(model: GPT, prompt_len: int = 256, decode_steps: i
         "prefill_s_per_token": t_prefill / prompt_len, "decode_s_per_token": t_decode / decode_steps,
         "prefill_flops_per_token": f_prefill / prompt_len, "decode_flops_per_token": f_decode / decode_steps,
         "prefill_flops_per_s": f_prefill / t_prefill, "decode_flops_per_s": f_decode / t_decode,
+    }
+
+
+class PeakLiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of the tensors created inside the ``with`` block that are alive at once (CPU or any
+    device): every op's fresh output storage is counted until its tensor is freed. Tensors made before
+    the block (weights, a pre-allocated KV cache) are not counted: this is the *working* memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self._ptrs = 0, 0, set()
+
+    def _free(self, ptr: int, n: int) -> None:
+        if ptr in self._ptrs:
+            self._ptrs.discard(ptr)
+            self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        inputs = {x.untyped_storage().data_ptr() for x in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(x, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                ptr, n = st.data_ptr(), st.nbytes()
+                if n and ptr not in self._ptrs and ptr not in inputs:  # a view / in-place result is no new memory
+                    self._ptrs.add(ptr)
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, ptr, n)
+        return out
+
+
+@torch.no_grad()
+def prefill_decode_memory(model: GPT, prompt_len: int = 256, seed: int = 0) -> dict:
+    """Peak working memory of prefilling ``prompt_len`` tokens vs of one decode step after it, and the
+    bytes each phase must *read* per token (the weights, plus the cache for decode).
+
+    Both are true at once: prefill's peak is far larger (activations and attention scores for every
+    prompt token at once), while decode's is tiny — but each decode step reads every weight and the
+    whole cache for one token's FLOPs, so its FLOPs per byte read (arithmetic intensity) is low:
+    memory-*bandwidth*-bound, not memory-*capacity*-bound."""
+    g = torch.Generator().manual_seed(seed)
+    V = model.config.vocab_size
+    prompt = torch.randint(V, (1, prompt_len), generator=g)  # (1, P)
+    nxt = torch.randint(V, (1, 1), generator=g)  # (1, 1)
+    model.eval()
+    cache = KVCache.for_model(model)  # pre-allocated before measuring: the cache is counted separately
+    with PeakLiveBytes() as pre:
+        model.forward_with_cache(prompt, cache)
+    with PeakLiveBytes() as dec:
+        model.forward_with_cache(nxt, cache)
+    cfg = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    filled_cache = kv_cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_size, prompt_len, 4)
+    f_pre, f_dec = forward_flops(model, prompt_len), forward_flops(model, 1, prompt_len)
+    return {
+        "prompt_len": prompt_len, "prefill_peak_bytes": pre.peak, "decode_peak_bytes": dec.peak,
+        "weight_bytes": weight_bytes, "cache_bytes": filled_cache,
+        "prefill_flops_per_byte_read": f_pre / (weight_bytes + filled_cache),
+        "decode_flops_per_byte_read": f_dec / (weight_bytes + filled_cache),
     }
 
 

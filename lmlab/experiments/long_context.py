@@ -33,7 +33,8 @@ from ..widgets import mask_heatmap, style_figure
 __all__ = [
     "METHODS", "WAVELENGTH_METHODS", "Base", "train_base", "method_changes", "fine_tune", "length_experiment",
     "length_figure", "sink_decode", "sink_figure", "pcw_experiment", "fact_batch",
-    "knn_experiment", "wavelength_figure", "lambda_figure", "lambda_stats",
+    "knn_experiment", "wavelength_figure", "lambda_figure", "lambda_stats", "lambda_cost",
+    "attention_mass_by_key", "sink_mass_figure",
 ]
 
 METHODS = ("no trick", "PI (linear)", "NTK-aware", "dynamic NTK", "YaRN", "truncation (ReRoPE)",
@@ -345,6 +346,53 @@ def lambda_stats(T: int, n_sink: int, window: int) -> dict:
     m = lambda_mask(T, n_sink, window)
     kept = int(m.sum())
     return {"mask": m, "kept": kept, "of_causal": kept / (T * (T + 1) // 2), "cache": min(T, n_sink + window)}
+
+
+def lambda_cost(T: int, n_sink: int, window: int, cfg) -> dict:
+    """What a Λ window (``n_sink`` sinks + ``window``) costs against full causal attention over the same
+    ``T`` tokens, for a model config ``cfg``: attention FLOPs of a forward pass over the ``T`` tokens
+    (QKᵀ and AV, 2 · 2 · head_dim FLOPs per kept (query, key) pair per head and layer) and the KV cache
+    a decoder holds at the end (fp32)."""
+    from ..kvcache import kv_cache_bytes
+
+    s = lambda_stats(T, n_sink, window)
+    full_pairs = T * (T + 1) // 2
+    per_pair = 4 * cfg.head_size * cfg.n_heads * cfg.n_layers
+    n_kv = cfg.n_kv_heads or cfg.n_heads
+    return {"T": T, "attention_flops_full": per_pair * full_pairs, "attention_flops_lambda": per_pair * s["kept"],
+            "cache_bytes_full": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_size, T, 4),
+            "cache_bytes_lambda": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_size, s["cache"], 4)}
+
+
+def attention_mass_by_key(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,
+                          seed: int = 7) -> list[float]:
+    """The attention each key *position* ``j`` receives, relative to uniform (a query at ``i`` sees
+    ``i + 1`` keys; weight × (i + 1) = 1 for uniform), averaged over layers and the queries ``i >= j``,
+    on random ``T``-token windows. An attention sink shows as a spike at position 0."""
+    from ..data import sample_batch
+    from .attention_probe import attention_maps
+
+    model = model.eval()
+    visible = torch.arange(1, T + 1, dtype=torch.float32)[:, None]  # (T, 1)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    total = torch.zeros(T)
+    gen = torch.Generator().manual_seed(seed)
+    n = 0
+    for _ in range(n_batches):
+        x, _ = sample_batch(ids, batch_size, T, generator=gen)
+        for w in attention_maps(model, x):  # (T, T) per layer
+            total += ((w * visible) * causal).sum(0) / causal.sum(0)
+            n += 1
+    return (total / n).tolist()
+
+
+def sink_mass_figure(mass: list[float]) -> go.Figure:
+    fig = go.Figure()
+    fig.add_bar(x=list(range(len(mass))), y=mass, marker_color=["#d62728"] + ["#1f77b4"] * (len(mass) - 1))
+    fig.add_hline(y=1.0, line_dash="dot", line_color="gray", annotation_text="uniform")
+    fig.update_xaxes(title="key position")
+    fig.update_yaxes(title="attention received ÷ uniform")
+    return style_figure(fig, "The trained base model: attention each key position receives", height=340)
 
 
 def lambda_figure(T: int, n_sink: int, window: int) -> tuple[go.Figure, str]:

@@ -6,7 +6,8 @@
   Fig. 3), under lmlab's GPT-2 init or the original Transformer's Xavier init.
 - :func:`depth_scan`: the same at several depths.
 - :func:`stability_experiment`: a deep stack trained at a high learning rate without warm-up
-  (post-LN vs pre-LN vs DeepNorm).
+  (post-LN vs pre-LN vs sandwich-LN vs DeepNorm) over several seeds, with the residual stream's RMS
+  recorded at every step.
 - Figure builders for each, and the gradient-norm widget's figure.
 
 What each norm does and costs is in :mod:`lmlab.experiments.normalization`.
@@ -201,50 +202,102 @@ def grad_norm_explorer_figure(depth: int, placements, init: str) -> tuple[go.Fig
 
 @dataclass
 class StabilityResult:
-    histories: dict[str, History]
+    """``histories[pos]``: one :class:`History` per seed; ``residual_rms[pos]``: per seed, the RMS of the
+    residual stream after the last block at every training step (what sandwich-LN is meant to tame)."""
+
+    histories: dict[str, list[History]]
     unigram_loss: float
     settings: dict = field(default_factory=dict)
+    residual_rms: dict[str, list[list[float]]] = field(default_factory=dict)
 
-    def final_loss(self, pos: str) -> float:
-        return self.histories[pos].val_loss[-1]
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.settings.get("seeds", []))
 
-    def status(self, pos: str, margin: float = 0.1) -> str:
-        """``diverged`` (loss not finite), ``stalled`` (not ``margin`` below the unigram baseline) or ``trained``."""
-        losses = self.histories[pos].train_loss + self.histories[pos].val_loss
-        if not all(math.isfinite(v) for v in losses):
+    def final_loss(self, pos: str, i: int = 0) -> float:
+        return self.histories[pos][i].val_loss[-1]
+
+    def status(self, pos: str, i: int = 0, margin: float = 0.1) -> str:
+        """Seed ``i``'s run: ``diverged`` (loss not finite), ``stalled`` (not ``margin`` below the unigram
+        baseline) or ``trained``."""
+        h = self.histories[pos][i]
+        if not all(math.isfinite(v) for v in h.train_loss + h.val_loss):
             return "diverged"
-        return "stalled" if self.final_loss(pos) > self.unigram_loss - margin else "trained"
+        return "stalled" if self.final_loss(pos, i) > self.unigram_loss - margin else "trained"
+
+    def counts(self, pos: str) -> dict[str, int]:
+        """How many seeds trained / stalled / diverged."""
+        out = {"trained": 0, "stalled": 0, "diverged": 0}
+        for i in range(len(self.histories[pos])):
+            out[self.status(pos, i)] += 1
+        return out
+
+    def summary(self, pos: str) -> str:
+        c, n = self.counts(pos), len(self.histories[pos])
+        return f"{pos}: trained in {c['trained']} of {n} seeds, stalled in {c['stalled']}, diverged in {c['diverged']}"
 
 
 def stability_experiment(positions=("post", "pre", "deepnorm"), n_layers: int = 12, d_model: int = 32, n_heads: int = 4,
                          lr: float = 3e-3, steps: int = 150, init: str = "xavier", grad_clip: float | None = None,
-                         batch_size: int = 16, context_length: int = 32, seed: int = 0,
+                         batch_size: int = 16, context_length: int = 32, seeds=(0,),
                          progress: bool = False) -> StabilityResult:
     """Train a deep, narrow GPT with each norm position at a constant, high learning rate: no warm-up,
-    no gradient clipping by default, same seed and batches for all."""
+    no gradient clipping by default, the same seeds (init where shapes agree, batches) for all.
+    A forward hook records the residual stream's RMS after the last block at every training step."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"stability_experiment: seeds must be distinct ints, got {seeds}")
     tok, train_ids, val_ids = char_data()
-    histories = {}
+    histories, rms = {}, {}
     for pos in positions:
-        cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
-                          n_layers=n_layers, n_heads=n_heads, norm_position=pos)
-        seed_everything(seed)
-        model = init_weights(GPT(cfg), init)
-        histories[pos] = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-                               eval_every=max(1, steps // 5), eval_batches=6, seed=seed, progress=progress)
-    settings = dict(n_layers=n_layers, d_model=d_model, lr=lr, steps=steps, init=init, grad_clip=grad_clip, seed=seed)
-    return StabilityResult(histories, unigram_entropy(train_ids, val_ids, tok.vocab_size), settings)
+        histories[pos], rms[pos] = [], []
+        for seed in seeds:
+            cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
+                              n_layers=n_layers, n_heads=n_heads, norm_position=pos)
+            seed_everything(seed)
+            model = init_weights(GPT(cfg), init)
+            trace: list[float] = []
+
+            def record(module, inputs, output, trace=trace):
+                if module.training:  # training steps only, not the evaluation passes
+                    trace.append(float(output.detach().float().pow(2).mean().sqrt()))
+
+            handle = model.blocks[-1].register_forward_hook(record)
+            try:
+                histories[pos].append(train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
+                                            grad_clip=grad_clip, eval_every=max(1, steps // 3), eval_batches=6,
+                                            seed=seed, progress=progress))
+            finally:
+                handle.remove()
+            rms[pos].append(trace)
+    settings = dict(n_layers=n_layers, d_model=d_model, lr=lr, steps=steps, init=init, grad_clip=grad_clip, seeds=seeds)
+    return StabilityResult(histories, unigram_entropy(train_ids, val_ids, tok.vocab_size), settings, rms)
 
 
 def stability_figure(result: StabilityResult) -> go.Figure:
-    fig = go.Figure()
-    for pos, h in result.histories.items():
+    """Left: validation loss of every seed; right: the residual stream's RMS after the last block over
+    training (mean over seeds, log scale)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+        "validation loss (every seed)", "residual-stream RMS after the last block"))
+    for pos, hs in result.histories.items():
         color = POSITION_COLORS.get(pos)
-        fig.add_scatter(x=h.steps, y=h.train_loss, name=f"{pos} (train)", line=dict(color=color, width=1), opacity=0.45,
-                        legendgroup=pos, showlegend=False)
-        fig.add_scatter(x=h.val_steps, y=h.val_loss, name=f"{pos}: {result.status(pos)}", mode="lines+markers",
-                        line=dict(color=color, width=3), legendgroup=pos)
-    fig.add_hline(y=result.unigram_loss, line_dash="dash", line_color="gray", annotation_text="unigram baseline")
+        for i, h in enumerate(hs):
+            fig.add_scatter(x=h.val_steps, y=h.val_loss, name=f"{pos}: {result.summary(pos).split(': ', 1)[1]}",
+                            mode="lines+markers", line=dict(color=color, width=2), legendgroup=pos, showlegend=i == 0,
+                            row=1, col=1)
+        traces = [t for t in result.residual_rms.get(pos, []) if t]
+        if traces:
+            n = min(len(t) for t in traces)
+            mean = [sum(t[j] for t in traces) / len(traces) for j in range(n)]
+            fig.add_scatter(x=list(range(1, n + 1)), y=mean, name=pos, line=dict(color=color, width=2), legendgroup=pos,
+                            showlegend=False, row=1, col=2)
+    fig.add_hline(y=result.unigram_loss, line_dash="dash", line_color="gray", annotation_text="unigram baseline", row=1, col=1)
     s = result.settings
     fig.update_xaxes(title="step")
-    fig.update_yaxes(title="loss (nats / token)")
-    return style_figure(fig, f"{s.get('n_layers')} layers, lr {s.get('lr')}, no warm-up, {s.get('init')} init", height=420)
+    fig.update_yaxes(title="loss (nats / token)", row=1, col=1)
+    fig.update_yaxes(title="RMS", type="log", row=1, col=2)
+    fig.update_layout(legend=dict(orientation="h", y=-0.25))
+    return style_figure(fig, f"{s.get('n_layers')} layers, lr {s.get('lr')}, no warm-up, {s.get('init')} init, "
+                        f"{len(result.seeds)} seeds", width=820, height=440)

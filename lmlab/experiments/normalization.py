@@ -24,11 +24,12 @@ from plotly.subplots import make_subplots
 
 from ..data import char_data, unigram_entropy
 from ..model import GPT, ModelConfig
+from ..norms import LayerNorm, RMSNorm
 from ..train import History, seed_everything, train
 from ..widgets import style_figure
 
 __all__ = [
-    "batchnorm_vs_layernorm", "batchnorm_figure",
+    "batchnorm_vs_layernorm", "batchnorm_figure", "SequenceBatchNorm", "with_batchnorm", "batchnorm_leakage",
     "norm_properties", "time_norms", "timing_figure",
     "NormTraining", "compare_norm_training", "norm_training_figure",
     "activation_histogram_figure",
@@ -74,7 +75,8 @@ def batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), d: int = 16, max_le
     - ``spread_*``: how much the probe's output moves when its batch-mates change (std across
       trials, averaged over positions and features). LayerNorm's is exactly 0.
     - ``mismatch_*``: the mean |difference| between the training-mode output and the output with
-      the population statistics (what BatchNorm uses at inference, from its running averages).
+      the *true* statistics of the features (the best running averages could do; running averages
+      collected on padded batches would carry the pads' bias too).
 
     ``*_padded``: the statistics include the pads (what ``nn.BatchNorm1d`` does on a padded batch);
     ``*_masked``: pads excluded (the careful version). Also returns the probe's pad-induced mean
@@ -125,9 +127,59 @@ def batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), d: int = 16, max_le
     return out
 
 
+class SequenceBatchNorm(nn.Module):
+    """``nn.BatchNorm1d`` over every (sequence, position) of a ``(B, T, d)`` input, per feature: what
+    BatchNorm means for text. In training mode its statistics pool *all* positions, future ones
+    included; in eval mode it uses its running averages (a fixed affine map per feature)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+        return self.bn(x.reshape(-1, x.size(-1))).view_as(x)
+
+
+def with_batchnorm(model: GPT) -> GPT:
+    """Replace every LayerNorm / RMSNorm of ``model`` by a :class:`SequenceBatchNorm` (in place)."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (nn.LayerNorm, nn.RMSNorm, LayerNorm, RMSNorm)):
+                setattr(module, child_name, SequenceBatchNorm(model.config.d_model))
+    return model
+
+
+def batchnorm_leakage(seed: int = 0, T: int = 24, position: int = 12, vocab_size: int = 32) -> dict:
+    """Lesson 00's leakage test on a causal GPT whose norms are BatchNorm, in training and eval mode.
+
+    The causal mask keeps attention from seeing the future, but training-mode BatchNorm normalizes
+    each feature with statistics pooled over the whole batch *including later positions*: changing
+    the token at ``position`` moves the outputs before it. In eval mode (running averages) a single
+    token is fine and nothing leaks; LayerNorm never leaks. Returns each variant's leakage dict
+    (:func:`lmlab.experiments.tour.leakage_test`) and the eval-mode output of a one-token batch.
+    """
+    from .tour import leakage_test
+
+    if not 0 < position < T:
+        raise ValueError(f"position must be in [1, {T - 1}], got {position}")
+    seed_everything(seed)
+    cfg = ModelConfig(vocab_size=vocab_size, context_length=T, d_model=32, n_layers=2, n_heads=4, dropout=0.0)
+    layernorm = GPT(cfg)
+    batchnorm = with_batchnorm(GPT(cfg))
+    ids = torch.randint(vocab_size, (T,), generator=torch.Generator().manual_seed(seed))
+    out = {"layernorm": leakage_test(layernorm.eval(), ids, position)}
+    out["batchnorm_train"] = leakage_test(batchnorm.train(), ids, position)
+    out["batchnorm_eval"] = leakage_test(batchnorm.eval(), ids, position)
+    with torch.no_grad():
+        one = batchnorm.eval()(ids[None, :1])  # (1, 1, V): one token, running statistics
+    out["eval_one_token_finite"] = bool(torch.isfinite(one).all())
+    out["position"] = position
+    return out
+
+
 def batchnorm_figure(result: dict) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
-        "the probe's output moves with its batch-mates", "train-mode vs population statistics"))
+        "the probe's output moves with its batch-mates", "train-mode vs the true statistics"))
     B = result["batch_sizes"]
     styles = {"padded": ("BatchNorm, pads counted", "#d62728"), "masked": ("BatchNorm, pads masked", "#ff7f0e"),
               "layernorm": ("LayerNorm", "#1f77b4")}
@@ -139,7 +191,7 @@ def batchnorm_figure(result: dict) -> go.Figure:
                             legendgroup=name, showlegend=False, row=1, col=2)
     fig.update_xaxes(type="log", title="batch size (sequences)", tickvals=B)
     fig.update_yaxes(title="std of the probe's output across batches", row=1, col=1)
-    fig.update_yaxes(title="mean |train-mode − population-stat output|", row=1, col=2)
+    fig.update_yaxes(title="mean |train-mode − true-statistics output|", row=1, col=2)
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
     return style_figure(fig, "BatchNorm on padded, variable-length batches", width=820, height=420)
 

@@ -37,7 +37,10 @@ def lesson_checks(rank: int, world_size: int) -> dict:
     workers.check_collectives(out)  # ring all-reduce == all_reduce, sends counted
     workers.check_data_parallel(out, data, reference)  # naive + bucketed DP == one process
     workers.check_zero(out, data, reference)  # ZeRO 0-3 == one process; bytes and traffic measured
+    workers.check_fsdp2(out, data, reference)  # torch's FSDP2 (fully_shard) == one process
     workers.check_tp_block(out)  # Megatron block: output/grads == one process, all-reduces counted
+    # a 4-layer GPT cut into world_size stages, 8 micro-batches: GPipe and 1F1B (from scratch and torch's) == one process
+    out["pipeline"] = {k: v for k, v in workers.check_pipeline(rank, world_size).items() if not k.startswith("ring")}
     return out
 
 

@@ -24,13 +24,14 @@ from ..data import char_data, sample_batch
 from ..model import GPT, ModelConfig
 from ..positions import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
+from ..stats import paired_comparison
 from ..train import evaluate_lengths, seed_everything, train
 from ..widgets import style_figure
 
 __all__ = [
     "SCHEMES", "permutation_check", "sinusoidal_figure", "bucket_table", "ExtrapolationResult",
     "extrapolation_experiment", "loss_by_position", "extrapolation_figure", "extrapolation_verdicts",
-    "t5_learned_bias", "rope_figure", "bias_figure",
+    "t5_learned_bias", "attention_by_distance", "attention_distance_figure", "rope_figure", "bias_figure",
 ]
 
 SCHEMES = ("none", "sinusoidal", "learned", "t5", "rope", "alibi")
@@ -131,8 +132,9 @@ def bucket_table(num_buckets: int = 32, max_distance: int = 128, bidirectional: 
 class ExtrapolationResult:
     L: int
     lengths: list[int]
-    rows: list[dict]  # scheme, params, train_seconds, losses {length: loss}, per_position (4L), error
-    models: dict = field(repr=False, default_factory=dict)
+    rows: list[dict]  # scheme, params, train_seconds, losses {length: mean over seeds}, per_position (4L, mean), per_seed, error
+    models: dict = field(repr=False, default_factory=dict)  # the first seed's model per scheme
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @torch.no_grad()
@@ -150,47 +152,76 @@ def loss_by_position(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 16
     return (total / n_batches).tolist()
 
 
-def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, seed: int = 0, d_model: int = 48,
+def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, seeds=(0,), d_model: int = 48,
                              n_layers: int = 2, n_heads: int = 4, batch_size: int = 16, lr: float = 3e-3,
-                             factors=(1, 2, 4), eval_batches: int = 8) -> ExtrapolationResult:
-    """Train one tiny character GPT per position scheme at context ``L`` (same seed, data, steps) and
-    evaluate each at ``L·factors``. Learned positions past ``L`` give ``nan`` and keep the error they raise."""
+                             factors=(1, 2, 4), eval_batches: int = 8, learned_rows: int | None = None,
+                             seed: int | None = None) -> ExtrapolationResult:
+    """Train one tiny character GPT per (position scheme, seed) at context ``L`` (same data, steps) and
+    evaluate each at ``L·factors`` and at every position of a ``L·max(factors)`` window.
+
+    The learned table gets ``learned_rows`` rows (default ``L·max(factors)``): trained on length-``L``
+    windows, rows ``L..`` never receive a gradient and keep their initial values (shrunk only by
+    AdamW's weight decay), so the claim
+    "learned positions cannot go past the trained length" is *measured* (the loss past ``L``) instead
+    of being an error the code raises. With ``learned_rows=L`` the model cannot run past ``L``: its
+    lengths beyond are ``nan`` and the error is kept. ``seed`` (one int) is the old spelling of ``seeds``.
+    """
     for s in schemes:
         if s not in SCHEMES:
             raise ValueError(f"schemes must be drawn from {SCHEMES}, got {s!r}")
+    seeds = [int(seed)] if seed is not None else [int(x) for x in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct ints, got {seeds}")
     tok, train_ids, val_ids = char_data()
     lengths = [L * f for f in factors]
+    rows_learned = learned_rows if learned_rows is not None else max(lengths)
     rows, models = [], {}
     for scheme in schemes:
-        seed_everything(seed)
-        model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=L, d_model=d_model, n_layers=n_layers,
-                                n_heads=n_heads, position=scheme))
-        h = train(model, train_ids, None, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed, progress=False)
-        losses = evaluate_lengths(model, val_ids, lengths, batch_size=batch_size, n_batches=eval_batches)
-        error = None
-        try:
-            per_position = loss_by_position(model, val_ids, max(lengths), batch_size, eval_batches)
-        except ValueError as err:  # learned positions: no row for position L
-            per_position, error = None, str(err)
-        rows.append({"scheme": scheme, "params": model.num_parameters(), "train_seconds": h.seconds, "losses": losses,
-                     "per_position": per_position, "error": error})
-        models[scheme] = model
-    return ExtrapolationResult(L, lengths, rows, models)
+        runs = []
+        for sd in seeds:
+            seed_everything(sd)
+            extra = dict(n_positions=rows_learned) if scheme == "learned" else {}
+            model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=L, d_model=d_model, n_layers=n_layers,
+                                    n_heads=n_heads, position=scheme, **extra))
+            h = train(model, train_ids, None, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=sd,
+                      progress=False)
+            losses = evaluate_lengths(model, val_ids, lengths, batch_size=batch_size, n_batches=eval_batches)
+            error = None
+            try:
+                per_position = loss_by_position(model, val_ids, max(lengths), batch_size, eval_batches)
+            except ValueError as err:  # learned positions with a table of L rows: no row for position L
+                per_position, error = None, str(err)
+            runs.append((model, h, losses, per_position, error))
+            models.setdefault(scheme, model)
+        n = len(runs)
+        per_pos = None if any(r[3] is None for r in runs) else [sum(r[3][i] for r in runs) / n for i in range(max(lengths))]
+        rows.append({"scheme": scheme, "params": runs[0][0].num_parameters(), "train_seconds": sum(r[1].seconds for r in runs),
+                     "losses": {m: sum(r[2][m] for r in runs) / n for m in lengths}, "per_position": per_pos,
+                     "per_seed": [r[3] for r in runs], "error": runs[0][4]})
+    return ExtrapolationResult(L, lengths, rows, models, seeds)
 
 
 def extrapolation_verdicts(result: ExtrapolationResult, tol: float = 0.05) -> dict:
-    """Per scheme, from the numbers: ``"cannot run"`` past L, ``"degrades"`` (the loss on positions past
-    ``L`` of a 4L window is more than ``tol`` nats above the loss on positions ``L/2..L-1``), or
-    ``"holds"``. Also the two means."""
+    """Per scheme, from the numbers: ``"cannot run"`` past L, ``"degrades"``, or ``"holds"``.
+
+    ``inside``: the loss on positions ``L/2..L-1`` of a 4L window, ``beyond``: on positions past ``L``.
+    With several seeds the two are compared by the shared paired test over seeds
+    (:func:`lmlab.stats.paired_comparison`, ``comparison``): a scheme degrades when ``beyond`` is
+    worse by more than the seed noise *and* by more than ``tol`` nats; "holds" otherwise. With one
+    seed (the noise not measured) only the ``tol`` threshold decides."""
     L = result.L
     out = {}
     for r in result.rows:
         if r["per_position"] is None:
-            out[r["scheme"]] = {"verdict": "cannot run", "inside": float("nan"), "beyond": float("nan")}
+            out[r["scheme"]] = {"verdict": "cannot run", "inside": float("nan"), "beyond": float("nan"), "comparison": None}
             continue
-        inside = sum(r["per_position"][L // 2:L]) / (L - L // 2)
-        beyond = sum(r["per_position"][L:]) / (len(r["per_position"]) - L)
-        out[r["scheme"]] = {"verdict": "degrades" if beyond > inside + tol else "holds", "inside": inside, "beyond": beyond}
+        per_seed = [p for p in r.get("per_seed") or [r["per_position"]] if p is not None]
+        ins = [sum(p[L // 2:L]) / (L - L // 2) for p in per_seed]
+        bey = [sum(p[L:]) / (len(p) - L) for p in per_seed]
+        inside, beyond = sum(ins) / len(ins), sum(bey) / len(bey)
+        cmp = paired_comparison(bey, ins, "past L", "inside L") if len(per_seed) > 1 else None
+        worse = beyond > inside + tol and (cmp is None or cmp.better == "inside L")
+        out[r["scheme"]] = {"verdict": "degrades" if worse else "holds", "inside": inside, "beyond": beyond, "comparison": cmp}
     return out
 
 
@@ -213,6 +244,46 @@ def extrapolation_figure(result: ExtrapolationResult) -> go.Figure:
     fig.update_xaxes(title="position in the window", row=1, col=2)
     fig.update_yaxes(title="loss (nats/char)", row=1, col=1)
     return style_figure(fig, f"Trained at L = {result.L}, evaluated further (dotted: L)", width=820, height=420)
+
+
+@torch.no_grad()
+def attention_by_distance(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,
+                          seed: int = 99) -> list[float]:
+    """The trained model's attention on the key ``d`` tokens back, for ``d = 0..T-1``, *relative to
+    uniform* (a query at position ``i`` sees ``i + 1`` keys; its weight times ``i + 1`` is 1 for
+    uniform attention), averaged over layers, heads and the queries that have such a key, on random
+    ``T``-token windows.
+
+    The weights come from :func:`lmlab.experiments.attention_probe.attention_maps` (recomputed from
+    what each layer hands to SDPA), so this works for every scheme (RoPE's rotated q/k, ALiBi's and
+    T5's float biases)."""
+    from .attention_probe import attention_maps
+
+    longer = model.with_config(context_length=max(T, model.config.context_length)).eval()
+    total, count = torch.zeros(T), torch.zeros(T)
+    dist = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T): i - j
+    ok = dist >= 0
+    visible = torch.arange(1, T + 1, dtype=torch.float32)[:, None]  # query i sees i + 1 keys
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        x, _ = sample_batch(ids, batch_size, T, generator=gen)
+        for w in attention_maps(longer, x):  # (T, T) per layer
+            w = w * visible  # relative to uniform over the visible keys
+            total.index_add_(0, dist[ok], w[ok])
+            count.index_add_(0, dist[ok], torch.ones(int(ok.sum())))
+    return (total / count.clamp(min=1)).tolist()
+
+
+def attention_distance_figure(curves: dict[str, list[float]], L: int) -> go.Figure:
+    """Mean attention weight against distance (log-log), one line per scheme; dotted: the trained length."""
+    colors = dict(zip(SCHEMES, ("#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#1f77b4", "#d62728")))
+    fig = go.Figure()
+    for scheme, ys in curves.items():
+        fig.add_scatter(x=list(range(1, len(ys))), y=ys[1:], mode="lines", name=scheme, line=dict(color=colors.get(scheme)))
+    fig.add_vline(x=L, line=dict(dash="dot", color="black"))
+    fig.update_xaxes(type="log", title="distance back (tokens)")
+    fig.update_yaxes(type="log", title="attention weight ÷ uniform")
+    return style_figure(fig, "Trained models: attention against distance (dotted: trained length L)", height=380)
 
 
 def t5_learned_bias(model: GPT, up_to: int = 160) -> torch.Tensor:

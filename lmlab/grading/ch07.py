@@ -221,95 +221,133 @@ register(Exercise(
 # ---------------------------------------------------------------------------------------------
 
 
-def _beam_expected(sums, lengths, logprobs, num_beams, lp):
+def _beam_expected(sums, logprobs, length, finished, num_beams, eos_id, lp, max_length):
+    """Plain-Python beam step: candidates by sum (ties: lower flat index), top 2K walked in order."""
     K, V = logprobs.shape
-    cands = []
-    for k in range(K):
-        for v in range(V):
-            s = float(sums[k]) + float(logprobs[k, v])
-            score = s / float(lengths[k] + 1) ** lp
-            cands.append((-score, k * V + v, k, v, s))
-    cands.sort()
-    best = cands[:num_beams]
-    return ([c[2] for c in best], [c[3] for c in best], torch.tensor([c[4] for c in best]))
+    cands = sorted((-(float(sums[k]) + float(logprobs[k, v])), k * V + v) for k in range(K) for v in range(V))
+    cands = cands[:2 * num_beams]
+    scores, kept = sorted(finished, reverse=True), []
+    for rank, (neg, i) in enumerate(cands):
+        if i % V == eos_id:
+            if rank < num_beams:
+                scores.append(-neg / (length + 1) ** lp)
+        else:
+            kept.append((i // V, i % V, -neg))
+        if len(kept) == num_beams:
+            break
+    scores = sorted(scores, reverse=True)[:num_beams]
+    reach = max_length if lp > 0 else length + 1
+    done = not kept or (len(scores) == num_beams and scores[-1] >= -cands[0][0] / reach ** lp)
+    return kept, scores, done
 
 
-def _beam_call(f, sums, lengths, logprobs, num_beams, lp, what):
-    got = f(sums.clone(), lengths.clone(), logprobs.clone(), num_beams, lp)
-    expect_true(isinstance(got, (tuple, list)) and len(got) == 3,
-                f"{what} should return a tuple (beam_idx, token_idx, new_sum_logprobs), got "
+def _beam_call(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, n):
+    got = f(sums.clone(), logprobs.clone(), length, list(finished), num_beams, eos_id, lp, max_length)
+    expect_true(isinstance(got, (tuple, list)) and len(got) == 5,
+                f"{what} should return a tuple (beam_idx, token_idx, new_sums, finished, done), got "
                 + (f"{type(got).__name__} of length {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__))
-    n = min(num_beams, logprobs.numel())
-    beam_idx = expect_tensor(got[0], f"beam_idx from {what}", shape=(n,))
-    token_idx = expect_tensor(got[1], f"token_idx from {what}", shape=(n,))
-    new_sums = expect_tensor(got[2], f"new_sum_logprobs from {what}", shape=(n,))
-    return beam_idx.tolist(), token_idx.tolist(), new_sums
+    beam_idx = expect_tensor(got[0], f"beam_idx from {what} (one per running beam kept)", shape=(n,))
+    token_idx = expect_tensor(got[1], f"token_idx from {what}", shape=tuple(beam_idx.shape))
+    new_sums = expect_tensor(got[2], f"new_sums from {what}", shape=tuple(beam_idx.shape))
+    fin = got[3]
+    expect_true(isinstance(fin, (list, tuple)) and all(isinstance(x, (int, float)) for x in fin),
+                f"finished from {what} should be a list of float scores, got {type(fin).__name__}")
+    expect_true(isinstance(got[4], bool), f"done from {what} should be True or False, got {type(got[4]).__name__}")
+    return beam_idx.tolist(), token_idx.tolist(), new_sums, [float(x) for x in fin], got[4]
 
 
-def _beam_compare(f, sums, lengths, logprobs, num_beams, lp, what):
-    b, t, s = _beam_call(f, sums, lengths, logprobs, num_beams, lp, what)
-    eb, et, es = _beam_expected(sums, lengths, logprobs, num_beams, lp)
-    expect_equal(list(zip(b, t)), list(zip(eb, et)), f"{what}: the kept (beam, token) pairs, best score first")
-    expect_close(s.to(es.dtype), es, f"{what}: new_sum_logprobs (the plain sum of log-probs, no length penalty in it)", atol=1e-5)
-    return b, t, s
+def _beam_compare(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, parts="rfd"):
+    kept, scores, edone = _beam_expected(sums, logprobs, length, finished, num_beams, eos_id, lp, max_length)
+    b, t, s, fin, done = _beam_call(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, len(kept))
+    if "r" in parts:
+        expect_equal(list(zip(b, t)), [(k, v) for k, v, _ in kept],
+                     f"{what}: the running (beam, token) pairs, best sum first (an EOS candidate never keeps running)")
+        expect_close(s.double(), torch.tensor([x for _, _, x in kept], dtype=torch.float64),
+                     f"{what}: new_sums (the plain sum of log-probs)", atol=1e-5)
+    if "f" in parts:
+        expect_close(torch.tensor(fin, dtype=torch.float64), torch.tensor(scores, dtype=torch.float64),
+                     f"{what}: finished scores, best first (sum / (length + 1) ** length_penalty for an EOS among the "
+                     "top num_beams candidates; at most num_beams kept)", atol=1e-5)
+    if "d" in parts:
+        expect_equal(done, edone, f"{what}: done")
+    return b, t, s, fin, done
 
 
 def _logprobs(K, V, seed):
     return torch.log_softmax(seeded_randn(K, V, seed=seed, scale=2.0), dim=-1)
 
 
-def _beam_basic(f):
+def _beam_running(f):
     sums = torch.tensor([-1.0, -1.7, -2.4])
-    lengths = torch.tensor([3, 3, 3])
-    _beam_compare(f, sums, lengths, _logprobs(3, 6, seed=76), 3, 1.0, "beam_step(3 beams of length 3, V = 6, num_beams=3, length_penalty=1.0)")
-    _beam_compare(f, torch.zeros(1), torch.zeros(1, dtype=torch.long), _logprobs(1, 6, seed=77), 4, 0.0,
-                  "beam_step(the prompt only: 1 beam of length 0, V = 6, num_beams=4, length_penalty=0.0)")
-
-
-def _beam_penalty(f):
-    # Beam 0: sum -2.0 over 1 token; beam 1: sum -3.6 over 5 tokens. Per token, beam 1 is better.
-    sums, lengths = torch.tensor([-2.0, -3.6]), torch.tensor([1, 5])
-    logprobs = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]))
+    _beam_compare(f, sums, _logprobs(3, 6, seed=76), 3, [], 3, None, 1.0, 10,
+                  "beam_step(3 beams, V = 6, no EOS, num_beams=3)")
+    _beam_compare(f, torch.zeros(1), _logprobs(1, 6, seed=77), 0, [], 4, None, 0.0, 10,
+                  "beam_step(the prompt only: 1 beam, V = 6, num_beams=4)")
+    # the penalty cannot change the running ranking: every running beam has the same length
     for lp in (0.0, 1.0, 2.0):
-        _beam_compare(f, sums, lengths, logprobs, 2, lp,
-                      f"beam_step(beams of lengths 1 and 5, num_beams=2, length_penalty={lp}) (score = sum / (length + 1) ** length_penalty)")
-    # The candidate's length is the beam's length + 1 (the new token counts).
-    sums, lengths = torch.tensor([-0.6, -2.1]), torch.tensor([1, 3])
-    logprobs = torch.log(torch.tensor([[0.67, 0.33], [0.67, 0.33]]))
-    _beam_compare(f, sums, lengths, logprobs, 2, 1.0,
-                  "beam_step(beams of lengths 1 and 3, num_beams=2, length_penalty=1.0) (a candidate's length is lengths[k] + 1)")
+        _beam_compare(f, sums, _logprobs(3, 6, seed=81), 5, [], 3, None, lp, 10,
+                      f"beam_step(3 beams, no EOS, length_penalty={lp})", parts="r")
+
+
+def _beam_eos(f):
+    # EOS = token 0. Beam 0's EOS is the best candidate: it finishes, and two other candidates run on.
+    sums = torch.tensor([-0.5, -1.0, -1.1])
+    logprobs = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.5, 0.45], [0.3, 0.6, 0.1]]))
+    for lp in (0.0, 1.0):
+        _beam_compare(f, sums, logprobs, 4, [], 2, 0, lp, 20,
+                      f"beam_step(EOS = 0 is the best candidate, num_beams=2, length 4, length_penalty={lp})")
+    late = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1]]))  # beam 1's EOS is the 3rd candidate
+    _beam_compare(f, torch.tensor([-0.5, -1.0]), late, 4, [], 2, 0, 1.0, 20,
+                  "beam_step(an EOS candidate ranked 3rd with num_beams=2: only the top num_beams may finish)")
+    # a heap already full: a better new hypothesis evicts the worst one
+    _beam_compare(f, sums, logprobs, 4, [-0.30, -0.55], 2, 0, 1.0, 20,
+                  "beam_step(finished = [-0.30, -0.55] already full, a new EOS hypothesis scores -0.17)")
+    _beam_compare(f, sums, logprobs, 4, [-0.05, -0.08], 2, 0, 1.0, 20,
+                  "beam_step(finished = [-0.05, -0.08] already full and better than the new one)", parts="f")
+
+
+def _beam_done(f):
+    sums = torch.tensor([-1.0, -1.5])
+    logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]))
+    cases = (([-0.2], 100, "finished not full yet"),
+             ([-0.2, -0.3], 100, "full, beats the best candidate at its current length but not at max_length = 100"),
+             ([-0.2, -0.3], 5, "full and beats the best candidate even at max_length = 5"),
+             ([-0.2, -0.3], 100, "full; length_penalty 0: length does not matter"))
+    for fin, max_len, what in cases:
+        lp = 0.0 if "penalty 0" in what else 1.0
+        _beam_compare(f, sums, logprobs, 3, fin, 2, 0, lp, max_len, f"beam_step(done? {what})", parts="d")
 
 
 def _beam_loop(f):
-    # Five steps of a bigram "model", feeding back what beam_step returns: the running sums must stay plain sums.
-    V, K = 5, 3
+    # Six steps of a bigram "model" with EOS = 0, feeding back what beam_step returns.
+    V, K, L = 5, 3, 6
     table = _logprobs(V, V, seed=78)  # next-token log-probs given the last token
-    sums, lengths, last = torch.zeros(1), torch.zeros(1, dtype=torch.long), [0]
-    ref_sums, ref_last = torch.zeros(1), [0]
-    for step in range(5):
-        what = f"beam_step at step {step + 1} of a 5-step search (num_beams={K}, length_penalty=1.0), fed its own outputs"
-        b, t, s = _beam_call(f, sums, lengths, table[last], K, 1.0, what)
-        eb, et, es = _beam_expected(ref_sums, torch.full((len(ref_last),), step), table[ref_last], K, 1.0)
-        expect_equal(list(zip(b, t)), list(zip(eb, et)), f"{what}: the kept (beam, token) pairs")
-        expect_close(s.to(es.dtype), es, f"{what}: new_sum_logprobs (a running score must not be divided by the length "
-                     "every step: keep the plain sum, divide only to rank)", atol=1e-5)
-        sums, lengths, last = s, torch.full((K,), step + 1), t
-        ref_sums, ref_last = es, et
+    sums, last, fin = torch.zeros(1), [1], []
+    for step in range(L):
+        what = f"beam_step at step {step + 1} of a {L}-step search (num_beams={K}, EOS = 0, length_penalty=1.0), fed its own outputs"
+        b, t, s, fin2, done = _beam_compare(f, sums, table[last], step, fin, K, 0, 1.0, L, what)
+        sums, last, fin = s, t, fin2
+        if done:
+            break
 
 
 register(Exercise(
     id="07.beam_step",
     points=3,
-    signature="beam_step(sum_logprobs: (K,), lengths: (K,) long, next_logprobs: (K, V), num_beams: int, length_penalty: float) "
-              "-> (beam_idx, token_idx, new_sum_logprobs), each (min(num_beams, K*V),)",
-    hint="cand = sum_logprobs[:, None] + next_logprobs is (K, V); score = cand / (lengths + 1)[:, None] ** length_penalty; "
-         "sort score.flatten() descending (stable) and keep num_beams: beam = i // V, token = i % V, and return cand (not score) as the new sums.",
+    signature="beam_step(sum_logprobs: (K,), next_logprobs: (K, V), length: int, finished: list of float scores, "
+              "num_beams: int, eos_id: int or None, length_penalty: float, max_length: int) "
+              "-> (beam_idx, token_idx, new_sums, finished, done)",
+    hint="cand = sum_logprobs[:, None] + next_logprobs, flattened and sorted descending (stable); walk the first "
+         "2 * num_beams: an EOS among the first num_beams finishes with sum / (length + 1) ** length_penalty, any other "
+         "token keeps running until num_beams run; keep the num_beams best finished scores; done when none can still "
+         "be beaten: worst finished >= best sum / max_length ** length_penalty (positive penalty).",
     checks=(
-        Check("3 beams of equal length, and the first step from the prompt", _beam_basic),
-        Check("beams of different lengths: the length penalty decides the ranking", _beam_penalty),
-        Check("5 steps feeding back its own outputs: running sums stay plain sums", _beam_loop),
+        Check("no EOS: the num_beams best sums run on (the penalty cannot reorder equal-length beams)", _beam_running),
+        Check("EOS candidates: top num_beams finish with the length penalty, the finished list keeps the best", _beam_eos),
+        Check("done: the exact rule (the best length a running beam can still reach)", _beam_done),
+        Check("6 steps of a search feeding back its own outputs", _beam_loop),
     ),
-    reference=lambda: __import__("lmlab.experiments.decoding", fromlist=["x"]).beam_step,
+    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).beam_step,
 ))
 
 # ---------------------------------------------------------------------------------------------
