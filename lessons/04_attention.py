@@ -200,7 +200,7 @@ mask_explorer
 
 # %%
 kvh = X.kv_heads_experiment(kv_heads=(4, 2, 1), steps=200, batch_size=16)
-decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_size=64, T=4096, batch=4, repeats=15)
+decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_dim=64, T=4096, batch=4, repeats=15)
 for r in kvh.rows:
     print(f"{r['name']:<18} params {r['params']:>7,}  val loss {r['val_loss']:.3f}  KV cache {r['kv_bytes_per_token']} B/token (fp16)")
 for r in decode:

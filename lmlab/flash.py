@@ -20,7 +20,7 @@ Here "HBM" is ordinary tensors and "SRAM" the tiles; :class:`IOStats` counts the
 written so the lesson can plot the traffic against :func:`standard_attention_io`. It runs on the
 CPU with Python loops: a teaching implementation, not a fast kernel.
 
-Shapes: B = batch, nh = heads, T = tokens, hs = head size, bq / bk = tile sizes.
+Shapes: B = batch, nh = heads, T = tokens, hs = head_dim, bq / bk = tile sizes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .validation import check_int, check_qkv
 
 __all__ = ["flash_attention", "IOStats", "sram_block_sizes", "standard_attention_io"]
 
@@ -76,11 +78,6 @@ def sram_block_sizes(M: int, d: int) -> tuple[int, int]:
         raise ValueError(f"M (SRAM size in elements) must be >= 4 * d = {4 * d} to hold one row of Q, O, K, V, got {M}")
     rows = M // (4 * d)
     return rows, min(rows, d)
-
-
-def _check_block(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 def _scores(q_i: torch.Tensor, k_j: torch.Tensor, i0: int, j0: int, causal: bool) -> torch.Tensor:
@@ -184,11 +181,10 @@ def flash_attention(
     ``T_q == T_k``. Pass an :class:`IOStats` as ``stats`` to count the forward's HBM reads/writes.
     The sequence lengths need not be multiples of the block sizes (the last tile is smaller).
     """
-    from .attention import check_qkv  # attention.py re-exports this module
 
     check_qkv(q, k, v)
-    _check_block("block_q", block_q)
-    _check_block("block_k", block_k)
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     if causal and q.size(2) != k.size(2):
         raise ValueError(f"causal=True needs as many queries as keys, got T_q={q.size(2)}, T_k={k.size(2)}")
     if stats is not None and not isinstance(stats, IOStats):

@@ -17,7 +17,7 @@ tokens). PagedAttention (Kwon et al. 2023, vLLM) splits each sequence's cache in
   (an online softmax over blocks, no contiguous copy); equal to attention on the contiguous cache.
 * :func:`sample_request_lengths` and :func:`simulate_waste` - the memory-waste experiment.
 
-Shapes: L = layers, nkv = K/V heads, nh = query heads, bs = block size, hs = head size.
+Shapes: L = layers, nkv = K/V heads, nh = query heads, bs = block size, hs = head_dim.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .kvcache import LayerKVCache
-from .masks import _check_length
+from .validation import check_int
 
 __all__ = ["BlockManager", "OutOfBlocksError", "PagedKVCache", "paged_attention", "sample_request_lengths", "simulate_waste"]
 
@@ -44,8 +44,8 @@ class BlockManager:
     """
 
     def __init__(self, n_blocks: int, block_size: int, on_copy: Callable[[int, int], None] | None = None):
-        _check_length("n_blocks", n_blocks)
-        _check_length("block_size", block_size)
+        check_int(n_blocks, "n_blocks")
+        check_int(block_size, "block_size")
         self.n_blocks, self.block_size, self.on_copy = n_blocks, block_size, on_copy
         self.free_blocks: list[int] = list(range(n_blocks - 1, -1, -1))  # a stack: pop() gives block 0 first
         self.ref_counts = [0] * n_blocks
@@ -105,7 +105,7 @@ class BlockManager:
         """Make room for ``n_tokens`` more tokens; returns their ``(physical block, offset)`` slots.
 
         All or nothing: raises :class:`OutOfBlocksError` (changing nothing) if the pool is short."""
-        _check_length("n_tokens", n_tokens, minimum=0)
+        check_int(n_tokens, "n_tokens", minimum=0)
         need = self.blocks_needed(seq_id, n_tokens)
         if need > len(self.free_blocks):
             raise OutOfBlocksError(f"appending {n_tokens} tokens to sequence {seq_id} needs {need} free blocks, {len(self.free_blocks)} left")
@@ -199,7 +199,7 @@ class PagedKVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_blocks: int, block_size: int,
                  dtype: torch.dtype = torch.float32, device=None):
         for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
-            _check_length(name, value)
+            check_int(value, name)
         self.manager = BlockManager(n_blocks, block_size, on_copy=self._copy_block)
         self.k_pool = torch.zeros(n_layers, n_blocks, n_kv_heads, block_size, head_dim, dtype=dtype, device=device)
         self.v_pool = torch.zeros_like(self.k_pool)  # (L, n_blocks, nkv, bs, hs)
@@ -212,7 +212,7 @@ class PagedKVCache:
         for every row's full context plus one block each for copy-on-write)."""
         cfg = model.config
         n_blocks = n_blocks or batch * (math.ceil(cfg.context_length / block_size) + 1)
-        cache = cls(cfg.n_layers, cfg.n_kv_heads, cfg.head_size, n_blocks, block_size, dtype=dtype, device=device)
+        cache = cls(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_blocks, block_size, dtype=dtype, device=device)
         cache.rows = [cache.new_sequence() for _ in range(batch)]
         return cache
 
@@ -318,8 +318,8 @@ def sample_request_lengths(n: int, seed: int = 0, mean_prompt: float = 161.0, me
                            max_len: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` (prompt, output) token lengths from log-normal distributions with ShareGPT's means
     (vLLM paper: 161 input and 338 output tokens on average), clipped so each request fits ``max_len``."""
-    _check_length("n", n)
-    _check_length("max_len", max_len, minimum=2)
+    check_int(n, "n")
+    check_int(max_len, "max_len", minimum=2)
     g = torch.Generator().manual_seed(seed)
     sigma = 1.0  # a long tail, like real chat requests
 
@@ -341,7 +341,7 @@ def simulate_waste(prompt_lens, output_lens, max_len: int = 2048, block_size: in
 
     Returns slot counts and ``*_waste`` fractions (1 - real tokens / slots held).
     """
-    _check_length("block_size", block_size)
+    check_int(block_size, "block_size")
     prompt, output = torch.as_tensor(prompt_lens).long(), torch.as_tensor(output_lens).long()
     if prompt.shape != output.shape or prompt.dim() != 1 or (prompt + output > max_len).any() or (prompt < 1).any():
         raise ValueError(f"prompt_lens and output_lens must be 1-D, equally long, >= 1 and sum to <= max_len={max_len} per request")

@@ -59,14 +59,14 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return out
 
 
-def cost_experiment(lengths=(256, 512, 1024, 2048), window: int = 64, heads: int = 4, head_size: int = 32,
+def cost_experiment(lengths=(256, 512, 1024, 2048), window: int = 64, heads: int = 4, head_dim: int = 32,
                     repeats: int = 3, seed: int = 0) -> dict:
     """Time full causal attention and block-wise sliding-window attention as T grows; the size of the
     full score matrix; exponents p of time ~ T^p from a log-log fit."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for T in lengths:
-        q, k, v = (torch.randn(1, heads, T, head_size, generator=g) for _ in range(3))
+        q, k, v = (torch.randn(1, heads, T, head_dim, generator=g) for _ in range(3))
         mask = causal_mask(T)
         with torch.no_grad():
             t_full = min_time(lambda: attention(q, k, v, mask), repeats)
@@ -172,15 +172,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return (w @ v).reshape(B, nh, 1, hs)  # (B, nh, 1, hs)
 
 
-def decode_attention_time(kv_heads=(16, 4, 1), n_heads: int = 16, head_size: int = 64, T: int = 4096, batch: int = 4,
+def decode_attention_time(kv_heads=(16, 4, 1), n_heads: int = 16, head_dim: int = 64, T: int = 4096, batch: int = 4,
                           repeats: int = 5, seed: int = 0) -> list[dict]:
     """Attention-only decode step against a cache of ``T`` tokens: time and cache bytes read (fp32)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for nkv in kv_heads:
-        q = torch.randn(batch, n_heads, 1, head_size, generator=g)
-        k = torch.randn(batch, nkv, T, head_size, generator=g)
-        v = torch.randn(batch, nkv, T, head_size, generator=g)
+        q = torch.randn(batch, n_heads, 1, head_dim, generator=g)
+        k = torch.randn(batch, nkv, T, head_dim, generator=g)
+        v = torch.randn(batch, nkv, T, head_dim, generator=g)
         with torch.no_grad():
             decode_attention(q, k, v)  # warm-up
             t = min_time(lambda: decode_attention(q, k, v), repeats)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..data import char_data, sample_batch, unigram_entropy
-from ..model import GPT, NORM_POSITIONS, ModelConfig
+from ..model import GPT, NORM_POSITIONS, ModelConfig, deepnorm_gains
 from ..train import History, lm_loss, seed_everything, train
 from ..widgets import style_figure
 
@@ -51,12 +51,13 @@ def init_weights(model: GPT, init: str = "gpt2") -> GPT:
     if init == "gpt2":
         return model
     d = model.config.d_model
+    gains = deepnorm_gains(model)  # {linear: [(rows, beta)]}, empty unless DeepNorm
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and m is not model.lm_head:
                 nn.init.xavier_uniform_(m.weight)
-                if hasattr(m, "init_gain"):
-                    m.weight[getattr(m, "init_gain_rows", slice(None))] *= m.init_gain
+                for rows, gain in gains.get(m, ()):
+                    m.weight[rows] *= gain
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         for m in model.modules():  # after the linears: with tied embeddings lm_head.weight is tok_emb.weight

@@ -109,7 +109,7 @@ def _load_chapters() -> None:
     global _loaded
     if _loaded:
         return
-    from . import __path__ as package_path
+    package_path = importlib.import_module(__package__).__path__
 
     for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
         if re.fullmatch(r"ch\d\d", info.name):
