@@ -19,11 +19,13 @@ Shapes: L = layers, B = batch, nkv = key/value heads, S = capacity (max tokens),
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .validation import check_int
 
-__all__ = ["KVCache", "kv_cache_bytes"]
+__all__ = ["KVCache", "kv_cache_bytes", "decode_step"]
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int, bytes_per_value: float, batch: int = 1) -> int:
@@ -37,6 +39,20 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int,
         raise ValueError(f"bytes_per_value must be a number > 0 (2 for fp16/bf16, 1 for int8, 0.5 for int4), got {bytes_per_value!r}")
     n = 2 * n_layers * n_kv_heads * head_dim * n_tokens * batch * bytes_per_value
     return int(round(n))
+
+
+def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor):
+    """One decode step of one attention layer, written out (lesson 08's exercise): append
+    ``k_new, v_new (B, nh, 1, hs)`` to the caches ``(B, nh, T, hs)`` and attend with ``q (B, nh, 1, hs)``
+    over all ``T + 1`` keys. Returns ``(out (B, nh, 1, hs), k_cache (B, nh, T+1, hs), v_cache)``.
+
+    :class:`KVCache` does the same without the copies: it writes into preallocated buffers
+    (``update``) and :class:`lmlab.attention.MultiHeadAttention` attends with SDPA; the tests check
+    that both give this function's numbers."""
+    k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs)
+    v_cache = torch.cat([v_cache, v_new], dim=2)
+    scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, 1, T+1): the new token sees every key
+    return torch.softmax(scores, dim=-1) @ v_cache, k_cache, v_cache
 
 
 class LayerKVCache:

@@ -35,7 +35,7 @@ from .activations import glu_hidden_size
 from .kvcache import KVCache
 from .knn_memory import check_knn_memory
 from .longctx import check_rope_scaling
-from .norms import DeepNorm, deepnorm_constants
+from .norms import DeepNorm, deepnorm_constants, pre_ln_block
 from .parts import ATTENTIONS, FFNS, NORMS, POSITIONS, build_attention
 from .positions import LearnedPositionEmbedding
 from .validation import check_choice, check_int, check_kv_heads, check_number
@@ -226,8 +226,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
         if self.norm_position == "pre":
-            x = x + self.attn(self.norm1(x), attn_mask, kv_cache, positions)
-            x = x + self.ffn(self.norm2(x))
+            attn = self.attn if attn_mask is None and kv_cache is None and positions is None else (
+                lambda h: self.attn(h, attn_mask, kv_cache, positions))
+            x = pre_ln_block(x, attn, self.ffn, self.norm1, self.norm2)
         elif self.norm_position == "post":
             x = self.norm1(x + self.attn(x, attn_mask, kv_cache, positions))
             x = self.norm2(x + self.ffn(x))

@@ -31,7 +31,7 @@ from .validation import check_choice, check_int, check_positive
 __all__ = [
     "NORM_KINDS", "DEEPNORM_ARCHITECTURES",
     "layer_norm", "rms_norm", "LayerNorm", "RMSNorm", "make_norm",
-    "DeepNorm", "DeepNormConstants", "deepnorm_constants",
+    "DeepNorm", "DeepNormConstants", "deepnorm_constants", "pre_ln_block",
 ]
 
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -175,6 +175,21 @@ def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = Tr
     if kind == "layernorm":
         return LayerNorm(d_model, eps=eps, bias=bias)
     return RMSNorm(d_model, eps=eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Placement: pre-LN (the others are in lmlab.model.Block)
+# --------------------------------------------------------------------------------------------
+
+
+def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
+    """One pre-LN transformer layer from its parts (lesson 01's exercise; ``lmlab.model.Block`` runs it for ``pre``)::
+
+        h   = x + attn(norm1(x))     # (B, T, C): only the sub-layer's input is normalized
+        out = h + ffn(norm2(h))      # (B, T, C): the residual stream itself never is
+    """
+    h = x + attn(norm1(x))  # (B, T, C)
+    return h + ffn(norm2(h))  # (B, T, C)
 
 
 # --------------------------------------------------------------------------------------------

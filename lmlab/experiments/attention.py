@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from ..attention import attention, global_local_mask, sliding_window_mask, strided_mask
 from ..data import char_data
+from ..flash import online_softmax_merge  # re-exported: the reference lives in the core
 from ..kvcache import kv_cache_bytes
 from ..masks import causal_mask
 from ..model import GPT, ModelConfig
@@ -204,14 +205,6 @@ def kv_heads_figure(result: KVHeadsResult, decode_rows: list[dict]) -> go.Figure
 # ---------------------------------------------------------------------------------------------
 # The tiled algorithm: online softmax
 # ---------------------------------------------------------------------------------------------
-
-
-def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
-    """Merge two partial results over disjoint key sets. Each is ``(m, l, acc)``: the row max ``(R,)``,
-    ``l = sum exp(s - m)`` ``(R,)`` and ``acc = sum exp(s - m) v`` ``(R, hs)``. Returns the merged triple."""
-    m = torch.maximum(m1, m2)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # rescale each part to the common max
-    return m, a1 * l1 + a2 * l2, a1[:, None] * acc1 + a2[:, None] * acc2
 
 
 def online_softmax_trace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int,

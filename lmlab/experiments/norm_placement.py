@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..data import char_data, sample_batch, unigram_entropy
 from ..model import GPT, NORM_POSITIONS, ModelConfig, deepnorm_gains
+from ..norms import pre_ln_block  # noqa: F401 (re-exported: the reference lives in the core)
 from ..train import History, lm_loss, seed_everything, train
 from ..widgets import style_figure
 
@@ -64,16 +65,6 @@ def init_weights(model: GPT, init: str = "gpt2") -> GPT:
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, 0.0, d ** -0.5)
     return model
-
-
-def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
-    """One pre-LN transformer layer from its parts (what ``lmlab.model.Block`` does for ``pre``)::
-
-        h   = x + attn(norm1(x))     # (B, T, C): only the sub-layer's input is normalized
-        out = h + ffn(norm2(h))      # (B, T, C): the residual stream itself never is
-    """
-    h = x + attn(norm1(x))  # (B, T, C)
-    return h + ffn(norm2(h))  # (B, T, C)
 
 
 def _split_batch(batch, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,7 +83,7 @@ register(Exercise(
         Check("a constant row stays finite and gives the bias", _ln_constant_row),
         Check("its gradients equal F.layer_norm's", _ln_grad),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).layer_norm,
+    reference="lmlab.norms:layer_norm",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ register(Exercise(
         Check("mean square 1 per row, scale-invariant, not re-centred; eps inside the root", _rms_properties),
         Check("an all-zero row stays finite; gradients equal F.rms_norm's", _rms_zero_and_grad),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).rms_norm,
+    reference="lmlab.norms:rms_norm",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ register(Exercise(
         Check("with sub-layers that output zeros the block is the identity (gradient 1)", _block_identity),
         Check("each part is called once, the FFN sees the updated stream", _block_calls_and_order),
     ),
-    reference=lambda: __import__("lmlab.experiments.norm_placement", fromlist=["x"]).pre_ln_block,
+    reference="lmlab.experiments.norm_placement:pre_ln_block",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -285,5 +285,5 @@ register(Exercise(
         Check("alpha**4 = 2M and beta**-4 = 8M for several depths", _dn_laws),
         Check("alpha grows and beta shrinks with depth", _dn_monotone),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).deepnorm_constants,
+    reference="lmlab.norms:deepnorm_constants",
 ))

@@ -69,7 +69,7 @@ register(Exercise(
         Check("the limits: beta = 0 gives x/2, beta = 100 is within 0.003 of ReLU; the dip below zero", _swish_limits),
         Check("its gradient equals F.silu's", _swish_grad),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).swish,
+    reference="lmlab.activations:swish",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ register(Exercise(
         Check("small cases: rounding up, exact multiples, the minimum", _glu_small),
         Check("for many sizes: an int, a multiple, at least 2/3 of the plain size, at most one multiple above", _glu_properties),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).glu_hidden_size,
+    reference="lmlab.activations:glu_hidden_size",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -287,5 +287,5 @@ register(Exercise(
         Check("gated FFNs (swiglu, geglu) against three nn.Linear's", _params_gated),
         Check("at equal hidden size a gated FFN has exactly +50 % (no biases)", _params_ratio),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).ffn_num_parameters,
+    reference="lmlab.activations:ffn_num_parameters",
 ))

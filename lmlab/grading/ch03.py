@@ -71,7 +71,7 @@ register(Exercise(
         Check("equals the formula for several sizes", _sin_values),
         Check("PE[p] · PE[p + k] depends on k only", _sin_shift),
     ),
-    reference=lambda: (lambda n_positions, d_model: _positions_module().sinusoidal_embedding(n_positions, d_model)),
+    reference="lmlab.positions:sinusoidal_embedding",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ register(Exercise(
         Check("powers of two: 1, 2, 4, 8, 16 heads (8 heads: 1/2, 1/4, ..., 1/256)", lambda f: _alibi_check(f, (1, 2, 4, 8, 16))),
         Check("other head counts: 3, 5, 6, 12, 20 heads", lambda f: _alibi_check(f, (3, 5, 6, 12, 20))),
     ),
-    reference=lambda: _positions_module().alibi_slopes,
+    reference="lmlab.positions:alibi_slopes",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -243,5 +243,5 @@ register(Exercise(
         Check("causal (bidirectional=False): 32 / 128 and 10 / 20", lambda f: _bucket_check(f, False, ((32, 128), (10, 20)), "causal")),
         Check("a (T_q, T_k) matrix of relative positions keeps its shape", _bucket_shape),
     ),
-    reference=lambda: _positions_module().relative_position_bucket,
+    reference="lmlab.positions:relative_position_bucket",
 ))

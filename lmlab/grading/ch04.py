@@ -61,7 +61,7 @@ register(Exercise(
         Check("causal and band masks (True = may attend)", _sdpa_mask),
         Check("large scores do not overflow", _sdpa_large),
     ),
-    reference=lambda: (lambda q, k, v, mask=None: __import__("lmlab.attention", fromlist=["x"]).attention(q, k, v, mask)),
+    reference="lmlab.attention:attention",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ register(Exercise(
         Check("equals a loop construction for several T and window", _window_values),
         Check("each query sees min(i + 1, window) keys, none in the future", _window_counts),
     ),
-    reference=lambda: (lambda T, window: __import__("lmlab.attention", fromlist=["x"]).sliding_window_mask(T, window)),
+    reference="lmlab.attention:sliding_window_mask",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ register(Exercise(
         Check("query head h gets K/V head h // n_rep", _rkv_values),
         Check("with it, attention equals SDPA's grouped-query attention", _rkv_gqa),
     ),
-    reference=lambda: __import__("lmlab.attention", fromlist=["x"]).repeat_kv,
+    reference="lmlab.attention:repeat_kv",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +193,6 @@ def _merge_empty(f):
     expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, f"{what}: acc / l", atol=1e-5)
 
 
-def _reference_merge():
-    return __import__("lmlab.experiments.attention", fromlist=["x"]).online_softmax_merge
-
-
 register(Exercise(
     id="04.online_softmax_merge",
     points=3,
@@ -207,5 +203,5 @@ register(Exercise(
         Check("the larger scores first, and three blocks merged in turn", _merge_order),
         Check("merging into the empty state (m = -inf, l = 0) works", _merge_empty),
     ),
-    reference=_reference_merge,
+    reference="lmlab.flash:online_softmax_merge",
 ))
