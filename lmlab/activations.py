@@ -27,7 +27,7 @@ from .validation import check_choice, check_int
 __all__ = [
     "FFN_KINDS", "GLU_KINDS", "GELU_APPROXIMATIONS",
     "gelu", "swish", "silu", "glu", "swiglu", "geglu",
-    "glu_hidden_size", "ffn_num_parameters", "FeedForward",
+    "glu_hidden_size", "ffn_num_parameters", "FeedForward", "SwiGLU",
 ]
 
 FFN_KINDS = ("relu", "gelu", "swiglu", "geglu")
@@ -199,3 +199,20 @@ class FeedForward(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, hidden={self.hidden}"
+
+
+class SwiGLU(nn.Module):
+    """LLaMA's MLP in Hugging Face's layout: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, no biases
+    (lesson 02's plug-in exercise; :class:`FeedForward` ``"swiglu"`` is the same function with
+    ``gate_proj`` and ``up_proj`` fused into one matrix ``up = [up_proj; gate_proj]``)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        check_int(d_model, "d_model", "SwiGLU:")
+        check_int(hidden, "hidden", "SwiGLU:")
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (..., d_model)

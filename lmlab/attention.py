@@ -42,6 +42,7 @@ __all__ = [
     "flex_attention",
     "repeat_kv",
     "MultiHeadAttention",
+    "GQAttention",
     "decode_mask",
     "flash_attention",
     "IOStats",
@@ -340,3 +341,34 @@ class MultiHeadAttention(nn.Module):
         """Hook for attention that also reads another source (:class:`lmlab.knn_memory.KNNMemoryAttention`):
         receives the new queries, the new keys/values and the attention output; returns the output."""
         return y
+
+
+class GQAttention(nn.Module):
+    """Causal grouped-query self-attention in Hugging Face's layout (lesson 04's plug-in exercise):
+    ``q_proj (C -> C)``, ``k_proj``, ``v_proj (C -> nkv * hs)``, ``o_proj (C -> C)``, no biases;
+    ``(B, T, C) -> (B, T, C)``. :class:`MultiHeadAttention` is the same function with one fused
+    ``qkv`` matrix ``[q_proj; k_proj; v_proj]`` (and KV cache, masks, positions)."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None):
+        super().__init__()
+        check_int(d_model, "d_model", "GQAttention:")
+        check_int(n_heads, "n_heads", "GQAttention:")
+        self.n_heads, self.n_kv_heads = n_heads, check_kv_heads(n_kv_heads, n_heads, "GQAttention:")
+        if d_model % n_heads:
+            raise ValueError(f"GQAttention: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.head_dim = d_model // n_heads
+        kv = self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, kv, bias=False)
+        self.v_proj = nn.Linear(d_model, kv, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, T, hs): head h reads K/V head h // n_rep
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)

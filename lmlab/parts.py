@@ -229,6 +229,8 @@ def _probe(kind: str, name: str, fn: Callable, x: torch.Tensor, want: tuple, cal
     try:
         with torch.no_grad():
             y = fn(x)
+    except NotImplementedError:
+        raise  # an exercise stub: the grader reports "not implemented"
     except Exception as err:  # noqa: BLE001 - any failure of the learner's part is reported the same way
         raise ValueError(f"{kind} part {name!r}: {call} on a probe input of shape {tuple(x.shape)} raised "
                          f"{type(err).__name__}: {err}") from None
@@ -370,7 +372,7 @@ def train_with_part(part: Any, kind: str, cfg: dict, steps: int = 10, seed: int 
                     batch_size: int = 4) -> dict:
     """The model of ``cfg`` (a dict of :class:`lmlab.model.ModelConfig` fields) with ``part`` as its
     ``kind`` (``"norm"``, ``"activation"``, ``"position"``, ``"attention"``), started from exactly the
-    weights lmlab's own part gets at ``seed``, then ``steps`` AdamW steps on fixed batches of the
+    weights lmlab's own part gets at ``seed``, then ``steps`` Adam steps on fixed batches of the
     course corpus. ``part=None`` runs lmlab's own part (``cfg[kind]``): the reference.
 
     Returns plain values: ``{"logits": (batch, T, V) tensor before training, "losses": [steps floats]}``.
@@ -417,12 +419,25 @@ def train_with_part(part: Any, kind: str, cfg: dict, steps: int = 10, seed: int 
         model.train()
         with torch.no_grad():
             logits = model(batches[0][0]).detach().clone()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         losses = []
-        for x, y in batches[:steps]:
+        for step, (x, y) in enumerate(batches[:steps], start=1):
             loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            _adam_step(params, grads, state, step, lr)
+            losses.append(float(loss.detach()))
     return {"logits": logits, "losses": losses}
+
+
+@torch.no_grad()
+def _adam_step(params, grads, state, step: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+    """Adam, written out (torch.optim's first step imports torch._dynamo: seconds a grader cannot spend)."""
+    b1, b2 = betas
+    for p, g, (m, v) in zip(params, grads, state):
+        if g is None:  # a weight the loss does not reach
+            continue
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v / (1 - b2 ** step)).sqrt_().add_(eps)
+        p.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))

@@ -52,6 +52,7 @@ __all__ = [
     "alibi_bias",
     "check_rope_head_dim",
     "AttentionPositions",
+    "RotaryEmbedding",
 ]
 
 POSITIONS = ("learned", "none", "sinusoidal", "t5", "rope", "alibi")
@@ -320,6 +321,22 @@ def alibi_bias(n_heads: int, q_positions, k_positions=None, slopes: torch.Tensor
     k = q if k_positions is None else _as_positions(k_positions, slopes.device)
     distance = (q[:, None] - k[None, :]).abs().float()  # (T_q, T_k)
     return (-slopes[:, None, None] * distance[None]).unsqueeze(0)  # (1, nh, T_q, T_k)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE as a module (lesson 03's plug-in exercise, like Hugging Face's ``LlamaRotaryEmbedding``):
+    ``RotaryEmbedding(head_dim, base)(x (..., T, head_dim), positions (T,))`` is
+    :func:`apply_rope` in the half-split layout, with the frequencies kept in a buffer."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        check_rope_head_dim(head_dim)
+        self.base = check_positive(base, "base")
+        self.register_buffer("inv_freq", rope_frequencies(head_dim, base), persistent=False)  # (head_dim/2,)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_cos_sin(positions.to(self.inv_freq.device), self.inv_freq)  # (T, head_dim) each
+        return apply_rope(x, cos=cos.to(x.dtype), sin=sin.to(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------
