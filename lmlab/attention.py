@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange, repeat
 
 from .flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
 from .validation import check_int, check_kv_heads, check_qkv
@@ -233,9 +234,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
         raise ValueError(f"x must be a 4-D tensor (B, n_kv_heads, T, head_dim), got {getattr(x, 'shape', type(x).__name__)}")
     if n_rep == 1:
         return x
-    B, nkv, T, hs = x.shape
-    x = x[:, :, None].expand(B, nkv, n_rep, T, hs)  # (B, nkv, n_rep, T, hs): a view, no copy
-    return x.reshape(B, nkv * n_rep, T, hs)  # (B, nh, T, hs)
+    return repeat(x, "b kv t d -> b (kv r) t d", r=n_rep)  # (B, nh, T, hs): head h reads K/V head h // n_rep
 
 
 def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None, n_sink: int = 0) -> torch.Tensor:
@@ -298,13 +297,12 @@ class MultiHeadAttention(nn.Module):
         """``x (B, T, C)`` -> ``q (B, nh, T, hs)``, ``k, v (B, nkv, T, hs)``: one matmul, split per head."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)  # (B, nh, T, hs)
+        k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)
+        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)
         return q, k, v
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
-        B, T, C = x.shape
         q, k, v = self.project_qkv(x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         if positions is not None:  # lesson 03: lmlab.position_scheme.AttentionPositions of this forward pass
             q, k = positions.rotate(q, k)  # RoPE: new q and k rotated at their positions, before caching
@@ -313,7 +311,7 @@ class MultiHeadAttention(nn.Module):
             k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs): all keys so far
         y = self.attend(q, k, v, attn_mask, positions)  # (B, nh, T, hs)
         y = self.mix(q, k_new, v_new, y, cached=kv_cache is not None)  # (B, nh, T, hs): a subclass's extra source
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, C): heads side by side again
         return self.drop(self.proj(y))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,

@@ -4,19 +4,11 @@ One model, many parts: :class:`ModelConfig` names each choice (norm, where it go
 position scheme, attention) and :mod:`lmlab.parts` turns a name into a module. The config's
 validation, the builders below and :func:`lmlab.calc.model_params` all read the same tables.
 
-**Adding a variant, or your own part, in one place.** A new kind of norm is one entry::
+**Adding a variant, or your own part, in one place** (``FFNS``, ``POSITIONS``, ``ATTENTIONS`` alike)::
 
-    from lmlab.parts import NORMS
-    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))   # cfg -> nn.Module, (..., C) -> (..., C)
-    GPT(ModelConfig(norm="scalenorm"))   # validated, built in every block, counted by calc.model_params
-
-(``FFNS`` for ``activation``, ``POSITIONS`` for ``position``, ``ATTENTIONS`` for ``attention``:
-``build(cfg, layer)``.) A part *you* wrote in an exercise plugs in by its constructor; the part is
-built once on a probe input and a wrong signature or output shape is a ``ValueError`` that says
-what was expected::
-
-    from lmlab.parts import register_norm
-    register_norm("my_rmsnorm", RMSNorm)      # your class: RMSNorm(d_model, eps=...)
+    from lmlab.parts import NORMS, register_norm
+    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))  # validated, built, counted by calc
+    register_norm("my_rmsnorm", RMSNorm)     # your class RMSNorm(d_model, eps=...), probed: bad shape -> ValueError
     GPT(ModelConfig(norm="my_rmsnorm", norm_eps=1e-5))
 
 Shapes: B = batch, T = tokens, C = d_model, nh = heads, hs = head_dim, V = vocabulary.

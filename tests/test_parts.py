@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab import calc, parts
+from lmlab.part_training import train_with_part
 from lmlab.knn_memory import KNNMemoryAttention
 from lmlab.model import GPT, ModelConfig
 from lmlab.norms import deepnorm_constants
@@ -144,8 +145,8 @@ def test_knn_layer_applies_attention_dropout():
 
 def test_train_with_part_matches_lmlab_for_a_correct_part_and_not_for_a_wrong_one():
     cfg = dict(context_length=16, d_model=16, n_layers=1, n_heads=2, norm="rmsnorm", bias=False, norm_eps=1e-3)
-    ref = parts.train_with_part(None, "norm", cfg, steps=3, seed=0)
-    mine = parts.train_with_part(MyRMSNorm, "norm", cfg, steps=3, seed=0)
+    ref = train_with_part(None, "norm", cfg, steps=3, seed=0)
+    mine = train_with_part(MyRMSNorm, "norm", cfg, steps=3, seed=0)
     torch.testing.assert_close(mine["logits"], ref["logits"], atol=1e-5, rtol=0)
     assert len(ref["losses"]) == 3 and max(abs(a - b) for a, b in zip(ref["losses"], mine["losses"])) < 1e-4
 
@@ -153,6 +154,6 @@ def test_train_with_part_matches_lmlab_for_a_correct_part_and_not_for_a_wrong_on
         def forward(self, x):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * self.weight
 
-    wrong = parts.train_with_part(NoEps, "norm", cfg, steps=3, seed=0)
+    wrong = train_with_part(NoEps, "norm", cfg, steps=3, seed=0)
     assert not torch.allclose(wrong["logits"], ref["logits"], atol=1e-4)
     assert not any(n.startswith("_plugged") for n in parts.NORMS)  # the temporary name is gone
