@@ -306,7 +306,9 @@ tile_explorer
 # - `scaled_dot_product_attention`: softmax of $QK^\top/\sqrt{d}$ with a mask, times $V$;
 # - `sliding_window_mask`: the causal window of the $w$ most recent tokens (no off-by-one);
 # - `repeat_kv`: share each K/V head with its group of query heads, in the right order;
-# - `online_softmax_merge`: merge two partial softmax results, rescaling both.
+# - `online_softmax_merge`: merge two partial softmax results, rescaling both;
+# - `class GQAttention`: grouped-query attention as a module, swapped into lmlab's model
+#   (`lmlab.parts.register_attention`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/04_attention.ipynb`.
 #
