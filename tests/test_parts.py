@@ -157,3 +157,15 @@ def test_train_with_part_matches_lmlab_for_a_correct_part_and_not_for_a_wrong_on
     wrong = train_with_part(NoEps, "norm", cfg, steps=3, seed=0)
     assert not torch.allclose(wrong["logits"], ref["logits"], atol=1e-4)
     assert not any(n.startswith("_plugged") for n in parts.NORMS)  # the temporary name is gone
+
+
+def test_no_module_imports_another_modules_private_names():
+    import pathlib
+    import re
+
+    import lmlab
+
+    pattern = re.compile(r"^\s*from \.[\w.]* import .*\b_[A-Za-z]", re.M)
+    root = pathlib.Path(lmlab.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
