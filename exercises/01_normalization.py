@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/01_normalization.ipynb)
 #
-# Four pieces of [lesson 01](../lessons/01_normalization.ipynb), written by you.
+# Five pieces of [lesson 01](../lessons/01_normalization.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -19,6 +19,7 @@
 # | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 |
 # | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 |
 # | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 |
+# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -44,6 +45,7 @@ if "google.colab" in sys.modules:
 
 # %%
 import torch
+import torch.nn as nn
 
 from lmlab.grading import check, check_all
 
@@ -157,6 +159,36 @@ def deepnorm_constants(num_layers: int) -> tuple[float, float]:
 
 # %%
 check("01.deepnorm_constants", deepnorm_constants)
+
+# %% [markdown]
+# ## 5 · Swap your RMSNorm into the model and train (2 points)
+#
+# Wrap your `rms_norm` in a module with a learned gain, then put it in every norm slot of lmlab's
+# model: `lmlab.parts.register_norm("my_rmsnorm", RMSNorm)` makes `ModelConfig(norm="my_rmsnorm")`
+# valid, and `ModelConfig.norm_eps` reaches your `eps`. The check builds the model twice from the same
+# weights, once with lmlab's RMSNorm and once with yours: same logits, and the same losses after 8
+# Adam steps (tolerance 1e-4).
+
+# %%
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, with a learned gain.
+
+    ``RMSNorm(d_model, eps=1e-6)``: one parameter, ``weight`` of shape ``(d_model,)``, initialised to
+    ones (no bias). ``forward(x (..., d_model))`` returns ``rms_norm(x, weight, eps)``, same shape.
+
+    Hint: ``nn.Parameter(torch.ones(d_model))``; keep ``eps`` on the module and use it in ``forward``.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        raise NotImplementedError("keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).")
+
+
+# %%
+check("01.RMSNorm", RMSNorm)
 
 # %% [markdown]
 # ## Your score

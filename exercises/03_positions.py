@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/03_positions.ipynb)
 #
-# Four position schemes of [lesson 03](../lessons/03_positions.ipynb), written by you.
+# Five pieces of [lesson 03](../lessons/03_positions.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -19,6 +19,7 @@
 # | 2 | `apply_rope(x, positions, base)`: RoPE in the half-split layout | 3 |
 # | 3 | `alibi_slopes(n_heads)`: ALiBi's per-head slopes, for any number of heads | 2 |
 # | 4 | `relative_position_bucket(...)`: T5's bucket of a relative position | 3 |
+# | 5 | `class RotaryEmbedding`: your RoPE as a module, swapped into the model and trained | 2 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -48,6 +49,7 @@ if "google.colab" in sys.modules:
 import math
 
 import torch
+import torch.nn as nn
 
 from lmlab.grading import check, check_all
 
@@ -173,6 +175,36 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
 
 # %%
 check("03.relative_position_bucket", relative_position_bucket)
+
+# %% [markdown]
+# ## 5 · Swap your RoPE into the model and train (2 points)
+#
+# Make your `apply_rope` a module like Hugging Face's `LlamaRotaryEmbedding`, then let every layer
+# rotate its queries and keys with it: `lmlab.parts.register_rope("my_rope", RotaryEmbedding)` makes
+# `ModelConfig(position="my_rope")` valid (the model calls `RotaryEmbedding(head_dim, rope_base)` and
+# then `rope(q, positions)`, `rope(k, positions)`). The check: lmlab's logits from the same weights,
+# and the same losses after 8 Adam steps (tolerance 1e-4).
+
+# %%
+class RotaryEmbedding(nn.Module):
+    """RoPE as a module.
+
+    ``RotaryEmbedding(head_dim, base=10000.0)``; ``forward(x (..., T, head_dim), positions (T,))``
+    returns ``x`` rotated at ``positions`` in the half-split layout (a new tensor, same shape).
+
+    Hint: keep ``base``; ``forward`` is your ``apply_rope(x, positions, self.base)``.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        raise NotImplementedError("store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).")
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).")
+
+
+# %%
+check("03.RotaryEmbedding", RotaryEmbedding)
 
 # %% [markdown]
 # ## Your score

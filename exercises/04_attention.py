@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/04_attention.ipynb)
 #
-# Four pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
+# Five pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -19,6 +19,7 @@
 # | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
 # | 3 | `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 2 |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
+# | 5 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -49,6 +50,7 @@ if "google.colab" in sys.modules:
 import math
 
 import torch
+import torch.nn as nn
 
 from lmlab.grading import check, check_all
 
@@ -155,6 +157,40 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
+
+# %% [markdown]
+# ## 5 · Swap your grouped-query attention into the model and train (3 points)
+#
+# Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
+# Face's layer names, then put it in every block: `lmlab.parts.register_attention("my_gqa", GQAttention)`
+# makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
+# `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
+# Adam steps (tolerance 1e-4).
+
+# %%
+class GQAttention(nn.Module):
+    """Causal grouped-query self-attention.
+
+    ``GQAttention(d_model, n_heads, n_kv_heads)``: bias-free ``nn.Linear`` layers ``q_proj``
+    (``d_model -> d_model``), ``k_proj`` and ``v_proj`` (``d_model -> n_kv_heads * head_dim``) and
+    ``o_proj`` (``d_model -> d_model``), with ``head_dim = d_model // n_heads``.
+    ``forward(x (B, T, d_model))`` returns ``(B, T, d_model)``; token ``t`` attends to tokens ``<= t``.
+
+    Hint: ``.view(B, T, heads, head_dim).transpose(1, 2)`` splits heads; your ``repeat_kv`` gives every
+    query head its K/V head; a lower-triangular mask; your ``scaled_dot_product_attention``; merge the
+    heads back with ``.transpose(1, 2).reshape(B, T, d_model)``, then ``o_proj``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+        super().__init__()
+        raise NotImplementedError("split q into n_heads and k, v into n_kv_heads heads of d_model // n_heads; your repeat_kv, a causal mask and your scaled_dot_product_attention; merge heads; o_proj.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("split q into n_heads and k, v into n_kv_heads heads of d_model // n_heads; your repeat_kv, a causal mask and your scaled_dot_product_attention; merge heads; o_proj.")
+
+
+# %%
+check("04.GQAttention", GQAttention)
 
 # %% [markdown]
 # ## Your score

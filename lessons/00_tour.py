@@ -167,7 +167,7 @@ loss_figure(result).show()
 
 # %%
 prompt = torch.tensor(tok.encode("The "))
-sample = lmlab.generate(result.model, prompt, max_new_tokens=200, temperature=0.8,
+sample = lmlab.generate(result.model, prompt, max_new_tokens=200, strategy="sample", temperature=0.8,
                         generator=torch.Generator().manual_seed(0))
 print(tok.decode(sample))
 

@@ -423,7 +423,9 @@ hist_explorer
 #   variance and where ε goes),
 # - `rms_norm(x, weight, eps)` — it must equal `F.rms_norm`,
 # - `pre_ln_block(x, attn, ffn, norm1, norm2)` — one pre-LN transformer layer from its parts,
-# - `deepnorm_constants(num_layers)` — DeepNet's α and β.
+# - `deepnorm_constants(num_layers)` — DeepNet's α and β,
+# - `class RMSNorm` — your norm as a module, swapped into lmlab's model (`lmlab.parts.register_norm`) and
+#   trained: it must give lmlab's logits and losses.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/01_normalization.ipynb`.
 #

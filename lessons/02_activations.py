@@ -308,7 +308,8 @@ swish_explorer.controls["beta"].value = 1.0
 # - `gelu_tanh(x)`, GPT-2's tanh approximation (checked against `F.gelu(approximate="tanh")`),
 # - `swiglu_ffn(x, w_gate, w_value, w_down)`, a SwiGLU FFN forward pass (checked against `nn.Linear`s),
 # - `glu_hidden_size(plain_hidden, multiple_of)`, the 2/3 rule (checked against LLaMA's sizes),
-# - `ffn_num_parameters(d_model, hidden, kind, bias)` (checked against real modules).
+# - `ffn_num_parameters(d_model, hidden, kind, bias)` (checked against real modules),
+# - `class SwiGLU`, LLaMA's FFN as a module, swapped into lmlab's model (`lmlab.parts.register_ffn`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/02_activations.ipynb`.
 #

@@ -418,7 +418,8 @@ bias_explorer
 # - `sinusoidal_embedding`: the fixed table, with sin in even and cos in odd columns;
 # - `apply_rope`: RoPE in the half-split layout (`rotate_half`);
 # - `alibi_slopes`: including head counts that are not powers of two;
-# - `relative_position_bucket`: T5's bucket, bidirectional and causal.
+# - `relative_position_bucket`: T5's bucket, bidirectional and causal;
+# - `class RotaryEmbedding`: your RoPE as a module, swapped into lmlab's model (`lmlab.parts.register_rope`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/03_positions.ipynb`.
 #

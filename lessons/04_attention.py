@@ -120,6 +120,28 @@ else:
     print("FlexAttention not available here:", why)
 
 # %% [markdown]
+# ### Two ways to write the head split: `view`/`transpose` and einops
+#
+# Multi-head attention cuts each projection `(B, T, C)` into heads `(B, nh, T, hs)` and glues the
+# heads back after attention; GQA copies each K/V head to its group. nanoGPT writes the split with
+# `view` + `transpose`; einops' `rearrange` / `repeat` name the axes instead (lmlab's
+# `MultiHeadAttention` and `repeat_kv` use them). Same tensors:
+
+# %%
+from einops import rearrange, repeat
+
+x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))  # (B, T, C): nh = 4 heads of hs = 8
+heads_view = x.view(2, 16, 4, 8).transpose(1, 2)  # (B, nh, T, hs)
+heads_einops = rearrange(x, "b t (h d) -> b h t d", h=4)  # (B, nh, T, hs)
+assert torch.equal(heads_view, heads_einops)
+merged_view = heads_view.transpose(1, 2).contiguous().view(2, 16, 32)  # (B, T, C) again
+assert torch.equal(merged_view, rearrange(heads_einops, "b h t d -> b t (h d)")) and torch.equal(merged_view, x)
+kv = torch.randn(2, 2, 16, 8, generator=torch.Generator().manual_seed(2))  # (B, nkv = 2, T, hs)
+assert torch.equal(kv.repeat_interleave(4, dim=1), repeat(kv, "b kv t d -> b (kv r) t d", r=4))  # (B, 8, T, hs)
+assert torch.equal(A.repeat_kv(kv, 4), kv.repeat_interleave(4, dim=1))
+print("view/transpose = rearrange, repeat_interleave = einops.repeat = repeat_kv ✔ (query head h reads K/V head h // 4)")
+
+# %% [markdown]
 # ## 3 · Experiment: the quadratic cost, and a sliding window
 #
 # Full causal attention (`lmlab.attention.attention`, which builds the whole score matrix) against a
@@ -202,8 +224,9 @@ mask_explorer
 
 # %%
 kvh = X.kv_heads_experiment(kv_heads=(4, 2, 1), steps=120, seeds=(0, 1, 2), lrs=(3e-3, 1e-2), batch_size=16)
-print(kvh.sweep.table(), f"\n({len(kvh.sweep.loss) * len(kvh.sweep.seeds)} runs in {kvh.sweep.seconds:.0f} s)")
-decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_size=64, T=4096, batch=4, repeats=15)
+print(kvh.sweep.table(), f"
+({len(kvh.sweep.loss) * len(kvh.sweep.seeds)} runs in {kvh.sweep.seconds:.0f} s)")
+decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_dim=64, T=4096, batch=4, repeats=15)
 for r in kvh.rows:
     print(f"{r['name']:<18} params {r['params']:>7,}  val loss {r['val_loss']:.3f} (at its best lr {r['best_lr']:g})  "
           f"KV cache {r['kv_bytes_per_token']} B/token (fp16)")
@@ -296,7 +319,9 @@ tile_explorer
 # - `scaled_dot_product_attention`: softmax of $QK^\top/\sqrt{d}$ with a mask, times $V$;
 # - `sliding_window_mask`: the causal window of the $w$ most recent tokens (no off-by-one);
 # - `repeat_kv`: share each K/V head with its group of query heads, in the right order;
-# - `online_softmax_merge`: merge two partial softmax results, rescaling both.
+# - `online_softmax_merge`: merge two partial softmax results, rescaling both;
+# - `class GQAttention`: grouped-query attention as a module, swapped into lmlab's model
+#   (`lmlab.parts.register_attention`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/04_attention.ipynb`.
 #

@@ -114,7 +114,7 @@ torch.testing.assert_close(out, reference)
 print(f"naive decode step == last row of full causal attention (max diff {(out - reference).abs().max():.1e}) ✔")
 
 # %% [markdown]
-# lmlab's `KVCache` preallocates `(layers, B, n_kv, max_len, head_size)` for K and for V and writes
+# lmlab's `KVCache` preallocates `(layers, B, n_kv, max_len, head_dim)` for K and for V and writes
 # new tokens in place (no `torch.cat` copying the whole cache every step). `GPT.forward_with_cache`
 # takes only the *new* tokens. We check on a tiny untrained GPT (untrained is fine: we test
 # equality and time, not quality) that prefill + 20 decode steps give the same logits as the plain
@@ -134,10 +134,10 @@ with torch.no_grad():
     full = model(ids)  # (1, 52, V): no cache
 torch.testing.assert_close(torch.cat(steps_logits, dim=1), full, atol=1e-4, rtol=1e-4)
 print(f"prefill 32 + 20 decode steps == one full forward pass (max diff {(torch.cat(steps_logits, 1) - full).abs().max():.1e}) ✔")
-formula = kv_cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_size, cache.length, 4)
-assert cache.used_bytes == formula == 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_size * 52 * 4
+formula = kv_cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, cache.length, 4)
+assert cache.used_bytes == formula == 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 52 * 4
 print(f"cache holds {cache.length} tokens: {cache.used_bytes:,} bytes used = 2 × {cfg.n_layers} layers × {cfg.n_kv_heads} heads "
-      f"× {cfg.head_size} × 52 tokens × 4 bytes; reserved {cache.nbytes:,} bytes for its {cache.max_len}-token capacity")
+      f"× {cfg.head_dim} × 52 tokens × 4 bytes; reserved {cache.nbytes:,} bytes for its {cache.max_len}-token capacity")
 
 # %% [markdown]
 # **PagedAttention.** The same K/V can live in blocks of `block_size` tokens scattered over a

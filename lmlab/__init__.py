@@ -1,7 +1,8 @@
 """lmlab: the reference implementation behind the course's lessons.
 
 A module per topic, readable top to bottom. Lesson 00 builds :mod:`lmlab.data`,
-:mod:`lmlab.masks`, :mod:`lmlab.model` and :mod:`lmlab.train`; later chapters add modules.
+:mod:`lmlab.masks`, :mod:`lmlab.model` and :mod:`lmlab.train` (``lmlab.generate`` is
+:func:`lmlab.decoding.generate`, lesson 07's decoding loop); later chapters add modules.
 """
 
 __version__ = "0.1.0"
@@ -9,7 +10,8 @@ __version__ = "0.1.0"
 from .data import ByteTokenizer, CharTokenizer, load_corpus, load_text, sample_batch, unigram_entropy
 from .masks import architecture_mask, causal_mask, encoder_decoder_masks, prefix_lm_mask
 from .model import GPT, ModelConfig
-from .train import evaluate, generate, lm_loss, seed_everything, train
+from .decoding import generate
+from .train import evaluate, lm_loss, seed_everything, train
 
 __all__ = [
     "ByteTokenizer", "CharTokenizer", "load_corpus", "load_text", "sample_batch", "unigram_entropy",

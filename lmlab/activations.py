@@ -22,10 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validation import check_choice, check_int
+
 __all__ = [
     "FFN_KINDS", "GLU_KINDS", "GELU_APPROXIMATIONS",
     "gelu", "swish", "silu", "glu", "swiglu", "geglu",
-    "glu_hidden_size", "ffn_num_parameters", "FeedForward",
+    "glu_hidden_size", "ffn_num_parameters", "FeedForward", "SwiGLU",
 ]
 
 FFN_KINDS = ("relu", "gelu", "swiglu", "geglu")
@@ -37,12 +39,6 @@ def _check_input(x, where: str) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = f"{x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{where}: x must be a floating-point tensor, got {got}")
-
-
-def _check_int(value, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _fp32_if_half(x: torch.Tensor) -> torch.Tensor:
@@ -139,18 +135,17 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     *up* to a multiple of ``multiple_of`` (hardware-friendly), exactly as LLaMA does:
     ``glu_hidden_size(4 * 4096, 256) == 11008`` (LLaMA-7B).
     """
-    plain_hidden = _check_int(plain_hidden, "plain_hidden", "glu_hidden_size")
-    multiple_of = _check_int(multiple_of, "multiple_of", "glu_hidden_size")
+    plain_hidden = check_int(plain_hidden, "plain_hidden", "glu_hidden_size:")
+    multiple_of = check_int(multiple_of, "multiple_of", "glu_hidden_size:")
     hidden = int(2 * plain_hidden / 3)
     return max(multiple_of, multiple_of * math.ceil(hidden / multiple_of))
 
 
 def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int:
     """Parameters of :class:`FeedForward` without building it: gated kinds have 3 matrices, plain 2."""
-    _check_int(d_model, "d_model", "ffn_num_parameters")
-    _check_int(hidden, "hidden", "ffn_num_parameters")
-    if kind not in FFN_KINDS:
-        raise ValueError(f"ffn_num_parameters: kind must be one of {FFN_KINDS}, got {kind!r}")
+    check_int(d_model, "d_model", "ffn_num_parameters:")
+    check_int(hidden, "hidden", "ffn_num_parameters:")
+    check_choice(kind, "kind", FFN_KINDS, "ffn_num_parameters:")
     up = 2 * hidden if kind in GLU_KINDS else hidden  # outputs of the first projection
     return d_model * up + hidden * d_model + ((up + d_model) if bias else 0)
 
@@ -168,10 +163,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, hidden: int, kind: str = "gelu", *, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        _check_int(d_model, "d_model", "FeedForward")
-        _check_int(hidden, "hidden", "FeedForward")
-        if kind not in FFN_KINDS:
-            raise ValueError(f"FeedForward: kind must be one of {FFN_KINDS}, got {kind!r}")
+        check_int(d_model, "d_model", "FeedForward:")
+        check_int(hidden, "hidden", "FeedForward:")
+        check_choice(kind, "kind", FFN_KINDS, "FeedForward:")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"FeedForward: dropout must be in [0, 1), got {dropout!r}")
         self.kind = kind
@@ -179,6 +173,11 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d_model, 2 * hidden if kind in GLU_KINDS else hidden, bias=bias)
         self.down = nn.Linear(hidden, d_model, bias=bias)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def init_roles(self) -> list[tuple[nn.Linear, slice, str]]:
+        """What each weight does, for :func:`lmlab.model.init_weights`: ``up`` feeds the hidden
+        layer, ``down`` writes into the residual stream."""
+        return [(self.up, slice(None), "ffn_in"), (self.down, slice(None), "output")]
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
         """The non-linearity between ``up`` and ``down``: ``(..., up.out_features) -> (..., hidden)``."""
@@ -200,3 +199,20 @@ class FeedForward(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, hidden={self.hidden}"
+
+
+class SwiGLU(nn.Module):
+    """LLaMA's MLP in Hugging Face's layout: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, no biases
+    (lesson 02's plug-in exercise; :class:`FeedForward` ``"swiglu"`` is the same function with
+    ``gate_proj`` and ``up_proj`` fused into one matrix ``up = [up_proj; gate_proj]``)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        check_int(d_model, "d_model", "SwiGLU:")
+        check_int(hidden, "hidden", "SwiGLU:")
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (..., d_model)

@@ -11,7 +11,7 @@
   ``n_kv_heads`` (``1`` = MQA, ``n_heads`` = plain multi-head attention, in between = GQA).
 * The tiled FlashAttention algorithm lives in :mod:`lmlab.flash` (re-exported here).
 
-Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head size.
+Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head_dim.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange, repeat
 
 from .flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
-from .masks import _check_length
+from .validation import check_int, check_kv_heads, check_qkv
 
 __all__ = [
     "attention",
+    "check_qkv",
     "sliding_window_mask",
     "strided_mask",
     "global_local_mask",
@@ -41,6 +43,7 @@ __all__ = [
     "flex_attention",
     "repeat_kv",
     "MultiHeadAttention",
+    "GQAttention",
     "decode_mask",
     "flash_attention",
     "IOStats",
@@ -52,32 +55,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # The reference
 # --------------------------------------------------------------------------------------------
-
-
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_heads: bool = True) -> None:
-    """``q (B, nh, T_q, hs)``, ``k (B, nkv, T_k, hs)``, ``v (B, nkv, T_k, hs_v)``, one dtype and device.
-
-    ``same_heads``: require ``nh == nkv``; otherwise ``nh`` must be a multiple of ``nkv`` (GQA).
-    """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a 4-D tensor (B, heads, T, head_size), got {got}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
-        raise ValueError(f"q, k, v must share one floating dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}")
-    if q.size(0) != k.size(0) or k.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"q (B, nh, T_q, hs), k (B, nkv, T_k, hs), v (B, nkv, T_k, hs_v) must agree on B, nkv, T_k; "
-            f"got q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}"
-        )
-    if q.size(-1) != k.size(-1):
-        raise ValueError(f"q and k must have the same head size, got q={tuple(q.shape)}, k={tuple(k.shape)}")
-    if same_heads and q.size(1) != k.size(1):
-        raise ValueError(f"q and k must have the same number of heads (use repeat_kv for GQA), got q={tuple(q.shape)}, k={tuple(k.shape)}")
-    if not same_heads and q.size(1) % k.size(1):
-        raise ValueError(f"q's heads ({q.size(1)}) must be a multiple of k/v's heads ({k.size(1)})")
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,8 +92,8 @@ def sliding_window_mask(T: int, window: int, causal: bool = True, device=None) -
     """``(T, T)``: token i sees the ``window`` most recent tokens ``i-window+1 .. i`` (Longformer's
     local attention, Mistral's sliding window). ``causal=False``: every j with ``|i - j| < window``.
     ``window >= T`` (causal) is the causal mask; ``window=1`` sees only itself."""
-    _check_length("T", T)
-    _check_length("window", window)
+    check_int(T, "T")
+    check_int(window, "window")
     i, j = _positions(T, device)
     near = (i - j).abs() < window  # (T, T): the band
     return near & (j <= i) if causal else near
@@ -127,8 +104,8 @@ def strided_mask(T: int, stride: int, causal: bool = True, device=None) -> torch
     previous ``stride`` tokens (local head) plus every token a multiple of ``stride`` back
     (strided head), i.e. ``i - j < stride or (i - j) % stride == 0``. Each row sees about
     ``stride + T/stride`` keys: ``O(T sqrt T)`` in total for ``stride ~ sqrt(T)``."""
-    _check_length("T", T)
-    _check_length("stride", stride)
+    check_int(T, "T")
+    check_int(stride, "stride")
     i, j = _positions(T, device)
     d = (i - j).abs()  # (T, T): distance
     pattern = (d < stride) | (d % stride == 0)
@@ -139,9 +116,9 @@ def global_local_mask(T: int, n_global: int, window: int, causal: bool = True, d
     """``(T, T)``: a sliding window of ``window`` tokens plus ``n_global`` global tokens at the start
     (Longformer/BigBird's global+local; with causal=True it is the Λ-shaped mask of LM-Infinite /
     StreamingLLM's "attention sinks", lesson 06). Non-causal: global tokens also see everything."""
-    _check_length("T", T)
-    _check_length("n_global", n_global, minimum=0)
-    _check_length("window", window)
+    check_int(T, "T")
+    check_int(n_global, "n_global", minimum=0)
+    check_int(window, "window")
     i, j = _positions(T, device)
     pattern = sliding_window_mask(T, window, causal=False, device=device) | (j < n_global)  # (T, T)
     if causal:
@@ -163,7 +140,7 @@ def causal_mask_mod(b, h, q_idx, kv_idx):
 
 def sliding_window_mask_mod(window: int, causal: bool = True) -> MaskMod:
     """:func:`sliding_window_mask` as a FlexAttention ``mask_mod``."""
-    _check_length("window", window)
+    check_int(window, "window")
 
     def mask_mod(b, h, q_idx, kv_idx):
         near = (q_idx - kv_idx).abs() < window
@@ -174,7 +151,7 @@ def sliding_window_mask_mod(window: int, causal: bool = True) -> MaskMod:
 
 def strided_mask_mod(stride: int, causal: bool = True) -> MaskMod:
     """:func:`strided_mask` as a FlexAttention ``mask_mod``."""
-    _check_length("stride", stride)
+    check_int(stride, "stride")
 
     def mask_mod(b, h, q_idx, kv_idx):
         d = (q_idx - kv_idx).abs()
@@ -186,8 +163,8 @@ def strided_mask_mod(stride: int, causal: bool = True) -> MaskMod:
 
 def global_local_mask_mod(n_global: int, window: int, causal: bool = True) -> MaskMod:
     """:func:`global_local_mask` as a FlexAttention ``mask_mod``."""
-    _check_length("n_global", n_global, minimum=0)
-    _check_length("window", window)
+    check_int(n_global, "n_global", minimum=0)
+    check_int(window, "window")
 
     def mask_mod(b, h, q_idx, kv_idx):
         pattern = ((q_idx - kv_idx).abs() < window) | (kv_idx < n_global)
@@ -199,9 +176,9 @@ def global_local_mask_mod(n_global: int, window: int, causal: bool = True) -> Ma
 def mask_from_mask_mod(mask_mod: MaskMod, T_q: int, T_k: int | None = None, device=None) -> torch.Tensor:
     """Evaluate a ``mask_mod`` on every (query, key) pair: a dense ``(T_q, T_k)`` bool mask.
     Needs no FlexAttention, so it works on any torch."""
-    _check_length("T_q", T_q)
+    check_int(T_q, "T_q")
     T_k = T_q if T_k is None else T_k
-    _check_length("T_k", T_k)
+    check_int(T_k, "T_k")
     zero = torch.zeros((), dtype=torch.long, device=device)
     q_idx = torch.arange(T_q, device=device)[:, None]  # (T_q, 1)
     kv_idx = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
@@ -252,14 +229,12 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_mod: 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """``(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs)``: each K/V head serves ``n_rep`` query heads
     (query head ``h`` uses K/V head ``h // n_rep``, as in LLaMA and SDPA's ``enable_gqa``)."""
-    _check_length("n_rep", n_rep)
+    check_int(n_rep, "n_rep")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4-D tensor (B, n_kv_heads, T, head_size), got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(f"x must be a 4-D tensor (B, n_kv_heads, T, head_dim), got {getattr(x, 'shape', type(x).__name__)}")
     if n_rep == 1:
         return x
-    B, nkv, T, hs = x.shape
-    x = x[:, :, None].expand(B, nkv, n_rep, T, hs)  # (B, nkv, n_rep, T, hs): a view, no copy
-    return x.reshape(B, nkv * n_rep, T, hs)  # (B, nh, T, hs)
+    return repeat(x, "b kv t d -> b (kv r) t d", r=n_rep)  # (B, nh, T, hs): head h reads K/V head h // n_rep
 
 
 def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None, n_sink: int = 0) -> torch.Tensor:
@@ -272,16 +247,6 @@ def decode_mask(T_q: int, T_k: int, window: int | None = None, device=None, n_si
     j = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
     mask = j <= i
     return mask & ((i - j < window) | (j < n_sink)) if window is not None else mask  # (T_q, T_k)
-
-
-def _check_heads(n_heads: int, n_kv_heads: int | None) -> int:
-    _check_length("n_heads", n_heads)
-    if n_kv_heads is None:
-        return n_heads
-    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1 or n_heads % n_kv_heads:
-        divisors = [h for h in range(1, n_heads + 1) if n_heads % h == 0]
-        raise ValueError(f"n_kv_heads must divide n_heads={n_heads} (1 = MQA, {n_heads} = MHA): one of {divisors}, got {n_kv_heads!r}")
-    return n_kv_heads
 
 
 class MultiHeadAttention(nn.Module):
@@ -300,53 +265,108 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
                  dropout: float = 0.0, window: int | None = None, n_sink: int = 0):
         super().__init__()
-        _check_length("d_model", d_model)
-        self.n_kv_heads = _check_heads(n_heads, n_kv_heads)
+        check_int(d_model, "d_model")
+        check_int(n_heads, "n_heads")
+        self.n_kv_heads = check_kv_heads(n_kv_heads, n_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if window is not None:
-            _check_length("window", window)
-        _check_length("n_sink", n_sink, minimum=0)
-        self.n_heads, self.head_size, self.window, self.n_sink = n_heads, d_model // n_heads, window, n_sink
+            check_int(window, "window")
+        check_int(n_sink, "n_sink", minimum=0)
+        self.n_heads, self.head_dim, self.window, self.n_sink = n_heads, d_model // n_heads, window, n_sink
         self.n_rep = n_heads // self.n_kv_heads
-        self.kv_dim = self.n_kv_heads * self.head_size  # width of k (and of v)
+        self.kv_dim = self.n_kv_heads * self.head_dim  # width of k (and of v)
         self.qkv = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
-        self.proj.is_residual_projection = True
         self.dropout = dropout
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def init_roles(self) -> list[tuple[nn.Linear, slice, str]]:
+        """What each weight does, for :func:`lmlab.model.init_weights`: rows of ``qkv`` make q and k
+        (``qk``) or v (``value``); ``proj`` writes into the residual stream (``output``)."""
+        C = self.qkv.in_features
+        return [(self.qkv, slice(0, C + self.kv_dim), "qk"), (self.qkv, slice(C + self.kv_dim, None), "value"),
+                (self.proj, slice(None), "output")]
+
+    @property
+    def head_size(self) -> int:
+        """Old name of head_dim."""
+        return self.head_dim
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, T, C)`` -> ``q (B, nh, T, hs)``, ``k, v (B, nkv, T, hs)``: one matmul, split per head."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
-        q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)  # (B, nh, T, hs)
+        k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)
+        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)
         return q, k, v
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
-        B, T, C = x.shape
         q, k, v = self.project_qkv(x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         if positions is not None:  # lesson 03: lmlab.position_scheme.AttentionPositions of this forward pass
             q, k = positions.rotate(q, k)  # RoPE: new q and k rotated at their positions, before caching
+        k_new, v_new = k, v
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs): all keys so far
-        T_k = k.size(2)
+        y = self.attend(q, k, v, attn_mask, positions)  # (B, nh, T, hs)
+        y = self.mix(q, k_new, v_new, y, cached=kv_cache is not None)  # (B, nh, T, hs): a subclass's extra source
+        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, C): heads side by side again
+        return self.drop(self.proj(y))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               positions=None) -> torch.Tensor:
+        """Causal (or ``attn_mask``, or windowed) attention of the new queries ``q (B, nh, T, hs)`` over
+        all keys ``k, v (B, nkv, T_k, hs)``: ``(B, nh, T, hs)``."""
+        T, T_k = q.size(2), k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
         if positions is not None and positions.changes_scores:  # ALiBi / T5 bias, RoPE truncation
-            mask = attn_mask if attn_mask is not None else decode_mask(T, T_k, self.window, x.device, self.n_sink)
-            y = positions.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-            return self.drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))  # (B, T, C)
+            mask = attn_mask if attn_mask is not None else decode_mask(T, T_k, self.window, q.device, self.n_sink)
+            return positions.attend(q, k, v, mask, dropout_p)  # (B, nh, T, hs)
         is_causal = attn_mask is None and T_k == T and self.window is None
         one_new_token = T == 1 and self.window is None  # decode step: it sees every cached key
         if attn_mask is None and not is_causal and not one_new_token:
-            attn_mask = decode_mask(T, T_k, self.window, device=x.device, n_sink=self.n_sink)  # (T, T_k)
-        y = F.scaled_dot_product_attention(
+            attn_mask = decode_mask(T, T_k, self.window, device=q.device, n_sink=self.n_sink)  # (T, T_k)
+        return F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
             is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=dropout_p,
             **({"enable_gqa": True} if self.n_rep > 1 else {}),
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.drop(self.proj(y))
+
+    def mix(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, y: torch.Tensor, cached: bool) -> torch.Tensor:
+        """Hook for attention that also reads another source (:class:`lmlab.knn_memory.KNNMemoryAttention`):
+        receives the new queries, the new keys/values and the attention output; returns the output."""
+        return y
+
+
+class GQAttention(nn.Module):
+    """Causal grouped-query self-attention in Hugging Face's layout (lesson 04's plug-in exercise):
+    ``q_proj (C -> C)``, ``k_proj``, ``v_proj (C -> nkv * hs)``, ``o_proj (C -> C)``, no biases;
+    ``(B, T, C) -> (B, T, C)``. :class:`MultiHeadAttention` is the same function with one fused
+    ``qkv`` matrix ``[q_proj; k_proj; v_proj]`` (and KV cache, masks, positions)."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None):
+        super().__init__()
+        check_int(d_model, "d_model", "GQAttention:")
+        check_int(n_heads, "n_heads", "GQAttention:")
+        self.n_heads, self.n_kv_heads = n_heads, check_kv_heads(n_kv_heads, n_heads, "GQAttention:")
+        if d_model % n_heads:
+            raise ValueError(f"GQAttention: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.head_dim = d_model // n_heads
+        kv = self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, kv, bias=False)
+        self.v_proj = nn.Linear(d_model, kv, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, T, hs): head h reads K/V head h // n_rep
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)

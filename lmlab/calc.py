@@ -22,6 +22,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from . import parts
+from .model import ModelConfig, has_final_norm, norms_per_layer
+from .norms import NORM_KINDS
+from .validation import check_choice, check_int, check_positive
+
 __all__ = [
     "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "NORM_KINDS", "BUBBLE_DEFINITIONS", "RECOMPUTE",
     "mlp_params", "attention_params", "transformer_params", "model_params", "llama_params", "bloom_params",
@@ -34,28 +39,9 @@ __all__ = [
 PRECISIONS = ("fp32", "mixed", "bf16")  # mixed = 16-bit weights/grads + fp32 master copy (ZeRO's setting)
 OPTIMIZERS = ("adam", "sgd_momentum", "sgd")  # number of fp32-ish states: 2, 1, 0
 ZERO_STAGES = (0, 1, 2, 3)
-NORM_KINDS = ("layernorm", "rmsnorm")
 BUBBLE_DEFINITIONS = ("gpipe", "megatron")
 RECOMPUTE = ("none", "selective", "full")
 _STATES = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
-
-
-def _int(value, name: str, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(value, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{where}: {name} must be a number > 0, got {value!r}")
-    return value
-
-
-def _choice(value, name: str, allowed: tuple, where: str):
-    if value not in allowed:
-        raise ValueError(f"{where}: {name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,17 +56,17 @@ def _norm_params(d_model: int, norm: str, bias: bool) -> int:
 def mlp_params(d_model: int, d_ff: int, gated: bool = False, bias: bool = True) -> int:
     """Feed-forward parameters. Plain: ``2 d d_ff`` (+ ``d_ff + d`` biases); gated (SwiGLU, GeGLU):
     three matrices, ``3 d d_ff`` (+ ``2 d_ff + d``): up and gate each map ``d -> d_ff``."""
-    _int(d_model, "d_model", "mlp_params")
-    _int(d_ff, "d_ff", "mlp_params")
+    check_int(d_model, "d_model", "mlp_params:")
+    check_int(d_ff, "d_ff", "mlp_params:")
     up = 2 * d_ff if gated else d_ff
     return d_model * up + d_ff * d_model + ((up + d_model) if bias else 0)
 
 
 def attention_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = True) -> int:
     """q, k, v and output projections; with ``n_kv_heads < n_heads`` (GQA/MQA) k and v shrink."""
-    _int(d_model, "d_model", "attention_params")
-    _int(n_heads, "n_heads", "attention_params")
-    n_kv_heads = n_heads if n_kv_heads is None else _int(n_kv_heads, "n_kv_heads", "attention_params")
+    check_int(d_model, "d_model", "attention_params:")
+    check_int(n_heads, "n_heads", "attention_params:")
+    n_kv_heads = n_heads if n_kv_heads is None else check_int(n_kv_heads, "n_kv_heads", "attention_params:")
     if d_model % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"attention_params: n_heads must divide d_model and n_kv_heads must divide n_heads, "
                          f"got d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}")
@@ -104,13 +90,13 @@ def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: in
     Roughly ``12 L d^2`` for GPT-style layers: the number people quote.
     """
     where = "transformer_params"
-    _int(vocab_size, "vocab_size", where)
-    _int(d_model, "d_model", where)
-    _int(n_layers, "n_layers", where)
-    _int(positions, "positions", where, minimum=0)
-    _int(norm_per_layer, "norm_per_layer", where, minimum=0)
-    _choice(norm, "norm", NORM_KINDS, where)
-    d_ff = 4 * d_model if d_ff is None else _int(d_ff, "d_ff", where)
+    check_int(vocab_size, "vocab_size", f"{where}:")
+    check_int(d_model, "d_model", f"{where}:")
+    check_int(n_layers, "n_layers", f"{where}:")
+    check_int(positions, "positions", f"{where}:", minimum=0)
+    check_int(norm_per_layer, "norm_per_layer", f"{where}:", minimum=0)
+    check_choice(norm, "norm", NORM_KINDS, f"{where}:")
+    d_ff = 4 * d_model if d_ff is None else check_int(d_ff, "d_ff", f"{where}:")
     layer = (attention_params(d_model, n_heads, n_kv_heads, bias) + mlp_params(d_model, d_ff, gated, bias)
              + norm_per_layer * _norm_params(d_model, norm, bias))
     emb = vocab_size * d_model + positions * d_model + (0 if tie_embeddings else vocab_size * d_model)
@@ -120,19 +106,16 @@ def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: in
 
 def model_params(cfg) -> int:
     """Exactly ``sum(p.numel() for p in GPT(cfg).parameters())`` for a :class:`lmlab.model.ModelConfig`,
-    without building the model: learned positions, tied embeddings, biases, sandwich norms
-    (4 per layer) and the final norm only for pre-/sandwich-LN are all accounted for."""
-    from .activations import GLU_KINDS
-    from .model import ModelConfig
-
+    without building the model. Each part's count comes from its :mod:`lmlab.parts` entry (a part
+    without a closed form, e.g. one you registered, is counted on the meta device); the layout
+    (norms per layer, final norm, tied output layer) from :mod:`lmlab.model`."""
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"model_params: cfg must be a ModelConfig, got {type(cfg).__name__}")
-    return transformer_params(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
-        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, gated=cfg.activation in GLU_KINDS, bias=cfg.bias,
-        norm=cfg.norm, norm_per_layer=4 if cfg.norm_position == "sandwich" else 2,
-        final_norm=cfg.norm_position in ("pre", "sandwich"),
-        positions=cfg.context_length if cfg.position == "learned" else 0, tie_embeddings=cfg.tie_embeddings)
+    norm = parts.part_params(cfg, "norm")
+    layers = sum(parts.part_params(cfg, "attention", layer) for layer in range(cfg.n_layers))
+    layers += cfg.n_layers * (parts.part_params(cfg, "activation") + norms_per_layer(cfg) * norm)
+    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    return embeddings + parts.part_params(cfg, "position") + layers + (norm if has_final_norm(cfg) else 0)
 
 
 def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int = 1,
@@ -162,8 +145,8 @@ def bytes_per_param(precision: str = "mixed", optimizer: str = "adam") -> dict[s
     fp32 master copy and fp32 states: 2 + 2 + (4 + 4 x states) -> Adam: 2 + 2 + 12 = 16.
     ``bf16`` (pure 16-bit, no master copy): 2 + 2 + 2 x states. States: adam 2, sgd_momentum 1, sgd 0.
     """
-    _choice(precision, "precision", PRECISIONS, "bytes_per_param")
-    states = _STATES[_choice(optimizer, "optimizer", OPTIMIZERS, "bytes_per_param")]
+    check_choice(precision, "precision", PRECISIONS, "bytes_per_param:")
+    states = _STATES[check_choice(optimizer, "optimizer", OPTIMIZERS, "bytes_per_param:")]
     if precision == "fp32":
         out = dict(params=4, grads=4, optimizer=4 * states)
     elif precision == "mixed":
@@ -183,9 +166,9 @@ def zero_memory_per_gpu(n_params: int, n_gpus: int, stage: int, precision: str =
     Returns ``params``, ``grads``, ``optimizer`` and ``total`` in bytes (divide by 1e9 for GB).
     """
     where = "zero_memory_per_gpu"
-    _number(n_params, "n_params", where)
-    _int(n_gpus, "n_gpus", where)
-    _choice(stage, "stage", ZERO_STAGES, where)
+    check_positive(n_params, "n_params", f"{where}:")
+    check_int(n_gpus, "n_gpus", f"{where}:")
+    check_choice(stage, "stage", ZERO_STAGES, f"{where}:")
     b = bytes_per_param(precision, optimizer)
     sharded = {"optimizer": stage >= 1, "grads": stage >= 2, "params": stage >= 3}
     out = {k: n_params * b[k] / (n_gpus if sharded[k] else 1) for k in ("params", "grads", "optimizer")}
@@ -205,9 +188,9 @@ def activation_memory_per_layer(seq_len: int, batch: int, d_model: int, n_heads:
         full recompute           2 s b h            (only the layer input is kept)
     """
     where = "activation_memory_per_layer"
-    s, b, h, a = (_int(v, n, where) for v, n in ((seq_len, "seq_len"), (batch, "batch"), (d_model, "d_model"), (n_heads, "n_heads")))
-    t = _int(tp, "tp", where)
-    _choice(recompute, "recompute", RECOMPUTE, where)
+    s, b, h, a = (check_int(v, n, f"{where}:") for v, n in ((seq_len, "seq_len"), (batch, "batch"), (d_model, "d_model"), (n_heads, "n_heads")))
+    t = check_int(tp, "tp", f"{where}:")
+    check_choice(recompute, "recompute", RECOMPUTE, f"{where}:")
     sbh = s * b * h
     if recompute == "full":
         return 2.0 * sbh
@@ -231,9 +214,9 @@ def bubble(p: int, m: int, definition: str = "gpipe") -> Fraction:
     The same bubble measured against two denominators; see :func:`bubble_identity`.
     1F1B has the same bubble as GPipe, it only stores fewer activations.
     """
-    _int(p, "p", "bubble")
-    _int(m, "m", "bubble")
-    _choice(definition, "definition", BUBBLE_DEFINITIONS, "bubble")
+    check_int(p, "p", "bubble:")
+    check_int(m, "m", "bubble:")
+    check_choice(definition, "definition", BUBBLE_DEFINITIONS, "bubble:")
     return Fraction(p - 1, m + p - 1) if definition == "gpipe" else Fraction(p - 1, m)
 
 
@@ -251,8 +234,8 @@ def bubble_identity(p: int, m: int) -> bool:
 def ring_all_reduce_volume(n_elements: int, n_ranks: int) -> float:
     """Elements each rank sends in a ring all-reduce: reduce-scatter (N - 1 chunks of n/N) then
     all-gather (N - 1 more): ``2 (N - 1) / N x n``, nearly independent of N."""
-    _int(n_elements, "n_elements", "ring_all_reduce_volume", minimum=0)
-    _int(n_ranks, "n_ranks", "ring_all_reduce_volume")
+    check_int(n_elements, "n_elements", "ring_all_reduce_volume:", minimum=0)
+    check_int(n_ranks, "n_ranks", "ring_all_reduce_volume:")
     return 2 * (n_ranks - 1) / n_ranks * n_elements
 
 
@@ -265,9 +248,9 @@ def zero_comm_volume(n_params: int, dp: int, stage: int) -> float:
     """ZeRO per step and rank: stages 0-2 move ``2 (N-1)/N Psi`` (~2 Psi: a reduce-scatter of the
     gradients, then an all-gather of the updated parameters); stage 3 adds one more parameter
     all-gather (forward and backward each gather): ``3 (N-1)/N Psi`` (~3 Psi, 1.5x)."""
-    _choice(stage, "stage", ZERO_STAGES, "zero_comm_volume")
-    _int(n_params, "n_params", "zero_comm_volume", minimum=0)
-    _int(dp, "dp", "zero_comm_volume")
+    check_choice(stage, "stage", ZERO_STAGES, "zero_comm_volume:")
+    check_int(n_params, "n_params", "zero_comm_volume:", minimum=0)
+    check_int(dp, "dp", "zero_comm_volume:")
     return (3 if stage == 3 else 2) * (dp - 1) / dp * n_params
 
 
@@ -276,7 +259,7 @@ def tp_comm_volume(batch: int, seq_len: int, d_model: int, tp: int, n_layers: in
     ``4 x 2 (t - 1) / t x b s h`` elements per rank per layer (times ``n_layers``)."""
     where = "tp_comm_volume"
     for v, n in ((batch, "batch"), (seq_len, "seq_len"), (d_model, "d_model"), (tp, "tp"), (n_layers, "n_layers")):
-        _int(v, n, where)
+        check_int(v, n, f"{where}:")
     return 4 * ring_all_reduce_volume(batch * seq_len * d_model, tp) * n_layers
 
 
@@ -285,7 +268,7 @@ def pp_comm_volume(micro_batch: int, seq_len: int, d_model: int, n_micro: int) -
     and its gradient comes back: ``2 m b s h`` elements per step (point-to-point, no all-reduce)."""
     where = "pp_comm_volume"
     for v, n in ((micro_batch, "micro_batch"), (seq_len, "seq_len"), (d_model, "d_model"), (n_micro, "n_micro")):
-        _int(v, n, where)
+        check_int(v, n, f"{where}:")
     return 2 * n_micro * micro_batch * seq_len * d_model
 
 
@@ -297,17 +280,17 @@ def pp_comm_volume(micro_batch: int, seq_len: int, d_model: int, n_micro: int) -
 def training_flops(n_params: float, n_tokens: float) -> float:
     """Training compute ~ ``6 N D``: 2 FLOPs per parameter per token forward, 4 backward.
     GPT-3: 6 x 175e9 x 300e9 = 3.15e23."""
-    return 6.0 * _number(n_params, "n_params", "training_flops") * _number(n_tokens, "n_tokens", "training_flops")
+    return 6.0 * check_positive(n_params, "n_params", "training_flops:") * check_positive(n_tokens, "n_tokens", "training_flops:")
 
 
 def mfu(tokens_per_second: float, n_params: float, peak_flops_per_gpu: float, n_gpus: int = 1) -> float:
     """Model FLOPs utilisation: ``6 N x tokens/s / (n_gpus x peak)`` (PaLM, Chowdhery et al., 2022).
     Recomputation does not count: it is work the *model* did not need."""
     where = "mfu"
-    _number(tokens_per_second, "tokens_per_second", where)
-    _number(peak_flops_per_gpu, "peak_flops_per_gpu", where)
-    _int(n_gpus, "n_gpus", where)
-    return 6.0 * _number(n_params, "n_params", where) * tokens_per_second / (n_gpus * peak_flops_per_gpu)
+    check_positive(tokens_per_second, "tokens_per_second", f"{where}:")
+    check_positive(peak_flops_per_gpu, "peak_flops_per_gpu", f"{where}:")
+    check_int(n_gpus, "n_gpus", f"{where}:")
+    return 6.0 * check_positive(n_params, "n_params", f"{where}:") * tokens_per_second / (n_gpus * peak_flops_per_gpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +303,7 @@ def parallel_layout(n_gpus: int, dp: int, tp: int, pp: int) -> dict[str, int]:
     ``tp x pp`` GPUs (BLOOM: 4 x 12 = 48), and there are ``dp`` replicas (8 x 48 = 384)."""
     where = "parallel_layout"
     for v, n in ((n_gpus, "n_gpus"), (dp, "dp"), (tp, "tp"), (pp, "pp")):
-        _int(v, n, where)
+        check_int(v, n, f"{where}:")
     if dp * tp * pp != n_gpus:
         raise ValueError(f"{where}: dp x tp x pp must equal n_gpus, got {dp} x {tp} x {pp} = {dp * tp * pp} != {n_gpus}")
     return dict(n_gpus=n_gpus, dp=dp, tp=tp, pp=pp, gpus_per_replica=tp * pp, replicas=dp)

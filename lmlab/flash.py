@@ -20,7 +20,7 @@ Here "HBM" is ordinary tensors and "SRAM" the tiles; :class:`IOStats` counts the
 written so the lesson can plot the traffic against :func:`standard_attention_io`. It runs on the
 CPU with Python loops: a teaching implementation, not a fast kernel.
 
-Shapes: B = batch, nh = heads, T = tokens, hs = head size, bq / bk = tile sizes.
+Shapes: B = batch, nh = heads, T = tokens, hs = head_dim, bq / bk = tile sizes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["flash_attention", "IOStats", "sram_block_sizes", "standard_attention_io"]
+from .validation import check_int, check_qkv
+
+__all__ = ["online_softmax_merge", "tile_softmax", "flash_attention", "IOStats", "sram_block_sizes", "standard_attention_io"]
 
 
 @dataclass
@@ -78,9 +80,25 @@ def sram_block_sizes(M: int, d: int) -> tuple[int, int]:
     return rows, min(rows, d)
 
 
-def _check_block(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
+    """Merge two partial softmax results over disjoint key sets (lesson 04's exercise; the step every
+    tile of :func:`flash_attention` and every block of :func:`lmlab.paged.paged_attention` takes).
+
+    Each part is ``(m, l, acc)``: the row max ``(..., R)``, ``l = sum exp(s - m)`` ``(..., R)`` and
+    ``acc = sum exp(s - m) v`` ``(..., R, hs)``. Both parts are rescaled to the common max before
+    adding; a part with ``m = -inf`` (nothing seen yet) contributes nothing. Returns the merged triple.
+    """
+    m = torch.maximum(m1, m2)
+    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # rescale each part to the common max
+    return m, a1 * l1 + a2 * l2, a1[..., None] * acc1 + a2[..., None] * acc2
+
+
+def tile_softmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One tile's part for :func:`online_softmax_merge`: its row max ``m (..., R)`` and
+    ``p = exp(s - m) (..., R, C)``. A row masked out entirely (``-inf``) gives ``p = 0`` (not NaN)."""
+    m = s.amax(dim=-1)  # (..., R)
+    p = torch.exp(s - m.clamp_min(torch.finfo(s.dtype).min)[..., None])  # (..., R, C)
+    return m, p
 
 
 def _scores(q_i: torch.Tensor, k_j: torch.Tensor, i0: int, j0: int, causal: bool) -> torch.Tensor:
@@ -110,12 +128,8 @@ def _flash_forward(q, k, v, causal, block_q, block_k, stats):
             j1 = min(j0 + block_k, T_k)
             k_j, v_j = k[:, :, j0:j1], v[:, :, j0:j1]  # (B, nh, bk, hs): stream a key/value tile
             s = _scores(q_i, k_j, i0, j0, causal)  # (B, nh, bq, bk)
-            m_new = torch.maximum(m, s.amax(dim=-1))  # (B, nh, bq); finite: tile 0 holds key 0
-            p = torch.exp(s - m_new[..., None])  # (B, nh, bq, bk)
-            alpha = torch.exp(m - m_new)  # (B, nh, bq): rescales what was summed under the old max
-            l = alpha * l + p.sum(dim=-1)
-            acc = alpha[..., None] * acc + p @ v_j  # (B, nh, bq, hs_v)
-            m = m_new
+            m_t, p = tile_softmax(s)  # (B, nh, bq), (B, nh, bq, bk)
+            m, l, acc = online_softmax_merge(m, l, acc, m_t, p.sum(dim=-1), p @ v_j)  # finite m: tile 0 holds key 0
             if stats is not None:
                 stats.reads += k_j.numel() + v_j.numel()
                 stats.tiles += 1
@@ -184,11 +198,10 @@ def flash_attention(
     ``T_q == T_k``. Pass an :class:`IOStats` as ``stats`` to count the forward's HBM reads/writes.
     The sequence lengths need not be multiples of the block sizes (the last tile is smaller).
     """
-    from .attention import check_qkv  # attention.py re-exports this module
 
     check_qkv(q, k, v)
-    _check_block("block_q", block_q)
-    _check_block("block_k", block_k)
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     if causal and q.size(2) != k.size(2):
         raise ValueError(f"causal=True needs as many queries as keys, got T_q={q.size(2)}, T_k={k.size(2)}")
     if stats is not None and not isinstance(stats, IOStats):

@@ -6,7 +6,7 @@ One layer also attends to the top-k keys retrieved from the keys/values of past 
 :func:`reset_memory`. Built by ``ModelConfig(knn_memory={"layer": i, "top_k": k, "size": M})``;
 everything here is also re-exported from :mod:`lmlab.longctx`.
 
-Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head size, M = memory.
+Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head_dim, M = memory.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import MultiHeadAttention, decode_mask, repeat_kv
-from .positions import _check_int
+from .attention import MultiHeadAttention, repeat_kv
+from .validation import check_int
 
 __all__ = ["KNNMemory", "KNNMemoryAttention", "check_knn_memory", "memorize_segments", "reset_memory"]
 
@@ -34,7 +34,7 @@ class KNNMemory:
     """
 
     def __init__(self, size: int):
-        _check_int("size", size)
+        check_int(size, "size")
         self.size = size
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
@@ -57,7 +57,7 @@ class KNNMemory:
         """For ``q (B, nh, T, hs)``: the ``top_k`` memory entries by ``q·k`` per query:
         ``scores (B, nh, T, k)``, ``keys (B, nh, T, k, hs)``, ``values (B, nh, T, k, hv)`` (values
         may have another size than keys)."""
-        _check_int("top_k", top_k)
+        check_int(top_k, "top_k")
         n_rep = q.size(1) // self.k.size(1)
         mk, mv = repeat_kv(self.k, n_rep), repeat_kv(self.v, n_rep)  # (B, nh, M, hs)
         scores = q @ mk.transpose(-2, -1)  # (B, nh, T, M): brute force
@@ -82,8 +82,8 @@ def check_knn_memory(spec: dict | None, n_layers: int) -> None:
         raise ValueError(f"knn_memory must be None or a dict with keys ['layer', 'size', 'top_k'], got {spec!r}")
     if not isinstance(spec["layer"], int) or isinstance(spec["layer"], bool) or not 0 <= spec["layer"] < n_layers:
         raise ValueError(f"knn_memory layer must be an int in [0, n_layers={n_layers}), got {spec['layer']!r}")
-    _check_int("knn_memory top_k", spec["top_k"])
-    _check_int("knn_memory size", spec["size"])
+    check_int(spec["top_k"], "knn_memory top_k")
+    check_int(spec["size"], "knn_memory size")
 
 
 class KNNMemoryAttention(MultiHeadAttention):
@@ -97,32 +97,20 @@ class KNNMemoryAttention(MultiHeadAttention):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, top_k: int = 32,
                  memory_size: int = 4096, **kwargs):
         super().__init__(d_model, n_heads, n_kv_heads, **kwargs)
-        _check_int("top_k", top_k)
+        check_int(top_k, "top_k")
         self.top_k = top_k
         self.memory = KNNMemory(memory_size)
         self.memorize = False
         self.gate = nn.Parameter(torch.zeros(n_heads))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.project_qkv(x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
-        if positions is not None:
-            q, k = positions.rotate(q, k)
-        k_new, v_new = k, v
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, nkv, T_past + T, hs)
-        mask = attn_mask if attn_mask is not None else decode_mask(T, k.size(2), self.window, device=x.device, n_sink=self.n_sink)
-        if positions is not None and positions.changes_scores:
-            y = positions.attend(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **({"enable_gqa": True} if self.n_rep > 1 else {}))
+    def mix(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, y: torch.Tensor, cached: bool) -> torch.Tensor:
+        """Everything else is :class:`lmlab.attention.MultiHeadAttention`'s forward (dropout included)."""
         if len(self.memory):
             g = torch.sigmoid(self.gate)[None, :, None, None]  # (1, nh, 1, 1)
             y = g * self.memory.attend(q, self.top_k) + (1 - g) * y  # (B, nh, T, hs)
-        if self.memorize and kv_cache is None:
+        if self.memorize and not cached:
             self.memory.add(k_new, v_new)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.drop(self.proj(y))
+        return y
 
 
 def _memory_layers(model) -> list[KNNMemoryAttention]:
@@ -138,7 +126,7 @@ def reset_memory(model) -> None:
 def memorize_segments(model, ids: torch.Tensor, segment_length: int) -> torch.Tensor:
     """Run a long ``ids (B, N)`` through ``model`` one segment at a time; after each segment its
     keys/values join the memory, so later segments can retrieve them. Returns logits ``(B, N, V)``."""
-    _check_int("segment_length", segment_length)
+    check_int(segment_length, "segment_length")
     layers = _memory_layers(model)
     if not layers:
         raise ValueError("model has no kNN memory layer: build it with ModelConfig(knn_memory={'layer': i, 'top_k': k, 'size': M})")

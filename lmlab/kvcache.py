@@ -14,16 +14,18 @@ cannot influence earlier ones). So instead of re-running the whole sequence for 
 :func:`kv_cache_bytes` is the size calculator; :mod:`lmlab.paged` stores the same cache in
 fixed-size blocks (PagedAttention).
 
-Shapes: L = layers, B = batch, nkv = key/value heads, S = capacity (max tokens), hs = head size.
+Shapes: L = layers, B = batch, nkv = key/value heads, S = capacity (max tokens), hs = head_dim.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .masks import _check_length
+from .validation import check_int
 
-__all__ = ["KVCache", "kv_cache_bytes"]
+__all__ = ["KVCache", "kv_cache_bytes", "decode_step"]
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int, bytes_per_value: float, batch: int = 1) -> int:
@@ -31,12 +33,26 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int,
     bytes_per_value x batch``. LLaMA-2-13B (40, 40, 128) at 8,192 tokens in 16-bit (2 bytes):
     6,710,886,400 bytes; LLaMA-2-70B (80 layers, 8 KV heads by GQA, 128): 327,680 bytes per token."""
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim), ("batch", batch)):
-        _check_length(name, value)
-    _check_length("n_tokens", n_tokens, minimum=0)
+        check_int(value, name)
+    check_int(n_tokens, "n_tokens", minimum=0)
     if isinstance(bytes_per_value, bool) or not isinstance(bytes_per_value, (int, float)) or not bytes_per_value > 0:
         raise ValueError(f"bytes_per_value must be a number > 0 (2 for fp16/bf16, 1 for int8, 0.5 for int4), got {bytes_per_value!r}")
     n = 2 * n_layers * n_kv_heads * head_dim * n_tokens * batch * bytes_per_value
     return int(round(n))
+
+
+def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor):
+    """One decode step of one attention layer, written out (lesson 08's exercise): append
+    ``k_new, v_new (B, nh, 1, hs)`` to the caches ``(B, nh, T, hs)`` and attend with ``q (B, nh, 1, hs)``
+    over all ``T + 1`` keys. Returns ``(out (B, nh, 1, hs), k_cache (B, nh, T+1, hs), v_cache)``.
+
+    :class:`KVCache` does the same without the copies: it writes into preallocated buffers
+    (``update``) and :class:`lmlab.attention.MultiHeadAttention` attends with SDPA; the tests check
+    that both give this function's numbers."""
+    k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs)
+    v_cache = torch.cat([v_cache, v_new], dim=2)
+    scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, 1, T+1): the new token sees every key
+    return torch.softmax(scores, dim=-1) @ v_cache, k_cache, v_cache
 
 
 class LayerKVCache:
@@ -65,7 +81,7 @@ class KVCache:
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device=None):
         for name, value in (("n_layers", n_layers), ("batch", batch), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim), ("max_len", max_len)):
-            _check_length(name, value)
+            check_int(value, name)
         self.max_len = max_len
         self.k = torch.zeros(n_layers, batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)  # (L, B, nkv, S, hs)
         self.v = torch.zeros_like(self.k)  # (L, B, nkv, S, hs)
@@ -75,7 +91,7 @@ class KVCache:
     def for_model(cls, model, batch: int = 1, max_len: int | None = None, dtype=torch.float32, device=None) -> "KVCache":
         """An empty cache shaped for an lmlab :class:`~lmlab.model.GPT` (capacity: its context)."""
         cfg = model.config
-        return cls(cfg.n_layers, batch, cfg.n_kv_heads, cfg.head_size, max_len or cfg.context_length, dtype=dtype, device=device)
+        return cls(cfg.n_layers, batch, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.context_length, dtype=dtype, device=device)
 
     @property
     def n_layers(self) -> int:

@@ -34,7 +34,7 @@ never saw once it reads more. Two families of fixes, each usable from :class:`lm
   ``ModelConfig(knn_memory={"layer": i, "top_k": k, "size": M})``): one layer also attends to the
   top-k keys retrieved from past segments (Memorizing Transformers).
 
-Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head size, M = memory.
+Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head_dim, M = memory.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from .attention import decode_mask, repeat_kv
 from .kvcache import LayerKVCache
 from .knn_memory import KNNMemory, KNNMemoryAttention, check_knn_memory, memorize_segments, reset_memory  # noqa: F401 (re-exported)
-from .position_scheme import AttentionPositions
-from .positions import _check_head_dim, _check_int, apply_rope, rope_cos_sin, rope_frequencies
+from .positions import AttentionPositions, apply_rope, check_rope_head_dim, rope_cos_sin, rope_frequencies
+from .validation import check_int
 
 __all__ = [
     "ROPE_SCALINGS",
@@ -103,9 +103,9 @@ def check_rope_scaling(scaling: dict | None) -> None:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 1:
             raise ValueError(f"rope_scaling factor must be a number >= 1 (target length / trained length), got {f!r}")
     if "original_context_length" in scaling:
-        _check_int("rope_scaling original_context_length", scaling["original_context_length"])
+        check_int(scaling["original_context_length"], "rope_scaling original_context_length")
     if "window" in scaling:
-        _check_int("rope_scaling window", scaling["window"])
+        check_int(scaling["window"], "rope_scaling window")
     for name in ("beta_fast", "beta_slow", "attention_factor"):
         if name in scaling and (isinstance(scaling[name], bool) or not isinstance(scaling[name], (int, float)) or not scaling[name] > 0):
             raise ValueError(f"rope_scaling {name} must be a number > 0, got {scaling[name]!r}")
@@ -116,7 +116,7 @@ def check_rope_scaling(scaling: dict | None) -> None:
 def ntk_base(base: float, factor: float, head_dim: int) -> float:
     """The NTK-aware base ``base · factor^(d/(d-2))``: with it the slowest pair turns exactly
     ``factor`` times slower and the fastest one not at all (lesson 06's exercise)."""
-    _check_head_dim(head_dim)
+    check_rope_head_dim(head_dim)
     if head_dim < 4:
         raise ValueError(f"head_dim must be >= 4 for the NTK base (d/(d-2) is undefined at d = 2), got {head_dim}")
     for name, value, low in (("base", base, 1), ("factor", factor, 1)):
@@ -193,8 +193,8 @@ def truncated_rope_attention(q, k, v, q_positions, k_positions, window: int, *, 
     come from normal RoPE; beyond it from q rotated by ``window`` against the un-rotated key
     (a rotation by the window, whatever the real distance). ``mask``: bool, True = may attend.
     """
-    _check_int("window", window)
-    _check_head_dim(q.size(-1))
+    check_int(window, "window")
+    check_rope_head_dim(q.size(-1))
     k, v = repeat_kv(k, q.size(1) // k.size(1)), repeat_kv(v, q.size(1) // v.size(1))  # (B, nh, T_k, hs)
     scale = 1.0 / math.sqrt(q.size(-1))
     near = apply_rope(q, q_positions, base=base) @ apply_rope(k, k_positions, base=base).transpose(-2, -1)  # (B, nh, T_q, T_k)
@@ -215,11 +215,11 @@ def truncated_rope_attention(q, k, v, q_positions, k_positions, window: int, *, 
 def lambda_mask(T_q: int, n_sink: int, window: int, T_k: int | None = None, device=None) -> torch.Tensor:
     """``(T_q, T_k)`` causal mask where each query sees the first ``n_sink`` tokens and its
     ``window`` most recent ones (itself included); queries are the last ``T_q`` of ``T_k`` tokens."""
-    _check_int("T_q", T_q)
-    _check_int("window", window)
-    _check_int("n_sink", n_sink, minimum=0)
+    check_int(T_q, "T_q")
+    check_int(window, "window")
+    check_int(n_sink, "n_sink", minimum=0)
     if T_k is not None:
-        _check_int("T_k", T_k, minimum=T_q)
+        check_int(T_k, "T_k", minimum=T_q)
     return decode_mask(T_q, T_q if T_k is None else T_k, window, device=device, n_sink=n_sink)
 
 
@@ -239,10 +239,10 @@ class SinkKVCache:
     """
 
     def __init__(self, n_layers: int, n_sink: int, window: int, batch: int = 1):
-        _check_int("n_layers", n_layers)
-        _check_int("n_sink", n_sink, minimum=0)
-        _check_int("window", window)
-        _check_int("batch", batch)
+        check_int(n_layers, "n_layers")
+        check_int(n_sink, "n_sink", minimum=0)
+        check_int(window, "window")
+        check_int(batch, "batch")
         self.n_sink, self.window, self.batch = n_sink, window, batch
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.v: list[torch.Tensor | None] = [None] * n_layers

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from .validation import check_int
+
 __all__ = [
     "ARCHITECTURES",
     "causal_mask",
@@ -30,14 +32,9 @@ __all__ = [
 ARCHITECTURES = ("causal decoder", "prefix decoder", "encoder-decoder")
 
 
-def _check_length(name: str, value: int, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def causal_mask(T: int, device: str | torch.device | None = None) -> torch.Tensor:
     """``(T, T)`` lower-triangular mask: token i may attend to tokens j <= i."""
-    _check_length("T", T)
+    check_int(T, "T")
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
@@ -46,8 +43,8 @@ def prefix_lm_mask(T: int, prefix_len: int, device: str | torch.device | None = 
 
     ``prefix_len=0`` (or 1) is the causal mask; ``prefix_len=T`` is full bidirectional attention.
     """
-    _check_length("T", T)
-    _check_length("prefix_len", prefix_len, minimum=0)
+    check_int(T, "T")
+    check_int(prefix_len, "prefix_len", minimum=0)
     if prefix_len > T:
         raise ValueError(f"prefix_len must be in [0, T={T}], got {prefix_len}")
     mask = causal_mask(T, device=device)
@@ -63,8 +60,8 @@ class EncoderDecoderMasks(NamedTuple):
 
 def encoder_decoder_masks(src_len: int, tgt_len: int, device: str | torch.device | None = None) -> EncoderDecoderMasks:
     """The three masks of an encoder-decoder transformer (no padding)."""
-    _check_length("src_len", src_len)
-    _check_length("tgt_len", tgt_len)
+    check_int(src_len, "src_len")
+    check_int(tgt_len, "tgt_len")
     return EncoderDecoderMasks(
         encoder_self=torch.ones(src_len, src_len, dtype=torch.bool, device=device),
         decoder_self=causal_mask(tgt_len, device=device),
@@ -81,7 +78,7 @@ def architecture_mask(architecture: str, T: int, prefix_len: int = 0) -> torch.T
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-    _check_length("T", T)
+    check_int(T, "T")
     if architecture == "causal decoder":
         return causal_mask(T)
     if architecture == "prefix decoder":

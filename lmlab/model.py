@@ -1,37 +1,45 @@
 """A GPT-style causal decoder built from small swappable parts (lesson 00, ``lessons/00_tour``).
 
 One model, many parts: :class:`ModelConfig` names each choice (norm, where it goes, activation,
-position scheme, attention) and the builders below turn a name into a module. Later chapters add
-names to the option tables (``NORMS``, ``ACTIVATIONS``, ...) instead of writing new models.
+position scheme, attention) and :mod:`lmlab.parts` turns a name into a module. The config's
+validation, the builders below and :func:`lmlab.calc.model_params` all read the same tables.
 
-Shapes: B = batch, T = tokens, C = d_model, nh = heads, hs = head size, V = vocabulary.
+**Adding a variant, or your own part, in one place** (``FFNS``, ``POSITIONS``, ``ATTENTIONS`` alike)::
+
+    from lmlab.parts import NORMS, register_norm
+    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))  # validated, built, counted by calc
+    register_norm("my_rmsnorm", RMSNorm)     # your class RMSNorm(d_model, eps=...), probed: bad shape -> ValueError
+    GPT(ModelConfig(norm="my_rmsnorm", norm_eps=1e-5))
+
+Shapes: B = batch, T = tokens, C = d_model, nh = heads, hs = head_dim, V = vocabulary.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
-from .activations import GLU_KINDS, FeedForward, glu_hidden_size
-from .attention import MultiHeadAttention
-from .norms import DeepNorm, deepnorm_constants, make_norm
-from .position_scheme import build_position
-from .positions import POSITIONS, LearnedPositionEmbedding
+from .activations import glu_hidden_size
+from .kvcache import KVCache
+from .knn_memory import check_knn_memory
+from .longctx import check_rope_scaling
+from .norms import DeepNorm, deepnorm_constants, pre_ln_block
+from .parts import ATTENTIONS, FFNS, NORMS, POSITIONS, build_attention
+from .positions import LearnedPositionEmbedding
+from .validation import check_choice, check_int, check_kv_heads, check_number
 
-__all__ = ["ModelConfig", "GPT", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS"]
+__all__ = ["ModelConfig", "GPT", "Block", "NORMS", "NORM_POSITIONS", "ACTIVATIONS", "POSITIONS", "ATTENTIONS",
+           "norms_per_layer", "has_final_norm", "build_norm", "build_ffn", "build_position", "init_weights",
+           "deepnorm_gains"]
 
-# The option tables. A chapter that adds a choice adds it here and to the matching builder.
-NORMS = ("layernorm", "rmsnorm")  # lesson 01
-NORM_POSITIONS = ("pre", "post", "sandwich", "deepnorm")  # lesson 01
-ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")  # lesson 02
+# The option tables live in lmlab.parts (one per kind of part); these are the same objects.
+ACTIVATIONS = FFNS  # lesson 02: ModelConfig.activation names the FFN
+NORM_POSITIONS = ("pre", "post", "sandwich", "deepnorm")  # lesson 01: how Block wires its norms
 GLU_MULTIPLE_OF = 8  # default gated hidden size is rounded up to a multiple of this
-# POSITIONS (lesson 03) = ("learned", "none", "sinusoidal", "t5", "rope", "alibi"), from lmlab.positions
-ATTENTIONS = ("full", "sliding_window")  # lesson 04
 
 
 @dataclass
@@ -86,73 +94,65 @@ class ModelConfig:
     n_sink: int = 0  # lesson 06: sink tokens kept visible with attention="sliding_window"
     knn_memory: dict | None = None  # lesson 06: {"layer": i, "top_k": k, "size": M}
 
+    norm_eps: float | None = None  # lesson 01/13: the norm's eps; None = the norm's own default (LayerNorm 1e-5, RMSNorm 1e-6)
+
     def __post_init__(self):
+        where = "ModelConfig"
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be an int >= 1, got {value!r}")
+            check_int(getattr(self, name), name, where)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}); "
                 f"try n_heads in {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and h <= 64]}"
             )
-        if self.d_ff is not None and (not isinstance(self.d_ff, int) or isinstance(self.d_ff, bool) or self.d_ff < 1):
-            raise ValueError(f"ModelConfig.d_ff must be an int >= 1 or None, got {self.d_ff!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        check_int(self.d_ff, "d_ff", where, allow_none=True)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for name, allowed in (
-            ("norm", NORMS),
-            ("norm_position", NORM_POSITIONS),
-            ("activation", ACTIVATIONS),
-            ("position", POSITIONS),
-            ("attention", ATTENTIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"ModelConfig.n_kv_heads must divide n_heads ({self.n_heads}): one of "
-                f"{[h for h in range(1, self.n_heads + 1) if self.n_heads % h == 0]} (or None), got {self.n_kv_heads!r}"
-            )
-        if self.attention == "sliding_window":
+        check_number(self.norm_eps, "norm_eps", where, low=0.0, low_inclusive=False, allow_none=True)
+        check_choice(self.norm_position, "norm_position", NORM_POSITIONS, where)
+        for name, table in (("norm", NORMS), ("activation", FFNS), ("position", POSITIONS), ("attention", ATTENTIONS)):
+            check_choice(getattr(self, name), name, table.names(), where)
+        self.n_kv_heads = check_kv_heads(self.n_kv_heads, self.n_heads, where)
+        if ATTENTIONS[self.attention].info.get("needs_window"):
             if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-                raise ValueError(f"ModelConfig.window must be an int >= 1 with attention='sliding_window', got {self.window!r}")
+                raise ValueError(f"ModelConfig.window must be an int >= 1 with attention={self.attention!r}, got {self.window!r}")
         elif self.window is not None:
             raise ValueError(f"ModelConfig.window only applies to attention='sliding_window', got window={self.window!r} with attention={self.attention!r}")
         self._check_long_context()
         if self.d_ff is None:
             plain = 4 * self.d_model
-            self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if self.activation in GLU_KINDS else plain
+            self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if FFNS[self.activation].info.get("gated") else plain
 
     def _check_long_context(self) -> None:
         """Lessons 03 and 06: the position and long-context options."""
-        from .longctx import check_knn_memory, check_rope_scaling
-
+        where = "ModelConfig"
         if self.n_positions is not None:
-            if not isinstance(self.n_positions, int) or isinstance(self.n_positions, bool) or self.n_positions < 1:
-                raise ValueError(f"ModelConfig.n_positions must be an int >= 1 or None, got {self.n_positions!r}")
-            if self.position != "learned":
+            check_int(self.n_positions, "n_positions", where, allow_none=True)
+            if not POSITIONS[self.position].info.get("learned"):
                 raise ValueError(f"ModelConfig.n_positions only applies to position='learned', got position={self.position!r}")
         if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
             raise ValueError(f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}")
-        if self.position == "rope" and self.head_size % 2:
-            raise ValueError(f"ModelConfig: position='rope' needs an even head_dim = d_model / n_heads, got {self.head_size}")
+        if POSITIONS[self.position].info.get("rope") and self.head_dim % 2:
+            raise ValueError(f"ModelConfig: position={self.position!r} needs an even head_dim = d_model / n_heads, got {self.head_dim}")
         if self.position == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"ModelConfig: position='sinusoidal' needs an even d_model, got {self.d_model}")
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(f"ModelConfig.rope_scaling only applies to position='rope', got position={self.position!r}")
         check_rope_scaling(self.rope_scaling)
-        if not isinstance(self.n_sink, int) or isinstance(self.n_sink, bool) or self.n_sink < 0:
-            raise ValueError(f"ModelConfig.n_sink must be an int >= 0, got {self.n_sink!r}")
-        if self.n_sink and self.attention != "sliding_window":
+        check_int(self.n_sink, "n_sink", where, minimum=0)
+        if self.n_sink and not ATTENTIONS[self.attention].info.get("needs_window"):
             raise ValueError(f"ModelConfig.n_sink only applies to attention='sliding_window', got attention={self.attention!r}")
         check_knn_memory(self.knn_memory, self.n_layers)
 
     @property
-    def head_size(self) -> int:
+    def head_dim(self) -> int:
+        """Width of one attention head: ``d_model // n_heads`` (HF and CS336's name)."""
         return self.d_model // self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        """Old name of head_dim."""
+        return self.head_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,30 +164,30 @@ class ModelConfig:
 
 
 def build_norm(cfg: ModelConfig) -> nn.Module:
-    """``cfg.norm`` -> a :mod:`lmlab.norms` module over ``d_model`` (lesson 01)."""
-    if cfg.norm not in NORMS:
-        raise ValueError(f"ModelConfig.norm must be one of {NORMS}, got {cfg.norm!r}")
-    return make_norm(cfg.norm, cfg.d_model, bias=cfg.bias)
+    """``cfg.norm`` -> its :data:`lmlab.parts.NORMS` entry, over ``d_model`` with ``cfg.norm_eps`` (lesson 01)."""
+    return NORMS[cfg.norm].build(cfg)
 
 
-def build_ffn(cfg: ModelConfig) -> FeedForward:
-    """``cfg.activation`` and ``cfg.d_ff`` -> a :class:`lmlab.activations.FeedForward` (lesson 02)."""
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"ModelConfig.activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
-    ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation, bias=cfg.bias, dropout=cfg.dropout)
-    ffn.down.is_residual_projection = True
-    return ffn
+def build_ffn(cfg: ModelConfig) -> nn.Module:
+    """``cfg.activation`` and ``cfg.d_ff`` -> its :data:`lmlab.parts.FFNS` entry (lesson 02)."""
+    return FFNS[cfg.activation].build(cfg)
 
 
-class SelfAttention(MultiHeadAttention):
-    """Causal multi-head self-attention unless a mask is given (True = may attend); with
-    ``cfg.n_kv_heads`` K/V heads (MQA/GQA) and an optional sliding window (lesson 04, see
-    :class:`lmlab.attention.MultiHeadAttention`). ``kv_cache`` is for lesson 08's decoding."""
+def build_position(cfg: ModelConfig):
+    """``cfg.position`` -> the module GPT keeps as ``.position`` (sinusoidal / RoPE / ALiBi / T5 / yours),
+    or ``None`` for ``learned`` (its table is ``GPT.pos_emb``) and ``none`` (lesson 03)."""
+    return POSITIONS[cfg.position].build(cfg)
 
-    def __init__(self, cfg: ModelConfig):
-        window = cfg.window if cfg.attention == "sliding_window" else None
-        super().__init__(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=window,
-                         n_sink=cfg.n_sink)
+
+def norms_per_layer(cfg: ModelConfig) -> int:
+    """Norm modules in one block: 4 for sandwich-LN (two more on the sub-layer outputs), else 2."""
+    return 4 if cfg.norm_position == "sandwich" else 2
+
+
+def has_final_norm(cfg: ModelConfig) -> bool:
+    """pre- and sandwich-LN need a norm before the output layer (their residual stream is never
+    normalized); post-LN and DeepNorm already end on one."""
+    return cfg.norm_position in ("pre", "sandwich")
 
 
 class Block(nn.Module):
@@ -197,31 +197,30 @@ class Block(nn.Module):
     post-LN:     x = norm(x + f(x))                  (the original Transformer)
     sandwich-LN: x = x + norm_out(f(norm(x)))        (CogView: pre-LN + a norm before the add)
     DeepNorm:    x = norm(alpha * x + f(x))          (DeepNet: post-LN with an up-weighted skip,
-                                                      and f's initial weights scaled by beta)
+                                                      and f's initial weights scaled by beta, see init_weights)
+
+    ``layer`` is the block's index: :func:`lmlab.parts.build_attention` gives the kNN-memory layer
+    (lesson 06) its own attention.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.norm_position = cfg.norm_position
         deep = cfg.norm_position == "deepnorm"
-        alpha, beta = deepnorm_constants(cfg.n_layers)
-        self.norm1 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
-        self.attn = SelfAttention(cfg)
-        self.norm2 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
+        alpha = deepnorm_constants(cfg.n_layers).alpha
+        self.norm1 = DeepNorm(cfg.d_model, alpha, norm=build_norm(cfg)) if deep else build_norm(cfg)
+        self.attn = build_attention(cfg, layer)
+        self.norm2 = DeepNorm(cfg.d_model, alpha, norm=build_norm(cfg)) if deep else build_norm(cfg)
         self.ffn = build_ffn(cfg)
-        if deep:  # DeepNet: init scaled by beta (in GPT._init_weights) for the FFN, v and the output projection
-            C, kv = cfg.d_model, self.attn.kv_dim
-            self.attn.qkv.init_gain, self.attn.qkv.init_gain_rows = beta, slice(C + kv, C + 2 * kv)  # v only, not q, k
-            self.attn.proj.init_gain = beta
-            self.ffn.up.init_gain = self.ffn.down.init_gain = beta
         if cfg.norm_position == "sandwich":
             self.attn_out_norm = build_norm(cfg)
             self.ffn_out_norm = build_norm(cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache=None, positions=None) -> torch.Tensor:
         if self.norm_position == "pre":
-            x = x + self.attn(self.norm1(x), attn_mask, kv_cache, positions)
-            x = x + self.ffn(self.norm2(x))
+            attn = self.attn if attn_mask is None and kv_cache is None and positions is None else (
+                lambda h: self.attn(h, attn_mask, kv_cache, positions))
+            x = pre_ln_block(x, attn, self.ffn, self.norm1, self.norm2)
         elif self.norm_position == "post":
             x = self.norm1(x + self.attn(x, attn_mask, kv_cache, positions))
             x = self.norm2(x + self.ffn(x))
@@ -234,6 +233,65 @@ class Block(nn.Module):
         return x  # (B, T, C)
 
 
+# --------------------------------------------------------------------------------------------
+# Initialisation: one function, driven by what each weight does
+# --------------------------------------------------------------------------------------------
+
+DEEPNORM_SCALED = ("value", "output", "ffn_in")  # DeepNet scales v, the output projections and the FFN by beta
+
+
+def _weight_roles(model: nn.Module) -> dict[nn.Module, list[tuple[slice, str]]]:
+    """Each part's ``init_roles()`` (``qk``, ``value``, ``output``, ``ffn_in``) by linear layer.
+    A part without ``init_roles`` (one you wrote) gets plain N(0, 0.02) linears."""
+    roles: dict[nn.Module, list[tuple[slice, str]]] = {}
+    for block in model.blocks:
+        for part in (block.attn, block.ffn):
+            for linear, rows, role in (part.init_roles() if callable(getattr(part, "init_roles", None)) else ()):
+                roles.setdefault(linear, []).append((rows, role))
+    return roles
+
+
+def deepnorm_gains(model: nn.Module) -> dict[nn.Module, list[tuple[slice, float]]]:
+    """The rows DeepNorm scales by ``beta`` after any base init: ``{linear: [(rows, beta)]}``; empty
+    unless ``norm_position == "deepnorm"`` (used by :func:`init_weights` and lesson 01's Xavier init)."""
+    cfg = model.config
+    if cfg.norm_position != "deepnorm":
+        return {}
+    beta = deepnorm_constants(cfg.n_layers).beta
+    gains: dict[nn.Module, list[tuple[slice, float]]] = {}
+    for linear, roles in _weight_roles(model).items():
+        scaled = [(rows, beta) for rows, role in roles if role in DEEPNORM_SCALED]
+        if scaled:
+            gains[linear] = scaled
+    return gains
+
+
+def init_weights(model: nn.Module) -> None:
+    """GPT-2's init: every linear and embedding N(0, 0.02), biases 0; weights whose role is
+    ``output`` (they write into the residual stream) scaled by ``1 / sqrt(2 n_layers)``. Under
+    DeepNorm that scaling is replaced by DeepNet's ``beta`` on the ``value``, ``output`` and
+    ``ffn_in`` weights (:func:`deepnorm_gains`)."""
+    cfg = model.config
+    roles, gains = _weight_roles(model), deepnorm_gains(model)
+    deep = cfg.norm_position == "deepnorm"
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if not deep and any(role == "output" for _, role in roles.get(module, ())):
+                std /= math.sqrt(2 * cfg.n_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            with torch.no_grad():
+                for rows, gain in gains.get(module, ()):
+                    module.weight[rows] *= gain
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    model.apply(init)  # children first, in registration order: the random stream every lesson's numbers come from
+
+
 class GPT(nn.Module):
     """A causal decoder: token ids ``(B, T)`` -> next-token logits ``(B, T, V)``."""
 
@@ -244,40 +302,15 @@ class GPT(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         n_positions = cfg.n_positions or cfg.context_length
-        self.pos_emb = LearnedPositionEmbedding(n_positions, cfg.d_model) if cfg.position == "learned" else None
+        self.pos_emb = LearnedPositionEmbedding(n_positions, cfg.d_model) if POSITIONS[cfg.position].info.get("learned") else None
         self.position = build_position(cfg)  # lesson 03: sinusoidal / RoPE / ALiBi / T5 (None: learned, none)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()  # Identity: no per-call cost
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        # pre- and sandwich-LN need a final norm before the output layer (their residual stream is
-        # never normalized); post-LN and DeepNorm already end on a norm.
-        self.final_norm = build_norm(cfg) if cfg.norm_position in ("pre", "sandwich") else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.final_norm = build_norm(cfg) if has_final_norm(cfg) else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        if cfg.knn_memory is not None:  # lesson 06: one layer also retrieves from a kNN memory
-            from .longctx import KNNMemoryAttention
-
-            old = self.blocks[cfg.knn_memory["layer"]].attn
-            self.blocks[cfg.knn_memory["layer"]].attn = KNNMemoryAttention(
-                cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout, window=old.window,
-                n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"], memory_size=cfg.knn_memory["size"])
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2: N(0, 0.02), and residual projections scaled down by sqrt(2 * n_layers).
-        # DeepNorm replaces that scaling by its beta (``init_gain``, on some rows only for qkv).
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "is_residual_projection", False) and self.config.norm_position != "deepnorm":
-                std /= math.sqrt(2 * self.config.n_layers)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if hasattr(module, "init_gain"):
-                with torch.no_grad():
-                    module.weight[getattr(module, "init_gain_rows", slice(None))] *= module.init_gain
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_weights(self)
 
     def with_config(self, **changes) -> "GPT":
         """A new model with ``changes`` applied to the config and this model's weights (lessons 03, 06).
@@ -342,8 +375,6 @@ class GPT(nn.Module):
         (lesson 08). ``cache=None`` starts a cache (prefill: the whole prompt in one pass); then
         pass one token per step (decode). Same logits as :meth:`forward` on the whole sequence.
         This is the protocol :func:`lmlab.decoding.generate` uses. The cache is updated in place."""
-        from .kvcache import KVCache
-
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             raise ValueError(f"idx must be an integer tensor of shape (B, T_new), got {getattr(idx, 'shape', type(idx).__name__)}")
         B, T = idx.shape

@@ -20,17 +20,18 @@ dtype, as torch's own kernels do.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validation import check_choice, check_int, check_positive
+
 __all__ = [
     "NORM_KINDS", "DEEPNORM_ARCHITECTURES",
     "layer_norm", "rms_norm", "LayerNorm", "RMSNorm", "make_norm",
-    "DeepNorm", "DeepNormConstants", "deepnorm_constants",
+    "DeepNorm", "DeepNormConstants", "deepnorm_constants", "pre_ln_block",
 ]
 
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -41,18 +42,6 @@ DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}  # torch's LayerNorm default;
 # --------------------------------------------------------------------------------------------
 # Validation helpers (every public function says which parameter is wrong and what is allowed)
 # --------------------------------------------------------------------------------------------
-
-
-def _check_eps(eps, where: str) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"{where}: eps must be a finite number > 0, got {eps!r}")
-    return float(eps)
-
-
-def _check_dim(d, where: str, name: str = "d_model") -> int:
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"{where}: {name} must be an int >= 1, got {d!r}")
-    return d
 
 
 def _check_input(x, where: str) -> None:
@@ -92,7 +81,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     _check_input(x, "layer_norm")
     _check_affine(x, weight, "weight", "layer_norm")
     _check_affine(x, bias, "bias", "layer_norm")
-    eps = _check_eps(eps, "layer_norm")
+    eps = check_positive(eps, "eps", "layer_norm:")
     xf = x.to(_compute_dtype(x.dtype))  # (..., d), a no-op for fp32
     xc = xf - xf.mean(dim=-1, keepdim=True)  # (..., d): centred, mean 0 per token
     var = xc.pow(2).mean(dim=-1, keepdim=True)  # (..., 1): biased variance
@@ -112,7 +101,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     """
     _check_input(x, "rms_norm")
     _check_affine(x, weight, "weight", "rms_norm")
-    eps = _check_eps(eps, "rms_norm")
+    eps = check_positive(eps, "eps", "rms_norm:")
     xf = x.to(_compute_dtype(x.dtype))  # (..., d)
     y = xf * torch.rsqrt((xf * xf).mean(dim=-1, keepdim=True) + eps)  # (..., d) * (..., 1)
     if weight is not None:
@@ -135,8 +124,8 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = DEFAULT_EPS["layernorm"], bias: bool = True):
         super().__init__()
-        self.d_model = _check_dim(d_model, "LayerNorm")
-        self.eps = _check_eps(eps, "LayerNorm")
+        self.d_model = check_int(d_model, "d_model", "LayerNorm:")
+        self.eps = check_positive(eps, "eps", "LayerNorm:")
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
@@ -160,8 +149,8 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = DEFAULT_EPS["rmsnorm"]):
         super().__init__()
-        self.d_model = _check_dim(d_model, "RMSNorm")
-        self.eps = _check_eps(eps, "RMSNorm")
+        self.d_model = check_int(d_model, "d_model", "RMSNorm:")
+        self.eps = check_positive(eps, "eps", "RMSNorm:")
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,12 +170,26 @@ def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = Tr
 
     ``eps=None`` takes the kind's default: 1e-5 for LayerNorm (torch), 1e-6 for RMSNorm (LLaMA).
     """
-    if kind not in NORM_KINDS:
-        raise ValueError(f"make_norm: kind must be one of {NORM_KINDS}, got {kind!r}")
+    check_choice(kind, "kind", NORM_KINDS, "make_norm:")
     eps = DEFAULT_EPS[kind] if eps is None else eps
     if kind == "layernorm":
         return LayerNorm(d_model, eps=eps, bias=bias)
     return RMSNorm(d_model, eps=eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Placement: pre-LN (the others are in lmlab.model.Block)
+# --------------------------------------------------------------------------------------------
+
+
+def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
+    """One pre-LN transformer layer from its parts (lesson 01's exercise; ``lmlab.model.Block`` runs it for ``pre``)::
+
+        h   = x + attn(norm1(x))     # (B, T, C): only the sub-layer's input is normalized
+        out = h + ffn(norm2(h))      # (B, T, C): the residual stream itself never is
+    """
+    h = x + attn(norm1(x))  # (B, T, C)
+    return h + ffn(norm2(h))  # (B, T, C)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,9 +209,8 @@ def deepnorm_constants(num_layers: int, architecture: str = "decoder-only") -> D
     ``alpha = (2M)**(1/4)``, ``beta = (8M)**(-1/4)``. For 12 layers: alpha ~ 2.21, beta ~ 0.32.
     (Encoder-decoder models use different constants per side; they are not needed here.)
     """
-    num_layers = _check_dim(num_layers, "deepnorm_constants", "num_layers")
-    if architecture not in DEEPNORM_ARCHITECTURES:
-        raise ValueError(f"deepnorm_constants: architecture must be one of {DEEPNORM_ARCHITECTURES}, got {architecture!r}")
+    num_layers = check_int(num_layers, "num_layers", "deepnorm_constants:")
+    check_choice(architecture, "architecture", DEEPNORM_ARCHITECTURES, "deepnorm_constants:")
     return DeepNormConstants(alpha=(2 * num_layers) ** 0.25, beta=(8 * num_layers) ** -0.25)
 
 
@@ -220,19 +222,20 @@ class DeepNorm(nn.Module):
         x = deepnorm1(x, attn(x))   # (B, T, C)
         x = deepnorm2(x, ffn(x))    # (B, T, C)
 
+    ``norm``: a kind (``"layernorm"``, ``"rmsnorm"``) or an already built norm module.
     The other half of DeepNorm, scaling the sub-layers' initial weights by ``beta``, happens where
-    the weights are initialised (``lmlab.model.GPT``).
+    the weights are initialised (:func:`lmlab.model.init_weights`).
     """
 
-    def __init__(self, d_model: int, alpha: float, norm: str = "layernorm", eps: float | None = None,
+    def __init__(self, d_model: int, alpha: float, norm: str | nn.Module = "layernorm", eps: float | None = None,
                  bias: bool = True):
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"DeepNorm: alpha must be a finite number > 0, got {alpha!r}")
-        if norm not in NORM_KINDS:
-            raise ValueError(f"DeepNorm: norm must be one of {NORM_KINDS}, got {norm!r}")
-        self.alpha = float(alpha)
-        self.norm = make_norm(norm, d_model, eps=eps, bias=bias)
+        self.alpha = check_positive(alpha, "alpha", "DeepNorm:")
+        if isinstance(norm, nn.Module):  # a norm built elsewhere (the model's, from lmlab.parts.NORMS)
+            self.norm = norm
+        else:
+            check_choice(norm, "norm", NORM_KINDS, "DeepNorm:")
+            self.norm = make_norm(norm, d_model, eps=eps, bias=bias)
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         if not isinstance(fx, torch.Tensor) or fx.shape != x.shape:

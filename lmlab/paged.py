@@ -17,7 +17,7 @@ tokens). PagedAttention (Kwon et al. 2023, vLLM) splits each sequence's cache in
   (an online softmax over blocks, no contiguous copy); equal to attention on the contiguous cache.
 * :func:`sample_request_lengths` and :func:`simulate_waste` - the memory-waste experiment.
 
-Shapes: L = layers, nkv = K/V heads, nh = query heads, bs = block size, hs = head size.
+Shapes: L = layers, nkv = K/V heads, nh = query heads, bs = block size, hs = head_dim.
 """
 
 from __future__ import annotations
@@ -27,10 +27,24 @@ from typing import Callable
 
 import torch
 
+from .flash import online_softmax_merge, tile_softmax
 from .kvcache import LayerKVCache
-from .masks import _check_length
+from .validation import check_int
 
-__all__ = ["BlockManager", "OutOfBlocksError", "PagedKVCache", "paged_attention", "sample_request_lengths", "simulate_waste"]
+__all__ = ["BlockManager", "OutOfBlocksError", "PagedKVCache", "paged_attention", "sample_request_lengths", "simulate_waste",
+           "blocks_needed", "locate_token"]
+
+
+def blocks_needed(n_tokens: int, block_size: int) -> int:
+    """Blocks of ``block_size`` tokens that hold ``n_tokens`` tokens: ``ceil(n / bs)`` (0 for 0).
+    Lesson 08's exercise; the block manager, the cache and the waste simulation all count with it."""
+    return -(-n_tokens // block_size)
+
+
+def locate_token(block_table, position: int, block_size: int) -> tuple[int, int]:
+    """``(physical block, offset)`` of token ``position`` of a sequence with this block table
+    (lesson 08's exercise; how the cache writes and reads every token)."""
+    return block_table[position // block_size], position % block_size
 
 
 class OutOfBlocksError(RuntimeError):
@@ -44,8 +58,8 @@ class BlockManager:
     """
 
     def __init__(self, n_blocks: int, block_size: int, on_copy: Callable[[int, int], None] | None = None):
-        _check_length("n_blocks", n_blocks)
-        _check_length("block_size", block_size)
+        check_int(n_blocks, "n_blocks")
+        check_int(block_size, "block_size")
         self.n_blocks, self.block_size, self.on_copy = n_blocks, block_size, on_copy
         self.free_blocks: list[int] = list(range(n_blocks - 1, -1, -1))  # a stack: pop() gives block 0 first
         self.ref_counts = [0] * n_blocks
@@ -97,7 +111,7 @@ class BlockManager:
         """Free blocks an :meth:`append` of ``n_tokens`` would take (copy-on-write included)."""
         self._check_seq(seq_id)
         n, table = self.lengths[seq_id], self.tables[seq_id]
-        new = math.ceil((n + n_tokens) / self.block_size) - len(table)
+        new = blocks_needed(n + n_tokens, self.block_size) - len(table)
         cow = n % self.block_size != 0 and n_tokens > 0 and self.ref_counts[table[-1]] > 1
         return new + int(cow)
 
@@ -105,7 +119,7 @@ class BlockManager:
         """Make room for ``n_tokens`` more tokens; returns their ``(physical block, offset)`` slots.
 
         All or nothing: raises :class:`OutOfBlocksError` (changing nothing) if the pool is short."""
-        _check_length("n_tokens", n_tokens, minimum=0)
+        check_int(n_tokens, "n_tokens", minimum=0)
         need = self.blocks_needed(seq_id, n_tokens)
         if need > len(self.free_blocks):
             raise OutOfBlocksError(f"appending {n_tokens} tokens to sequence {seq_id} needs {need} free blocks, {len(self.free_blocks)} left")
@@ -118,9 +132,9 @@ class BlockManager:
                 self.on_copy(old, new)
         slots = []
         for pos in range(n, n + n_tokens):
-            if pos // bs == len(table):
+            if pos // bs == len(table):  # the next block
                 table.append(self._take())
-            slots.append((table[pos // bs], pos % bs))
+            slots.append(locate_token(table, pos, bs))
         self.lengths[seq_id] = n + n_tokens
         return slots
 
@@ -143,7 +157,7 @@ class BlockManager:
         """Reference counts equal the table references; the free list holds exactly the rest."""
         counts = [0] * self.n_blocks
         for seq_id, table in self.tables.items():
-            assert len(table) == math.ceil(self.lengths[seq_id] / self.block_size), (seq_id, table, self.lengths[seq_id])
+            assert len(table) == blocks_needed(self.lengths[seq_id], self.block_size), (seq_id, table, self.lengths[seq_id])
             for b in table:
                 counts[b] += 1
         assert counts == self.ref_counts, (counts, self.ref_counts)
@@ -163,8 +177,8 @@ def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Ten
     nh, T_q, hs = q.shape
     _, nkv, bs, _ = k_blocks.shape
     table = [int(b) for b in block_table]
-    if not 1 <= T_q <= length or len(table) != math.ceil(length / bs):
-        raise ValueError(f"need 1 <= T_q ({T_q}) <= length ({length}) and ceil(length / block_size) = {math.ceil(length / bs)} blocks, got {len(table)}")
+    if not 1 <= T_q <= length or len(table) != blocks_needed(length, bs):
+        raise ValueError(f"need 1 <= T_q ({T_q}) <= length ({length}) and ceil(length / block_size) = {blocks_needed(length, bs)} blocks, got {len(table)}")
     if nh % nkv:
         raise ValueError(f"q's heads ({nh}) must be a multiple of the cache's K/V heads ({nkv})")
     qpos = torch.arange(length - T_q, length, device=q.device)[:, None]  # (T_q, 1)
@@ -178,12 +192,8 @@ def paged_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Ten
         s = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (nh, T_q, n_valid)
         kpos = torch.arange(i * bs, i * bs + n_valid, device=q.device)[None, :]  # (1, n_valid)
         s = s.masked_fill(kpos > qpos, float("-inf"))  # causal
-        m_new = torch.maximum(m, s.amax(-1))  # (nh, T_q); finite: block 0 holds key 0
-        p = torch.exp(s - m_new[..., None])  # (nh, T_q, n_valid)
-        alpha = torch.exp(m - m_new)
-        l = alpha * l + p.sum(-1)
-        acc = alpha[..., None] * acc + p @ v  # (nh, T_q, hs)
-        m = m_new
+        m_b, p = tile_softmax(s)  # (nh, T_q), (nh, T_q, n_valid)
+        m, l, acc = online_softmax_merge(m, l, acc, m_b, p.sum(-1), p @ v)  # (nh, T_q), (nh, T_q), (nh, T_q, hs)
     return acc / l[..., None]  # (nh, T_q, hs)
 
 
@@ -199,7 +209,7 @@ class PagedKVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_blocks: int, block_size: int,
                  dtype: torch.dtype = torch.float32, device=None):
         for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim)):
-            _check_length(name, value)
+            check_int(value, name)
         self.manager = BlockManager(n_blocks, block_size, on_copy=self._copy_block)
         self.k_pool = torch.zeros(n_layers, n_blocks, n_kv_heads, block_size, head_dim, dtype=dtype, device=device)
         self.v_pool = torch.zeros_like(self.k_pool)  # (L, n_blocks, nkv, bs, hs)
@@ -211,8 +221,8 @@ class PagedKVCache:
         """A pool for an lmlab GPT with ``batch`` empty sequences as its rows (default pool: room
         for every row's full context plus one block each for copy-on-write)."""
         cfg = model.config
-        n_blocks = n_blocks or batch * (math.ceil(cfg.context_length / block_size) + 1)
-        cache = cls(cfg.n_layers, cfg.n_kv_heads, cfg.head_size, n_blocks, block_size, dtype=dtype, device=device)
+        n_blocks = n_blocks or batch * (blocks_needed(cfg.context_length, block_size) + 1)
+        cache = cls(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_blocks, block_size, dtype=dtype, device=device)
         cache.rows = [cache.new_sequence() for _ in range(batch)]
         return cache
 
@@ -290,8 +300,9 @@ class PagedKVCache:
             table, bs = self.manager.tables[seq], self.manager.block_size
             for t in range(T_new):
                 pos = start + t
-                self.k_pool[layer, table[pos // bs], :, pos % bs] = k[row, :, t]  # (nkv, hs)
-                self.v_pool[layer, table[pos // bs], :, pos % bs] = v[row, :, t]
+                block, offset = locate_token(table, pos, bs)
+                self.k_pool[layer, block, :, offset] = k[row, :, t]  # (nkv, hs)
+                self.v_pool[layer, block, :, offset] = v[row, :, t]
         self.lengths[layer] = start + T_new
         ks, vs = zip(*(self.gather(seq, layer) for seq in self.rows))
         return torch.stack(ks), torch.stack(vs)  # (B, nkv, length, hs) each
@@ -318,8 +329,8 @@ def sample_request_lengths(n: int, seed: int = 0, mean_prompt: float = 161.0, me
                            max_len: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` (prompt, output) token lengths from log-normal distributions with ShareGPT's means
     (vLLM paper: 161 input and 338 output tokens on average), clipped so each request fits ``max_len``."""
-    _check_length("n", n)
-    _check_length("max_len", max_len, minimum=2)
+    check_int(n, "n")
+    check_int(max_len, "max_len", minimum=2)
     g = torch.Generator().manual_seed(seed)
     sigma = 1.0  # a long tail, like real chat requests
 
@@ -341,7 +352,7 @@ def simulate_waste(prompt_lens, output_lens, max_len: int = 2048, block_size: in
 
     Returns slot counts and ``*_waste`` fractions (1 - real tokens / slots held).
     """
-    _check_length("block_size", block_size)
+    check_int(block_size, "block_size")
     prompt, output = torch.as_tensor(prompt_lens).long(), torch.as_tensor(output_lens).long()
     if prompt.shape != output.shape or prompt.dim() != 1 or (prompt + output > max_len).any() or (prompt < 1).any():
         raise ValueError(f"prompt_lens and output_lens must be 1-D, equally long, >= 1 and sum to <= max_len={max_len} per request")

@@ -17,17 +17,20 @@ are shuffled the same way. Every scheme here breaks that symmetry differently:
 :class:`lmlab.model.GPT` uses; the context-extension tricks for RoPE (interpolation, NTK, YaRN, truncation) are in
 :mod:`lmlab.longctx` (lesson 06).
 
-Shapes: B = batch, nh = heads, T = tokens (T_q queries, T_k keys), hs = head size, C = d_model.
+Shapes: B = batch, nh = heads, T = tokens (T_q queries, T_k keys), hs = head_dim, C = d_model.
 """
 
 from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .masks import _check_length as _check_int  # "<name> must be an int >= <minimum>"
+from .validation import check_int, check_positive
 
 __all__ = [
     "POSITIONS",
@@ -47,6 +50,9 @@ __all__ = [
     "half_to_interleaved",
     "alibi_slopes",
     "alibi_bias",
+    "check_rope_head_dim",
+    "AttentionPositions",
+    "RotaryEmbedding",
 ]
 
 POSITIONS = ("learned", "none", "sinusoidal", "t5", "rope", "alibi")
@@ -58,15 +64,10 @@ SINUSOIDAL_SCALE = 0.02 * math.sqrt(2)
 ROPE_LAYOUTS = ("half", "interleaved")
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def _as_positions(positions, device=None) -> torch.Tensor:
     """An int ``T`` means ``0..T-1``; a tensor is used as given (1-D, integer)."""
     if isinstance(positions, int) and not isinstance(positions, bool):
-        _check_int("positions", positions)
+        check_int(positions, "positions")
         return torch.arange(positions, device=device)
     if not isinstance(positions, torch.Tensor) or positions.dim() != 1:
         raise ValueError(f"positions must be an int T or a 1-D tensor of positions, got {getattr(positions, 'shape', positions)!r}")
@@ -88,10 +89,10 @@ def sinusoidal_embedding(n_positions, d_model: int, base: float = 10000.0) -> to
     tokens, from ``2π`` (pair 0) to ``2π·base**((d-2)/d)`` (the last pair); ``PE[p + k]`` is a fixed rotation of ``PE[p]``.
     """
     pos = _as_positions(n_positions)
-    _check_int("d_model", d_model)
+    check_int(d_model, "d_model")
     if d_model % 2:
         raise ValueError(f"d_model must be even for the sinusoidal embedding (sin/cos pairs), got {d_model}")
-    _check_positive("base", base)
+    check_positive(base, "base")
     inv_freq = 1.0 / (base ** (torch.arange(0, d_model, 2, dtype=torch.float32, device=pos.device) / d_model))  # (C/2,)
     angles = pos.float()[:, None] * inv_freq[None, :]  # (T, C/2)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, C/2, 2) -> (T, C): sin, cos interleaved
@@ -106,8 +107,8 @@ class LearnedPositionEmbedding(nn.Embedding):
     """
 
     def __init__(self, n_positions: int, d_model: int):
-        _check_int("n_positions", n_positions)
-        _check_int("d_model", d_model)
+        check_int(n_positions, "n_positions")
+        check_int(d_model, "d_model")
         super().__init__(n_positions, d_model)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
@@ -136,8 +137,8 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     log-spaced up to ``max_distance``; everything farther shares the last bucket. Causal
     (``bidirectional=False``): keys after the query all land in bucket 0 (they are masked anyway).
     """
-    _check_int("num_buckets", num_buckets, minimum=2)
-    _check_int("max_distance", max_distance)
+    check_int(num_buckets, "num_buckets", minimum=2)
+    check_int(max_distance, "max_distance")
     if not isinstance(relative_position, torch.Tensor) or relative_position.is_floating_point():
         raise ValueError(f"relative_position must be an integer tensor, got {getattr(relative_position, 'dtype', type(relative_position).__name__)}")
     relative_buckets = torch.zeros_like(relative_position, dtype=torch.long)
@@ -169,9 +170,9 @@ class T5RelativeBias(nn.Module):
 
     def __init__(self, n_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = False):
         super().__init__()
-        _check_int("n_heads", n_heads)
-        _check_int("num_buckets", num_buckets, minimum=2)
-        _check_int("max_distance", max_distance)
+        check_int(n_heads, "n_heads")
+        check_int(num_buckets, "num_buckets", minimum=2)
+        check_int(max_distance, "max_distance")
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.relative_attention_bias = nn.Embedding(num_buckets, n_heads)
 
@@ -190,8 +191,8 @@ class T5RelativeBias(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_head_dim(head_dim) -> None:
-    _check_int("head_dim", head_dim, minimum=2)
+def check_rope_head_dim(head_dim) -> None:
+    check_int(head_dim, "head_dim", minimum=2)
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE (it rotates pairs of dimensions), got {head_dim}")
 
@@ -205,8 +206,8 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, device=None) -> torch
     """RoPE's ``inv_freq``, ``(head_dim/2,)``: pair ``i`` turns by ``θ_i = base^(-2i/head_dim)``
     radians per token (pair 0 fastest, one turn per 2π tokens; the last one slowest).
     Scaled variants (interpolation, NTK, YaRN) are in :func:`lmlab.longctx.scaled_rope_frequencies`."""
-    _check_head_dim(head_dim)
-    _check_positive("base", base)
+    check_rope_head_dim(head_dim)
+    check_positive(base, "base")
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))  # (hs/2,)
 
 
@@ -245,7 +246,7 @@ def apply_rope(x: torch.Tensor, positions=None, *, cos: torch.Tensor | None = No
     _check_layout(layout)
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a tensor (..., T, head_dim), got {getattr(x, 'shape', type(x).__name__)}")
-    _check_head_dim(x.size(-1))
+    check_rope_head_dim(x.size(-1))
     if (cos is None) != (sin is None) or (cos is None) == (positions is None):
         raise ValueError("apply_rope needs either positions or both cos and sin")
     if cos is None:
@@ -260,7 +261,7 @@ def apply_rope_complex(x: torch.Tensor, positions, base: float = 10000.0) -> tor
     """RoPE as Meta's LLaMA code writes it: each interleaved pair ``(x[2i], x[2i+1])`` is the
     complex number ``x[2i] + j·x[2i+1]``, multiplied by ``e^{j·p·θ_i}``. Equal to
     ``apply_rope(x, positions, layout="interleaved")`` (lesson 03 proves it, tests check it)."""
-    _check_head_dim(x.size(-1))
+    check_rope_head_dim(x.size(-1))
     inv_freq = rope_frequencies(x.size(-1), base, x.device)  # (hs/2,)
     pos = _as_positions(positions, x.device)
     rot = torch.polar(torch.ones(len(pos), len(inv_freq), device=x.device), pos.float()[:, None] * inv_freq[None, :])  # (T, hs/2) complex
@@ -274,13 +275,13 @@ def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
     ``interleaved_to_half(apply_rope(x, p, layout="interleaved")) == apply_rope(interleaved_to_half(x), p)``.
     Applied to the output rows of ``W_q`` and ``W_k`` of every head, it converts a checkpoint
     written for one layout (Meta's LLaMA) to the other (Hugging Face): the scores do not change."""
-    _check_head_dim(x.size(-1))
+    check_rope_head_dim(x.size(-1))
     return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)  # (..., hs)
 
 
 def half_to_interleaved(x: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`interleaved_to_half`: ``[a0..a_{d/2-1}, b0..b_{d/2-1}] -> [a0, b0, a1, b1, ...]``."""
-    _check_head_dim(x.size(-1))
+    check_rope_head_dim(x.size(-1))
     a, b = x.chunk(2, dim=-1)  # (..., hs/2) each
     return torch.stack((a, b), dim=-1).flatten(-2)  # (..., hs/2, 2) -> (..., hs)
 
@@ -298,7 +299,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     the ``p`` slopes for ``p`` heads, then every other slope of the ``2p`` sequence
     (``slopes(2p)[0::2]``) for the remaining ``n - p`` heads.
     """
-    _check_int("n_heads", n_heads)
+    check_int(n_heads, "n_heads")
 
     def power_of_2(n: int) -> list[float]:
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))  # 2^(-8/n)
@@ -320,3 +321,61 @@ def alibi_bias(n_heads: int, q_positions, k_positions=None, slopes: torch.Tensor
     k = q if k_positions is None else _as_positions(k_positions, slopes.device)
     distance = (q[:, None] - k[None, :]).abs().float()  # (T_q, T_k)
     return (-slopes[:, None, None] * distance[None]).unsqueeze(0)  # (1, nh, T_q, T_k)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE as a module (lesson 03's plug-in exercise, like Hugging Face's ``LlamaRotaryEmbedding``):
+    ``RotaryEmbedding(head_dim, base)(x (..., T, head_dim), positions (T,))`` is
+    :func:`apply_rope` in the half-split layout, with the frequencies kept in a buffer."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        check_rope_head_dim(head_dim)
+        self.base = check_positive(base, "base")
+        self.register_buffer("inv_freq", rope_frequencies(head_dim, base), persistent=False)  # (head_dim/2,)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_cos_sin(positions.to(self.inv_freq.device), self.inv_freq)  # (T, head_dim) each
+        return apply_rope(x, cos=cos.to(x.dtype), sin=sin.to(x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# What every attention layer of one forward pass receives (built by lmlab.position_scheme)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionPositions:
+    """What every attention layer of one forward pass needs, computed once by the model.
+
+    ``cos, sin``: RoPE for the *new* queries/keys, ``(T, hs)`` (q and k are rotated before they
+    go into the KV cache). ``bias``: an additive float bias ``(1, nh, T_q, T_k)`` (ALiBi, T5).
+    ``attend``: set by schemes that need their own attention (RoPE truncation, lesson 06);
+    it then receives the *un-rotated* q, k.
+    """
+
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    attend_fn: object = None
+    rotate_fn: object = None  # a learner's rotary embedding (lmlab.parts.register_rope): x -> x rotated
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rotate_fn is not None:
+            return self.rotate_fn(q), self.rotate_fn(k)
+        if self.cos is None:
+            return q, k
+        return apply_rope(q, cos=self.cos, sin=self.sin), apply_rope(k, cos=self.cos, sin=self.sin)  # (B, nh|nkv, T, hs)
+
+    @property
+    def changes_scores(self) -> bool:
+        return self.bias is not None or self.attend_fn is not None
+
+    def attend(self, q, k, v, mask: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+        """Attention with a bool ``mask`` (broadcastable to ``(B, nh, T_q, T_k)``, True = may
+        attend) plus this bias: both go to SDPA as one float mask (``-inf`` where masked)."""
+        if self.attend_fn is not None:
+            return self.attend_fn(q, k, v, mask)
+        float_mask = self.bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # (B|1, nh, T_q, T_k)
+        gqa = {"enable_gqa": True} if q.size(1) != k.size(1) else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=float_mask, dropout_p=dropout_p, **gqa)  # (B, nh, T_q, hs)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import sample_batch
 
-__all__ = ["seed_everything", "lm_loss", "evaluate", "evaluate_lengths", "History", "train", "generate"]
+__all__ = ["seed_everything", "lm_loss", "evaluate", "evaluate_lengths", "History", "train"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -153,46 +153,3 @@ def train(
     hist.seconds = time.perf_counter() - start
     model.eval()
     return hist
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    greedy: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Extend ``prompt_ids`` (``(T,)`` or ``(B, T)``) by ``max_new_tokens`` tokens.
-
-    ``greedy=True`` picks the most likely token; otherwise samples from softmax(logits / temperature).
-    When the text grows past the context, the model sees only the last ``context_length`` tokens.
-    """
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype not in (torch.long, torch.int32):
-        raise ValueError("prompt_ids must be an integer tensor of token ids, e.g. torch.tensor(tok.encode(text))")
-    squeeze = prompt_ids.dim() == 1
-    idx = prompt_ids[None] if squeeze else prompt_ids  # (B, T)
-    if idx.dim() != 2 or idx.size(1) < 1:
-        raise ValueError(f"prompt_ids must have shape (T,) or (B, T) with T >= 1, got {tuple(prompt_ids.shape)}")
-    T_max = model.config.context_length
-    if idx.size(1) > T_max:
-        raise ValueError(f"the prompt has {idx.size(1)} tokens but the model's context_length is {T_max}; shorten the prompt")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling (use greedy=True for argmax), got {temperature}")
-    was_training = model.training
-    model.eval()
-    idx = idx.to(next(model.parameters()).device)
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -T_max:])[:, -1, :]  # (B, V): the last position predicts the next token
-        if greedy:
-            nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        else:
-            probs = F.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-        idx = torch.cat([idx, nxt], dim=1)
-    model.train(was_training)
-    return idx[0] if squeeze else idx

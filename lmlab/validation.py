@@ -4,7 +4,8 @@ Every public function validates its input and raises a ``ValueError`` that names
 the allowed values. These helpers are those checks; each returns the (normalised) value so a
 function can write ``n = check_int(n, "n_heads", where="MultiHeadAttention")``.
 
-``where`` (optional) is prefixed to the message, e.g. ``"ModelConfig.n_heads must be an int >= 1"``.
+``where`` (optional) is prefixed to the message, e.g. ``"ModelConfig.n_heads must be an int >= 1"``; a
+``where`` ending in ``":"`` (``"FeedForward:"``) reads ``"FeedForward: hidden must be ..."`` instead.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch
 
 __all__ = [
     "check_int", "check_number", "check_positive", "check_probability", "check_choice",
-    "check_divides", "check_tensor", "check_bool",
+    "check_divides", "check_tensor", "check_bool", "check_qkv", "check_kv_heads",
 ]
 
 
 def _label(name: str, where: str | None) -> str:
+    if where and where.endswith(":"):
+        return f"{where} {name}"
     return f"{where}.{name}" if where and not where.endswith(")") else (f"{where}: {name}" if where else name)
 
 
@@ -128,3 +131,41 @@ def check_tensor(value: Any, name: str, where: str | None = None, *, dim: int | 
         if value.dtype not in dtypes:
             raise ValueError(f"{label} must have dtype {' or '.join(map(str, dtypes))}, got {value.dtype}")
     return value
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_heads: bool = True) -> None:
+    """Attention inputs (lessons 04, 08): ``q (B, nh, T_q, hs)``, ``k (B, nkv, T_k, hs)``, ``v (B, nkv, T_k, hs_v)``, one dtype and device.
+
+    ``same_heads``: require ``nh == nkv``; otherwise ``nh`` must be a multiple of ``nkv`` (GQA).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor (B, heads, T, head_dim), got {got}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise ValueError(f"q, k, v must share one floating dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}")
+    if q.size(0) != k.size(0) or k.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"q (B, nh, T_q, hs), k (B, nkv, T_k, hs), v (B, nkv, T_k, hs_v) must agree on B, nkv, T_k; "
+            f"got q={tuple(q.shape)}, k={tuple(k.shape)}, v={tuple(v.shape)}"
+        )
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"q and k must have the same head size (head_dim), got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if same_heads and q.size(1) != k.size(1):
+        raise ValueError(f"q and k must have the same number of heads (use repeat_kv for GQA), got q={tuple(q.shape)}, k={tuple(k.shape)}")
+    if not same_heads and q.size(1) % k.size(1):
+        raise ValueError(f"q's heads ({q.size(1)}) must be a multiple of k/v's heads ({k.size(1)})")
+
+
+def check_kv_heads(n_kv_heads: Any, n_heads: int, where: str | None = None) -> int:
+    """Key/value heads for ``n_heads`` query heads (lesson 04): ``None`` means ``n_heads`` (MHA), else
+    an int that divides ``n_heads`` (1 = MQA, in between = GQA). Returns the number."""
+    if n_kv_heads is None:
+        return n_heads
+    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1 or n_heads % n_kv_heads:
+        divisors = [h for h in range(1, n_heads + 1) if n_heads % h == 0]
+        raise ValueError(f"{_label('n_kv_heads', where)} must divide n_heads={n_heads} (1 = MQA, {n_heads} = MHA): "
+                         f"one of {divisors} (or None), got {n_kv_heads!r}")
+    return n_kv_heads

@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/02_activations.ipynb)
 #
-# Five pieces of the feed-forward block of [lesson 02](../lessons/02_activations.ipynb), written by you.
+# Six pieces of the feed-forward block of [lesson 02](../lessons/02_activations.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -20,6 +20,7 @@
 # | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
 # | 4 | `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 2 |
 # | 5 | `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 2 |
+# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -47,6 +48,7 @@ if "google.colab" in sys.modules:
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.grading import check, check_all
@@ -184,6 +186,42 @@ def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) 
 
 # %%
 check("02.ffn_num_parameters", ffn_num_parameters)
+
+# %% [markdown]
+# ## 6 · Swap your SwiGLU into the model and train (2 points)
+#
+# Make your `swiglu_ffn` a module with LLaMA's (Hugging Face's) layer names, then put it in every block:
+# `lmlab.parts.register_ffn("my_swiglu", SwiGLU, gated=True)` makes `ModelConfig(activation="my_swiglu")`
+# valid (with the gated 2/3 hidden size). The check copies lmlab's weights into your three projections:
+# same logits, and the same losses after 8 Adam steps (tolerance 1e-4).
+
+# %%
+class SwiGLU(nn.Module):
+    """LLaMA's feed-forward block.
+
+    ``SwiGLU(d_model, hidden)``: three ``nn.Linear(..., bias=False)`` layers, ``gate_proj`` and
+    ``up_proj`` (``d_model -> hidden``) and ``down_proj`` (``hidden -> d_model``).
+    ``forward(x (B, T, d_model))`` returns ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
+
+    Hint: your ``swiglu_ffn(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)``.
+    """
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)  # w1: goes through SiLU
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)  # w3: the value, linear
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)  # w2
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        return swiglu_ffn(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)  # (B, T, d)
+        ### END SOLUTION
+
+
+# %%
+check("02.SwiGLU", SwiGLU)
 
 # %% [markdown]
 # ## Your score

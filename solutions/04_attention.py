@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/04_attention.ipynb)
 #
-# Four pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
+# Five pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -19,6 +19,7 @@
 # | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
 # | 3 | `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 2 |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
+# | 5 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -49,6 +50,7 @@ if "google.colab" in sys.modules:
 import math
 
 import torch
+import torch.nn as nn
 
 from lmlab.grading import check, check_all
 
@@ -170,6 +172,55 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
+
+# %% [markdown]
+# ## 5 · Swap your grouped-query attention into the model and train (3 points)
+#
+# Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
+# Face's layer names, then put it in every block: `lmlab.parts.register_attention("my_gqa", GQAttention)`
+# makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
+# `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
+# Adam steps (tolerance 1e-4).
+
+# %%
+class GQAttention(nn.Module):
+    """Causal grouped-query self-attention.
+
+    ``GQAttention(d_model, n_heads, n_kv_heads)``: bias-free ``nn.Linear`` layers ``q_proj``
+    (``d_model -> d_model``), ``k_proj`` and ``v_proj`` (``d_model -> n_kv_heads * head_dim``) and
+    ``o_proj`` (``d_model -> d_model``), with ``head_dim = d_model // n_heads``.
+    ``forward(x (B, T, d_model))`` returns ``(B, T, d_model)``; token ``t`` attends to tokens ``<= t``.
+
+    Hint: ``.view(B, T, heads, head_dim).transpose(1, 2)`` splits heads; your ``repeat_kv`` gives every
+    query head its K/V head; a lower-triangular mask; your ``scaled_dot_product_attention``; merge the
+    heads back with ``.transpose(1, 2).reshape(B, T, d_model)``, then ``o_proj``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        n_rep = self.n_heads // self.n_kv_heads
+        mask = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T): causal
+        y = scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        ### END SOLUTION
+
+
+# %%
+check("04.GQAttention", GQAttention)
 
 # %% [markdown]
 # ## Your score

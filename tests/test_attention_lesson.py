@@ -51,7 +51,7 @@ def test_decode_attention_matches_sdpa_and_mqa_reads_less():
     q = torch.randn(2, 8, 1, 16, generator=g)
     k, v = torch.randn(2, 2, 50, 16, generator=g), torch.randn(2, 2, 50, 16, generator=g)
     torch.testing.assert_close(X.decode_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-    rows = X.decode_attention_time(kv_heads=(8, 1), n_heads=8, head_size=32, T=2048, batch=2, repeats=3)
+    rows = X.decode_attention_time(kv_heads=(8, 1), n_heads=8, head_dim=32, T=2048, batch=2, repeats=3)
     assert rows[0]["bytes_read"] == 8 * rows[1]["bytes_read"]
     assert rows[1]["step_ms"] < rows[0]["step_ms"]
 

@@ -146,3 +146,51 @@ def test_flops_and_mfu():
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=re.escape(name)):
         call()
+
+
+# -- model_params == GPT(cfg).num_parameters() for every option (property test) -------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def model_configs(draw):
+    n_heads = draw(st.sampled_from([1, 2, 4]))
+    d_model = n_heads * draw(st.sampled_from([2, 4, 6]))
+    n_layers = draw(st.integers(1, 3))
+    position = draw(st.sampled_from(["learned", "none", "sinusoidal", "t5", "rope", "alibi"]))
+    attention = draw(st.sampled_from(["full", "sliding_window"]))
+    context_length = draw(st.integers(2, 12))
+    kw = dict(
+        vocab_size=draw(st.integers(2, 30)), context_length=context_length, d_model=d_model, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=draw(st.sampled_from([h for h in (1, 2, 4) if n_heads % h == 0])),
+        bias=draw(st.booleans()), norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        norm_position=draw(st.sampled_from(["pre", "post", "sandwich", "deepnorm"])),
+        activation=draw(st.sampled_from(["gelu", "relu", "swiglu", "geglu"])),
+        d_ff=draw(st.one_of(st.none(), st.integers(1, 40))), position=position, attention=attention,
+        tie_embeddings=draw(st.booleans()),
+    )
+    if position == "learned":
+        kw["n_positions"] = draw(st.one_of(st.none(), st.integers(context_length, 40)))
+    if attention == "sliding_window":
+        kw["window"] = draw(st.integers(1, 8))
+        kw["n_sink"] = draw(st.integers(0, 2))
+    if draw(st.booleans()):
+        kw["knn_memory"] = {"layer": draw(st.integers(0, n_layers - 1)), "top_k": 2, "size": 8}
+    return ModelConfig(**kw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_configs())
+def test_model_params_equal_the_real_model_for_generated_configs(cfg):
+    assert calc.model_params(cfg) == n_params(GPT(cfg)) == GPT(cfg).num_parameters()
+
+
+def test_model_params_regressions_from_the_issue():
+    # t5 was 826,112 (bias table forgotten), n_positions=64 was 842,496 (context_length used), knn missed its gate
+    for kw in (dict(position="t5"), dict(n_positions=64), dict(knn_memory={"layer": 1, "top_k": 4, "size": 16})):
+        cfg = ModelConfig(**kw)
+        assert calc.model_params(cfg) == n_params(GPT(cfg))
+    assert calc.model_params(ModelConfig(position="t5")) == 826_240
+    assert calc.model_params(ModelConfig(n_positions=64)) == 834_304

@@ -158,3 +158,19 @@ def test_forward_with_cache_bad_input():
 def test_forward_with_cache_rejects_out_of_vocabulary_ids():
     with pytest.raises(ValueError, match=r"token ids in \[0, vocab_size=48\)"):
         tiny().forward_with_cache(torch.tensor([[48]]), None)
+
+
+def test_decode_step_reference_equals_the_cache_and_sdpa():
+    """lmlab.kvcache.decode_step (lesson 08's graded reference) gives what KVCache + SDPA compute."""
+    from lmlab.kvcache import KVCache, decode_step
+
+    g = torch.Generator().manual_seed(0)
+    B, nh, T, hs = 2, 3, 5, 4
+    k, v, q = (torch.randn(B, nh, T + 1, hs, generator=g) for _ in range(3))
+    out, k_all, v_all = decode_step(k[:, :, :T], v[:, :, :T], q[:, :, T:], k[:, :, T:], v[:, :, T:])
+    cache = KVCache(1, B, nh, hs, T + 1)
+    cache.update(0, k[:, :, :T], v[:, :, :T])
+    k_c, v_c = cache.update(0, k[:, :, T:], v[:, :, T:])
+    torch.testing.assert_close(k_all, k_c)
+    torch.testing.assert_close(v_all, v_c)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q[:, :, T:], k_c, v_c))

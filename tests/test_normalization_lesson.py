@@ -12,6 +12,7 @@ from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 from lmlab.experiments import norm_placement as NP
 from lmlab.experiments import normalization as N
 from lmlab.model import GPT, ModelConfig
+from lmlab.norms import deepnorm_constants
 from lmlab.widgets import FigureExplorer
 
 
@@ -98,7 +99,7 @@ def test_init_weights_xavier():
     torch.manual_seed(0)
     m = NP.init_weights(GPT(cfg), "xavier")
     bound = math.sqrt(6 / (16 + 64))  # xavier-uniform bound of the FFN's up-projection
-    beta = m.blocks[0].ffn.up.init_gain
+    beta = deepnorm_constants(2).beta  # what init scales the FFN by (it used to be an attribute on the layer)
     assert float(m.blocks[0].ffn.up.weight.detach().abs().max()) <= bound * beta + 1e-6  # DeepNorm's beta kept
     assert abs(float(m.tok_emb.weight.detach().std()) - 16 ** -0.5) < 0.05
     assert m.lm_head.weight is m.tok_emb.weight

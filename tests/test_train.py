@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from lmlab.data import CharTokenizer, load_corpus
 from lmlab.model import GPT, ModelConfig
-from lmlab.train import History, evaluate, generate, lm_loss, seed_everything, train
+from lmlab.decoding import generate  # lesson 00 uses the one decoding loop (lmlab.generate)
+from lmlab.train import History, evaluate, lm_loss, seed_everything, train
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +174,12 @@ def gen_model():
 
 def test_generate_shapes_and_keeps_the_prompt(gen_model):
     prompt = torch.tensor([1, 2, 3])
-    out = generate(gen_model, prompt, 5, greedy=True)
+    out = generate(gen_model, prompt, 5, "greedy")
     assert out.shape == (8,)
     assert torch.equal(out[:3], prompt)
     assert ((0 <= out) & (out < 20)).all()
     batch = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    out = generate(gen_model, batch, 4, generator=torch.Generator().manual_seed(0))
+    out = generate(gen_model, batch, 4, "sample", generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 7)
     assert torch.equal(out[:, :3], batch)
     assert torch.equal(generate(gen_model, prompt, 0), prompt)
@@ -186,8 +187,8 @@ def test_generate_shapes_and_keeps_the_prompt(gen_model):
 
 def test_greedy_is_deterministic_and_is_the_argmax(gen_model):
     prompt = torch.tensor([[3, 1, 4]])
-    a = generate(gen_model, prompt, 6, greedy=True)
-    b = generate(gen_model, prompt, 6, greedy=True)
+    a = generate(gen_model, prompt, 6, "greedy")
+    b = generate(gen_model, prompt, 6, "greedy")
     assert torch.equal(a, b)
     # every new token is the argmax of the model's next-token logits for the text so far
     for t in range(3, 9):
@@ -195,14 +196,14 @@ def test_greedy_is_deterministic_and_is_the_argmax(gen_model):
             expected = gen_model(a[:, :t])[:, -1].argmax(-1)
         assert torch.equal(a[:, t], expected)
     # temperature does not matter for greedy decoding, even 0
-    assert torch.equal(generate(gen_model, prompt, 6, greedy=True, temperature=0.0), a)
+    assert torch.equal(generate(gen_model, prompt, 6, "sample", temperature=0.0), a)
 
 
 def test_seeded_sampling_is_reproducible(gen_model):
     prompt = torch.tensor([5])
-    a = generate(gen_model, prompt, 30, generator=torch.Generator().manual_seed(1))
-    b = generate(gen_model, prompt, 30, generator=torch.Generator().manual_seed(1))
-    c = generate(gen_model, prompt, 30, generator=torch.Generator().manual_seed(2))
+    a = generate(gen_model, prompt, 30, "sample", generator=torch.Generator().manual_seed(1))
+    b = generate(gen_model, prompt, 30, "sample", generator=torch.Generator().manual_seed(1))
+    c = generate(gen_model, prompt, 30, "sample", generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)  # an untrained model is near uniform over 20 tokens
 
@@ -210,7 +211,7 @@ def test_seeded_sampling_is_reproducible(gen_model):
 def test_generation_past_the_context_crops(gen_model):
     T = gen_model.config.context_length  # 8
     prompt = torch.tensor([[1, 2, 3, 4, 5]])
-    out = generate(gen_model, prompt, 3 * T, greedy=True)
+    out = generate(gen_model, prompt, 3 * T, "greedy")
     assert out.shape == (1, 5 + 3 * T)
     # the model only ever saw the last T tokens: the token after position t is argmax(model(out[t-T:t]))
     for t in range(T + 1, out.size(1)):
@@ -240,7 +241,7 @@ def test_generation_feeds_exactly_the_last_context_length_tokens():
     T = 4
     model = _RecordingModel(context_length=T)
     prompt = torch.tensor([[1, 2, 3], [7, 8, 9]])
-    out = generate(model, prompt, 6, greedy=True)
+    out = generate(model, prompt, 6, "greedy")
     assert out.shape == (2, 9)
     assert len(model.seen) == 6
     for step, seen in enumerate(model.seen):
@@ -253,24 +254,24 @@ def test_generation_feeds_exactly_the_last_context_length_tokens():
 def test_generate_restores_training_mode(gen_model):
     gen_model.train()
     try:
-        generate(gen_model, torch.tensor([1]), 2, greedy=True)
+        generate(gen_model, torch.tensor([1]), 2, "greedy")
         assert gen_model.training
     finally:
         gen_model.eval()
 
 
 def test_generate_rejects_bad_input(gen_model):
-    with pytest.raises(ValueError, match=r"the prompt has 9 tokens but the model's context_length is 8"):
-        generate(gen_model, torch.arange(9), 1, greedy=True)
-    with pytest.raises(ValueError, match="temperature must be > 0 when sampling"):
-        generate(gen_model, torch.tensor([1, 2]), 3, temperature=0.0)
-    with pytest.raises(ValueError, match="temperature must be > 0 when sampling"):
-        generate(gen_model, torch.tensor([1, 2]), 3, temperature=-1.0)
-    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+    # lesson 00's generate was folded into lmlab.decoding.generate: a prompt longer than the context is
+    # cropped to its last context_length tokens (the window slides) instead of refused
+    long = generate(gen_model, torch.arange(9), 1, "greedy")
+    assert long[-1] == generate(gen_model, torch.arange(1, 9), 1, "greedy")[-1]
+    with pytest.raises(ValueError, match="temperature must be"):
+        generate(gen_model, torch.tensor([1, 2]), 3, "sample", temperature=-1.0)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
         generate(gen_model, torch.tensor([1, 2]), -1)
-    with pytest.raises(ValueError, match=r"prompt_ids must have shape \(T,\) or \(B, T\) with T >= 1"):
+    with pytest.raises(ValueError, match=r"prompt_ids must be integer ids of shape \(T,\) or \(B, T\) with T >= 1"):
         generate(gen_model, torch.tensor([], dtype=torch.long), 1)
-    with pytest.raises(ValueError, match=r"prompt_ids must have shape"):
+    with pytest.raises(ValueError, match=r"prompt_ids must be integer ids of shape"):
         generate(gen_model, torch.zeros(1, 1, 2, dtype=torch.long), 1)
 
 

@@ -4,6 +4,24 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+
+
+def _rmsnorm_class(fn, parameter=True):
+    class RMSNorm(nn.Module):
+        def __init__(self, d_model, eps=1e-6):
+            super().__init__()
+            self.eps = eps
+            ones = torch.ones(d_model)
+            if parameter:
+                self.weight = nn.Parameter(ones)
+            else:
+                self.register_buffer("weight", ones)
+
+        def forward(self, x):
+            return fn(x, self.weight, self.eps)
+
+    return RMSNorm
 
 
 def _ln(x, w, b, eps, dim=-1, unbiased=False, eps_outside=False, center_var=True, affine=True):
@@ -59,5 +77,11 @@ WRONG = {
         "square roots instead of fourth roots": lambda M: ((2 * M) ** 0.5, (8 * M) ** -0.5),
         "encoder-decoder's decoder constants with N = M": lambda M: ((3 * M) ** 0.25, (12 * M) ** -0.25),
         "returns only alpha": lambda M: (2 * M) ** 0.25,
+    },
+    "01.RMSNorm": {
+        "eps ignored (always 1e-6)": _rmsnorm_class(lambda x, w, eps: _rms(x, w, 1e-6)),
+        "subtracts the mean (a LayerNorm without bias)": _rmsnorm_class(lambda x, w, eps: _rms(x, w, eps, center=True)),
+        "eps outside the square root": _rmsnorm_class(lambda x, w, eps: _rms(x, w, eps, eps_outside=True)),
+        "gain is a plain tensor, not an nn.Parameter (it never trains)": _rmsnorm_class(lambda x, w, eps: _rms(x, w, eps), parameter=False),
     },
 }

@@ -30,6 +30,22 @@ def _params(d, h, kind, bias=True, gated_matrices=3, count_bias=True):
     return weights + (mats - 1) * h + d
 
 
+def _swiglu_class(mix, bias=False):
+    import torch.nn as nn
+
+    class SwiGLU(nn.Module):
+        def __init__(self, d_model, hidden):
+            super().__init__()
+            self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
+            self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+            self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+        def forward(self, x):
+            return self.down_proj(mix(self.gate_proj(x), self.up_proj(x)))
+
+    return SwiGLU
+
+
 WRONG = {
     "02.swish": {
         "sigmoid instead of swish (forgot the x)": lambda x, beta=1.0: torch.sigmoid(beta * x),
@@ -73,5 +89,11 @@ WRONG = {
         "bias of the down projection sized h": lambda d, h, kind, bias=True: _params(d, h, kind, bias) + ((h - d) if bias else 0),
         "gated counted with four matrices": lambda d, h, kind, bias=True: _params(d, h, kind, bias, gated_matrices=4),
         "biases counted even when bias=False": lambda d, h, kind, bias=True: _params(d, h, kind, True),
+    },
+    "02.SwiGLU": {
+        "SiLU on the value instead of the gate": _swiglu_class(lambda g, u: g * torch.nn.functional.silu(u)),
+        "sigmoid gate (GLU, not SwiGLU)": _swiglu_class(lambda g, u: torch.sigmoid(g) * u),
+        "biases in the projections": _swiglu_class(lambda g, u: torch.nn.functional.silu(g) * u, bias=True),
+        "GeLU gate (GeGLU)": _swiglu_class(lambda g, u: torch.nn.functional.gelu(g) * u),
     },
 }

@@ -85,6 +85,39 @@ def _bucket(rel, bidirectional=True, num_buckets=32, max_distance=128, how=""):
     return ret + torch.where(dist < max_exact, dist.long(), large)
 
 
+def _rope_class(how):
+    import torch.nn as nn
+
+    def rotate(x, positions, base):
+        d = x.size(-1)
+        if how == "arange":
+            positions = torch.arange(x.size(-2))
+        if how == "first half only":  # RoPE applied to the first d/2 features (as pairs), the rest untouched
+            h = d // 2
+            return torch.cat((rotate_full(x[..., :h], positions, base, h), x[..., h:]), dim=-1)
+        return rotate_full(x, positions, base, d)
+
+    def rotate_full(x, positions, base, d):
+        theta = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        ang = positions.float()[:, None] * theta[None, :]
+        cos, sin = ang.cos(), ang.sin() * (-1 if how == "backwards" else 1)
+        if how == "interleaved":
+            a, b = x[..., 0::2], x[..., 1::2]
+            return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+        a, b = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+    class RotaryEmbedding(nn.Module):
+        def __init__(self, head_dim, base=10000.0):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x, positions):
+            return rotate(x, positions, self.base)
+
+    return RotaryEmbedding
+
+
 WRONG = {
     "03.sinusoidal_embedding": {
         "exponent i/d instead of 2i/d": lambda n, d: _sinusoidal(n, d, "exponent i/d"),
@@ -113,5 +146,11 @@ WRONG = {
         "causal: |rel| instead of max(-rel, 0)": lambda r, bidirectional=True, num_buckets=32, max_distance=128: _bucket(r, bidirectional, num_buckets, max_distance, "causal uses |rel|"),
         "rounds instead of flooring": lambda r, bidirectional=True, num_buckets=32, max_distance=128: _bucket(r, bidirectional, num_buckets, max_distance, "rounds instead of flooring"),
         "not capped at n - 1": lambda r, bidirectional=True, num_buckets=32, max_distance=128: _bucket(r, bidirectional, num_buckets, max_distance, "not capped at n - 1"),
+    },
+    "03.RotaryEmbedding": {
+        "interleaved pairs (x[..., 0::2], x[..., 1::2]) instead of the two halves": _rope_class("interleaved"),
+        "rotates only the first half of the features (RoPE on the wrong half)": _rope_class("first half only"),
+        "ignores positions (uses 0..T-1)": _rope_class("arange"),
+        "sin with the wrong sign (rotates backwards)": _rope_class("backwards"),
     },
 }

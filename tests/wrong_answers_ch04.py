@@ -45,6 +45,35 @@ def _merge(m1, l1, a1, m2, l2, a2, how):
     raise ValueError(how)
 
 
+def _gqa_class(how):
+    import torch.nn as nn
+
+    class GQAttention(nn.Module):
+        def __init__(self, d_model, n_heads, n_kv_heads):
+            super().__init__()
+            self.nh, self.nkv, self.hs = n_heads, n_kv_heads, d_model // n_heads
+            self.q_proj = nn.Linear(d_model, d_model, bias=False)
+            self.k_proj = nn.Linear(d_model, n_kv_heads * self.hs, bias=False)
+            self.v_proj = nn.Linear(d_model, n_kv_heads * self.hs, bias=False)
+            self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)
+            k = self.k_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)
+            v = self.v_proj(x).view(B, T, self.nkv, self.hs).transpose(1, 2)
+            r = self.nh // self.nkv
+            if how == "repeat":
+                k, v = k.repeat(1, r, 1, 1), v.repeat(1, r, 1, 1)
+            else:
+                k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
+            mask = None if how == "not causal" else torch.ones(T, T, dtype=torch.bool).tril()
+            y = _sdpa(q, k, v, mask, "no scale" if how == "no scale" else "")
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    return GQAttention
+
+
 WRONG = {
     "04.scaled_dot_product_attention": {
         "no 1/sqrt(d) scaling": lambda q, k, v, mask=None: _sdpa(q, k, v, mask, "no scale"),
@@ -71,5 +100,10 @@ WRONG = {
         "only the sum rescaled, not acc": lambda *a: _merge(*a, "only the sum rescaled"),
         "adds without rescaling": lambda *a: _merge(*a, "adds without rescaling"),
         "rescale factor inverted": lambda *a: _merge(*a, "rescale factor inverted"),
+    },
+    "04.GQAttention": {
+        "K/V heads tiled with .repeat (heads 0, 1, 0, 1) instead of repeat_interleave": _gqa_class("repeat"),
+        "not causal (every token sees the future)": _gqa_class("not causal"),
+        "no 1/sqrt(head_dim) scaling": _gqa_class("no scale"),
     },
 }

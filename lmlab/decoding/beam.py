@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .generate import Model, Stepper, _inference, _prepare_ids, check_common, process_history
+from .steps import Model, Stepper, check_common, inference, prepare_ids, process_history
 from .logits import check_logits
 from ..validation import check_int, check_number, check_tensor
 
@@ -208,7 +208,7 @@ def beam_search(
     """
     _check_beam_args(num_beams, length_penalty, early_stopping)
     check_common(max_new_tokens, eos_id, repetition_penalty, no_repeat_ngram_size)
-    idx, _ = _prepare_ids(model, prompt_ids)  # (B, T0)
+    idx, _ = prepare_ids(model, prompt_ids)  # (B, T0)
     B, T0 = idx.shape
     K = num_beams
     hyps = [BeamHypotheses(K, float(length_penalty), early_stopping, max_new_tokens) for _ in range(B)]
@@ -218,7 +218,7 @@ def beam_search(
     beam_scores = torch.full((B, K), -math.inf, device=idx.device)  # (B, K)
     beam_scores[:, 0] = 0.0  # the copies are identical: start from one of them only
     stepper = Stepper(model, use_cache)
-    with _inference(model):
+    with inference(model):
         for step in range(max_new_tokens):
             cur_len = step + 1  # generated tokens once this step's token is appended
             logits = stepper(ids).float()  # (B*K, V)

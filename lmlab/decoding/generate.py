@@ -21,143 +21,38 @@ sequence at every step: same tokens, quadratic cost. ``use_cache=False`` forces 
 
 from __future__ import annotations
 
-import contextlib
-import math
-from typing import Callable, Iterator
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from .beam import beam_search
 from .logits import (
-    apply_repetition_penalty,
-    block_repeated_ngrams,
     check_logits,
     check_temperature,
     check_top_k,
     check_top_p,
     sample,
 )
+from .steps import Model, Stepper, as_logits, check_common, context_length, inference, prepare_ids, process_history
 
 __all__ = ["generate", "next_token_logits", "sequence_logprob", "repetition_rate", "STRATEGIES"]
 
 STRATEGIES = ("greedy", "sample", "beam")
 
-Model = Callable[[torch.Tensor], torch.Tensor]
-
 
 # --------------------------------------------------------------------------------------------
-# Talking to "a model": any callable ids -> logits
+# Next-token logits
 # --------------------------------------------------------------------------------------------
-
-
-def context_length(model: Model) -> int | None:
-    """``model.config.context_length`` if present, else None (no cropping)."""
-    return getattr(getattr(model, "config", None), "context_length", None)
-
-
-def _as_logits(out, ids: torch.Tensor) -> torch.Tensor:
-    """Unwrap a model output into a float ``(B, T, V)`` tensor and check its shape."""
-    out = getattr(out, "logits", out)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != tuple(ids.shape):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must map ids (B, T) = {tuple(ids.shape)} to logits (B, T, V), got {got}")
-    return out
-
-
-def _prepare_ids(model: Model, ids, name: str = "prompt_ids") -> tuple[torch.Tensor, bool]:
-    """(T,) or (B, T) integer ids -> (B, T) long on the model's device, and whether to squeeze back."""
-    ids = torch.as_tensor(ids)
-    squeeze = ids.dim() == 1
-    ids = ids[None] if squeeze else ids  # (B, T)
-    if ids.dim() != 2 or ids.size(1) < 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer ids of shape (T,) or (B, T) with T >= 1, got {ids.dtype} {tuple(ids.shape)}")
-    device = None
-    if isinstance(model, nn.Module):
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else None
-    return ids.long().to(device) if device is not None else ids.long(), squeeze
-
-
-@contextlib.contextmanager
-def _inference(model: Model) -> Iterator[None]:
-    """eval mode (no dropout) and inference mode (no autograd) while decoding; the training flag is restored after."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
-    try:
-        with torch.inference_mode():  # like no_grad, with less per-op bookkeeping
-            yield
-    finally:
-        if was_training:
-            model.train(True)
 
 
 def next_token_logits(model: Model, ids: torch.Tensor) -> torch.Tensor:
     """The model's next-token logits for each row: ``(B, T) -> (B, V)`` (``(T,) -> (V,)``), cropped
     to the context window as described in the module docstring."""
-    idx, squeeze = _prepare_ids(model, ids, "ids")
+    idx, squeeze = prepare_ids(model, ids, "ids")
     ctx = context_length(model)
     window = idx if ctx is None else idx[:, -ctx:]  # (B, <=ctx)
-    with _inference(model):
-        logits = _as_logits(model(window), window)[:, -1, :]  # (B, V)
+    with inference(model):
+        logits = as_logits(model(window), window)[:, -1, :]  # (B, V)
     return logits[0] if squeeze else logits
-
-
-class Stepper:
-    """Next-token logits for a growing sequence, using the model's KV cache when it has one.
-
-    Call it with the *whole* sequence so far, ``(B, T)``; it sends the model only what the cache
-    has not seen yet. After beam search reorders its rows, call :meth:`reorder`.
-    """
-
-    def __init__(self, model: Model, use_cache: bool = True):
-        self.model = model
-        self.ctx = context_length(model)
-        self.use_cache = use_cache and callable(getattr(model, "forward_with_cache", None))
-        self.cache, self.cached_len = None, 0
-
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, V)
-        T = idx.size(1)
-        if self.use_cache and (self.ctx is None or T <= self.ctx):
-            new = idx[:, self.cached_len:]  # (B, T_new): the whole prompt first, then 1 token
-            out, self.cache = self.model.forward_with_cache(new, self.cache)
-            self.cached_len = T
-            return _as_logits(out, new)[:, -1, :]
-        self.cache, self.cached_len = None, 0  # no cache, or the window slides: recompute
-        window = idx if self.ctx is None else idx[:, -self.ctx:]  # (B, <=ctx)
-        return _as_logits(self.model(window), window)[:, -1, :]
-
-    def reorder(self, beam_idx: torch.Tensor) -> None:
-        """Row ``i`` of the cache becomes old row ``beam_idx[i]``."""
-        if self.cache is None:
-            return
-        if callable(getattr(self.cache, "reorder", None)):
-            self.cache = self.cache.reorder(beam_idx)
-        else:
-            self.cache, self.cached_len = None, 0  # rebuilt by the next call
-
-
-def process_history(logits: torch.Tensor, ids: torch.Tensor, repetition_penalty: float, no_repeat_ngram_size: int) -> torch.Tensor:
-    """The repetition controls, applied to raw logits before any sampling transform."""
-    if repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, ids, repetition_penalty)
-    if no_repeat_ngram_size > 0:
-        logits = block_repeated_ngrams(logits, ids, no_repeat_ngram_size)
-    return logits
-
-
-def check_common(max_new_tokens: int, eos_id: int | None, repetition_penalty: float, no_repeat_ngram_size: int) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
-        raise ValueError(f"eos_id must be None or a token id >= 0, got {eos_id!r}")
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) or not 0 < repetition_penalty < math.inf:
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
-    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0 = off), got {no_repeat_ngram_size!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +105,6 @@ def generate(
         )
 
     if strategy == "beam":
-        from .beam import beam_search  # beam.py imports this module
-
         result = beam_search(
             model, prompt_ids, num_beams, max_new_tokens, length_penalty=length_penalty, eos_id=eos_id,
             early_stopping=early_stopping, repetition_penalty=repetition_penalty,
@@ -219,11 +112,11 @@ def generate(
         )
         return result.padded(pad_id=eos_id if eos_id is not None else 0, squeeze=torch.as_tensor(prompt_ids).dim() == 1)
 
-    idx, squeeze = _prepare_ids(model, prompt_ids)  # (B, T)
+    idx, squeeze = prepare_ids(model, prompt_ids)  # (B, T)
     B = idx.size(0)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)  # (B,)
     stepper = Stepper(model, use_cache)
-    with _inference(model):
+    with inference(model):
         for _ in range(max_new_tokens):
             logits = stepper(idx).float()  # (B, V)
             check_logits(logits, "the model's logits")
@@ -262,20 +155,20 @@ def sequence_logprob(model: Model, ids: torch.Tensor, prompt_len: int = 1, reduc
     """
     if reduction not in ("sum", "mean", "none"):
         raise ValueError(f"reduction must be one of ('sum', 'mean', 'none'), got {reduction!r}")
-    idx, squeeze = _prepare_ids(model, ids, "ids")  # (B, T)
+    idx, squeeze = prepare_ids(model, ids, "ids")  # (B, T)
     T = idx.size(1)
     if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or not 1 <= prompt_len <= T:
         raise ValueError(f"prompt_len must be an int in [1, T={T}] (the first token has no prediction), got {prompt_len!r}")
     ctx = context_length(model) or T
-    with _inference(model):
+    with inference(model):
         if T <= ctx:  # one forward pass scores every position
-            logp = F.log_softmax(_as_logits(model(idx), idx).float(), dim=-1)  # (B, T, V)
+            logp = F.log_softmax(as_logits(model(idx), idx).float(), dim=-1)  # (B, T, V)
             logp = logp[:, prompt_len - 1:-1]  # (B, T - prompt_len, V): position t-1 predicts token t
         else:  # longer than the window: one cropped forward per scored token
             rows = []
             for t in range(prompt_len, T):
                 window = idx[:, max(0, t - ctx):t]  # (B, <=ctx)
-                rows.append(F.log_softmax(_as_logits(model(window), window)[:, -1].float(), dim=-1))
+                rows.append(F.log_softmax(as_logits(model(window), window)[:, -1].float(), dim=-1))
             logp = torch.stack(rows, dim=1)  # (B, T - prompt_len, V)
     token_logp = logp.gather(-1, idx[:, prompt_len:, None]).squeeze(-1)  # (B, T - prompt_len)
     out = {"sum": lambda x: x.sum(-1), "mean": lambda x: x.mean(-1), "none": lambda x: x}[reduction](token_logp)

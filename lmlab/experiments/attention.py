@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 
 from ..attention import attention, global_local_mask, sliding_window_mask, strided_mask
 from ..data import char_data
+from ..flash import online_softmax_merge  # re-exported: the reference lives in the core
 from ..kvcache import kv_cache_bytes
 from ..masks import causal_mask
 from ..model import GPT, ModelConfig
@@ -60,14 +61,14 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     return out
 
 
-def cost_experiment(lengths=(256, 512, 1024, 2048), window: int = 64, heads: int = 4, head_size: int = 32,
+def cost_experiment(lengths=(256, 512, 1024, 2048), window: int = 64, heads: int = 4, head_dim: int = 32,
                     repeats: int = 3, seed: int = 0) -> dict:
     """Time full causal attention and block-wise sliding-window attention as T grows; the size of the
     full score matrix; exponents p of time ~ T^p from a log-log fit."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for T in lengths:
-        q, k, v = (torch.randn(1, heads, T, head_size, generator=g) for _ in range(3))
+        q, k, v = (torch.randn(1, heads, T, head_dim, generator=g) for _ in range(3))
         mask = causal_mask(T)
         with torch.no_grad():
             t_full = min_time(lambda: attention(q, k, v, mask), repeats)
@@ -173,15 +174,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return (w @ v).reshape(B, nh, 1, hs)  # (B, nh, 1, hs)
 
 
-def decode_attention_time(kv_heads=(16, 4, 1), n_heads: int = 16, head_size: int = 64, T: int = 4096, batch: int = 4,
+def decode_attention_time(kv_heads=(16, 4, 1), n_heads: int = 16, head_dim: int = 64, T: int = 4096, batch: int = 4,
                           repeats: int = 5, seed: int = 0) -> list[dict]:
     """Attention-only decode step against a cache of ``T`` tokens: time and cache bytes read (fp32)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for nkv in kv_heads:
-        q = torch.randn(batch, n_heads, 1, head_size, generator=g)
-        k = torch.randn(batch, nkv, T, head_size, generator=g)
-        v = torch.randn(batch, nkv, T, head_size, generator=g)
+        q = torch.randn(batch, n_heads, 1, head_dim, generator=g)
+        k = torch.randn(batch, nkv, T, head_dim, generator=g)
+        v = torch.randn(batch, nkv, T, head_dim, generator=g)
         with torch.no_grad():
             decode_attention(q, k, v)  # warm-up
             t = min_time(lambda: decode_attention(q, k, v), repeats)
@@ -205,14 +206,6 @@ def kv_heads_figure(result: KVHeadsResult, decode_rows: list[dict]) -> go.Figure
 # ---------------------------------------------------------------------------------------------
 # The tiled algorithm: online softmax
 # ---------------------------------------------------------------------------------------------
-
-
-def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
-    """Merge two partial results over disjoint key sets. Each is ``(m, l, acc)``: the row max ``(R,)``,
-    ``l = sum exp(s - m)`` ``(R,)`` and ``acc = sum exp(s - m) v`` ``(R, hs)``. Returns the merged triple."""
-    m = torch.maximum(m1, m2)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # rescale each part to the common max
-    return m, a1 * l1 + a2 * l2, a1[:, None] * acc1 + a2[:, None] * acc2
 
 
 def online_softmax_trace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int,

@@ -10,7 +10,8 @@
 - :func:`waste_experiment`, :func:`waste_figure`: contiguous reservation vs paged blocks.
 - :func:`block_scenario`, :func:`block_table_figure`: a few sequences growing and forking in a
   :class:`lmlab.paged.BlockManager` (the block-table widget's figure).
-- :func:`decode_step`, :func:`blocks_needed`, :func:`locate_token`: the graded exercises' references.
+- the graded exercises' references live in the core: :func:`lmlab.kvcache.decode_step`,
+  :func:`lmlab.paged.blocks_needed`, :func:`lmlab.paged.locate_token` (re-exported here).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..kvcache import KVCache, kv_cache_bytes
+from ..kvcache import KVCache, decode_step, kv_cache_bytes  # noqa: F401 (decode_step: re-exported)
 from ..model import GPT, ModelConfig
-from ..paged import BlockManager, sample_request_lengths, simulate_waste
+from ..paged import BlockManager, blocks_needed, locate_token, sample_request_lengths, simulate_waste  # noqa: F401
 from .timing import fit_slope, min_time
 from ..widgets import style_figure
 
@@ -377,28 +378,3 @@ def block_table_figure(steps: int, block_size: int = 4, n_blocks: int = 16):
     note = (f"step {steps}: {s['last']}. {used} of {n_blocks} blocks in use; the sequences hold {real} tokens "
             f"(a fork's shared prefix counts for each sequence, but is stored once); grey = shared by a fork.")
     return style_figure(fig, f"PagedAttention bookkeeping, block size {block_size}", width=820, height=380), note
-
-
-# ---------------------------------------------------------------------------------------------
-# The graded exercises' references (exercises/08_inference.ipynb)
-# ---------------------------------------------------------------------------------------------
-
-
-def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor):
-    """One decode step of one attention layer: append ``k_new, v_new (B, nh, 1, hs)`` to the caches
-    ``(B, nh, T, hs)`` and attend with ``q (B, nh, 1, hs)`` over all ``T + 1`` keys.
-    Returns ``(out (B, nh, 1, hs), k_cache (B, nh, T+1, hs), v_cache (B, nh, T+1, hs))``."""
-    k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs)
-    v_cache = torch.cat([v_cache, v_new], dim=2)
-    scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, 1, T+1)
-    return torch.softmax(scores, dim=-1) @ v_cache, k_cache, v_cache
-
-
-def blocks_needed(n_tokens: int, block_size: int) -> int:
-    """Blocks of ``block_size`` tokens that hold ``n_tokens`` tokens: ``ceil(n / bs)`` (0 for 0)."""
-    return -(-n_tokens // block_size)
-
-
-def locate_token(block_table, position: int, block_size: int) -> tuple[int, int]:
-    """``(physical block, offset)`` of token ``position`` of a sequence with this block table."""
-    return block_table[position // block_size], position % block_size

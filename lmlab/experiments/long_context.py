@@ -163,7 +163,7 @@ def sink_decode(model: GPT, ids: torch.Tensor, n_sink: int = 4, window: int = 60
             held.append(len(cache))
     full = lam(ids[None])  # (1, T, V): the Λ mask over all T tokens at once
     c = lam.config
-    bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_size * 4  # K and V, fp32
+    bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4  # K and V, fp32
     return {"steps": steps, "held": held, "capacity": n_sink + window, "bytes_per_token": bytes_per_token,
             "max_abs_diff": float((torch.cat(logits, 1) - full).abs().max()), "T": T,
             "positions_kept": cache.positions(0).tolist()}

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from ..data import char_data, sample_batch, unigram_entropy
-from ..model import GPT, NORM_POSITIONS, ModelConfig
+from ..model import GPT, NORM_POSITIONS, ModelConfig, deepnorm_gains
+from ..norms import pre_ln_block  # noqa: F401 (re-exported: the reference lives in the core)
 from ..train import History, lm_loss, seed_everything, train
 from ..widgets import style_figure
 
@@ -52,28 +53,19 @@ def init_weights(model: GPT, init: str = "gpt2") -> GPT:
     if init == "gpt2":
         return model
     d = model.config.d_model
+    gains = deepnorm_gains(model)  # {linear: [(rows, beta)]}, empty unless DeepNorm
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and m is not model.lm_head:
                 nn.init.xavier_uniform_(m.weight)
-                if hasattr(m, "init_gain"):
-                    m.weight[getattr(m, "init_gain_rows", slice(None))] *= m.init_gain
+                for rows, gain in gains.get(m, ()):
+                    m.weight[rows] *= gain
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         for m in model.modules():  # after the linears: with tied embeddings lm_head.weight is tok_emb.weight
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, 0.0, d ** -0.5)
     return model
-
-
-def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
-    """One pre-LN transformer layer from its parts (what ``lmlab.model.Block`` does for ``pre``)::
-
-        h   = x + attn(norm1(x))     # (B, T, C): only the sub-layer's input is normalized
-        out = h + ffn(norm2(h))      # (B, T, C): the residual stream itself never is
-    """
-    h = x + attn(norm1(x))  # (B, T, C)
-    return h + ffn(norm2(h))  # (B, T, C)
 
 
 def _split_batch(batch, where: str) -> tuple[torch.Tensor, torch.Tensor]:

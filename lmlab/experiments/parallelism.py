@@ -14,6 +14,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from .. import calc
+from ..parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from ..parallel.pipeline import simulate
 from ..widgets import style_figure
 
@@ -52,16 +53,6 @@ def run_two_ranks(timeout: float = 60.0) -> list[dict]:
 
 
 # -- ring all-reduce schedule -----------------------------------------------------------------
-
-
-def ring_send_schedule(n_ranks: int) -> list[list[int]]:
-    """``table[s][r]``: the chunk rank ``r`` sends at step ``s`` (``2 (N - 1)`` steps), exactly as
-    :mod:`lmlab.parallel.collectives` does: reduce-scatter sends ``(r - s) mod N``, all-gather
-    (step ``s' = s - (N - 1)``) sends ``(r + 1 - s') mod N``."""
-    n = n_ranks
-    table = [[(r - s) % n for r in range(n)] for s in range(n - 1)]
-    table += [[(r + 1 - s) % n for r in range(n)] for s in range(n - 1)]
-    return table
 
 
 def ring_figure(n_ranks: int = 4) -> go.Figure:

@@ -73,7 +73,7 @@ register(Exercise(
         Check("your mask in scaled_dot_product_attention equals is_causal=True", _causal_sdpa),
         Check("causal_mask(64): diagonal, T(T+1)/2 allowed pairs, exact match", _causal_count),
     ),
-    reference=lambda: __import__("lmlab.masks", fromlist=["x"]).causal_mask,
+    reference="lmlab.masks:causal_mask",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ register(Exercise(
         Check("edge cases: prefix_len 0, 1 and T", _prefix_edges),
         Check("prefix positions do not see the tokens after the prefix (via scaled_dot_product_attention)", _prefix_invariance),
     ),
-    reference=lambda: __import__("lmlab.masks", fromlist=["x"]).prefix_lm_mask,
+    reference="lmlab.masks:prefix_lm_mask",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ register(Exercise(
         Check("encode gives a list of ids that follow the sorted characters", _tok_encode),
         Check("decode(encode(text)) == text on unicode text", _tok_roundtrip),
     ),
-    reference=lambda: __import__("lmlab.data", fromlist=["x"]).CharTokenizer,
+    reference="lmlab.data:CharTokenizer",
     kind="class",
 ))
 
@@ -221,7 +221,7 @@ register(Exercise(
         Check("huge logits stay finite (numerical stability)", _ce_stable),
         Check("its gradient equals F.cross_entropy's", _ce_grad),
     ),
-    reference=lambda: __import__("lmlab.train", fromlist=["x"]).lm_loss,
+    reference="lmlab.train:lm_loss",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -280,5 +280,5 @@ register(Exercise(
         Check("the first and the last possible window can both be drawn", _batch_edges),
         Check("random starts, reproducible with a seeded generator", _batch_random),
     ),
-    reference=lambda: __import__("lmlab.data", fromlist=["x"]).sample_batch,
+    reference="lmlab.data:sample_batch",
 ))

@@ -83,7 +83,7 @@ register(Exercise(
         Check("a constant row stays finite and gives the bias", _ln_constant_row),
         Check("its gradients equal F.layer_norm's", _ln_grad),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).layer_norm,
+    reference="lmlab.norms:layer_norm",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ register(Exercise(
         Check("mean square 1 per row, scale-invariant, not re-centred; eps inside the root", _rms_properties),
         Check("an all-zero row stays finite; gradients equal F.rms_norm's", _rms_zero_and_grad),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).rms_norm,
+    reference="lmlab.norms:rms_norm",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ register(Exercise(
         Check("with sub-layers that output zeros the block is the identity (gradient 1)", _block_identity),
         Check("each part is called once, the FFN sees the updated stream", _block_calls_and_order),
     ),
-    reference=lambda: __import__("lmlab.experiments.norm_placement", fromlist=["x"]).pre_ln_block,
+    reference="lmlab.experiments.norm_placement:pre_ln_block",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -285,5 +285,46 @@ register(Exercise(
         Check("alpha**4 = 2M and beta**-4 = 8M for several depths", _dn_laws),
         Check("alpha grows and beta shrinks with depth", _dn_monotone),
     ),
-    reference=lambda: __import__("lmlab.norms", fromlist=["x"]).deepnorm_constants,
+    reference="lmlab.norms:deepnorm_constants",
+))
+
+# ---------------------------------------------------------------------------------------------
+# 01.RMSNorm: your norm inside the model (lmlab.parts.register_norm), trained
+# ---------------------------------------------------------------------------------------------
+
+_NORM_MODEL = dict(context_length=32, d_model=32, n_layers=2, n_heads=4, norm="rmsnorm", bias=False, norm_eps=1e-3)
+
+
+def _rmsnorm_module(cls):
+    m = cls(8, eps=1e-3)
+    expect_true(isinstance(m, nn.Module), f"RMSNorm(8, eps=1e-3) should be an nn.Module, got {type(m).__name__}")
+    params = dict(m.named_parameters())
+    expect_true(list(params) == ["weight"] and tuple(params["weight"].shape) == (8,),
+                f"RMSNorm(8) should have exactly one parameter, weight (8,) (no bias), got {[(n, tuple(p.shape)) for n, p in params.items()]}")
+    expect_close(params["weight"].detach(), torch.ones(8), "RMSNorm(8).weight at initialisation (ones)")
+    x = _rand(3, 5, 8, seed=60, scale=0.05, shift=0.02)  # small inputs: eps matters
+    with torch.no_grad():
+        expect_close(m(x), F.rms_norm(x, (8,), m.weight, eps=1e-3), "RMSNorm(8, eps=1e-3)(x) vs F.rms_norm(x, (8,), weight, eps=1e-3)")
+        expect_close(cls(8)(x), F.rms_norm(x, (8,), torch.ones(8), eps=1e-6),
+                     "RMSNorm(8)(x) with the default eps (1e-6, LLaMA's) vs F.rms_norm", atol=1e-4)
+
+
+def _rmsnorm_in_model(cls):
+    from .plugin import expect_trains_like_lmlab
+
+    expect_trains_like_lmlab(cls, "norm", _NORM_MODEL, "your RMSNorm as every norm of a 2-layer model (norm_eps=1e-3)")
+
+
+register(Exercise(
+    id="01.RMSNorm",
+    points=2,
+    kind="class",
+    signature="class RMSNorm(nn.Module): RMSNorm(d_model: int, eps: float = 1e-6); forward(x (..., d_model)) -> same shape",
+    hint="keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).",
+    checks=(
+        Check("a module with one weight (ones) that equals F.rms_norm, with eps passed in and by default", _rmsnorm_module),
+        Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _rmsnorm_in_model),
+    ),
+    reference="lmlab.norms:RMSNorm",
+    timeout=30.0,
 ))

@@ -69,7 +69,7 @@ register(Exercise(
         Check("the limits: beta = 0 gives x/2, beta = 100 is within 0.003 of ReLU; the dip below zero", _swish_limits),
         Check("its gradient equals F.silu's", _swish_grad),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).swish,
+    reference="lmlab.activations:swish",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ register(Exercise(
         Check("small cases: rounding up, exact multiples, the minimum", _glu_small),
         Check("for many sizes: an int, a multiple, at least 2/3 of the plain size, at most one multiple above", _glu_properties),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).glu_hidden_size,
+    reference="lmlab.activations:glu_hidden_size",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -287,5 +287,48 @@ register(Exercise(
         Check("gated FFNs (swiglu, geglu) against three nn.Linear's", _params_gated),
         Check("at equal hidden size a gated FFN has exactly +50 % (no biases)", _params_ratio),
     ),
-    reference=lambda: __import__("lmlab.activations", fromlist=["x"]).ffn_num_parameters,
+    reference="lmlab.activations:ffn_num_parameters",
+))
+
+# ---------------------------------------------------------------------------------------------
+# 02.SwiGLU: your FFN inside the model (lmlab.parts.register_ffn), trained
+# ---------------------------------------------------------------------------------------------
+
+_FFN_MODEL = dict(context_length=32, d_model=32, n_layers=2, n_heads=4, activation="swiglu", bias=False)
+
+
+def _swiglu_module(cls):
+    m = cls(8, 24)
+    expect_true(isinstance(m, nn.Module), f"SwiGLU(8, 24) should be an nn.Module, got {type(m).__name__}")
+    layers = {n: mod for n, mod in m.named_modules() if isinstance(mod, nn.Linear)}
+    want = {"gate_proj": (24, 8), "up_proj": (24, 8), "down_proj": (8, 24)}
+    got = {n: tuple(layers[n].weight.shape) for n in want if n in layers}
+    expect_true(got == want, f"SwiGLU(8, 24) needs nn.Linear layers {want} (weight shapes), got {got}")
+    n_params = sum(p.numel() for p in m.parameters())
+    expect_true(n_params == 3 * 8 * 24, f"SwiGLU(8, 24) should have 3 * 8 * 24 = {3 * 8 * 24} parameters (no biases), got {n_params}")
+    x = seeded_randn(2, 5, 8, seed=70)
+    g, u, d = (layers[n].weight for n in ("gate_proj", "up_proj", "down_proj"))
+    with torch.no_grad():
+        expect_close(m(x), F.linear(F.silu(F.linear(x, g)) * F.linear(x, u), d),
+                     "SwiGLU(8, 24)(x) vs down_proj(silu(gate_proj(x)) * up_proj(x))", atol=1e-5)
+
+
+def _swiglu_in_model(cls):
+    from .plugin import expect_trains_like_lmlab
+
+    expect_trains_like_lmlab(cls, "activation", _FFN_MODEL, "your SwiGLU as every FFN of a 2-layer model (hidden 88)")
+
+
+register(Exercise(
+    id="02.SwiGLU",
+    points=2,
+    kind="class",
+    signature="class SwiGLU(nn.Module): SwiGLU(d_model: int, hidden: int) with nn.Linear gate_proj, up_proj (d->h), down_proj (h->d), no bias; forward (B, T, d) -> (B, T, d)",
+    hint="three nn.Linear(..., bias=False) layers; forward is your swiglu_ffn(x, gate_proj.weight, up_proj.weight, down_proj.weight).",
+    checks=(
+        Check("three bias-free projections, and down(silu(gate(x)) * up(x))", _swiglu_module),
+        Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _swiglu_in_model),
+    ),
+    reference="lmlab.activations:SwiGLU",
+    timeout=30.0,
 ))

@@ -71,7 +71,7 @@ register(Exercise(
         Check("equals the formula for several sizes", _sin_values),
         Check("PE[p] · PE[p + k] depends on k only", _sin_shift),
     ),
-    reference=lambda: (lambda n_positions, d_model: _positions_module().sinusoidal_embedding(n_positions, d_model)),
+    reference="lmlab.positions:sinusoidal_embedding",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ register(Exercise(
         Check("powers of two: 1, 2, 4, 8, 16 heads (8 heads: 1/2, 1/4, ..., 1/256)", lambda f: _alibi_check(f, (1, 2, 4, 8, 16))),
         Check("other head counts: 3, 5, 6, 12, 20 heads", lambda f: _alibi_check(f, (3, 5, 6, 12, 20))),
     ),
-    reference=lambda: _positions_module().alibi_slopes,
+    reference="lmlab.positions:alibi_slopes",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -243,5 +243,56 @@ register(Exercise(
         Check("causal (bidirectional=False): 32 / 128 and 10 / 20", lambda f: _bucket_check(f, False, ((32, 128), (10, 20)), "causal")),
         Check("a (T_q, T_k) matrix of relative positions keeps its shape", _bucket_shape),
     ),
-    reference=lambda: _positions_module().relative_position_bucket,
+    reference="lmlab.positions:relative_position_bucket",
+))
+
+# ---------------------------------------------------------------------------------------------
+# 03.RotaryEmbedding: your RoPE inside the model (lmlab.parts.register_rope), trained
+# ---------------------------------------------------------------------------------------------
+
+_ROPE_MODEL = dict(context_length=32, d_model=32, n_layers=2, n_heads=4, position="rope", bias=False)
+
+
+def _rope_formula(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """Independent: float64 complex numbers, pair i = (x_i, x_{i + d/2}) turned by position * base^(-2i/d)."""
+    d = x.size(-1)
+    xd = x.double()
+    z = torch.complex(xd[..., : d // 2], xd[..., d // 2:])  # (..., T, d/2)
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    z = z * torch.polar(torch.ones_like(theta), positions.double()[:, None] * theta)  # (T, d/2) rotations
+    return torch.cat((z.real, z.imag), dim=-1).float()
+
+
+def _rope_module(cls):
+    for head_dim, base in ((8, 10000.0), (6, 100.0)):
+        rope = cls(head_dim, base)
+        x = seeded_randn(2, 3, 5, head_dim, seed=80 + head_dim)
+        positions = torch.tensor([4, 0, 9, 2, 7])
+        before = x.clone()
+        got = expect_tensor(rope(x, positions), f"RotaryEmbedding({head_dim}, {base})(x (2, 3, 5, {head_dim}), positions)",
+                            shape=tuple(x.shape))
+        expect_true(torch.equal(x, before), "RotaryEmbedding changed x in place; return a new tensor")
+        expect_close(got, _rope_formula(x, positions, base),
+                     f"RotaryEmbedding({head_dim}, base={base}) at positions [4, 0, 9, 2, 7] (pairs (i, i + d/2), half-split layout)",
+                     atol=1e-5)
+
+
+def _rope_in_model(cls):
+    from .plugin import expect_trains_like_lmlab
+
+    expect_trains_like_lmlab(cls, "position", _ROPE_MODEL, "your RotaryEmbedding on every layer's queries and keys")
+
+
+register(Exercise(
+    id="03.RotaryEmbedding",
+    points=2,
+    kind="class",
+    signature="class RotaryEmbedding(nn.Module): RotaryEmbedding(head_dim: int, base: float = 10000.0); forward(x (..., T, head_dim), positions (T,)) -> same shape",
+    hint="store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).",
+    checks=(
+        Check("equals a float64 complex-number rotation at arbitrary positions, two bases", _rope_module),
+        Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _rope_in_model),
+    ),
+    reference="lmlab.positions:RotaryEmbedding",
+    timeout=30.0,
 ))

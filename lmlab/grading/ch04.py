@@ -61,7 +61,7 @@ register(Exercise(
         Check("causal and band masks (True = may attend)", _sdpa_mask),
         Check("large scores do not overflow", _sdpa_large),
     ),
-    reference=lambda: (lambda q, k, v, mask=None: __import__("lmlab.attention", fromlist=["x"]).attention(q, k, v, mask)),
+    reference="lmlab.attention:attention",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ register(Exercise(
         Check("equals a loop construction for several T and window", _window_values),
         Check("each query sees min(i + 1, window) keys, none in the future", _window_counts),
     ),
-    reference=lambda: (lambda T, window: __import__("lmlab.attention", fromlist=["x"]).sliding_window_mask(T, window)),
+    reference="lmlab.attention:sliding_window_mask",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ register(Exercise(
         Check("query head h gets K/V head h // n_rep", _rkv_values),
         Check("with it, attention equals SDPA's grouped-query attention", _rkv_gqa),
     ),
-    reference=lambda: __import__("lmlab.attention", fromlist=["x"]).repeat_kv,
+    reference="lmlab.attention:repeat_kv",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +193,6 @@ def _merge_empty(f):
     expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, f"{what}: acc / l", atol=1e-5)
 
 
-def _reference_merge():
-    return __import__("lmlab.experiments.attention", fromlist=["x"]).online_softmax_merge
-
-
 register(Exercise(
     id="04.online_softmax_merge",
     points=3,
@@ -207,5 +203,55 @@ register(Exercise(
         Check("the larger scores first, and three blocks merged in turn", _merge_order),
         Check("merging into the empty state (m = -inf, l = 0) works", _merge_empty),
     ),
-    reference=_reference_merge,
+    reference="lmlab.flash:online_softmax_merge",
+))
+
+# ---------------------------------------------------------------------------------------------
+# 04.GQAttention: your attention inside the model (lmlab.parts.register_attention), trained
+# ---------------------------------------------------------------------------------------------
+
+_ATTN_MODEL = dict(context_length=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, bias=False, attention="full")
+
+
+def _gqa_module(cls):
+    import torch.nn as nn
+
+    for n_heads, n_kv in ((4, 2), (4, 1)):
+        m = cls(16, n_heads, n_kv)
+        expect_true(isinstance(m, nn.Module), f"GQAttention(16, {n_heads}, {n_kv}) should be an nn.Module, got {type(m).__name__}")
+        layers = {n: mod for n, mod in m.named_modules() if isinstance(mod, nn.Linear)}
+        kv = n_kv * 16 // n_heads
+        want = {"q_proj": (16, 16), "k_proj": (kv, 16), "v_proj": (kv, 16), "o_proj": (16, 16)}
+        got = {n: tuple(layers[n].weight.shape) for n in want if n in layers}
+        expect_true(got == want and all(layers[n].bias is None for n in want),
+                    f"GQAttention(16, {n_heads}, {n_kv}) needs bias-free nn.Linear layers {want}, got {got}")
+        x = seeded_randn(2, 6, 16, seed=90 + n_kv)
+        B, T, hs = 2, 6, 16 // n_heads
+        q = F.linear(x, layers["q_proj"].weight).view(B, T, n_heads, hs).transpose(1, 2)
+        k = F.linear(x, layers["k_proj"].weight).view(B, T, n_kv, hs).transpose(1, 2)
+        v = F.linear(x, layers["v_proj"].weight).view(B, T, n_kv, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # query head h reads K/V head h // n_rep
+        want_out = F.linear(y.transpose(1, 2).reshape(B, T, 16), layers["o_proj"].weight)
+        with torch.no_grad():
+            expect_close(m(x), want_out, f"GQAttention(16, {n_heads}, {n_kv})(x (2, 6, 16)) vs causal SDPA with enable_gqa", atol=1e-5)
+
+
+def _gqa_in_model(cls):
+    from .plugin import expect_trains_like_lmlab
+
+    expect_trains_like_lmlab(cls, "attention", _ATTN_MODEL, "your GQAttention (4 query heads, 2 K/V heads) as every layer's attention")
+
+
+register(Exercise(
+    id="04.GQAttention",
+    points=3,
+    kind="class",
+    signature="class GQAttention(nn.Module): GQAttention(d_model, n_heads, n_kv_heads) with bias-free q_proj, k_proj, v_proj, o_proj; forward(x (B, T, C)) -> (B, T, C), causal",
+    hint="split q into n_heads and k, v into n_kv_heads heads of d_model // n_heads; your repeat_kv, a causal mask and your scaled_dot_product_attention; merge heads; o_proj.",
+    checks=(
+        Check("four bias-free projections; equals causal SDPA with enable_gqa (GQA and MQA)", _gqa_module),
+        Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _gqa_in_model),
+    ),
+    reference="lmlab.attention:GQAttention",
+    timeout=30.0,
 ))

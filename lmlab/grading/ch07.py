@@ -80,7 +80,7 @@ register(Exercise(
         Check("t = 0 puts all the probability on the first argmax", _temp_zero),
         Check("tiny t does not overflow, huge t is uniform, -inf stays at probability 0", _temp_extremes),
     ),
-    reference=lambda: (lambda logits, temperature: __import__("lmlab.decoding", fromlist=["x"]).filtered_probs(logits, temperature)),
+    reference="lmlab.decoding:filtered_probs",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ register(Exercise(
         Check("ties at the k-th place: exactly k kept, lower ids first", _top_k_ties),
         Check("k >= V keeps everything; -inf entries are never revived", _top_k_edges),
     ),
-    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).top_k_filter,
+    reference="lmlab.decoding:top_k_filter",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ register(Exercise(
         Check("random logits against an independent construction", _top_p_random),
         Check("p = 1 keeps all, a tiny p keeps the argmax, a confident row keeps one", _top_p_edges),
     ),
-    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).top_p_filter,
+    reference="lmlab.decoding:top_p_filter",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ register(Exercise(
         Check("done: the exact rule (the best length a running beam can still reach)", _beam_done),
         Check("6 steps of a search feeding back its own outputs", _beam_loop),
     ),
-    reference=lambda: __import__("lmlab.decoding", fromlist=["x"]).beam_step,
+    reference="lmlab.decoding:beam_step",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -405,5 +405,5 @@ register(Exercise(
         Check("a token seen many times is penalised once; penalty 1 is a no-op", _penalty_repeats),
         Check("a batch: each row penalises its own history", _penalty_batch),
     ),
-    reference=lambda: (lambda logits, ids, penalty: __import__("lmlab.decoding", fromlist=["x"]).apply_repetition_penalty(logits, ids, penalty)),
+    reference="lmlab.decoding:apply_repetition_penalty",
 ))

@@ -120,7 +120,7 @@ register(Exercise(
         Check("one step equals the last row of F.scaled_dot_product_attention; the caches grow by the new K/V", _step_vs_sdpa),
         Check("a whole generation from an empty cache reproduces causal attention row by row", _step_from_empty),
     ),
-    reference=lambda: __import__("lmlab.experiments.inference", fromlist=["x"]).decode_step,
+    reference="lmlab.experiments.inference:decode_step",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ register(Exercise(
         Check("partly filled last blocks count (ceil, not floor)", _blocks_cases),
         Check("exact multiples and zero tokens take no extra block", _blocks_exact),
     ),
-    reference=lambda: __import__("lmlab.experiments.inference", fromlist=["x"]).blocks_needed,
+    reference="lmlab.experiments.inference:blocks_needed",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -192,5 +192,5 @@ register(Exercise(
         Check("every position of three scattered block tables", _locate_all),
         Check("the slots a BlockManager actually hands out", _locate_paged),
     ),
-    reference=lambda: __import__("lmlab.experiments.inference", fromlist=["x"]).locate_token,
+    reference="lmlab.experiments.inference:locate_token",
 ))

@@ -23,7 +23,7 @@ import torch
 from .registry import CheckFailed, Exercise
 from .report import ExerciseResult
 
-__all__ = ["run_exercise", "BoundedText"]
+__all__ = ["run_exercise", "BoundedText", "time_limit", "error_location"]
 
 _OUTPUT_KEEP = 2000  # characters of the learner's printing kept for the report
 
@@ -163,3 +163,8 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
     if out.total:
         res.output = out.getvalue()
     return res
+
+
+# Public names for the runner (no module imports another's private names).
+time_limit = _time_limit
+error_location = _where

@@ -19,12 +19,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .harness import resolve_target
+
 __all__ = [
     "CheckFailed", "Check", "Exercise", "register", "get_exercise", "all_exercises",
     "chapter_exercises", "chapters", "UnknownExercise",
 ]
 
 ID_PATTERN = re.compile(r"^(\d\d)\.([A-Za-z_][A-Za-z0-9_]*)$")
+REFERENCE_PATTERN = re.compile(r"^lmlab(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_TIMEOUT = 5.0  # seconds of the learner's code per exercise (imports not counted)
 
 
@@ -55,8 +58,10 @@ class Exercise:
             ``"causal_mask(T: int) -> torch.Tensor (T, T) of bool"``.
         hint: one sentence that nudges without giving the answer (also the stub's message).
         checks: the cases, run in order; the first failure stops the exercise.
-        reference: zero-argument callable returning lmlab's own implementation (for the tests
-            that prove the checks accept a correct answer), or None.
+        reference: lmlab's own implementation (for the tests that prove the checks accept a
+            correct answer), named by a dotted string ``"lmlab.module:name"``; a zero-argument
+            callable returning it is still accepted. ``exercise.reference()`` returns the object
+            either way, ``exercise.reference_name`` is the string (or None).
         kind: ``"function"`` or ``"class"``.
         timeout: seconds the learner's code may run for this exercise.
     """
@@ -66,13 +71,22 @@ class Exercise:
     signature: str
     hint: str
     checks: tuple[Check, ...]
-    reference: Callable[[], Any] | None = None
+    reference: str | Callable[[], Any] | None = None
     kind: str = "function"
     timeout: float = DEFAULT_TIMEOUT
     name: str = field(init=False)
     chapter: str = field(init=False)
+    reference_name: str | None = field(init=False, default=None)
 
     def __post_init__(self):
+        if isinstance(self.reference, str):
+            target = self.reference
+            if not REFERENCE_PATTERN.match(target):
+                raise ValueError(f"reference must look like 'lmlab.module:name', got {target!r}")
+            object.__setattr__(self, "reference_name", target)
+            object.__setattr__(self, "reference", lambda: resolve_target(target))
+        elif self.reference is not None and not callable(self.reference):
+            raise ValueError(f"reference must be 'lmlab.module:name' or a zero-argument callable, got {self.reference!r}")
         m = ID_PATTERN.match(self.id) if isinstance(self.id, str) else None
         if not m:
             raise ValueError(f"id must look like '00.causal_mask' (chapter.name), got {self.id!r}")
@@ -109,7 +123,7 @@ def _load_chapters() -> None:
     global _loaded
     if _loaded:
         return
-    from . import __path__ as package_path
+    package_path = importlib.import_module(__package__).__path__
 
     for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
         if re.fullmatch(r"ch\d\d", info.name):

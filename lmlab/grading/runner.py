@@ -160,7 +160,7 @@ def _child() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from .engine import _time_limit, run_exercise
+    from .engine import run_exercise, time_limit
     from .registry import get_exercise
 
     exercise = get_exercise(job["exercise"])
@@ -173,13 +173,13 @@ def _child() -> None:
     sys.modules["learner"] = module
     problem = None
     try:
-        with _time_limit(limit):
+        with time_limit(limit):
             for snippet in job["snippets"]:
                 exec(compile(snippet["source"], snippet["filename"], "exec"), module.__dict__)
     except BaseException as exc:  # noqa: BLE001 - any failure of the learner's top level
-        from .engine import _where
+        from .engine import error_location
 
-        problem = exc, _where(exc)
+        problem = exc, error_location(exc)
     if problem is not None:
         exc, where = problem
         kind = "timeout" if type(exc).__name__ == "_Timeout" else "failed"

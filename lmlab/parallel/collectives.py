@@ -18,7 +18,7 @@ import torch
 
 from . import comm
 
-__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather"]
+__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule"]
 
 
 def _chunks(flat: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -44,6 +44,20 @@ def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([flat, flat.new_zeros(pad)]) if pad else flat.clone()
 
 
+def ring_send_chunk(rank: int, step: int, n_ranks: int) -> int:
+    """The chunk ``rank`` sends to its right neighbour at ``step`` (``0 <= step < 2 (N - 1)``), lesson 12's
+    exercise: reduce-scatter step ``s`` sends ``(rank - s) mod N``; all-gather step ``s' = s - (N - 1)``
+    sends the finished chunk ``(rank + 1 - s') mod N``. The two ring functions below follow it."""
+    if step < n_ranks - 1:
+        return (rank - step) % n_ranks
+    return (rank + 1 - (step - (n_ranks - 1))) % n_ranks
+
+
+def ring_send_schedule(n_ranks: int) -> list[list[int]]:
+    """``table[s][r] = ring_send_chunk(r, s, N)``: every rank's chunk at each of the ``2 (N - 1)`` steps."""
+    return [[ring_send_chunk(r, s, n_ranks) for r in range(n_ranks)] for s in range(2 * (n_ranks - 1))]
+
+
 def ring_reduce_scatter(flat: torch.Tensor, group=None) -> int:
     """In place on ``flat`` (numel divisible by N): afterwards chunk ``(r + 1) mod N`` holds the sum.
     Returns the index of that chunk."""
@@ -51,8 +65,8 @@ def ring_reduce_scatter(flat: torch.Tensor, group=None) -> int:
     chunks = _chunks(flat, n)
     buf = torch.empty_like(chunks[0])
     for s in range(n - 1):
-        got = _step(chunks[(me - s) % n], buf, right, left)
-        chunks[(me - s - 1) % n].add_(got)
+        got = _step(chunks[ring_send_chunk(me, s, n)], buf, right, left)
+        chunks[(me - s - 1) % n].add_(got)  # the left neighbour sent the chunk one step behind ours
     return (me + 1) % n
 
 
@@ -62,7 +76,7 @@ def ring_all_gather(flat: torch.Tensor, group=None) -> None:
     chunks = _chunks(flat, n)
     buf = torch.empty_like(chunks[0])
     for s in range(n - 1):
-        got = _step(chunks[(me + 1 - s) % n], buf, right, left)
+        got = _step(chunks[ring_send_chunk(me, n - 1 + s, n)], buf, right, left)
         chunks[(me - s) % n].copy_(got)
 
 

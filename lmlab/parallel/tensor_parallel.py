@@ -214,11 +214,11 @@ class TPBlock(nn.Module):
         self.up = ColumnParallelLinear.from_linear(ffn.up, split_sizes=[ffn.hidden] * (2 if gated else 1), group=group)
         self.down = RowParallelLinear.from_linear(ffn.down, group=group)
         self.activation = ffn.activation  # works on this rank's [value | gate] halves unchanged
-        self.heads, self.kv_heads, self.head_size = attn.n_heads // tp, attn.n_kv_heads // tp, attn.head_size
+        self.heads, self.kv_heads, self.head_dim = attn.n_heads // tp, attn.n_kv_heads // tp, attn.head_dim
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        hs = self.head_size
+        hs = self.head_dim
         q, k, v = self.qkv(x).split([self.heads * hs, self.kv_heads * hs, self.kv_heads * hs], dim=-1)
         q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh/tp, T, hs)
         k = k.view(B, T, self.kv_heads, hs).transpose(1, 2)
