@@ -181,9 +181,9 @@ print(f"Verdict 2: PI alone gives {pi['losses'][target]:.3f} at {target} (no tri
       f"A plain fine-tune at {target} with no trick reaches {none_ft['losses'][target]:.3f} at {target}: PI + fine-tune is "
       f"{'better' if pi_ft['losses'][target] < none_ft['losses'][target] else 'NOT better'} than that in this run's 30-step budget.")
 ntk, yarn = rows["NTK-aware"], rows["YaRN"]
-wl = (2 * math.pi / rope_frequencies(base.model.config.head_size, base.model.config.rope_base)).tolist()
+wl = (2 * math.pi / rope_frequencies(base.model.config.head_dim, base.model.config.rope_base)).tolist()
 slow = sum(w > base.context_length for w in wl)
-print(f"(At head size {base.model.config.head_size} and L = {base.context_length}, {slow} of {len(wl)} RoPE pairs never "
+print(f"(At head size {base.model.config.head_dim} and L = {base.context_length}, {slow} of {len(wl)} RoPE pairs never "
       f"complete a turn within L; YaRN fully interpolates those and blends the next ones, so at this size it behaves "
       f"almost like plain interpolation.)")
 best_free = min((r for r in res["rows"] if not r["fine_tuned"] and "window" not in r["method"] and "Λ" not in r["method"]),

@@ -159,7 +159,7 @@ def prefill_decode_memory(model: GPT, prompt_len: int = 256, seed: int = 0) -> d
         model.forward_with_cache(nxt, cache)
     cfg = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    filled_cache = kv_cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_size, prompt_len, 4)
+    filled_cache = kv_cache_bytes(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, prompt_len, 4)
     f_pre, f_dec = forward_flops(model, prompt_len), forward_flops(model, 1, prompt_len)
     return {
         "prompt_len": prompt_len, "prefill_peak_bytes": pre.peak, "decode_peak_bytes": dec.peak,

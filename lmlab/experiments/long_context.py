@@ -357,11 +357,11 @@ def lambda_cost(T: int, n_sink: int, window: int, cfg) -> dict:
 
     s = lambda_stats(T, n_sink, window)
     full_pairs = T * (T + 1) // 2
-    per_pair = 4 * cfg.head_size * cfg.n_heads * cfg.n_layers
+    per_pair = 4 * cfg.head_dim * cfg.n_heads * cfg.n_layers
     n_kv = cfg.n_kv_heads or cfg.n_heads
     return {"T": T, "attention_flops_full": per_pair * full_pairs, "attention_flops_lambda": per_pair * s["kept"],
-            "cache_bytes_full": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_size, T, 4),
-            "cache_bytes_lambda": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_size, s["cache"], 4)}
+            "cache_bytes_full": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_dim, T, 4),
+            "cache_bytes_lambda": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_dim, s["cache"], 4)}
 
 
 def attention_mass_by_key(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,
