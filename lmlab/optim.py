@@ -83,7 +83,7 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
+                state["step"] = state["step"] + 1  # a new tensor: a loaded state dict may share it
                 t = state["step"].item()
                 if wd != 0:
                     p.mul_(1 - lr * wd)  # decoupled: shrink the weights, leave the gradient alone
@@ -157,7 +157,7 @@ class Adafactor(torch.optim.Optimizer):
                         state["variance"] = torch.zeros_like(grad)
                     if beta1 is not None:
                         state["exp_avg"] = torch.zeros_like(grad)
-                state["step"] += 1
+                state["step"] = state["step"] + 1  # a new tensor: a loaded state dict may share it
                 t = state["step"].item()
                 one_minus_beta2 = t ** group["beta2_decay"]
                 rho = min(lr, 1 / t ** 0.5)  # relative step size

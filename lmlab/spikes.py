@@ -46,7 +46,7 @@ class SpikeDetector:
     Nothing is a spike until ``min_history`` good steps have been seen; a non-finite value always is.
     """
 
-    def __init__(self, window: int = 128, threshold: float = 6.0, min_history: int = 20):
+    def __init__(self, window: int = 128, threshold: float = 6.0, min_history: int = 32):
         self.window = check_int(window, "window", "SpikeDetector", minimum=2)
         self.threshold = check_positive(threshold, "threshold", "SpikeDetector")
         self.min_history = check_int(min_history, "min_history", "SpikeDetector", minimum=2, maximum=self.window)
@@ -91,7 +91,7 @@ class SpikePolicy:
     action: str = "rollback"
     window: int = 128
     threshold: float = 6.0
-    min_history: int = 20
+    min_history: int = 32
     skip_batches: int = 10
     snapshot_every: int = 10
     lr_factor: float = 0.5

@@ -293,7 +293,7 @@ def train(
             if is_spike and spike.action == "rollback" and n_rollbacks < spike.max_rollbacks:
                 snap = snapshots[0]  # the older of the last two: a little before the trouble began (PaLM)
                 model.load_state_dict(snap["model"])
-                opt.load_state_dict(snap["opt"])
+                opt.load_state_dict(copy.deepcopy(snap["opt"]))  # load_state_dict shares tensors
                 if detector:
                     detector.load_state_dict(snap["detector"])
                 lr_scale, n_rollbacks = snap["lr_scale"], n_rollbacks + 1
