@@ -6,8 +6,9 @@
   not hide the next.
 - :class:`SpikePolicy` tells :func:`lmlab.train.train` what to do on a spike: ``"skip"`` the update
   (OLMo), ``"rollback"`` to the last good snapshot and skip the next ``skip_batches`` batches of data
-  (PaLM restarted ~100 steps before a spike and skipped 200–500 batches), or ``"lower_lr"``: skip
-  the update and continue at ``lr_factor`` times the learning rate (OPT lowered the LR and went on).
+  (PaLM restarted ~100 steps before a spike and skipped 200–500 batches), or ``"lower_lr"``: continue
+  at ``lr_factor`` times the learning rate (OPT lowered the LR and went on; once per run of
+  consecutive spikes, and the update is applied at the lowered rate).
 - :func:`shrink_embedding_gradient`: GLM-130B's ``emb * alpha + emb.detach() * (1 - alpha)`` — the
   forward value is unchanged, the gradient into the embedding is exactly ``alpha`` times.
 - :class:`Jolt`: a spike injected on purpose (the lesson's experiment): the learning rate is
@@ -68,9 +69,13 @@ class SpikeDetector:
         self.last_z = self.zscores(loss, grad_norm)
         spike = max(self.last_z) > self.threshold
         if not spike:
-            self.losses.append(loss)
-            self.grad_norms.append(grad_norm)
+            self.accept(loss, grad_norm)
         return spike
+
+    def accept(self, loss: float, grad_norm: float) -> None:
+        """Add a step to the window (a good step, or the new normal after a long run of spikes)."""
+        self.losses.append(float(loss))
+        self.grad_norms.append(float(grad_norm))
 
     def state_dict(self) -> dict:
         return dict(losses=list(self.losses), grad_norms=list(self.grad_norms))
@@ -86,6 +91,9 @@ class SpikePolicy:
 
     ``snapshot_every``: steps between the in-memory "last good checkpoints" a rollback returns to.
     ``max_rollbacks``: after this many, further spikes are only skipped (no endless loop).
+    ``max_consecutive``: after this many spikes in a row the level is taken as the new normal (the
+    update is applied and the values enter the window) — otherwise damage that the detector did not
+    catch in time would make every later step a "spike" and training would stop.
     """
 
     action: str = "rollback"
@@ -96,6 +104,7 @@ class SpikePolicy:
     snapshot_every: int = 10
     lr_factor: float = 0.5
     max_rollbacks: int = 5
+    max_consecutive: int = 10
 
     def __post_init__(self):
         check_choice(self.action, "action", ACTIONS, "SpikePolicy")
@@ -103,6 +112,7 @@ class SpikePolicy:
         check_int(self.snapshot_every, "snapshot_every", "SpikePolicy")
         check_number(self.lr_factor, "lr_factor", "SpikePolicy", low=0.0, high=1.0, low_inclusive=False)
         check_int(self.max_rollbacks, "max_rollbacks", "SpikePolicy", minimum=0)
+        check_int(self.max_consecutive, "max_consecutive", "SpikePolicy")
         self.detector()  # validates window, threshold, min_history
 
     def detector(self) -> SpikeDetector:

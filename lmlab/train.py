@@ -243,7 +243,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     detector = spike.detector() if spike else None
     hist = History()
-    step = position = consumed = n_rollbacks = 0
+    step = position = consumed = n_rollbacks = in_a_row = 0
     lr_scale = 1.0
     if resume and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, model, opt, generator=gen)
@@ -289,7 +289,14 @@ def train(
                 break
             is_spike = detector.check(loss_value, norm_value) if detector else False
             if is_spike:
-                hist.spikes.append(t)
+                in_a_row += 1
+                if finite and in_a_row > spike.max_consecutive:  # a long plateau of "spikes" is the new normal
+                    detector.accept(loss_value, norm_value)
+                    is_spike = False
+                else:
+                    hist.spikes.append(t)
+            else:
+                in_a_row = 0
             if is_spike and spike.action == "rollback" and n_rollbacks < spike.max_rollbacks:
                 snap = snapshots[0]  # the older of the last two: a little before the trouble began (PaLM)
                 model.load_state_dict(snap["model"])
@@ -308,10 +315,14 @@ def train(
                 bar.n = step
                 bar.refresh()
                 continue
-            if is_spike or not finite:
+            if is_spike and finite and spike.action == "lower_lr":
+                if in_a_row == 1:  # once per run of spikes (OPT), and this update already at the lower rate
+                    lr_scale, lr_t = lr_scale * spike.lr_factor, lr_t * spike.lr_factor
+                    for group in opt.param_groups:
+                        group["lr"] = lr_t
+                opt.step()
+            elif is_spike or not finite:
                 hist.skipped_steps.append(t)  # no update from this batch
-                if is_spike and spike.action == "lower_lr":
-                    lr_scale *= spike.lr_factor
             else:
                 opt.step()
             step = t

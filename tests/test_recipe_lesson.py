@@ -21,23 +21,23 @@ def one_thread():
 
 
 def test_runs_are_seeded_and_change_one_setting():
-    a, b = R.run(0, SMALL, steps=6), R.run(0, SMALL, steps=6)
+    a, b = R.run(0, SMALL, steps=12), R.run(0, SMALL, steps=12)
     assert a.train_loss == b.train_loss and len(a.val_loss) == 1
-    c = R.run(0, SMALL, steps=6, grad_clip=None)
+    c = R.run(0, SMALL, steps=12, grad_clip=None)
     assert c.train_loss[0] == a.train_loss[0] and c.train_loss != a.train_loss  # same first batch, other recipe
     assert a.lr[0] == pytest.approx(R.BASE["lr"] / R.BASE["warmup"])  # warm-up + cosine by default
 
 
 def test_compare_settings_gives_paired_verdicts_and_counts_divergence():
-    r = R.compare_settings(("no warm-up", "Adafactor", "batch ramp"), seeds=(0, 1), steps=8, model_kw=SMALL, batch_size=8)
+    r = R.compare_settings(("no warm-up", "Adafactor", "batch ramp"), seeds=(0, 1), steps=12, model_kw=SMALL, batch_size=8)
     assert set(r.losses) == {"baseline", "no warm-up", "Adafactor", "batch ramp"}
     assert all(len(v) == 2 for v in r.losses.values())
     c = r.comparisons["no warm-up"]
     assert c.n == 2 and c.mean_diff == pytest.approx(sum(a - b for a, b in zip(r.losses["no warm-up"], r.losses["baseline"])) / 2)
     assert r.sentence("no warm-up") == c.sentence
     ramp = r.histories["batch ramp"][0]
-    assert ramp.batch_size[0] == 4 and sum(ramp.batch_size) >= 8 * 8  # at least the baseline's sequences
-    assert sum(ramp.batch_size) - ramp.batch_size[-1] < 8 * 8
+    assert ramp.batch_size[0] == 4 and sum(ramp.batch_size) >= 12 * 8  # at least the baseline's sequences
+    assert sum(ramp.batch_size) - ramp.batch_size[-1] < 12 * 8
     assert len(RF.settings_figure(r).data) == 2
     r.losses["Adafactor"][0] = math.nan  # a diverged run: reported, never fed to the t-test
     r.comparisons["Adafactor"] = None
@@ -48,10 +48,10 @@ def test_compare_settings_gives_paired_verdicts_and_counts_divergence():
 
 
 def test_status_and_lr_sweep():
-    s = R.lr_sweep(lrs=(1e-2, 3e-2), warmups=(0, 3), steps=6, model_kw=SMALL)
+    s = R.lr_sweep(lrs=(1e-2, 3e-2), warmups=(0, 3), steps=12, model_kw=SMALL)
     assert set(s["losses"]) == {0, 3} and all(len(v) == 2 for v in s["losses"].values())
     assert len(RF.sweep_figure(s).data) == 2
-    h = R.run(0, SMALL, steps=4)
+    h = R.run(0, SMALL, steps=12)
     assert R.status(h, unigram=100.0) == "trained" and R.status(h, unigram=0.0) == "diverged"
 
 
