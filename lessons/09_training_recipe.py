@@ -156,6 +156,12 @@ shape = (4096, 11008)  # one FFN matrix of LLaMA-7B
 adamw_bytes, ada_bytes = state_bytes_for(shape, "adamw"), state_bytes_for(shape, "adafactor")
 print(f"optimizer state for one {shape[0]}×{shape[1]} fp32 matrix: AdamW {adamw_bytes:,} bytes ({adamw_bytes / 2**20:.0f} MiB), "
       f"Adafactor {ada_bytes:,} bytes ({ada_bytes / 2**10:.0f} KiB): {adamw_bytes / ada_bytes:,.0f}× less")
+from lmlab.experiments.recipe import optimizer_memory
+
+mem = optimizer_memory()  # measured on real optimizer state after one step of the lesson's tiny model
+print(f"the lesson's tiny GPT ({mem['tiny_params_bytes']:,} bytes of weights): AdamW state {mem['tiny_adamw']:,} bytes, "
+      f"Adafactor state {mem['tiny_adafactor']:,} bytes ({mem['tiny_adamw'] / mem['tiny_adafactor']:.1f}× less; its "
+      "vectors — biases, norm gains — keep a full second moment)")
 
 # %% [markdown]
 # ### Clipping, the schedule, the embedding-gradient shrink
@@ -293,8 +299,8 @@ spike = spike_experiment(jolt_step=71, factor=30.0, window=50, threshold=6.0, mi
                          margin=0.05)
 spike_figure(spike).show()
 jump = max(spike.hurt.train_loss[spike.jolt_step:spike.jolt_step + 5]) - spike.clean.train_loss[spike.jolt_step]
-print(f"jolt at step {spike.jolt_step}: the unprotected run's loss jumps by {jump:.2f} nats; the detector fired at step(s) "
-      f"{spike.healed.spikes} (z of loss, grad norm at the first: computed inside the loop)")
+print(f"jolt at step {spike.jolt_step}: the unprotected run's loss jumps by {jump:.2f} nats; in the protected run the "
+      f"detector fired at step(s) {spike.healed.spikes} (the first loss measured after the jolted update)")
 for rb in spike.healed.rollbacks:
     print(f"  rollback at step {rb['step']} → back to step {rb['to_step']}, skipped {rb['skipped_batches']} batches")
 c, h, r = final_loss(spike.clean), final_loss(spike.hurt), final_loss(spike.healed)
