@@ -22,18 +22,23 @@ def schedule_figure(warmup: int = 10, total: int = 60, min_frac: float = 0.1, pa
     t = list(range(steps))
     ours = [warmup_cosine(s, 1.0, min_frac, min(warmup, total), total) for s in t]
     th = torch_warmup_cosine(steps, 1.0, min_frac, min(warmup, total), total)
-    tf = transformers_warmup_cosine(steps, 1.0, min_frac, min(warmup, total), total)
+    try:  # transformers is optional (lmlab[parity]); Colab has it, a lean Binder image may not
+        tf = transformers_warmup_cosine(steps, 1.0, min_frac, min(warmup, total), total)
+    except ImportError:
+        tf = None
     fig = go.Figure()
     fig.add_vrect(x0=total, x1=steps - 1, fillcolor="#f6d5d5", opacity=0.5, line_width=0,
                   annotation_text="after the planned end: torch / transformers rise again", annotation_position="top left")
     fig.add_scatter(x=t, y=th, name="torch SequentialLR(LinearLR, CosineAnnealingLR)", line=dict(width=5, color="#9ecae1"))
-    fig.add_scatter(x=t, y=tf, name="transformers cosine_with_min_lr", line=dict(width=2, dash="dash", color="#e6550d"))
+    if tf is not None:
+        fig.add_scatter(x=t, y=tf, name="transformers cosine_with_min_lr", line=dict(width=2, dash="dash", color="#e6550d"))
     fig.add_scatter(x=t, y=ours, name="lmlab warmup_cosine (clamped)", line=dict(width=2, color="#08306b"))
     fig.update_xaxes(title="optimizer step")
     fig.update_yaxes(title="learning rate / peak", range=[0, 1.05])
     worst = max(th[total:]) if past else min_frac
     note = (f"Up to step {total} all three agree (max difference {max(abs(a - b) for a, b in zip(ours[:total + 1], th[:total + 1])):.1e}); "
-            f"{past} steps past the end torch is back at {worst:.2f} × peak, lmlab stays at {min_frac:.2f}.")
+            f"{past} steps past the end torch is back at {worst:.2f} × peak, lmlab stays at {min_frac:.2f}."
+            + ("" if tf is not None else " (transformers is not installed: its curve is left out.)"))
     return style_figure(fig, "Warm-up + cosine: three implementations", height=420), note
 
 
