@@ -260,6 +260,22 @@ print("\nMeasurable at this scale: " + (", ".join(f"{n} ({settings.comparisons[n
         "within the noise here is not evidence against them, only a statement about this scale.")
 
 # %% [markdown]
+# ### β2 when the gradients are spiky
+#
+# β2 sets how fast Adam's second moment $v$ forgets: 0.999 averages over ~1,000 steps, 0.95 over ~20.
+# When a gradient suddenly grows, a slow $v$ still reflects the old, small gradients, so the update
+# $m / \sqrt{v}$ is briefly too large. We make the gradients spiky with batches of 4 windows instead
+# of 16 (much noisier, heavier-tailed gradients) and compare the two β2 over the same three seeds.
+
+# %%
+spiky = compare_settings(("β2 = 0.999",), seeds=(0, 1, 2), batch_size=4)
+grad_spread = [max(h.grad_norm[20:]) / (sum(h.grad_norm[20:]) / len(h.grad_norm[20:])) for h in spiky.histories["baseline"]]
+print(f"batches of 4: the largest gradient norm after step 20 is {min(grad_spread):.1f}–{max(grad_spread):.1f}× the mean")
+print(f"final losses, β2 = 0.95: {', '.join(f'{v:.3f}' for v in spiky.losses['baseline'])}; "
+      f"β2 = 0.999: {', '.join(f'{v:.3f}' for v in spiky.losses['β2 = 0.999'])}")
+print(spiky.sentence("β2 = 0.999"))
+
+# %% [markdown]
 # ### Warm-up and the peak learning rate
 #
 # The survey's reason for warm-up is stability at a high peak rate. A small sweep (one seed: a map,
