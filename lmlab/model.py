@@ -85,6 +85,7 @@ class ModelConfig:
     rope_scaling: dict | None = None  # lesson 06: RoPE context extension, see lmlab.longctx
     n_sink: int = 0  # lesson 06: sink tokens kept visible with attention="sliding_window"
     knn_memory: dict | None = None  # lesson 06: {"layer": i, "top_k": k, "size": M}
+    norm_eps: float | None = None  # the norm's epsilon; None = the norm's own default (lmlab.norms.DEFAULT_EPS)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -122,6 +123,10 @@ class ModelConfig:
         elif self.window is not None:
             raise ValueError(f"ModelConfig.window only applies to attention='sliding_window', got window={self.window!r} with attention={self.attention!r}")
         self._check_long_context()
+        if self.norm_eps is not None:
+            from .validation import check_positive
+
+            self.norm_eps = check_positive(self.norm_eps, "norm_eps", "ModelConfig")
         if self.d_ff is None:
             plain = 4 * self.d_model
             self.d_ff = glu_hidden_size(plain, GLU_MULTIPLE_OF) if self.activation in GLU_KINDS else plain
@@ -167,7 +172,7 @@ def build_norm(cfg: ModelConfig) -> nn.Module:
     """``cfg.norm`` -> a :mod:`lmlab.norms` module over ``d_model`` (lesson 01)."""
     if cfg.norm not in NORMS:
         raise ValueError(f"ModelConfig.norm must be one of {NORMS}, got {cfg.norm!r}")
-    return make_norm(cfg.norm, cfg.d_model, bias=cfg.bias)
+    return make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def build_ffn(cfg: ModelConfig) -> FeedForward:
@@ -205,9 +210,9 @@ class Block(nn.Module):
         self.norm_position = cfg.norm_position
         deep = cfg.norm_position == "deepnorm"
         alpha, beta = deepnorm_constants(cfg.n_layers)
-        self.norm1 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
+        self.norm1 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, eps=cfg.norm_eps, bias=cfg.bias) if deep else build_norm(cfg)
         self.attn = SelfAttention(cfg)
-        self.norm2 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, bias=cfg.bias) if deep else build_norm(cfg)
+        self.norm2 = DeepNorm(cfg.d_model, alpha, norm=cfg.norm, eps=cfg.norm_eps, bias=cfg.bias) if deep else build_norm(cfg)
         self.ffn = build_ffn(cfg)
         if deep:  # DeepNet: init scaled by beta (in GPT._init_weights) for the FFN, v and the output projection
             C, kv = cfg.d_model, self.attn.kv_dim
