@@ -190,9 +190,11 @@ def gguf_to_lmlab(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return sd
 
 
-def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                            assign: bool = False) -> None:
     """``model.load_state_dict(state_dict)`` with a clear error: the first tensor whose shape does
-    not fit the model's config, with both shapes (not torch's wall of text), or the missing names."""
+    not fit the model's config, with both shapes (not torch's wall of text), or the missing names.
+    ``assign=True`` makes the given tensors the parameters (no copy; for a model built on ``meta``)."""
     own = model.state_dict()
     for name, t in state_dict.items():
         if name in own and tuple(own[name].shape) != tuple(t.shape):
@@ -202,6 +204,9 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict[str, torch.
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
         raise ValueError(f"{source} does not fit this config: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    if assign:
+        model.load_state_dict(state_dict, assign=True)
+        return
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(state_dict[name])
@@ -287,12 +292,11 @@ def load_gguf(path=None, context_length: int | None = 2048, dtype: torch.dtype =
     t2 = time.perf_counter()
     with torch.device("meta"):
         model = GPT(cfg)  # no random init of 135 M weights that are overwritten next
-    model = model.to_empty(device="cpu")
+    if any(True for _ in model.buffers()):  # pragma: no cover - a RoPE LLaMA has none
+        raise RuntimeError("load_gguf: the model has buffers that would stay on the meta device")
+    load_state_dict_checked(model, gguf_to_lmlab(tensors, cfg), source=Path(path).name, assign=True)  # the tensors become the weights
     if cfg.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
-    if any(True for _ in model.buffers()):  # pragma: no cover - a RoPE LLaMA has none; to_empty left them empty
-        raise RuntimeError("load_gguf: the model has buffers that to_empty() did not initialise")
-    load_state_dict_checked(model, gguf_to_lmlab(tensors, cfg), source=Path(path).name)
     model = model.to(dtype).eval()
     t3 = time.perf_counter()
     tok = gguf_tokenizer(reader)
