@@ -132,3 +132,18 @@ def test_generation_explorer_changes_with_controls(pretrained, tok):
     assert "without the KV cache" in ex.note.value
     ex.controls["temperature"].value = 1.5
     assert list(ex.figure.data[0].text) != greedy
+
+
+def test_model_config_norm_eps():
+    from lmlab.model import ModelConfig
+    from lmlab.norms import DEFAULT_EPS
+
+    cfg = llama_config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, norm_eps=0.25)
+    model = GPT(cfg)
+    eps = [m.eps for m in model.modules() if hasattr(m, "eps")]
+    assert len(eps) == 2 * 2 + 1 and set(eps) == {0.25}
+    default = GPT(ModelConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, norm="rmsnorm"))
+    assert {m.eps for m in default.modules() if hasattr(m, "eps")} == {DEFAULT_EPS["rmsnorm"]}
+    for bad in (0, -1e-5, float("nan"), True, "1e-5"):
+        with pytest.raises(ValueError, match="norm_eps"):
+            ModelConfig(norm_eps=bad)
