@@ -117,7 +117,7 @@ def bench_bpe(rounds):
     from transformers import AutoTokenizer
 
     from lmlab.bpe import train_bpe
-    from lmlab.checkpoints import find_smollm2, gguf_tokenizer, _reader  # noqa: PLC2701 - same package
+    from lmlab.checkpoints import find_smollm2, gguf_tokenizer, open_gguf
     from lmlab.data import load_corpus
 
     text = load_corpus().text
@@ -127,12 +127,12 @@ def bench_bpe(rounds):
     path = find_smollm2()
     if path is None:
         return None, train_s
-    ours = gguf_tokenizer(_reader(path))
+    ours = gguf_tokenizer(open_gguf(path))
     hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
     n = len(hf.encode(text, add_special_tokens=False))
 
     def a():
-        ours._cache.clear()  # cold: every chunk encoded again
+        ours.clear_cache()  # cold: every chunk encoded again
         ours.encode(text)
 
     def b():

@@ -216,6 +216,10 @@ class BPETokenizer:
         self._special_split = _regex().compile("(" + "|".join(_regex().escape(s) for s in specials) + ")") if specials else None
         self._cache: dict[str, list[int]] = {}
 
+    def clear_cache(self) -> None:
+        """Forget the encodings of chunks seen so far (each chunk is encoded once, then looked up)."""
+        self._cache.clear()
+
     @property
     def vocab_size(self) -> int:
         return max(self.vocab) + 1

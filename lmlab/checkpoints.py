@@ -22,7 +22,6 @@ Everything needs the ``gguf`` package (extra ``real``). Nothing is downloaded.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from .bpe import GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer
 from .model import GPT, ModelConfig
 from .validation import check_int
 
-__all__ = ["SMOLLM2_FILE", "find_smollm2", "unpermute_qk", "permute_qk", "gguf_config", "gguf_to_lmlab",
+__all__ = ["SMOLLM2_FILE", "find_smollm2", "open_gguf", "unpermute_qk", "permute_qk", "gguf_config", "gguf_to_lmlab", "gguf_tokenizer",
            "load_state_dict_checked", "read_gguf", "load_gguf", "GGUFModel", "chat_prompt"]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,7 +90,8 @@ def _field(reader, key, default=None):
     return default if f is None else f.contents()
 
 
-def _reader(path):
+def open_gguf(path):
+    """A ``gguf.GGUFReader`` for ``path``, or a ``ValueError`` that says what is wrong with the file."""
     try:
         import gguf
     except ImportError as err:
@@ -140,13 +140,15 @@ def _dequantize(tensor) -> torch.Tensor:
 
 def read_gguf(path) -> tuple[ModelConfig, dict[str, torch.Tensor], object]:
     """``(config, {gguf name: FP32 tensor}, reader)`` for a LLaMA GGUF file."""
-    reader = _reader(path)
-    cfg = gguf_config(reader)
+    reader = open_gguf(path)
+    return gguf_config(reader), _dequantize_all(reader, path), reader
+
+
+def _dequantize_all(reader, path) -> dict[str, torch.Tensor]:
     try:
-        tensors = {t.name: _dequantize(t) for t in reader.tensors}
+        return {t.name: _dequantize(t) for t in reader.tensors}
     except Exception as err:
         raise ValueError(f"path: could not de-quantize the tensors of {Path(path).name} (truncated file?): {err}") from None
-    return cfg, tensors, reader
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,13 +285,10 @@ def load_gguf(path=None, context_length: int | None = 2048, dtype: torch.dtype =
     if context_length is not None:
         check_int(context_length, "context_length", "load_gguf")
     t0 = time.perf_counter()
-    reader = _reader(path)
+    reader = open_gguf(path)
     cfg = gguf_config(reader, context_length)
     t1 = time.perf_counter()
-    try:
-        tensors = {t.name: _dequantize(t) for t in reader.tensors}
-    except Exception as err:
-        raise ValueError(f"path: could not de-quantize the tensors of {Path(path).name} (truncated file?): {err}") from None
+    tensors = _dequantize_all(reader, path)
     t2 = time.perf_counter()
     with torch.device("meta"):
         model = GPT(cfg)  # no random init of 135 M weights that are overwritten next

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..bpe import BPETokenizer, train_bpe
-from ..data import CharTokenizer, char_data, load_corpus
+from ..data import char_data, load_corpus
 from ..llama import build_llama, llama_config
 from ..model import GPT, ModelConfig
 from ..stats import paired_comparison
