@@ -177,7 +177,7 @@ def main():
     bpe, train_s = bench_bpe(rounds)
     print(f"\n{'threads':>7}  {'benchmark':<34} {'lmlab tok/s':>12} {'HF tok/s':>12} {'ratio':>7}")
     for threads, name, a, b in rows:
-        print(f"{threads:>7}  {name:<34} {a:>12.0f} {b:>12.0f} {a / b:>6.2f}x")
+        print(f"{threads:>7}  {name:<34} {a:>12.1f} {b:>12.1f} {a / b:>6.2f}x")
     if bpe is not None:
         a, b = bpe
         print(f"{1:>7}  {'BPE encode, corpus, SmolLM2 vocab':<34} {a:>12.0f} {b:>12.0f} {a / b:>6.2f}x")
