@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import GPT, ModelConfig
+from .model import GPT, ModelConfig, init_weights
 from .positions import apply_rope, rope_cos_sin, rope_frequencies
 from .validation import check_int, check_positive
 
@@ -74,7 +74,7 @@ def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> G
         model.final_norm = parts["norm"](cfg)
     if parts:
         torch.manual_seed(seed)
-        model.apply(model._init_weights)
+        init_weights(model)  # roles of the learner's modules come from their init_roles(), if any
         for m in model.modules():  # norms start at gain 1 whoever wrote them
             if m.__class__.__name__.lower().endswith("norm") and getattr(m, "weight", None) is not None:
                 nn.init.ones_(m.weight)
