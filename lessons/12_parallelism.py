@@ -269,12 +269,14 @@ assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"
 # ## 7 · Exercises
 #
 # Open [`exercises/12_parallelism.ipynb`](../exercises/12_parallelism.ipynb). You will write, and check
-# as you go (all in-process, no spawning):
-# - `ring_send_chunk`: which chunk rank $r$ sends at step $s$ of a ring all-reduce;
-# - `zero_bytes_per_gpu`: ZeRO's memory formula for stages 0–3;
-# - `bubble_fraction`: the pipeline bubble, GPipe's definition;
-# - `column_parallel_forward`: a column-parallel linear layer's output from its weight shards;
-# - `rank_coords`: a rank's (dp, pp, tp) coordinates on the 3D grid.
+# as you go (all in-process, no spawning: a "rank" is an entry of a list). Five 1-point warm-ups
+# (`ring_send_chunk`, `zero_bytes_per_gpu`, `bubble_fraction`, `column_parallel_forward`, `rank_coords`), then
+# the components:
+# - `ring_all_reduce_sim`: the ring all-reduce itself, reduce-scatter then all-gather, step by step;
+# - `zero1_step`: one ZeRO-1 AdamW step (reduce-scatter grads, update your shard, all-gather), checked
+#   against torch's AdamW on the full tensor;
+# - `row_parallel_forward`: a row-parallel linear layer and its all-reduce;
+# - `one_f_one_b`: the 1F1B schedule's order of forwards and backwards on each stage.
 #
 # Grade with `lmlab grade exercises/12_parallelism.ipynb`.
 #
