@@ -282,3 +282,5 @@ register(Exercise(
     ),
     reference=lambda: __import__("lmlab.data", fromlist=["x"]).sample_batch,
 ))
+
+from . import ch00_model  # noqa: E402,F401  (the model exercises register themselves)
