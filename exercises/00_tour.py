@@ -199,6 +199,31 @@ def attention_head(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: t
     raise NotImplementedError("scores between every query and every key, scaled, with the future hidden, turned into weights that sum to 1 per query.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Attention is a weighted average of values, where the weight of key j for query i grows with q_i . k_j. A causal decoder must give the future zero weight, and dividing the scores by sqrt(head size) keeps softmax from saturating.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# q, k, v = x @ w.T for each weight: (B, T, hs). Scores q @ k^T: (B, T, T), divide by sqrt(hs). Fill the entries above the diagonal with -inf, softmax over the last dim (the keys), multiply by v: (B, T, hs).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# q, k, v = ...
+# scores = q @ k.transpose(-2, -1) / ...
+# mask = torch.ones(T, T, dtype=torch.bool).tril()
+# scores = scores.masked_fill(~mask, float("-inf"))
+# return torch.softmax(scores, dim=...) @ v
+# ```
+#
+# </details>
+
 # %%
 check("00.attention_head", attention_head)
 
@@ -221,6 +246,33 @@ def gpt_forward(state: dict, idx: torch.Tensor, n_heads: int) -> torch.Tensor:
     """``lmlab.GPT`` state dict, ``idx (B, T)`` -> logits ``(B, T, V)``, equal to ``lmlab.GPT``'s."""
     raise NotImplementedError("embed tokens and positions, run every block (attention then MLP, each as a pre-LN residual branch), final norm, tied output layer.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# lmlab.GPT's default model is GPT-2's: token + learned position embeddings, a stack of pre-LN blocks (x = x + attn(norm1(x)); x = x + ffn(norm2(x))), a final LayerNorm, and an output layer that reuses the token embedding.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Print state's keys and shapes first. Per block i: LayerNorm with blocks.i.norm1.weight/.bias (eps 1e-5); one F.linear with attn.qkv gives q, k, v side by side (3C outputs); split into n_heads heads of C // n_heads; causal attention per head; join the heads and apply attn.proj; then norm2, ffn.up, exact GELU, ffn.down.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# x = state["tok_emb.weight"][idx] + state["pos_emb.weight"][:T]
+# for i in range(n_layers):
+#     h = F.layer_norm(x, (C,), ...)
+#     q, k, v = F.linear(h, ...).split(C, dim=2)
+#     ...  # heads: view(B, T, nh, hs).transpose(1, 2)
+#     x = x + ...
+# return F.linear(F.layer_norm(x, ...), state["lm_head.weight"])
+# ```
+#
+# </details>
 
 # %%
 check("00.gpt_forward", gpt_forward)

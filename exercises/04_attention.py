@@ -13,12 +13,12 @@
 #
 # Four pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 |
-# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
-# | 3 | `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 2 |
-# | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 | 10 min |
+# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 | 10 min |
+# | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
+# | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -69,10 +69,10 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     Returns:
         ``(B, nh, Tq, hv)``.
 
-    Hint: ``q @ k.transpose(-2, -1)``, divide by ``math.sqrt(hs)``, ``masked_fill(~mask, -inf)``,
-    ``torch.softmax(..., dim=-1)``, then ``@ v``.
+    Hint: scores between every query and key, scaled by the head size, masked where not allowed, normalised
+    over the keys, then a weighted sum of values.
     """
-    raise NotImplementedError("scores = q @ k.transpose(-2, -1) / sqrt(hs); masked_fill(~mask, -inf); softmax over the LAST axis (keys); @ v.")
+    raise NotImplementedError("scores between every query and key, scaled by the head size, masked where not allowed, normalised over the keys, then a weighted sum of values.")
 
 
 # %%
@@ -94,16 +94,17 @@ def sliding_window_mask(T: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when ``j <= i`` and ``i - j < window``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``.
+    Hint: compare a column of query positions with a row of key positions (broadcasting); causal, and no
+    further back than the window (which counts the token itself).
     """
-    raise NotImplementedError("i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i and i - j < window (window counts the token itself).")
+    raise NotImplementedError("compare a column of query positions with a row of key positions (broadcasting); causal, and no further back than the window (which counts the token itself).")
 
 
 # %%
 check("04.sliding_window_mask", sliding_window_mask)
 
 # %% [markdown]
-# ## 3 · `repeat_kv` for grouped-query attention (2 points)
+# ## 3 · `repeat_kv` for grouped-query attention (1 point, warm-up)
 #
 # With $n_h$ query heads and $n_{kv}$ K/V heads, each K/V head serves $n_{rep} = n_h / n_{kv}$
 # consecutive query heads: query head $h$ uses K/V head $h \,/\!/\, n_{rep}$ (LLaMA's convention,
@@ -119,9 +120,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Returns:
         ``(B, nkv * n_rep, T, hs)`` where head ``h`` is ``x[:, h // n_rep]``.
 
-    Hint: ``torch.repeat_interleave`` on dim 1 (``x.repeat`` would give heads 0, 1, 0, 1, ... instead).
+    Hint: query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch
+    repeat keeps copies of one head next to each other?
     """
-    raise NotImplementedError("each K/V head must appear n_rep times IN A ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat would interleave the heads).")
+    raise NotImplementedError("query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch repeat keeps copies of one head next to each other?")
 
 
 # %%
@@ -148,9 +150,10 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
         ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
         Do not change the inputs in place.
 
-    Hint: ``a1 = torch.exp(m1 - m)``, ``a2 = torch.exp(m2 - m)``; acc needs ``a1[:, None]``.
+    Hint: the two partial results were computed against different running maxima; bring both to the common
+    maximum before adding.
     """
-    raise NotImplementedError("m = max(m1, m2); rescale BOTH parts by exp(m_i - m) before adding: l = a1 l1 + a2 l2, acc = a1 acc1 + a2 acc2.")
+    raise NotImplementedError("the two partial results were computed against different running maxima; bring both to the common maximum before adding.")
 
 
 # %%

@@ -13,12 +13,12 @@
 #
 # Four pieces of [lesson 06](../lessons/06_long_context.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 2 |
-# | 2 | `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 2 |
-# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
-# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | warm-up: `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 1 | 5 min |
+# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 | 5 min |
+# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 | 10 min |
+# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -52,7 +52,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Position interpolation (2 points)
+# ## 1 · Position interpolation (1 point, warm-up)
 #
 # A model trained on $L$ tokens knows positions $0..L-1$. To read $L' = sL$ tokens, position
 # interpolation (Chen et al. 2023) squeezes them into that range: position $p$ becomes $p / s$
@@ -69,16 +69,16 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
     Returns:
         ``(T,)`` float tensor: every position divided by ``factor``.
 
-    Hint: convert to float first (``positions.float()``), so that ``3 / 4`` stays ``0.75``.
+    Hint: position interpolation squeezes s·L tokens into the trained range [0, L).
     """
-    raise NotImplementedError("position interpolation squeezes s·L tokens into the trained range [0, L): DIVIDE every position by the factor (as floats).")
+    raise NotImplementedError("position interpolation squeezes s·L tokens into the trained range [0, L).")
 
 
 # %%
 check("06.interpolate_positions", interpolate_positions)
 
 # %% [markdown]
-# ## 2 · The NTK-aware base (2 points)
+# ## 2 · The NTK-aware base (1 point, warm-up)
 #
 # RoPE's pair $i$ turns by $\theta_i = b^{-2i/d}$ per token. The NTK-aware change replaces the base
 # $b$ by $b' = b\,s^{d/(d-2)}$: the fastest pair ($i = 0$) is untouched, and the slowest
@@ -95,9 +95,10 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
     Returns:
         ``b · s ** (d / (d - 2))`` as a Python float.
 
-    Hint: the exponent is ``head_dim / (head_dim - 2)``: put it in parentheses.
+    Hint: choose the new base so that the lowest frequency is stretched by exactly the factor while the
+    highest stays put.
     """
-    raise NotImplementedError("base' = base · factor ** (head_dim / (head_dim - 2)) — mind the parentheses around the exponent.")
+    raise NotImplementedError("choose the new base so that the lowest frequency is stretched by exactly the factor while the highest stays put.")
 
 
 # %%
@@ -120,9 +121,9 @@ def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when query ``i`` may attend to key ``j``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``; combine with ``&`` and ``|``.
+    Hint: a causal sliding window, plus the first n_sink keys that every query may always see.
     """
-    raise NotImplementedError("i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i AND (i - j < window OR j < n_sink).")
+    raise NotImplementedError("a causal sliding window, plus the first n_sink keys that every query may always see.")
 
 
 # %%
@@ -147,9 +148,10 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
         ``(scores (T, k), indices (T, k), values (T, k, hv))``: the inner products, sorted from the
         largest down, the memory rows they come from, and those rows of ``mem_v``.
 
-    Hint: ``scores = q @ mem_k.T`` then ``torch.topk(scores, k, dim=-1)``; ``mem_v[indices]`` indexes rows.
+    Hint: score every memory key against the query the way attention does (not a distance), keep the best k
+    in order, and fetch their values.
     """
-    raise NotImplementedError("scores = q @ mem_k.T (inner product, not distance); torch.topk(scores, k, dim=-1) gives the LARGEST, sorted; values = mem_v[indices].")
+    raise NotImplementedError("score every memory key against the query the way attention does (not a distance), keep the best k in order, and fetch their values.")
 
 
 # %%

@@ -13,12 +13,12 @@
 #
 # Four pieces of the KV cache and PagedAttention of [lesson 08](../lessons/08_inference.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 |
-# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
-# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
-# | 4 | `locate_token(block_table, position, block_size)`: physical block and offset of a token | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 | 10 min |
+# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 15 min |
+# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
+# | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 | 5 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -75,9 +75,10 @@ def kv_cache_bytes(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, 
     Returns:
         the number of bytes, as an ``int``.
 
-    Hint: K and V are two tensors of shape ``(layers, batch, n_kv_heads, tokens, head_dim)``.
+    Hint: count every value the cache stores: keys and values, per layer, per K/V head (not query head), per
+    head dim, per token, per sequence.
     """
-    raise NotImplementedError("2 (K and V) x layers x K/V heads (not query heads) x head_dim x tokens x batch x bytes per value; return int(...).")
+    raise NotImplementedError("count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.")
 
 
 # %%
@@ -104,9 +105,9 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
         and the grown caches ``(B, nh, T + 1, hs)`` (old tokens first, then the new one). Do not
         change the inputs in place.
 
-    Hint: ``torch.cat([k_cache, k_new], dim=2)``; scores ``(B, nh, 1, T + 1)``; softmax on the last axis.
+    Hint: the new token attends to every cached token and to itself; grow the cache first, then attend.
     """
-    raise NotImplementedError("torch.cat the new key/value on the token axis (dim=2) FIRST, then softmax(q @ K^T / sqrt(hs)) @ V over all T+1 tokens.")
+    raise NotImplementedError("the new token attends to every cached token and to itself; grow the cache first, then attend.")
 
 
 # %%
@@ -122,16 +123,16 @@ check("08.decode_step", decode_step)
 def blocks_needed(n_tokens: int, block_size: int) -> int:
     """The number of ``block_size``-token blocks that hold ``n_tokens`` tokens (0 for 0 tokens).
 
-    Hint: round up, in integers: ``(n + bs - 1) // bs``.
+    Hint: a partly filled block still takes a whole block.
     """
-    raise NotImplementedError("round UP: math.ceil(n / bs), or in integers (n + bs - 1) // bs.")
+    raise NotImplementedError("a partly filled block still takes a whole block.")
 
 
 # %%
 check("08.blocks_needed", blocks_needed)
 
 # %% [markdown]
-# ## 4 · Where does token p live? (2 points)
+# ## 4 · Where does token p live? (1 point, warm-up)
 #
 # A sequence's **block table** lists its physical blocks in order: logical block $i$ holds the
 # tokens $i \cdot bs, \dots, (i+1) \cdot bs - 1$. Token position $p$ (counted from 0) is therefore in
@@ -151,7 +152,7 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
     Returns:
         a tuple ``(physical_block, offset)`` with ``0 <= offset < block_size``.
     """
-    raise NotImplementedError("logical block = position // block_size; look it up in the table; offset = position % block_size (starts at 0).")
+    raise NotImplementedError("which logical block holds the position, where does the table map it, and how far into the block is it?")
 
 
 # %%

@@ -169,6 +169,33 @@ def ring_all_reduce_sim(tensors: list) -> list:
     raise NotImplementedError("simulate both phases step by step: in each step every rank sends one chunk to its right neighbour at the same time.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# An all-reduce is a reduce-scatter (each rank ends with the finished sum of one chunk) followed by an all-gather (the finished chunks travel round the ring). Both take N - 1 steps, and in every step each rank talks only to its neighbours.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Clone the inputs and view each as N chunks (t.view(N, -1)). Per step: first collect every rank's outgoing chunk (cloned, so everyone sends what they held before the step), then let rank r apply what rank r - 1 sent: add during the reduce-scatter, copy during the all-gather. Append a copy of all N vectors to the history after each step.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# for s in range(2 * (N - 1)):
+#     out = [index_sent_by(r, s) for r in range(N)]
+#     msgs = [chunks[r][out[r]].clone() for r in range(N)]
+#     for r in range(N):
+#         c = out[(r - 1) % N]   # what the left neighbour sent
+#         ...  # add or copy into chunks[r][c]
+#     history.append(...)
+# ```
+#
+# </details>
+
 # %%
 check("12.ring_all_reduce_sim", ring_all_reduce_sim)
 
@@ -195,6 +222,34 @@ def zero1_step(params: list, grads: list, states: list, step: int, lr: float = 1
     raise NotImplementedError("three phases: reduce-scatter the gradients, AdamW on your own shard only, all-gather the updated shards.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# ZeRO-1 keeps one copy of the optimizer state, cut in N shards: rank r owns shard r, updates only that slice of the parameters, and then everybody exchanges their updated slices so each rank again holds the whole model.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Shard r of a flat tensor is t.chunk(N)[r]. (1) Rank r needs the mean over ranks of everyone's gradient, for its shard only. (2) AdamW on that shard: decoupled weight decay p *= 1 - lr*wd, then m, v, bias corrections 1 - beta**step, p -= lr * m_hat / (sqrt(v_hat) + eps). (3) Concatenate the N updated shards and give every rank a copy.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# g = torch.stack(grads).mean(0).chunk(N)
+# for r in range(N):
+#     p = params[r].chunk(N)[r] * (1 - lr * weight_decay)
+#     m = ...; v = ...
+#     shards.append(...)
+#     new_states.append(...)
+# full = torch.cat(shards)
+# return [full.clone() for _ in range(N)], new_states
+# ```
+#
+# </details>
+
 # %%
 check("12.zero1_step", zero1_step)
 
@@ -211,6 +266,29 @@ def row_parallel_forward(x_shards: list, weight_shards: list, bias: torch.Tensor
     """``t`` input shards ``(..., in/t)`` and weight shards ``(out, in/t)`` -> ``t`` outputs ``(..., out)``."""
     raise NotImplementedError("each rank's product is only a partial sum of the output; what collective turns partial sums into the full output on every rank?")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A row-parallel layer splits W by its input columns, so x W^T = sum over ranks of x_r W_r^T: every rank holds a partial result of the full output shape, and an all-reduce (sum) finishes it (Megatron's operator g).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Per rank: F.linear(x_r, W_r) without bias has shape (..., out). Sum the t partial results (that is the all-reduce), add the replicated bias once, after the sum, and return one copy per rank.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# partial = [F.linear(x, w) for x, w in zip(x_shards, weight_shards)]
+# total = ...  # the all-reduce
+# return [... for _ in range(len(x_shards))]
+# ```
+#
+# </details>
 
 # %%
 check("12.row_parallel_forward", row_parallel_forward)
@@ -231,6 +309,31 @@ def one_f_one_b(p: int, m: int, stage: int) -> list:
     """The order of ``("F", i)`` / ``("B", i)`` that ``stage`` (0-based) of ``p`` runs for ``m`` micro-batches."""
     raise NotImplementedError("warm up with a few forwards (how many depends on how far the stage is from the last one), then alternate, then drain.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# 1F1B (PipeDream-Flush) runs a backward as soon as one is possible, so a stage never stores more micro-batches than the pipeline can have in flight below it. The last stage can start backwards right after its first forward.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Three phases per stage s: a warm-up of forwards only (the further from the last stage, the more; never more than m), a steady state that alternates one forward with one backward (backwards oldest first), and a cool-down of the remaining backwards in micro-batch order.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# warm = ...
+# ops = [("F", i) for i in range(warm)]
+# for i in range(m - warm):
+#     ops += [("F", ...), ("B", ...)]
+# ops += [("B", i) for i in range(..., m)]
+# ```
+#
+# </details>
 
 # %%
 check("12.one_f_one_b", one_f_one_b)

@@ -15,8 +15,8 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 2 |
-# | 2 | `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 2 |
+# | 1 | warm-up: `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 1 |
+# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 |
 # | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
 # | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
 #
@@ -52,7 +52,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Position interpolation (2 points)
+# ## 1 · Position interpolation (1 point, warm-up)
 #
 # A model trained on $L$ tokens knows positions $0..L-1$. To read $L' = sL$ tokens, position
 # interpolation (Chen et al. 2023) squeezes them into that range: position $p$ becomes $p / s$
@@ -69,7 +69,7 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
     Returns:
         ``(T,)`` float tensor: every position divided by ``factor``.
 
-    Hint: convert to float first (``positions.float()``), so that ``3 / 4`` stays ``0.75``.
+    Hint: position interpolation squeezes s·L tokens into the trained range [0, L).
     """
     ### BEGIN SOLUTION
     return positions.float() / factor  # (T,)
@@ -80,7 +80,7 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
 check("06.interpolate_positions", interpolate_positions)
 
 # %% [markdown]
-# ## 2 · The NTK-aware base (2 points)
+# ## 2 · The NTK-aware base (1 point, warm-up)
 #
 # RoPE's pair $i$ turns by $\theta_i = b^{-2i/d}$ per token. The NTK-aware change replaces the base
 # $b$ by $b' = b\,s^{d/(d-2)}$: the fastest pair ($i = 0$) is untouched, and the slowest
@@ -97,7 +97,8 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
     Returns:
         ``b · s ** (d / (d - 2))`` as a Python float.
 
-    Hint: the exponent is ``head_dim / (head_dim - 2)``: put it in parentheses.
+    Hint: choose the new base so that the lowest frequency is stretched by exactly the factor while the
+    highest stays put.
     """
     ### BEGIN SOLUTION
     return float(base) * float(factor) ** (head_dim / (head_dim - 2))
@@ -124,7 +125,7 @@ def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when query ``i`` may attend to key ``j``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``; combine with ``&`` and ``|``.
+    Hint: a causal sliding window, plus the first n_sink keys that every query may always see.
     """
     ### BEGIN SOLUTION
     i = torch.arange(T)[:, None]  # (T, 1)
@@ -155,7 +156,8 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
         ``(scores (T, k), indices (T, k), values (T, k, hv))``: the inner products, sorted from the
         largest down, the memory rows they come from, and those rows of ``mem_v``.
 
-    Hint: ``scores = q @ mem_k.T`` then ``torch.topk(scores, k, dim=-1)``; ``mem_v[indices]`` indexes rows.
+    Hint: score every memory key against the query the way attention does (not a distance), keep the best k
+    in order, and fetch their values.
     """
     ### BEGIN SOLUTION
     scores = q @ mem_k.T  # (T, M): every query against every memory key

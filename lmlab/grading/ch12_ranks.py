@@ -162,7 +162,7 @@ register(Exercise(
         "only. (2) AdamW on that shard: decoupled weight decay p *= 1 - lr*wd, then m, v, bias corrections 1 - beta**step, "
         "p -= lr * m_hat / (sqrt(v_hat) + eps). (3) Concatenate the N updated shards and give every rank a copy.",
         "g = torch.stack(grads).mean(0).chunk(N)\nfor r in range(N):\n    p = params[r].chunk(N)[r] * (1 - lr * weight_decay)\n"
-        "    m = ...; v = ...\n    shards.append(...)\n    new_states.append({\"exp_avg\": m, \"exp_avg_sq\": v})\nfull = torch.cat(shards)\n"
+        "    m = ...; v = ...\n    shards.append(...)\n    new_states.append(...)\nfull = torch.cat(shards)\n"
         "return [full.clone() for _ in range(N)], new_states",
     ),
     checks=(
