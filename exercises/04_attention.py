@@ -19,6 +19,7 @@
 # | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 | 10 min |
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
+# | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 | 30 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -158,6 +159,60 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
+
+# %% [markdown]
+# ## 5 · A grouped-query attention layer with RoPE (5 points)
+#
+# Now the whole layer, as LLaMA-2-70B or SmolLM2 run it. `x` is `(B, T, C)`; `n_heads` query heads of size
+# `hs = C // n_heads` but only `n_kv_heads` key/value heads. `w_qkv` has `C + 2 * n_kv_heads * hs` rows: the
+# query rows, then the key rows, then the value rows (lmlab's `MultiHeadAttention.qkv` layout, no bias); `w_o` is
+# `(C, C)`. Rotate q and k with RoPE (the half-split layout of exercise 03, positions $0..T-1$, `base`), let
+# query heads $0..r-1$ share K/V head 0, the next $r$ share head 1 and so on ($r$ = `n_heads // n_kv_heads`),
+# attend causally, put the heads back side by side and project with `w_o`. You may use your own attention
+# maths or `F.scaled_dot_product_attention` *without* `enable_gqa` (share the heads yourself) and
+# `lmlab.positions.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
+
+# %%
+import torch.nn.functional as F
+
+from lmlab.positions import apply_rope
+
+
+def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
+                       base: float = 10000.0) -> torch.Tensor:
+    """Causal GQA with RoPE: ``x (B, T, C)`` -> ``(B, T, C)``."""
+    raise NotImplementedError("project, split into heads (fewer for K and V), rotate q and k by their positions, let each group of query heads share one K/V head, attend causally, merge, project.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Grouped-query attention keeps n_heads query heads but only n_kv_heads key/value heads: consecutive query heads form a group that shares one K/V head. RoPE rotates queries and keys (never values) by their position before the scores.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# One F.linear with w_qkv gives (B, T, C + 2*n_kv_heads*hs); split it into q (C) and k, v (n_kv_heads*hs each). Views: q (B, nh, T, hs), k and v (B, nkv, T, hs). Rotate q and k (half-split layout, positions 0..T-1, your 03 exercise or lmlab.positions.apply_rope). Expand k and v to nh heads so that query head h reads K/V head h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v, heads back to (B, T, C), then w_o.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# q, k, v = F.linear(x, w_qkv).split([...], dim=2)
+# q = q.view(B, T, n_heads, hs).transpose(1, 2)
+# k, v = ...
+# q, k = rope(q), rope(k)
+# k, v = ...  # n_kv_heads -> n_heads, groups side by side
+# y = ...  # causal attention
+# return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)
+# ```
+#
+# </details>
+
+# %%
+check("04.gqa_rope_attention", gqa_rope_attention)
 
 # %% [markdown]
 # ## Your score

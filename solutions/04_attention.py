@@ -19,6 +19,7 @@
 # | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
+# | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -173,6 +174,45 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
+
+# %% [markdown]
+# ## 5 · A grouped-query attention layer with RoPE (5 points)
+#
+# Now the whole layer, as LLaMA-2-70B or SmolLM2 run it. `x` is `(B, T, C)`; `n_heads` query heads of size
+# `hs = C // n_heads` but only `n_kv_heads` key/value heads. `w_qkv` has `C + 2 * n_kv_heads * hs` rows: the
+# query rows, then the key rows, then the value rows (lmlab's `MultiHeadAttention.qkv` layout, no bias); `w_o` is
+# `(C, C)`. Rotate q and k with RoPE (the half-split layout of exercise 03, positions $0..T-1$, `base`), let
+# query heads $0..r-1$ share K/V head 0, the next $r$ share head 1 and so on ($r$ = `n_heads // n_kv_heads`),
+# attend causally, put the heads back side by side and project with `w_o`. You may use your own attention
+# maths or `F.scaled_dot_product_attention` *without* `enable_gqa` (share the heads yourself) and
+# `lmlab.positions.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
+
+# %%
+import torch.nn.functional as F
+
+from lmlab.positions import apply_rope
+
+
+def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
+                       base: float = 10000.0) -> torch.Tensor:
+    """Causal GQA with RoPE: ``x (B, T, C)`` -> ``(B, T, C)``."""
+    ### BEGIN SOLUTION
+    B, T, C = x.shape
+    hs = C // n_heads
+    q, k, v = F.linear(x, w_qkv).split([C, n_kv_heads * hs, n_kv_heads * hs], dim=2)
+    q = q.view(B, T, n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k = k.view(B, T, n_kv_heads, hs).transpose(1, 2)  # (B, nkv, T, hs)
+    v = v.view(B, T, n_kv_heads, hs).transpose(1, 2)
+    q, k = apply_rope(q, T, base=base), apply_rope(k, T, base=base)  # values are not rotated
+    r = n_heads // n_kv_heads
+    k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)  # (B, nh, T, hs): head h reads h // r
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+    return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)  # (B, T, C)
+    ### END SOLUTION
+
+
+# %%
+check("04.gqa_rope_attention", gqa_rope_attention)
 
 # %% [markdown]
 # ## Your score

@@ -209,3 +209,5 @@ register(Exercise(
     ),
     reference=_reference_merge,
 ))
+
+from . import ch04_gqa  # noqa: E402,F401  (the GQA + RoPE layer registers itself)
