@@ -19,6 +19,8 @@
 # | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 |
 # | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
 # | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
+# | 5 | `yarn_frequencies(head_dim, base, factor, original_context_length, ...)`: YaRN's frequency blend | 4 |
+# | 6 | `sink_evict(k, v, positions, n_sink, window)`: the attention-sink cache's eviction | 3 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -168,6 +170,63 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
 
 # %%
 check("06.memory_top_k", memory_top_k)
+
+# %% [markdown]
+# ## 5 · YaRN's frequency blend (4 points)
+#
+# RoPE pair $i$ turns at frequency $\theta_i = b^{-2i/d}$. Over the trained length $L$ it makes
+# $L\theta_i / 2\pi$ turns. YaRN (Peng et al. 2023, "NTK-by-parts") keeps the frequency of pairs that turn more
+# than $\beta_{fast}$ times (they have seen every angle), divides by the factor $s$ the pairs that turn fewer than
+# $\beta_{slow}$ times, and blends linearly in between, over the pair index; the ramp's ends are the pair
+# indices where the number of turns equals $\beta_{fast}$ (rounded down) and $\beta_{slow}$ (rounded up),
+# clamped to $[0, d-1]$. It also returns the attention factor $0.1 \ln s + 1$ (it multiplies cos and sin). Return
+# `(inv_freq, attention_factor)`; the grader compares with Hugging Face transformers' YaRN.
+
+# %%
+def yarn_frequencies(head_dim: int, base: float, factor: float, original_context_length: int,
+                     beta_fast: float = 32.0, beta_slow: float = 1.0) -> tuple:
+    """``(inv_freq (head_dim/2,), attention_factor)`` of YaRN."""
+    ### BEGIN SOLUTION
+    d, L = head_dim, original_context_length
+    inv = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,) the original frequencies
+
+    def pair_for(turns: float) -> float:  # the pair index whose frequency turns `turns` times over L tokens
+        return d * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(pair_for(beta_fast)), 0), min(math.ceil(pair_for(beta_slow)), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 0 keep, 1 interpolate
+    return inv * (1 - ramp) + (inv / factor) * ramp, 0.1 * math.log(factor) + 1.0
+    ### END SOLUTION
+
+
+# %%
+check("06.yarn_frequencies", yarn_frequencies)
+
+# %% [markdown]
+# ## 6 · The attention-sink cache's eviction (3 points)
+#
+# With Λ-shaped attention each query sees the first `n_sink` tokens and its `window` most recent ones, so a
+# decoder needs to keep only those in its KV cache (StreamingLLM). `k` and `v` are `(B, nkv, L, hs)` with the tokens
+# on dim 2, `positions` `(L,)` their positions. While `L <= n_sink + window` keep everything; otherwise keep the first
+# `n_sink` and the last `window`, the same tokens in `k`, `v` and `positions`. (`lmlab.longctx.SinkKVCache` does the same
+# after every append.)
+
+# %%
+def sink_evict(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, n_sink: int, window: int) -> tuple:
+    """The kept ``(k, v, positions)`` of an attention-sink cache."""
+    ### BEGIN SOLUTION
+    L = k.size(2)
+    if L <= n_sink + window:
+        return k, v, positions
+    keep = torch.cat((torch.arange(n_sink), torch.arange(L - window, L)))  # sinks, then the recent window
+    return k[:, :, keep], v[:, :, keep], positions[keep]
+    ### END SOLUTION
+
+
+# %%
+check("06.sink_evict", sink_evict)
 
 # %% [markdown]
 # ## Your score

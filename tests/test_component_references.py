@@ -24,3 +24,19 @@ def test_gqa_rope_attention_validates():
         gqa_rope_attention(torch.randn(1, 3, 16), torch.randn(48, 16), torch.randn(16, 16), 4, 3)
     with pytest.raises(ValueError, match="w_qkv"):
         gqa_rope_attention(torch.randn(1, 3, 16), torch.randn(40, 16), torch.randn(16, 16), 4, 2)
+
+
+def test_sink_evict_matches_the_sink_cache():
+    from lmlab.longctx import SinkKVCache, sink_evict
+
+    cache = SinkKVCache(n_layers=1, n_sink=2, window=4, batch=1)
+    k = v = torch.zeros(1, 1, 0, 2)
+    pos = torch.zeros(0, dtype=torch.long)
+    for t in range(11):
+        new = torch.randn(1, 1, 1, 2)
+        ck, _ = cache.update(0, new, new)
+        k, v, pos = sink_evict(torch.cat((k, new), 2), torch.cat((v, new), 2), torch.cat((pos, torch.tensor([t]))), 2, 4)
+        torch.testing.assert_close(k, ck)
+    assert pos.tolist() == cache.positions(0).tolist() == [0, 1, 7, 8, 9, 10]
+    with pytest.raises(ValueError, match="window"):
+        sink_evict(k, v, pos, 2, 0)

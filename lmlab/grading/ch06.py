@@ -233,3 +233,5 @@ register(Exercise(
     ),
     reference=_reference_topk,
 ))
+
+from . import ch06_parts  # noqa: E402,F401  (YaRN and the sink cache register themselves)
