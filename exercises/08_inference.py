@@ -19,6 +19,7 @@
 # | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 15 min |
 # | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 | 5 min |
+# | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 | 25 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -157,6 +158,57 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
 
 # %%
 check("08.locate_token", locate_token)
+
+# %% [markdown]
+# ## 5 · The generation loop with a KV cache (4 points)
+#
+# Put it together: `model` is an `lmlab.GPT` whose plain `model(ids)` is switched off — decode with
+# `logits, cache = model.forward_with_cache(ids, cache)` (`cache=None` the first time: the **prefill** of the whole
+# prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
+# `temperature == 0` is greedy (`argmax`); otherwise **filter** (divide by the temperature, keep the `top_k`
+# largest if `top_k` is not None, the rest `-inf`), **sample** one token per row with
+# `torch.multinomial(probs, 1, generator=g)` where `g = torch.Generator().manual_seed(seed)` (one draw per step, so
+# the grader can replay it), and **append** it. Return the prompt plus `max_new_tokens` new tokens.
+
+# %%
+def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                        seed: int) -> torch.Tensor:
+    """``prompt (B, T)`` -> ``(B, T + max_new_tokens)`` token ids, decoding with the KV cache."""
+    raise NotImplementedError("run the prompt through the model once; after that the model only needs the token you just chose.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Generation with a KV cache has two phases: a prefill that runs the whole prompt once and fills the cache, and a decode loop in which each step feeds only the newest token, so each step costs one token instead of the whole sequence.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# logits, cache = model.forward_with_cache(prompt) gives (B, T, V) logits. Each step: take the last position's logits (B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, and draw with torch.multinomial(probs, 1, generator=g) where g = torch.Generator().manual_seed(seed). Append the (B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# g = torch.Generator().manual_seed(seed)
+# logits, cache = ...  # prefill
+# ids = prompt
+# for step in range(max_new_tokens):
+#     z = logits[:, -1, :]
+#     ...  # filter, then sample (or argmax)
+#     ids = torch.cat([ids, nxt], dim=1)
+#     if step < max_new_tokens - 1:
+#         logits, cache = ...  # decode: only the new token
+# return ids
+# ```
+#
+# </details>
+
+# %%
+check("08.generate_with_cache", generate_with_cache)
 
 # %% [markdown]
 # ## Your score

@@ -334,7 +334,8 @@ block_explorer
 # - `kv_cache_bytes`: the cache size from layers, heads, K/V heads, head size, tokens and precision;
 # - `decode_step`: append one token's K and V to the cache and attend over it;
 # - `blocks_needed`: how many blocks of `block_size` tokens hold `n` tokens;
-# - `locate_token`: physical block and offset of a token position through a block table.
+# - `locate_token`: physical block and offset of a token position through a block table;
+# - `generate_with_cache`: the whole generation loop on a KV cache: prefill, then filter → sample → append one token a step.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/08_inference.ipynb`.
 #

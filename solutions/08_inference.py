@@ -19,6 +19,7 @@
 # | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
 # | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 |
+# | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -168,6 +169,46 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
 
 # %%
 check("08.locate_token", locate_token)
+
+# %% [markdown]
+# ## 5 · The generation loop with a KV cache (4 points)
+#
+# Put it together: `model` is an `lmlab.GPT` whose plain `model(ids)` is switched off — decode with
+# `logits, cache = model.forward_with_cache(ids, cache)` (`cache=None` the first time: the **prefill** of the whole
+# prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
+# `temperature == 0` is greedy (`argmax`); otherwise **filter** (divide by the temperature, keep the `top_k`
+# largest if `top_k` is not None, the rest `-inf`), **sample** one token per row with
+# `torch.multinomial(probs, 1, generator=g)` where `g = torch.Generator().manual_seed(seed)` (one draw per step, so
+# the grader can replay it), and **append** it. Return the prompt plus `max_new_tokens` new tokens.
+
+# %%
+def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                        seed: int) -> torch.Tensor:
+    """``prompt (B, T)`` -> ``(B, T + max_new_tokens)`` token ids, decoding with the KV cache."""
+    ### BEGIN SOLUTION
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits, cache = model.forward_with_cache(prompt)  # prefill: (B, T, V)
+        ids = prompt
+        for step in range(max_new_tokens):
+            z = logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                nxt = z.argmax(-1, keepdim=True)  # (B, 1)
+            else:
+                z = z / temperature
+                if top_k is not None:
+                    kth = torch.topk(z, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest
+                    z = z.masked_fill(z < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=g)  # (B, 1)
+            ids = torch.cat([ids, nxt], dim=1)
+            if step < max_new_tokens - 1:
+                logits, cache = model.forward_with_cache(nxt, cache)  # decode: one token
+    return ids
+    ### END SOLUTION
+
+
+# %%
+check("08.generate_with_cache", generate_with_cache)
 
 # %% [markdown]
 # ## Your score

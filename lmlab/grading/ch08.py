@@ -194,3 +194,5 @@ register(Exercise(
     ),
     reference=lambda: __import__("lmlab.experiments.inference", fromlist=["x"]).locate_token,
 ))
+
+from . import ch08_parts  # noqa: E402,F401  (the cached generation loop registers itself)
