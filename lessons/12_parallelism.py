@@ -84,6 +84,51 @@ P.ring_figure(4).show()
 # $$M_{\text{stage 0}} = 16\Psi,\quad M_1 = 4\Psi + \tfrac{12\Psi}{N},\quad M_2 = 2\Psi + \tfrac{14\Psi}{N},\quad M_3 = \tfrac{16\Psi}{N}.$$
 
 # %% [markdown]
+# ### First in one process: ranks as a list of tensors
+#
+# Before spawning anything, the same algorithms run over *simulated* ranks — a Python list with one tensor per
+# rank, every "send" a copy between list entries — so you can read and step through them. The ring all-reduce,
+# one ZeRO-1 AdamW step and Megatron's row-parallel layer, each checked against one process:
+
+# %%
+import inspect
+
+from lmlab.parallel import collectives
+from lmlab.parallel.tensor_parallel import simulated_row_parallel_forward
+from lmlab.parallel.zero import simulated_zero1_step
+
+g = torch.Generator().manual_seed(0)
+sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
+history = collectives.simulated_ring_all_reduce(sim_ranks)
+print(f"{len(history)} steps; after the reduce-scatter (step {len(sim_ranks) - 2}) rank 0 holds the finished chunk 1:",
+      history[len(sim_ranks) - 2][0].view(4, 2)[1].numpy().round(3), "=", torch.stack(sim_ranks).sum(0).view(4, 2)[1].numpy().round(3))
+assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1])
+
+w0 = torch.randn(8, generator=g, dtype=torch.float64)
+full = torch.nn.Parameter(w0.clone())
+opt = torch.optim.AdamW([full], lr=1e-2)
+grads = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]
+full.grad = torch.stack(grads).mean(0)
+opt.step()
+zeros = [{"exp_avg": torch.zeros(2, dtype=torch.float64), "exp_avg_sq": torch.zeros(2, dtype=torch.float64)} for _ in range(4)]
+zp, _ = simulated_zero1_step([w0.clone() for _ in range(4)], grads, zeros, 1, lr=1e-2)
+print(f"ZeRO-1 on 4 simulated ranks vs torch AdamW on the whole tensor: max |diff| {(zp[0] - full.detach()).abs().max():.1e}")
+assert all(torch.allclose(p, full.detach(), atol=1e-12) for p in zp)
+
+xw, ww = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
+rows = simulated_row_parallel_forward(list(xw.chunk(2, -1)), list(ww.chunk(2, 1)))
+torch.testing.assert_close(rows[0], xw @ ww.T)
+print("row-parallel on 2 simulated ranks (partial products, then the all-reduce) == the unsplit x @ W^T")
+
+# %% [markdown]
+# The processes below run **this** code — `lmlab/parallel/collectives.py`, where each step is a real
+# `isend`/`recv` between gloo ranks instead of a list copy:
+
+# %%
+print(inspect.getsource(collectives.ring_reduce_scatter))
+print(inspect.getsource(collectives.ring_all_gather))
+
+# %% [markdown]
 # ## 2 · Build it, and run it on two processes
 #
 # The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
