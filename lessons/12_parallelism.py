@@ -289,6 +289,21 @@ planner = FigureExplorer(
 planner
 
 # %% [markdown]
+# ### Guided tasks with the planner
+#
+# Use the planner above (or `P.plan(...)`) to answer; then run the check cell. Leave `None` to skip a task.
+
+# %%
+from lmlab.experiments.planner_tasks import TASKS, check_answers
+
+for key, question in TASKS.items():
+    print(f"- {key}: {question}")
+answers = {"fits_on_one_node": None, "smallest_tp_32_gpus_pp4": None, "smallest_pp_64_gpus_tp8": None}  # your answers
+
+# %%
+print("\n".join(check_answers(answers)))
+
+# %% [markdown]
 # ## 6 · BLOOM-176B on paper
 #
 # BLOOM (BigScience, 2022) trained on 384 A100-80GB: 8-way data × 4-way tensor × 12-way pipeline, with

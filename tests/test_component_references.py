@@ -40,3 +40,15 @@ def test_sink_evict_matches_the_sink_cache():
     assert pos.tolist() == cache.positions(0).tolist() == [0, 1, 7, 8, 9, 10]
     with pytest.raises(ValueError, match="window"):
         sink_evict(k, v, pos, 2, 0)
+
+
+def test_planner_tasks_have_computed_answers_and_a_checker():
+    from lmlab.experiments.planner_tasks import TASKS, check_answers, task_answers
+
+    truth = task_answers()
+    assert truth == {"fits_on_one_node": False, "smallest_tp_32_gpus_pp4": 8, "smallest_pp_64_gpus_tp8": 2}
+    lines = check_answers({**truth, "smallest_pp_64_gpus_tp8": 4})
+    assert lines[0].startswith("✅") and lines[2].startswith("❌") and len(lines) == len(TASKS)
+    assert check_answers({})[0].startswith("⏳")
+    with pytest.raises(ValueError, match="answers"):
+        check_answers([1])
