@@ -233,6 +233,17 @@ print(f"identity megatron = gpipe / (1 - gpipe): {g / (1 - g)} {'==' if g / (1 -
       f"bubble_identity holds for all p, m ≤ 16: {all(calc.bubble_identity(a, b) for a in range(1, 17) for b in range(1, 17))}")
 assert g == Fraction(3, 11) and meg == Fraction(3, 8) and abs(sim - float(g)) < 1e-12
 
+# %% [markdown]
+# **Predict, then run.** With $p = 4$ stages and $m = 64$ micro-batches, which schedule idles less — and which
+# stores fewer micro-batches' activations? Choose before running the sweep below.
+
+# %%
+predict_bubble = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="smaller bubble")
+predict_memory = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="less memory")
+from IPython.display import display
+
+display(predict_bubble, predict_memory)
+
 # %%
 sweep = P.bubble_sweep(4, (1, 2, 4, 8, 16, 32, 64))
 agree = all(abs(r["sim_gpipe"] - float(r["gpipe"])) < 1e-12 and abs(r["sim_1f1b"] - float(r["gpipe"])) < 1e-12 for r in sweep)
@@ -241,6 +252,14 @@ print(f"Verdict: simulated bubble {'equals' if agree else 'differs from'} (p-1)/
       f"Peak stored micro-batches at m = 64: GPipe {sweep[-1]['peak_gpipe']}, 1F1B {sweep[-1]['peak_1f1b']} "
       f"— 1F1B {'saves activation memory, not time' if sweep[-1]['peak_1f1b'] < sweep[-1]['peak_gpipe'] else 'saves nothing'}.")
 P.bubble_figure(sweep, 4).show()
+
+# %%
+last = sweep[-1]
+truth_bubble = "the same" if abs(last["sim_gpipe"] - last["sim_1f1b"]) < 1e-12 else ("GPipe" if last["sim_gpipe"] < last["sim_1f1b"] else "1F1B")
+truth_memory = "the same" if last["peak_gpipe"] == last["peak_1f1b"] else ("GPipe" if last["peak_gpipe"] < last["peak_1f1b"] else "1F1B")
+for what, guess, truth in (("smaller bubble", predict_bubble.value, truth_bubble), ("less memory", predict_memory.value, truth_memory)):
+    verdict = "not answered" if guess == "(choose)" else ("✅ right" if guess == truth else "❌ not quite")
+    print(f"{what}: you said {guess!r}, measured: {truth!r} — {verdict}")
 
 # %% [markdown]
 # ## 5 · Widgets
