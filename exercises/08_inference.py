@@ -193,7 +193,7 @@ def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temper
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# g = torch.Generator().manual_seed(seed)
+# g = ...  # a generator seeded with seed
 # logits, cache = ...  # prefill
 # ids = prompt
 # for step in range(max_new_tokens):
