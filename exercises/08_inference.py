@@ -196,10 +196,10 @@ def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temper
 # g = ...  # a generator seeded with seed
 # logits, cache = ...  # prefill
 # ids = prompt
-# for step in range(max_new_tokens):
+# for step in range(...):
 #     z = logits[:, -1, :]
 #     ...  # filter, then sample (or argmax)
-#     ids = torch.cat([ids, nxt], dim=1)
+#     ids = ...  # append
 #     if step < max_new_tokens - 1:
 #         logits, cache = ...  # decode: only the new token
 # return ids

@@ -83,8 +83,8 @@ register(Exercise(
         "(B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, "
         "and draw with torch.multinomial(probs, 1, generator=g) where g = torch.Generator().manual_seed(seed). Append the "
         "(B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).",
-        "g = ...  # a generator seeded with seed\nlogits, cache = ...  # prefill\nids = prompt\nfor step in range(max_new_tokens):\n"
-        "    z = logits[:, -1, :]\n    ...  # filter, then sample (or argmax)\n    ids = torch.cat([ids, nxt], dim=1)\n"
+        "g = ...  # a generator seeded with seed\nlogits, cache = ...  # prefill\nids = prompt\nfor step in range(...):\n"
+        "    z = logits[:, -1, :]\n    ...  # filter, then sample (or argmax)\n    ids = ...  # append\n"
         "    if step < max_new_tokens - 1:\n        logits, cache = ...  # decode: only the new token\nreturn ids",
     ),
     checks=(
