@@ -112,3 +112,14 @@ def test_exercise_tables_have_a_time_column():
     for path, text in expected_exercise_files(ROOT).items():
         header = next((line for line in text.splitlines() if line.startswith("# | # | exercise | points")), None)
         assert header is not None and "time" in header, path.name
+
+
+def test_exercise_hints_and_minutes_are_validated():
+    from lmlab.grading.registry import Check, Exercise
+
+    ok = dict(id="99.f", points=1, signature="f()", hint="h", checks=(Check("c", lambda f: None),))
+    assert Exercise(**ok).hints == () and Exercise(**ok).minutes is None  # the single-string hint= still works alone
+    Exercise(**ok, hints=("idea", "steps", "outline"), minutes=10)
+    for bad in (dict(hints="one string"), dict(hints=("",)), dict(minutes=0), dict(minutes=True)):
+        with pytest.raises(ValueError):
+            Exercise(**ok, **bad)
