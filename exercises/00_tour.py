@@ -11,15 +11,18 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/00_tour.ipynb)
 #
-# Five pieces of the tiny GPT of [lesson 00](../lessons/00_tour.ipynb), written by you.
+# The tiny GPT of [lesson 00](../lessons/00_tour.ipynb), written by you: the data pipeline and the loss,
+# then the model itself — one attention head, then the whole GPT, checked logit for logit against `lmlab.GPT`.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `causal_mask(T)`: what a causal decoder lets each token see | 2 |
-# | 2 | `prefix_lm_mask(T, prefix_len)`: the prefix decoder's mask | 2 |
-# | 3 | `CharTokenizer`: text to ids and back | 3 |
-# | 4 | `cross_entropy(logits, targets)`: the training loss by hand | 2 |
-# | 5 | `sample_batch(...)`: random windows and their shifted targets | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `causal_mask(T)`: what a causal decoder lets each token see | 2 | 5 min |
+# | 2 | `prefix_lm_mask(T, prefix_len)`: the prefix decoder's mask | 2 | 5 min |
+# | 3 | `CharTokenizer`: text to ids and back | 3 | 10 min |
+# | 4 | `cross_entropy(logits, targets)`: the training loss by hand | 2 | 10 min |
+# | 5 | `sample_batch(...)`: random windows and their shifted targets | 2 | 10 min |
+# | 6 | `attention_head(x, w_q, w_k, w_v)`: one causal, scaled attention head | 3 | 15 min |
+# | 7 | `gpt_forward(state, idx, n_heads)`: the whole GPT forward from `lmlab.GPT`'s weights | 5 | 30 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -180,6 +183,99 @@ def sample_batch(ids: torch.Tensor, batch_size: int, context_length: int, genera
 
 # %%
 check("00.sample_batch", sample_batch)
+
+# %% [markdown]
+# ## 6 · One attention head (3 points)
+#
+# The third rung of the lesson's ladder. `x` is `(B, T, C)`; `w_q`, `w_k`, `w_v` are `(hs, C)`, laid out like
+# an `nn.Linear`'s weight (so the query is `x @ w_q.T`). Each position's output is a weighted average of the
+# values of positions $0..t$, with weights $\mathrm{softmax}(q k^\top / \sqrt{hs})$ — the future masked out.
+# Write it with matrix products and `torch.softmax` (not `F.scaled_dot_product_attention`: that is what the
+# grader compares you with).
+
+# %%
+def attention_head(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+    """``x (B, T, C)``, weights ``(hs, C)`` -> ``(B, T, hs)``: causal, scaled dot-product attention."""
+    raise NotImplementedError("scores between every query and every key, scaled, with the future hidden, turned into weights that sum to 1 per query.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Attention is a weighted average of values, where the weight of key j for query i grows with q_i . k_j. A causal decoder must give the future zero weight, and dividing the scores by sqrt(head size) keeps softmax from saturating.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# q, k, v = x @ w.T for each weight: (B, T, hs). Scores q @ k^T: (B, T, T), divide by sqrt(hs). Fill the entries above the diagonal with -inf, softmax over the last dim (the keys), multiply by v: (B, T, hs).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# q, k, v = ...
+# scores = q @ k.transpose(-2, -1) / ...
+# mask = torch.ones(T, T, dtype=torch.bool).tril()
+# scores = scores.masked_fill(~mask, float("-inf"))
+# return torch.softmax(scores, dim=...) @ v
+# ```
+#
+# </details>
+
+# %%
+check("00.attention_head", attention_head)
+
+# %% [markdown]
+# ## 7 · The whole GPT (5 points)
+#
+# The last rung: `lmlab.GPT`'s default model as one function of its weights. `state` is
+# `lmlab.GPT(cfg).state_dict()` (print its keys and shapes); `idx` is `(B, T)` token ids. Token embedding plus
+# learned position embedding; then each block, **pre-LN**: `x = x + attn(norm1(x))`, `x = x + ffn(norm2(x))`
+# (LayerNorm with eps 1e-5; `attn.qkv` produces q, k, v side by side; `n_heads` heads of `C // n_heads`; causal
+# attention; `attn.proj`; the MLP is `ffn.up`, exact GELU, `ffn.down`); a final LayerNorm; the output layer
+# `lm_head.weight` (tied to the token embedding, no bias). You may use `F.scaled_dot_product_attention` or your
+# `attention_head`'s maths. The grader loads random weights into `lmlab.GPT` and compares the logits.
+
+# %%
+import torch.nn.functional as F
+
+
+def gpt_forward(state: dict, idx: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``lmlab.GPT`` state dict, ``idx (B, T)`` -> logits ``(B, T, V)``, equal to ``lmlab.GPT``'s."""
+    raise NotImplementedError("embed tokens and positions, run every block (attention then MLP, each as a pre-LN residual branch), final norm, tied output layer.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# lmlab.GPT's default model is GPT-2's: token + learned position embeddings, a stack of pre-LN blocks (x = x + attn(norm1(x)); x = x + ffn(norm2(x))), a final LayerNorm, and an output layer that reuses the token embedding.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Print state's keys and shapes first. Per block i: LayerNorm with blocks.i.norm1.weight/.bias (eps 1e-5); one F.linear with attn.qkv gives q, k, v side by side (3C outputs); split into n_heads heads of C // n_heads; causal attention per head; join the heads and apply attn.proj; then norm2, ffn.up, exact GELU, ffn.down.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# x = state["tok_emb.weight"][idx] + state["pos_emb.weight"][:T]
+# for i in range(n_layers):
+#     h = F.layer_norm(x, (C,), ...)
+#     q, k, v = F.linear(h, ...).split(C, dim=2)
+#     ...  # heads: view(B, T, nh, hs).transpose(1, 2)
+#     x = x + ...
+# return F.linear(F.layer_norm(x, ...), state["lm_head.weight"])
+# ```
+#
+# </details>
+
+# %%
+check("00.gpt_forward", gpt_forward)
 
 # %% [markdown]
 # ## Your score

@@ -13,13 +13,13 @@
 #
 # Five pieces of [lesson 01](../lessons/01_normalization.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 |
-# | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 |
-# | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 |
-# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 |
-# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 | 15 min |
+# | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 | 10 min |
+# | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 | 10 min |
+# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
+# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -70,10 +70,10 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     Returns:
         a tensor of ``x``'s shape equal to ``F.layer_norm(x, (d,), weight, bias, eps)``.
 
-    Hint: ``x.mean(-1, keepdim=True)``; the variance is the mean of the squared deviations (divide
-    by ``d``); ``torch.sqrt(var + eps)``.
+    Hint: statistics per token, over its features only (keep the dims so they broadcast); which variance
+    does torch's LayerNorm use, and where does eps go?
     """
-    raise NotImplementedError("mean and variance over the LAST dimension (keepdim=True), biased variance (divide by d), eps inside the square root, then * weight + bias.")
+    raise NotImplementedError("statistics per token, over its features only (keep the dims so they broadcast); which variance does torch's LayerNorm use, and where does eps go?")
 
 
 # %%
@@ -99,9 +99,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     Returns:
         a tensor of ``x``'s shape equal to ``F.rms_norm(x, (d,), weight, eps=eps)``.
 
-    Hint: ``x.pow(2).mean(-1, keepdim=True)``, then ``torch.rsqrt(... + eps)``.
+    Hint: like LayerNorm without re-centring: scale each token by the root of its mean square.
     """
-    raise NotImplementedError("divide x by sqrt(mean(x**2 over the last dim, keepdim=True) + eps), then multiply by weight; subtract nothing.")
+    raise NotImplementedError("like LayerNorm without re-centring: scale each token by the root of its mean square.")
 
 
 # %%
@@ -129,8 +129,8 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
     Returns:
         ``(B, T, d)``. Call each part exactly once.
 
-    Hint: two residual additions; the FFN branch reads the stream *after* the attention branch
-    was added.
+    Hint: normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the
+    residual stream itself is never normalized.
     """
     raise NotImplementedError("normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the residual stream itself is never normalized.")
 
@@ -152,9 +152,10 @@ def deepnorm_constants(num_layers: int) -> tuple[float, float]:
     Returns a pair of floats: ``alpha = (2 * M) ** (1/4)`` and ``beta = (8 * M) ** (-1/4)``.
     For 12 layers: about (2.21, 0.32).
 
-    Hint: ``** 0.25`` and ``** -0.25``.
+    Hint: DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the
+    number of layers (alpha grows with depth, beta shrinks).
     """
-    raise NotImplementedError("DeepNet, decoder-only with M layers: alpha = (2M) ** (1/4), beta = (8M) ** (-1/4).")
+    raise NotImplementedError("DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the number of layers (alpha grows with depth, beta shrinks).")
 
 
 # %%

@@ -13,14 +13,14 @@
 #
 # Six pieces of the feed-forward block of [lesson 02](../lessons/02_activations.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 |
-# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 |
-# | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
-# | 4 | `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 2 |
-# | 5 | `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 2 |
-# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 | 10 min |
+# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 | 10 min |
+# | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 | 15 min |
+# | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 | 5 min |
+# | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 | 5 min |
+# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 | |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -70,7 +70,7 @@ def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     Returns:
         a tensor of ``x``'s shape. Autograd must flow through it.
 
-    Hint: ``torch.sigmoid``.
+    Hint: Swish multiplies x by a sigmoid of beta times x.
     """
     raise NotImplementedError("Swish multiplies x by a sigmoid of beta times x.")
 
@@ -92,9 +92,10 @@ check("02.swish", swish)
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GeLU with the tanh approximation, element-wise, in ``x``'s dtype.
 
-    Hint: ``math.sqrt(2 / math.pi)``, ``torch.tanh``, and don't forget the cubic term.
+    Hint: GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715
+    is in the paper).
     """
-    raise NotImplementedError("0.5 · x · (1 + tanh(sqrt(2/pi) · (x + 0.044715 · x³))); math.sqrt and math.pi help.")
+    raise NotImplementedError("GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715 is in the paper).")
 
 
 # %%
@@ -120,7 +121,8 @@ def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_d
     Returns:
         ``(..., d)``: ``silu(x @ w_gate.T) * (x @ w_value.T)``, then ``@ w_down.T``.
 
-    Hint: ``F.linear(x, w)`` computes ``x @ w.T``; ``F.silu``.
+    Hint: weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only,
+    then multiply by the value and project down.
     """
     raise NotImplementedError("weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only, then multiply by the value and project down.")
 
@@ -129,7 +131,7 @@ def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_d
 check("02.swiglu_ffn", swiglu_ffn)
 
 # %% [markdown]
-# ## 4 · The 2/3 rule (2 points)
+# ## 4 · The 2/3 rule (1 point, warm-up)
 #
 # A gated FFN has three $d \times h$ matrices where a plain FFN has two, so to keep the parameter
 # count it uses $\tfrac23$ of the plain hidden size, rounded **up** to a multiple of `multiple_of`
@@ -142,16 +144,17 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
     ``multiple_of``. Returns an ``int``.
 
-    Hint: ``math.ceil(n / m) * m`` rounds ``n`` up to a multiple of ``m``.
+    Hint: three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count,
+    then round up to the multiple.
     """
-    raise NotImplementedError("take int(2 * plain_hidden / 3), then round it UP to a multiple of multiple_of (math.ceil), never below one multiple.")
+    raise NotImplementedError("three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count, then round up to the multiple.")
 
 
 # %%
 check("02.glu_hidden_size", glu_hidden_size)
 
 # %% [markdown]
-# ## 5 · Counting an FFN's parameters (2 points)
+# ## 5 · Counting an FFN's parameters (1 point, warm-up)
 #
 # Plain (`relu`, `gelu`): an up projection $d \to h$ and a down projection $h \to d$. Gated
 # (`swiglu`, `geglu`): a gate and a value projection $d \to h$ each, and the down projection.
@@ -163,7 +166,8 @@ def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) 
 
     ``kind`` is ``"relu"``, ``"gelu"`` (two matrices) or ``"swiglu"``, ``"geglu"`` (three).
 
-    Hint: count each ``nn.Linear(in, out)``: ``in * out`` weights and ``out`` biases.
+    Hint: a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each
+    matrix's bias has its output size.
     """
     raise NotImplementedError("a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each matrix's bias has its output size.")
 

@@ -13,13 +13,14 @@
 #
 # Five pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 |
-# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 |
-# | 3 | `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 2 |
-# | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
-# | 5 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 | 10 min |
+# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 | 10 min |
+# | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
+# | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
+# | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 | 30 min |
+# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -71,10 +72,10 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     Returns:
         ``(B, nh, Tq, hv)``.
 
-    Hint: ``q @ k.transpose(-2, -1)``, divide by ``math.sqrt(hs)``, ``masked_fill(~mask, -inf)``,
-    ``torch.softmax(..., dim=-1)``, then ``@ v``.
+    Hint: scores between every query and key, scaled by the head size, masked where not allowed, normalised
+    over the keys, then a weighted sum of values.
     """
-    raise NotImplementedError("scores = q @ k.transpose(-2, -1) / sqrt(hs); masked_fill(~mask, -inf); softmax over the LAST axis (keys); @ v.")
+    raise NotImplementedError("scores between every query and key, scaled by the head size, masked where not allowed, normalised over the keys, then a weighted sum of values.")
 
 
 # %%
@@ -96,16 +97,17 @@ def sliding_window_mask(T: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when ``j <= i`` and ``i - j < window``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``.
+    Hint: compare a column of query positions with a row of key positions (broadcasting); causal, and no
+    further back than the window (which counts the token itself).
     """
-    raise NotImplementedError("i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i and i - j < window (window counts the token itself).")
+    raise NotImplementedError("compare a column of query positions with a row of key positions (broadcasting); causal, and no further back than the window (which counts the token itself).")
 
 
 # %%
 check("04.sliding_window_mask", sliding_window_mask)
 
 # %% [markdown]
-# ## 3 · `repeat_kv` for grouped-query attention (2 points)
+# ## 3 · `repeat_kv` for grouped-query attention (1 point, warm-up)
 #
 # With $n_h$ query heads and $n_{kv}$ K/V heads, each K/V head serves $n_{rep} = n_h / n_{kv}$
 # consecutive query heads: query head $h$ uses K/V head $h \,/\!/\, n_{rep}$ (LLaMA's convention,
@@ -121,9 +123,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Returns:
         ``(B, nkv * n_rep, T, hs)`` where head ``h`` is ``x[:, h // n_rep]``.
 
-    Hint: ``torch.repeat_interleave`` on dim 1 (``x.repeat`` would give heads 0, 1, 0, 1, ... instead).
+    Hint: query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch
+    repeat keeps copies of one head next to each other?
     """
-    raise NotImplementedError("each K/V head must appear n_rep times IN A ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat would interleave the heads).")
+    raise NotImplementedError("query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch repeat keeps copies of one head next to each other?")
 
 
 # %%
@@ -150,16 +153,71 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
         ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
         Do not change the inputs in place.
 
-    Hint: ``a1 = torch.exp(m1 - m)``, ``a2 = torch.exp(m2 - m)``; acc needs ``a1[:, None]``.
+    Hint: the two partial results were computed against different running maxima; bring both to the common
+    maximum before adding.
     """
-    raise NotImplementedError("m = max(m1, m2); rescale BOTH parts by exp(m_i - m) before adding: l = a1 l1 + a2 l2, acc = a1 acc1 + a2 acc2.")
+    raise NotImplementedError("the two partial results were computed against different running maxima; bring both to the common maximum before adding.")
 
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
 
 # %% [markdown]
-# ## 5 · Swap your grouped-query attention into the model and train (3 points)
+# ## 5 · A grouped-query attention layer with RoPE (5 points)
+#
+# Now the whole layer, as LLaMA-2-70B or SmolLM2 run it. `x` is `(B, T, C)`; `n_heads` query heads of size
+# `hs = C // n_heads` but only `n_kv_heads` key/value heads. `w_qkv` has `C + 2 * n_kv_heads * hs` rows: the
+# query rows, then the key rows, then the value rows (lmlab's `MultiHeadAttention.qkv` layout, no bias); `w_o` is
+# `(C, C)`. Rotate q and k with RoPE (the half-split layout of exercise 03, positions $0..T-1$, `base`), let
+# query heads $0..r-1$ share K/V head 0, the next $r$ share head 1 and so on ($r$ = `n_heads // n_kv_heads`),
+# attend causally, put the heads back side by side and project with `w_o`. You may use your own attention
+# maths or `F.scaled_dot_product_attention` *without* `enable_gqa` (share the heads yourself) and
+# `lmlab.positions.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
+
+# %%
+import torch.nn.functional as F
+
+from lmlab.positions import apply_rope
+
+
+def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
+                       base: float = 10000.0) -> torch.Tensor:
+    """Causal GQA with RoPE: ``x (B, T, C)`` -> ``(B, T, C)``."""
+    raise NotImplementedError("project, split into heads (fewer for K and V), rotate q and k by their positions, let each group of query heads share one K/V head, attend causally, merge, project.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Grouped-query attention keeps n_heads query heads but only n_kv_heads key/value heads: consecutive query heads form a group that shares one K/V head. RoPE rotates queries and keys (never values) by their position before the scores.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# One F.linear with w_qkv gives (B, T, C + 2*n_kv_heads*hs); split it into q (C) and k, v (n_kv_heads*hs each). Views: q (B, nh, T, hs), k and v (B, nkv, T, hs). Rotate q and k (half-split layout, positions 0..T-1, your 03 exercise or lmlab.positions.apply_rope). Expand k and v to nh heads so that query head h reads K/V head h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v, heads back to (B, T, C), then w_o.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# q, k, v = F.linear(x, w_qkv).split([...], dim=2)
+# q = q.view(B, T, n_heads, hs).transpose(1, 2)
+# k, v = ...
+# q, k = rope(q), rope(k)
+# k, v = ...  # n_kv_heads -> n_heads, groups side by side
+# y = ...  # causal attention
+# return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)
+# ```
+#
+# </details>
+
+# %%
+check("04.gqa_rope_attention", gqa_rope_attention)
+
+
+# ## 6 · Swap your grouped-query attention into the model and train (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
 # Face's layer names, then put it in every block: `lmlab.parts.register_attention("my_gqa", GQAttention)`

@@ -13,12 +13,12 @@
 #
 # Four pieces of the objectives of [lesson 05](../lessons/05_objectives.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `random_spans_noise_mask(...)`: T5's random noise spans, with `random_roll` | 3 |
-# | 2 | `sentinel_fusion(tokens, noise_mask, vocab_size)`: the inputs and targets of span corruption | 2 |
-# | 3 | `prefix_lm_example(tokens, prefix_len)`: inputs, targets, attention mask and loss mask of a prefix LM | 2 |
-# | 4 | `ul2_example(...)`: one UL2 example with its mode token, for a decoder-only model | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `random_spans_noise_mask(...)`: T5's random noise spans, with `random_roll` | 3 | 15 min |
+# | 2 | `sentinel_fusion(tokens, noise_mask, vocab_size)`: the inputs and targets of span corruption | 2 | 10 min |
+# | 3 | `prefix_lm_example(tokens, prefix_len)`: inputs, targets, attention mask and loss mask of a prefix LM | 2 | 10 min |
+# | 4 | `ul2_example(...)`: one UL2 example with its mode token, for a decoder-only model | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -13,12 +13,14 @@
 #
 # Four pieces of [lesson 06](../lessons/06_long_context.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 2 |
-# | 2 | `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 2 |
-# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
-# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | warm-up: `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 1 | 5 min |
+# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 | 5 min |
+# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 | 10 min |
+# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 | 15 min |
+# | 5 | `yarn_frequencies(head_dim, base, factor, original_context_length, ...)`: YaRN's frequency blend | 4 | 25 min |
+# | 6 | `sink_evict(k, v, positions, n_sink, window)`: the attention-sink cache's eviction | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -52,7 +54,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Position interpolation (2 points)
+# ## 1 · Position interpolation (1 point, warm-up)
 #
 # A model trained on $L$ tokens knows positions $0..L-1$. To read $L' = sL$ tokens, position
 # interpolation (Chen et al. 2023) squeezes them into that range: position $p$ becomes $p / s$
@@ -69,16 +71,16 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
     Returns:
         ``(T,)`` float tensor: every position divided by ``factor``.
 
-    Hint: convert to float first (``positions.float()``), so that ``3 / 4`` stays ``0.75``.
+    Hint: position interpolation squeezes s·L tokens into the trained range [0, L).
     """
-    raise NotImplementedError("position interpolation squeezes s·L tokens into the trained range [0, L): DIVIDE every position by the factor (as floats).")
+    raise NotImplementedError("position interpolation squeezes s·L tokens into the trained range [0, L).")
 
 
 # %%
 check("06.interpolate_positions", interpolate_positions)
 
 # %% [markdown]
-# ## 2 · The NTK-aware base (2 points)
+# ## 2 · The NTK-aware base (1 point, warm-up)
 #
 # RoPE's pair $i$ turns by $\theta_i = b^{-2i/d}$ per token. The NTK-aware change replaces the base
 # $b$ by $b' = b\,s^{d/(d-2)}$: the fastest pair ($i = 0$) is untouched, and the slowest
@@ -95,9 +97,10 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
     Returns:
         ``b · s ** (d / (d - 2))`` as a Python float.
 
-    Hint: the exponent is ``head_dim / (head_dim - 2)``: put it in parentheses.
+    Hint: choose the new base so that the lowest frequency is stretched by exactly the factor while the
+    highest stays put.
     """
-    raise NotImplementedError("base' = base · factor ** (head_dim / (head_dim - 2)) — mind the parentheses around the exponent.")
+    raise NotImplementedError("choose the new base so that the lowest frequency is stretched by exactly the factor while the highest stays put.")
 
 
 # %%
@@ -120,9 +123,9 @@ def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when query ``i`` may attend to key ``j``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``; combine with ``&`` and ``|``.
+    Hint: a causal sliding window, plus the first n_sink keys that every query may always see.
     """
-    raise NotImplementedError("i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i AND (i - j < window OR j < n_sink).")
+    raise NotImplementedError("a causal sliding window, plus the first n_sink keys that every query may always see.")
 
 
 # %%
@@ -147,13 +150,103 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
         ``(scores (T, k), indices (T, k), values (T, k, hv))``: the inner products, sorted from the
         largest down, the memory rows they come from, and those rows of ``mem_v``.
 
-    Hint: ``scores = q @ mem_k.T`` then ``torch.topk(scores, k, dim=-1)``; ``mem_v[indices]`` indexes rows.
+    Hint: score every memory key against the query the way attention does (not a distance), keep the best k
+    in order, and fetch their values.
     """
-    raise NotImplementedError("scores = q @ mem_k.T (inner product, not distance); torch.topk(scores, k, dim=-1) gives the LARGEST, sorted; values = mem_v[indices].")
+    raise NotImplementedError("score every memory key against the query the way attention does (not a distance), keep the best k in order, and fetch their values.")
 
 
 # %%
 check("06.memory_top_k", memory_top_k)
+
+# %% [markdown]
+# ## 5 · YaRN's frequency blend (4 points)
+#
+# RoPE pair $i$ turns at frequency $\theta_i = b^{-2i/d}$. Over the trained length $L$ it makes
+# $L\theta_i / 2\pi$ turns. YaRN (Peng et al. 2023, "NTK-by-parts") keeps the frequency of pairs that turn more
+# than $\beta_{fast}$ times (they have seen every angle), divides by the factor $s$ the pairs that turn fewer than
+# $\beta_{slow}$ times, and blends linearly in between, over the pair index; the ramp's ends are the pair
+# indices where the number of turns equals $\beta_{fast}$ (rounded down) and $\beta_{slow}$ (rounded up),
+# clamped to $[0, d-1]$. It also returns the attention factor $0.1 \ln s + 1$ (it multiplies cos and sin). Return
+# `(inv_freq, attention_factor)`; the grader compares with Hugging Face transformers' YaRN.
+
+# %%
+def yarn_frequencies(head_dim: int, base: float, factor: float, original_context_length: int,
+                     beta_fast: float = 32.0, beta_slow: float = 1.0) -> tuple:
+    """``(inv_freq (head_dim/2,), attention_factor)`` of YaRN."""
+    raise NotImplementedError("per frequency pair: how many full turns does it make over the trained length? Fast pairs keep their frequency, slow ones are interpolated, a ramp blends the middle.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# YaRN (NTK-by-parts) treats RoPE's pairs differently: a pair that rotates many times over the trained length L already knows every angle, so it keeps its frequency; a pair that rotates less than once must be interpolated (divided by the factor). In between, blend linearly. The softmax also gets a mild temperature, applied as a factor on cos and sin.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# inv_freq_i = base ** (-2i/d) for i = 0..d/2-1. The pair index where a wavelength fits n times into L solves L / (2 pi base^(2i/d)) = n: i(n) = d ln(L / (2 pi n)) / (2 ln base). Take floor(i(beta_fast)) and ceil(i(beta_slow)) (clamped to [0, d-1]) as the ends of a linear ramp from 0 to 1 over the pair index, clamped to [0, 1]. Blend: inv * (1 - ramp) + (inv / factor) * ramp. Attention factor: 0.1 ln(factor) + 1.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# inv = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
+# lo, hi = ..., ...
+# if lo == hi: hi += 0.001  # as the reference code does
+# ramp = ((torch.arange(d // 2).float() - lo) / (hi - lo)).clamp(0, 1)
+# return ..., ...
+# ```
+#
+# </details>
+
+# %%
+check("06.yarn_frequencies", yarn_frequencies)
+
+# %% [markdown]
+# ## 6 · The attention-sink cache's eviction (3 points)
+#
+# With Λ-shaped attention each query sees the first `n_sink` tokens and its `window` most recent ones, so a
+# decoder needs to keep only those in its KV cache (StreamingLLM). `k` and `v` are `(B, nkv, L, hs)` with the tokens
+# on dim 2, `positions` `(L,)` their positions. While `L <= n_sink + window` keep everything; otherwise keep the first
+# `n_sink` and the last `window`, the same tokens in `k`, `v` and `positions`. (`lmlab.longctx.SinkKVCache` does the same
+# after every append.)
+
+# %%
+def sink_evict(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, n_sink: int, window: int) -> tuple:
+    """The kept ``(k, v, positions)`` of an attention-sink cache."""
+    raise NotImplementedError("StreamingLLM keeps two things when the cache is over budget: the very first tokens (the sinks) and the most recent ones.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A bounded cache for Λ-shaped attention: every query may see the first n_sink tokens and its last window tokens, so anything else can be thrown away. Under the budget n_sink + window nothing is evicted.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# The token axis is dim 2 of k and v and the only axis of positions. Build one index tensor (the sinks, then the last window indices) and apply the same selection to all three, so keys, values and positions stay aligned.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# L = k.size(2)
+# if L <= ...:
+#     return k, v, positions
+# keep = torch.cat((..., ...))
+# return k[:, :, keep], ..., ...
+# ```
+#
+# </details>
+
+# %%
+check("06.sink_evict", sink_evict)
 
 # %% [markdown]
 # ## Your score

@@ -13,13 +13,13 @@
 #
 # Five pieces of the decoders of [lesson 07](../lessons/07_decoding.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 |
-# | 2 | `top_k_filter(logits, k)`: keep exactly the k most likely tokens | 2 |
-# | 3 | `top_p_filter(logits, p)`: keep the nucleus of probability p | 3 |
-# | 4 | `beam_step(...)`: one step of beam search with finished hypotheses and a length penalty | 3 |
-# | 5 | `repetition_penalty(logits, ids, penalty)`: CTRL's penalty on tokens already used | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 | 10 min |
+# | 2 | `top_k_filter(logits, k)`: keep exactly the k most likely tokens | 2 | 10 min |
+# | 3 | `top_p_filter(logits, p)`: keep the nucleus of probability p | 3 | 15 min |
+# | 4 | `beam_step(...)`: one step of beam search with finished hypotheses and a length penalty | 3 | 15 min |
+# | 5 | `repetition_penalty(logits, ids, penalty)`: CTRL's penalty on tokens already used | 2 | 10 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -73,9 +73,10 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
         ``logits / temperature``. For ``temperature == 0``: a one-hot row on the argmax (the *first*
         one if several tokens tie). Must not overflow for tiny temperatures such as 0.01.
 
-    Hint: ``torch.softmax`` subtracts the maximum for you; for t = 0, ``F.one_hot(logits.argmax(-1), V)``.
+    Hint: temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own
+    case.
     """
-    raise NotImplementedError("divide the logits by t BEFORE the softmax (torch.softmax(logits / t, dim=-1)); t = 0 needs its own case: a one-hot on argmax.")
+    raise NotImplementedError("temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own case.")
 
 
 # %%
@@ -100,10 +101,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
         a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Exactly ``min(k, V)``
         entries per row are kept; ties go to the lower token id. ``-inf`` entries stay ``-inf``.
 
-    Hint: ``torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]`` are the ids to
-    keep; ``torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True)`` makes the mask.
+    Hint: find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make
+    every other logit impossible.
     """
-    raise NotImplementedError("sort each row with torch.sort(logits, dim=-1, descending=True, stable=True); keep the first k indices (scatter into a bool mask), fill the rest with -inf.")
+    raise NotImplementedError("find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make every other logit impossible.")
 
 
 # %%
@@ -131,10 +132,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Token ``i`` is kept when
         the total probability of the tokens ranked before it (ties: lower id first) is ``< p``.
 
-    Hint: sort the softmax probabilities descending (stable), ``mass_before = cumsum - sorted_probs``,
-    keep ``mass_before < p``, and scatter that mask back from sorted order to token order.
+    Hint: sorted by probability, keep tokens while the mass before them is still under p (the token that
+    crosses p stays), then undo the sort.
     """
-    raise NotImplementedError("sort the probabilities descending; the mass BEFORE a token is cumsum - prob; keep the token if that mass is < p (so the crossing token stays), then scatter back to token order.")
+    raise NotImplementedError("sorted by probability, keep tokens while the mass before them is still under p (the token that crosses p stays), then undo the sort.")
 
 
 # %%
@@ -184,11 +185,11 @@ def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: i
         ``num_beams``), the new list of the ``num_beams`` best finished scores (best first), and
         ``done`` (a bool).
 
-    Hint: ``cand = (sum_logprobs[:, None] + next_logprobs).flatten()``; ``torch.sort(cand,
-    descending=True, stable=True).indices[:2 * num_beams]``; flat index ``i`` is beam ``i // V``,
-    token ``i % V``; the best sum is the first candidate's.
+    Hint: rank every continuation by its raw sum; an EOS among the best ``num_beams`` finishes (scored with
+    the length penalty), the others keep running; stop once no running beam can still beat the worst
+    finished score you keep.
     """
-    raise NotImplementedError("cand = sum_logprobs[:, None] + next_logprobs, flattened and sorted descending (stable); walk the first 2 * num_beams: an EOS among the first num_beams finishes with sum / (length + 1) ** length_penalty, any other token keeps running until num_beams run; keep the num_beams best finished scores; done when none can still be beaten: worst finished >= best sum / max_length ** length_penalty (positive penalty).")
+    raise NotImplementedError("rank every continuation by its raw sum; an EOS among the best num_beams finishes, scored with the length penalty, the others keep running; stop once no running beam can still beat the worst finished score you keep.")
 
 
 # %%
@@ -214,10 +215,10 @@ def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) 
         a new ``(B, V)`` tensor: for every token that occurs in row ``b`` of ``ids``, its logit divided
         by ``penalty`` if positive, multiplied by ``penalty`` otherwise; other logits unchanged.
 
-    Hint: ``seen = logits.gather(-1, ids)``; ``torch.where(seen > 0, seen / penalty, seen * penalty)``;
-    ``logits.scatter(-1, ids, new)`` (repeated ids write the same value, so each counts once).
+    Hint: CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the
+    caller's tensor alone.
     """
-    raise NotImplementedError("seen = logits.gather(-1, ids); penalised = where(seen > 0, seen / penalty, seen * penalty); write it back with scatter (on a copy).")
+    raise NotImplementedError("CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the caller's tensor alone.")
 
 
 # %%

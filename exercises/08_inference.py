@@ -13,12 +13,13 @@
 #
 # Four pieces of the KV cache and PagedAttention of [lesson 08](../lessons/08_inference.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 |
-# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
-# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
-# | 4 | `locate_token(block_table, position, block_size)`: physical block and offset of a token | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 | 10 min |
+# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 15 min |
+# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
+# | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 | 5 min |
+# | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 | 25 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -75,9 +76,10 @@ def kv_cache_bytes(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, 
     Returns:
         the number of bytes, as an ``int``.
 
-    Hint: K and V are two tensors of shape ``(layers, batch, n_kv_heads, tokens, head_dim)``.
+    Hint: count every value the cache stores: keys and values, per layer, per K/V head (not query head), per
+    head dim, per token, per sequence.
     """
-    raise NotImplementedError("2 (K and V) x layers x K/V heads (not query heads) x head_dim x tokens x batch x bytes per value; return int(...).")
+    raise NotImplementedError("count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.")
 
 
 # %%
@@ -104,9 +106,9 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
         and the grown caches ``(B, nh, T + 1, hs)`` (old tokens first, then the new one). Do not
         change the inputs in place.
 
-    Hint: ``torch.cat([k_cache, k_new], dim=2)``; scores ``(B, nh, 1, T + 1)``; softmax on the last axis.
+    Hint: the new token attends to every cached token and to itself; grow the cache first, then attend.
     """
-    raise NotImplementedError("torch.cat the new key/value on the token axis (dim=2) FIRST, then softmax(q @ K^T / sqrt(hs)) @ V over all T+1 tokens.")
+    raise NotImplementedError("the new token attends to every cached token and to itself; grow the cache first, then attend.")
 
 
 # %%
@@ -122,16 +124,16 @@ check("08.decode_step", decode_step)
 def blocks_needed(n_tokens: int, block_size: int) -> int:
     """The number of ``block_size``-token blocks that hold ``n_tokens`` tokens (0 for 0 tokens).
 
-    Hint: round up, in integers: ``(n + bs - 1) // bs``.
+    Hint: a partly filled block still takes a whole block.
     """
-    raise NotImplementedError("round UP: math.ceil(n / bs), or in integers (n + bs - 1) // bs.")
+    raise NotImplementedError("a partly filled block still takes a whole block.")
 
 
 # %%
 check("08.blocks_needed", blocks_needed)
 
 # %% [markdown]
-# ## 4 · Where does token p live? (2 points)
+# ## 4 · Where does token p live? (1 point, warm-up)
 #
 # A sequence's **block table** lists its physical blocks in order: logical block $i$ holds the
 # tokens $i \cdot bs, \dots, (i+1) \cdot bs - 1$. Token position $p$ (counted from 0) is therefore in
@@ -151,11 +153,62 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
     Returns:
         a tuple ``(physical_block, offset)`` with ``0 <= offset < block_size``.
     """
-    raise NotImplementedError("logical block = position // block_size; look it up in the table; offset = position % block_size (starts at 0).")
+    raise NotImplementedError("which logical block holds the position, where does the table map it, and how far into the block is it?")
 
 
 # %%
 check("08.locate_token", locate_token)
+
+# %% [markdown]
+# ## 5 · The generation loop with a KV cache (4 points)
+#
+# Put it together: `model` is an `lmlab.GPT` whose plain `model(ids)` is switched off — decode with
+# `logits, cache = model.forward_with_cache(ids, cache)` (`cache=None` the first time: the **prefill** of the whole
+# prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
+# `temperature == 0` is greedy (`argmax`); otherwise **filter** (divide by the temperature, keep the `top_k`
+# largest if `top_k` is not None, the rest `-inf`), **sample** one token per row with
+# `torch.multinomial(probs, 1, generator=g)` where `g = torch.Generator().manual_seed(seed)` (one draw per step, so
+# the grader can replay it), and **append** it. Return the prompt plus `max_new_tokens` new tokens.
+
+# %%
+def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                        seed: int) -> torch.Tensor:
+    """``prompt (B, T)`` -> ``(B, T + max_new_tokens)`` token ids, decoding with the KV cache."""
+    raise NotImplementedError("run the prompt through the model once; after that the model only needs the token you just chose.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Generation with a KV cache has two phases: a prefill that runs the whole prompt once and fills the cache, and a decode loop in which each step feeds only the newest token, so each step costs one token instead of the whole sequence.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# logits, cache = model.forward_with_cache(prompt) gives (B, T, V) logits. Each step: take the last position's logits (B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, and draw with torch.multinomial(probs, 1, generator=g) where g = torch.Generator().manual_seed(seed). Append the (B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# g = ...  # a generator seeded with seed
+# logits, cache = ...  # prefill
+# ids = prompt
+# for step in range(...):
+#     z = logits[:, -1, :]
+#     ...  # filter, then sample (or argmax)
+#     ids = ...  # append
+#     if step < max_new_tokens - 1:
+#         logits, cache = ...  # decode: only the new token
+# return ids
+# ```
+#
+# </details>
+
+# %%
+check("08.generate_with_cache", generate_with_cache)
 
 # %% [markdown]
 # ## Your score

@@ -13,13 +13,13 @@
 #
 # Five pieces of the training recipe of [lesson 09](../lessons/09_training_recipe.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `AdamW`: a `torch.optim.Optimizer` with decoupled weight decay | 4 |
-# | 2 | `warmup_cosine(...)`: linear warm-up, cosine decay, flat after the end | 2 |
-# | 3 | `clip_grad_norm(...)`: clip all gradients by their global norm | 2 |
-# | 4 | `SpikeDetector`: a rolling z-score of the loss and the gradient norm | 3 |
-# | 5 | `train_loop(...)`: a whole training loop, graded by its loss trajectory | 4 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `AdamW`: a `torch.optim.Optimizer` with decoupled weight decay | 4 | 20 min |
+# | 2 | `warmup_cosine(...)`: linear warm-up, cosine decay, flat after the end | 2 | 10 min |
+# | 3 | `clip_grad_norm(...)`: clip all gradients by their global norm | 2 | 10 min |
+# | 4 | `SpikeDetector`: a rolling z-score of the loss and the gradient norm | 3 | 15 min |
+# | 5 | `train_loop(...)`: a whole training loop, graded by its loss trajectory | 4 | 20 min |
 #
 # **How it works.** Each docstring says what to build and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -13,12 +13,12 @@
 #
 # Four pieces of [lesson 10](../lessons/10_scaling.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `flops_per_token(...)`: training FLOPs per token, attention included | 2 |
-# | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 |
-# | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 |
-# | 4 | `llama_params(...)`: the parameters of a LLaMA-style model | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `flops_per_token(...)`: training FLOPs per token, attention included | 2 | 10 min |
+# | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 | 15 min |
+# | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 | 10 min |
+# | 4 | `llama_params(...)`: the parameters of a LLaMA-style model | 2 | 10 min |
 #
 # **How it works.** Each docstring says what to build and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -13,12 +13,12 @@
 #
 # Four pieces of the mixed-precision machinery of [lesson 11](../lessons/11_mixed_precision.ipynb), written by you.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `decode_fp16(bits)`: an FP16 bit pattern → its value | 2 |
-# | 2 | `fp32_to_bf16_bits(x)`: FP32 → BF16, round to nearest even, with integer bit operations | 3 |
-# | 3 | `update_scale(...)`: the dynamic loss scaler's update rule | 2 |
-# | 4 | `master_weights_step(...)`: one SGD step with FP32 master weights | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `decode_fp16(bits)`: an FP16 bit pattern → its value | 2 | 10 min |
+# | 2 | `fp32_to_bf16_bits(x)`: FP32 → BF16, round to nearest even, with integer bit operations | 3 | 15 min |
+# | 3 | `update_scale(...)`: the dynamic loss scaler's update rule | 2 | 10 min |
+# | 4 | `master_weights_step(...)`: one SGD step with FP32 master weights | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -14,12 +14,12 @@
 # Four pieces of the capstone of [lesson 13](../lessons/13_capstone.ipynb), written by you: the two
 # halves of byte-level BPE, the weight mapping that loads a real GGUF checkpoint, and one LLaMA block.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `bpe_merge_step(chunks, new_id)`: one BPE training step | 2 |
-# | 2 | `bpe_encode(ids, merges)`: encode a chunk with learned merges | 2 |
-# | 3 | `gguf_to_lmlab(tensors, cfg)`: llama.cpp names → lmlab names, undoing the q/k permute | 3 |
-# | 4 | `llama_block(x, w, n_heads, n_kv_heads, eps, rope_base)`: a LLaMA block from your parts | 3 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `bpe_merge_step(chunks, new_id)`: one BPE training step | 2 | 10 min |
+# | 2 | `bpe_encode(ids, merges)`: encode a chunk with learned merges | 2 | 10 min |
+# | 3 | `gguf_to_lmlab(tensors, cfg)`: llama.cpp names → lmlab names, undoing the q/k permute | 3 | 15 min |
+# | 4 | `llama_block(x, w, n_heads, n_kv_heads, eps, rope_base)`: a LLaMA block from your parts | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

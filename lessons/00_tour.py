@@ -138,6 +138,72 @@ print(cfg)
 print(f"{lmlab.GPT(cfg).num_parameters():,} parameters")
 
 # %% [markdown]
+# ### Build the GPT, rung by rung
+#
+# `lmlab.GPT` has many options; the idea fits in a page. We climb a ladder of six next-token models, each
+# one idea more than the last (`lmlab.minimal_gpt`), and train each for the same 150 steps:
+#
+# 1. **bigram**: the next character from the current one only — a $V \times V$ table;
+# 2. **average the past**: position $t$ takes the mean of the embeddings of tokens $0..t$ — one matrix
+#    product with a row-normalised lower-triangular matrix;
+# 3. **one attention head**: the weights become data-dependent, $\mathrm{softmax}(q k^\top / \sqrt{d_h})$ with
+#    the future masked out;
+# 4. **multi-head**: several heads side by side, then a projection;
+# 5. **one block**: pre-LN residual attention plus a pre-LN residual MLP;
+# 6. **the GPT**: two blocks, a final norm, the output layer tied to the embedding.
+
+# %%
+import inspect
+
+from lmlab import minimal_gpt
+
+T = 5
+w = torch.ones(T, T).tril()
+print((w / w.sum(1, keepdim=True)).numpy().round(2))  # rung 2's weights: row t averages tokens 0..t
+xs = torch.randn(1, T, 3)
+torch.testing.assert_close((w / w.sum(1, keepdim=True)) @ xs, xs.cumsum(1) / torch.arange(1, T + 1).view(1, T, 1))
+
+# %%
+from lmlab.experiments.ladder import train_ladder
+
+ladder = train_ladder(steps=150, seed=0)
+for row in ladder:
+    print(f"{row['rung']:<22} {row['parameters']:>6,} parameters   validation loss {row['val_loss']:.3f}")
+best = min(ladder[1:], key=lambda r: r["val_loss"])
+context_gain = ladder[1]["val_loss"] - ladder[2]["val_loss"]
+print(f"Averaging the past is {context_gain:+.2f} nats/token better than the bigram; the best rung after 150 steps is "
+      f"'{best['rung']}' ({best['val_loss']:.3f}).")
+if best["rung"] != "GPT (2 blocks)":
+    print("With only 150 steps the deeper models have not caught up yet: more layers need more steps "
+          "(section 3 trains the GPT for 800). One learning rate for every rung is a confound.")
+
+# %% [markdown]
+# The last rung is the whole GPT. Here it is, about 60 lines — the same maths as `lmlab.GPT`'s
+# default configuration:
+
+# %%
+source = inspect.getsource(minimal_gpt)
+start, end = source.index("class CausalSelfAttention"), source.index("# --- end of the minimal GPT")
+print(source[start:end])
+
+# %% [markdown]
+# And the proof that it *is* lmlab's model: load `lmlab.GPT`'s weights into it (the parameter names match)
+# and compare the logits. Large random weights, so a mistake could not hide in the noise.
+
+# %%
+gpt = lmlab.GPT(cfg)
+with torch.no_grad():
+    for p in gpt.parameters():
+        p.normal_(0, 0.5)
+mini = minimal_gpt.MiniGPT(cfg)
+mini.load_state_dict(gpt.state_dict())
+probe_ids = torch.randint(cfg.vocab_size, (2, cfg.context_length), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    diff = (mini(probe_ids) - gpt(probe_ids)).abs().max().item()
+print(f"largest logit difference, minimal GPT vs lmlab.GPT: {diff:.2e}")
+assert diff < 1e-3
+
+# %% [markdown]
 # ## 3 · Experiment: does a tiny GPT learn to use context?
 #
 # The seed's claim to test: a causal decoder trained with the plain next-token objective learns a
@@ -238,6 +304,8 @@ explorer
 #
 # Open [`exercises/00_tour.ipynb`](../exercises/00_tour.ipynb). You will write, and check in the
 # notebook as you go:
+# - one causal attention head (masked and scaled), checked against `F.scaled_dot_product_attention`,
+# - the whole GPT forward from lmlab's weights, checked logit for logit against `lmlab.GPT`,
 # - the causal mask and the prefix-LM mask,
 # - a character tokenizer's `encode` / `decode`,
 # - the shifted (x, y) batch sampler,

@@ -320,6 +320,7 @@ tile_explorer
 # - `sliding_window_mask`: the causal window of the $w$ most recent tokens (no off-by-one);
 # - `repeat_kv`: share each K/V head with its group of query heads, in the right order;
 # - `online_softmax_merge`: merge two partial softmax results, rescaling both;
+# - `gqa_rope_attention`: a whole grouped-query attention layer with RoPE, checked against SDPA and lmlab's layer;
 # - `class GQAttention`: grouped-query attention as a module, swapped into lmlab's model
 #   (`lmlab.parts.register_attention`) and trained.
 #

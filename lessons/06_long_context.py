@@ -345,6 +345,8 @@ lambda_explorer
 # - `ntk_base`: the NTK-aware base $b\,s^{d/(d-2)}$;
 # - `lambda_mask`: the causal Λ mask (sinks + a window, no off-by-one);
 # - `memory_top_k`: exact top-$k$ retrieval by inner product (scores, indices, values).
+# - `yarn_frequencies`: YaRN's per-pair blend of original and interpolated frequencies, checked against Hugging Face;
+# - `sink_evict`: the attention-sink cache's eviction (keep the sinks and the recent window).
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/06_long_context.ipynb`.
 #

@@ -306,6 +306,15 @@ memory_explorer
 # know its output length). **Paged**: a request holds $\lceil \text{length} / bs \rceil$ blocks, so
 # only its last block is partly empty.
 
+# %% [markdown]
+# **Predict, then run.** What fraction of the contiguous reservation holds no token at all?
+
+# %%
+from IPython.display import display
+
+predict_waste = Dropdown(options=["(choose)", "under 10%", "10–40%", "40–70%", "over 70%"], description="wasted")
+display(predict_waste)
+
 # %%
 from lmlab.experiments.inference import waste_experiment, waste_figure
 
@@ -327,6 +336,10 @@ print(f"Contiguous reservation wastes {waste['contiguous_waste']:.0%} of the cac
         "table lookups: vLLM's default is 16.")
 print(f"The same memory as the contiguous reservation holds {waste['contiguous_slots'] / waste['paged_slots'][3]:.1f}× "
       "as many requests when paged — a bigger batch, and that is where vLLM's throughput gain comes from.")
+cw = waste["contiguous_waste"]
+measured_bin = "under 10%" if cw < 0.1 else "10–40%" if cw < 0.4 else "40–70%" if cw < 0.7 else "over 70%"
+print(f"Your prediction: {predict_waste.value!r}; measured {cw:.0%} ({measured_bin!r})"
+      + ("" if predict_waste.value == "(choose)" else (" ✅" if predict_waste.value == measured_bin else " ❌")))
 
 # %% [markdown]
 # ### Widget: block tables growing and forking
@@ -357,7 +370,8 @@ block_explorer
 # - `kv_cache_bytes`: the cache size from layers, heads, K/V heads, head size, tokens and precision;
 # - `decode_step`: append one token's K and V to the cache and attend over it;
 # - `blocks_needed`: how many blocks of `block_size` tokens hold `n` tokens;
-# - `locate_token`: physical block and offset of a token position through a block table.
+# - `locate_token`: physical block and offset of a token position through a block table;
+# - `generate_with_cache`: the whole generation loop on a KV cache: prefill, then filter → sample → append one token a step.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/08_inference.ipynb`.
 #

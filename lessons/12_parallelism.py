@@ -96,6 +96,51 @@ P.ring_figure(4).show()
 # $$M_{\text{stage 0}} = 16\Psi,\quad M_1 = 4\Psi + \tfrac{12\Psi}{N},\quad M_2 = 2\Psi + \tfrac{14\Psi}{N},\quad M_3 = \tfrac{16\Psi}{N}.$$
 
 # %% [markdown]
+# ### First in one process: ranks as a list of tensors
+#
+# Before spawning anything, the same algorithms run over *simulated* ranks — a Python list with one tensor per
+# rank, every "send" a copy between list entries — so you can read and step through them. The ring all-reduce,
+# one ZeRO-1 AdamW step and Megatron's row-parallel layer, each checked against one process:
+
+# %%
+import inspect
+
+from lmlab.parallel import collectives
+from lmlab.parallel.tensor_parallel import simulated_row_parallel_forward
+from lmlab.parallel.zero import simulated_zero1_step
+
+g = torch.Generator().manual_seed(0)
+sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
+history = collectives.simulated_ring_all_reduce(sim_ranks)
+print(f"{len(history)} steps; after the reduce-scatter (step {len(sim_ranks) - 2}) rank 0 holds the finished chunk 1:",
+      history[len(sim_ranks) - 2][0].view(4, 2)[1].numpy().round(3), "=", torch.stack(sim_ranks).sum(0).view(4, 2)[1].numpy().round(3))
+assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1])
+
+w0 = torch.randn(8, generator=g, dtype=torch.float64)
+full = torch.nn.Parameter(w0.clone())
+opt = torch.optim.AdamW([full], lr=1e-2)
+grads = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]
+full.grad = torch.stack(grads).mean(0)
+opt.step()
+zeros = [{"exp_avg": torch.zeros(2, dtype=torch.float64), "exp_avg_sq": torch.zeros(2, dtype=torch.float64)} for _ in range(4)]
+zp, _ = simulated_zero1_step([w0.clone() for _ in range(4)], grads, zeros, 1, lr=1e-2)
+print(f"ZeRO-1 on 4 simulated ranks vs torch AdamW on the whole tensor: max |diff| {(zp[0] - full.detach()).abs().max():.1e}")
+assert all(torch.allclose(p, full.detach(), atol=1e-12) for p in zp)
+
+xw, ww = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
+rows = simulated_row_parallel_forward(list(xw.chunk(2, -1)), list(ww.chunk(2, 1)))
+torch.testing.assert_close(rows[0], xw @ ww.T)
+print("row-parallel on 2 simulated ranks (partial products, then the all-reduce) == the unsplit x @ W^T")
+
+# %% [markdown]
+# The processes below run **this** code — `lmlab/parallel/collectives.py`, where each step is a real
+# `isend`/`recv` between gloo ranks instead of a list copy:
+
+# %%
+print(inspect.getsource(collectives.ring_reduce_scatter))
+print(inspect.getsource(collectives.ring_all_gather))
+
+# %% [markdown]
 # ## 2 · Build it, and run it on two processes
 #
 # The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
@@ -225,6 +270,17 @@ print(f"identity megatron = gpipe / (1 - gpipe): {g / (1 - g)} {'==' if g / (1 -
       f"bubble_identity holds for all p, m ≤ 16: {all(calc.bubble_identity(a, b) for a in range(1, 17) for b in range(1, 17))}")
 assert g == Fraction(3, 11) and meg == Fraction(3, 8) and abs(sim - float(g)) < 1e-12
 
+# %% [markdown]
+# **Predict, then run.** With $p = 4$ stages and $m = 64$ micro-batches, which schedule idles less — and which
+# stores fewer micro-batches' activations? Choose before running the sweep below.
+
+# %%
+predict_bubble = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="smaller bubble")
+predict_memory = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="less memory")
+from IPython.display import display
+
+display(predict_bubble, predict_memory)
+
 # %%
 sweep = P.bubble_sweep(4, (1, 2, 4, 8, 16, 32, 64))
 agree = all(abs(r["sim_gpipe"] - float(r["gpipe"])) < 1e-12 and abs(r["sim_1f1b"] - float(r["gpipe"])) < 1e-12 for r in sweep)
@@ -233,6 +289,14 @@ print(f"Verdict: simulated bubble {'equals' if agree else 'differs from'} (p-1)/
       f"Peak stored micro-batches at m = 64: GPipe {sweep[-1]['peak_gpipe']}, 1F1B {sweep[-1]['peak_1f1b']} "
       f"— 1F1B {'saves activation memory, not time' if sweep[-1]['peak_1f1b'] < sweep[-1]['peak_gpipe'] else 'saves nothing'}.")
 P.bubble_figure(sweep, 4).show()
+
+# %%
+last = sweep[-1]
+truth_bubble = "the same" if abs(last["sim_gpipe"] - last["sim_1f1b"]) < 1e-12 else ("GPipe" if last["sim_gpipe"] < last["sim_1f1b"] else "1F1B")
+truth_memory = "the same" if last["peak_gpipe"] == last["peak_1f1b"] else ("GPipe" if last["peak_gpipe"] < last["peak_1f1b"] else "1F1B")
+for what, guess, truth in (("smaller bubble", predict_bubble.value, truth_bubble), ("less memory", predict_memory.value, truth_memory)):
+    verdict = "not answered" if guess == "(choose)" else ("✅ right" if guess == truth else "❌ not quite")
+    print(f"{what}: you said {guess!r}, measured: {truth!r} — {verdict}")
 
 # %% [markdown]
 # ## 5 · Widgets
@@ -281,6 +345,21 @@ planner = FigureExplorer(
 planner
 
 # %% [markdown]
+# ### Guided tasks with the planner
+#
+# Use the planner above (or `P.plan(...)`) to answer; then run the check cell. Leave `None` to skip a task.
+
+# %%
+from lmlab.experiments.planner_tasks import TASKS, check_answers
+
+for key, question in TASKS.items():
+    print(f"- {key}: {question}")
+answers = {"fits_on_one_node": None, "smallest_tp_32_gpus_pp4": None, "smallest_pp_64_gpus_tp8": None}  # your answers
+
+# %%
+print("\n".join(check_answers(answers)))
+
+# %% [markdown]
 # ## 6 · BLOOM-176B on paper
 #
 # BLOOM (BigScience, 2022) trained on 384 A100-80GB: 8-way data × 4-way tensor × 12-way pipeline, with
@@ -312,12 +391,14 @@ assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"
 # ## 7 · Exercises
 #
 # Open [`exercises/12_parallelism.ipynb`](../exercises/12_parallelism.ipynb). You will write, and check
-# as you go (all in-process, no spawning):
-# - `ring_send_chunk`: which chunk rank $r$ sends at step $s$ of a ring all-reduce;
-# - `zero_bytes_per_gpu`: ZeRO's memory formula for stages 0–3;
-# - `bubble_fraction`: the pipeline bubble, GPipe's definition;
-# - `column_parallel_forward`: a column-parallel linear layer's output from its weight shards;
-# - `rank_coords`: a rank's (dp, pp, tp) coordinates on the 3D grid.
+# as you go (all in-process, no spawning: a "rank" is an entry of a list). Five 1-point warm-ups
+# (`ring_send_chunk`, `zero_bytes_per_gpu`, `bubble_fraction`, `column_parallel_forward`, `rank_coords`), then
+# the components:
+# - `ring_all_reduce_sim`: the ring all-reduce itself, reduce-scatter then all-gather, step by step;
+# - `zero1_step`: one ZeRO-1 AdamW step (reduce-scatter grads, update your shard, all-gather), checked
+#   against torch's AdamW on the full tensor;
+# - `row_parallel_forward`: a row-parallel linear layer and its all-reduce;
+# - `one_f_one_b`: the 1F1B schedule's order of forwards and backwards on each stage.
 #
 # Grade with `lmlab grade exercises/12_parallelism.ipynb`.
 #

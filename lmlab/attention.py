@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
-from .validation import check_int, check_kv_heads, check_qkv
+from .positions import apply_rope
+from .validation import check_int, check_kv_heads, check_qkv, check_tensor
 
 __all__ = [
+    "gqa_rope_attention",
     "attention",
     "check_qkv",
     "sliding_window_mask",
@@ -370,3 +372,29 @@ class GQAttention(nn.Module):
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, T, hs): head h reads K/V head h // n_rep
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
+                       base: float = 10000.0) -> torch.Tensor:
+    """Causal grouped-query attention with RoPE as one function of its weights (lessons 03-04): what
+    :class:`MultiHeadAttention` (``bias=False``) computes inside a ``position="rope"`` model.
+
+    ``x (B, T, C)``; ``w_qkv (C + 2 * n_kv_heads * hs, C)``: q, k, v rows stacked as in ``MultiHeadAttention.qkv``;
+    ``w_o (C, C)``. q and k are rotated (half-split RoPE, positions ``0..T-1``); query head ``h`` uses K/V
+    head ``h // (n_heads // n_kv_heads)``. Graded reference of ``exercises/04_attention`` (``04.gqa_rope_attention``).
+    """
+    check_tensor(x, "x", "gqa_rope_attention", dim=3, floating=True)
+    B, T, C = x.shape
+    n_heads, n_kv_heads = check_int(n_heads, "n_heads", "gqa_rope_attention"), check_int(n_kv_heads, "n_kv_heads", "gqa_rope_attention")
+    if C % n_heads or n_heads % n_kv_heads:
+        raise ValueError(f"gqa_rope_attention: n_heads ({n_heads}) must divide C ({C}) and n_kv_heads ({n_kv_heads}) must divide n_heads")
+    hs = C // n_heads
+    check_tensor(w_qkv, "w_qkv", "gqa_rope_attention", shape=(C + 2 * n_kv_heads * hs, C))
+    check_tensor(w_o, "w_o", "gqa_rope_attention", shape=(C, C))
+    q, k, v = F.linear(x, w_qkv).split([C, n_kv_heads * hs, n_kv_heads * hs], dim=2)
+    q = q.view(B, T, n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k, v = (t.view(B, T, n_kv_heads, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+    q, k = apply_rope(q, T, base=base), apply_rope(k, T, base=base)
+    k, v = (t.repeat_interleave(n_heads // n_kv_heads, dim=1) for t in (k, v))  # (B, nh, T, hs): groups side by side
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+    return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)  # (B, T, C)

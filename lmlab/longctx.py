@@ -56,6 +56,7 @@ __all__ = [
     "scaled_rope_frequencies",
     "ntk_base",
     "yarn_ramp",
+    "sink_evict",
     "yarn_attention_factor",
     "rope_attention_positions",
     "truncated_rope_attention",
@@ -333,3 +334,21 @@ def parallel_context_logits(model, contexts: list[torch.Tensor], task: torch.Ten
     Segment order is invisible to the task tokens (same positions, same mask): PCW's weakness."""
     ids, position_ids, mask = parallel_context_inputs(contexts, task)
     return model(ids, mask, position_ids=position_ids)[:, -len(task):]  # (1, n_task, V)
+
+
+def sink_evict(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, n_sink: int, window: int):
+    """:class:`SinkKVCache`'s eviction as a function: ``k, v (B, nkv, L, hs)`` and their token
+    ``positions (L,)`` -> the kept ``(k, v, positions)``: all of them while ``L <= n_sink + window``,
+    else the first ``n_sink`` plus the last ``window``. Graded reference of ``exercises/06_long_context``
+    (``06.sink_evict``)."""
+    from .validation import check_int, check_tensor
+
+    check_tensor(k, "k", "sink_evict", dim=4)
+    check_tensor(v, "v", "sink_evict", shape=tuple(k.shape))
+    check_tensor(positions, "positions", "sink_evict", shape=(k.size(2),))
+    n_sink, window = check_int(n_sink, "n_sink", "sink_evict", minimum=0), check_int(window, "window", "sink_evict")
+    L = k.size(2)
+    if L <= n_sink + window:
+        return k, v, positions
+    keep = torch.cat((torch.arange(n_sink), torch.arange(L - window, L))).to(k.device)
+    return k[:, :, keep], v[:, :, keep], positions[keep]

@@ -11,15 +11,18 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/00_tour.ipynb)
 #
-# Five pieces of the tiny GPT of [lesson 00](../lessons/00_tour.ipynb), written by you.
+# The tiny GPT of [lesson 00](../lessons/00_tour.ipynb), written by you: the data pipeline and the loss,
+# then the model itself — one attention head, then the whole GPT, checked logit for logit against `lmlab.GPT`.
 #
-# | # | exercise | points |
-# |---|---|---|
-# | 1 | `causal_mask(T)`: what a causal decoder lets each token see | 2 |
-# | 2 | `prefix_lm_mask(T, prefix_len)`: the prefix decoder's mask | 2 |
-# | 3 | `CharTokenizer`: text to ids and back | 3 |
-# | 4 | `cross_entropy(logits, targets)`: the training loss by hand | 2 |
-# | 5 | `sample_batch(...)`: random windows and their shifted targets | 2 |
+# | # | exercise | points | time |
+# |---|---|---|---|
+# | 1 | `causal_mask(T)`: what a causal decoder lets each token see | 2 | 5 min |
+# | 2 | `prefix_lm_mask(T, prefix_len)`: the prefix decoder's mask | 2 | 5 min |
+# | 3 | `CharTokenizer`: text to ids and back | 3 | 10 min |
+# | 4 | `cross_entropy(logits, targets)`: the training loss by hand | 2 | 10 min |
+# | 5 | `sample_batch(...)`: random windows and their shifted targets | 2 | 10 min |
+# | 6 | `attention_head(x, w_q, w_k, w_v)`: one causal, scaled attention head | 3 | 15 min |
+# | 7 | `gpt_forward(state, idx, n_heads)`: the whole GPT forward from `lmlab.GPT`'s weights | 5 | 30 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -206,6 +209,71 @@ def sample_batch(ids: torch.Tensor, batch_size: int, context_length: int, genera
 
 # %%
 check("00.sample_batch", sample_batch)
+
+# %% [markdown]
+# ## 6 · One attention head (3 points)
+#
+# The third rung of the lesson's ladder. `x` is `(B, T, C)`; `w_q`, `w_k`, `w_v` are `(hs, C)`, laid out like
+# an `nn.Linear`'s weight (so the query is `x @ w_q.T`). Each position's output is a weighted average of the
+# values of positions $0..t$, with weights $\mathrm{softmax}(q k^\top / \sqrt{hs})$ — the future masked out.
+# Write it with matrix products and `torch.softmax` (not `F.scaled_dot_product_attention`: that is what the
+# grader compares you with).
+
+# %%
+def attention_head(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+    """``x (B, T, C)``, weights ``(hs, C)`` -> ``(B, T, hs)``: causal, scaled dot-product attention."""
+    ### BEGIN SOLUTION
+    q, k, v = x @ w_q.T, x @ w_k.T, x @ w_v.T  # (B, T, hs)
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5  # (B, T, T)
+    T = x.size(1)
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (B, T, hs)
+    ### END SOLUTION
+
+
+# %%
+check("00.attention_head", attention_head)
+
+# %% [markdown]
+# ## 7 · The whole GPT (5 points)
+#
+# The last rung: `lmlab.GPT`'s default model as one function of its weights. `state` is
+# `lmlab.GPT(cfg).state_dict()` (print its keys and shapes); `idx` is `(B, T)` token ids. Token embedding plus
+# learned position embedding; then each block, **pre-LN**: `x = x + attn(norm1(x))`, `x = x + ffn(norm2(x))`
+# (LayerNorm with eps 1e-5; `attn.qkv` produces q, k, v side by side; `n_heads` heads of `C // n_heads`; causal
+# attention; `attn.proj`; the MLP is `ffn.up`, exact GELU, `ffn.down`); a final LayerNorm; the output layer
+# `lm_head.weight` (tied to the token embedding, no bias). You may use `F.scaled_dot_product_attention` or your
+# `attention_head`'s maths. The grader loads random weights into `lmlab.GPT` and compares the logits.
+
+# %%
+import torch.nn.functional as F
+
+
+def gpt_forward(state: dict, idx: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``lmlab.GPT`` state dict, ``idx (B, T)`` -> logits ``(B, T, V)``, equal to ``lmlab.GPT``'s."""
+    ### BEGIN SOLUTION
+    C = state["tok_emb.weight"].shape[1]
+    n_layers = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    B, T = idx.shape
+
+    def norm(x, name):
+        return F.layer_norm(x, (C,), state[name + ".weight"], state[name + ".bias"], eps=1e-5)
+
+    x = state["tok_emb.weight"][idx] + state["pos_emb.weight"][:T]  # (B, T, C)
+    for i in range(n_layers):
+        p = f"blocks.{i}."
+        q, k, v = F.linear(norm(x, p + "norm1"), state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"]).split(C, dim=2)
+        q, k, v = (t.view(B, T, n_heads, C // n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + F.linear(y, state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
+        h = F.gelu(F.linear(norm(x, p + "norm2"), state[p + "ffn.up.weight"], state[p + "ffn.up.bias"]))
+        x = x + F.linear(h, state[p + "ffn.down.weight"], state[p + "ffn.down.bias"])
+    return F.linear(norm(x, "final_norm"), state["lm_head.weight"])  # (B, T, V)
+    ### END SOLUTION
+
+
+# %%
+check("00.gpt_forward", gpt_forward)
 
 # %% [markdown]
 # ## Your score

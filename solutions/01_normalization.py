@@ -70,8 +70,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     Returns:
         a tensor of ``x``'s shape equal to ``F.layer_norm(x, (d,), weight, bias, eps)``.
 
-    Hint: ``x.mean(-1, keepdim=True)``; the variance is the mean of the squared deviations (divide
-    by ``d``); ``torch.sqrt(var + eps)``.
+    Hint: statistics per token, over its features only (keep the dims so they broadcast); which variance
+    does torch's LayerNorm use, and where does eps go?
     """
     ### BEGIN SOLUTION
     mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
@@ -103,7 +103,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     Returns:
         a tensor of ``x``'s shape equal to ``F.rms_norm(x, (d,), weight, eps=eps)``.
 
-    Hint: ``x.pow(2).mean(-1, keepdim=True)``, then ``torch.rsqrt(... + eps)``.
+    Hint: like LayerNorm without re-centring: scale each token by the root of its mean square.
     """
     ### BEGIN SOLUTION
     ms = x.pow(2).mean(dim=-1, keepdim=True)  # (..., 1): mean square, nothing subtracted
@@ -136,8 +136,8 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
     Returns:
         ``(B, T, d)``. Call each part exactly once.
 
-    Hint: two residual additions; the FFN branch reads the stream *after* the attention branch
-    was added.
+    Hint: normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the
+    residual stream itself is never normalized.
     """
     ### BEGIN SOLUTION
     h = x + attn(norm1(x))  # (B, T, d)
@@ -162,7 +162,8 @@ def deepnorm_constants(num_layers: int) -> tuple[float, float]:
     Returns a pair of floats: ``alpha = (2 * M) ** (1/4)`` and ``beta = (8 * M) ** (-1/4)``.
     For 12 layers: about (2.21, 0.32).
 
-    Hint: ``** 0.25`` and ``** -0.25``.
+    Hint: DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the
+    number of layers (alpha grows with depth, beta shrinks).
     """
     ### BEGIN SOLUTION
     return (2 * num_layers) ** 0.25, (8 * num_layers) ** -0.25

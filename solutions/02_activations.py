@@ -18,8 +18,8 @@
 # | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 |
 # | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 |
 # | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
-# | 4 | `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 2 |
-# | 5 | `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 2 |
+# | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 |
+# | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 |
 # | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
@@ -70,7 +70,7 @@ def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     Returns:
         a tensor of ``x``'s shape. Autograd must flow through it.
 
-    Hint: ``torch.sigmoid``.
+    Hint: Swish multiplies x by a sigmoid of beta times x.
     """
     ### BEGIN SOLUTION
     return x * torch.sigmoid(beta * x)
@@ -94,7 +94,8 @@ check("02.swish", swish)
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GeLU with the tanh approximation, element-wise, in ``x``'s dtype.
 
-    Hint: ``math.sqrt(2 / math.pi)``, ``torch.tanh``, and don't forget the cubic term.
+    Hint: GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715
+    is in the paper).
     """
     ### BEGIN SOLUTION
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
@@ -124,7 +125,8 @@ def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_d
     Returns:
         ``(..., d)``: ``silu(x @ w_gate.T) * (x @ w_value.T)``, then ``@ w_down.T``.
 
-    Hint: ``F.linear(x, w)`` computes ``x @ w.T``; ``F.silu``.
+    Hint: weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only,
+    then multiply by the value and project down.
     """
     ### BEGIN SOLUTION
     gate = F.silu(F.linear(x, w_gate))  # (..., h)
@@ -137,7 +139,7 @@ def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_d
 check("02.swiglu_ffn", swiglu_ffn)
 
 # %% [markdown]
-# ## 4 · The 2/3 rule (2 points)
+# ## 4 · The 2/3 rule (1 point, warm-up)
 #
 # A gated FFN has three $d \times h$ matrices where a plain FFN has two, so to keep the parameter
 # count it uses $\tfrac23$ of the plain hidden size, rounded **up** to a multiple of `multiple_of`
@@ -150,7 +152,8 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
     ``multiple_of``. Returns an ``int``.
 
-    Hint: ``math.ceil(n / m) * m`` rounds ``n`` up to a multiple of ``m``.
+    Hint: three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count,
+    then round up to the multiple.
     """
     ### BEGIN SOLUTION
     hidden = int(2 * plain_hidden / 3)
@@ -162,7 +165,7 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
 check("02.glu_hidden_size", glu_hidden_size)
 
 # %% [markdown]
-# ## 5 · Counting an FFN's parameters (2 points)
+# ## 5 · Counting an FFN's parameters (1 point, warm-up)
 #
 # Plain (`relu`, `gelu`): an up projection $d \to h$ and a down projection $h \to d$. Gated
 # (`swiglu`, `geglu`): a gate and a value projection $d \to h$ each, and the down projection.
@@ -174,7 +177,8 @@ def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) 
 
     ``kind`` is ``"relu"``, ``"gelu"`` (two matrices) or ``"swiglu"``, ``"geglu"`` (three).
 
-    Hint: count each ``nn.Linear(in, out)``: ``in * out`` weights and ``out`` biases.
+    Hint: a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each
+    matrix's bias has its output size.
     """
     ### BEGIN SOLUTION
     n_up = 2 if kind in ("swiglu", "geglu") else 1  # gated: gate and value

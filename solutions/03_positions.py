@@ -72,9 +72,8 @@ def sinusoidal_embedding(n_positions: int, d_model: int) -> torch.Tensor:
         ``(n_positions, d_model)`` float32 tensor: column ``2i`` holds ``sin(p / 10000 ** (2i / d_model))``,
         column ``2i + 1`` the cosine of the same angle.
 
-    Hint: ``inv = 10000 ** (-torch.arange(0, d_model, 2) / d_model)`` gives the ``d_model / 2`` speeds;
-    ``angles = p[:, None] * inv[None, :]``; write ``angles.sin()`` into ``pe[:, 0::2]`` and ``angles.cos()``
-    into ``pe[:, 1::2]``.
+    Hint: one frequency per pair of columns, falling geometrically from 1 to 1/10000; the pair holds the
+    sine and the cosine of position times frequency.
     """
     ### BEGIN SOLUTION
     inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)  # (d/2,)
@@ -109,9 +108,8 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     Returns:
         A new ``(..., T, d)`` tensor (do not change ``x`` in place).
 
-    Hint: ``theta = base ** (-torch.arange(0, d, 2) / d)`` (``d/2`` values), ``angles = positions[:, None] * theta``
-    (``(T, d/2)``); ``x1, x2 = x[..., :d//2], x[..., d//2:]``; return
-    ``torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)``.
+    Hint: rotate each pair of features (the half-split layout pairs feature i with i + d/2) by an angle that
+    is the position times that pair's frequency; a 2-D rotation mixes the pair with a cos and a sin.
     """
     ### BEGIN SOLUTION
     d = x.size(-1)
@@ -145,8 +143,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     Returns:
         ``(n_heads,)`` float tensor.
 
-    Hint: a helper ``geometric(n)`` with ``start = 2 ** (-8 / n)`` returns ``[start ** (i + 1) for i in range(n)]``; then
-    ``p = 2 ** math.floor(math.log2(n_heads))`` and ``geometric(p) + geometric(2 * p)[0::2][: n_heads - p]``.
+    Hint: for a power-of-two head count the slopes are a geometric sequence; for other counts ALiBi's code
+    combines the sequences of two powers of two (read the paper's footnote or its reference code).
     """
     ### BEGIN SOLUTION
     def geometric(n: int) -> list[float]:
@@ -188,9 +186,9 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     Returns:
         An integer (``torch.long``) tensor of the same shape.
 
-    Hint: work on a long tensor ``ret`` of zeros; ``torch.where(dist < max_exact, dist, large)``; compute
-    ``large`` with ``torch.log(dist.float() / max_exact)`` (clamp ``dist`` to at least 1 there to avoid
-    ``log(0)``), ``.long()`` to floor, and ``torch.clamp(..., max=n - 1)``.
+    Hint: bidirectional: n = num_buckets // 2, keys AFTER the query (relative_position > 0) add n, then use
+    |rel|; causal: rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact
+    + floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
     """
     ### BEGIN SOLUTION
     ret = torch.zeros_like(relative_position, dtype=torch.long)

@@ -15,10 +15,12 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 2 |
-# | 2 | `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 2 |
+# | 1 | warm-up: `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 1 |
+# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 |
 # | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 |
 # | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 |
+# | 5 | `yarn_frequencies(head_dim, base, factor, original_context_length, ...)`: YaRN's frequency blend | 4 |
+# | 6 | `sink_evict(k, v, positions, n_sink, window)`: the attention-sink cache's eviction | 3 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -52,7 +54,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Position interpolation (2 points)
+# ## 1 · Position interpolation (1 point, warm-up)
 #
 # A model trained on $L$ tokens knows positions $0..L-1$. To read $L' = sL$ tokens, position
 # interpolation (Chen et al. 2023) squeezes them into that range: position $p$ becomes $p / s$
@@ -69,7 +71,7 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
     Returns:
         ``(T,)`` float tensor: every position divided by ``factor``.
 
-    Hint: convert to float first (``positions.float()``), so that ``3 / 4`` stays ``0.75``.
+    Hint: position interpolation squeezes s·L tokens into the trained range [0, L).
     """
     ### BEGIN SOLUTION
     return positions.float() / factor  # (T,)
@@ -80,7 +82,7 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
 check("06.interpolate_positions", interpolate_positions)
 
 # %% [markdown]
-# ## 2 · The NTK-aware base (2 points)
+# ## 2 · The NTK-aware base (1 point, warm-up)
 #
 # RoPE's pair $i$ turns by $\theta_i = b^{-2i/d}$ per token. The NTK-aware change replaces the base
 # $b$ by $b' = b\,s^{d/(d-2)}$: the fastest pair ($i = 0$) is untouched, and the slowest
@@ -97,7 +99,8 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
     Returns:
         ``b · s ** (d / (d - 2))`` as a Python float.
 
-    Hint: the exponent is ``head_dim / (head_dim - 2)``: put it in parentheses.
+    Hint: choose the new base so that the lowest frequency is stretched by exactly the factor while the
+    highest stays put.
     """
     ### BEGIN SOLUTION
     return float(base) * float(factor) ** (head_dim / (head_dim - 2))
@@ -124,7 +127,7 @@ def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
     Returns:
         ``(T, T)`` bool tensor, ``[i, j]`` True when query ``i`` may attend to key ``j``.
 
-    Hint: ``i = torch.arange(T)[:, None]``, ``j = torch.arange(T)[None, :]``; combine with ``&`` and ``|``.
+    Hint: a causal sliding window, plus the first n_sink keys that every query may always see.
     """
     ### BEGIN SOLUTION
     i = torch.arange(T)[:, None]  # (T, 1)
@@ -155,7 +158,8 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
         ``(scores (T, k), indices (T, k), values (T, k, hv))``: the inner products, sorted from the
         largest down, the memory rows they come from, and those rows of ``mem_v``.
 
-    Hint: ``scores = q @ mem_k.T`` then ``torch.topk(scores, k, dim=-1)``; ``mem_v[indices]`` indexes rows.
+    Hint: score every memory key against the query the way attention does (not a distance), keep the best k
+    in order, and fetch their values.
     """
     ### BEGIN SOLUTION
     scores = q @ mem_k.T  # (T, M): every query against every memory key
@@ -166,6 +170,63 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
 
 # %%
 check("06.memory_top_k", memory_top_k)
+
+# %% [markdown]
+# ## 5 · YaRN's frequency blend (4 points)
+#
+# RoPE pair $i$ turns at frequency $\theta_i = b^{-2i/d}$. Over the trained length $L$ it makes
+# $L\theta_i / 2\pi$ turns. YaRN (Peng et al. 2023, "NTK-by-parts") keeps the frequency of pairs that turn more
+# than $\beta_{fast}$ times (they have seen every angle), divides by the factor $s$ the pairs that turn fewer than
+# $\beta_{slow}$ times, and blends linearly in between, over the pair index; the ramp's ends are the pair
+# indices where the number of turns equals $\beta_{fast}$ (rounded down) and $\beta_{slow}$ (rounded up),
+# clamped to $[0, d-1]$. It also returns the attention factor $0.1 \ln s + 1$ (it multiplies cos and sin). Return
+# `(inv_freq, attention_factor)`; the grader compares with Hugging Face transformers' YaRN.
+
+# %%
+def yarn_frequencies(head_dim: int, base: float, factor: float, original_context_length: int,
+                     beta_fast: float = 32.0, beta_slow: float = 1.0) -> tuple:
+    """``(inv_freq (head_dim/2,), attention_factor)`` of YaRN."""
+    ### BEGIN SOLUTION
+    d, L = head_dim, original_context_length
+    inv = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,) the original frequencies
+
+    def pair_for(turns: float) -> float:  # the pair index whose frequency turns `turns` times over L tokens
+        return d * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = max(math.floor(pair_for(beta_fast)), 0), min(math.ceil(pair_for(beta_slow)), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 0 keep, 1 interpolate
+    return inv * (1 - ramp) + (inv / factor) * ramp, 0.1 * math.log(factor) + 1.0
+    ### END SOLUTION
+
+
+# %%
+check("06.yarn_frequencies", yarn_frequencies)
+
+# %% [markdown]
+# ## 6 · The attention-sink cache's eviction (3 points)
+#
+# With Λ-shaped attention each query sees the first `n_sink` tokens and its `window` most recent ones, so a
+# decoder needs to keep only those in its KV cache (StreamingLLM). `k` and `v` are `(B, nkv, L, hs)` with the tokens
+# on dim 2, `positions` `(L,)` their positions. While `L <= n_sink + window` keep everything; otherwise keep the first
+# `n_sink` and the last `window`, the same tokens in `k`, `v` and `positions`. (`lmlab.longctx.SinkKVCache` does the same
+# after every append.)
+
+# %%
+def sink_evict(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, n_sink: int, window: int) -> tuple:
+    """The kept ``(k, v, positions)`` of an attention-sink cache."""
+    ### BEGIN SOLUTION
+    L = k.size(2)
+    if L <= n_sink + window:
+        return k, v, positions
+    keep = torch.cat((torch.arange(n_sink), torch.arange(L - window, L)))  # sinks, then the recent window
+    return k[:, :, keep], v[:, :, keep], positions[keep]
+    ### END SOLUTION
+
+
+# %%
+check("06.sink_evict", sink_evict)
 
 # %% [markdown]
 # ## Your score

@@ -73,7 +73,8 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
         ``logits / temperature``. For ``temperature == 0``: a one-hot row on the argmax (the *first*
         one if several tokens tie). Must not overflow for tiny temperatures such as 0.01.
 
-    Hint: ``torch.softmax`` subtracts the maximum for you; for t = 0, ``F.one_hot(logits.argmax(-1), V)``.
+    Hint: temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own
+    case.
     """
     ### BEGIN SOLUTION
     if temperature == 0:
@@ -104,8 +105,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
         a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Exactly ``min(k, V)``
         entries per row are kept; ties go to the lower token id. ``-inf`` entries stay ``-inf``.
 
-    Hint: ``torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]`` are the ids to
-    keep; ``torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True)`` makes the mask.
+    Hint: find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make
+    every other logit impossible.
     """
     ### BEGIN SOLUTION
     order = torch.sort(logits, dim=-1, descending=True, stable=True).indices  # (B, V): ties -> lower id first
@@ -139,8 +140,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         a new ``(B, V)`` tensor: kept entries unchanged, the others ``-inf``. Token ``i`` is kept when
         the total probability of the tokens ranked before it (ties: lower id first) is ``< p``.
 
-    Hint: sort the softmax probabilities descending (stable), ``mass_before = cumsum - sorted_probs``,
-    keep ``mass_before < p``, and scatter that mask back from sorted order to token order.
+    Hint: sorted by probability, keep tokens while the mass before them is still under p (the token that
+    crosses p stays), then undo the sort.
     """
     ### BEGIN SOLUTION
     probs = torch.softmax(logits, dim=-1)  # (B, V)
@@ -200,9 +201,9 @@ def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: i
         ``num_beams``), the new list of the ``num_beams`` best finished scores (best first), and
         ``done`` (a bool).
 
-    Hint: ``cand = (sum_logprobs[:, None] + next_logprobs).flatten()``; ``torch.sort(cand,
-    descending=True, stable=True).indices[:2 * num_beams]``; flat index ``i`` is beam ``i // V``,
-    token ``i % V``; the best sum is the first candidate's.
+    Hint: rank every continuation by its raw sum; an EOS among the best ``num_beams`` finishes (scored with
+    the length penalty), the others keep running; stop once no running beam can still beat the worst
+    finished score you keep.
     """
     ### BEGIN SOLUTION
     K, V = next_logprobs.shape
@@ -248,8 +249,8 @@ def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) 
         a new ``(B, V)`` tensor: for every token that occurs in row ``b`` of ``ids``, its logit divided
         by ``penalty`` if positive, multiplied by ``penalty`` otherwise; other logits unchanged.
 
-    Hint: ``seen = logits.gather(-1, ids)``; ``torch.where(seen > 0, seen / penalty, seen * penalty)``;
-    ``logits.scatter(-1, ids, new)`` (repeated ids write the same value, so each counts once).
+    Hint: CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the
+    caller's tensor alone.
     """
     ### BEGIN SOLUTION
     seen = logits.gather(-1, ids)  # (B, T): logits of the tokens already used

@@ -18,7 +18,8 @@
 # | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 |
 # | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
 # | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
-# | 4 | `locate_token(block_table, position, block_size)`: physical block and offset of a token | 2 |
+# | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 |
+# | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
@@ -75,7 +76,8 @@ def kv_cache_bytes(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, 
     Returns:
         the number of bytes, as an ``int``.
 
-    Hint: K and V are two tensors of shape ``(layers, batch, n_kv_heads, tokens, head_dim)``.
+    Hint: count every value the cache stores: keys and values, per layer, per K/V head (not query head), per
+    head dim, per token, per sequence.
     """
     ### BEGIN SOLUTION
     return int(round(2 * n_layers * n_kv_heads * head_dim * n_tokens * batch * bytes_per_value))
@@ -106,7 +108,7 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
         and the grown caches ``(B, nh, T + 1, hs)`` (old tokens first, then the new one). Do not
         change the inputs in place.
 
-    Hint: ``torch.cat([k_cache, k_new], dim=2)``; scores ``(B, nh, 1, T + 1)``; softmax on the last axis.
+    Hint: the new token attends to every cached token and to itself; grow the cache first, then attend.
     """
     ### BEGIN SOLUTION
     k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs)
@@ -129,7 +131,7 @@ check("08.decode_step", decode_step)
 def blocks_needed(n_tokens: int, block_size: int) -> int:
     """The number of ``block_size``-token blocks that hold ``n_tokens`` tokens (0 for 0 tokens).
 
-    Hint: round up, in integers: ``(n + bs - 1) // bs``.
+    Hint: a partly filled block still takes a whole block.
     """
     ### BEGIN SOLUTION
     return (n_tokens + block_size - 1) // block_size
@@ -140,7 +142,7 @@ def blocks_needed(n_tokens: int, block_size: int) -> int:
 check("08.blocks_needed", blocks_needed)
 
 # %% [markdown]
-# ## 4 · Where does token p live? (2 points)
+# ## 4 · Where does token p live? (1 point, warm-up)
 #
 # A sequence's **block table** lists its physical blocks in order: logical block $i$ holds the
 # tokens $i \cdot bs, \dots, (i+1) \cdot bs - 1$. Token position $p$ (counted from 0) is therefore in
@@ -167,6 +169,46 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
 
 # %%
 check("08.locate_token", locate_token)
+
+# %% [markdown]
+# ## 5 · The generation loop with a KV cache (4 points)
+#
+# Put it together: `model` is an `lmlab.GPT` whose plain `model(ids)` is switched off — decode with
+# `logits, cache = model.forward_with_cache(ids, cache)` (`cache=None` the first time: the **prefill** of the whole
+# prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
+# `temperature == 0` is greedy (`argmax`); otherwise **filter** (divide by the temperature, keep the `top_k`
+# largest if `top_k` is not None, the rest `-inf`), **sample** one token per row with
+# `torch.multinomial(probs, 1, generator=g)` where `g = torch.Generator().manual_seed(seed)` (one draw per step, so
+# the grader can replay it), and **append** it. Return the prompt plus `max_new_tokens` new tokens.
+
+# %%
+def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                        seed: int) -> torch.Tensor:
+    """``prompt (B, T)`` -> ``(B, T + max_new_tokens)`` token ids, decoding with the KV cache."""
+    ### BEGIN SOLUTION
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits, cache = model.forward_with_cache(prompt)  # prefill: (B, T, V)
+        ids = prompt
+        for step in range(max_new_tokens):
+            z = logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                nxt = z.argmax(-1, keepdim=True)  # (B, 1)
+            else:
+                z = z / temperature
+                if top_k is not None:
+                    kth = torch.topk(z, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest
+                    z = z.masked_fill(z < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=g)  # (B, 1)
+            ids = torch.cat([ids, nxt], dim=1)
+            if step < max_new_tokens - 1:
+                logits, cache = model.forward_with_cache(nxt, cache)  # decode: one token
+    return ids
+    ### END SOLUTION
+
+
+# %%
+check("08.generate_with_cache", generate_with_cache)
 
 # %% [markdown]
 # ## Your score

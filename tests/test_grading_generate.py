@@ -82,3 +82,44 @@ def test_generator_validates_its_arguments():
         exercise_text(None, "00")
     with pytest.raises(ValueError, match="root"):
         expected_exercise_files(str(ROOT))
+
+
+def test_tiered_hints_are_collapsed_cells_without_the_solution():
+    """Every exercise with ``hints`` gets one <details> block per tier before its check cell, and no
+    tier repeats a line of the solution."""
+    from lmlab.grading import all_exercises
+    from lmlab.grading.generate import BEGIN, END, hint_cell
+
+    tiered = [ex for ex in all_exercises() if ex.hints]
+    assert len(tiered) >= 6
+    files = expected_exercise_files(ROOT)
+    for ex in tiered:
+        (path,) = [p for p in files if p.name.startswith(ex.chapter + "_")]
+        text = files[path]
+        cell = "".join(hint_cell(ex))
+        assert cell.count("<details>") == len(ex.hints) and cell in text
+        assert text.index(cell) < text.index(f'check("{ex.id}"')
+        src = (ROOT / "solutions" / path.name).read_text(encoding="utf-8")
+        start = src.index(f"def {ex.name}(") if f"def {ex.name}(" in src else src.index(f"class {ex.name}")
+        block = src[src.index(BEGIN, start) + len(BEGIN):src.index(END, start)]
+        solution_lines = {line.strip() for line in block.splitlines() if len(line.strip()) > 30}
+        for tier in ex.hints:
+            for line in tier.splitlines():
+                assert line.strip() not in solution_lines, f"{ex.id}: a hint tier contains a solution line: {line.strip()!r}"
+
+
+def test_exercise_tables_have_a_time_column():
+    for path, text in expected_exercise_files(ROOT).items():
+        header = next((line for line in text.splitlines() if line.startswith("# | # | exercise | points")), None)
+        assert header is not None and "time" in header, path.name
+
+
+def test_exercise_hints_and_minutes_are_validated():
+    from lmlab.grading.registry import Check, Exercise
+
+    ok = dict(id="99.f", points=1, signature="f()", hint="h", checks=(Check("c", lambda f: None),))
+    assert Exercise(**ok).hints == () and Exercise(**ok).minutes is None  # the single-string hint= still works alone
+    Exercise(**ok, hints=("idea", "steps", "outline"), minutes=10)
+    for bad in (dict(hints="one string"), dict(hints=("",)), dict(minutes=0), dict(minutes=True)):
+        with pytest.raises(ValueError):
+            Exercise(**ok, **bad)

@@ -67,3 +67,112 @@ WRONG = {
         "divides by pp instead of tp": lambda r, dp, pp, tp: (r // (pp * tp), (r // pp) % pp, r % tp),
     },
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Components over simulated ranks
+# ---------------------------------------------------------------------------------------------
+
+
+def _ring_sim(tensors, mistake):
+    n = len(tensors)
+    state = [t.view(n, -1) if mistake == "modifies the inputs" else t.clone().view(n, -1) for t in tensors]
+    history = []
+    for s in range(2 * (n - 1)):
+        reduce = s < n - 1
+        if reduce:
+            out = [(r + s) % n if mistake == "sends the wrong chunk (r + s)" else (r - s) % n for r in range(n)]
+        else:
+            a = s - (n - 1)
+            out = [(r - a) % n if mistake == "all-gather forgets the +1" else (r + 1 - a) % n for r in range(n)]
+        msgs = [state[r][out[r]].clone() for r in range(n)]
+        for r in range(n):
+            src = (r + 1) % n if mistake == "receives from the right neighbour" else (r - 1) % n
+            c, chunk = out[src], msgs[src]
+            if reduce or mistake == "all-gather adds instead of copying":
+                state[r][c] += chunk
+            elif mistake != "forgets the all-gather":
+                state[r][c] = chunk
+        history.append([x.reshape(-1).clone() for x in state])
+    return history
+
+
+def _zero1(params, grads, states, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, mistake=None):
+    n = len(params)
+    b1, b2 = betas
+    g_all = torch.stack(grads).sum(0) if mistake == "sums the gradients (no mean)" else torch.stack(grads).mean(0)
+    shards, new_states = [], []
+    for r in range(n):
+        g = grads[r].chunk(n)[r] if mistake == "no reduce-scatter (local gradient)" else g_all.chunk(n)[r]
+        p = params[r].chunk(n)[r]
+        if mistake == "L2 in the gradient (Adam, not AdamW)":
+            g = g + weight_decay * p
+        else:
+            p = p * (1 - lr * weight_decay)
+        m = b1 * states[r]["exp_avg"] + (1 - b1) * g
+        v = b2 * states[r]["exp_avg_sq"] + (1 - b2) * g * g
+        if mistake == "no bias correction":
+            shards.append(p - lr * m / (v.sqrt() + eps))
+        else:
+            shards.append(p - lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
+        new_states.append({"exp_avg": m, "exp_avg_sq": v})
+    if mistake == "forgets the all-gather":
+        out = []
+        for r in range(n):
+            parts = list(params[r].chunk(n))
+            parts[r] = shards[r]
+            out.append(torch.cat(parts))
+        return out, new_states
+    full = torch.cat(shards)
+    return [full.clone() for _ in range(n)], new_states
+
+
+def _row(xs, ws, b, mistake):
+    partial = [F.linear(x, w) for x, w in zip(xs, ws)]
+    if mistake == "bias added on every rank before the all-reduce":
+        partial = [y + b if b is not None else y for y in partial]
+        total = torch.stack(partial).sum(0)
+        return [total.clone() for _ in xs]
+    if mistake == "no all-reduce (each rank keeps its partial sum)":
+        return [y + b if b is not None else y for y in partial]
+    if mistake == "concatenates instead of summing":
+        total = torch.cat(partial, dim=-1)
+    elif mistake == "averages instead of summing":
+        total = torch.stack(partial).mean(0)
+    else:
+        total = torch.stack(partial).sum(0)
+    total = total + b if b is not None else total
+    return [total.clone() for _ in xs]
+
+
+def _1f1b(p, m, stage, mistake):
+    warm = {"warm-up of p - stage forwards": p - stage, "warm-up counted from the wrong end (stage forwards)": stage}.get(mistake, p - 1 - stage)
+    if mistake != "warm-up not capped at m":
+        warm = min(warm, m)
+    ops = [("F", i) for i in range(warm)]
+    for i in range(max(m - warm, 0)):
+        ops += [("B", i), ("F", warm + i)] if mistake == "backward before forward in the steady state" else [("F", warm + i), ("B", i)]
+    rest = list(range(max(m - warm, 0), m))
+    if mistake == "cool-down backwards in reverse order":
+        rest = rest[::-1]
+    return ops + [("B", i) for i in rest]
+
+
+WRONG.update({
+    "12.ring_all_reduce_sim": {m: (lambda t, m=m: _ring_sim(t, m)) for m in (
+        "sends the wrong chunk (r + s)", "all-gather forgets the +1", "receives from the right neighbour",
+        "all-gather adds instead of copying", "forgets the all-gather", "modifies the inputs")},
+    "12.zero1_step": {m: (lambda *a, m=m, **k: _zero1(*a, mistake=m, **k)) for m in (
+        "forgets the all-gather", "sums the gradients (no mean)", "no reduce-scatter (local gradient)",
+        "L2 in the gradient (Adam, not AdamW)", "no bias correction")},
+    "12.row_parallel_forward": {m: (lambda xs, ws, b, m=m: _row(xs, ws, b, m)) for m in (
+        "bias added on every rank before the all-reduce", "no all-reduce (each rank keeps its partial sum)",
+        "concatenates instead of summing", "averages instead of summing")},
+    "12.one_f_one_b": {
+        **{m: (lambda p, n, s, m=m: _1f1b(p, n, s, m)) for m in (
+            "warm-up of p - stage forwards", "warm-up counted from the wrong end (stage forwards)", "warm-up not capped at m",
+            "backward before forward in the steady state", "cool-down backwards in reverse order")},
+        "GPipe's order": lambda p, m, s: [("F", i) for i in range(m)] + [("B", i) for i in range(m)],
+        "backwards newest first": lambda p, m, s: [("F", i) for i in range(m)] + [("B", i) for i in reversed(range(m))],
+    },
+})

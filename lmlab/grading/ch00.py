@@ -282,3 +282,5 @@ register(Exercise(
     ),
     reference="lmlab.data:sample_batch",
 ))
+
+from . import ch00_model  # noqa: E402,F401  (the model exercises register themselves)

@@ -76,7 +76,7 @@ register(Exercise(
     id="01.layer_norm",
     points=3,
     signature="layer_norm(x: (..., d) tensor, weight: (d,), bias: (d,), eps: float) -> tensor of x's shape",
-    hint="mean and variance over the LAST dimension (keepdim=True), biased variance (divide by d), eps inside the square root, then * weight + bias.",
+    hint="statistics per token, over its features only (keep the dims so they broadcast); which variance does torch's LayerNorm use, and where does eps go?",
     checks=(
         Check("a (3, 5, 8) batch against F.layer_norm", _ln_builtin),
         Check("each output row has mean 0 and mean square 1; eps sits inside the root", _ln_properties),
@@ -132,7 +132,7 @@ register(Exercise(
     id="01.rms_norm",
     points=2,
     signature="rms_norm(x: (..., d) tensor, weight: (d,), eps: float) -> tensor of x's shape",
-    hint="divide x by sqrt(mean(x**2 over the last dim, keepdim=True) + eps), then multiply by weight; subtract nothing.",
+    hint="like LayerNorm without re-centring: scale each token by the root of its mean square.",
     checks=(
         Check("a (3, 5, 8) batch against F.rms_norm", _rms_builtin),
         Check("mean square 1 per row, scale-invariant, not re-centred; eps inside the root", _rms_properties),
@@ -279,7 +279,7 @@ register(Exercise(
     id="01.deepnorm_constants",
     points=1,
     signature="deepnorm_constants(num_layers: int) -> (alpha, beta) for a decoder-only stack",
-    hint="DeepNet, decoder-only with M layers: alpha = (2M) ** (1/4), beta = (8M) ** (-1/4).",
+    hint="DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the number of layers (alpha grows with depth, beta shrinks).",
     checks=(
         Check("12 layers: alpha ~ 2.21, beta ~ 0.32", _dn_twelve),
         Check("alpha**4 = 2M and beta**-4 = 8M for several depths", _dn_laws),

@@ -104,7 +104,7 @@ register(Exercise(
     id="02.gelu_tanh",
     points=2,
     signature="gelu_tanh(x: torch.Tensor) -> torch.Tensor of x's shape and dtype",
-    hint="0.5 · x · (1 + tanh(sqrt(2/pi) · (x + 0.044715 · x³))); math.sqrt and math.pi help.",
+    hint="GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715 is in the paper).",
     checks=(
         Check("on [-4, 4] against F.gelu(approximate='tanh')", _gelu_small),
         Check("to 1e-9 in float64: the exact formula, not the erf GeLU", _gelu_not_exact),
@@ -231,9 +231,9 @@ def _glu_properties(f):
 
 register(Exercise(
     id="02.glu_hidden_size",
-    points=2,
+    points=1,
     signature="glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int",
-    hint="take int(2 * plain_hidden / 3), then round it UP to a multiple of multiple_of (math.ceil), never below one multiple.",
+    hint="three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count, then round up to the multiple.",
     checks=(
         Check("LLaMA-7B and LLaMA-13B's FFN sizes", _glu_llama),
         Check("small cases: rounding up, exact multiples, the minimum", _glu_small),
@@ -279,7 +279,7 @@ def _params_ratio(f):
 
 register(Exercise(
     id="02.ffn_num_parameters",
-    points=2,
+    points=1,
     signature="ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int   (kind in relu, gelu, swiglu, geglu)",
     hint="a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each matrix's bias has its output size.",
     checks=(

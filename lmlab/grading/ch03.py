@@ -65,7 +65,7 @@ register(Exercise(
     id="03.sinusoidal_embedding",
     points=2,
     signature="sinusoidal_embedding(n_positions: int, d_model: int) -> (n_positions, d_model) float32 tensor",
-    hint="angle[p, i] = p / 10000 ** (2 * i / d_model) for pair i = 0 .. d_model/2 - 1; sin goes to column 2i, cos to 2i + 1.",
+    hint="one frequency per pair of columns, falling geometrically from 1 to 1/10000; the pair holds the sine and the cosine of position times frequency.",
     checks=(
         Check("positions 0 and 1 by hand (d_model = 4)", _sin_by_hand),
         Check("equals the formula for several sizes", _sin_values),
@@ -139,8 +139,8 @@ register(Exercise(
     id="03.apply_rope",
     points=3,
     signature="apply_rope(x: (..., T, head_dim), positions: (T,) int tensor, base: float = 10000.0) -> (..., T, head_dim)",
-    hint="half-split: x1, x2 = x[..., :d/2], x[..., d/2:]; angle[t, i] = positions[t] * base ** (-2i/d); "
-         "out = cat(x1 cos - x2 sin, x1 sin + x2 cos).",
+    hint="rotate each pair of features (the half-split layout pairs feature i with i + d/2) by an angle that is the position "
+         "times that pair's frequency; a 2-D rotation mixes the pair with a cos and a sin.",
     checks=(
         Check("unit vectors by hand (which dimensions form a pair, how fast each turns)", _rope_by_hand),
         Check("equals the half-split rotation for several shapes, positions and bases", _rope_values),
@@ -178,8 +178,8 @@ register(Exercise(
     id="03.alibi_slopes",
     points=2,
     signature="alibi_slopes(n_heads: int) -> (n_heads,) float tensor",
-    hint="power of two n: start = 2 ** (-8 / n), slopes start ** 1, start ** 2, ...; otherwise: the slopes for the largest "
-         "power of two p < n, then slopes(2p)[0::2] for the remaining n - p heads.",
+    hint="for a power-of-two head count the slopes are a geometric sequence; for other counts ALiBi's code combines "
+         "the sequences of two powers of two (read the paper's footnote or its reference code).",
     checks=(
         Check("powers of two: 1, 2, 4, 8, 16 heads (8 heads: 1/2, 1/4, ..., 1/256)", lambda f: _alibi_check(f, (1, 2, 4, 8, 16))),
         Check("other head counts: 3, 5, 6, 12, 20 heads", lambda f: _alibi_check(f, (3, 5, 6, 12, 20))),

@@ -55,7 +55,7 @@ register(Exercise(
     id="04.scaled_dot_product_attention",
     points=2,
     signature="scaled_dot_product_attention(q (B, nh, Tq, hs), k (B, nh, Tk, hs), v (B, nh, Tk, hv), mask=None) -> (B, nh, Tq, hv)",
-    hint="scores = q @ k.transpose(-2, -1) / sqrt(hs); masked_fill(~mask, -inf); softmax over the LAST axis (keys); @ v.",
+    hint="scores between every query and key, scaled by the head size, masked where not allowed, normalised over the keys, then a weighted sum of values.",
     checks=(
         Check("no mask, Tq != Tk, hv != hs: equals F.scaled_dot_product_attention", _sdpa_plain),
         Check("causal and band masks (True = may attend)", _sdpa_mask),
@@ -95,7 +95,7 @@ register(Exercise(
     id="04.sliding_window_mask",
     points=2,
     signature="sliding_window_mask(T: int, window: int) -> (T, T) bool tensor, True = may attend",
-    hint="i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i and i - j < window (window counts the token itself).",
+    hint="compare a column of query positions with a row of key positions (broadcasting); causal, and no further back than the window (which counts the token itself).",
     checks=(
         Check("equals a loop construction for several T and window", _window_values),
         Check("each query sees min(i + 1, window) keys, none in the future", _window_counts),
@@ -128,9 +128,9 @@ def _rkv_gqa(f):
 
 register(Exercise(
     id="04.repeat_kv",
-    points=2,
+    points=1,
     signature="repeat_kv(x: (B, nkv, T, hs), n_rep: int) -> (B, nkv * n_rep, T, hs)",
-    hint="each K/V head must appear n_rep times IN A ROW: x.repeat_interleave(n_rep, dim=1) (x.repeat would interleave the heads).",
+    hint="query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch repeat keeps copies of one head next to each other?",
     checks=(
         Check("query head h gets K/V head h // n_rep", _rkv_values),
         Check("with it, attention equals SDPA's grouped-query attention", _rkv_gqa),
@@ -197,7 +197,7 @@ register(Exercise(
     id="04.online_softmax_merge",
     points=3,
     signature="online_softmax_merge(m1 (R,), l1 (R,), acc1 (R, hv), m2, l2, acc2) -> (m, l, acc)",
-    hint="m = max(m1, m2); rescale BOTH parts by exp(m_i - m) before adding: l = a1 l1 + a2 l2, acc = a1 acc1 + a2 acc2.",
+    hint="the two partial results were computed against different running maxima; bring both to the common maximum before adding.",
     checks=(
         Check("merging two blocks gives the full softmax (the larger scores come second)", _merge_softmax),
         Check("the larger scores first, and three blocks merged in turn", _merge_order),
@@ -255,3 +255,5 @@ register(Exercise(
     reference="lmlab.attention:GQAttention",
     timeout=30.0,
 ))
+
+from . import ch04_gqa  # noqa: E402,F401  (the GQA + RoPE layer registers itself)

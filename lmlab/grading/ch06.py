@@ -55,9 +55,9 @@ def _reference_pi():
 
 register(Exercise(
     id="06.interpolate_positions",
-    points=2,
+    points=1,
     signature="interpolate_positions(positions: (T,) int tensor, factor: float) -> (T,) float tensor",
-    hint="position interpolation squeezes s·L tokens into the trained range [0, L): DIVIDE every position by the factor (as floats).",
+    hint="position interpolation squeezes s·L tokens into the trained range [0, L).",
     checks=(
         Check("p / s for several lengths and factors, as floats", _pi_values),
         Check("s·L tokens land below L; fractional positions are kept", _pi_range),
@@ -101,9 +101,9 @@ def _ntk_property(f):
 
 register(Exercise(
     id="06.ntk_base",
-    points=2,
+    points=1,
     signature="ntk_base(base: float, factor: float, head_dim: int) -> float",
-    hint="base' = base · factor ** (head_dim / (head_dim - 2)) — mind the parentheses around the exponent.",
+    hint="choose the new base so that the lowest frequency is stretched by exactly the factor while the highest stays put.",
     checks=(
         Check("base · s^(d/(d-2)) for several bases, factors and head sizes", _ntk_values),
         Check("the slowest pair slows by exactly s, the fastest not at all", _ntk_property),
@@ -144,7 +144,7 @@ register(Exercise(
     id="06.lambda_mask",
     points=2,
     signature="lambda_mask(T: int, n_sink: int, window: int) -> (T, T) bool tensor, True = may attend",
-    hint="i = arange(T)[:, None], j = arange(T)[None, :]; keep j <= i AND (i - j < window OR j < n_sink).",
+    hint="a causal sliding window, plus the first n_sink keys that every query may always see.",
     checks=(
         Check("equals a loop construction for several T, n_sink, window", _lambda_values),
         Check("causal, and each query sees min(i + 1, n_sink + window) keys", _lambda_counts),
@@ -222,10 +222,12 @@ register(Exercise(
     id="06.memory_top_k",
     points=3,
     signature="memory_top_k(q (T, hs), mem_k (M, hs), mem_v (M, hv), k: int) -> (scores (T, k), indices (T, k), values (T, k, hv))",
-    hint="scores = q @ mem_k.T (inner product, not distance); torch.topk(scores, k, dim=-1) gives the LARGEST, sorted; values = mem_v[indices].",
+    hint="score every memory key against the query the way attention does (not a distance), keep the best k in order, and fetch their values.",
     checks=(
         Check("the k largest inner products, sorted, with their rows and values", _topk_values),
         Check("inner product (not L2 distance) decides; the whole memory comes back sorted", _topk_inner_product),
     ),
     reference=_reference_topk,
 ))
+
+from . import ch06_parts  # noqa: E402,F401  (YaRN and the sink cache register themselves)

@@ -74,7 +74,7 @@ register(Exercise(
     id="07.softmax_with_temperature",
     points=2,
     signature="softmax_with_temperature(logits: (B, V) float tensor, temperature: float >= 0) -> (B, V) probabilities",
-    hint="divide the logits by t BEFORE the softmax (torch.softmax(logits / t, dim=-1)); t = 0 needs its own case: a one-hot on argmax.",
+    hint="temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own case.",
     checks=(
         Check("t = 1, 0.5 and 2 against softmax(logits / t)", _temp_values),
         Check("t = 0 puts all the probability on the first argmax", _temp_zero),
@@ -141,7 +141,7 @@ register(Exercise(
     id="07.top_k_filter",
     points=2,
     signature="top_k_filter(logits: (B, V) float tensor, k: int >= 1) -> (B, V) logits, -inf outside the top k",
-    hint="sort each row with torch.sort(logits, dim=-1, descending=True, stable=True); keep the first k indices (scatter into a bool mask), fill the rest with -inf.",
+    hint="find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make every other logit impossible.",
     checks=(
         Check("random logits, k = 1, 3, 7: the k largest keep their value", _top_k_random),
         Check("ties at the k-th place: exactly k kept, lower ids first", _top_k_ties),
@@ -207,7 +207,7 @@ register(Exercise(
     id="07.top_p_filter",
     points=3,
     signature="top_p_filter(logits: (B, V) float tensor, p: float in (0, 1]) -> (B, V) logits, -inf outside the nucleus",
-    hint="sort the probabilities descending; the mass BEFORE a token is cumsum - prob; keep the token if that mass is < p (so the crossing token stays), then scatter back to token order.",
+    hint="sorted by probability, keep tokens while the mass before them is still under p (the token that crosses p stays), then undo the sort.",
     checks=(
         Check("a known distribution: the token that crosses p is kept", _top_p_known),
         Check("random logits against an independent construction", _top_p_random),
@@ -337,10 +337,8 @@ register(Exercise(
     signature="beam_step(sum_logprobs: (K,), next_logprobs: (K, V), length: int, finished: list of float scores, "
               "num_beams: int, eos_id: int or None, length_penalty: float, max_length: int) "
               "-> (beam_idx, token_idx, new_sums, finished, done)",
-    hint="cand = sum_logprobs[:, None] + next_logprobs, flattened and sorted descending (stable); walk the first "
-         "2 * num_beams: an EOS among the first num_beams finishes with sum / (length + 1) ** length_penalty, any other "
-         "token keeps running until num_beams run; keep the num_beams best finished scores; done when none can still "
-         "be beaten: worst finished >= best sum / max_length ** length_penalty (positive penalty).",
+    hint="rank every continuation by its raw sum; an EOS among the best num_beams finishes, scored with the length "
+         "penalty, the others keep running; stop once no running beam can still beat the worst finished score you keep.",
     checks=(
         Check("no EOS: the num_beams best sums run on (the penalty cannot reorder equal-length beams)", _beam_running),
         Check("EOS candidates: top num_beams finish with the length penalty, the finished list keeps the best", _beam_eos),
@@ -399,7 +397,7 @@ register(Exercise(
     id="07.repetition_penalty",
     points=2,
     signature="repetition_penalty(logits: (B, V) float tensor, ids: (B, T) long tensor, penalty: float > 0) -> (B, V) logits",
-    hint="seen = logits.gather(-1, ids); penalised = where(seen > 0, seen / penalty, seen * penalty); write it back with scatter (on a copy).",
+    hint="CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the caller's tensor alone.",
     checks=(
         Check("a known case: positive logits divided, negative multiplied, unseen unchanged", _penalty_known),
         Check("a token seen many times is penalised once; penalty 1 is a no-op", _penalty_repeats),

@@ -62,7 +62,7 @@ register(Exercise(
     id="08.kv_cache_bytes",
     points=2,
     signature="kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1) -> int",
-    hint="2 (K and V) x layers x K/V heads (not query heads) x head_dim x tokens x batch x bytes per value; return int(...).",
+    hint="count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.",
     checks=(
         Check("LLaMA-2-13B at 8,192 tokens and LLaMA-2-70B (GQA-8) per token", _kv_published),
         Check("equals the bytes of real K and V tensors (several shapes, dtypes, batches)", _kv_tensors),
@@ -115,7 +115,7 @@ register(Exercise(
     id="08.decode_step",
     points=3,
     signature="decode_step(k_cache, v_cache: (B, nh, T, hs), q, k_new, v_new: (B, nh, 1, hs)) -> (out (B, nh, 1, hs), k_cache, v_cache (B, nh, T+1, hs))",
-    hint="torch.cat the new key/value on the token axis (dim=2) FIRST, then softmax(q @ K^T / sqrt(hs)) @ V over all T+1 tokens.",
+    hint="the new token attends to every cached token and to itself; grow the cache first, then attend.",
     checks=(
         Check("one step equals the last row of F.scaled_dot_product_attention; the caches grow by the new K/V", _step_vs_sdpa),
         Check("a whole generation from an empty cache reproduces causal attention row by row", _step_from_empty),
@@ -144,7 +144,7 @@ register(Exercise(
     id="08.blocks_needed",
     points=1,
     signature="blocks_needed(n_tokens: int >= 0, block_size: int >= 1) -> int",
-    hint="round UP: math.ceil(n / bs), or in integers (n + bs - 1) // bs.",
+    hint="a partly filled block still takes a whole block.",
     checks=(
         Check("partly filled last blocks count (ceil, not floor)", _blocks_cases),
         Check("exact multiples and zero tokens take no extra block", _blocks_exact),
@@ -185,12 +185,14 @@ def _locate_paged(f):
 
 register(Exercise(
     id="08.locate_token",
-    points=2,
+    points=1,
     signature="locate_token(block_table: list[int], position: int, block_size: int) -> (physical block, offset)",
-    hint="logical block = position // block_size; look it up in the table; offset = position % block_size (starts at 0).",
+    hint="which logical block holds the position, where does the table map it, and how far into the block is it?",
     checks=(
         Check("every position of three scattered block tables", _locate_all),
         Check("the slots a BlockManager actually hands out", _locate_paged),
     ),
     reference="lmlab.experiments.inference:locate_token",
 ))
+
+from . import ch08_parts  # noqa: E402,F401  (the cached generation loop registers itself)

@@ -1,5 +1,7 @@
-"""Chapter 12 graders (``exercises/12_parallelism.ipynb``): ring schedule, ZeRO memory, bubble,
-column-parallel forward, rank coordinates. All in-process: no ranks are spawned.
+"""Chapter 12 graders (``exercises/12_parallelism.ipynb``). Warm-ups (1 point): ring schedule, ZeRO
+memory, bubble, column-parallel forward, rank coordinates. Components: a ring all-reduce, a ZeRO-1
+AdamW step, a row-parallel linear with its all-reduce, the 1F1B order, each over simulated ranks
+(a list of tensors, one per rank). All in-process: no ranks are spawned.
 
 Every check compares with a published number (ZeRO's 120 / 31.4 / 16.6 / 1.9 GB, GPipe's bubble),
 an independent construction written here (a ring simulated in Python lists, the pipeline simulator's
@@ -49,9 +51,9 @@ def _ring_simulated(f):
 
 register(Exercise(
     id="12.ring_send_chunk",
-    points=2,
+    points=1,
     signature="ring_send_chunk(rank: int, step: int, n_ranks: int) -> int (the chunk index sent at step, 0 <= step < 2(N-1))",
-    hint="reduce-scatter step s: (rank - s) mod N; all-gather step s' = s - (N-1): the finished chunk (rank + 1 - s') mod N.",
+    hint="two phases of N - 1 steps; in each, the chunk a rank sends moves one place round the ring per step. Where does rank r's finished chunk sit when the reduce-scatter ends?",
     checks=(
         Check("the send table for N = 2, 3, 4", _ring_small),
         Check("your schedule, run on a simulated ring of 3, 5 and 8 ranks, all-reduces", _ring_simulated),
@@ -85,9 +87,9 @@ def _zero_formula(f):
 
 register(Exercise(
     id="12.zero_bytes_per_gpu",
-    points=2,
+    points=1,
     signature="zero_bytes_per_gpu(n_params, n_gpus, stage in 0..3) -> bytes per GPU (mixed-precision Adam)",
-    hint="2 (16-bit weights) + 2 (16-bit grads) + 12 (fp32 master, momentum, variance) bytes per parameter; stage k divides the first k of optimizer, grads, params by N.",
+    hint="three parts per parameter: 16-bit weights, 16-bit gradients, fp32 optimizer state (master copy, momentum, variance); which parts does each stage shard?",
     checks=(
         Check("7.5B parameters on 64 GPUs: 120 / 31.4 / 16.6 / 1.9 GB", _zero_paper),
         Check("the formula on other sizes, including N = 1", _zero_formula),
@@ -119,9 +121,9 @@ def _bubble_simulated(f):
 
 register(Exercise(
     id="12.bubble_fraction",
-    points=2,
+    points=1,
     signature="bubble_fraction(p: int stages, m: int micro-batches) -> float (idle fraction of the total time)",
-    hint="the pipeline runs m + p - 1 slots, each stage is busy for m of them.",
+    hint="count the time slots from the first stage's first forward to the last stage's last one, and how many of them one stage works.",
     checks=(
         Check("p = 4, m = 8 gives 3/11; one stage gives 0", _bubble_reference_numbers),
         Check("equals the idle fraction of simulated GPipe timelines", _bubble_simulated),
@@ -158,9 +160,9 @@ def _col_no_bias(f):
 
 register(Exercise(
     id="12.column_parallel_forward",
-    points=2,
+    points=1,
     signature="column_parallel_forward(x: (..., in), weight_shards: list of (out/tp, in), bias_shards: list of (out/tp,) or None) -> (..., out)",
-    hint="each rank r computes x @ W_r^T + b_r (its slice of the outputs); the full output is their concatenation along the last dim.",
+    hint="each rank computes its own slice of the output features; how do slices of features go back together?",
     checks=(
         Check("2 and 4 shards with bias equal F.linear with the whole weight", _col_bias),
         Check("without bias, and with a single shard", _col_no_bias),
@@ -204,12 +206,14 @@ def _coords_bloom(f):
 
 register(Exercise(
     id="12.rank_coords",
-    points=2,
+    points=1,
     signature="rank_coords(rank: int, dp: int, pp: int, tp: int) -> (d, p, t) tuple of ints",
-    hint="rank = (d * pp + p) * tp + t: t = rank % tp, p = (rank // tp) % pp, d = rank // (pp * tp).",
+    hint="like digits of a number in a mixed base: the fastest-changing coordinate is the last digit.",
     checks=(
         Check("every rank of 2 x 2 x 2 and 1 x 3 x 2 grids", _coords_small),
         Check("a 2 x 3 x 4 grid and BLOOM's 8 x 12 x 4", _coords_bloom),
     ),
     reference=lambda: (lambda rank, dp, pp, tp: tuple(__import__("lmlab.parallel", fromlist=["x"]).RankGrid(dp=dp, pp=pp, tp=tp).coords(rank).values())),
 ))
+
+from . import ch12_ranks  # noqa: E402,F401  (the components over simulated ranks register themselves)

@@ -3,7 +3,11 @@
 ``solutions/NN_topic.py`` (jupytext percent) holds each exercise's answer between the lines
 ``### BEGIN SOLUTION`` and ``### END SOLUTION``. :func:`exercise_text` replaces every such block by
 ``raise NotImplementedError("<the exercise's hint>")`` at the block's indentation, and points the
-notebook's own links at ``exercises/``. It refuses unbalanced markers, a block outside a function,
+notebook's own links at ``exercises/``. An exercise with tiered ``hints`` gets a markdown cell before its
+check cell: one collapsed ``<details>`` block per tier (the idea, then shapes and steps, then a code
+outline), so a learner opens the next tier on purpose. The intro table (``| # | exercise | points |``)
+gets a "time" column from each exercise's ``minutes`` (estimated from its points where unset), unless
+the solution's table already has one. It refuses unbalanced markers, a block outside a function,
 a block in a function that is not a registered exercise, and an exercise without a check cell.
 ``python -m lmlab.course build`` writes the results (and their ``.ipynb``) through
 :func:`expected_exercise_files`.
@@ -97,6 +101,8 @@ def exercise_text(solution_text: str, chapter: str, name: str = "solutions") -> 
         out.append(f"{indent}raise NotImplementedError({json.dumps(exercise.hint, ensure_ascii=False)})\n")
         last = end + 1
     out += lines[last:]
+    out = _with_hint_cells(out, chapter)
+    out = _with_time_column(out, chapter)
     for exercise in chapter_exercises(chapter):
         if exercise.id not in solved:
             raise SolutionError(f"{name}: exercise {exercise.id} is registered but has no {BEGIN} block here")
@@ -106,6 +112,70 @@ def exercise_text(solution_text: str, chapter: str, name: str = "solutions") -> 
     except SyntaxError as exc:
         raise SolutionError(f"{name}: the generated exercise is not valid Python (line {exc.lineno}: {exc.msg})") from None
     return text
+
+
+_TIER_NAMES = ("the idea", "shapes and steps", "code outline")
+
+
+def hint_cell(exercise) -> list[str]:
+    """The markdown cell (jupytext percent lines) that shows ``exercise.hints`` collapsed, one tier each."""
+    out = ["# %% [markdown]\n"]
+    for i, tier in enumerate(exercise.hints):
+        title = _TIER_NAMES[i] if i < len(_TIER_NAMES) else "more"
+        out += ["#\n" if i else "", f"# <details><summary>Hint {i + 1} · {title}</summary>\n", "#\n"]
+        body = tier.splitlines()
+        if i == len(exercise.hints) - 1 and len(body) > 1:  # a code outline: keep its lines
+            out += ["# ```python\n"] + [f"# {line}\n".replace("# \n", "#\n") for line in body] + ["# ```\n"]
+        else:
+            out += [f"# {line}\n" for line in body]
+        out += ["#\n", "# </details>\n"]
+    return [line for line in out if line] + ["\n"]
+
+
+def _with_hint_cells(lines: list[str], chapter: str) -> list[str]:
+    """Insert each tiered exercise's hint cell just before the cell that holds its ``check(...)``."""
+    out: list[str] = []
+    cell_start = 0  # index in out of the current cell's "# %%" line
+    for line in lines:
+        if line.startswith("# %%"):
+            cell_start = len(out)
+        m = _CHECK.search(line)
+        if m and m.group(1).startswith(chapter + "."):
+            try:
+                exercise = get_exercise(m.group(1))
+            except UnknownExercise:
+                exercise = None
+            if exercise is not None and exercise.hints and not any("<summary>Hint 1" in x for x in out[max(0, cell_start - 12):cell_start]):
+                out[cell_start:cell_start] = hint_cell(exercise)
+        out.append(line)
+    return out
+
+
+def _minutes(exercise) -> int:
+    return exercise.minutes if exercise.minutes is not None else 5 * exercise.points
+
+
+def _with_time_column(lines: list[str], chapter: str) -> list[str]:
+    """Add a "time" column to the intro table ``| # | exercise | points |`` (rows matched by the backticked name)."""
+    exercises = chapter_exercises(chapter)
+    out, in_table = [], False
+    for line in lines:
+        stripped = line.rstrip("\n")
+        if re.fullmatch(r"# \| # \| exercise \| points \|", stripped):
+            in_table = True
+            out.append(stripped + " time |\n")
+            continue
+        if in_table and re.fullmatch(r"# \|(---\|)+", stripped):
+            out.append(stripped + "---|\n")
+            continue
+        if in_table and stripped.startswith("# |"):
+            names = re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)", stripped)
+            match = next((ex for ex in exercises if ex.name in names), None)
+            out.append(stripped + (f" {_minutes(match)} min |\n" if match else " |\n"))
+            continue
+        in_table = False
+        out.append(line)
+    return out
 
 
 def expected_exercise_files(root: Path) -> dict[Path, str]:

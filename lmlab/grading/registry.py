@@ -64,6 +64,10 @@ class Exercise:
             either way, ``exercise.reference_name`` is the string (or None).
         kind: ``"function"`` or ``"class"``.
         timeout: seconds the learner's code may run for this exercise.
+        hints: optional tiered hints, shown collapsed one at a time in the exercise notebook:
+            the concept, then shapes and steps, then a code outline (never the solution).
+            ``hint`` stays the one-line nudge (also the stub's message).
+        minutes: how long the exercise should take a learner (the notebook's "time" column).
     """
 
     id: str
@@ -74,6 +78,8 @@ class Exercise:
     reference: str | Callable[[], Any] | None = None
     kind: str = "function"
     timeout: float = DEFAULT_TIMEOUT
+    hints: tuple[str, ...] = ()
+    minutes: int | None = None
     name: str = field(init=False)
     chapter: str = field(init=False)
     reference_name: str | None = field(init=False, default=None)
@@ -102,6 +108,10 @@ class Exercise:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if not self.hint:
             raise ValueError(f"hint must not be empty (exercise {self.id})")
+        if not isinstance(self.hints, tuple) or not all(isinstance(h, str) and h for h in self.hints):
+            raise ValueError(f"hints must be a tuple of non-empty strings (concept, steps, outline), got {self.hints!r}")
+        if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, int) or self.minutes < 1):
+            raise ValueError(f"minutes must be None or an int >= 1, got {self.minutes!r}")
 
 
 _REGISTRY: dict[str, Exercise] = {}

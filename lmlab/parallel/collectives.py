@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_tensor
 from . import comm
 
-__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule"]
+__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule",
+           "simulated_ring_all_reduce"]
 
 
 def _chunks(flat: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -91,3 +93,32 @@ def ring_all_reduce(t: torch.Tensor, group=None) -> torch.Tensor:
     ring_all_gather(flat, group)
     t.copy_(flat[: t.numel()].view_as(t))
     return t
+
+
+def simulated_ring_all_reduce(tensors: list) -> list:
+    """The same ring in one process: ``tensors[r]`` is rank ``r``'s 1-D vector (numel divisible by N).
+
+    Every step all ranks send at once (each sends what it held *before* the step). Returns the
+    history: after each of the ``2 (N - 1)`` steps, a copy of every rank's vector; the last entry
+    is the all-reduce (every rank holds the sum). The inputs are not modified.
+    Graded reference of ``exercises/12_parallelism`` (``12.ring_all_reduce_sim``).
+    """
+    if not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
+        raise ValueError(f"simulated_ring_all_reduce: tensors must be a list of >= 2 tensors (one per rank), got {tensors!r:.80}")
+    n = len(tensors)
+    for r, t in enumerate(tensors):
+        check_tensor(t, f"tensors[{r}]", "simulated_ring_all_reduce", dim=1, shape=(tensors[0].numel(),))
+    if tensors[0].numel() % n:
+        raise ValueError(f"simulated_ring_all_reduce: numel must be divisible by N = {n}, got {tensors[0].numel()}")
+    state = [t.clone() for t in tensors]
+    history = []
+    for s in range(2 * (n - 1)):
+        reduce = s < n - 1
+        sent = [(r - s) % n if reduce else (r + 1 - (s - n + 1)) % n for r in range(n)]
+        msgs = [_chunks(state[r], n)[sent[r]].clone() for r in range(n)]  # everyone sends at once
+        for r in range(n):
+            c, chunk = sent[(r - 1) % n], msgs[(r - 1) % n]  # from the left neighbour
+            mine = _chunks(state[r], n)[c]
+            mine.add_(chunk) if reduce else mine.copy_(chunk)
+        history.append([t.clone() for t in state])
+    return history

@@ -23,10 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validation import check_tensor
 from . import comm
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "ColumnParallelLinear", "RowParallelLinear",
-           "VocabParallelEmbedding", "TPBlock", "check_divisible"]
+           "VocabParallelEmbedding", "TPBlock", "check_divisible",
+           "simulated_row_parallel_forward"]
 
 
 def check_divisible(value: int, tp: int, name: str, where: str) -> None:
@@ -235,3 +237,27 @@ def _clone(module: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(module)
+
+
+def simulated_row_parallel_forward(x_shards: list, weight_shards: list, bias=None) -> list:
+    """:class:`RowParallelLinear`'s forward over ``t`` simulated ranks in one process, all-reduce included.
+
+    Rank r holds ``x_shards[r]`` ``(..., in/t)`` (its slice of the input features, e.g. a column-parallel
+    layer's output) and ``weight_shards[r]`` ``(out, in/t)`` (its columns of ``W``); ``bias`` ``(out,)``
+    is replicated and added once, after the sum. Returns every rank's output ``(..., out)`` (all equal
+    ``F.linear(torch.cat(x_shards, -1), torch.cat(weight_shards, 1), bias)``).
+    Graded reference of ``exercises/12_parallelism`` (``12.row_parallel_forward``).
+    """
+    where = "simulated_row_parallel_forward"
+    if not isinstance(x_shards, (list, tuple)) or not isinstance(weight_shards, (list, tuple)) \
+            or not x_shards or len(x_shards) != len(weight_shards):
+        raise ValueError(f"{where}: x_shards and weight_shards must be lists of the same length >= 1 (one per rank)")
+    for r, (x, w) in enumerate(zip(x_shards, weight_shards)):
+        check_tensor(w, f"weight_shards[{r}]", where, dim=2)
+        check_tensor(x, f"x_shards[{r}]", where, shape=(*x_shards[0].shape[:-1], w.shape[1]))
+    if bias is not None:
+        check_tensor(bias, "bias", where, shape=(weight_shards[0].shape[0],))
+    partial = [F.linear(x, w) for x, w in zip(x_shards, weight_shards)]  # (..., out) partial sums per rank
+    total = torch.stack(partial).sum(0)  # the all-reduce (g)
+    out = total + bias if bias is not None else total
+    return [out.clone() for _ in x_shards]

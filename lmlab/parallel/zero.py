@@ -32,9 +32,10 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..validation import check_int, check_number, check_tensor
 from . import comm
 
-__all__ = ["ZeroOptimizer", "ZERO_STAGES"]
+__all__ = ["ZeroOptimizer", "ZERO_STAGES", "simulated_zero1_step"]
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -224,3 +225,45 @@ class ZeroOptimizer:
             prefix = next(n for n, m in self.module.named_children() if m is u.module or getattr(m, "inner", None) is u.module)
             out.update({f"{prefix}.{k}": v.clone() for k, v in u.views(full.to(u.dtype)).items()})
         return out
+
+
+def simulated_zero1_step(params: list, grads: list, states: list, step: int, lr: float = 1e-3,
+                         betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> tuple[list, list]:
+    """One ZeRO-1 AdamW step over N simulated ranks in one process.
+
+    ``params[r]`` is rank r's full copy of the flat parameters ``(n,)`` (all equal), ``grads[r]`` its
+    local gradient ``(n,)``, ``states[r]`` its optimizer state for shard r only:
+    ``{"exp_avg": (n/N,), "exp_avg_sq": (n/N,)}``; ``step`` counts from 1. Reduce-scatter (rank r
+    gets the *mean* gradient of its shard), AdamW on the shard, all-gather the updated shards.
+    Returns ``(new_params, new_states)`` shaped like the inputs, which are not modified; equals
+    ``torch.optim.AdamW`` on the full tensor with the mean gradient.
+    Graded reference of ``exercises/12_parallelism`` (``12.zero1_step``).
+    """
+    where = "simulated_zero1_step"
+    n_ranks = len(params) if isinstance(params, (list, tuple)) else 0
+    if n_ranks < 1 or not isinstance(grads, (list, tuple)) or not isinstance(states, (list, tuple)) \
+            or len(grads) != n_ranks or len(states) != n_ranks:
+        raise ValueError(f"{where}: params, grads and states must be lists of the same length >= 1 (one entry per rank)")
+    n = check_tensor(params[0], "params[0]", where, dim=1, floating=True).numel()
+    if n % n_ranks:
+        raise ValueError(f"{where}: the number of parameters ({n}) must be divisible by the number of ranks ({n_ranks})")
+    for r in range(n_ranks):
+        check_tensor(params[r], f"params[{r}]", where, shape=(n,))
+        check_tensor(grads[r], f"grads[{r}]", where, shape=(n,))
+        for key in ("exp_avg", "exp_avg_sq"):
+            check_tensor(states[r].get(key) if isinstance(states[r], dict) else None, f"states[{r}][{key!r}]", where, shape=(n // n_ranks,))
+    step = check_int(step, "step", where)
+    check_number(lr, "lr", where, low=0.0)
+    b1, b2 = betas
+    mean_grad = torch.stack(list(grads)).mean(0).chunk(n_ranks)  # reduce-scatter: rank r keeps chunk r
+    shards, new_states = [], []
+    for r in range(n_ranks):
+        p = params[r].chunk(n_ranks)[r] * (1 - lr * weight_decay)  # decoupled weight decay
+        g = mean_grad[r]
+        m = states[r]["exp_avg"] * b1 + (1 - b1) * g
+        v = states[r]["exp_avg_sq"] * b2 + (1 - b2) * g * g
+        denom = (v / (1 - b2 ** step)).sqrt() + eps
+        shards.append(p - lr * (m / (1 - b1 ** step)) / denom)
+        new_states.append({"exp_avg": m, "exp_avg_sq": v})
+    full = torch.cat(shards)  # all-gather: every rank gets every updated shard
+    return [full.clone() for _ in range(n_ranks)], new_states
