@@ -2,7 +2,7 @@
 
 Two directions, two rules:
 
-* parent → child: ordinary pickle (the parent is trusted), with :class:`ParentPickler` turning tensors,
+* parent → child: ordinary pickle (the parent is trusted), with the sandbox's pickler turning tensors,
   ``nn.Module``\\ s, remote handles and lambdas into references both sides agree on;
 * child → parent: a *plain tree* (:func:`encode`) of tuples, lists, strings, numbers and bytes, read back
   with :func:`loads_plain`, an unpickler that refuses every global. Nothing the child sends can run code
