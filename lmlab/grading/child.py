@@ -272,6 +272,10 @@ def _serve() -> None:
             msg = _request()
         except EOFError:
             os._exit(0)
+        except Exception as exc:  # noqa: BLE001 - e.g. a check's class this process cannot import
+            _reply(("err", {"type": "GraderError", "bases": ["Exception"], "where": "",
+                            "message": f"the grader's arguments could not be received here ({type(exc).__name__}: {exc})"}, [], []))
+            continue
         try:
             _apply_push(msg[-1])
             tree, graph = _run(msg)
@@ -285,6 +289,22 @@ def _serve() -> None:
             _reply(("err", _error_info(exc), tensors, mods))
 
 
+def _user_tasks() -> int:
+    """Threads of all processes of this user now (what RLIMIT_NPROC counts)."""
+    uid, total = str(os.getuid()), 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Uid", "").split()[:1] == [uid]:
+            total += int(fields.get("Threads", "1").strip() or 1)
+    return total
+
+
 def _limit(job: dict) -> None:
     import resource
 
@@ -294,7 +314,8 @@ def _limit(job: dict) -> None:
             vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     except (OSError, StopIteration, ValueError):
         pass
-    for res, value in ((resource.RLIMIT_AS, vm + job["memory"]), (resource.RLIMIT_NPROC, job["nproc"]),
+    # RLIMIT_NPROC counts every thread of this user (and does not bind root): allow what runs now, plus a few
+    for res, value in ((resource.RLIMIT_AS, vm + job["memory"]), (resource.RLIMIT_NPROC, _user_tasks() + job["nproc"]),
                        (resource.RLIMIT_FSIZE, job["fsize"]), (resource.RLIMIT_CORE, 0)):
         try:
             resource.setrlimit(res, (value, value))

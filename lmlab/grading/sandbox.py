@@ -212,7 +212,11 @@ class Sandbox:
         if msg[0] == "backward":
             for g in msg[2]:
                 pickler._raw(g)
-        pickler.dump(msg + (push,))
+        try:
+            pickler.dump(msg + (push,))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # a check passed something that cannot travel
+            raise SandboxError(f"the grader could not send its arguments to your code ({type(exc).__name__}: {str(exc)[:120]}); "
+                               "please report this") from None
         self._send(buf.getvalue())
         while True:
             reply = self._recv()
