@@ -7,6 +7,10 @@ A module per topic, readable top to bottom. Lesson 00 builds :mod:`lmlab.data`,
 
 __version__ = "0.1.0"
 
+from .threads import apply_thread_policy
+
+apply_thread_policy()  # 1 thread on a 2-core laptop, see lmlab.threads (LMLAB_NUM_THREADS overrides)
+
 from .data import ByteTokenizer, CharTokenizer, load_corpus, load_text, sample_batch, unigram_entropy
 from .masks import architecture_mask, causal_mask, encoder_decoder_masks, prefix_lm_mask
 from .model import GPT, ModelConfig

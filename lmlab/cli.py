@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("path", help="the exercise notebook to grade")
     grade.add_argument("--json", dest="json_path", nargs="?", const="-", default=None, help="also write the results as JSON (to a file, or - for stdout)")
     grade.add_argument("--timeout", type=float, default=None, help="seconds allowed per exercise (default: the exercise's own limit)")
+    grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from .doctor import doctor
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .grading.cli import grade_command
 
-    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout)
+    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict)
 
 
 if __name__ == "__main__":

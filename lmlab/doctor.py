@@ -64,6 +64,9 @@ def environment() -> dict:
         "device": best_device(),
         "cpu threads": torch.get_num_threads(),
     }
+    from .threads import POLICY
+
+    info["thread policy"] = f"{POLICY['threads']} ({POLICY['why']}; LMLAB_NUM_THREADS=N to change)"
     if info["device"] == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     for dist in ("numpy", "einops", "plotly", "ipywidgets", "jupyterlab", "jupyterlab_widgets", "tqdm"):
@@ -72,7 +75,9 @@ def environment() -> dict:
     try:
         import plotly.io as pio
 
-        info["plotly renderer"] = pio.renderers.default
+        info["plotly renderer"] = pio.renderers.default or (
+            "none chosen (not in a notebook: figures are not shown here; in JupyterLab, VS Code or Colab "
+            "plotly picks its own renderer)")
     except Exception as err:  # noqa: BLE001 - report, never crash
         info["plotly renderer"] = f"unavailable ({err})"
     problems = []

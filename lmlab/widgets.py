@@ -14,6 +14,15 @@ whenever a control changes. That works in JupyterLab, classic Notebook, VS Code,
 ``make_figure`` receives the controls' values as keyword arguments and returns ``(figure, note)`` or
 just the figure; ``note`` is a short line shown under the plot (e.g. a number the figure implies).
 Tests drive it without a browser: ``explorer.controls["T"].value = 16`` then read ``explorer.figure``.
+
+Headless execution (nbclient: ``jupyter nbconvert --execute``, papermill, Jupyter Book): the figure is put
+into the ``Output`` by setting its ``outputs`` trait from the kernel, not with ``with output: display(fig)``.
+The ``with`` form asks the *frontend* to capture the cell's display messages (it sets the widget's
+``msg_id``); nbclient's stand-in frontend then sends every captured output back to the kernel as a comm
+message during the cell, ipywidgets 8 echoes each state update, and with a plotly bundle of more than a
+few KB the cell never reached idle (lessons 01 and 02 stalled until the cell timeout). Setting
+``outputs`` is one kernel-to-frontend state update that JupyterLab, VS Code and nbclient all render; only
+Colab, whose widget manager implements ``Output`` by capture, keeps the ``with`` form.
 """
 
 from __future__ import annotations
@@ -114,6 +123,30 @@ class FigureExplorer(W.VBox):
         self.figure = fig
         self.note.value = f"<b>{note}</b>" if note else ""
         self.renders += 1
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(fig)
+        if _CAPTURE_FRONTEND():
+            with self.output:
+                self.output.clear_output(wait=True)
+                display(fig)
+        else:
+            data, metadata = _format(fig)
+            self.output.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
+
+
+def _CAPTURE_FRONTEND() -> bool:  # noqa: N802 - a switch, patched in tests
+    """True on Colab, whose ``Output`` widget only shows what it captured with ``with output:``."""
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+def _format(obj) -> tuple[dict, dict]:
+    """The mime bundle IPython would display for ``obj`` (plotly's renderer decides its types)."""
+    from IPython import get_ipython
+
+    text = {"text/plain": f"<{type(obj).__name__}>"}
+    if get_ipython() is None:
+        return text, {}  # plain Python (tests): no renderer, no browser
+    # not IPython's display_formatter.format: a plotly figure has _ipython_display_, so format() would
+    # display it at the top level and return nothing
+    bundle = obj._repr_mimebundle_() if hasattr(obj, "_repr_mimebundle_") else None
+    return ({**text, **bundle} if bundle else text), {}

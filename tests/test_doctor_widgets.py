@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------
 
 EXPECTED_KEYS = {
-    "python", "platform", "lmlab", "torch", "device", "cpu threads", "numpy", "einops", "plotly",
+    "python", "platform", "lmlab", "torch", "device", "cpu threads", "thread policy", "numpy", "einops", "plotly",
     "ipywidgets", "jupyterlab", "jupyterlab_widgets", "tqdm", "frontend", "plotly renderer", "problems",
 }
 

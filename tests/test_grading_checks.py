@@ -19,6 +19,7 @@ from lmlab.grading import all_exercises, check, check_all, grade_object
 from lmlab.grading.engine import run_exercise
 from lmlab.grading.extract import extract
 from lmlab.grading.registry import Check, Exercise, UnknownExercise, get_exercise
+from lmlab.grading.strict import resolve_reference
 
 EXERCISES = all_exercises()
 IDS = [ex.id for ex in EXERCISES]
@@ -57,7 +58,7 @@ def test_solution_passes(exercise):
 @pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
 def test_reference_passes(exercise):
     assert exercise.reference is not None, f"{exercise.id} needs a reference implementation in lmlab"
-    result = run_exercise(exercise, exercise.reference())
+    result = run_exercise(exercise, resolve_reference(exercise.reference))
     assert result.status == "passed", result
 
 
@@ -106,7 +107,7 @@ def test_wrong_type_and_shape_say_what_was_expected(capsys):
 
 
 def test_passed_and_not_implemented_reports(capsys):
-    check("00.causal_mask", get_exercise("00.causal_mask").reference())
+    check("00.causal_mask", resolve_reference(get_exercise("00.causal_mask").reference))
     assert capsys.readouterr().out.startswith("✅ 00.causal_mask passed (3 checks)")
 
     def causal_mask(T):
@@ -163,7 +164,7 @@ def test_huge_print_sys_exit_and_errors_are_contained(capsys):
 
 
 def test_check_all_prints_a_table(capsys):
-    ns = {ex.name: ex.reference() for ex in EXERCISES if ex.chapter == "00"}
+    ns = {ex.name: resolve_reference(ex.reference) for ex in EXERCISES if ex.chapter == "00"}
     ns.pop("sample_batch")
     check_all("00", namespace=ns)
     out = capsys.readouterr().out

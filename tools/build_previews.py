@@ -2,6 +2,8 @@
 
     python tools/build_previews.py                   # every lesson -> artifacts/previews/NN_name.html
     python tools/build_previews.py lessons/00_tour.ipynb --out /tmp/previews --plotlyjs cdn
+    python tools/build_previews.py --course          # also execute every solution and exercise notebook;
+                                                     # exit 1 if one fails or exceeds its budget (90 s / 60 s)
 
 Each lesson is executed with nbclient (plotly emitting its JSON mime type), then made static:
 
@@ -35,6 +37,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CONTAINERS = {"VBoxModel", "HBoxModel", "BoxModel", "GridBoxModel", "AccordionModel", "TabModel", "StackModel"}
 SKIP = {"FloatProgressModel", "IntProgressModel", "ButtonModel", "LayoutModel", "DescriptionStyleModel"}
+BUDGETS = {"lessons": 90, "solutions": 60, "exercises": 60}  # seconds per notebook (GUIDE.md), on 2 cores
 NOTICE = ("Static preview: the controls are shown at their starting values. To move them, open the lesson "
           "in JupyterLab, Binder or Colab.")
 
@@ -172,16 +175,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "previews")
     parser.add_argument("--plotlyjs", choices=["inline", "cdn"], default="inline")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--course", action="store_true", help="also execute every solution and exercise notebook (headless, timed)")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         print("no lessons found", file=sys.stderr)
         return 1
+    failed = []
     for nb in notebooks:
         t0 = time.monotonic()
-        out, n = build_preview(nb, args.out, args.plotlyjs, args.timeout)
-        print(f"{out} ({n} figures, {out.stat().st_size / 1e6:.1f} MB, {time.monotonic() - t0:.0f} s)")
-    return 0
+        try:
+            out, n = build_preview(nb, args.out, args.plotlyjs, args.timeout)
+        except Exception as exc:  # noqa: BLE001 - report every notebook, then fail
+            failed.append(f"{nb}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            print(f"FAILED {failed[-1]}", file=sys.stderr)
+            continue
+        seconds = time.monotonic() - t0
+        print(f"{out} ({n} figures, {out.stat().st_size / 1e6:.1f} MB, {seconds:.0f} s)")
+        if seconds > BUDGETS["lessons"]:
+            failed.append(f"{nb}: {seconds:.0f} s, over the {BUDGETS['lessons']} s budget")
+    if args.course:
+        for folder in ("solutions", "exercises"):
+            for nb in sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb")):
+                t0 = time.monotonic()
+                try:
+                    execute(nb, timeout=args.timeout)
+                except Exception as exc:  # noqa: BLE001
+                    failed.append(f"{nb}: {type(exc).__name__}")
+                    print(f"FAILED {failed[-1]}", file=sys.stderr)
+                    continue
+                seconds = time.monotonic() - t0
+                print(f"executed {nb.relative_to(ROOT)} in {seconds:.0f} s")
+                if seconds > BUDGETS[folder]:
+                    failed.append(f"{nb}: {seconds:.0f} s, over the {BUDGETS[folder]} s budget")
+    for line in failed:
+        print(f"problem: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

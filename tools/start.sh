@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 . tools/venv.sh
 pip_install -e ".[lab]"
 lmlab doctor
-exec jupyter lab lessons/00_tour.ipynb
+exec bash tools/lab.sh lessons/00_tour.ipynb  # as root too; prints the URL with its token

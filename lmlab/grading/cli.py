@@ -1,4 +1,4 @@
-"""``lmlab grade PATH [--json [FILE|-]] [--timeout SECONDS]``: grade any copy of an exercise notebook.
+"""``lmlab grade PATH [--json [FILE|-]] [--timeout SECONDS] [--strict]``: grade any copy of an exercise notebook.
 
 Exit status 0 when the notebook was graded, whatever the score; 2 with a one-line message when it
 could not be (missing file, not an exercise notebook, invalid JSON, a syntax error).
@@ -14,12 +14,16 @@ from .extract import ExtractError, extract
 from .registry import UnknownExercise, chapter_exercises, get_exercise
 from .report import format_table, summary
 from .runner import grade_all
+from .strict import reference_uses
 
 __all__ = ["grade_command", "grade_path"]
 
 
-def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None = None) -> dict:
+def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None = None, strict: bool = False) -> dict:
     """Grade the notebook at ``path``; return the gradebook record (raises :class:`ExtractError`).
+
+    Code that imports lmlab's own implementation of a graded exercise is named in ``warnings``;
+    with ``strict`` that exercise scores 0.
 
     The record: ``{"notebook", "chapters", "score", "max_score", "exercises": [result, ...], "warnings"}``.
     """
@@ -39,7 +43,19 @@ def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None 
             warnings.append(str(exc))
     if not exercises:
         raise ExtractError(f"{path}: none of its chapters ({', '.join(code.chapters)}) has graded exercises")
-    results = grade_all(exercises, code.to_json(), timeout=timeout, cwd=Path(path).resolve().parent, jobs=jobs)
+    snippets = code.to_json()
+    flagged = {}
+    for exercise in exercises:
+        uses = reference_uses(exercise, snippets)
+        if uses:
+            flagged[exercise.id] = uses
+            warnings.append(f"{exercise.id} uses lmlab's own implementation: {uses[0]}" + (" (graded 0: --strict)" if strict else ""))
+    results = grade_all(exercises, snippets, timeout=timeout, cwd=Path(path).resolve().parent, jobs=jobs, strict=strict)
+    if strict:
+        for r in results:
+            if r.id in flagged:
+                r.status, r.points = "failed", 0
+                r.reason = f"--strict: your code imports lmlab's own implementation ({flagged[r.id][0]})"
     got, total = summary(results)
     return {
         "notebook": str(path),
@@ -51,7 +67,7 @@ def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None 
     }
 
 
-def grade_command(path: str, json_path: str | None = None, timeout: float | None = None) -> int:
+def grade_command(path: str, json_path: str | None = None, timeout: float | None = None, strict: bool = False) -> int:
     """The ``lmlab grade`` command: print the score table (and JSON); return the exit status."""
     from .report import ExerciseResult
 
@@ -59,13 +75,14 @@ def grade_command(path: str, json_path: str | None = None, timeout: float | None
         print(f"lmlab grade: --timeout must be a positive number of seconds, got {timeout}", file=sys.stderr)
         return 2
     try:
-        record = grade_path(path, timeout=timeout)
+        record = grade_path(path, timeout=timeout, strict=strict)
     except ExtractError as exc:
         print(f"lmlab grade: {exc}", file=sys.stderr)
         return 2
     results = [ExerciseResult.from_dict(r) for r in record["exercises"]]
     limit = f"{timeout:g} s" if timeout else "each exercise's own"
-    table = format_table(results, title=f"Grading {path} (chapter {', '.join(record['chapters'])}; time limit: {limit})\n")
+    table = format_table(results, title=f"Grading {path} (chapter {', '.join(record['chapters'])}; time limit: {limit}"
+                         f"{'; strict' if strict else ''})\n")
     to_stdout = json_path == "-"
     out = sys.stderr if to_stdout else sys.stdout  # keep stdout pure JSON when it carries the JSON
     for warning in record["warnings"]:

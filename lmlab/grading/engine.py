@@ -1,9 +1,45 @@
-"""Run one exercise's checks against a learner's object, in this process, and never raise.
+"""Run one exercise's checks against a learner's object and never raise — and the contract for check authors.
 
-Used directly by :func:`lmlab.grading.check` in a notebook, and by the grading subprocess that
-``lmlab grade`` starts for each exercise. Whatever the learner's code does — raise, print a
-megabyte, call ``sys.exit``, loop forever (stopped by a timer where signals allow it) — the result
-is an :class:`~lmlab.grading.report.ExerciseResult`.
+:func:`run_exercise` is used by :func:`lmlab.grading.check` in a notebook (in the kernel, the learner's
+own object: feedback, not a grade) and by ``lmlab grade``, where the object is a proxy
+(:class:`lmlab.grading.sandbox.Remote`) and the learner's code runs in a child process. Whatever the
+learner's code does — raise, print a megabyte, call ``sys.exit``, loop forever, die — the result is an
+:class:`~lmlab.grading.report.ExerciseResult`.
+
+Contract for check authors (``lmlab/grading/chNN.py``)
+------------------------------------------------------
+Under ``lmlab grade`` a check runs in the grader's process and receives a *proxy* of the learner's
+function or class. Write checks so they behave the same with the real object and with the proxy:
+
+* Call it, instantiate it, call methods, read and set attributes: ``f(x)``, ``cls(d)``, ``m(x)``,
+  ``opt.step()``, ``tok.vocab_size``, ``len(obj)``, ``obj[i]``. Instances the learner's code creates stay in
+  the child (proxies); ``isinstance(proxy, nn.Module)`` / ``torch.optim.Optimizer`` and ``isinstance(cls_proxy,
+  type)`` hold for subclasses of torch's classes.
+* Arguments cross by pickling: tensors, ``nn.Parameter``, ``nn.Module`` (classes importable from torch or
+  lmlab), ``torch.Generator``, plain Python. A lambda or local function is called back in the grader
+  (not differentiable, plain values only); a generator is sent as a list.
+* Tensors and modules are *shared at call boundaries*: every tensor / parameter / buffer the check has
+  sent is synced both ways around every call (its data, and its ``.grad``), and so are a module's public
+  plain attributes (``int``/``float``/``str``/``bool``/``None``). So in-place work is visible: an optimizer's
+  ``step()`` on parameters the check built and whose ``.grad`` it set, a function filling a cache tensor,
+  a counter in a stand-in sub-layer. Tensors the learner's objects own (``model.weight``) come back as
+  tensors the check may read, modify in place and send back. Not synced: other attributes of the check's
+  objects, generators' state, tensors reachable only through a non-module container the child keeps.
+* Results come back as plain values: tensors, numbers, strings, lists/tuples/dicts/sets, dtypes; anything
+  else is a proxy. A returned tensor that requires grad is connected to the check's autograd graph:
+  ``loss.backward()`` / ``torch.autograd.grad(out, inputs)`` ask the child to backpropagate, and gradients
+  reach the check's tensors and the learner's own parameters (read them via the proxy afterwards).
+  ``torch.no_grad()`` around a call is honoured in the child.
+* Identity is not preserved across the boundary (except tensors: a returned argument tensor is the
+  check's own object). Do not rely on globals, on patching, or on the learner's object calling check
+  code other than the callables passed to it.
+* Anything that needs more than calls (train with the learner's part) goes through
+  :func:`lmlab.grading.harness.call_with`: the harness runs in the child with the real object and
+  returns plain values.
+* Exceptions the learner's code raises arrive as subclasses of the same builtin exception
+  (``NotImplementedError``, ``ValueError`` …), so ``except ValueError`` in a check works.
+* Exercise references may be zero-argument callables or ``"lmlab.module:name"`` strings; resolve them
+  with :func:`lmlab.grading.strict.resolve_reference`.
 """
 
 from __future__ import annotations
@@ -21,6 +57,7 @@ from typing import Any
 import torch
 
 from .registry import CheckFailed, Exercise
+from .sandbox import SandboxError
 from .report import ExerciseResult
 
 __all__ = ["run_exercise", "BoundedText", "time_limit", "error_location"]
@@ -66,6 +103,8 @@ def _library_dirs() -> tuple[str, ...]:
 
 def _where(exc: BaseException) -> str:
     """``" (in f, cell 3 line 7)"`` for the deepest frame of the learner's own code, or ``""``."""
+    if isinstance(getattr(exc, "lmlab_where", None), str):  # raised in the sandbox's child: it said where
+        return exc.lmlab_where
     libs = _library_dirs()
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(libs)]
     if not frames:
@@ -103,7 +142,8 @@ def _expected_kind(exercise: Exercise, obj: Any) -> str | None:
     return None
 
 
-def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, missing: bool = False) -> ExerciseResult:
+def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, missing: bool = False,
+                 capture: bool = True) -> ExerciseResult:
     """Run ``exercise``'s checks on ``obj``; stop at the first failure; never raise.
 
     Args:
@@ -112,6 +152,8 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         timeout: seconds allowed for all checks together (None: the exercise's own limit;
             0 or less is refused with ValueError).
         missing: ``obj`` was not found at all (reported as not implemented).
+        capture: keep what ``obj`` prints for the report (redirects this process's stdout/stderr,
+            so never from several threads at once; the sandbox's proxies print nothing here).
     """
     if not isinstance(exercise, Exercise):
         raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
@@ -131,13 +173,16 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
     start = time.perf_counter()
     check = None
     try:
-        with _time_limit(limit), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if capture else (contextlib.nullcontext(),) * 2
+        with _time_limit(limit), redirect[0], redirect[1]:
             for check in exercise.checks:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
                     check.fn(obj)
                 res.checks_passed += 1
         res.status, res.points, check = "passed", exercise.points, None
+    except SandboxError as exc:
+        res.status, res.reason = "error", str(exc)
     except NotImplementedError as exc:
         res.status = "not implemented"
         res.reason = f"{exercise.name} still raises NotImplementedError{_where(exc)}"

@@ -1,0 +1,400 @@
+"""The grader's side of the sandbox: the learner's object lives in a child process, the checks run here.
+
+:class:`Sandbox` starts ``python -m lmlab.grading.child``, sends it the learner's kept definitions and
+hands back a :class:`Remote` proxy of the graded object. The checks call the proxy as if it were the
+learner's function or class; the contract (what crosses, what is synced after each call) is in
+:mod:`lmlab.grading.engine`'s docstring. Only plain data comes back (:mod:`lmlab.grading.wire`); the
+child is killed when its time is up, when it starts more than ``max_procs`` processes, or at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .proxy import Remote, RemoteError, _remote_exception
+from .wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
+
+__all__ = ["Sandbox", "SandboxError", "Remote", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
+
+MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of address space the learner's code may add after imports
+MAX_PROCS = 8  # processes in the child's session (the child included)
+FILE_LIMIT = 64 * 1024 ** 2  # bytes any file the child writes may reach
+
+
+class SandboxError(Exception):
+    """The learner's process died, stalled or sent garbage; the message says which, for the learner."""
+
+
+def session_processes(sid: int) -> list[int]:
+    """Pids of the live processes whose session id is ``sid`` (Linux /proc; [] elsewhere)."""
+    pids = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+                pids.append(int(name))
+    return pids
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class _Bridge(torch.autograd.Function):
+    """Gradients through the learner's computation: backward asks the child to backpropagate."""
+
+    @staticmethod
+    def forward(ctx, sandbox, gid, tids, outs, *inputs):  # noqa: D102
+        ctx.sandbox, ctx.gid, ctx.tids, ctx.n = sandbox, gid, tids, len(inputs)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):  # noqa: D102
+        got = ctx.sandbox.request(("backward", ctx.gid, [g.detach() if g is not None else None for g in grads], ctx.tids))
+        got = list(got) + [None] * (ctx.n - len(got))
+        return (None, None, None, None, *got[:ctx.n])
+
+
+class _Pickler(pickle.Pickler):
+    """Tensors, modules, proxies and lambdas as references both processes agree on."""
+
+    def __init__(self, file, sandbox: "Sandbox"):
+        super().__init__(file, protocol=4)
+        self.sb = sandbox
+        self.raw: set[int] = set()  # ids of transport copies: pickled as plain tensors
+
+    def _raw(self, t):
+        if t is not None:
+            self.raw.add(id(t))
+        return t
+
+    def reducer_override(self, obj):
+        from . import child
+
+        sb = self.sb
+        if isinstance(obj, torch.Tensor) and id(obj) in self.raw:
+            return NotImplemented
+        if isinstance(obj, torch.Tensor) and type(obj) in (torch.Tensor, torch.nn.Parameter):
+            tid = sb.tensor_ids.get(id(obj))
+            if tid is not None:
+                return child._known_tensor, (tid,)
+            tid = sb.register_tensor(obj)
+            grad = self._raw(obj.grad.detach().clone() if obj.is_leaf and obj.grad is not None else None)
+            return child._tensor, (tid, self._raw(obj.detach().clone()), bool(obj.requires_grad), isinstance(obj, torch.nn.Parameter), grad)
+        if isinstance(obj, torch.nn.Module):
+            mid = sb.module_ids.get(id(obj))
+            if mid is not None:
+                return child._known_module, (mid,)
+            mid = sb.register_module(obj)
+            return child._module_new, (mid, type(obj)), dict(vars(obj))
+        if type(obj) is Remote:
+            return child._handle, (object.__getattribute__(obj, "_hid"),)
+        if isinstance(obj, types.FunctionType) and ("<lambda>" in obj.__qualname__ or "<locals>" in obj.__qualname__):
+            sb.callbacks.append(obj)
+            return child._callback, (len(sb.callbacks) - 1,)
+        if isinstance(obj, types.GeneratorType):
+            return list, (list(obj),)
+        return NotImplemented
+
+
+def _plain_attrs(m) -> dict:
+    return {k: v for k, v in vars(m).items() if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
+class Sandbox:
+    """One child process holding the learner's definitions (see the module docstring)."""
+
+    def __init__(self, cwd: str | Path | None = None, memory: int = MEMORY_LIMIT, max_procs: int = MAX_PROCS):
+        self.tensors: dict[int, list] = {}  # tid -> [tensor, stamp]
+        self.tensor_ids: dict[int, int] = {}
+        self.modules: dict[int, list] = {}  # mid -> [module, plain attrs]
+        self.module_ids: dict[int, int] = {}
+        self.callbacks: list = []
+        self.memory, self.max_procs = memory, max_procs
+        self.deadline = time.monotonic() + 180.0
+        self.next_check = 0.0
+        req_r, self._req_w = os.pipe()
+        self._rep_r, rep_w = os.pipe()
+        from .runner import _child_env
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "lmlab.grading.child", str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=str(cwd) if cwd else None, env=_child_env(), start_new_session=True)
+        os.close(req_r)
+        os.close(rep_w)
+
+    # -- registries -------------------------------------------------------------------------------
+    def register_tensor(self, t: torch.Tensor, tid: int | None = None) -> int:
+        tid = tid if tid is not None else len(self.tensors) + 1
+        while tid in self.tensors:
+            tid += 1
+        self.tensors[tid] = [t, snapshot(t)]
+        self.tensor_ids[id(t)] = tid
+        return tid
+
+    def register_module(self, m: torch.nn.Module) -> int:
+        mid = len(self.modules) + 1
+        self.modules[mid] = [m, _plain_attrs(m)]
+        self.module_ids[id(m)] = mid
+        return mid
+
+    # -- the conversation ---------------------------------------------------------------------------
+    def start(self, job: dict, limit: float) -> tuple:
+        """Send the job; return the child's first reply (``ready`` or ``failed``)."""
+        job = {**job, "memory": self.memory, "nproc": self.max_procs * 4, "fsize": FILE_LIMIT}
+        try:
+            self._send(pickle.dumps(job, protocol=4))
+        except OSError:
+            raise SandboxError(f"the grading process could not start ({self._exit()})") from None
+        self.deadline, self.ready_limit = time.monotonic() + 180.0, limit
+        return self._recv(starting=True)
+
+    def _send(self, payload: bytes) -> None:
+        try:
+            send_frame(self._req_w, payload)
+        except OSError:
+            raise SandboxError(f"your code ended the grading process ({self._exit()}): did it call os._exit, or crash Python?") from None
+
+    def _push(self) -> tuple[list, list]:
+        tensors = []
+        for tid, entry in self.tensors.items():
+            t, old = entry
+            data_changed, grad_changed = changes(t, old)
+            if not (data_changed or grad_changed):
+                continue
+            data = t.detach().clone() if data_changed else None
+            grad = ("keep",) if not grad_changed else ("none",) if t.grad is None else ("set", t.grad.detach().clone())
+            tensors.append((tid, data, grad))
+            entry[1] = snapshot(t)
+        mods = []
+        for mid, entry in self.modules.items():
+            attrs = _plain_attrs(entry[0])
+            diff = {k: v for k, v in attrs.items() if k not in entry[1] or entry[1][k] != v}
+            if diff:
+                mods.append((mid, diff))
+            entry[1] = attrs
+        return tensors, mods
+
+    def request(self, msg: tuple) -> Any:
+        """Send ``msg`` (with the tensors and modules changed here since the last sync); the decoded answer."""
+        buf = io.BytesIO()
+        pickler = _Pickler(buf, self)
+        push = self._push()
+        for tid, data, grad in push[0]:
+            pickler._raw(data)
+            if grad[0] == "set":
+                pickler._raw(grad[1])
+        if msg[0] == "backward":
+            for g in msg[2]:
+                pickler._raw(g)
+        try:
+            pickler.dump(msg + (push,))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # a check passed something that cannot travel
+            raise SandboxError(f"the grader could not send its arguments to your code ({type(exc).__name__}: {str(exc)[:120]}); "
+                               "please report this") from None
+        self._send(buf.getvalue())
+        while True:
+            reply = self._recv()
+            if not isinstance(reply, tuple) or not reply or reply[0] not in ("ok", "err", "cb"):
+                raise SandboxError("your code's process sent a reply the grader cannot read (garbage on its channel)")
+            if reply[0] == "cb":
+                self._callback(reply)
+                continue
+            try:
+                self._apply(reply[2], reply[3])
+                if reply[0] == "err":
+                    raise _remote_exception(reply[1] if isinstance(reply[1], dict) else {})
+                outs = None
+                if reply[4] is not None:
+                    outs = self._bridge(reply[1], reply[4])
+                return self.decode(reply[1], 0, outs)
+            except (ProtocolError, IndexError, KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, RemoteError):
+                    raise
+                raise SandboxError(f"your code's process sent a malformed reply ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+    def _callback(self, reply) -> None:
+        try:
+            fn = self.callbacks[reply[1]]
+            value = (True, fn(*self.decode(reply[2], 0, None), **self.decode(reply[3], 0, None)))
+        except SandboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the child as a failure of the callback
+            value = (False, f"{type(exc).__name__}: {exc}")
+        buf = io.BytesIO()
+        _Pickler(buf, self).dump(("cbret",) + value)
+        self._send(buf.getvalue())
+
+    def _bridge(self, tree, gid) -> list:
+        datas = []
+        self._collect_g(tree, datas, 0)
+        tids = [tid for tid, (t, _) in self.tensors.items() if t.requires_grad]
+        inputs = [self.tensors[tid][0] for tid in tids]
+        if not inputs:
+            inputs = [torch.zeros((), requires_grad=True)]  # an anchor, so the outputs require grad
+        outs = _Bridge.apply(self, int(gid), tids, datas, *inputs)
+        return list(outs)
+
+    def _collect_g(self, tree, datas, depth):
+        check_depth(depth)
+        if isinstance(tree, tuple) and tree and tree[0] == "G":
+            datas.append(tree_tensor(tree[2]))
+        elif isinstance(tree, tuple) and tree and tree[0] in ("l", "t", "s", "f"):
+            for x in tree[1]:
+                self._collect_g(x, datas, depth + 1)
+        elif isinstance(tree, tuple) and tree and tree[0] == "d":
+            for k, x in tree[1]:
+                self._collect_g(x, datas, depth + 1)
+
+    def _apply(self, tensors, mods) -> None:
+        for tid, data, grad in tensors:
+            tid = int(tid)
+            if tid < 0 and tid not in self.tensors:
+                continue
+            t = self.tensors[tid][0]
+            with torch.no_grad():
+                if data is not None:
+                    new = tree_tensor(data)
+                    if new.shape == t.shape and new.dtype == t.dtype:
+                        t.copy_(new)
+                    else:
+                        t.data = new
+                if grad[0] == "none":
+                    t.grad = None
+                elif grad[0] == "set":
+                    t.grad = tree_tensor(grad[1])
+            self.tensors[tid][1] = snapshot(t)
+        for mid, attrs in mods:
+            m = self.modules[int(mid)][0]
+            for k, v in attrs:
+                if isinstance(k, str) and isinstance(v, tuple) and v[0] == "v" and (v[1] is None or isinstance(v[1], (bool, int, float, str))):
+                    setattr(m, k, v[1])
+            self.modules[int(mid)][1] = _plain_attrs(m)
+
+    def decode(self, tree, depth, outs):
+        """The value of a plain tree (validated; tensors rebuilt, handles become :class:`Remote`)."""
+        check_depth(depth)
+        if not isinstance(tree, tuple) or not tree or not isinstance(tree[0], str):
+            raise ProtocolError("malformed value")
+        tag = tree[0]
+        if tag == "v":
+            if not (tree[1] is None or isinstance(tree[1], (bool, int, float, str, bytes, complex))):
+                raise ProtocolError("malformed scalar")
+            return tree[1]
+        if tag == "dtype":
+            dt = getattr(torch, tree[1], None)
+            if not isinstance(dt, torch.dtype):
+                raise ProtocolError("unknown dtype")
+            return dt
+        if tag == "device":
+            return torch.device(str(tree[1]))
+        if tag == "size":
+            return torch.Size([int(i) for i in tree[1]])
+        if tag == "T":
+            return tree_tensor(tree[1])
+        if tag == "G":
+            return outs[tree[1]] if outs is not None else tree_tensor(tree[2])
+        if tag == "ref":
+            return self.tensors[int(tree[1])][0]
+        if tag == "new":
+            _, tid, data, requires_grad, is_param, grad = tree
+            t = tree_tensor(data)
+            t = torch.nn.Parameter(t, requires_grad=bool(requires_grad)) if is_param else t.requires_grad_(bool(requires_grad))
+            if grad is not None:
+                t.grad = tree_tensor(grad)
+            self.register_tensor(t, tid=int(tid))
+            return t
+        items = lambda: [self.decode(x, depth + 1, outs) for x in tree[1]]  # noqa: E731
+        if tag in ("l", "t", "s", "f"):
+            return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items())
+        if tag == "d":
+            return {self.decode(k, depth + 1, outs): self.decode(x, depth + 1, outs) for k, x in tree[1]}
+        if tag == "H":
+            if not isinstance(tree[2], dict):
+                raise ProtocolError("malformed handle")
+            return Remote(self, int(tree[1]), tree[2])
+        raise ProtocolError(f"unknown tag {tag!r}")
+
+    def _recv(self, starting: bool = False):
+        header = self._read(8, starting)
+        (n,) = struct.unpack("<Q", header)
+        if n > MAX_FRAME:
+            raise SandboxError(f"your code's process sent {n:,} bytes at once (garbage on its channel?)")
+        try:
+            return loads_plain(self._read(n, starting))
+        except ProtocolError as exc:
+            raise SandboxError(f"your code's process sent a reply the grader cannot read ({exc})") from None
+
+    def _read(self, n: int, starting: bool) -> bytes:
+        from .engine import _Timeout
+
+        chunks, left = [], n
+        while left:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.kill()
+                if starting:
+                    raise SandboxError("the grading process did not start in time")
+                raise _Timeout()
+            if now >= self.next_check:  # the process count, a few times a second
+                self.next_check = now + 0.2
+                if len(session_processes(self.proc.pid)) > self.max_procs:
+                    self.kill()
+                    raise SandboxError(f"your code started more than {self.max_procs - 1} processes; it was stopped")
+            ready, _, _ = select.select([self._rep_r], [], [], min(0.2, max(0.0, self.deadline - now)))
+            if not ready:
+                continue
+            chunk = os.read(self._rep_r, min(left, 1 << 20))
+            if not chunk:
+                raise SandboxError(f"your code ended the grading process ({self._exit()}): did it call os._exit, or crash Python?")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _exit(self) -> str:
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            return "it stopped answering"
+        return _describe_exit(self.proc.returncode)
+
+    def kill(self) -> None:
+        """Kill the child and everything in its session."""
+        for pid in [self.proc.pid] + session_processes(self.proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.proc.poll() is None or session_processes(self.proc.pid):
+            self.kill()
+        self.proc.wait()
+        for fd in (self._req_w, self._rep_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
