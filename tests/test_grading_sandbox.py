@@ -137,7 +137,9 @@ def sample_batch(ids, batch_size, context_length, generator):
     assert got["00.CharTokenizer"]["status"] == "passed", got["00.CharTokenizer"]
     assert got["00.cross_entropy"]["status"] == "failed" and "MemoryError" in got["00.cross_entropy"]["reason"]
     assert got["00.sample_batch"]["status"] == "failed" and "os.fork" in got["00.sample_batch"]["reason"]
-    assert record["score"] == 3, record
+    attacked = {"00.causal_mask", "00.prefix_lm_mask", "00.cross_entropy", "00.sample_batch"}
+    honest = sum(ex.points for ex in chapter_exercises("00") if ex.id not in attacked)  # CharTokenizer + the untouched ones
+    assert record["score"] == honest, record
     assert elapsed < 150, f"grading took {elapsed:.0f} s"
     assert _children() == []
 

@@ -24,14 +24,14 @@ from .registry import Check, Exercise, register
 # ---------------------------------------------------------------------------------------------
 
 
-def _ring_expected(rank, step, n):
+def ring_expected_chunk(rank, step, n):
     return (rank - step) % n if step < n - 1 else (rank + 1 - (step - (n - 1))) % n
 
 
 def _ring_small(f):
     for n in (2, 3, 4):
         table = [[expect_int(f(r, s, n), f"ring_send_chunk({r}, {s}, {n})") for r in range(n)] for s in range(2 * (n - 1))]
-        expected = [[_ring_expected(r, s, n) for r in range(n)] for s in range(2 * (n - 1))]
+        expected = [[ring_expected_chunk(r, s, n) for r in range(n)] for s in range(2 * (n - 1))]
         expect_equal(table, expected, f"the send table for N = {n} (rows = steps, columns = ranks)")
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .assertions import describe, expect_close, expect_equal, expect_true, seeded_randn
-from .ch12 import _ring_expected
+from .ch12 import ring_expected_chunk
 from .registry import Check, Exercise, register
 
 # =============================================================================================
@@ -52,7 +52,7 @@ def _ring_every_step(f):
         history, _ = _ring_history(f, tensors, n)
         state = [[t[2 * c:2 * c + 2].clone() for c in range(n)] for t in tensors]  # state[rank][chunk]
         for s in range(2 * (n - 1)):
-            sent = [(_ring_expected(r, s, n), state[r][_ring_expected(r, s, n)].clone()) for r in range(n)]
+            sent = [(ring_expected_chunk(r, s, n), state[r][ring_expected_chunk(r, s, n)].clone()) for r in range(n)]
             for r in range(n):
                 c, v = sent[(r - 1) % n]
                 state[r][c] = state[r][c] + v if s < n - 1 else v

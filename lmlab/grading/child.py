@@ -206,11 +206,11 @@ def _request():
 
 
 def _error_info(exc: BaseException) -> dict:
-    from .engine import _where
+    from .engine import error_location
 
     bases = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
     text = str(exc)
-    return {"type": type(exc).__name__, "bases": bases, "message": text[:500], "where": _where(exc),
+    return {"type": type(exc).__name__, "bases": bases, "message": text[:500], "where": error_location(exc),
             "code": exc.code if isinstance(exc, SystemExit) and (exc.code is None or isinstance(exc.code, (int, str))) else None}
 
 
@@ -348,7 +348,7 @@ def main(argv: list[str]) -> None:
     import importlib
 
     from . import harness  # noqa: F401 - importable before the audit hook
-    from .engine import _Timeout, _time_limit
+    from .engine import GradingTimeout, time_limit
 
     with_grader = f"lmlab.grading.ch{job['exercise'][:2]}"
     try:
@@ -360,11 +360,11 @@ def main(argv: list[str]) -> None:
     sys.modules["learner"] = module
     started = time.perf_counter()
     try:
-        with _time_limit(job["timeout"]):
+        with time_limit(job["timeout"]):
             for snippet in job["snippets"]:
                 exec(compile(snippet["source"], snippet["filename"], "exec"), module.__dict__)
     except BaseException as exc:  # noqa: BLE001
-        timeout = isinstance(exc, _Timeout)
+        timeout = isinstance(exc, GradingTimeout)
         _reply(("failed", "timeout" if timeout else "failed", {**_error_info(exc), "timeout": timeout}))
         os._exit(0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)

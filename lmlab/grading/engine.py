@@ -60,12 +60,12 @@ from .registry import CheckFailed, Exercise
 from .sandbox import SandboxError
 from .report import ExerciseResult
 
-__all__ = ["run_exercise", "BoundedText", "time_limit", "error_location"]
+__all__ = ["run_exercise", "BoundedText", "GradingTimeout", "time_limit", "error_location"]
 
 _OUTPUT_KEEP = 2000  # characters of the learner's printing kept for the report
 
 
-class _Timeout(BaseException):
+class GradingTimeout(BaseException):
     """Raised by the timer inside the learner's code (a BaseException: ``except Exception`` cannot swallow it)."""
 
 
@@ -101,7 +101,7 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(d + os.sep for d in dirs if d)
 
 
-def _where(exc: BaseException) -> str:
+def error_location(exc: BaseException) -> str:
     """``" (in f, cell 3 line 7)"`` for the deepest frame of the learner's own code, or ``""``."""
     if isinstance(getattr(exc, "lmlab_where", None), str):  # raised in the sandbox's child: it said where
         return exc.lmlab_where
@@ -115,15 +115,15 @@ def _where(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float | None):
-    """Raise :class:`_Timeout` in this thread after ``seconds`` (only where SIGALRM is usable)."""
+def time_limit(seconds: float | None):
+    """Raise :class:`GradingTimeout` in this thread after ``seconds`` (only where SIGALRM is usable)."""
     usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable:
         yield
         return
 
     def on_alarm(signum, frame):
-        raise _Timeout()
+        raise GradingTimeout()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -174,7 +174,7 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
     check = None
     try:
         redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if capture else (contextlib.nullcontext(),) * 2
-        with _time_limit(limit), redirect[0], redirect[1]:
+        with time_limit(limit), redirect[0], redirect[1]:
             for check in exercise.checks:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
@@ -185,22 +185,22 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         res.status, res.reason = "error", str(exc)
     except NotImplementedError as exc:
         res.status = "not implemented"
-        res.reason = f"{exercise.name} still raises NotImplementedError{_where(exc)}"
+        res.reason = f"{exercise.name} still raises NotImplementedError{error_location(exc)}"
         res.details = res.reason + "\nreplace the `raise NotImplementedError(...)` line with your code"
     except CheckFailed as exc:
         msg = str(exc) or "check failed"
         res.reason, res.details = msg.splitlines()[0], msg
-    except _Timeout:
+    except GradingTimeout:
         res.status, res.reason = "timeout", f"stopped after {limit:g} s (an endless loop? a very slow step?)"
     except KeyboardInterrupt:
         res.status, res.reason = "timeout", "interrupted while running"
     except SystemExit as exc:
-        res.reason = f"your code called sys.exit({exc.code!r}){_where(exc)}; return a value instead"
+        res.reason = f"your code called sys.exit({exc.code!r}){error_location(exc)}; return a value instead"
     except RecursionError as exc:
-        res.reason = f"your code recursed too deeply{_where(exc)}: RecursionError"
+        res.reason = f"your code recursed too deeply{error_location(exc)}: RecursionError"
     except Exception as exc:  # the learner's own error: report it, never re-raise
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        res.reason = f"your code raised {type(exc).__name__}{': ' + text if text else ''}{_where(exc)}"
+        res.reason = f"your code raised {type(exc).__name__}{': ' + text if text else ''}{error_location(exc)}"
         res.details = res.reason + f"\nexpected: {exercise.signature}"
     res.seconds = round(time.perf_counter() - start, 3)
     if check is not None and res.status != "passed":
@@ -211,5 +211,3 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
 
 
 # Public names for the runner (no module imports another's private names).
-time_limit = _time_limit
-error_location = _where

@@ -17,7 +17,7 @@ import types
 
 import torch
 
-__all__ = ["Remote", "RemoteError"]
+__all__ = ["Remote", "RemoteError", "remote_exception"]
 
 
 _REMOTE_ERRORS: dict[tuple, type] = {}
@@ -27,7 +27,7 @@ class RemoteError(Exception):
     """Marks an exception raised by the learner's code in the child (``lmlab_where`` says where)."""
 
 
-def _remote_exception(info: dict) -> BaseException:
+def remote_exception(info: dict) -> BaseException:
     base = next((getattr(builtins, b) for b in info.get("bases", []) if isinstance(getattr(builtins, b, None), type)
                  and issubclass(getattr(builtins, b), BaseException)), Exception)
     if base is BaseException or issubclass(base, (KeyboardInterrupt, GeneratorExit)):

@@ -19,7 +19,7 @@ from pathlib import Path
 from .registry import Exercise
 from .report import ExerciseResult
 
-__all__ = ["grade_in_subprocess", "grade_all", "STARTUP_LIMIT", "GRACE"]
+__all__ = ["child_env", "grade_in_subprocess", "grade_all", "STARTUP_LIMIT", "GRACE"]
 
 STARTUP_LIMIT = 180.0  # seconds for the child to import torch (slow, busy CI machines)
 GRACE = 2.0  # seconds after the time limit before the parent kills (the child's own timer goes first)
@@ -30,7 +30,7 @@ def _error(exercise: Exercise, status: str, reason: str, seconds: float = 0.0) -
                           checks_total=len(exercise.checks), reason=reason, hint=exercise.hint, seconds=round(seconds, 3))
 
 
-def _child_env() -> dict:
+def child_env() -> dict:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent.parent)  # so the child finds this lmlab
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

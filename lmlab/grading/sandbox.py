@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .proxy import Remote, RemoteError, _remote_exception
+from .proxy import Remote, RemoteError, remote_exception
 from .wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
 
 __all__ = ["Sandbox", "SandboxError", "Remote", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
@@ -140,11 +140,11 @@ class Sandbox:
         self.next_check = 0.0
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
-        from .runner import _child_env
+        from .runner import child_env
 
         self.proc = subprocess.Popen([sys.executable, "-m", "lmlab.grading.child", str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     cwd=str(cwd) if cwd else None, env=_child_env(), start_new_session=True)
+                                     cwd=str(cwd) if cwd else None, env=child_env(), start_new_session=True)
         os.close(req_r)
         os.close(rep_w)
 
@@ -228,7 +228,7 @@ class Sandbox:
             try:
                 self._apply(reply[2], reply[3])
                 if reply[0] == "err":
-                    raise _remote_exception(reply[1] if isinstance(reply[1], dict) else {})
+                    raise remote_exception(reply[1] if isinstance(reply[1], dict) else {})
                 outs = None
                 if reply[4] is not None:
                     outs = self._bridge(reply[1], reply[4])
@@ -351,7 +351,7 @@ class Sandbox:
             raise SandboxError(f"your code's process sent a reply the grader cannot read ({exc})") from None
 
     def _read(self, n: int, starting: bool) -> bytes:
-        from .engine import _Timeout
+        from .engine import GradingTimeout
 
         chunks, left = [], n
         while left:
@@ -360,7 +360,7 @@ class Sandbox:
                 self.kill()
                 if starting:
                     raise SandboxError("the grading process did not start in time")
-                raise _Timeout()
+                raise GradingTimeout()
             if now >= self.next_check:  # the process count, a few times a second
                 self.next_check = now + 0.2
                 if len(session_processes(self.proc.pid)) > self.max_procs:
