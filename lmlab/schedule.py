@@ -63,12 +63,7 @@ def torch_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup: int, t
     warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-8, end_factor=1.0, total_iters=max(warmup, 1))
     cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total - warmup, 1), eta_min=min_lr)
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[warmup])
-    out = []
-    for _ in range(steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return _lr_trace(opt, sched, steps)
 
 
 def transformers_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup: int, total: int) -> list[float]:
@@ -79,12 +74,7 @@ def transformers_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup:
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=max_lr)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr=min_lr)
-    out = []
-    for _ in range(steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return _lr_trace(opt, sched, steps)
 
 
 def ramp_batch_size(consumed: int, start: int, full: int, ramp: int, increment: int | None = None) -> int:
@@ -126,3 +116,13 @@ def steps_for_samples(samples: int, start: int, full: int, ramp: int, increment:
         consumed += ramp_batch_size(consumed, start, full, ramp, increment)
         steps += 1
     return steps
+
+
+def _lr_trace(opt, sched, steps: int) -> list[float]:
+    """The learning rate a torch scheduler gives at steps ``0..steps-1`` (one SGD step between reads)."""
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
