@@ -224,8 +224,7 @@ mask_explorer
 
 # %%
 kvh = X.kv_heads_experiment(kv_heads=(4, 2, 1), steps=120, seeds=(0, 1, 2), lrs=(3e-3, 1e-2), batch_size=16)
-print(kvh.sweep.table(), f"
-({len(kvh.sweep.loss) * len(kvh.sweep.seeds)} runs in {kvh.sweep.seconds:.0f} s)")
+print(kvh.sweep.table(), f"\n({len(kvh.sweep.loss) * len(kvh.sweep.seeds)} runs in {kvh.sweep.seconds:.0f} s)")
 decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_dim=64, T=4096, batch=4, repeats=15)
 for r in kvh.rows:
     print(f"{r['name']:<18} params {r['params']:>7,}  val loss {r['val_loss']:.3f} (at its best lr {r['best_lr']:g})  "

@@ -69,12 +69,13 @@ FORGED = _forge()
 '''
     path = tmp_path / "forged.py"
     path.write_text(STUBS + forge, encoding="utf-8")
+    before = set(_children())  # other tests in this worker may own processes (a Jupyter server)
     record = grade_path(path, jobs=2)
     assert record["score"] == 0, record
     assert all(r["status"] == "error" for r in record["exercises"])
     for r in record["exercises"]:
         assert any(w in r["reason"] for w in ("ended the grading process", "cannot read", "garbage", "malformed")), r
-    assert _children() == []
+    assert set(_children()) - before == set()
 
 
 def test_patches_solution_reads_memory_bombs_forks_and_floods_cost_only_their_own_points(tmp_path):
@@ -128,6 +129,7 @@ def sample_batch(ids, batch_size, context_length, generator):
 """
     path = tmp_path / "adversarial.py"
     path.write_text(text, encoding="utf-8")
+    before = set(_children())
     start = time.perf_counter()
     record = grade_path(path, timeout=30, jobs=2)
     elapsed = time.perf_counter() - start
@@ -141,7 +143,7 @@ def sample_batch(ids, batch_size, context_length, generator):
     honest = sum(ex.points for ex in chapter_exercises("00") if ex.id not in attacked)  # CharTokenizer + the untouched ones
     assert record["score"] == honest, record
     assert elapsed < 150, f"grading took {elapsed:.0f} s"
-    assert _children() == []
+    assert set(_children()) - before == set()  # no grading child survives
 
 
 def test_session_processes_counts_what_a_fork_loop_leaves():

@@ -171,8 +171,22 @@ def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, t
         logits = logits if isinstance(logits, torch.Tensor) else logits.logits
         probs = F.softmax(logits[0, len(ids) - 1:].float(), -1).gather(-1, torch.tensor(new)[:, None])[:, 0]
     labels = [tok.decode([i]).replace(" ", "␣").replace("\n", "\\n") for i in new]
-    fig = go.Figure(go.Bar(x=list(range(len(new))), y=probs.tolist(), text=labels))
-    fig.update_layout(xaxis_title="generated token", yaxis_title="p(token) under the model", yaxis_range=[0, 1.05])
+    fig = go.Figure(go.Bar(x=list(range(len(new))), y=probs.tolist(), text=labels, name="p(chosen token), unfiltered"))
+    # what the sampler drew the first token from: the filtered, renormalised distribution (its tail beyond the
+    # 10 most likely tokens, summed), so every control shows its effect even when the sampled text is the same
+    from ..decoding.logits import filtered_probs
+
+    first = logits[0, len(ids) - 1].float()
+    if temperature == 0:
+        dist = F.one_hot(first.argmax(), first.numel()).float()
+    else:
+        dist = filtered_probs(first, temperature, top_k or None, top_p if top_p < 1 else None)
+    top = F.softmax(first, -1).argsort(descending=True)[:10]
+    kept = dist[top].tolist() + [float(1 - dist[top].sum())]
+    fig.add_scatter(x=[f"#{i + 1}" for i in range(10)] + ["rest"], y=kept, xaxis="x2", yaxis="y", mode="lines+markers",
+                    name="first step: what the sampler draws from (10 most likely tokens, then the rest)")
+    fig.update_layout(xaxis_title="generated token", yaxis_title="probability", yaxis_range=[0, 1.05],
+                      xaxis2=dict(overlaying="x", side="top", showgrid=False, title="first step's candidates (by rank)"))
     note = (f"{tok.decode(new, skip_special=True)!r} — {len(new) / seconds:.1f} tokens/s "
             f"({'with' if use_cache else 'without'} the KV cache)")
     return style_figure(fig, "Generation: the probability of each chosen token", height=360), note

@@ -93,7 +93,17 @@ def spike_lab_figure(jolt_step: int = 45, factor: float = 30.0, window: int = 30
                          model_kw=LAB_MODEL, lr=2e-2, margin=0.1)
     fig = spike_figure(r, f"jolt ×{factor:g} at step {jolt_step}; detector window {window}, threshold {threshold:g}σ")
     det = SpikeDetector(window, threshold, min(20, window))
-    flagged = [s for s, l, g in zip(r.hurt.steps, r.hurt.train_loss, r.hurt.grad_norm) if det.check(l, g)]
+    flagged, z = [], []
+    for s, l, g in zip(r.hurt.steps, r.hurt.train_loss, r.hurt.grad_norm):
+        if det.check(l, g):
+            flagged.append(s)
+        z.append(min(max(det.last_z), 3 * threshold))  # what the detector sees (capped for the plot)
+    # the detector's view of the unprotected run, on a second axis, with the threshold it compares against
+    fig.add_scatter(x=r.hurt.steps, y=z, name="detector z-score (no handling)", yaxis="y2",
+                    line=dict(color="#7f7f7f", width=1, dash="dot"))
+    fig.add_scatter(x=[r.hurt.steps[0], r.hurt.steps[-1]], y=[threshold, threshold], name=f"threshold {threshold:g}σ",
+                    yaxis="y2", mode="lines", line=dict(color="#7f7f7f", width=1))
+    fig.update_layout(yaxis2=dict(title="z-score (σ)", overlaying="y", side="right", showgrid=False))
     note = (f"Without handling the detector would fire at steps {flagged[:6]}{'…' if len(flagged) > 6 else ''}; "
             f"with rollback: {len(r.healed.rollbacks)} rollback(s), {sum(x['skipped_batches'] for x in r.healed.rollbacks)} "
             f"batches skipped; final loss clean {final_loss(r.clean):.3f}, hurt {final_loss(r.hurt):.3f}, "
