@@ -224,12 +224,14 @@ bpe_explorer = FigureExplorer(
 bpe_explorer
 
 # %% [markdown]
-# **Generation explorer** (on SmolLM2 if installed, else on your model): temperature 0 is greedy;
-# switch the KV cache off to see the tokens/s drop.
+# **Generation explorer** (on SmolLM2 if installed, else on your model): it starts sampling at temperature 0.7
+# (slide to 0 for greedy, where top-k and top-p no longer matter); switch the KV cache off to see the tokens/s drop.
 
 # %%
+from lmlab.checkpoints import chat_prompt
+
 if smol is not None:
-    gen_model, gen_tok, gen_chat = smol.model, smol.tokenizer, (lambda p: __import__("lmlab.checkpoints", fromlist=["x"]).chat_prompt([{"role": "user", "content": p}]))
+    gen_model, gen_tok, gen_chat = smol.model, smol.tokenizer, (lambda p: chat_prompt([{"role": "user", "content": p}]))
     gen_prompt, gen_eos = "Name a fruit.", smol.eos_id
 else:
     gen_model, gen_tok, gen_chat, gen_prompt, gen_eos = result.models["bpe"], tok, None, "The for statement", None
@@ -237,7 +239,7 @@ generation_explorer = FigureExplorer(
     make_figure=lambda prompt, temperature, top_k, top_p, kv_cache: generation_figure(
         gen_model, gen_tok, prompt, temperature, top_k, top_p, kv_cache, max_new_tokens=10, chat=gen_chat, eos_id=gen_eos),
     controls={"prompt": Text(value=gen_prompt, description="prompt"),
-              "temperature": FloatSlider(value=0.0, min=0.0, max=1.5, step=0.1, description="temperature"),
+              "temperature": FloatSlider(value=0.7, min=0.0, max=1.5, step=0.1, description="temperature"),
               "top_k": IntSlider(value=40, min=0, max=200, step=10, description="top-k (0 = off)"),
               "top_p": FloatSlider(value=1.0, min=0.1, max=1.0, step=0.05, description="top-p"),
               "kv_cache": Checkbox(value=True, description="KV cache")},

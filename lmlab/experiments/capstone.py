@@ -185,7 +185,9 @@ def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, t
     kept = dist[top].tolist() + [float(1 - dist[top].sum())]
     fig.add_scatter(x=[f"#{i + 1}" for i in range(10)] + ["rest"], y=kept, xaxis="x2", yaxis="y", mode="lines+markers",
                     name="first step: what the sampler draws from (10 most likely tokens, then the rest)")
-    fig.update_layout(xaxis_title="generated token", yaxis_title="probability", yaxis_range=[0, 1.05],
+    fig.add_scatter(x=[max(len(new) - 1, 0)], y=[1.02], mode="text", showlegend=False, textposition="middle left",
+                    text=[f"{len(new) / seconds:.1f} tokens/s {'with' if use_cache else 'without'} the KV cache"])
+    fig.update_layout(xaxis_title="generated token", yaxis_title="probability", yaxis_range=[0, 1.08],
                       xaxis2=dict(overlaying="x", side="top", showgrid=False, title="first step's candidates (by rank)"))
     note = (f"{tok.decode(new, skip_special=True)!r} — {len(new) / seconds:.1f} tokens/s "
             f"({'with' if use_cache else 'without'} the KV cache)")
