@@ -33,7 +33,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-__all__ = ["FigureExplorer", "style_figure", "mask_heatmap", "FIGURE_WIDTH", "FIGURE_HEIGHT", "FIGURE_MAX_WIDTH"]
+__all__ = ["FigureExplorer", "Prediction", "style_figure", "mask_heatmap", "FIGURE_WIDTH", "FIGURE_HEIGHT", "FIGURE_MAX_WIDTH"]
 
 FIGURE_WIDTH = 640
 FIGURE_HEIGHT = 480
@@ -150,3 +150,48 @@ def _format(obj) -> tuple[dict, dict]:
     # display it at the top level and return nothing
     bundle = obj._repr_mimebundle_() if hasattr(obj, "_repr_mimebundle_") else None
     return ({**text, **bundle} if bundle else text), {}
+
+
+class Prediction(W.VBox):
+    """"Predict, then run": a question and a dropdown shown *before* an experiment, checked after it.
+
+    ::
+
+        guess = Prediction("Which schedule idles less?", ["GPipe", "1F1B", "the same"])
+        guess                                  # display it; the learner chooses
+        ...                                    # run the experiment
+        print(guess.reveal(measured_answer))   # "You said '1F1B'; measured: '1F1B' ✅"
+
+    ``reveal`` takes the measured answer (one of ``options``) and returns one line; it never raises, so a
+    notebook executed headless (nobody chose) prints "not answered" and goes on.
+    """
+
+    UNANSWERED = "(choose)"
+
+    def __init__(self, question: str, options, description: str = "prediction"):
+        options = [str(option) for option in options]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string, e.g. 'Which schedule idles less?'")
+        if len(options) < 2 or len(set(options)) != len(options):
+            raise ValueError(f"options must be at least two distinct answers, got {options!r}")
+        if self.UNANSWERED in options:
+            raise ValueError(f"options must not contain {self.UNANSWERED!r}: it is the unanswered state")
+        self.question = question
+        self.options = options
+        self.dropdown = W.Dropdown(options=[self.UNANSWERED, *options], description=description,
+                                   style=CONTROL_STYLE, layout=CONTROL_LAYOUT)
+        super().__init__([W.HTML(f"<b>Predict, then run.</b> {question}"), self.dropdown])
+
+    @property
+    def value(self) -> str:
+        return self.dropdown.value
+
+    def reveal(self, measured) -> str:
+        """One line comparing the learner's choice with ``measured`` (which must be one of the options)."""
+        measured = str(measured)
+        if measured not in self.options:
+            raise ValueError(f"measured must be one of the options {self.options!r}, got {measured!r}")
+        if self.value == self.UNANSWERED:
+            return f"{self.question} Measured: {measured!r} (you did not choose an answer before the run)."
+        mark = "✅ right" if self.value == measured else "❌ not this time"
+        return f"{self.question} You said {self.value!r}; measured: {measured!r} — {mark}."
