@@ -109,9 +109,11 @@ def prefix_lm_mask(T, prefix_len):
     exec(source.split("# %%")[0], ns)
     return ns["prefix_lm_mask"](T, prefix_len)
 '''
-    # 3. a correct tokenizer that prints 300 MB per instance (to /dev/null; a gigabyte outlasts the limit on a busy box)
+    # 3. a correct tokenizer whose first instance prints 2 GB (1.5 s per GB to the child's /dev/null stdout)
     text = _replace(text, "        self.chars = sorted(set(text))\n",
-                    "        for _ in range(300):\n            print('x' * 1_000_000)\n        self.chars = sorted(set(text))\n")
+                    "        if not globals().get('_FLOODED'):\n            globals()['_FLOODED'] = True\n"
+                    "            for _ in range(2000):\n                print('x' * 1_000_000)\n"
+                    "        self.chars = sorted(set(text))\n")
     # 4. cross_entropy allocates without bound
     text = _replace(text, "    log_probs = logits", "    hog = []\n    while True:\n        hog.append(bytearray(50_000_000))\n    log_probs = logits")
     # 5. sample_batch forks in a loop (bounded: 20)
