@@ -34,8 +34,9 @@ from torch.func import functional_call
 
 from ..validation import check_int, check_number, check_tensor
 from . import comm
+from .transport import as_ranks, run_in_process
 
-__all__ = ["ZeroOptimizer", "ZERO_STAGES", "simulated_zero1_step"]
+__all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -229,7 +230,7 @@ class ZeroOptimizer:
 
 def simulated_zero1_step(params: list, grads: list, states: list, step: int, lr: float = 1e-3,
                          betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> tuple[list, list]:
-    """One ZeRO-1 AdamW step over N simulated ranks in one process.
+    """One ZeRO-1 AdamW step over N simulated ranks in one process: :func:`zero1_adamw_step` on every rank.
 
     ``params[r]`` is rank r's full copy of the flat parameters ``(n,)`` (all equal), ``grads[r]`` its
     local gradient ``(n,)``, ``states[r]`` its optimizer state for shard r only:
@@ -254,16 +255,25 @@ def simulated_zero1_step(params: list, grads: list, states: list, step: int, lr:
             check_tensor(states[r].get(key) if isinstance(states[r], dict) else None, f"states[{r}][{key!r}]", where, shape=(n // n_ranks,))
     step = check_int(step, "step", where)
     check_number(lr, "lr", where, low=0.0)
+    kw = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    # every rank (a thread) runs zero1_adamw_step, the function the gloo processes run
+    out = run_in_process(lambda ranks, pgs: zero1_adamw_step(*pgs, step, ranks, **kw), list(zip(params, grads, states)))
+    return [p for p, _ in out], [st for _, st in out]
+
+
+def zero1_adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step: int, group=None, *, lr: float = 1e-3,
+                     betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> tuple[torch.Tensor, dict]:
+    """One rank's ZeRO-1 AdamW step. ``param`` ``(n,)``: this rank's full copy of the flat parameters;
+    ``grad`` ``(n,)``: its local gradient; ``state``: AdamW's moments for *its shard only*,
+    ``{"exp_avg": (n/N,), "exp_avg_sq": (n/N,)}``; ``step`` counts from 1. ``group``: a process group
+    (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`.
+    Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages."""
+    ranks = as_ranks(group)
     b1, b2 = betas
-    mean_grad = torch.stack(list(grads)).mean(0).chunk(n_ranks)  # reduce-scatter: rank r keeps chunk r
-    shards, new_states = [], []
-    for r in range(n_ranks):
-        p = params[r].chunk(n_ranks)[r] * (1 - lr * weight_decay)  # decoupled weight decay
-        g = mean_grad[r]
-        m = states[r]["exp_avg"] * b1 + (1 - b1) * g
-        v = states[r]["exp_avg_sq"] * b2 + (1 - b2) * g * g
-        denom = (v / (1 - b2 ** step)).sqrt() + eps
-        shards.append(p - lr * (m / (1 - b1 ** step)) / denom)
-        new_states.append({"exp_avg": m, "exp_avg_sq": v})
-    full = torch.cat(shards)  # all-gather: every rank gets every updated shard
-    return [full.clone() for _ in range(n_ranks)], new_states
+    g = ranks.reduce_scatter(grad.clone()) / ranks.size  # (n/N,): the mean gradient of the shard I own
+    p = param.chunk(ranks.size)[ranks.rank] * (1 - lr * weight_decay)  # my shard, decoupled weight decay
+    m = state["exp_avg"] * b1 + (1 - b1) * g
+    v = state["exp_avg_sq"] * b2 + (1 - b2) * g * g
+    denom = (v / (1 - b2 ** step)).sqrt() + eps
+    shard = p - lr * (m / (1 - b1 ** step)) / denom  # AdamW on 1/N of the parameters
+    return ranks.all_gather(shard), {"exp_avg": m, "exp_avg_sq": v}  # everyone gets every updated shard
