@@ -157,3 +157,28 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
         torch.testing.assert_close(y, y_ref.detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(x_grad, xr.grad, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(m, m_ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_optimizer_runs_on_in_process_ranks(stage):
+    """ZeroOptimizer, the class the gloo ranks train with, on 2 threads: the same model as one process."""
+    from lmlab.parallel import workers
+    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.zero import ZeroOptimizer
+
+    data = workers.batches(steps=3)
+    reference = workers.reference_training(workers.mlp(), data, steps=3)
+    models = [workers.mlp(), workers.mlp()]  # built here: torch.manual_seed is global, not per thread
+
+    def one_rank(ranks, model):
+        opt = ZeroOptimizer(model, stage, group=ranks, **workers.ADAMW)
+        for x, y in data:
+            F.mse_loss(model(x.chunk(2)[ranks.rank]), y.chunk(2)[ranks.rank]).backward()
+            opt.step()
+            opt.zero_grad()
+        return opt.full_parameters()
+
+    for params in run_in_process(one_rank, models):
+        assert params.keys() == reference.keys()
+        for k in params:
+            torch.testing.assert_close(params[k], reference[k], atol=1e-6, rtol=1e-5)

@@ -13,8 +13,10 @@ collectives (``all_reduce``, ``reduce_scatter``, ``all_gather``, sums over ranks
   the ring, too. :func:`run_in_process` starts the threads: ``run_in_process(fn, inputs)`` calls
   ``fn(ranks_r, inputs[r])`` on every rank and returns the results in rank order.
 
-Every function of :mod:`lmlab.parallel` that takes ``group`` also accepts a :class:`Ranks` there
-(:func:`as_ranks`), so the lesson runs the same function on a list of tensors and on gloo processes.
+``ring_all_reduce``, ``average_gradients``, ``zero1_adamw_step``, :class:`~lmlab.parallel.zero.ZeroOptimizer`
+and the tensor-parallel layers accept a :class:`Ranks` where they take ``group`` (:func:`as_ranks`), so the
+lesson runs the same function on a list of tensors and on gloo processes. ``BucketedDataParallel``
+(asynchronous all-reduces), ``broadcast_parameters`` and the pipeline still need ``torch.distributed``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..validation import check_int, check_number, check_tensor
-from . import comm
 from .transport import as_ranks, run_in_process
 
 __all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
@@ -52,13 +51,13 @@ class _Unit:
     """One flattened group of parameters and this rank's shard of it."""
 
     def __init__(self, module: nn.Module, stage: int, group):
-        self.module, self.stage, self.group = module, stage, group
+        self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dtype = self.params[0].dtype
-        self.n, self.r = comm.group_size(group), comm.group_rank(group)
+        self.n, self.r = self.ranks.size, self.ranks.rank
         with torch.no_grad():
             flat = _flat([p.detach() for p in self.params], self.n)
         self.padded = flat.numel()
@@ -85,13 +84,13 @@ class _GatherParams(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard: torch.Tensor, wrapper: "_Zero3Unit") -> torch.Tensor:
         ctx.wrapper = wrapper
-        return comm.all_gather(shard.detach(), group=wrapper.unit.group)
+        return wrapper.unit.ranks.all_gather(shard.detach())
 
     @staticmethod
     def backward(ctx, grad_full: torch.Tensor):
         unit = ctx.wrapper.unit
         ctx.wrapper.regathered = None  # backward of this unit is over: free its parameters again
-        return comm.reduce_scatter(grad_full.contiguous(), group=unit.group) / unit.n, None
+        return unit.ranks.reduce_scatter(grad_full.contiguous()) / unit.n, None
 
 
 class _Zero3Unit(nn.Module):
@@ -109,7 +108,7 @@ class _Zero3Unit(nn.Module):
 
     def _regather(self) -> torch.Tensor:
         if self.regathered is None:
-            self.regathered = comm.all_gather(self.shard.detach(), group=self.unit.group)
+            self.regathered = self.unit.ranks.all_gather(self.shard.detach())
         return self.regathered
 
     def forward(self, *args, **kwargs):
@@ -143,7 +142,8 @@ class _Zero3Unit(nn.Module):
 
 
 class ZeroOptimizer:
-    """AdamW with ZeRO ``stage`` over the ranks of ``group``; all ranks must start with equal weights.
+    """AdamW with ZeRO ``stage`` over the ranks of ``group`` (a process group, ``None`` for all ranks, or
+    in-process :class:`~lmlab.parallel.transport.Ranks`); all ranks must start with equal weights.
 
     ``units``: names of ``module``'s direct children to flatten and shard separately (default:
     every child that has parameters). Stage 3 replaces each unit by a wrapper, in place.
@@ -154,14 +154,14 @@ class ZeroOptimizer:
                  weight_decay: float = 0.01, units: list[str] | None = None, group=None):
         if stage not in ZERO_STAGES:
             raise ValueError(f"ZeroOptimizer: stage must be one of {ZERO_STAGES}, got {stage!r}")
-        self.module, self.stage, self.group = module, stage, group
+        self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         names = units if units is not None else [n for n, c in module.named_children() if any(True for _ in c.parameters())]
         children = dict(module.named_children())
         missing = [n for n in names if n not in children]
         if missing or not names:
             raise ValueError(f"ZeroOptimizer: units must name children of the module with parameters, "
                              f"one of {list(children)}, got {units!r}")
-        self.units = [_Unit(children[n], stage, group) for n in names]
+        self.units = [_Unit(children[n], stage, self.ranks) for n in names]
         if stage == 3:
             for n, u in zip(names, self.units):
                 setattr(module, n, _Zero3Unit(children[n], u))
@@ -173,10 +173,10 @@ class ZeroOptimizer:
         for u in self.units:  # 1. each rank gets the (mean) gradient of what it owns
             if self.stage == 0:
                 g = u.full_grad()
-                comm.all_reduce(g, group=self.group)
+                self.ranks.all_reduce(g)
                 u.master.grad = g.float() / u.n
             elif self.stage in (1, 2):
-                g = comm.reduce_scatter(u.full_grad(), group=self.group) / u.n
+                g = self.ranks.reduce_scatter(u.full_grad()) / u.n
                 if self.stage == 2:  # the full gradient is gone; only our shard of it stays
                     u.grad_shard = g
                     for p in u.params:
@@ -190,7 +190,7 @@ class ZeroOptimizer:
             if self.stage == 3:
                 u.shard.copy_(u.master)
                 continue
-            full = u.master if self.stage == 0 else comm.all_gather(u.master.to(u.dtype), group=self.group)
+            full = u.master if self.stage == 0 else self.ranks.all_gather(u.master.to(u.dtype))
             for p, v in zip(u.params, u.views(full).values()):
                 p.copy_(v)
 
@@ -222,7 +222,7 @@ class ZeroOptimizer:
         """Every parameter, gathered (a collective: call it on all ranks), keyed like the original model."""
         out = {}
         for u in self.units:
-            full = comm.all_gather(u.master.detach(), group=self.group) if self.stage else u.master.detach()
+            full = self.ranks.all_gather(u.master.detach()) if self.stage else u.master.detach()
             prefix = next(n for n, m in self.module.named_children() if m is u.module or getattr(m, "inner", None) is u.module)
             out.update({f"{prefix}.{k}": v.clone() for k, v in u.views(full.to(u.dtype)).items()})
         return out
