@@ -167,7 +167,7 @@ assert max(diff4.values()) < 1e-10
 # function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
 # everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
 # stages 0–3 and torch's FSDP2 (`fully_shard`) trained 5 AdamW steps against one process on the whole
-# batch; a transformer block split Megatron-style against the unsplit block; and a 4-layer GPT cut
+# batch; a transformer block split Megatron-style against the unsplit block; a 4-layer GPT cut
 # into 2 pipeline stages running GPipe and 1F1B over 8 micro-batches (lmlab's from scratch and
 # `torch.distributed.pipelining`'s) against one process; and `spmd_step` from above, unchanged, on
 # `DistRanks()`. Every communication call goes through `lmlab.parallel.comm`, which counts calls and elements sent.
