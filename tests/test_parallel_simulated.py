@@ -182,3 +182,17 @@ def test_zero_optimizer_runs_on_in_process_ranks(stage):
         assert params.keys() == reference.keys()
         for k in params:
             torch.testing.assert_close(params[k], reference[k], atol=1e-6, rtol=1e-5)
+
+
+def test_spmd_functions_name_bad_shapes():
+    from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
+    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.zero import zero1_adamw_step
+
+    with pytest.raises(ValueError, match="x_shard"):
+        run_in_process(lambda ranks, _: row_parallel_forward(torch.zeros(2, 3), torch.zeros(4, 5), None, ranks), [None])
+    with pytest.raises(ValueError, match="column_parallel_forward: x"):
+        run_in_process(lambda ranks, _: column_parallel_forward(torch.zeros(2, 3), torch.zeros(4, 5), None, ranks), [None])
+    state = {"exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
+    with pytest.raises(ValueError, match="divisible"):
+        run_in_process(lambda ranks, _: zero1_adamw_step(torch.zeros(5), torch.zeros(5), state, 1, ranks), [None, None])

@@ -89,10 +89,17 @@ def gather_from_tp(x, group=None):
     return _GatherFromTP.apply(x, as_ranks(group))
 
 
+def _check_features(x: torch.Tensor, weight: torch.Tensor, name: str, where: str) -> None:
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"{where}: {name}'s last dimension ({x.shape[-1]}) must equal the weight shard's "
+                         f"input features ({weight.shape[-1]})")
+
+
 def column_parallel_forward(x: torch.Tensor, weight_shard: torch.Tensor, bias_shard=None, group=None) -> torch.Tensor:
     """One rank of a column-parallel linear: ``x`` ``(..., in)`` is replicated, ``weight_shard`` ``(out/t, in)``
     holds this rank's output features; returns this rank's slice of the output ``(..., out/t)``. No
     communication forward; backward all-reduces the input gradient (``f``)."""
+    _check_features(x, weight_shard, "x", "column_parallel_forward")
     return F.linear(copy_to_tp(x, group), weight_shard, bias_shard)
 
 
@@ -100,6 +107,7 @@ def row_parallel_forward(x_shard: torch.Tensor, weight_shard: torch.Tensor, bias
     """One rank of a row-parallel linear: ``x_shard`` ``(..., in/t)`` (e.g. a column-parallel output) times
     this rank's columns ``weight_shard`` ``(out, in/t)`` is a partial sum of the output; the all-reduce
     (``g``) finishes it on every rank; the replicated ``bias`` ``(out,)`` is added once, after it."""
+    _check_features(x_shard, weight_shard, "x_shard", "row_parallel_forward")
     y = reduce_from_tp(F.linear(x_shard, weight_shard), group)  # (..., out): partial sums -> full output
     return y + bias if bias is not None else y
 

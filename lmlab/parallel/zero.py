@@ -269,6 +269,10 @@ def zero1_adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step:
     (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`.
     Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages."""
     ranks = as_ranks(group)
+    n = check_tensor(param, "param", "zero1_adamw_step", dim=1, floating=True).numel()
+    check_tensor(grad, "grad", "zero1_adamw_step", shape=(n,))
+    if n % ranks.size:
+        raise ValueError(f"zero1_adamw_step: param's numel ({n}) must be divisible by the number of ranks ({ranks.size})")
     b1, b2 = betas
     g = ranks.reduce_scatter(grad.clone()) / ranks.size  # (n/N,): the mean gradient of the shard I own
     p = param.chunk(ranks.size)[ranks.rank] * (1 - lr * weight_decay)  # my shard, decoupled weight decay
