@@ -13,6 +13,8 @@
 #
 # **Goals**
 # - Build a ring all-reduce from send/recv and count its traffic: $2(N-1)/N$ of the data per rank.
+# - Write the ring, data parallel's gradient average, a ZeRO-1 step and Megatron's column/row split once,
+#   run them on in-process ranks (a list of tensors), then the very same functions on gloo processes.
 # - Run data parallelism, ZeRO stages 0–3 and a Megatron tensor-parallel block on real processes
 #   ("simulated GPUs": CPU ranks talking through `torch.distributed`/gloo) and check each gives the
 #   same model as one process, with memory and messages counted.
@@ -98,47 +100,65 @@ P.ring_figure(4).show()
 # %% [markdown]
 # ### First in one process: ranks as a list of tensors
 #
-# Before spawning anything, the same algorithms run over *simulated* ranks — a Python list with one tensor per
-# rank, every "send" a copy between list entries — so you can read and step through them. The ring all-reduce,
-# one ZeRO-1 AdamW step and Megatron's row-parallel layer, each checked against one process:
+# Every algorithm of this chapter is written **once**, as the code *one rank* runs, against a tiny
+# interface, `lmlab.parallel.transport.Ranks`: its `rank` and `size`, a `sendrecv` with a neighbour, and three
+# collectives (all-reduce, reduce-scatter, all-gather). Two worlds implement it:
+#
+# - `ThreadRanks`: $N$ ranks inside this process, one thread each — a list of tensors standing for the ranks,
+#   every message a copy through a queue. Its collectives *are* the ring below, built on `sendrecv`.
+# - `DistRanks`: real processes talking through `torch.distributed` (gloo on CPUs), used in section 2.
+#
+# The only code that differs between the two is how one message travels:
 
 # %%
 import inspect
 
+from lmlab.experiments import parallel_spmd as S
 from lmlab.parallel import collectives
-from lmlab.parallel.tensor_parallel import simulated_row_parallel_forward
-from lmlab.parallel.zero import simulated_zero1_step
+from lmlab.parallel.data_parallel import average_gradients
+from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
+from lmlab.parallel.transport import DistRanks, ThreadRanks, run_in_process
+from lmlab.parallel.zero import zero1_adamw_step
 
-g = torch.Generator().manual_seed(0)
-sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
-history = collectives.simulated_ring_all_reduce(sim_ranks)
-print(f"{len(history)} steps; after the reduce-scatter (step {len(sim_ranks) - 2}) rank 0 holds the finished chunk 1:",
-      history[len(sim_ranks) - 2][0].view(4, 2)[1].numpy().round(3), "=", torch.stack(sim_ranks).sum(0).view(4, 2)[1].numpy().round(3))
-assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1])
-
-w0 = torch.randn(8, generator=g, dtype=torch.float64)
-full = torch.nn.Parameter(w0.clone())
-opt = torch.optim.AdamW([full], lr=1e-2)
-grads = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]
-full.grad = torch.stack(grads).mean(0)
-opt.step()
-zeros = [{"exp_avg": torch.zeros(2, dtype=torch.float64), "exp_avg_sq": torch.zeros(2, dtype=torch.float64)} for _ in range(4)]
-zp, _ = simulated_zero1_step([w0.clone() for _ in range(4)], grads, zeros, 1, lr=1e-2)
-print(f"ZeRO-1 on 4 simulated ranks vs torch AdamW on the whole tensor: max |diff| {(zp[0] - full.detach()).abs().max():.1e}")
-assert all(torch.allclose(p, full.detach(), atol=1e-12) for p in zp)
-
-xw, ww = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
-rows = simulated_row_parallel_forward(list(xw.chunk(2, -1)), list(ww.chunk(2, 1)))
-torch.testing.assert_close(rows[0], xw @ ww.T)
-print("row-parallel on 2 simulated ranks (partial products, then the all-reduce) == the unsplit x @ W^T")
+print(inspect.getsource(ThreadRanks.sendrecv))
+print(inspect.getsource(DistRanks.sendrecv))
 
 # %% [markdown]
-# The processes below run **this** code — `lmlab/parallel/collectives.py`, where each step is a real
-# `isend`/`recv` between gloo ranks instead of a list copy:
+# The ring all-reduce as every rank runs it — here on 4 in-process ranks, in section 2 on gloo processes
+# (`ring_all_reduce` pads the vector to a multiple of $N$, then calls these two):
 
 # %%
 print(inspect.getsource(collectives.ring_reduce_scatter))
 print(inspect.getsource(collectives.ring_all_gather))
+
+g = torch.Generator().manual_seed(0)
+sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
+history = collectives.simulated_ring_all_reduce(sim_ranks)  # ring_all_reduce on 4 threads, every step recorded
+print(f"{len(history)} steps; after the reduce-scatter (step {len(sim_ranks) - 2}) rank 0 holds the finished chunk 1:",
+      history[len(sim_ranks) - 2][0].view(4, 2)[1].numpy().round(3), "=", torch.stack(sim_ranks).sum(0).view(4, 2)[1].numpy().round(3))
+assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1])
+
+# %% [markdown]
+# Data parallel averages the gradients (an all-reduce, then $\div N$); ZeRO-1 reduce-scatters them, updates
+# only its $1/N$ of the parameters with AdamW and all-gathers the result; Megatron's column-parallel layer
+# needs no message forward, the row-parallel layer all-reduces its partial sums. These are the functions
+# `lmlab.parallel` itself runs (`RowParallelLinear.forward` calls `row_parallel_forward`), and `spmd_step`
+# is one rank's part of all four:
+
+# %%
+for fn in (average_gradients, zero1_adamw_step, column_parallel_forward, row_parallel_forward, S.spmd_step):
+    print(inspect.getsource(fn))
+
+# %% [markdown]
+# Run it on 4 in-process ranks and compare every rank's result with one process doing the same arithmetic
+# unsplit (`S.spmd_reference`: the full batch's gradient, torch's own AdamW, the whole MLP):
+
+# %%
+inputs4 = S.spmd_inputs(4)  # rank r's vector, batch slice, gradient, W1 rows and W2 columns
+threads4 = run_in_process(S.spmd_step, inputs4)
+diff4 = S.max_differences(threads4, S.spmd_reference(inputs4))
+print("4 in-process ranks vs one process, max |diff| (float64):", {k: f"{v:.1e}" for k, v in diff4.items()})
+assert max(diff4.values()) < 1e-10
 
 # %% [markdown]
 # ## 2 · Build it, and run it on two processes
@@ -147,10 +167,10 @@ print(inspect.getsource(collectives.ring_all_gather))
 # function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
 # everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
 # stages 0–3 and torch's FSDP2 (`fully_shard`) trained 5 AdamW steps against one process on the whole
-# batch; a transformer block split Megatron-style against the unsplit block; and a 4-layer GPT cut
+# batch; a transformer block split Megatron-style against the unsplit block; a 4-layer GPT cut
 # into 2 pipeline stages running GPipe and 1F1B over 8 micro-batches (lmlab's from scratch and
-# `torch.distributed.pipelining`'s) against one process. Every communication call goes through `lmlab.parallel.comm`,
-# which counts calls and elements sent.
+# `torch.distributed.pipelining`'s) against one process; and `spmd_step` from above, unchanged, on
+# `DistRanks()`. Every communication call goes through `lmlab.parallel.comm`, which counts calls and elements sent.
 
 # %%
 ranks = P.run_two_ranks()
@@ -165,6 +185,24 @@ for r in ranks:
 print(f"ring all-reduce vs dist.all_reduce: max |diff| {max(r['ring_vs_all_reduce'] for r in ranks):.1e}; "
       f"sent {r0['ring_sent_fraction']:.3f} of the data per rank in {r0['ring_messages']} messages "
       f"(formula 2(N-1)/N = {2 * (N - 1) / N:.3f}, N = {N})")
+
+# %% [markdown]
+# ### The in-process code, on the processes
+#
+# Each gloo rank ran `S.spmd_step(DistRanks(), S.spmd_inputs(2)[rank])`: the same function and inputs as the
+# threads, only the world differs. Three-way check: gloo ranks vs 2 in-process ranks vs one process.
+
+# %%
+inputs2 = S.spmd_inputs(2)
+gloo = [r["spmd"] for r in ranks]
+vs_threads = S.max_differences(gloo, run_in_process(S.spmd_step, inputs2))
+vs_one = S.max_differences(gloo, S.spmd_reference(inputs2))
+print(f"{'max |diff| (float64)':<22}{'gloo vs threads':>16}{'gloo vs 1 process':>19}")
+for k in vs_one:
+    print(f"{k:<22}{vs_threads[k]:>16.1e}{vs_one[k]:>19.1e}")
+same = max(vs_threads.values()) < 1e-10 and max(vs_one.values()) < 1e-10
+print(f"Verdict: on gloo processes the code {'gives' if same else 'does NOT give'} what it gave in-process and in one process.")
+assert same
 
 # %% [markdown]
 # ### Data parallel and ZeRO: the same model as one process

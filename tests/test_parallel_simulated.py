@@ -72,3 +72,127 @@ def test_1f1b_schedule_bounds_activations():
         res = simulate("1f1b", p, m)
         assert res.peak_activations == [min(p - s, m) for s in range(p)]
         assert len(schedule_ops("1f1b", p, m, 0)) == 2 * m
+
+
+# -- one implementation: in-process ranks (threads) run the same functions as gloo processes ----------
+
+
+def test_thread_ranks_collectives_follow_torch_distributed_semantics():
+    from lmlab.parallel.transport import run_in_process
+
+    ts = [torch.arange(12.0).view(6, 2) * 10 ** r for r in range(3)]
+
+    def one_rank(ranks, t):
+        return ranks.reduce_scatter(t.clone()), ranks.all_gather(t[:2].clone()), ranks.all_reduce(t.clone()), ranks.sent
+
+    total = sum(ts)
+    for r, (rs, ag, ar, sent) in enumerate(run_in_process(one_rank, ts)):
+        assert torch.equal(rs, total[2 * r: 2 * r + 2])  # rank r keeps chunk r of the sum, (2, 2)
+        assert torch.equal(ag, torch.cat([t[:2] for t in ts]))  # rank order, (6, 2)
+        assert torch.equal(ar, total)
+        # reduce-scatter 2/3 of 12, all-gather 2 x 4 elements, all-reduce 2 x 2/3 of 12 -> 8 + 8 + 16
+        assert sent == 32
+
+
+def test_run_in_process_reraises_the_failing_rank_without_waiting():
+    import time
+
+    from lmlab.parallel.transport import run_in_process
+
+    def one_rank(ranks, t):
+        if ranks.rank == 1:
+            raise ZeroDivisionError("rank 1 broke")
+        return ranks.all_reduce(t)  # would wait forever for rank 1
+
+    t0 = time.monotonic()
+    with pytest.raises(ZeroDivisionError, match="rank 1 broke"):
+        run_in_process(one_rank, [torch.ones(4) for _ in range(3)])
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ValueError, match="inputs"):
+        run_in_process(one_rank, [])
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_spmd_step_in_process_equals_one_process(n):
+    from lmlab.experiments import parallel_spmd as S
+    from lmlab.parallel.transport import run_in_process
+
+    inputs = S.spmd_inputs(n)
+    diff = S.max_differences(run_in_process(S.spmd_step, inputs), S.spmd_reference(inputs))
+    assert set(diff) == {"ring", "dp_grad", "zero1_param", "tp_out", "tp_x_grad"}
+    assert max(diff.values()) < 1e-10
+    with pytest.raises(ValueError, match="n_ranks"):
+        S.spmd_inputs(3)
+
+
+def test_megatron_layers_and_block_run_on_in_process_ranks():
+    """The nn.Module layers the gloo processes use, on threads: TPBlock (2 all-reduces each way) == the block."""
+    import torch.nn as nn
+
+    from lmlab.model import GPT, ModelConfig
+    from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
+    from lmlab.parallel.transport import run_in_process
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=4, activation="swiglu",
+                      norm="rmsnorm", bias=False, n_kv_heads=2)
+    block = GPT(cfg).blocks[0]
+    lin1, lin2 = nn.Linear(16, 32), nn.Linear(32, 16)
+    x, xm = torch.randn(2, 8, 32), torch.randn(3, 16)
+    y_ref = block(x)
+    m_ref = lin2(F.gelu(lin1(xm)))
+
+    def one_rank(ranks, _):
+        tp_block = TPBlock(block, group=ranks)
+        xg = x.clone().requires_grad_()
+        y = tp_block(xg)
+        y.square().sum().backward()
+        mlp = nn.Sequential(ColumnParallelLinear.from_linear(lin1, group=ranks), nn.GELU(),
+                            RowParallelLinear.from_linear(lin2, group=ranks))
+        return y.detach(), xg.grad, mlp(xm).detach()
+
+    xr = x.clone().requires_grad_()
+    block(xr).square().sum().backward()
+    for y, x_grad, m in run_in_process(one_rank, [None, None]):
+        torch.testing.assert_close(y, y_ref.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x_grad, xr.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(m, m_ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_optimizer_runs_on_in_process_ranks(stage):
+    """ZeroOptimizer, the class the gloo ranks train with, on 2 threads: the same model as one process."""
+    from lmlab.parallel import workers
+    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.zero import ZeroOptimizer
+
+    data = workers.batches(steps=3)
+    reference = workers.reference_training(workers.mlp(), data, steps=3)
+    models = [workers.mlp(), workers.mlp()]  # built here: torch.manual_seed is global, not per thread
+
+    def one_rank(ranks, model):
+        opt = ZeroOptimizer(model, stage, group=ranks, **workers.ADAMW)
+        for x, y in data:
+            F.mse_loss(model(x.chunk(2)[ranks.rank]), y.chunk(2)[ranks.rank]).backward()
+            opt.step()
+            opt.zero_grad()
+        return opt.full_parameters()
+
+    for params in run_in_process(one_rank, models):
+        assert params.keys() == reference.keys()
+        for k in params:
+            torch.testing.assert_close(params[k], reference[k], atol=1e-6, rtol=1e-5)
+
+
+def test_spmd_functions_name_bad_shapes():
+    from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
+    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.zero import zero1_adamw_step
+
+    with pytest.raises(ValueError, match="x_shard"):
+        run_in_process(lambda ranks, _: row_parallel_forward(torch.zeros(2, 3), torch.zeros(4, 5), None, ranks), [None])
+    with pytest.raises(ValueError, match="column_parallel_forward: x"):
+        run_in_process(lambda ranks, _: column_parallel_forward(torch.zeros(2, 3), torch.zeros(4, 5), None, ranks), [None])
+    state = {"exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
+    with pytest.raises(ValueError, match="divisible"):
+        run_in_process(lambda ranks, _: zero1_adamw_step(torch.zeros(5), torch.zeros(5), state, 1, ranks), [None, None])

@@ -46,6 +46,17 @@ def test_launch_runs_fsdp2_and_the_pipeline_schedules_on_real_ranks(ranks):
     assert ranks[0]["pipeline"]["gpipe_peak"] == 8  # GPipe holds all m micro-batches on the first stage
 
 
+def test_launch_runs_the_in_process_code_on_gloo_ranks(ranks):
+    from lmlab.experiments import parallel_spmd as S
+    from lmlab.parallel.transport import run_in_process
+
+    inputs = S.spmd_inputs(2)
+    gloo = [r["spmd"] for r in ranks]
+    for other in (run_in_process(S.spmd_step, inputs), S.spmd_reference(inputs)):
+        diff = S.max_differences(gloo, other)
+        assert set(diff) == {"ring", "dp_grad", "zero1_param", "tp_out", "tp_x_grad"} and max(diff.values()) < 1e-10
+
+
 def test_ring_schedule_is_a_valid_all_reduce():
     for n in (2, 3, 4, 5):
         table = P.ring_send_schedule(n)

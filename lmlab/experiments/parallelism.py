@@ -2,7 +2,8 @@
 
 - :func:`lesson_checks` is the worker the lesson launches on 2 ranks (it must live in an importable
   module): ring all-reduce vs ``all_reduce``, data parallel and ZeRO 0-3 vs one process, measured
-  bytes and traffic, and a Megatron tensor-parallel block with its all-reduces counted.
+  bytes and traffic, a Megatron tensor-parallel block with its all-reduces counted, FSDP2, the pipeline
+  schedules, and :func:`lmlab.experiments.parallel_spmd.spmd_step` (the code the lesson first runs in-process).
 - :func:`run_two_ranks` launches it; everything else is arithmetic (:mod:`lmlab.calc`) or the
   pipeline simulator (:mod:`lmlab.parallel.pipeline`), so it costs nothing.
 - Figures: :func:`ring_figure`, :func:`zero_figure`, :func:`gantt_figure`, :func:`bubble_figure`,
@@ -16,6 +17,8 @@ import plotly.graph_objects as go
 from .. import calc
 from ..parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from ..parallel.pipeline import simulate
+from ..parallel.transport import DistRanks
+from .parallel_spmd import spmd_inputs, spmd_step
 from ..widgets import style_figure
 
 __all__ = ["lesson_checks", "run_two_ranks", "ring_send_schedule", "ring_figure", "zero_table", "zero_figure",
@@ -42,6 +45,8 @@ def lesson_checks(rank: int, world_size: int) -> dict:
     workers.check_tp_block(out)  # Megatron block: output/grads == one process, all-reduces counted
     # a 4-layer GPT cut into world_size stages, 8 micro-batches: GPipe and 1F1B (from scratch and torch's) == one process
     out["pipeline"] = {k: v for k, v in workers.check_pipeline(rank, world_size).items() if not k.startswith("ring")}
+    # the lesson's in-process code, unchanged, on this gloo rank: ring, DP average, ZeRO-1 step, TP column -> row
+    out["spmd"] = spmd_step(DistRanks(), spmd_inputs(world_size)[rank])
     return out
 
 

@@ -10,6 +10,10 @@ every step rank r sends one chunk to rank r + 1 and receives one from rank r - 1
 
 Each rank sends 2 (N - 1) chunks of n / N elements: ``2 (N - 1) / N x n``, almost independent
 of N, which is why the ring is bandwidth-optimal (:func:`lmlab.calc.ring_all_reduce_volume`).
+
+Written once, as the code one rank runs, against :class:`lmlab.parallel.transport.Ranks`: the lesson
+runs these very functions on ranks that are threads of one process (:func:`simulated_ring_all_reduce`,
+a list of tensors standing for the ranks) and on gloo processes (``group=None`` or a process group).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..validation import check_tensor
-from . import comm
+from .transport import Ranks, as_ranks, run_in_process
 
 __all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule",
            "simulated_ring_all_reduce"]
@@ -25,19 +29,6 @@ __all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_se
 
 def _chunks(flat: torch.Tensor, n: int) -> list[torch.Tensor]:
     return list(flat.view(n, -1).unbind(0))  # n equal views into flat
-
-
-def _step(send_chunk: torch.Tensor, recv_buf: torch.Tensor, right: int, left: int) -> torch.Tensor:
-    handle = comm.isend(send_chunk.clone(), right)  # non-blocking: everyone sends and receives at once
-    comm.recv(recv_buf, left)
-    handle.wait()
-    return recv_buf
-
-
-def _ring(group) -> tuple[int, int, int, int]:
-    ranks = comm.group_ranks(group)
-    n, me = len(ranks), ranks.index(comm.rank())
-    return n, me, ranks[(me + 1) % n], ranks[(me - 1) % n]
 
 
 def _padded(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -60,37 +51,42 @@ def ring_send_schedule(n_ranks: int) -> list[list[int]]:
     return [[ring_send_chunk(r, s, n_ranks) for r in range(n_ranks)] for s in range(2 * (n_ranks - 1))]
 
 
-def ring_reduce_scatter(flat: torch.Tensor, group=None) -> int:
-    """In place on ``flat`` (numel divisible by N): afterwards chunk ``(r + 1) mod N`` holds the sum.
-    Returns the index of that chunk."""
-    n, me, right, left = _ring(group)
-    chunks = _chunks(flat, n)
+def ring_reduce_scatter(flat: torch.Tensor, ranks: Ranks, trace: list | None = None) -> int:
+    """In place on ``flat`` ``(n,)``, n divisible by N: afterwards chunk ``(r + 1) mod N`` holds the sum
+    over ranks. Returns the index of that chunk. ``trace``: a copy of ``flat`` is appended after each step."""
+    n, me = ranks.size, ranks.rank
+    chunks = _chunks(flat, n)  # (N, n / N) views into flat
     buf = torch.empty_like(chunks[0])
     for s in range(n - 1):
-        got = _step(chunks[ring_send_chunk(me, s, n)], buf, right, left)
+        got = ranks.sendrecv(chunks[ring_send_chunk(me, s, n)], (me + 1) % n, buf, (me - 1) % n)  # right, left
         chunks[(me - s - 1) % n].add_(got)  # the left neighbour sent the chunk one step behind ours
+        if trace is not None:
+            trace.append(flat.clone())
     return (me + 1) % n
 
 
-def ring_all_gather(flat: torch.Tensor, group=None) -> None:
+def ring_all_gather(flat: torch.Tensor, ranks: Ranks, trace: list | None = None) -> None:
     """In place: rank r's finished chunk ``(r + 1) mod N`` is copied around the ring to everyone."""
-    n, me, right, left = _ring(group)
+    n, me = ranks.size, ranks.rank
     chunks = _chunks(flat, n)
     buf = torch.empty_like(chunks[0])
     for s in range(n - 1):
-        got = _step(chunks[ring_send_chunk(me, n - 1 + s, n)], buf, right, left)
+        got = ranks.sendrecv(chunks[ring_send_chunk(me, n - 1 + s, n)], (me + 1) % n, buf, (me - 1) % n)
         chunks[(me - s) % n].copy_(got)
+        if trace is not None:
+            trace.append(flat.clone())
 
 
-def ring_all_reduce(t: torch.Tensor, group=None) -> torch.Tensor:
+def ring_all_reduce(t: torch.Tensor, group=None, trace: list | None = None) -> torch.Tensor:
     """Sum ``t`` over the ranks of ``group``, in place, with send/recv only. Equals ``dist.all_reduce``
-    (up to the order of the additions). Works for any numel (zero-padded to a multiple of N)."""
-    n = comm.group_size(group)
-    if n == 1:
+    (up to the order of the additions). Works for any numel (zero-padded to a multiple of N).
+    ``group``: a process group (``None``: all ranks) or a :class:`~lmlab.parallel.transport.Ranks`."""
+    ranks = as_ranks(group)
+    if ranks.size == 1:
         return t
-    flat = _padded(t, n)
-    ring_reduce_scatter(flat, group)
-    ring_all_gather(flat, group)
+    flat = _padded(t, ranks.size)
+    ring_reduce_scatter(flat, ranks, trace)
+    ring_all_gather(flat, ranks, trace)
     t.copy_(flat[: t.numel()].view_as(t))
     return t
 
@@ -98,7 +94,8 @@ def ring_all_reduce(t: torch.Tensor, group=None) -> torch.Tensor:
 def simulated_ring_all_reduce(tensors: list) -> list:
     """The same ring in one process: ``tensors[r]`` is rank ``r``'s 1-D vector (numel divisible by N).
 
-    Every step all ranks send at once (each sends what it held *before* the step). Returns the
+    Each rank is a thread running :func:`ring_all_reduce`, the function the gloo processes run; every
+    step all ranks send at once (each sends what it held *before* the step). Returns the
     history: after each of the ``2 (N - 1)`` steps, a copy of every rank's vector; the last entry
     is the all-reduce (every rank holds the sum). The inputs are not modified.
     Graded reference of ``exercises/12_parallelism`` (``12.ring_all_reduce_sim``).
@@ -110,15 +107,11 @@ def simulated_ring_all_reduce(tensors: list) -> list:
         check_tensor(t, f"tensors[{r}]", "simulated_ring_all_reduce", dim=1, shape=(tensors[0].numel(),))
     if tensors[0].numel() % n:
         raise ValueError(f"simulated_ring_all_reduce: numel must be divisible by N = {n}, got {tensors[0].numel()}")
-    state = [t.clone() for t in tensors]
-    history = []
-    for s in range(2 * (n - 1)):
-        reduce = s < n - 1
-        sent = [(r - s) % n if reduce else (r + 1 - (s - n + 1)) % n for r in range(n)]
-        msgs = [_chunks(state[r], n)[sent[r]].clone() for r in range(n)]  # everyone sends at once
-        for r in range(n):
-            c, chunk = sent[(r - 1) % n], msgs[(r - 1) % n]  # from the left neighbour
-            mine = _chunks(state[r], n)[c]
-            mine.add_(chunk) if reduce else mine.copy_(chunk)
-        history.append([t.clone() for t in state])
-    return history
+
+    def one_rank(ranks, t):  # what every rank runs: the ring above, recording its vector after each step
+        trace: list = []
+        ring_all_reduce(t.clone(), ranks, trace)
+        return trace
+
+    traces = run_in_process(one_rank, list(tensors))  # traces[r][s]
+    return [[traces[r][s] for r in range(n)] for s in range(2 * (n - 1))]

@@ -4,7 +4,8 @@ Every rank holds the whole model and a different slice of the batch. If each ran
 mean over its slice, the mean of the ranks' gradients is the gradient of the full batch's mean
 loss, so after averaging the ranks take identical optimizer steps and stay identical.
 
-- :func:`average_gradients`: the naive version, one all-reduce per parameter after backward.
+- :func:`average_gradients`: the naive version, one all-reduce per parameter after backward (it runs
+  on gloo processes and, in lesson 12's first section, on in-process ranks).
 - :class:`BucketedDataParallel`: what ``DistributedDataParallel`` does: gradients are grouped
   into buckets of about ``bucket_elements``; when the last gradient of a bucket is ready during
   backward, the bucket is flattened and all-reduced asynchronously (overlapping with the rest of
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import comm
+from .transport import as_ranks
 
 __all__ = ["average_gradients", "broadcast_parameters", "BucketedDataParallel"]
 
@@ -32,12 +34,13 @@ def broadcast_parameters(module: nn.Module, src: int = 0, group=None) -> None:
 
 
 def average_gradients(module: nn.Module, group=None) -> None:
-    """Naive data parallel: after ``loss.backward()``, replace every gradient by its mean over ranks."""
-    n = comm.group_size(group)
+    """Naive data parallel: after ``loss.backward()``, replace every gradient by its mean over ranks.
+    ``group``: a process group (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`."""
+    ranks = as_ranks(group)
     for p in module.parameters():
         if p.grad is not None:
-            comm.all_reduce(p.grad, group=group)
-            p.grad.div_(n)
+            ranks.all_reduce(p.grad)  # the sum over ranks, in place
+            p.grad.div_(ranks.size)
 
 
 class BucketedDataParallel(nn.Module):

@@ -24,9 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validation import check_tensor
-from . import comm
+from .transport import as_ranks, run_in_process
 
-__all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "ColumnParallelLinear", "RowParallelLinear",
+__all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "column_parallel_forward", "row_parallel_forward",
+           "ColumnParallelLinear", "RowParallelLinear",
            "VocabParallelEmbedding", "TPBlock", "check_divisible",
            "simulated_row_parallel_forward"]
 
@@ -41,23 +42,19 @@ def check_divisible(value: int, tp: int, name: str, where: str) -> None:
 
 class _CopyToTP(torch.autograd.Function):  # f
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
+    def forward(ctx, x, ranks):
+        ctx.ranks = ranks
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        comm.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return ctx.ranks.all_reduce(grad.contiguous().clone()), None
 
 
 class _ReduceFromTP(torch.autograd.Function):  # g
     @staticmethod
-    def forward(ctx, x, group):
-        x = x.contiguous().clone()
-        comm.all_reduce(x, group=group)
-        return x
+    def forward(ctx, x, ranks):
+        return ranks.all_reduce(x.contiguous().clone())
 
     @staticmethod
     def backward(ctx, grad):
@@ -66,30 +63,53 @@ class _ReduceFromTP(torch.autograd.Function):  # g
 
 class _GatherFromTP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        out = comm.all_gather(x.movedim(-1, 0).contiguous(), group=group)  # (n * k, ...)
+    def forward(ctx, x, ranks):
+        ctx.ranks = ranks
+        out = ranks.all_gather(x.movedim(-1, 0).contiguous())  # (n * k, ...)
         return out.movedim(0, -1).contiguous()
 
     @staticmethod
     def backward(ctx, grad):
-        n, r = comm.group_size(ctx.group), comm.group_rank(ctx.group)
-        return grad.chunk(n, dim=-1)[r].contiguous(), None
+        return grad.chunk(ctx.ranks.size, dim=-1)[ctx.ranks.rank].contiguous(), None
 
 
+# ``group``: a process group (None: all ranks) or in-process Ranks (lmlab.parallel.transport)
 def copy_to_tp(x, group=None):
     """Identity forward, all-reduce of the gradient backward (Megatron's ``f``)."""
-    return _CopyToTP.apply(x, group)
+    return _CopyToTP.apply(x, as_ranks(group))
 
 
 def reduce_from_tp(x, group=None):
     """All-reduce forward, identity backward (Megatron's ``g``)."""
-    return _ReduceFromTP.apply(x, group)
+    return _ReduceFromTP.apply(x, as_ranks(group))
 
 
 def gather_from_tp(x, group=None):
     """Concatenate the ranks' last dimension forward; keep this rank's slice of the gradient backward."""
-    return _GatherFromTP.apply(x, group)
+    return _GatherFromTP.apply(x, as_ranks(group))
+
+
+def _check_features(x: torch.Tensor, weight: torch.Tensor, name: str, where: str) -> None:
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"{where}: {name}'s last dimension ({x.shape[-1]}) must equal the weight shard's "
+                         f"input features ({weight.shape[-1]})")
+
+
+def column_parallel_forward(x: torch.Tensor, weight_shard: torch.Tensor, bias_shard=None, group=None) -> torch.Tensor:
+    """One rank of a column-parallel linear: ``x`` ``(..., in)`` is replicated, ``weight_shard`` ``(out/t, in)``
+    holds this rank's output features; returns this rank's slice of the output ``(..., out/t)``. No
+    communication forward; backward all-reduces the input gradient (``f``)."""
+    _check_features(x, weight_shard, "x", "column_parallel_forward")
+    return F.linear(copy_to_tp(x, group), weight_shard, bias_shard)
+
+
+def row_parallel_forward(x_shard: torch.Tensor, weight_shard: torch.Tensor, bias=None, group=None) -> torch.Tensor:
+    """One rank of a row-parallel linear: ``x_shard`` ``(..., in/t)`` (e.g. a column-parallel output) times
+    this rank's columns ``weight_shard`` ``(out, in/t)`` is a partial sum of the output; the all-reduce
+    (``g``) finishes it on every rank; the replicated ``bias`` ``(out,)`` is added once, after it."""
+    _check_features(x_shard, weight_shard, "x_shard", "row_parallel_forward")
+    y = reduce_from_tp(F.linear(x_shard, weight_shard), group)  # (..., out): partial sums -> full output
+    return y + bias if bias is not None else y
 
 
 # -- layers ------------------------------------------------------------------------------------
@@ -103,7 +123,8 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, gather_output: bool = False,
                  split_sizes: list[int] | None = None, group=None):
         super().__init__()
-        tp = comm.group_size(group)
+        self.ranks = as_ranks(group)
+        tp = self.ranks.size
         self.split_sizes = list(split_sizes) if split_sizes is not None else [out_features]
         if sum(self.split_sizes) != out_features:
             raise ValueError(f"ColumnParallelLinear: split_sizes must add up to out_features ({out_features}), got {self.split_sizes}")
@@ -127,12 +148,12 @@ class ColumnParallelLinear(nn.Module):
 
     def shard(self, full: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a full ``(out, ...)`` tensor: slice ``r`` of each part."""
-        r = comm.group_rank(self.group)
+        r = self.ranks.rank
         return torch.cat([part.chunk(self.tp)[r] for part in full.split(self.split_sizes)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)  # (..., out / tp)
-        return gather_from_tp(y, self.group) if self.gather_output else y
+        y = column_parallel_forward(x, self.weight, self.bias, self.ranks)  # (..., out / tp)
+        return gather_from_tp(y, self.ranks) if self.gather_output else y
 
 
 class RowParallelLinear(nn.Module):
@@ -141,7 +162,8 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, input_is_parallel: bool = True, group=None):
         super().__init__()
-        tp = comm.group_size(group)
+        self.ranks = as_ranks(group)
+        tp = self.ranks.size
         check_divisible(in_features, tp, "in_features", "RowParallelLinear")
         self.group, self.tp, self.input_is_parallel = group, tp, input_is_parallel
         self.weight = nn.Parameter(torch.empty(out_features, in_features // tp))
@@ -158,13 +180,12 @@ class RowParallelLinear(nn.Module):
         return layer
 
     def shard(self, full: torch.Tensor) -> torch.Tensor:
-        return full.chunk(self.tp, dim=-1)[comm.group_rank(self.group)]
+        return full.chunk(self.tp, dim=-1)[self.ranks.rank]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
-            x = x.chunk(self.tp, dim=-1)[comm.group_rank(self.group)]
-        y = reduce_from_tp(F.linear(x, self.weight), self.group)  # partial sums -> full output
-        return y + self.bias if self.bias is not None else y
+            x = x.chunk(self.tp, dim=-1)[self.ranks.rank]
+        return row_parallel_forward(x, self.weight, self.bias, self.ranks)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -172,11 +193,12 @@ class VocabParallelEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, group=None):
         super().__init__()
-        tp = comm.group_size(group)
+        self.ranks = as_ranks(group)
+        tp = self.ranks.size
         check_divisible(num_embeddings, tp, "num_embeddings", "VocabParallelEmbedding")
         self.group, self.tp = group, tp
         per = num_embeddings // tp
-        self.start = comm.group_rank(group) * per
+        self.start = self.ranks.rank * per
         self.end = self.start + per
         self.weight = nn.Parameter(torch.empty(per, embedding_dim))
 
@@ -191,7 +213,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (ids < self.start) | (ids >= self.end)
         local = (ids - self.start).masked_fill(outside, 0)
         y = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # (..., C), zeros elsewhere
-        return reduce_from_tp(y, self.group)
+        return reduce_from_tp(y, self.ranks)
 
 
 class TPBlock(nn.Module):
@@ -201,7 +223,7 @@ class TPBlock(nn.Module):
 
     def __init__(self, block, group=None):
         super().__init__()
-        tp = comm.group_size(group)
+        tp = as_ranks(group).size
         attn, ffn = block.attn, block.ffn
         if block.norm_position != "pre":
             raise ValueError(f"TPBlock: norm_position must be 'pre', got {block.norm_position!r}")
@@ -240,7 +262,7 @@ def _clone(module: nn.Module) -> nn.Module:
 
 
 def simulated_row_parallel_forward(x_shards: list, weight_shards: list, bias=None) -> list:
-    """:class:`RowParallelLinear`'s forward over ``t`` simulated ranks in one process, all-reduce included.
+    """:func:`row_parallel_forward` (what :class:`RowParallelLinear` runs) on ``t`` in-process ranks, all-reduce included.
 
     Rank r holds ``x_shards[r]`` ``(..., in/t)`` (its slice of the input features, e.g. a column-parallel
     layer's output) and ``weight_shards[r]`` ``(out, in/t)`` (its columns of ``W``); ``bias`` ``(out,)``
@@ -257,7 +279,5 @@ def simulated_row_parallel_forward(x_shards: list, weight_shards: list, bias=Non
         check_tensor(x, f"x_shards[{r}]", where, shape=(*x_shards[0].shape[:-1], w.shape[1]))
     if bias is not None:
         check_tensor(bias, "bias", where, shape=(weight_shards[0].shape[0],))
-    partial = [F.linear(x, w) for x, w in zip(x_shards, weight_shards)]  # (..., out) partial sums per rank
-    total = torch.stack(partial).sum(0)  # the all-reduce (g)
-    out = total + bias if bias is not None else total
-    return [out.clone() for _ in x_shards]
+    # every rank (a thread) runs the function RowParallelLinear runs on gloo processes, all-reduce (g) included
+    return run_in_process(lambda ranks, xw: row_parallel_forward(*xw, bias, ranks), list(zip(x_shards, weight_shards)))

@@ -33,9 +33,9 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..validation import check_int, check_number, check_tensor
-from . import comm
+from .transport import as_ranks, run_in_process
 
-__all__ = ["ZeroOptimizer", "ZERO_STAGES", "simulated_zero1_step"]
+__all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -51,13 +51,13 @@ class _Unit:
     """One flattened group of parameters and this rank's shard of it."""
 
     def __init__(self, module: nn.Module, stage: int, group):
-        self.module, self.stage, self.group = module, stage, group
+        self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dtype = self.params[0].dtype
-        self.n, self.r = comm.group_size(group), comm.group_rank(group)
+        self.n, self.r = self.ranks.size, self.ranks.rank
         with torch.no_grad():
             flat = _flat([p.detach() for p in self.params], self.n)
         self.padded = flat.numel()
@@ -84,13 +84,13 @@ class _GatherParams(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard: torch.Tensor, wrapper: "_Zero3Unit") -> torch.Tensor:
         ctx.wrapper = wrapper
-        return comm.all_gather(shard.detach(), group=wrapper.unit.group)
+        return wrapper.unit.ranks.all_gather(shard.detach())
 
     @staticmethod
     def backward(ctx, grad_full: torch.Tensor):
         unit = ctx.wrapper.unit
         ctx.wrapper.regathered = None  # backward of this unit is over: free its parameters again
-        return comm.reduce_scatter(grad_full.contiguous(), group=unit.group) / unit.n, None
+        return unit.ranks.reduce_scatter(grad_full.contiguous()) / unit.n, None
 
 
 class _Zero3Unit(nn.Module):
@@ -108,7 +108,7 @@ class _Zero3Unit(nn.Module):
 
     def _regather(self) -> torch.Tensor:
         if self.regathered is None:
-            self.regathered = comm.all_gather(self.shard.detach(), group=self.unit.group)
+            self.regathered = self.unit.ranks.all_gather(self.shard.detach())
         return self.regathered
 
     def forward(self, *args, **kwargs):
@@ -142,7 +142,8 @@ class _Zero3Unit(nn.Module):
 
 
 class ZeroOptimizer:
-    """AdamW with ZeRO ``stage`` over the ranks of ``group``; all ranks must start with equal weights.
+    """AdamW with ZeRO ``stage`` over the ranks of ``group`` (a process group, ``None`` for all ranks, or
+    in-process :class:`~lmlab.parallel.transport.Ranks`); all ranks must start with equal weights.
 
     ``units``: names of ``module``'s direct children to flatten and shard separately (default:
     every child that has parameters). Stage 3 replaces each unit by a wrapper, in place.
@@ -153,14 +154,14 @@ class ZeroOptimizer:
                  weight_decay: float = 0.01, units: list[str] | None = None, group=None):
         if stage not in ZERO_STAGES:
             raise ValueError(f"ZeroOptimizer: stage must be one of {ZERO_STAGES}, got {stage!r}")
-        self.module, self.stage, self.group = module, stage, group
+        self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         names = units if units is not None else [n for n, c in module.named_children() if any(True for _ in c.parameters())]
         children = dict(module.named_children())
         missing = [n for n in names if n not in children]
         if missing or not names:
             raise ValueError(f"ZeroOptimizer: units must name children of the module with parameters, "
                              f"one of {list(children)}, got {units!r}")
-        self.units = [_Unit(children[n], stage, group) for n in names]
+        self.units = [_Unit(children[n], stage, self.ranks) for n in names]
         if stage == 3:
             for n, u in zip(names, self.units):
                 setattr(module, n, _Zero3Unit(children[n], u))
@@ -172,10 +173,10 @@ class ZeroOptimizer:
         for u in self.units:  # 1. each rank gets the (mean) gradient of what it owns
             if self.stage == 0:
                 g = u.full_grad()
-                comm.all_reduce(g, group=self.group)
+                self.ranks.all_reduce(g)
                 u.master.grad = g.float() / u.n
             elif self.stage in (1, 2):
-                g = comm.reduce_scatter(u.full_grad(), group=self.group) / u.n
+                g = self.ranks.reduce_scatter(u.full_grad()) / u.n
                 if self.stage == 2:  # the full gradient is gone; only our shard of it stays
                     u.grad_shard = g
                     for p in u.params:
@@ -189,7 +190,7 @@ class ZeroOptimizer:
             if self.stage == 3:
                 u.shard.copy_(u.master)
                 continue
-            full = u.master if self.stage == 0 else comm.all_gather(u.master.to(u.dtype), group=self.group)
+            full = u.master if self.stage == 0 else self.ranks.all_gather(u.master.to(u.dtype))
             for p, v in zip(u.params, u.views(full).values()):
                 p.copy_(v)
 
@@ -221,7 +222,7 @@ class ZeroOptimizer:
         """Every parameter, gathered (a collective: call it on all ranks), keyed like the original model."""
         out = {}
         for u in self.units:
-            full = comm.all_gather(u.master.detach(), group=self.group) if self.stage else u.master.detach()
+            full = self.ranks.all_gather(u.master.detach()) if self.stage else u.master.detach()
             prefix = next(n for n, m in self.module.named_children() if m is u.module or getattr(m, "inner", None) is u.module)
             out.update({f"{prefix}.{k}": v.clone() for k, v in u.views(full.to(u.dtype)).items()})
         return out
@@ -229,7 +230,7 @@ class ZeroOptimizer:
 
 def simulated_zero1_step(params: list, grads: list, states: list, step: int, lr: float = 1e-3,
                          betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> tuple[list, list]:
-    """One ZeRO-1 AdamW step over N simulated ranks in one process.
+    """One ZeRO-1 AdamW step over N simulated ranks in one process: :func:`zero1_adamw_step` on every rank.
 
     ``params[r]`` is rank r's full copy of the flat parameters ``(n,)`` (all equal), ``grads[r]`` its
     local gradient ``(n,)``, ``states[r]`` its optimizer state for shard r only:
@@ -254,16 +255,29 @@ def simulated_zero1_step(params: list, grads: list, states: list, step: int, lr:
             check_tensor(states[r].get(key) if isinstance(states[r], dict) else None, f"states[{r}][{key!r}]", where, shape=(n // n_ranks,))
     step = check_int(step, "step", where)
     check_number(lr, "lr", where, low=0.0)
+    kw = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    # every rank (a thread) runs zero1_adamw_step, the function the gloo processes run
+    out = run_in_process(lambda ranks, pgs: zero1_adamw_step(*pgs, step, ranks, **kw), list(zip(params, grads, states)))
+    return [p for p, _ in out], [st for _, st in out]
+
+
+def zero1_adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step: int, group=None, *, lr: float = 1e-3,
+                     betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01) -> tuple[torch.Tensor, dict]:
+    """One rank's ZeRO-1 AdamW step. ``param`` ``(n,)``: this rank's full copy of the flat parameters;
+    ``grad`` ``(n,)``: its local gradient; ``state``: AdamW's moments for *its shard only*,
+    ``{"exp_avg": (n/N,), "exp_avg_sq": (n/N,)}``; ``step`` counts from 1. ``group``: a process group
+    (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`.
+    Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages."""
+    ranks = as_ranks(group)
+    n = check_tensor(param, "param", "zero1_adamw_step", dim=1, floating=True).numel()
+    check_tensor(grad, "grad", "zero1_adamw_step", shape=(n,))
+    if n % ranks.size:
+        raise ValueError(f"zero1_adamw_step: param's numel ({n}) must be divisible by the number of ranks ({ranks.size})")
     b1, b2 = betas
-    mean_grad = torch.stack(list(grads)).mean(0).chunk(n_ranks)  # reduce-scatter: rank r keeps chunk r
-    shards, new_states = [], []
-    for r in range(n_ranks):
-        p = params[r].chunk(n_ranks)[r] * (1 - lr * weight_decay)  # decoupled weight decay
-        g = mean_grad[r]
-        m = states[r]["exp_avg"] * b1 + (1 - b1) * g
-        v = states[r]["exp_avg_sq"] * b2 + (1 - b2) * g * g
-        denom = (v / (1 - b2 ** step)).sqrt() + eps
-        shards.append(p - lr * (m / (1 - b1 ** step)) / denom)
-        new_states.append({"exp_avg": m, "exp_avg_sq": v})
-    full = torch.cat(shards)  # all-gather: every rank gets every updated shard
-    return [full.clone() for _ in range(n_ranks)], new_states
+    g = ranks.reduce_scatter(grad.clone()) / ranks.size  # (n/N,): the mean gradient of the shard I own
+    p = param.chunk(ranks.size)[ranks.rank] * (1 - lr * weight_decay)  # my shard, decoupled weight decay
+    m = state["exp_avg"] * b1 + (1 - b1) * g
+    v = state["exp_avg_sq"] * b2 + (1 - b2) * g * g
+    denom = (v / (1 - b2 ** step)).sqrt() + eps
+    shard = p - lr * (m / (1 - b1 ** step)) / denom  # AdamW on 1/N of the parameters
+    return ranks.all_gather(shard), {"exp_avg": m, "exp_avg_sq": v}  # everyone gets every updated shard
