@@ -167,7 +167,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         a 0-dim tensor (autograd must flow through it) equal to ``F.cross_entropy`` on the
         flattened inputs.
 
-    Hint: ``logits - torch.logsumexp(logits, dim=-1, keepdim=True)`` is log-softmax; ``gather``
+    Hint: log-softmax is the logits minus their ``torch.logsumexp`` over the vocabulary; ``gather``
     picks the target's entry.
     """
     ### BEGIN SOLUTION
@@ -195,8 +195,8 @@ def sample_batch(ids: torch.Tensor, batch_size: int, context_length: int, genera
     ``ids[s + 1 : s + context_length + 1]``. Every start that leaves room for ``y`` must be
     possible. Draw the starts with ``generator`` so that a seeded generator gives the same batch.
 
-    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with
-    ``starts[:, None] + torch.arange(context_length)``.
+    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with a ``(B, T)``
+    tensor of positions (each start plus ``0 .. context_length - 1``).
     """
     ### BEGIN SOLUTION
     starts = torch.randint(len(ids) - context_length, (batch_size,), generator=generator)  # (B,)

@@ -189,7 +189,7 @@ class RMSNorm(nn.Module):
     ``RMSNorm(d_model, eps=1e-6)``: one parameter, ``weight`` of shape ``(d_model,)``, initialised to
     ones (no bias). ``forward(x (..., d_model))`` returns ``rms_norm(x, weight, eps)``, same shape.
 
-    Hint: ``nn.Parameter(torch.ones(d_model))``; keep ``eps`` on the module and use it in ``forward``.
+    Hint: the gain is an ``nn.Parameter`` that starts at ones; keep ``eps`` on the module and use it in ``forward``.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-6):

@@ -149,7 +149,7 @@ check("02.swiglu_ffn", swiglu_ffn)
 def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     """Hidden size of a gated FFN with about the parameters of a plain FFN of ``plain_hidden``.
 
-    ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
+    Two thirds of ``plain_hidden`` (truncated to an int), rounded up to a multiple of ``multiple_of``, and never below
     ``multiple_of``. Returns an ``int``.
 
     Hint: three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count,

@@ -70,7 +70,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
         length: tokens in the text (>= 2).
         noise_density: the share r of noise tokens, in (0, 1).
         mean_noise_span_length: mu, >= 1.
-        seed: seed ``torch.Generator().manual_seed(seed)`` and draw every random number from it.
+        seed: seed a ``torch.Generator`` with it (``manual_seed``) and draw every random number from it.
         random_roll: roll the mask by a random offset in ``[0, length)`` at the end.
 
     Hint: a random split of n items into k positive parts = k - 1 distinct cut points chosen among

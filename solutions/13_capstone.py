@@ -72,8 +72,8 @@ def bpe_merge_step(chunks: list[list[int]], new_id: int):
         ``(pair, new_chunks)``: the merged pair ``(a, b)`` and the chunks with every occurrence
         of it replaced by ``new_id``.
 
-    Hint: a dict (or ``collections.Counter``) of pair counts; ``min(counts, key=lambda p: (-counts[p], p))``
-    is one way to say "most frequent, then smallest".
+    Hint: a dict (or ``collections.Counter``) of pair counts; a ``min`` over the pairs with a key of
+    ``(minus the count, the pair)`` is one way to say "most frequent, then smallest".
     """
     ### BEGIN SOLUTION
     counts = {}
@@ -118,7 +118,7 @@ def bpe_encode(ids: list[int], merges: dict) -> list[int]:
     Returns:
         the token ids (a list of ints).
 
-    Hint: ``rank = {pair: r for r, pair in enumerate(merges)}``; look at ``zip(ids, ids[1:])``.
+    Hint: a dict from each pair to its position in ``merges`` (``enumerate``); look at ``zip(ids, ids[1:])``.
     """
     ### BEGIN SOLUTION
     rank = {pair: r for r, pair in enumerate(merges)}
