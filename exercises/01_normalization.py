@@ -19,7 +19,7 @@
 # | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 | 5 min |
 # | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 | 5 min |
 # | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
-# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | |
+# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | 5 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -20,7 +20,7 @@
 # | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 | 10 min |
 # | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 | 5 min |
 # | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 | 5 min |
-# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 | |
+# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 | 5 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

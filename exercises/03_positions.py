@@ -19,7 +19,7 @@
 # | 2 | `apply_rope(x, positions, base)`: RoPE in the half-split layout | 3 | 15 min |
 # | 3 | `alibi_slopes(n_heads)`: ALiBi's per-head slopes, for any number of heads | 2 | 10 min |
 # | 4 | `relative_position_bucket(...)`: T5's bucket of a relative position | 3 | 20 min |
-# | 5 | `class RotaryEmbedding`: your RoPE as a module, swapped into the model and trained | 2 | |
+# | 5 | `class RotaryEmbedding`: your RoPE as a module, swapped into the model and trained | 2 | 5 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

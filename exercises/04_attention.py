@@ -20,7 +20,7 @@
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
 # | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 | 30 min |
-# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | |
+# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | 15 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under

@@ -112,6 +112,9 @@ def test_exercise_tables_have_a_time_column():
     for path, text in expected_exercise_files(ROOT).items():
         header = next((line for line in text.splitlines() if line.startswith("# | # | exercise | points")), None)
         assert header is not None and "time" in header, path.name
+        rows = [line for line in text.splitlines() if re.match(r"# \| \d+ \|", line)]
+        assert len(rows) == len(chapter_exercises(path.name[:2])), f"{path.name}: one table row per exercise"
+        assert all(re.search(r"\| \d+ min \|$", row) for row in rows), f"{path.name}: a row without its time: {rows}"
 
 
 def test_exercise_hints_and_minutes_are_validated():
