@@ -18,7 +18,7 @@
 # | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 | 10 min |
 # | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 | 5 min |
 # | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 | 5 min |
-# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
+# | 4 | warm-up: `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
 # | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | 5 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
@@ -206,7 +206,7 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
 check("01.pre_ln_block", pre_ln_block)
 
 # %% [markdown]
-# ## 4 · DeepNorm's constants (1 point)
+# ## 4 · DeepNorm's constants (1 point, warm-up)
 #
 # DeepNet (Wang et al., 2022) keeps post-LN but up-weights the skip, $x \leftarrow \mathrm{LN}(\alpha x + f(x))$,
 # and scales the sub-layers' initial weights by $\beta$. For a decoder-only stack of $M$ layers:

@@ -15,9 +15,9 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 | 5 min |
+# | 1 | warm-up: `kv_cache_bytes(...)`: the memory of a KV cache | 1 | 5 min |
 # | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 10 min |
-# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
+# | 3 | warm-up: `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 | 5 min |
 # | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 | 25 min |
 #
@@ -51,7 +51,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · The size of a KV cache (2 points)
+# ## 1 · The size of a KV cache (1 point, warm-up)
 #
 # Every layer keeps a key **and** a value vector per K/V head for every token:
 # $$\text{bytes} = 2 \times L \times n_{kv} \times d_h \times \text{tokens} \times \text{batch} \times \text{bytes per value}.$$
@@ -161,7 +161,7 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
 check("08.decode_step", decode_step)
 
 # %% [markdown]
-# ## 3 · Blocks needed for n tokens (1 point)
+# ## 3 · Blocks needed for n tokens (1 point, warm-up)
 #
 # PagedAttention stores a sequence in blocks of `block_size` tokens. How many blocks hold `n`
 # tokens? A partly filled last block is still a whole block; an exact multiple needs no extra one.

@@ -15,7 +15,7 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `flops_per_token(...)`: training FLOPs per token, attention included | 2 | 5 min |
+# | 1 | warm-up: `flops_per_token(...)`: training FLOPs per token, attention included | 1 | 5 min |
 # | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 | 25 min |
 # | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 | 15 min |
 # | 4 | `llama_params(...)`: the parameters of a LLaMA-style model | 2 | 10 min |
@@ -50,7 +50,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · FLOPs per token, with attention (2 points)
+# ## 1 · FLOPs per token, with attention (1 point, warm-up)
 #
 # Training a weight costs one multiply-add (2 FLOPs) forward and two backward (the gradient with
 # respect to the input and to the weight): **6 FLOPs per parameter per token**, $6N$. Attention adds

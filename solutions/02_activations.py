@@ -15,8 +15,8 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 |
-# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 |
+# | 1 | warm-up: `swish(x, beta)`: x · sigmoid(βx) | 1 |
+# | 2 | warm-up: `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 1 |
 # | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
 # | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 |
 # | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 |
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Swish (2 points)
+# ## 1 · Swish (1 point, warm-up)
 #
 # $\mathrm{Swish}_\beta(x) = x\,\sigma(\beta x)$. β = 1 is SiLU (`F.silu`), β = 0 the line x/2,
 # β → ∞ ReLU. Write it with `torch.sigmoid` (not `F.silu`: the check compares with it).
@@ -81,7 +81,7 @@ def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
 check("02.swish", swish)
 
 # %% [markdown]
-# ## 2 · GeLU, the tanh approximation (2 points)
+# ## 2 · GeLU, the tanh approximation (1 point, warm-up)
 #
 # GeLU is $x\,\Phi(x)$ with $\Phi$ the normal CDF. GPT-2 (and BERT's original code) used
 #

@@ -225,3 +225,26 @@ def test_the_leak_check_catches_a_pasted_solution_line():
     assert _leaks(["draw them with torch.randint(len(ids) - context_length, (batch_size,), generator=g)"], frags)
     assert not _leaks(["draw them with torch.randint(..., generator=g)"], frags)
     assert not _solution_fragments(["        return out", "    i += 1", "    if x <= 0:"])
+
+
+def test_exercise_tables_match_the_registry_and_one_liners_are_warm_ups():
+    """Each exercise table row shows the registered points and minutes; a row marked "warm-up:" is worth 1 point;
+    an exercise whose whole solution is one statement (a formula) is such a warm-up; every chapter has at least one
+    exercise worth 3 points or more (a component: a module, a loop, an algorithm)."""
+    files = expected_exercise_files(ROOT)
+    for path, text in files.items():
+        chapter = path.name[:2]
+        by_name = {ex.name: ex for ex in chapter_exercises(chapter)}
+        rows = [line for line in text.splitlines() if re.match(r"# \| \d+ \|", line)]
+        for row in rows:
+            cells = [c.strip() for c in row.strip("# |").split("|")]
+            ex = next(by_name[n] for n in re.findall(r"`(?:class\s+)?([A-Za-z_]\w*)", cells[1]) if n in by_name)
+            assert cells[2] == str(ex.points), f"{path.name}: {ex.id} shows {cells[2]} points, registered {ex.points}"
+            assert cells[3] == f"{ex.minutes} min", f"{path.name}: {ex.id} shows {cells[3]}, registered {ex.minutes} min"
+            if cells[1].startswith("warm-up:"):
+                assert ex.points == 1, f"{ex.id} is a warm-up worth {ex.points} points"
+            src = (ROOT / "solutions" / path.name).read_text(encoding="utf-8")
+            statements = [ln for ln in _solution_blocks(src, ex.name) if ln.strip() and not ln.strip().startswith("#")]
+            if len(statements) == 1:
+                assert cells[1].startswith("warm-up:") and ex.points == 1, f"{ex.id}: a one-line solution is a 1-point warm-up"
+        assert max(ex.points for ex in by_name.values()) >= 3, f"chapter {chapter} has no component exercise"

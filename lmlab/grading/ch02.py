@@ -60,7 +60,7 @@ def _swish_grad(f):
 
 register(Exercise(
     id="02.swish",
-    points=2,
+    points=1,
     signature="swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor of x's shape",
     hint="Swish multiplies x by a sigmoid of beta times x.",
     minutes=5,
@@ -110,7 +110,7 @@ def _gelu_large(f):
 
 register(Exercise(
     id="02.gelu_tanh",
-    points=2,
+    points=1,
     signature="gelu_tanh(x: torch.Tensor) -> torch.Tensor of x's shape and dtype",
     hint="GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715 is in the paper).",
     minutes=5,

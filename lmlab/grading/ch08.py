@@ -60,7 +60,7 @@ def _kv_reference():
 
 register(Exercise(
     id="08.kv_cache_bytes",
-    points=2,
+    points=1,
     signature="kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1) -> int",
     hint="count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.",
     minutes=5,

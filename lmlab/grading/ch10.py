@@ -88,7 +88,7 @@ def _flops_terms(f):
 
 register(Exercise(
     id="10.flops_per_token",
-    points=2,
+    points=1,
     signature="flops_per_token(n_params, n_layers, context_length, d_model) -> float",
     hint="Each weight costs a multiply-add forward and two backward; attention adds QK^T and AV over the context per layer.",
     minutes=5,

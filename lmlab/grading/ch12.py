@@ -54,7 +54,7 @@ register(Exercise(
     points=1,
     signature="ring_send_chunk(rank: int, step: int, n_ranks: int) -> int (the chunk index sent at step, 0 <= step < 2(N-1))",
     hint="two phases of N - 1 steps; in each, the chunk a rank sends moves one place round the ring per step. Where does rank r's finished chunk sit when the reduce-scatter ends?",
-    minutes=10,
+    minutes=5,
     hints=(
         "Ring all-reduce cuts each tensor into N chunks. In the reduce-scatter every rank passes one chunk to its "
         "right neighbour per step and adds what arrives from the left; after N - 1 steps each rank holds one finished "
@@ -145,7 +145,7 @@ register(Exercise(
     points=1,
     signature="bubble_fraction(p: int stages, m: int micro-batches) -> float (idle fraction of the total time)",
     hint="count the time slots from the first stage's first forward to the last stage's last one, and how many of them one stage works.",
-    minutes=5,
+    minutes=3,
     hints=(
         "In GPipe a pipeline of p stages runs m micro-batches; the stages wait while the pipe fills and drains. The "
         "idle share of the timeline is the bubble.",
