@@ -311,10 +311,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your function from the previous exercise.")
+        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your function from the previous exercise.")
+        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).")
 
 
 # %% [markdown]

@@ -370,8 +370,7 @@ register(Exercise(
     points=2,
     kind="class",
     signature="class SwiGLU(nn.Module): SwiGLU(d_model: int, hidden: int) with nn.Linear gate_proj, up_proj (d->h), down_proj (h->d), no bias; forward (B, T, d) -> (B, T, d)",
-    hint="three bias-free linear layers with the names in the signature; forward reuses your function from the previous "
-         "exercise.",
+    hint="three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).",
     minutes=5,
     hints=(
         "The module holds the three weight matrices as nn.Linear layers, so they train and load by name (gate_proj, "
