@@ -24,7 +24,9 @@
 # | 6 | `attention_head(x, w_q, w_k, w_v)`: one causal, scaled attention head | 3 | 15 min |
 # | 7 | `gpt_forward(state, idx, n_heads)`: the whole GPT forward from `lmlab.GPT`'s weights | 5 | 30 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -66,8 +68,30 @@ def causal_mask(T: int) -> torch.Tensor:
 
     Hint: ``torch.ones(T, T, dtype=torch.bool)`` and ``torch.tril``.
     """
-    raise NotImplementedError("mask[i, j] is True when key j <= query i: the lower triangle, diagonal included (torch.tril).")
+    raise NotImplementedError("mask[i, j] is True when key j is not after query i: the lower triangle, diagonal included.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# In a causal decoder a token may look at itself and at every earlier token, never at a later one. Row i of the mask is query i, column j is key j.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# The result is (T, T) of dtype bool, True exactly where the key is not after the query. Either compare a column of positions (T, 1) with a row (1, T) by broadcasting, or keep the lower triangle of an all-True (T, T) matrix.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# i = torch.arange(T)
+# return ...  # i as a row compared with i as a column: (T, T) bool
+# ```
+#
+# </details>
 
 # %%
 check("00.causal_mask", causal_mask)
@@ -91,6 +115,29 @@ def prefix_lm_mask(T: int, prefix_len: int) -> torch.Tensor:
     """
     raise NotImplementedError("start from the causal mask, then let the prefix block [:prefix_len, :prefix_len] see itself in both directions.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A prefix decoder reads its prefix (the prompt) in both directions and generates the rest causally: prefix tokens see each other both ways, later tokens see the whole prefix and their own past.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Start from the (T, T) causal mask. The top-left prefix_len x prefix_len block becomes all True; nothing else changes (rows after the prefix already see every earlier key). prefix_len = 0 gives the causal mask back.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# mask = ...  # the causal mask, (T, T) bool
+# ...  # open up the prefix block
+# return mask
+# ```
+#
+# </details>
 
 # %%
 check("00.prefix_lm_mask", prefix_lm_mask)
@@ -116,18 +163,49 @@ class CharTokenizer:
     """
 
     def __init__(self, text: str):
-        raise NotImplementedError("chars = sorted(set(text)); stoi maps each character to its position in chars; decode looks ids up in chars.")
+        raise NotImplementedError("the vocabulary is every distinct character of the text, in sorted order; encode and decode are two look-ups, one in each direction.")
 
     @property
     def vocab_size(self) -> int:
-        raise NotImplementedError("chars = sorted(set(text)); stoi maps each character to its position in chars; decode looks ids up in chars.")
+        raise NotImplementedError("the vocabulary is every distinct character of the text, in sorted order; encode and decode are two look-ups, one in each direction.")
 
     def encode(self, s: str) -> list[int]:
-        raise NotImplementedError("chars = sorted(set(text)); stoi maps each character to its position in chars; decode looks ids up in chars.")
+        raise NotImplementedError("the vocabulary is every distinct character of the text, in sorted order; encode and decode are two look-ups, one in each direction.")
 
     def decode(self, ids: list[int]) -> str:
-        raise NotImplementedError("chars = sorted(set(text)); stoi maps each character to its position in chars; decode looks ids up in chars.")
+        raise NotImplementedError("the vocabulary is every distinct character of the text, in sorted order; encode and decode are two look-ups, one in each direction.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A character tokenizer gives each distinct character of the training text one id. Sorting the characters makes the ids reproducible: the same text always gives the same vocabulary.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# __init__: chars is the sorted list of distinct characters; stoi maps a character to its index in chars. vocab_size is how many there are. encode(str) gives one id per character; decode(list of ids) gives the string back, so decode(encode(s)) == s.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# self.chars = ...  # sorted, distinct
+# self.stoi = ...  # character -> its index
+#
+# # vocab_size:
+# return ...
+#
+# # encode(s):
+# return [... for ch in s]
+#
+# # decode(ids):
+# return "".join(...)
+# ```
+#
+# </details>
 
 # %%
 check("00.CharTokenizer", CharTokenizer)
@@ -151,11 +229,34 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         a 0-dim tensor (autograd must flow through it) equal to ``F.cross_entropy`` on the
         flattened inputs.
 
-    Hint: ``logits - torch.logsumexp(logits, dim=-1, keepdim=True)`` is log-softmax; ``gather``
+    Hint: log-softmax is the logits minus their ``torch.logsumexp`` over the vocabulary; ``gather``
     picks the target's entry.
     """
-    raise NotImplementedError("log p = logits - logsumexp(logits, dim=-1, keepdim=True); pick each target's log p with gather; the loss is minus their mean.")
+    raise NotImplementedError("turn the logits into log-probabilities in a numerically stable way, pick the target's entry at every position, and average the negatives.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Cross-entropy is the average of -log p(target) over all positions. Computing log-softmax as the logits minus their log-sum-exp avoids overflow in exp for large logits.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# logits (B, T, V) -> log-probabilities (B, T, V): subtract the log-sum-exp over the last dim, kept as (B, T, 1) so it broadcasts. Pick the target's entry at each (b, t) with gather along the last dim (targets reshaped to (B, T, 1)), giving (B, T). Return minus the mean: a 0-dim tensor.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# log_probs = ...  # (B, T, V)
+# picked = log_probs.gather(-1, ...).squeeze(-1)  # (B, T)
+# return ...
+# ```
+#
+# </details>
 
 # %%
 check("00.cross_entropy", cross_entropy)
@@ -175,11 +276,35 @@ def sample_batch(ids: torch.Tensor, batch_size: int, context_length: int, genera
     ``ids[s + 1 : s + context_length + 1]``. Every start that leaves room for ``y`` must be
     possible. Draw the starts with ``generator`` so that a seeded generator gives the same batch.
 
-    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with
-    ``starts[:, None] + torch.arange(context_length)``.
+    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with a ``(B, T)``
+    tensor of positions (each start plus ``0 .. context_length - 1``).
     """
-    raise NotImplementedError("draw starts with torch.randint(len(ids) - context_length, (batch_size,), generator=generator); y is the window one token later.")
+    raise NotImplementedError("draw batch_size random starts with the generator (leave room for the window and one more token); y is the same window one token later.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A language model learns to predict the next token, so a training example is a window of text x and the same window shifted one token later, y. Random windows give varied batches; the generator makes them reproducible.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# starts: batch_size integers in [0, len(ids) - context_length), drawn with torch.randint and generator=generator (B,). Adding arange(context_length) (T,) to starts[:, None] gives a (B, T) index tensor; x is ids at those indices, y is ids one position later.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# starts = torch.randint(..., (batch_size,), generator=...)  # (B,)
+# idx = ...  # (B, T): every start plus 0..T-1
+# x, y = ..., ...
+# return x, y
+# ```
+#
+# </details>
 
 # %%
 check("00.sample_batch", sample_batch)
@@ -263,8 +388,8 @@ def gpt_forward(state: dict, idx: torch.Tensor, n_heads: int) -> torch.Tensor:
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# x = state["tok_emb.weight"][idx] + state["pos_emb.weight"][:T]
-# for i in range(n_layers):
+# x = ...  # token embeddings of idx + position embeddings of 0..T-1: (B, T, C)
+# for i in ...:  # every block
 #     h = F.layer_norm(x, (C,), ...)
 #     q, k, v = F.linear(h, ...).split(C, dim=2)
 #     ...  # heads: view(B, T, nh, hs).transpose(1, 2)

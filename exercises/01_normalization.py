@@ -15,13 +15,15 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 | 15 min |
-# | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 | 10 min |
-# | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 | 10 min |
-# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
-# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | |
+# | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 | 10 min |
+# | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 | 5 min |
+# | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 | 5 min |
+# | 4 | warm-up: `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 | 5 min |
+# | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 | 5 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -76,6 +78,29 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     raise NotImplementedError("statistics per token, over its features only (keep the dims so they broadcast); which variance does torch's LayerNorm use, and where does eps go?")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# LayerNorm normalizes each token on its own: subtract the mean of its d features, divide by their standard deviation, then apply a learned gain and bias. Nothing is shared across the batch or the sequence.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Mean and variance over the last dim with keepdim=True: (..., 1). Use the biased variance (divide by d, as torch's LayerNorm does), put eps inside the square root, then multiply by weight (d,) and add bias (d,): both broadcast.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# mean = ...  # (..., 1), over the features
+# var = ...  # biased, (..., 1)
+# return ... * weight + bias  # (..., d)
+# ```
+#
+# </details>
+
 # %%
 check("01.layer_norm", layer_norm)
 
@@ -103,6 +128,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     """
     raise NotImplementedError("like LayerNorm without re-centring: scale each token by the root of its mean square.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# RMSNorm (Zhang & Sennrich) drops LayerNorm's re-centring and its bias: it only rescales each token so that the root of its mean square is 1, then applies a learned gain. Fewer operations, and in practice the same quality.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Mean of x squared over the last dim, keepdim: (..., 1). Add eps, take one over the square root (torch.rsqrt), multiply x by it and by weight (d,). No mean is subtracted and there is no bias.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# ms = ...  # (..., 1): mean square per token
+# return x * ... * weight
+# ```
+#
+# </details>
 
 # %%
 check("01.rms_norm", rms_norm)
@@ -132,14 +179,36 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
     Hint: normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the
     residual stream itself is never normalized.
     """
-    raise NotImplementedError("normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the residual stream itself is never normalized.")
+    raise NotImplementedError("normalize only what enters each sub-layer; the residual stream itself is never normalized.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Pre-LN puts the norm at the entrance of each sub-layer, inside the residual branch: x + f(norm(x)). The identity path carries the un-normalized signal straight through, which is why gradients stay well-behaved in deep stacks.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Two residual steps, in order: first the attention branch (through norm1), then the FFN branch (through norm2) applied to the result of the first step. Every tensor stays (B, T, d).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# h = x + ...  # the attention branch
+# return h + ...  # the FFN branch
+# ```
+#
+# </details>
 
 # %%
 check("01.pre_ln_block", pre_ln_block)
 
 # %% [markdown]
-# ## 4 · DeepNorm's constants (1 point)
+# ## 4 · DeepNorm's constants (1 point, warm-up)
 #
 # DeepNet (Wang et al., 2022) keeps post-LN but up-weights the skip, $x \leftarrow \mathrm{LN}(\alpha x + f(x))$,
 # and scales the sub-layers' initial weights by $\beta$. For a decoder-only stack of $M$ layers:
@@ -157,6 +226,29 @@ def deepnorm_constants(num_layers: int) -> tuple[float, float]:
     """
     raise NotImplementedError("DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the number of layers (alpha grows with depth, beta shrinks).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# DeepNorm up-weights the residual (x * alpha + f(x)) and shrinks some initial weights by beta, so a deep post-LN stack takes gentle updates. The DeepNet paper gives both constants as functions of the depth N.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Both are quarter powers of a multiple of N: alpha = (a * N) ** (1/4) grows with depth, beta = (b * N) ** (-1/4) shrinks. Read a and b from the paper's table, decoder-only column (the smaller multiple goes with alpha). Return a tuple of floats.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# alpha = (... * num_layers) ** 0.25
+# beta = (... * num_layers) ** -0.25
+# return alpha, beta
+# ```
+#
+# </details>
 
 # %%
 check("01.deepnorm_constants", deepnorm_constants)
@@ -177,16 +269,42 @@ class RMSNorm(nn.Module):
     ``RMSNorm(d_model, eps=1e-6)``: one parameter, ``weight`` of shape ``(d_model,)``, initialised to
     ones (no bias). ``forward(x (..., d_model))`` returns ``rms_norm(x, weight, eps)``, same shape.
 
-    Hint: ``nn.Parameter(torch.ones(d_model))``; keep ``eps`` on the module and use it in ``forward``.
+    Hint: the gain is an ``nn.Parameter`` that starts at ones; keep ``eps`` on the module and use it in ``forward``.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-6):
         super().__init__()
-        raise NotImplementedError("keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).")
+        raise NotImplementedError("the module only holds a trainable gain and eps; the arithmetic is the function you wrote in exercise 2.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).")
+        raise NotImplementedError("the module only holds a trainable gain and eps; the arithmetic is the function you wrote in exercise 2.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# An nn.Module wraps state around the function you already wrote: a learnable gain (one per feature) and eps. As a module, the model can train the gain and save it in its state dict.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# __init__: store eps; register weight as an nn.Parameter of shape (d_model,), starting at ones so the layer begins as a pure normalization. forward(x): (..., d_model) -> the same shape, by calling rms_norm.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# # __init__(self, d_model, eps=1e-6):
+# self.eps = ...
+# self.weight = ...  # trainable, (d_model,), ones
+#
+# # forward(self, x):
+# return ...  # your rms_norm
+# ```
+#
+# </details>
 
 # %%
 check("01.RMSNorm", RMSNorm)

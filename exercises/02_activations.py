@@ -15,14 +15,16 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 | 10 min |
-# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 | 10 min |
-# | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 | 15 min |
+# | 1 | warm-up: `swish(x, beta)`: x · sigmoid(βx) | 1 | 5 min |
+# | 2 | warm-up: `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 1 | 5 min |
+# | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 | 10 min |
 # | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 | 5 min |
 # | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 | 5 min |
-# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 | |
+# | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 | 5 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -54,7 +56,7 @@ import torch.nn.functional as F
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Swish (2 points)
+# ## 1 · Swish (1 point, warm-up)
 #
 # $\mathrm{Swish}_\beta(x) = x\,\sigma(\beta x)$. β = 1 is SiLU (`F.silu`), β = 0 the line x/2,
 # β → ∞ ReLU. Write it with `torch.sigmoid` (not `F.silu`: the check compares with it).
@@ -75,11 +77,33 @@ def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     raise NotImplementedError("Swish multiplies x by a sigmoid of beta times x.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Swish (Ramachandran et al.) is x times a sigmoid gate: beta = 0 gives x / 2, beta = 1 is SiLU, and beta -> infinity approaches ReLU.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Elementwise, same shape as x: the gate is sigmoid(beta * x); multiply it by x. torch.sigmoid is stable for large |x|.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# gate = ...  # elementwise, from beta and x
+# return x * gate
+# ```
+#
+# </details>
+
 # %%
 check("02.swish", swish)
 
 # %% [markdown]
-# ## 2 · GeLU, the tanh approximation (2 points)
+# ## 2 · GeLU, the tanh approximation (1 point, warm-up)
 #
 # GeLU is $x\,\Phi(x)$ with $\Phi$ the normal CDF. GPT-2 (and BERT's original code) used
 #
@@ -97,6 +121,28 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """
     raise NotImplementedError("GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715 is in the paper).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# GELU is x * Phi(x), with Phi the standard normal CDF. GPT-2 uses a cheaper tanh approximation from the GELU paper (Hendrycks & Gimpel).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# The outer form is 0.5 * x * (1 + tanh(u)); u is sqrt(2 / pi) times a cubic polynomial in x whose constant is in the paper. Elementwise; keep x's dtype. Compare with F.gelu(x, approximate="tanh").
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# u = math.sqrt(2.0 / math.pi) * (...)  # the cubic in x
+# return 0.5 * x * (1.0 + ...)
+# ```
+#
+# </details>
 
 # %%
 check("02.gelu_tanh", gelu_tanh)
@@ -127,6 +173,29 @@ def swiglu_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_value: torch.Tensor, w_d
     raise NotImplementedError("weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only, then multiply by the value and project down.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# SwiGLU (Shazeer 2020) replaces the FFN's activation by a gate: SiLU of one projection, elementwise times a second (linear) projection, then the down projection. The gate decides, per hidden unit, how much of the value passes.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Weights are in nn.Linear's (out, in) layout: F.linear(x, w) = x @ w.T. x (..., d) with w_gate and w_value (h, d) gives (..., h) each. SiLU on the gate only, multiply elementwise by the value, then F.linear with w_down (d, h): (..., d).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# gate = ...  # (..., h), through SiLU
+# value = ...  # (..., h), linear
+# return ...  # (..., d)
+# ```
+#
+# </details>
+
 # %%
 check("02.swiglu_ffn", swiglu_ffn)
 
@@ -141,7 +210,7 @@ check("02.swiglu_ffn", swiglu_ffn)
 def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     """Hidden size of a gated FFN with about the parameters of a plain FFN of ``plain_hidden``.
 
-    ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
+    Two thirds of ``plain_hidden`` (truncated to an int), rounded up to a multiple of ``multiple_of``, and never below
     ``multiple_of``. Returns an ``int``.
 
     Hint: three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count,
@@ -149,6 +218,28 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     """
     raise NotImplementedError("three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count, then round up to the multiple.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# At equal hidden size a GLU FFN has three matrices instead of two, so 50% more parameters. LLaMA shrinks the hidden size to keep the count equal to the plain FFN's, then rounds up to a hardware-friendly multiple.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Find the ratio that makes 3 * d * h' equal 2 * d * h, apply it and truncate to an int. Then round up to the next multiple of multiple_of (math.ceil of the quotient, times multiple_of); never return less than multiple_of.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# hidden = ...  # two matrices' worth spread over three, as an int
+# return max(multiple_of, ...)  # rounded up to the multiple
+# ```
+#
+# </details>
 
 # %%
 check("02.glu_hidden_size", glu_hidden_size)
@@ -171,6 +262,30 @@ def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) 
     """
     raise NotImplementedError("a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each matrix's bias has its output size.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A plain FFN is up-projection, activation, down-projection. A gated one (SwiGLU, GeGLU) has two up-projections, a gate and a value, multiplied together. Counting parameters is counting matrix entries plus biases.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Each up matrix has d_model * hidden entries, the down matrix hidden * d_model. Gated kinds have two up matrices. With bias=True each matrix also has a bias the size of its output: hidden for an up matrix, d_model for the down one.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# n_up = ...  # 1 or 2, from kind
+# weights = ...
+# biases = ... if bias else 0
+# return weights + biases
+# ```
+#
+# </details>
 
 # %%
 check("02.ffn_num_parameters", ffn_num_parameters)
@@ -196,11 +311,38 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        raise NotImplementedError("three nn.Linear(..., bias=False) layers; forward is your swiglu_ffn(x, gate_proj.weight, up_proj.weight, down_proj.weight).")
+        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("three nn.Linear(..., bias=False) layers; forward is your swiglu_ffn(x, gate_proj.weight, up_proj.weight, down_proj.weight).")
+        raise NotImplementedError("three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# The module holds the three weight matrices as nn.Linear layers, so they train and load by name (gate_proj, up_proj, down_proj, as in Hugging Face's LLaMA); the arithmetic is your swiglu_ffn.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# gate_proj and up_proj map d_model -> hidden, down_proj maps hidden -> d_model, all bias-free. An nn.Linear's .weight is (out, in), exactly the layout swiglu_ffn expects. forward: (B, T, d) -> (B, T, d).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# # __init__:
+# self.gate_proj = nn.Linear(..., bias=False)
+# self.up_proj = ...
+# self.down_proj = ...
+#
+# # forward(self, x):
+# return swiglu_ffn(x, ...)
+# ```
+#
+# </details>
 
 # %%
 check("02.SwiGLU", SwiGLU)

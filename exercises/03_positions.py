@@ -18,10 +18,12 @@
 # | 1 | `sinusoidal_embedding(n_positions, d_model)`: the Transformer's fixed table | 2 | 10 min |
 # | 2 | `apply_rope(x, positions, base)`: RoPE in the half-split layout | 3 | 15 min |
 # | 3 | `alibi_slopes(n_heads)`: ALiBi's per-head slopes, for any number of heads | 2 | 10 min |
-# | 4 | `relative_position_bucket(...)`: T5's bucket of a relative position | 3 | 15 min |
-# | 5 | `class RotaryEmbedding`: your RoPE as a module, swapped into the model and trained | 2 | |
+# | 4 | `relative_position_bucket(...)`: T5's bucket of a relative position | 3 | 20 min |
+# | 5 | `class RotaryEmbedding`: your RoPE as a module, swapped into the model and trained | 2 | 5 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -78,6 +80,32 @@ def sinusoidal_embedding(n_positions: int, d_model: int) -> torch.Tensor:
     raise NotImplementedError("one frequency per pair of columns, falling geometrically from 1 to 1/10000; the pair holds the sine and the cosine of position times frequency.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# The Transformer's fixed table gives each position a vector of sines and cosines at geometrically spaced frequencies: the fast ones tell neighbours apart, the slow ones tell far-apart positions apart.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Frequencies: one per column pair i = 0..d/2-1, 10000 ** (-2i / d): (d/2,). Angles: positions (T, 1) times frequencies (1, d/2) = (T, d/2). Even columns 0, 2, 4, ... hold the sines, odd columns the cosines.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# inv_freq = ...  # (d/2,)
+# angles = ...  # (T, d/2)
+# pe = ...  # zeros, (T, d)
+# pe[:, 0::2] = ...
+# pe[:, 1::2] = ...
+# return pe
+# ```
+#
+# </details>
+
 # %%
 check("03.sinusoidal_embedding", sinusoidal_embedding)
 
@@ -107,6 +135,32 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     raise NotImplementedError("rotate each pair of features (the half-split layout pairs feature i with i + d/2) by an angle that is the position times that pair's frequency; a 2-D rotation mixes the pair with a cos and a sin.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# RoPE encodes position by rotation: each pair of features of a query or key at position m turns by the angle m * theta_i. The dot product of two rotated vectors then depends only on the distance between their positions.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# theta_i = base ** (-2i / d) for i = 0..d/2-1: (d/2,). Angles: positions (T, 1) times theta (1, d/2) = (T, d/2); take their cos and sin. Split x's last dim into a first half x1 and a second half x2, (..., T, d/2) each: pair i is (x1[i], x2[i]). Rotate with the formula above and join the two halves back: (..., T, d), a new tensor.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# d = x.size(-1)
+# theta = ...  # (d/2,)
+# angles = ...  # (T, d/2)
+# cos, sin = ...
+# x1, x2 = ...  # the two halves of the last dim
+# return torch.cat((..., ...), dim=-1)
+# ```
+#
+# </details>
+
 # %%
 check("03.apply_rope", apply_rope)
 
@@ -134,6 +188,33 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     """
     raise NotImplementedError("for a power-of-two head count the slopes are a geometric sequence; for other counts ALiBi's code combines the sequences of two powers of two (read the paper's footnote or its reference code).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# ALiBi adds -slope * distance to each head's attention scores. Every head gets its own slope, so some heads look far and some only nearby; the slopes form a geometric sequence.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# For n heads, n a power of two: start = 2 ** (-8 / n), and the slopes are start ** 1, start ** 2, ..., start ** n. Otherwise let p be the largest power of two <= n: take the p slopes for p heads, then fill the missing n - p from the sequence for 2p heads, taking every other one (indices 0, 2, 4, ...).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# def geometric(n):
+#     start = ...
+#     return [...]  # start**1, ..., start**n
+#
+# p = ...  # the largest power of two <= n_heads
+# slopes = geometric(p) + ...  # every other slope of geometric(2 * p), as many as are missing
+# return ...  # a float tensor (n_heads,)
+# ```
+#
+# </details>
 
 # %%
 check("03.alibi_slopes", alibi_slopes)
@@ -168,8 +249,39 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     |rel|; causal: rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact
     + floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
     """
-    raise NotImplementedError("bidirectional: n = num_buckets // 2, keys AFTER the query (relative_position > 0) add n, then use |rel|; causal: rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact + floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.")
+    raise NotImplementedError("near distances get a bucket each, far ones share buckets on a log scale up to max_distance; bidirectional mode keeps keys before and after the query in separate halves.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# T5 learns one attention bias per bucket, not per distance: small distances get a bucket each, larger ones share buckets on a log scale, and everything at or beyond max_distance lands in the last bucket.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# relative_position = key - query. Bidirectional: half the buckets (n = num_buckets // 2) for each side; keys after the query (rel > 0) use the upper half (add n), and the distance is |rel|. Causal: only the past counts, distance = max(-rel, 0), all num_buckets buckets. Then max_exact = n // 2: a distance below it is its own bucket; above, max_exact + floor(log(dist / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# ret = ...  # zeros like relative_position, long
+# n = num_buckets
+# if bidirectional:
+#     n //= 2
+#     ret += ...  # n for keys after the query
+#     dist = ...
+# else:
+#     dist = ...  # the distance back, never negative
+# max_exact = n // 2
+# large = ...  # the log-spaced bucket, as long, capped at n - 1
+# return ret + torch.where(..., ..., large)
+# ```
+#
+# </details>
 
 # %%
 check("03.relative_position_bucket", relative_position_bucket)
@@ -195,11 +307,36 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
-        raise NotImplementedError("store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).")
+        raise NotImplementedError("the module only remembers head_dim and base; the rotation is your apply_rope.")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).")
+        raise NotImplementedError("the module only remembers head_dim and base; the rotation is your apply_rope.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Wrapping RoPE in an nn.Module lets the model call it like any other layer. RoPE has no trained weights: the module only keeps its settings.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# __init__(head_dim, base): remember them (you may also precompute the frequencies as a buffer). forward(x (..., T, head_dim), positions (T,)) returns the rotated x, same shape.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# # __init__(self, head_dim, base=10000.0):
+# ...  # remember head_dim and base
+#
+# # forward(self, x, positions):
+# return ...  # your apply_rope
+# ```
+#
+# </details>
 
 # %%
 check("03.RotaryEmbedding", RotaryEmbedding)

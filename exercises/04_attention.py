@@ -16,13 +16,15 @@
 # | # | exercise | points | time |
 # |---|---|---|---|
 # | 1 | `scaled_dot_product_attention(q, k, v, mask)`: softmax(QKᵀ/√d + mask) V | 2 | 10 min |
-# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 | 10 min |
+# | 2 | `sliding_window_mask(T, window)`: each token sees its `window` most recent tokens | 2 | 5 min |
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
 # | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 | 30 min |
-# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | |
+# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -78,6 +80,30 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     raise NotImplementedError("scores between every query and key, scaled by the head size, masked where not allowed, normalised over the keys, then a weighted sum of values.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Attention's output for a query is a weighted average of the values; the weights are a softmax over the keys of q . k / sqrt(head size). A boolean mask removes the keys a query may not see (weight exactly 0).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# q (B, nh, Tq, hs) times k transposed (B, nh, hs, Tk) gives scores (B, nh, Tq, Tk); divide by sqrt(hs). Where mask is False put -inf. Softmax over the last dim (the keys), then times v (B, nh, Tk, hv): (B, nh, Tq, hv). mask=None means no masking.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# scores = ...  # (B, nh, Tq, Tk), scaled
+# if mask is not None:
+#     scores = ...  # -inf where mask is False
+# return ...  # softmax over the keys, then the values
+# ```
+#
+# </details>
+
 # %%
 check("04.scaled_dot_product_attention", scaled_dot_product_attention)
 
@@ -102,6 +128,29 @@ def sliding_window_mask(T: int, window: int) -> torch.Tensor:
     """
     raise NotImplementedError("compare a column of query positions with a row of key positions (broadcasting); causal, and no further back than the window (which counts the token itself).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Sliding-window attention (Longformer, Mistral) lets each token see only its last `window` tokens, itself included, so the cost per token is fixed instead of growing with T.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Query positions as a column (T, 1), key positions as a row (1, T). A key is allowed when it is not in the future and fewer than `window` positions back; combine the two conditions elementwise into a (T, T) bool tensor.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# i = ...  # query positions, a column (T, 1)
+# j = ...  # key positions, a row (1, T)
+# return (...) & (...)
+# ```
+#
+# </details>
 
 # %%
 check("04.sliding_window_mask", sliding_window_mask)
@@ -128,6 +177,25 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """
     raise NotImplementedError("query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch repeat keeps copies of one head next to each other?")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# In grouped-query attention several query heads share one K/V head. To reuse ordinary attention code, copy each K/V head once for every query head in its group.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# (B, nkv, T, hs) -> (B, nkv * n_rep, T, hs) along dim 1. The order must be 0, 0, 1, 1, ... (copies side by side), not 0, 1, 0, 1, ...: try torch.repeat and torch.repeat_interleave on a small example.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# return ...  # along dim 1, each head's copies next to each other
+#
+# </details>
 
 # %%
 check("04.repeat_kv", repeat_kv)
@@ -158,6 +226,31 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
     """
     raise NotImplementedError("the two partial results were computed against different running maxima; bring both to the common maximum before adding.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# FlashAttention works through the keys in tiles and keeps, per query row, a running max m, a running sum of exponentials l and an unnormalized output acc. Two partial results over different keys merge exactly, which is why it never needs the N x N matrix.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Each part's l and acc were computed with exp(score - its own m). The new max m is the elementwise max of m1 and m2 (R,). Rescale each part by exp(m_part - m) (R,): that factor multiplies its l, and its acc broadcast over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.)
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# m = ...  # (R,)
+# a1, a2 = ...  # (R,) rescaling factors
+# l = ...
+# acc = ...  # a1 and a2 broadcast over hv
+# return m, l, acc
+# ```
+#
+# </details>
 
 # %%
 check("04.online_softmax_merge", online_softmax_merge)
@@ -203,12 +296,12 @@ def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
 #
 # ```python
 # q, k, v = F.linear(x, w_qkv).split([...], dim=2)
-# q = q.view(B, T, n_heads, hs).transpose(1, 2)
+# q = q.view(...).transpose(1, 2)  # (B, nh, T, hs)
 # k, v = ...
 # q, k = rope(q), rope(k)
 # k, v = ...  # n_kv_heads -> n_heads, groups side by side
 # y = ...  # causal attention
-# return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)
+# return F.linear(..., w_o)  # heads merged back to (B, T, C)
 # ```
 #
 # </details>
@@ -246,6 +339,36 @@ class GQAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("split q into n_heads and k, v into n_kv_heads heads of d_model // n_heads; your repeat_kv, a causal mask and your scaled_dot_product_attention; merge heads; o_proj.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# GQA (Ainslie et al.) keeps all the query heads but fewer key/value heads, so the KV cache shrinks by n_heads / n_kv_heads. MQA is the case n_kv_heads = 1; ordinary multi-head attention is n_kv_heads = n_heads.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# head_dim = d_model // n_heads. q_proj: d_model -> d_model; k_proj and v_proj: d_model -> n_kv_heads * head_dim; o_proj: d_model -> d_model; all bias-free. forward: q -> (B, nh, T, hs), k and v -> (B, nkv, T, hs) (view, then transpose(1, 2)); repeat k and v to nh heads; a causal (T, T) mask; attention -> (B, nh, T, hs); back to (B, T, C); o_proj.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# # __init__: head sizes, then the four projections
+#
+# # forward(self, x):
+# B, T, C = x.shape
+# q = self.q_proj(x).view(...).transpose(1, 2)  # (B, nh, T, hs)
+# k = ...  # (B, nkv, T, hs)
+# v = ...
+# mask = ...  # causal, (T, T)
+# y = scaled_dot_product_attention(q, ..., ..., mask)
+# return self.o_proj(...)  # (B, T, C)
+# ```
+#
+# </details>
 
 # %%
 check("04.GQAttention", GQAttention)

@@ -15,12 +15,14 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `random_spans_noise_mask(...)`: T5's random noise spans, with `random_roll` | 3 | 15 min |
-# | 2 | `sentinel_fusion(tokens, noise_mask, vocab_size)`: the inputs and targets of span corruption | 2 | 10 min |
+# | 1 | `random_spans_noise_mask(...)`: T5's random noise spans, with `random_roll` | 3 | 20 min |
+# | 2 | `sentinel_fusion(tokens, noise_mask, vocab_size)`: the inputs and targets of span corruption | 2 | 15 min |
 # | 3 | `prefix_lm_example(tokens, prefix_len)`: inputs, targets, attention mask and loss mask of a prefix LM | 2 | 10 min |
 # | 4 | `ul2_example(...)`: one UL2 example with its mode token, for a decoder-only model | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -70,7 +72,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
         length: tokens in the text (>= 2).
         noise_density: the share r of noise tokens, in (0, 1).
         mean_noise_span_length: mu, >= 1.
-        seed: seed ``torch.Generator().manual_seed(seed)`` and draw every random number from it.
+        seed: seed a ``torch.Generator`` with it (``manual_seed``) and draw every random number from it.
         random_roll: roll the mask by a random offset in ``[0, length)`` at the end.
 
     Hint: a random split of n items into k positive parts = k - 1 distinct cut points chosen among
@@ -78,6 +80,38 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
     """
     raise NotImplementedError("noise = round(L·d) kept in [1, L-1]; spans = max(1, round(noise/μ)); split noise and non-noise tokens into that many positive parts at random; non-noise first; roll at the end.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# T5's span corruption hides about noise_density of the tokens in spans of average length mean_noise_span_length. The mask alternates kept text and noise, the same number of runs of each, text first.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# n_noise = round(L * density), kept in [1, L - 1]; n_spans = round(n_noise / mean span length), at least 1 (and at most the number of kept tokens). Split n_noise into n_spans positive lengths at random, then the non-noise tokens the same way (noise first: the checks follow that order of random draws). Lay the runs out as text, noise, text, noise, ... With random_roll, roll the finished mask by a random offset.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# g = ...  # a torch.Generator seeded with seed
+# n_noise = ...
+# n_spans = ...
+#
+# def segment(n, k):  # k positive parts that sum to n
+#     cuts = ...  # k - 1 sorted cut points, from torch.randperm(n - 1, generator=g)
+#     ...  # differences between consecutive bounds 0, cuts..., n
+#
+# noise, text = ..., ...  # noise first
+# mask = ...  # all False, (length,)
+# ...  # walk the (text, noise) pairs, set each noise run True
+# return mask
+# ```
+#
+# </details>
 
 # %%
 check("05.random_spans_noise_mask", random_spans_noise_mask)
@@ -112,6 +146,36 @@ def sentinel_fusion(tokens: list[int], noise_mask: list[bool], vocab_size: int) 
     raise NotImplementedError("Walk the mask run by run: a noise run becomes one sentinel in the inputs and 'sentinel + its tokens' in the targets; sentinel k is vocab_size-1-k.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Span corruption replaces each noise span in the inputs by one sentinel token; the targets list each sentinel followed by the tokens it hid. T5 takes sentinels from the top of the vocabulary: the first span gets vocab_size - 1, the next vocab_size - 2, ...
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Walk the tokens together with their mask values. When a noise run starts (noisy, and the previous token was not), the next sentinel goes into both inputs and targets. Noisy tokens go to the targets, the others to the inputs. If the text ends outside a noise run, the targets end with one more sentinel (T5's closing sentinel).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# inputs, targets = [], []
+# k = 0  # the next sentinel's number
+# for i, (t, noisy) in ...:  # each token with its mask value
+#     if ...:  # a noise run starts here
+#         ...  # its sentinel goes into both lists
+#         k += 1
+#     ...  # noisy -> targets, otherwise -> inputs
+# if ...:
+#     ...  # the closing sentinel
+# return inputs, targets
+# ```
+#
+# </details>
+
 # %%
 check("05.sentinel_fusion", sentinel_fusion)
 
@@ -132,8 +196,32 @@ def prefix_lm_example(tokens: list[int], prefix_len: int) -> dict:
         ``{"inputs": (T,) long, "targets": (T,) long, "attn_mask": (T, T) bool (True = may attend),
         "loss_mask": (T,) bool (True = trained)}``.
     """
-    raise NotImplementedError("inputs = tokens[:-1], targets = tokens[1:]; the mask is causal with the prefix block all True; train only the positions that predict a suffix token.")
+    raise NotImplementedError("inputs and targets are the sequence shifted by one; the attention mask is chapter 00's prefix-LM mask; the loss counts only the positions whose target is in the suffix.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A prefix LM reads its prefix in both directions and is trained only to generate what follows: the loss skips the positions that predict prefix tokens, so it learns from fewer tokens than a causal LM on the same text.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# T = len(tokens) - 1. inputs = every token but the last, targets = every token but the first: both (T,). attn_mask (T, T): causal, with the top-left prefix_len block all True. loss_mask (T,): position t predicts tokens[t + 1], so it is True when that token is in the suffix.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# T = len(tokens) - 1
+# attn = ...  # causal (T, T), then open the prefix block
+# loss_mask = ...  # (T,) bool: the target is a suffix token
+# return {"inputs": ..., "targets": ..., "attn_mask": attn, "loss_mask": loss_mask}
+# ```
+#
+# </details>
 
 # %%
 check("05.prefix_lm_example", prefix_lm_example)
@@ -164,6 +252,33 @@ def ul2_example(tokens: list[int], noise_mask: list[bool], mode: str, mode_ids: 
     """
     raise NotImplementedError("prefix = [mode id] + (sentinel inputs, or for [S] the text before the suffix); then the targets; bidirectional over the prefix; train the target positions only.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# UL2 mixes denoisers: R (short spans, little noise), X (long spans or much noise) and S (prefix LM: continue the text). A mode token in front tells the model which task it is doing; everything before the targets is a bidirectional prefix.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# [R] and [X]: inputs and targets come from your sentinel_fusion, and the prefix is the mode id followed by those inputs. [S]: the suffix starts at the first True of the mask; the prefix is the mode id followed by the tokens before it, the targets are the rest. Then prefix + targets goes through your prefix_lm_example with prefix_len = len(prefix).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# if mode == "[S]":
+#     P = ...  # where the suffix starts
+#     prefix, targets = ..., ...
+# else:
+#     inputs, targets = ...
+#     prefix = ...
+# return prefix_lm_example(..., ...)
+# ```
+#
+# </details>
 
 # %%
 check("05.ul2_example", ul2_example)

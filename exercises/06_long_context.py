@@ -16,13 +16,15 @@
 # | # | exercise | points | time |
 # |---|---|---|---|
 # | 1 | warm-up: `interpolate_positions(positions, factor)`: position interpolation, $p \mapsto p / s$ | 1 | 5 min |
-# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 | 5 min |
-# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 | 10 min |
-# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 | 15 min |
+# | 2 | warm-up: `ntk_base(base, factor, head_dim)`: the NTK-aware base $b\,s^{d/(d-2)}$ | 1 | 10 min |
+# | 3 | `lambda_mask(T, n_sink, window)`: the causal Λ mask (sinks + a local window) | 2 | 5 min |
+# | 4 | `memory_top_k(q, mem_k, mem_v, k)`: exact top-$k$ retrieval from a memory | 3 | 10 min |
 # | 5 | `yarn_frequencies(head_dim, base, factor, original_context_length, ...)`: YaRN's frequency blend | 4 | 25 min |
 # | 6 | `sink_evict(k, v, positions, n_sink, window)`: the attention-sink cache's eviction | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -76,6 +78,25 @@ def interpolate_positions(positions: torch.Tensor, factor: float) -> torch.Tenso
     raise NotImplementedError("position interpolation squeezes s·L tokens into the trained range [0, L).")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Position interpolation (Chen et al. 2023) squeezes a long sequence into the trained position range instead of extrapolating past it: RoPE sees fractional positions it never saw, but all inside the range it knows.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# factor s = new length / trained length. Position m becomes m / s: a float tensor of the same shape (integer division would lose the fractions).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# return ...  # float positions, shrunk by factor
+#
+# </details>
+
 # %%
 check("06.interpolate_positions", interpolate_positions)
 
@@ -103,6 +124,28 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
     raise NotImplementedError("choose the new base so that the lowest frequency is stretched by exactly the factor while the highest stays put.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# NTK-aware scaling changes RoPE's base instead of the positions: the highest frequency (local order) stays as it is, and the lowest frequency is slowed down by the whole factor, as interpolation would.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Pair i rotates with base ** (-2i / d); the lowest frequency is i = d/2 - 1, that is base ** (-(d - 2) / d). Find the new base b' with b' ** (-(d - 2) / d) = base ** (-(d - 2) / d) / factor; pair 0 (frequency 1) stays put whatever the base.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# exponent = ...  # from solving the equation for b'
+# return float(base) * float(factor) ** exponent
+# ```
+#
+# </details>
+
 # %%
 check("06.ntk_base", ntk_base)
 
@@ -127,6 +170,29 @@ def lambda_mask(T: int, n_sink: int, window: int) -> torch.Tensor:
     """
     raise NotImplementedError("a causal sliding window, plus the first n_sink keys that every query may always see.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Λ-shaped attention (LM-Infinite, StreamingLLM) keeps two kinds of keys for every query: the first few tokens, which soak up attention (the sinks), and a local window of recent ones.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Like chapter 04's sliding-window mask (queries as a column, keys as a row, causal and within `window`), OR'ed with 'the key is one of the first n_sink positions'. It stays causal: no query sees the future, not even a sink.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# i = ...  # (T, 1)
+# j = ...  # (1, T)
+# return (...) & ((...) | (...))  # causal, and (recent or sink)
+# ```
+#
+# </details>
 
 # %%
 check("06.lambda_mask", lambda_mask)
@@ -155,6 +221,29 @@ def memory_top_k(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, k: i
     """
     raise NotImplementedError("score every memory key against the query the way attention does (not a distance), keep the best k in order, and fetch their values.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Memorizing Transformers keep an external memory of (key, value) pairs and let each query fetch its k nearest keys, where 'nearest' means the largest attention score q . k, as attention itself would rank them.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Scores: q (T, hs) times mem_k transposed (hs, M) = (T, M). torch.topk along the last dim gives the k best scores and their indices, largest first: (T, k) each. Indexing mem_v (M, hv) with the (T, k) indices gives (T, k, hv).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# scores = ...  # (T, M)
+# top, idx = ...  # (T, k) each, best first
+# return top, idx, ...  # values (T, k, hv)
+# ```
+#
+# </details>
 
 # %%
 check("06.memory_top_k", memory_top_k)
@@ -186,18 +275,19 @@ def yarn_frequencies(head_dim: int, base: float, factor: float, original_context
 #
 # <details><summary>Hint 2 · shapes and steps</summary>
 #
-# inv_freq_i = base ** (-2i/d) for i = 0..d/2-1. The pair index where a wavelength fits n times into L solves L / (2 pi base^(2i/d)) = n: i(n) = d ln(L / (2 pi n)) / (2 ln base). Take floor(i(beta_fast)) and ceil(i(beta_slow)) (clamped to [0, d-1]) as the ends of a linear ramp from 0 to 1 over the pair index, clamped to [0, 1]. Blend: inv * (1 - ramp) + (inv / factor) * ramp. Attention factor: 0.1 ln(factor) + 1.
+# inv_freq_i = base ** (-2i/d) for i = 0..d/2-1. The pair index where a wavelength fits n times into L solves L / (2 pi base^(2i/d)) = n: i(n) = d ln(L / (2 pi n)) / (2 ln base). Take floor(i(beta_fast)) and ceil(i(beta_slow)) (clamped to [0, d-1]) as the ends of a linear ramp from 0 to 1 over the pair index, clamped to [0, 1]. Blend each pair: (1 - ramp) times its frequency plus ramp times the frequency / factor. Attention factor: 0.1 ln(factor) + 1.
 #
 # </details>
 #
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# inv = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
-# lo, hi = ..., ...
-# if lo == hi: hi += 0.001  # as the reference code does
-# ramp = ((torch.arange(d // 2).float() - lo) / (hi - lo)).clamp(0, 1)
-# return ..., ...
+# inv = ...  # (d/2,) RoPE's original frequencies
+# lo, hi = ..., ...  # floor / ceil of the pair index, clamped
+# if lo == hi:
+#     hi += 0.001  # as the reference code does
+# ramp = ...  # (d/2,): 0 up to lo, 1 from hi, linear between
+# return ..., ...  # blended frequencies, attention factor
 # ```
 #
 # </details>

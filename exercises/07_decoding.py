@@ -15,13 +15,15 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 | 10 min |
+# | 1 | `softmax_with_temperature(logits, temperature)`: the temperature softmax, t = 0 included | 2 | 5 min |
 # | 2 | `top_k_filter(logits, k)`: keep exactly the k most likely tokens | 2 | 10 min |
 # | 3 | `top_p_filter(logits, p)`: keep the nucleus of probability p | 3 | 15 min |
-# | 4 | `beam_step(...)`: one step of beam search with finished hypotheses and a length penalty | 3 | 15 min |
+# | 4 | `beam_step(...)`: one step of beam search with finished hypotheses and a length penalty | 3 | 25 min |
 # | 5 | `repetition_penalty(logits, ids, penalty)`: CTRL's penalty on tokens already used | 2 | 10 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -79,6 +81,29 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
     raise NotImplementedError("temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own case.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Temperature divides the logits before the softmax: t < 1 sharpens the distribution, t > 1 flattens it; t -> infinity tends to uniform and t -> 0 to greedy (all the mass on the argmax).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# (B, V) -> (B, V) rows that sum to 1. t = 0 cannot be divided by: return a one-hot row at each row's argmax, in the logits' dtype. Otherwise a softmax over the last dim of logits / t.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# if temperature == 0:
+#     return ...  # one-hot at the argmax, the logits' dtype
+# return ...
+# ```
+#
+# </details>
+
 # %%
 check("07.softmax_with_temperature", softmax_with_temperature)
 
@@ -106,6 +131,29 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """
     raise NotImplementedError("find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make every other logit impossible.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Top-k sampling keeps only the k most likely tokens and renormalizes among them; every other token gets probability 0, that is a logit of -inf.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Per row (B, V): the indices of the k largest logits. With ties the lower id must win, so use a stable descending sort (torch.sort(..., stable=True)) rather than topk. Turn the first k indices into a (B, V) bool 'keep' mask (scatter) and fill the rest with -inf, in a new tensor.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# order = ...  # (B, V) indices, best first, ties -> lower id
+# keep = ...  # (B, V) bool, True at the first k of order
+# return ...  # -inf where not kept
+# ```
+#
+# </details>
 
 # %%
 check("07.top_k_filter", top_k_filter)
@@ -137,6 +185,33 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """
     raise NotImplementedError("sorted by probability, keep tokens while the mass before them is still under p (the token that crosses p stays), then undo the sort.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Top-p (nucleus) sampling keeps the smallest set of most likely tokens whose total probability reaches p. The set adapts: a few tokens when the model is sure, many when it is not.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Softmax to probabilities (B, V); sort each row in descending order (stably). For each sorted token, the mass of the tokens before it is the cumulative sum minus its own probability. Keep it while that mass is < p (so the token that crosses p stays, and the top token always does). Scatter the keep mask back to token order; -inf elsewhere.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# probs = ...
+# order = ...  # (B, V), descending, stable
+# sorted_probs = ...
+# mass_before = ...
+# keep_sorted = ...
+# keep = ...  # back in token order (scatter)
+# return ...  # -inf outside the nucleus
+# ```
+#
+# </details>
 
 # %%
 check("07.top_p_filter", top_p_filter)
@@ -192,6 +267,37 @@ def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: i
     raise NotImplementedError("rank every continuation by its raw sum; an EOS among the best num_beams finishes, scored with the length penalty, the others keep running; stop once no running beam can still beat the worst finished score you keep.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Beam search keeps the num_beams best partial sequences by total log-probability. A beam that emits EOS is finished and scored with a length penalty (sum / length ** alpha), because raw sums always prefer short outputs. The search stops when no running beam can still beat the finished ones.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Candidates: sum_logprobs[:, None] + next_logprobs, flattened to K * V (beam = i // V, token = i % V). Sort descending (stably) and look at the best 2 * num_beams. An EOS candidate ranked among the first num_beams joins the finished list with score sum / (length + 1) ** length_penalty (a lower-ranked EOS is ignored); other candidates keep running until you have num_beams. Keep the best num_beams finished scores. Done when nothing runs, or when you hold num_beams finished and the worst of them is at least the best running sum over the best length still reachable (max_length if length_penalty > 0, else length + 1) to the power length_penalty.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# K, V = ...  # beams, vocabulary
+# cand = ...  # (K*V,) flat sums
+# order = ...  # flat indices of the best 2 * num_beams
+# for rank, i in ...:
+#     if ...:  # an EOS
+#         ...  # finishes only among the first num_beams
+#     else:
+#         ...  # keeps running, until num_beams are kept
+# scores = ...  # the best num_beams finished, descending
+# done = ...
+# return beam_idx, token_idx, new_sums, scores, done
+# ```
+#
+# </details>
+
 # %%
 check("07.beam_step", beam_step)
 
@@ -220,6 +326,29 @@ def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) 
     """
     raise NotImplementedError("CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the caller's tensor alone.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# CTRL's repetition penalty makes tokens that already appeared less likely. Dividing a positive logit by the penalty lowers it, but dividing a negative one would raise it, so negative logits are multiplied instead.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Gather the logits of the seen ids per row: (B, T). Where positive, divide by the penalty; otherwise multiply. Write them back at the same ids into a copy of the logits (scatter, not the in-place scatter_, so the caller's tensor is untouched). A token seen twice is penalized once.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# seen = ...  # (B, T): logits of the tokens already used
+# seen = torch.where(..., ..., ...)
+# return ...  # a new (B, V) tensor
+# ```
+#
+# </details>
 
 # %%
 check("07.repetition_penalty", repetition_penalty)

@@ -15,13 +15,15 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 | 10 min |
-# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 15 min |
-# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
+# | 1 | warm-up: `kv_cache_bytes(...)`: the memory of a KV cache | 1 | 5 min |
+# | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 | 10 min |
+# | 3 | warm-up: `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 | 5 min |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 | 5 min |
 # | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 | 25 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -51,7 +53,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · The size of a KV cache (2 points)
+# ## 1 · The size of a KV cache (1 point, warm-up)
 #
 # Every layer keeps a key **and** a value vector per K/V head for every token:
 # $$\text{bytes} = 2 \times L \times n_{kv} \times d_h \times \text{tokens} \times \text{batch} \times \text{bytes per value}.$$
@@ -82,6 +84,28 @@ def kv_cache_bytes(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, 
     raise NotImplementedError("count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# During decoding every layer keeps the keys and values of every past token. With GQA only the K/V heads are stored, which is how it shrinks the cache by n_heads / n_kv_heads.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Multiply: 2 (keys and values) x layers x K/V heads x head_dim x tokens x batch x bytes per value. n_heads does not enter. Return an int (round first: bytes_per_value may be fractional, e.g. 0.5 for 4-bit).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# values = ...  # how many numbers the cache holds
+# return int(round(values * bytes_per_value))
+# ```
+#
+# </details>
+
 # %%
 check("08.kv_cache_bytes", kv_cache_bytes)
 
@@ -111,11 +135,35 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
     raise NotImplementedError("the new token attends to every cached token and to itself; grow the cache first, then attend.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Incremental decoding: the new token's query attends to all earlier keys and values (from the cache) and to its own. No mask is needed: there is no future in the cache.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Append k_new and v_new to the caches along the token axis (dim 2): (B, nh, T+1, hs). Scores: q (B, nh, 1, hs) times k_cache transposed, over sqrt(hs): (B, nh, 1, T+1); softmax over the last dim; times v_cache: (B, nh, 1, hs). Return the output and both grown caches.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# k_cache = ...  # (B, nh, T+1, hs)
+# v_cache = ...
+# scores = ...  # (B, nh, 1, T+1)
+# return ..., k_cache, v_cache
+# ```
+#
+# </details>
+
 # %%
 check("08.decode_step", decode_step)
 
 # %% [markdown]
-# ## 3 · Blocks needed for n tokens (1 point)
+# ## 3 · Blocks needed for n tokens (1 point, warm-up)
 #
 # PagedAttention stores a sequence in blocks of `block_size` tokens. How many blocks hold `n`
 # tokens? A partly filled last block is still a whole block; an exact multiple needs no extra one.
@@ -128,6 +176,25 @@ def blocks_needed(n_tokens: int, block_size: int) -> int:
     """
     raise NotImplementedError("a partly filled block still takes a whole block.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# PagedAttention stores the KV cache in fixed-size blocks. A sequence gets whole blocks, so only its last block can be partly empty.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# A ceiling division: how many blocks of block_size hold n_tokens? 0 tokens need 0 blocks, exactly block_size tokens need 1. Stay in integers (no float rounding for large counts).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# return ...  # ceil(n_tokens / block_size), with // and + only
+#
+# </details>
 
 # %%
 check("08.blocks_needed", blocks_needed)
@@ -155,6 +222,28 @@ def locate_token(block_table: list[int], position: int, block_size: int) -> tupl
     """
     raise NotImplementedError("which logical block holds the position, where does the table map it, and how far into the block is it?")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A block table maps a sequence's logical blocks (0, 1, 2, ...) to physical blocks anywhere in the pool, as a page table maps virtual memory to physical memory.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# The logical block and the offset inside it are the quotient and the remainder of the position by block_size; the table turns the logical block into a physical one.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# logical, offset = ..., ...  # quotient and remainder
+# return ..., offset  # physical block from the table
+# ```
+#
+# </details>
 
 # %%
 check("08.locate_token", locate_token)
@@ -186,7 +275,7 @@ def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temper
 #
 # <details><summary>Hint 2 · shapes and steps</summary>
 #
-# logits, cache = model.forward_with_cache(prompt) gives (B, T, V) logits. Each step: take the last position's logits (B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, and draw with torch.multinomial(probs, 1, generator=g) where g = torch.Generator().manual_seed(seed). Append the (B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).
+# The prefill, model.forward_with_cache on the whole prompt, gives (B, T, V) logits and the cache. Each step: take the last position's logits (B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, and draw with torch.multinomial(probs, 1, generator=g), g a torch.Generator seeded with seed. Append the (B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).
 #
 # </details>
 #
@@ -200,7 +289,7 @@ def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temper
 #     z = logits[:, -1, :]
 #     ...  # filter, then sample (or argmax)
 #     ids = ...  # append
-#     if step < max_new_tokens - 1:
+#     if ...:  # not after the last token
 #         logits, cache = ...  # decode: only the new token
 # return ids
 # ```

@@ -15,13 +15,15 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `AdamW`: a `torch.optim.Optimizer` with decoupled weight decay | 4 | 20 min |
+# | 1 | `AdamW`: a `torch.optim.Optimizer` with decoupled weight decay | 4 | 25 min |
 # | 2 | `warmup_cosine(...)`: linear warm-up, cosine decay, flat after the end | 2 | 10 min |
 # | 3 | `clip_grad_norm(...)`: clip all gradients by their global norm | 2 | 10 min |
 # | 4 | `SpikeDetector`: a rolling z-score of the loss and the gradient norm | 3 | 15 min |
-# | 5 | `train_loop(...)`: a whole training loop, graded by its loss trajectory | 4 | 20 min |
+# | 5 | `train_loop(...)`: a whole training loop, graded by its loss trajectory | 4 | 25 min |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -81,8 +83,38 @@ class AdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        raise NotImplementedError("per parameter: p *= 1 - lr*wd first (decoupled: not in the gradient); m, v moving averages; divide each by (1 - beta**t) with t counted per parameter in self.state; skip parameters whose grad is None.")
+        raise NotImplementedError("per parameter: decoupled weight decay, then Adam's two moving averages with bias correction; the step count lives in self.state[p]; skip parameters without a gradient.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# AdamW (Loshchilov & Hutter) is Adam with the weight decay taken out of the gradient: the parameter shrinks by lr * wd directly, so the decay is not rescaled by Adam's per-coordinate step. m and v are moving averages of the gradient and its square; dividing by 1 - beta ** t corrects their start at zero.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# In step(): for each group read lr, betas, eps and weight_decay; for each p with a gradient, take self.state[p] (empty the first time: create step 0 and zero tensors m, v shaped like p) and count the step. Then, in place: p <- p * (1 - lr * wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; m_hat = m / (1 - b1 ** t), v_hat = v / (1 - b2 ** t); p <- p - lr * m_hat / (sqrt(v_hat) + eps).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# for group in ...:  # every parameter group
+#     lr, (b1, b2), eps, wd = ...
+#     for p in ...:  # its parameters
+#         if p.grad is None:
+#             continue
+#         state = self.state[p]
+#         if not state:
+#             ...  # step 0, zero m and v
+#         ...  # count the step
+#         ...  # decay, moments, bias correction, update (in place)
+# ```
+#
+# </details>
 
 # %%
 check("09.AdamW", AdamW)
@@ -107,6 +139,32 @@ def warmup_cosine(step: int, max_lr: float, min_lr: float, warmup: int, total: i
     raise NotImplementedError("three cases: step < warmup (linear from 0), warmup <= step < total (cosine from max_lr to min_lr over total - warmup steps), and step >= total.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# The usual LLM schedule: the learning rate rises linearly from 0 during the warm-up, then follows half a cosine from max_lr down to min_lr (10% of max in LLaMA and BLOOM) at the last step, and stays there.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# step < warmup: linear, max_lr * step / warmup. step >= total: min_lr. In between: progress goes from 0 (end of warm-up) to 1 (total); the cosine factor (1 + cos(pi * progress)) / 2 goes from 1 to 0; scale it into [min_lr, max_lr].
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# if step < warmup:
+#     return ...
+# if step >= total:
+#     return min_lr
+# progress = ...
+# return min_lr + ...
+# ```
+#
+# </details>
+
 # %%
 check("09.warmup_cosine", warmup_cosine)
 
@@ -124,8 +182,34 @@ def clip_grad_norm(parameters, max_norm: float):
 
     Hint: parameters whose ``.grad`` is None take no part.
     """
-    raise NotImplementedError("the norm of ALL gradients together (sqrt of the sum of every squared entry); one coefficient min(1, max_norm / (norm + 1e-6)) for every gradient; skip parameters whose grad is None.")
+    raise NotImplementedError("one norm over all the gradients together and one scale factor for all of them (never above 1); skip parameters without a gradient.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Clipping by global norm (max_norm = 1.0 in most LLM recipes) rescales the whole gradient when its norm is too large, keeping its direction. It limits the damage a single bad batch can do.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# total = the square root of the sum, over every gradient, of the sum of its squared entries (accumulate in float64 for accuracy). One coefficient min(1, max_norm / (total + 1e-6)) multiplies every .grad in place. Return total, the norm before clipping, as a tensor.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# grads = [...]  # the .grad of each parameter that has one
+# total = ...  # one norm for all of them
+# coef = ...
+# for g in grads:
+#     ...  # in place
+# return total
+# ```
+#
+# </details>
 
 # %%
 check("09.clip_grad_norm", clip_grad_norm)
@@ -152,8 +236,36 @@ class SpikeDetector:
         self.losses, self.grad_norms = deque(maxlen=window), deque(maxlen=window)
 
     def check(self, loss: float, grad_norm: float) -> bool:
-        raise NotImplementedError("z = (x - mean) / stdev over the last `window` GOOD steps (statistics.stdev), for the loss and the gradient norm; a spike when either z > threshold (upward only); add only non-spikes to the window; nothing is a spike before min_history good steps.")
+        raise NotImplementedError("compare the new loss and gradient norm with the recent good steps (a z-score, upward only); a spike never enters the history.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Loss spikes (PaLM, OLMo) are detected by comparing the newest value with the recent past: a z-score above a threshold means 'far above what is normal here'. Spiky steps stay out of the history, so one spike does not hide the next.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# self.losses and self.grad_norms hold the last `window` good values (a deque with maxlen does that). Once min_history of them are stored: for the loss and for the gradient norm, z = (x - mean) / stdev of its own history (statistics.fmean, statistics.stdev); a spike if either z > threshold (upward only). If it is not a spike, remember both values. Return the verdict.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# spike = False
+# if len(self.losses) >= ...:
+#     for x, past in ...:  # the loss with its history, then the grad norm with its
+#         z = ...
+#         spike = ...
+# if not spike:
+#     ...  # remember both values
+# return spike
+# ```
+#
+# </details>
 
 # %%
 check("09.SpikeDetector", SpikeDetector)
@@ -186,8 +298,36 @@ def train_loop(model, train_ids, val_ids, *, steps, batch_size, lr, warmup, eval
 
     Hint: write the schedule's lr into every ``opt.param_groups`` entry before the step.
     """
-    raise NotImplementedError("gen = seed_everything(seed); AdamW(param_groups(model, 0.1), betas=(0.9, 0.95)); for t in 1..steps: set every group's lr to warmup_cosine(t, lr, 0.1 * lr, warmup, steps), sample a batch, forward, loss, zero_grad, backward, clip to 1.0, step; evaluate every eval_every steps and at the last.")
+    raise NotImplementedError("this chapter's recipe in one loop: seeded batches, AdamW with decay groups, the warm-up + cosine lr set every step, clipping at 1.0, and an evaluation every eval_every steps.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A pretraining loop: set this step's learning rate, sample a batch, forward, loss, backward, clip, optimizer step. Evaluating on held-out data every few steps shows whether the model generalizes; fixing the seed makes two runs comparable.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# seed_everything with the seed returns the generator for the batches. Optimizer: torch.optim.AdamW over param_groups(model, 0.1) (decay on matrices only), lr=lr, betas (0.9, 0.95). For t = 1..steps: each group's 'lr' is warmup_cosine at step t with max lr, min 10% of it, warmup, and steps as the total; a batch from sample_batch(train_ids, batch_size, context_length, generator=gen); loss = lm_loss of the model's logits; zero_grad, backward, clip_grad_norm_ to 1.0, step; record loss.item(). When t is a multiple of eval_every or the last step, record evaluate(model, val_ids, batch_size, 4).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# gen = ...  # seed everything, keep the generator
+# opt = ...  # AdamW over param_groups(model, 0.1)
+# for t in ...:  # steps counted from 1
+#     ...  # this step's lr in every group
+#     x, y = ...
+#     ...  # forward, loss, zero_grad, backward, clip, step
+#     ...  # record the train loss; evaluate when it is time
+# return {"train_loss": ..., "val_loss": ...}
+# ```
+#
+# </details>
 
 # %%
 check("09.train_loop", train_loop)

@@ -15,12 +15,14 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `flops_per_token(...)`: training FLOPs per token, attention included | 2 | 10 min |
-# | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 | 15 min |
-# | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 | 10 min |
+# | 1 | warm-up: `flops_per_token(...)`: training FLOPs per token, attention included | 1 | 5 min |
+# | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 | 25 min |
+# | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 | 15 min |
 # | 4 | `llama_params(...)`: the parameters of a LLaMA-style model | 2 | 10 min |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -50,7 +52,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · FLOPs per token, with attention (2 points)
+# ## 1 · FLOPs per token, with attention (1 point, warm-up)
 #
 # Training a weight costs one multiply-add (2 FLOPs) forward and two backward (the gradient with
 # respect to the input and to the weight): **6 FLOPs per parameter per token**, $6N$. Attention adds
@@ -68,6 +70,29 @@ def flops_per_token(n_params: float, n_layers: int, context_length: int, d_model
     """
     raise NotImplementedError("Each weight costs a multiply-add forward and two backward; attention adds QK^T and AV over the context per layer.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Kaplan et al.: a forward pass costs about 2 FLOPs per parameter per token (a multiply-add) and the backward about twice that, so training costs about 6N per token. Attention over the context adds a term the parameter count does not see.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Two terms. The weights: FLOPs per weight per token, forward plus backward. Attention: per layer, the scores (QK^T) and the weighted sum of values each multiply-add over context_length x d_model per token; count forward and backward the same way as for the weights.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# weights = ...  # per-parameter FLOPs, forward + backward
+# attention = ...  # per layer, over the context
+# return float(weights + attention)
+# ```
+#
+# </details>
 
 # %%
 check("10.flops_per_token", flops_per_token)
@@ -92,6 +117,39 @@ def fit_power_law(compute: list[float], loss: list[float]) -> tuple[float, float
     raise NotImplementedError("Work in log C (centred) with positive parameters as logs; try several starting points for b and c and keep the best fit.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Scaling-law prediction (as in GPT-4's report) fits L(C) = a * C ** b + c to small runs and extrapolates. The fit is non-linear and badly conditioned (C spans orders of magnitude), so parametrize it well and try several starts.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Work with x = log C centred at its mean, and fit log L. Keep a and c positive by optimizing their logs: predicted log L = logaddexp(log a' + b (x - mean), log c). Minimize the mean squared error with torch.optim.LBFGS (line_search_fn="strong_wolfe") from a grid of starts (a few b between -0.05 and -1, c a few fractions of min(loss)); keep the best finite fit. Undo the centring at the end: a = a' * exp(-b * mean).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# x = ...  # log C, float64
+# y = ...  # log L
+# mu = x.mean()
+# best = None
+# for b0 in (...):
+#     for c0 in (...):
+#         p = ...  # [log a', b, log c], float64, requires_grad
+#         opt = ...  # LBFGS over [p]
+#         def closure():
+#             ...  # predicted log L, squared error, backward, return it
+#         opt.step(closure)
+#         ...  # keep p if its error is the best so far
+# return ..., ..., ...  # a (centring undone), b, c
+# ```
+#
+# </details>
+
 # %%
 check("10.fit_power_law", fit_power_law)
 
@@ -112,6 +170,29 @@ def compute_optimal(compute: float, E: float, A: float, B: float, alpha: float, 
     """
     raise NotImplementedError("Substitute D = C / (6N), differentiate with respect to N, set it to zero and solve for N; D follows from the budget.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# With the compute fixed (C = 6ND), a bigger model sees fewer tokens. The loss E + A / N ** alpha + B / D ** beta has one best trade-off: the compute-optimal N and D of Chinchilla.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# At the optimum the two terms' marginal gains balance: alpha A / N ** alpha = beta B / D ** beta. Put D = C / (6N) in and you have one equation in N; it solves to a power law N = G * (C / 6) ** a, with a and G built from alpha, beta, A and B. Then D follows from the budget.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# G = ...  # a constant from alpha, A, beta, B
+# N = G * (compute / 6) ** ...
+# return N, ...  # D from the budget
+# ```
+#
+# </details>
 
 # %%
 check("10.compute_optimal", compute_optimal)
@@ -135,6 +216,32 @@ def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_head
     """
     raise NotImplementedError("Per layer: q and o are d×d, k and v shrink with fewer K/V heads, SwiGLU has three d×d_ff matrices, two RMSNorm weight vectors; then the embeddings and the final norm.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Counting a LLaMA-style model's parameters: attention projections, a SwiGLU FFN and two RMSNorm gains per layer, plus the embeddings, the final norm and (unless tied) the output matrix. There are no biases.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# head_dim = d_model // n_heads; the K/V width is n_kv_heads * head_dim. Per layer: q and o are d x d, k and v are d x (K/V width), SwiGLU has three d x d_ff matrices, and two norm vectors of d. Total: layers x per layer, plus the final norm (d), plus the embeddings (vocab x d, twice if not tied).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# kv = ...  # the K/V width
+# attention = ...
+# ffn = ...
+# per_layer = ...
+# embeddings = ...
+# return ...
+# ```
+#
+# </details>
 
 # %%
 check("10.llama_params", llama_params)

@@ -20,7 +20,9 @@
 # | 3 | `update_scale(...)`: the dynamic loss scaler's update rule | 2 | 10 min |
 # | 4 | `master_weights_step(...)`: one SGD step with FP32 master weights | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -69,6 +71,33 @@ def decode_fp16(bits: int) -> float:
     raise NotImplementedError("split sign (1 bit), exponent (5), mantissa (10) with >> and &; treat exponent 0 and exponent 31 separately.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# An FP16 number is 1 sign bit, 5 exponent bits (bias 15) and 10 mantissa bits. A normal number is (1 + m / 1024) * 2 ** (e - 15); exponent 0 means subnormal (no implicit 1, exponent fixed at 1 - 15) and exponent 31 means inf or NaN.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# sign = bit 15; e = bits 10..14 (shift right by 10, mask 0x1F); m = the low 10 bits (mask 0x3FF). Test e == 31 first (m == 0: +-inf, otherwise NaN), then e == 0 (subnormal), otherwise normal. Return a Python float.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# sign = ...  # -1.0 or 1.0
+# e, m = ..., ...
+# if e == 0x1F:
+#     return ...  # inf or NaN
+# if e == 0:
+#     return ...  # subnormal
+# return ...  # normal
+# ```
+#
+# </details>
+
 # %%
 check("11.decode_fp16", decode_fp16)
 
@@ -94,6 +123,30 @@ def fp32_to_bf16_bits(x: torch.Tensor) -> torch.Tensor:
     raise NotImplementedError("x.view(torch.int32) gives the bits; the lower 16 bits decide the rounding (more or less than half of 0x10000, and on a tie the lowest kept bit); NaNs need their own case.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# BF16 is the top half of FP32: the same sign and 8-bit exponent, 7 mantissa bits. Converting drops the low 16 bits with round-to-nearest-even, as .to(torch.bfloat16) does; a NaN must stay a (quiet) NaN.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# b = the 32-bit pattern as an unsigned number in int64 (view as int32, widen, mask with 0xFFFFFFFF). Round to nearest even: add 0x7FFF plus the lowest bit that will be kept (bit 16), then shift right by 16. A NaN (exponent all ones, mantissa not zero) instead keeps its top 16 bits with the quiet bit 0x40 set. torch.where chooses per element.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# b = ...  # (...,) the unsigned 32-bit pattern, int64
+# rounded = ...  # round to nearest even, then >> 16
+# is_nan = ...
+# return torch.where(is_nan, ..., rounded)
+# ```
+#
+# </details>
+
 # %%
 check("11.fp32_to_bf16_bits", fp32_to_bf16_bits)
 
@@ -117,6 +170,32 @@ def update_scale(scale: float, clean_steps: int, found_inf: bool, growth_factor:
     """
     raise NotImplementedError("two branches: an overflow shrinks the scale and forgets the clean run; a clean step counts, and only reaching the interval grows the scale (then the count starts again).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Dynamic loss scaling (torch.amp.GradScaler) multiplies the loss by a scale so that small FP16 gradients do not underflow. If a step overflows, the scale was too big: shrink it (and skip the step). After growth_interval clean steps in a row, try a bigger one.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# found_inf: shrink by backoff_factor, and the clean run starts over at 0. Otherwise the clean run grows by one; when it reaches growth_interval, grow the scale by growth_factor and start the count over; otherwise the scale stays.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# if found_inf:
+#     return ...
+# clean_steps += 1
+# if ...:
+#     return ...  # grown scale, count back to 0
+# return ...  # unchanged scale, the new count
+# ```
+#
+# </details>
 
 # %%
 check("11.update_scale", update_scale)
@@ -146,6 +225,33 @@ def master_weights_step(params: list[torch.Tensor], masters: list[torch.Tensor],
     """
     raise NotImplementedError("gradients to FP32 and divided by scale first; check them all before changing anything; update the masters in FP32, then copy each master into its parameter (in place, under torch.no_grad()).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Mixed-precision training keeps an FP32 master copy of every weight: tiny updates (lr * grad) that would vanish when added to an FP16 weight survive in FP32. The half-precision parameters are a rounded copy used for the forward and backward.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Under torch.no_grad(): unscale every gradient in FP32 (to float, then divide by scale). If any of them has an inf or a NaN, change nothing and return False (the scaler will lower the scale). Otherwise update each master by -lr * grad, copy each master into its parameter in place (copy_ rounds it), and return True.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# with torch.no_grad():
+#     grads = ...  # FP32, unscaled
+#     if ...:  # any non-finite entry
+#         return False
+#     for p, m, g in ...:
+#         ...  # update the master, then copy it into p
+# return True
+# ```
+#
+# </details>
 
 # %%
 check("11.master_weights_step", master_weights_step)

@@ -27,7 +27,9 @@
 # | 8 | `row_parallel_forward(x_shards, weight_shards, bias)`: a row-parallel linear and its all-reduce | 3 | 15 min |
 # | 9 | `one_f_one_b(p, m, stage)`: the 1F1B pipeline schedule's order of operations | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. The last
 # cell shows your score; in a terminal, `lmlab grade exercises/12_parallelism.ipynb` grades the notebook.
@@ -72,6 +74,29 @@ def ring_send_chunk(rank: int, step: int, n_ranks: int) -> int:
     raise NotImplementedError("two phases of N - 1 steps; in each, the chunk a rank sends moves one place round the ring per step. Where does rank r's finished chunk sit when the reduce-scatter ends?")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Ring all-reduce cuts each tensor into N chunks. In the reduce-scatter every rank passes one chunk to its right neighbour per step and adds what arrives from the left; after N - 1 steps each rank holds one finished chunk. The all-gather then passes the finished chunks round the ring.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Reduce-scatter (step < N - 1): rank r first sends chunk r, then one chunk lower every step (mod N). When it ends, rank r holds the finished chunk r + 1 (mod N); in the all-gather it sends that one first, then again one lower per step.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# if step < n_ranks - 1:
+#     return ...  # reduce-scatter
+# return ...  # all-gather, starting from the finished chunk
+# ```
+#
+# </details>
+
 # %%
 check("12.ring_send_chunk", ring_send_chunk)
 
@@ -92,6 +117,29 @@ def zero_bytes_per_gpu(n_params: float, n_gpus: int, stage: int) -> float:
     raise NotImplementedError("three parts per parameter: 16-bit weights, 16-bit gradients, fp32 optimizer state (master copy, momentum, variance); which parts does each stage shard?")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Mixed-precision Adam stores 16 bytes per parameter: 2 for the 16-bit weights, 2 for the 16-bit gradients and 12 for the FP32 optimizer state (master weights, momentum, variance). ZeRO removes the copies by sharding these across the data-parallel GPUs.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Stage 1 shards the optimizer state, stage 2 the gradients as well, stage 3 the weights as well: a sharded part is divided by n_gpus, the rest stays whole. Stage 0 is plain data parallelism.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# params, grads, optimizer = ..., ..., ...  # bytes
+# ...  # divide the parts this stage shards by n_gpus
+# return ...
+# ```
+#
+# </details>
+
 # %%
 check("12.zero_bytes_per_gpu", zero_bytes_per_gpu)
 
@@ -110,6 +158,29 @@ def bubble_fraction(p: int, m: int) -> float:
     """
     raise NotImplementedError("count the time slots from the first stage's first forward to the last stage's last one, and how many of them one stage works.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# In GPipe a pipeline of p stages runs m micro-batches; the stages wait while the pipe fills and drains. The idle share of the timeline is the bubble.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Count in slots of one micro-batch's forward on one stage: from the first stage's first slot to the last stage's last there are m + p - 1 slots, and one stage works in m of them. (The backward pass repeats the pattern and gives the same ratio.)
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# total = ...  # slots from start to finish
+# busy = ...  # slots in which one stage works
+# return ...  # the idle fraction
+# ```
+#
+# </details>
 
 # %%
 check("12.bubble_fraction", bubble_fraction)
@@ -131,6 +202,29 @@ def column_parallel_forward(x: torch.Tensor, weight_shards: list, bias_shards: l
     raise NotImplementedError("each rank computes its own slice of the output features; how do slices of features go back together?")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A column-parallel linear layer (Megatron) splits the weight by its output rows: rank r holds W_r (out/tp, in) and computes its slice of the output features from the full input. No communication is needed until the slices are joined.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Rank r computes F.linear(x, W_r, b_r): (..., out/tp). Join the slices along the last (feature) dim in rank order: (..., out). bias_shards may be None, which means no bias.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# biases = ...  # the bias shards, or one None per rank
+# slices = [... for w, b in zip(weight_shards, biases)]
+# return torch.cat(slices, dim=...)
+# ```
+#
+# </details>
+
 # %%
 check("12.column_parallel_forward", column_parallel_forward)
 
@@ -148,6 +242,30 @@ def rank_coords(rank: int, dp: int, pp: int, tp: int) -> tuple:
     """
     raise NotImplementedError("like digits of a number in a mixed base: the fastest-changing coordinate is the last digit.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# 3D parallelism numbers the GPUs so that tensor-parallel ranks are neighbours (the fastest links), then pipeline stages, then data-parallel replicas: rank = (d * pp + p) * tp + t.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Invert that numbering: t is the remainder by tp; p is the next digit (divide by tp, then the remainder by pp); d is what is left after dividing by pp * tp.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# t = ...
+# p = ...
+# d = ...
+# return d, p, t
+# ```
+#
+# </details>
 
 # %%
 check("12.rank_coords", rank_coords)
@@ -187,7 +305,7 @@ def ring_all_reduce_sim(tensors: list) -> list:
 # ```python
 # for s in range(2 * (N - 1)):
 #     out = [index_sent_by(r, s) for r in range(N)]
-#     msgs = [chunks[r][out[r]].clone() for r in range(N)]
+#     msgs = ...  # every rank's outgoing chunk, cloned
 #     for r in range(N):
 #         c = out[(r - 1) % N]   # what the left neighbour sent
 #         ...  # add or copy into chunks[r][c]
@@ -238,14 +356,14 @@ def zero1_step(params: list, grads: list, states: list, step: int, lr: float = 1
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# g = torch.stack(grads).mean(0).chunk(N)
+# g_shards = ...  # reduce-scatter: the mean gradient, cut in N
 # for r in range(N):
-#     p = params[r].chunk(N)[r] * (1 - lr * weight_decay)
-#     m = ...; v = ...
-#     shards.append(...)
+#     p = ...  # rank r's shard of its parameters, after weight decay
+#     m = ...; v = ...  # from states[r] and g_shards[r]
+#     shards.append(...)  # the bias-corrected update
 #     new_states.append(...)
-# full = torch.cat(shards)
-# return [full.clone() for _ in range(N)], new_states
+# full = ...  # all-gather
+# return ..., new_states  # one copy of full per rank
 # ```
 #
 # </details>
@@ -283,8 +401,9 @@ def row_parallel_forward(x_shards: list, weight_shards: list, bias: torch.Tensor
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# partial = [F.linear(x, w) for x, w in zip(x_shards, weight_shards)]
-# total = ...  # the all-reduce
+# partial = [...]  # each rank's F.linear of its input shard and weight shard, no bias
+# total = ...  # the all-reduce (a sum)
+# ...  # the bias, once, if there is one
 # return [... for _ in range(len(x_shards))]
 # ```
 #

@@ -16,12 +16,14 @@
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
-# | 1 | `bpe_merge_step(chunks, new_id)`: one BPE training step | 2 | 10 min |
-# | 2 | `bpe_encode(ids, merges)`: encode a chunk with learned merges | 2 | 10 min |
-# | 3 | `gguf_to_lmlab(tensors, cfg)`: llama.cpp names → lmlab names, undoing the q/k permute | 3 | 15 min |
-# | 4 | `llama_block(x, w, n_heads, n_kv_heads, eps, rope_base)`: a LLaMA block from your parts | 3 | 15 min |
+# | 1 | `bpe_merge_step(chunks, new_id)`: one BPE training step | 2 | 15 min |
+# | 2 | `bpe_encode(ids, merges)`: encode a chunk with learned merges | 2 | 15 min |
+# | 3 | `gguf_to_lmlab(tensors, cfg)`: llama.cpp names → lmlab names, undoing the q/k permute | 3 | 20 min |
+# | 4 | `llama_block(x, w, n_heads, n_kv_heads, eps, rope_base)`: a LLaMA block from your parts | 3 | 25 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -72,11 +74,42 @@ def bpe_merge_step(chunks: list[list[int]], new_id: int):
         ``(pair, new_chunks)``: the merged pair ``(a, b)`` and the chunks with every occurrence
         of it replaced by ``new_id``.
 
-    Hint: a dict (or ``collections.Counter``) of pair counts; ``min(counts, key=lambda p: (-counts[p], p))``
-    is one way to say "most frequent, then smallest".
+    Hint: a dict (or ``collections.Counter``) of pair counts; a ``min`` over the pairs with a key of
+    ``(minus the count, the pair)`` is one way to say "most frequent, then smallest".
     """
-    raise NotImplementedError("Count adjacent pairs inside each chunk; pick the largest count, ties to the smallest (a, b); then rewrite each chunk left to right.")
+    raise NotImplementedError("count adjacent pairs inside each chunk; pick the most frequent (ties: the smallest pair); then rewrite every chunk left to right.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Training byte-level BPE repeats one step: count every adjacent pair of ids and merge the most frequent pair into a new id. Pairs never cross chunk boundaries (the pre-tokenizer's words).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Count the pairs zip(ids, ids[1:]) of every chunk in one dict. The best pair has the largest count; on a tie, the smallest pair (a, b). Then rewrite each chunk left to right: where the best pair starts at i, emit new_id and jump two, otherwise copy ids[i] and move one (so 'a a a' with pair (a, a) becomes 'X a').
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# counts = {}
+# for ids in chunks:
+#     ...  # count each adjacent pair
+# best = ...  # most frequent, then smallest
+# new_chunks = []
+# for ids in chunks:
+#     out, i = [], 0
+#     while i < len(ids):
+#         ...  # merge at i, or copy ids[i]
+#     ...  # keep the rewritten chunk
+# return ..., ...
+# ```
+#
+# </details>
 
 # %%
 check("13.bpe_merge_step", bpe_merge_step)
@@ -100,10 +133,39 @@ def bpe_encode(ids: list[int], merges: dict) -> list[int]:
     Returns:
         the token ids (a list of ints).
 
-    Hint: ``rank = {pair: r for r, pair in enumerate(merges)}``; look at ``zip(ids, ids[1:])``.
+    Hint: a dict from each pair to its position in ``merges`` (``enumerate``); look at ``zip(ids, ids[1:])``.
     """
     raise NotImplementedError("Look for the adjacent pair whose merge was learned earliest (its position in merges), merge it everywhere, repeat until none applies.")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# Encoding with learned merges applies them in the order they were learned, not by how often pairs occur in this text: at each step merge the adjacent pair whose merge is earliest, until no pair has a merge (as Hugging Face's tokenizers and tiktoken do).
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Give every merge its rank (its position in merges). Loop: list the adjacent pairs that have a rank; if there are none, stop; the best is the one with the smallest rank; rewrite the sequence left to right, replacing each occurrence of best with merges[best]. Do not change the caller's list.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# rank = ...  # pair -> its position in merges
+# ids = list(ids)
+# while len(ids) >= 2:
+#     pairs = ...  # adjacent pairs that have a merge
+#     if not pairs:
+#         break
+#     best = ...
+#     ids = ...  # rewritten, left to right
+# return ids
+# ```
+#
+# </details>
 
 # %%
 check("13.bpe_encode", bpe_encode)
@@ -147,6 +209,35 @@ def gguf_to_lmlab(tensors: dict, cfg) -> dict:
     raise NotImplementedError("Rename each blk.i.* tensor; W_q and W_k come back from llama.cpp's interleaved rows per head (reshape, swap two axes); cat q, k, v and up, gate.")
 
 
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# GGUF (llama.cpp) names tensors differently (blk.i.attn_q.weight, ...) and stores W_q and W_k with each head's rows interleaved for its RoPE layout. Loading the real SmolLM2 into lmlab means renaming, undoing that permutation, and fusing q, k, v (and up, gate) the way lmlab's layers expect.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# Top level: token_embd -> tok_emb, output_norm -> final_norm; lm_head is output.weight if present, otherwise the tied token embedding. Per layer i: attn_norm -> norm1, ffn_norm -> norm2, attn_output -> attn.proj, ffn_down -> ffn.down; attn.qkv joins the q, k, v rows; ffn.up joins the up rows, then the gate rows. Un-permute q (with n_heads) and k (with n_kv_heads): reshape to (n, hs/2, 2, C), swap the two middle axes, reshape back to (rows, C).
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# def unpermute(w, n):  # n heads
+#     rows, C = w.shape
+#     return ...  # (n, ?, 2, C), swap axes 1 and 2, back to (rows, C)
+#
+# sd = {...}  # embeddings and the final norm
+# sd["lm_head.weight"] = ...  # output.weight, or the tied embedding
+# for i in ...:  # every layer
+#     ...  # rename, un-permute q and k, concatenate
+# return sd
+# ```
+#
+# </details>
+
 # %%
 check("13.gguf_to_lmlab", gguf_to_lmlab)
 
@@ -182,6 +273,42 @@ def llama_block(x: torch.Tensor, w: dict, n_heads: int, n_kv_heads: int, eps: fl
     """
     raise NotImplementedError("Pre-norm residuals: x + attn(norm1(x)), then + ffn(norm2(.)); RoPE on q and k (half-split pairs); query head h uses K/V head h // (n_heads // n_kv_heads).")
 
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# A LLaMA block is a pre-norm block with RMSNorm, grouped-query attention with RoPE on queries and keys, and a SwiGLU FFN: the parts you built in chapters 01 to 04, now from a dict of raw weights.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# h = RMSNorm(x) with w['norm1'] and eps. q from wq: (B, nh, T, hs); k and v from wk, wv: (B, nkv, T, hs). RoPE (half-split, positions 0..T-1, base rope_base) on q and k only. Repeat k and v so query head h reads K/V head h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v -> (B, T, C) -> through wo, added to x. Then add w_down(silu(w_gate h2) * w_up h2), with h2 = RMSNorm(x) using w['norm2']. Weights are (out, in): use t @ W.T.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# B, T, C = x.shape
+# hs = C // n_heads
+#
+# def rms(t, g):
+#     return ...
+#
+# def rope(t):  # (B, heads, T, hs), half-split
+#     ...
+#
+# h = ...  # norm1
+# q = ...
+# k, v = ...
+# ...  # share K/V heads, causal attention
+# x = x + ...
+# h = ...  # norm2
+# return x + ...  # SwiGLU
+# ```
+#
+# </details>
 
 # %%
 check("13.llama_block", llama_block)

@@ -24,7 +24,9 @@
 # | 6 | `attention_head(x, w_q, w_k, w_v)`: one causal, scaled attention head | 3 | 15 min |
 # | 7 | `gpt_forward(state, idx, n_heads)`: the whole GPT forward from `lmlab.GPT`'s weights | 5 | 30 min |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -167,7 +169,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         a 0-dim tensor (autograd must flow through it) equal to ``F.cross_entropy`` on the
         flattened inputs.
 
-    Hint: ``logits - torch.logsumexp(logits, dim=-1, keepdim=True)`` is log-softmax; ``gather``
+    Hint: log-softmax is the logits minus their ``torch.logsumexp`` over the vocabulary; ``gather``
     picks the target's entry.
     """
     ### BEGIN SOLUTION
@@ -195,8 +197,8 @@ def sample_batch(ids: torch.Tensor, batch_size: int, context_length: int, genera
     ``ids[s + 1 : s + context_length + 1]``. Every start that leaves room for ``y`` must be
     possible. Draw the starts with ``generator`` so that a seeded generator gives the same batch.
 
-    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with
-    ``starts[:, None] + torch.arange(context_length)``.
+    Hint: ``torch.randint(high, (batch_size,), generator=generator)``; index ``ids`` with a ``(B, T)``
+    tensor of positions (each start plus ``0 .. context_length - 1``).
     """
     ### BEGIN SOLUTION
     starts = torch.randint(len(ids) - context_length, (batch_size,), generator=generator)  # (B,)

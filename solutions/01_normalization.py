@@ -18,10 +18,12 @@
 # | 1 | `layer_norm(x, weight, bias, eps)`: re-centre and re-scale each token | 3 |
 # | 2 | `rms_norm(x, weight, eps)`: re-scale only | 2 |
 # | 3 | `pre_ln_block(x, attn, ffn, norm1, norm2)`: one pre-LN transformer layer | 2 |
-# | 4 | `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 |
+# | 4 | warm-up: `deepnorm_constants(num_layers)`: DeepNet's α and β | 1 |
 # | 5 | `class RMSNorm`: your norm as a module, swapped into the model and trained | 2 |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -149,7 +151,7 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
 check("01.pre_ln_block", pre_ln_block)
 
 # %% [markdown]
-# ## 4 · DeepNorm's constants (1 point)
+# ## 4 · DeepNorm's constants (1 point, warm-up)
 #
 # DeepNet (Wang et al., 2022) keeps post-LN but up-weights the skip, $x \leftarrow \mathrm{LN}(\alpha x + f(x))$,
 # and scales the sub-layers' initial weights by $\beta$. For a decoder-only stack of $M$ layers:
@@ -189,7 +191,7 @@ class RMSNorm(nn.Module):
     ``RMSNorm(d_model, eps=1e-6)``: one parameter, ``weight`` of shape ``(d_model,)``, initialised to
     ones (no bias). ``forward(x (..., d_model))`` returns ``rms_norm(x, weight, eps)``, same shape.
 
-    Hint: ``nn.Parameter(torch.ones(d_model))``; keep ``eps`` on the module and use it in ``forward``.
+    Hint: the gain is an ``nn.Parameter`` that starts at ones; keep ``eps`` on the module and use it in ``forward``.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-6):

@@ -15,14 +15,16 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `swish(x, beta)`: x · sigmoid(βx) | 2 |
-# | 2 | `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 2 |
+# | 1 | warm-up: `swish(x, beta)`: x · sigmoid(βx) | 1 |
+# | 2 | warm-up: `gelu_tanh(x)`: GPT-2's tanh approximation of GeLU | 1 |
 # | 3 | `swiglu_ffn(x, w_gate, w_value, w_down)`: a SwiGLU feed-forward pass | 3 |
 # | 4 | warm-up: `glu_hidden_size(plain_hidden, multiple_of)`: the 2/3 rule | 1 |
 # | 5 | warm-up: `ffn_num_parameters(d_model, hidden, kind, bias)`: counting an FFN's parameters | 1 |
 # | 6 | `class SwiGLU`: your FFN as a module, swapped into the model and trained | 2 |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -54,7 +56,7 @@ import torch.nn.functional as F
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · Swish (2 points)
+# ## 1 · Swish (1 point, warm-up)
 #
 # $\mathrm{Swish}_\beta(x) = x\,\sigma(\beta x)$. β = 1 is SiLU (`F.silu`), β = 0 the line x/2,
 # β → ∞ ReLU. Write it with `torch.sigmoid` (not `F.silu`: the check compares with it).
@@ -81,7 +83,7 @@ def swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
 check("02.swish", swish)
 
 # %% [markdown]
-# ## 2 · GeLU, the tanh approximation (2 points)
+# ## 2 · GeLU, the tanh approximation (1 point, warm-up)
 #
 # GeLU is $x\,\Phi(x)$ with $\Phi$ the normal CDF. GPT-2 (and BERT's original code) used
 #
@@ -149,7 +151,7 @@ check("02.swiglu_ffn", swiglu_ffn)
 def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     """Hidden size of a gated FFN with about the parameters of a plain FFN of ``plain_hidden``.
 
-    ``int(2 * plain_hidden / 3)`` rounded up to a multiple of ``multiple_of``, and never below
+    Two thirds of ``plain_hidden`` (truncated to an int), rounded up to a multiple of ``multiple_of``, and never below
     ``multiple_of``. Returns an ``int``.
 
     Hint: three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count,

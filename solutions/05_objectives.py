@@ -20,7 +20,9 @@
 # | 3 | `prefix_lm_example(tokens, prefix_len)`: inputs, targets, attention mask and loss mask of a prefix LM | 2 |
 # | 4 | `ul2_example(...)`: one UL2 example with its mode token, for a decoder-only model | 3 |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -70,7 +72,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
         length: tokens in the text (>= 2).
         noise_density: the share r of noise tokens, in (0, 1).
         mean_noise_span_length: mu, >= 1.
-        seed: seed ``torch.Generator().manual_seed(seed)`` and draw every random number from it.
+        seed: seed a ``torch.Generator`` with it (``manual_seed``) and draw every random number from it.
         random_roll: roll the mask by a random offset in ``[0, length)`` at the end.
 
     Hint: a random split of n items into k positive parts = k - 1 distinct cut points chosen among

@@ -15,13 +15,15 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `kv_cache_bytes(...)`: the memory of a KV cache | 2 |
+# | 1 | warm-up: `kv_cache_bytes(...)`: the memory of a KV cache | 1 |
 # | 2 | `decode_step(...)`: append one token's K and V to the cache, attend over it | 3 |
-# | 3 | `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
+# | 3 | warm-up: `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 |
 # | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -51,7 +53,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · The size of a KV cache (2 points)
+# ## 1 · The size of a KV cache (1 point, warm-up)
 #
 # Every layer keeps a key **and** a value vector per K/V head for every token:
 # $$\text{bytes} = 2 \times L \times n_{kv} \times d_h \times \text{tokens} \times \text{batch} \times \text{bytes per value}.$$
@@ -122,7 +124,7 @@ def decode_step(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, k
 check("08.decode_step", decode_step)
 
 # %% [markdown]
-# ## 3 · Blocks needed for n tokens (1 point)
+# ## 3 · Blocks needed for n tokens (1 point, warm-up)
 #
 # PagedAttention stores a sequence in blocks of `block_size` tokens. How many blocks hold `n`
 # tokens? A partly filled last block is still a whole block; an exact multiple needs no extra one.

@@ -21,7 +21,9 @@
 # | 4 | `SpikeDetector`: a rolling z-score of the loss and the gradient norm | 3 |
 # | 5 | `train_loop(...)`: a whole training loop, graded by its loss trajectory | 4 |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,

@@ -15,12 +15,14 @@
 #
 # | # | exercise | points |
 # |---|---|---|
-# | 1 | `flops_per_token(...)`: training FLOPs per token, attention included | 2 |
+# | 1 | warm-up: `flops_per_token(...)`: training FLOPs per token, attention included | 1 |
 # | 2 | `fit_power_law(compute, loss)`: fit $L(C) = a C^b + c$ | 3 |
 # | 3 | `compute_optimal(C, E, A, B, alpha, beta)`: Chinchilla's compute-optimal $N$ and $D$ | 2 |
 # | 4 | `llama_params(...)`: the parameters of a LLaMA-style model | 2 |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -50,7 +52,7 @@ import torch
 from lmlab.grading import check, check_all
 
 # %% [markdown]
-# ## 1 · FLOPs per token, with attention (2 points)
+# ## 1 · FLOPs per token, with attention (1 point, warm-up)
 #
 # Training a weight costs one multiply-add (2 FLOPs) forward and two backward (the gradient with
 # respect to the input and to the weight): **6 FLOPs per parameter per token**, $6N$. Attention adds

@@ -27,7 +27,9 @@
 # | 8 | `row_parallel_forward(x_shards, weight_shards, bias)`: a row-parallel linear and its all-reduce | 3 | 15 min |
 # | 9 | `one_f_one_b(p, m, stage)`: the 1F1B pipeline schedule's order of operations | 3 | 15 min |
 #
-# **How it works.** Each docstring says what to build and gives a hint. Replace the
+# **How it works.** Each docstring says what to build and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. The last
 # cell shows your score; in a terminal, `lmlab grade exercises/12_parallelism.ipynb` grades the notebook.

@@ -21,7 +21,9 @@
 # | 3 | `gguf_to_lmlab(tensors, cfg)`: llama.cpp names → lmlab names, undoing the q/k permute | 3 |
 # | 4 | `llama_block(x, w, n_heads, n_kv_heads, eps, rope_base)`: a LLaMA block from your parts | 3 |
 #
-# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Replace the
+# **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
+# each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
+# code outline (never the answer). The table's time column is how long each exercise should take. Replace the
 # `raise NotImplementedError(...)` line with your code, run the cell, then run the check cell under
 # it: ✅ passed, ❌ failed (which case, expected vs got, a hint), or ⏳ not implemented yet. A check
 # never stops the notebook. The last cell shows your score; in a terminal,
@@ -72,8 +74,8 @@ def bpe_merge_step(chunks: list[list[int]], new_id: int):
         ``(pair, new_chunks)``: the merged pair ``(a, b)`` and the chunks with every occurrence
         of it replaced by ``new_id``.
 
-    Hint: a dict (or ``collections.Counter``) of pair counts; ``min(counts, key=lambda p: (-counts[p], p))``
-    is one way to say "most frequent, then smallest".
+    Hint: a dict (or ``collections.Counter``) of pair counts; a ``min`` over the pairs with a key of
+    ``(minus the count, the pair)`` is one way to say "most frequent, then smallest".
     """
     ### BEGIN SOLUTION
     counts = {}
@@ -118,7 +120,7 @@ def bpe_encode(ids: list[int], merges: dict) -> list[int]:
     Returns:
         the token ids (a list of ints).
 
-    Hint: ``rank = {pair: r for r, pair in enumerate(merges)}``; look at ``zip(ids, ids[1:])``.
+    Hint: a dict from each pair to its position in ``merges`` (``enumerate``); look at ``zip(ids, ids[1:])``.
     """
     ### BEGIN SOLUTION
     rank = {pair: r for r, pair in enumerate(merges)}

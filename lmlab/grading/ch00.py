@@ -67,7 +67,16 @@ register(Exercise(
     id="00.causal_mask",
     points=2,
     signature="causal_mask(T: int) -> torch.Tensor of shape (T, T) and dtype bool",
-    hint="mask[i, j] is True when key j <= query i: the lower triangle, diagonal included (torch.tril).",
+    hint="mask[i, j] is True when key j is not after query i: the lower triangle, diagonal included.",
+    minutes=5,
+    hints=(
+        "In a causal decoder a token may look at itself and at every earlier token, never at a later one. Row i of the "
+        "mask is query i, column j is key j.",
+        "The result is (T, T) of dtype bool, True exactly where the key is not after the query. Either compare a "
+        "column of positions (T, 1) with a row (1, T) by broadcasting, or keep the lower triangle of an all-True (T, "
+        "T) matrix.",
+        "i = torch.arange(T)\nreturn ...  # i as a row compared with i as a column: (T, T) bool",
+    ),
     checks=(
         Check("causal_mask(1) and causal_mask(4) against the lower triangle", _causal_small),
         Check("your mask in scaled_dot_product_attention equals is_causal=True", _causal_sdpa),
@@ -110,6 +119,14 @@ register(Exercise(
     points=2,
     signature="prefix_lm_mask(T: int, prefix_len: int) -> torch.Tensor of shape (T, T) and dtype bool",
     hint="start from the causal mask, then let the prefix block [:prefix_len, :prefix_len] see itself in both directions.",
+    minutes=5,
+    hints=(
+        "A prefix decoder reads its prefix (the prompt) in both directions and generates the rest causally: prefix "
+        "tokens see each other both ways, later tokens see the whole prefix and their own past.",
+        "Start from the (T, T) causal mask. The top-left prefix_len x prefix_len block becomes all True; nothing else "
+        "changes (rows after the prefix already see every earlier key). prefix_len = 0 gives the causal mask back.",
+        "mask = ...  # the causal mask, (T, T) bool\n...  # open up the prefix block\nreturn mask",
+    ),
     checks=(
         Check("prefix_lm_mask(6, 3) against an independent construction", _prefix_small),
         Check("edge cases: prefix_len 0, 1 and T", _prefix_edges),
@@ -155,7 +172,18 @@ register(Exercise(
     id="00.CharTokenizer",
     points=3,
     signature="CharTokenizer(text: str) with .chars, .stoi, .vocab_size, .encode(str) -> list[int], .decode(list[int]) -> str",
-    hint="chars = sorted(set(text)); stoi maps each character to its position in chars; decode looks ids up in chars.",
+    hint="the vocabulary is every distinct character of the text, in sorted order; encode and decode are two look-ups, one in "
+         "each direction.",
+    minutes=10,
+    hints=(
+        "A character tokenizer gives each distinct character of the training text one id. Sorting the characters makes "
+        "the ids reproducible: the same text always gives the same vocabulary.",
+        "__init__: chars is the sorted list of distinct characters; stoi maps a character to its index in chars. "
+        "vocab_size is how many there are. encode(str) gives one id per character; decode(list of ids) gives the "
+        "string back, so decode(encode(s)) == s.",
+        "self.chars = ...  # sorted, distinct\nself.stoi = ...  # character -> its index\n\n# vocab_size:\nreturn ...\n"
+        "\n# encode(s):\nreturn [... for ch in s]\n\n# decode(ids):\nreturn \"\".join(...)",
+    ),
     checks=(
         Check("the vocabulary of CharTokenizer('hello')", _tok_vocab),
         Check("encode gives a list of ids that follow the sorted characters", _tok_encode),
@@ -214,7 +242,17 @@ register(Exercise(
     id="00.cross_entropy",
     points=2,
     signature="cross_entropy(logits: (B, T, V) tensor, targets: (B, T) int tensor) -> 0-dim tensor (mean over B*T)",
-    hint="log p = logits - logsumexp(logits, dim=-1, keepdim=True); pick each target's log p with gather; the loss is minus their mean.",
+    hint="turn the logits into log-probabilities in a numerically stable way, pick the target's entry at every position, and "
+         "average the negatives.",
+    minutes=10,
+    hints=(
+        "Cross-entropy is the average of -log p(target) over all positions. Computing log-softmax as the logits minus "
+        "their log-sum-exp avoids overflow in exp for large logits.",
+        "logits (B, T, V) -> log-probabilities (B, T, V): subtract the log-sum-exp over the last dim, kept as (B, T, "
+        "1) so it broadcasts. Pick the target's entry at each (b, t) with gather along the last dim (targets reshaped "
+        "to (B, T, 1)), giving (B, T). Return minus the mean: a 0-dim tensor.",
+        "log_probs = ...  # (B, T, V)\npicked = log_probs.gather(-1, ...).squeeze(-1)  # (B, T)\nreturn ...",
+    ),
     checks=(
         Check("a small batch against F.cross_entropy", _ce_small),
         Check("uniform logits give log V", _ce_uniform),
@@ -274,7 +312,18 @@ register(Exercise(
     id="00.sample_batch",
     points=2,
     signature="sample_batch(ids: 1-D tensor, batch_size: int, context_length: int, generator: torch.Generator) -> (x, y), each (batch_size, context_length)",
-    hint="draw starts with torch.randint(len(ids) - context_length, (batch_size,), generator=generator); y is the window one token later.",
+    hint="draw batch_size random starts with the generator (leave room for the window and one more token); y is the same "
+         "window one token later.",
+    minutes=10,
+    hints=(
+        "A language model learns to predict the next token, so a training example is a window of text x and the same "
+        "window shifted one token later, y. Random windows give varied batches; the generator makes them reproducible.",
+        "starts: batch_size integers in [0, len(ids) - context_length), drawn with torch.randint and "
+        "generator=generator (B,). Adding arange(context_length) (T,) to starts[:, None] gives a (B, T) index tensor; "
+        "x is ids at those indices, y is ids one position later.",
+        "starts = torch.randint(..., (batch_size,), generator=...)  # (B,)\n"
+        "idx = ...  # (B, T): every start plus 0..T-1\nx, y = ..., ...\nreturn x, y",
+    ),
     checks=(
         Check("x rows are windows of ids and y is x shifted by one", _batch_shifted),
         Check("the first and the last possible window can both be drawn", _batch_edges),

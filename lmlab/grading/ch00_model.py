@@ -109,7 +109,8 @@ register(Exercise(
         "Print state's keys and shapes first. Per block i: LayerNorm with blocks.i.norm1.weight/.bias (eps 1e-5); one "
         "F.linear with attn.qkv gives q, k, v side by side (3C outputs); split into n_heads heads of C // n_heads; causal "
         "attention per head; join the heads and apply attn.proj; then norm2, ffn.up, exact GELU, ffn.down.",
-        "x = state[\"tok_emb.weight\"][idx] + state[\"pos_emb.weight\"][:T]\nfor i in range(n_layers):\n    h = F.layer_norm(x, (C,), ...)\n"
+        "x = ...  # token embeddings of idx + position embeddings of 0..T-1: (B, T, C)\nfor i in ...:  # every block\n"
+        "    h = F.layer_norm(x, (C,), ...)\n"
         "    q, k, v = F.linear(h, ...).split(C, dim=2)\n    ...  # heads: view(B, T, nh, hs).transpose(1, 2)\n    x = x + ...\n"
         "return F.linear(F.layer_norm(x, ...), state[\"lm_head.weight\"])",
     ),

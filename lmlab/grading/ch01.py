@@ -77,6 +77,16 @@ register(Exercise(
     points=3,
     signature="layer_norm(x: (..., d) tensor, weight: (d,), bias: (d,), eps: float) -> tensor of x's shape",
     hint="statistics per token, over its features only (keep the dims so they broadcast); which variance does torch's LayerNorm use, and where does eps go?",
+    minutes=10,
+    hints=(
+        "LayerNorm normalizes each token on its own: subtract the mean of its d features, divide by their standard "
+        "deviation, then apply a learned gain and bias. Nothing is shared across the batch or the sequence.",
+        "Mean and variance over the last dim with keepdim=True: (..., 1). Use the biased variance (divide by d, as "
+        "torch's LayerNorm does), put eps inside the square root, then multiply by weight (d,) and add bias (d,): both "
+        "broadcast.",
+        "mean = ...  # (..., 1), over the features\nvar = ...  # biased, (..., 1)\n"
+        "return ... * weight + bias  # (..., d)",
+    ),
     checks=(
         Check("a (3, 5, 8) batch against F.layer_norm", _ln_builtin),
         Check("each output row has mean 0 and mean square 1; eps sits inside the root", _ln_properties),
@@ -133,6 +143,15 @@ register(Exercise(
     points=2,
     signature="rms_norm(x: (..., d) tensor, weight: (d,), eps: float) -> tensor of x's shape",
     hint="like LayerNorm without re-centring: scale each token by the root of its mean square.",
+    minutes=5,
+    hints=(
+        "RMSNorm (Zhang & Sennrich) drops LayerNorm's re-centring and its bias: it only rescales each token so that "
+        "the root of its mean square is 1, then applies a learned gain. Fewer operations, and in practice the same "
+        "quality.",
+        "Mean of x squared over the last dim, keepdim: (..., 1). Add eps, take one over the square root (torch.rsqrt), "
+        "multiply x by it and by weight (d,). No mean is subtracted and there is no bias.",
+        "ms = ...  # (..., 1): mean square per token\nreturn x * ... * weight",
+    ),
     checks=(
         Check("a (3, 5, 8) batch against F.rms_norm", _rms_builtin),
         Check("mean square 1 per row, scale-invariant, not re-centred; eps inside the root", _rms_properties),
@@ -230,7 +249,16 @@ register(Exercise(
     id="01.pre_ln_block",
     points=2,
     signature="pre_ln_block(x: (B, T, d) tensor, attn, ffn, norm1, norm2) -> (B, T, d); each part is a callable (B, T, d) -> (B, T, d)",
-    hint="normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the residual stream itself is never normalized.",
+    hint="normalize only what enters each sub-layer; the residual stream itself is never normalized.",
+    minutes=5,
+    hints=(
+        "Pre-LN puts the norm at the entrance of each sub-layer, inside the residual branch: x + f(norm(x)). The "
+        "identity path carries the un-normalized signal straight through, which is why gradients stay well-behaved in "
+        "deep stacks.",
+        "Two residual steps, in order: first the attention branch (through norm1), then the FFN branch (through norm2) "
+        "applied to the result of the first step. Every tensor stays (B, T, d).",
+        "h = x + ...  # the attention branch\nreturn h + ...  # the FFN branch",
+    ),
     checks=(
         Check("one block equals x + attn(norm1(x)), then + ffn(norm2(.))", _block_matches),
         Check("with sub-layers that output zeros the block is the identity (gradient 1)", _block_identity),
@@ -280,6 +308,15 @@ register(Exercise(
     points=1,
     signature="deepnorm_constants(num_layers: int) -> (alpha, beta) for a decoder-only stack",
     hint="DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the number of layers (alpha grows with depth, beta shrinks).",
+    minutes=5,
+    hints=(
+        "DeepNorm up-weights the residual (x * alpha + f(x)) and shrinks some initial weights by beta, so a deep "
+        "post-LN stack takes gentle updates. The DeepNet paper gives both constants as functions of the depth N.",
+        "Both are quarter powers of a multiple of N: alpha = (a * N) ** (1/4) grows with depth, beta = (b * N) ** "
+        "(-1/4) shrinks. Read a and b from the paper's table, decoder-only column (the smaller multiple goes with "
+        "alpha). Return a tuple of floats.",
+        "alpha = (... * num_layers) ** 0.25\nbeta = (... * num_layers) ** -0.25\nreturn alpha, beta",
+    ),
     checks=(
         Check("12 layers: alpha ~ 2.21, beta ~ 0.32", _dn_twelve),
         Check("alpha**4 = 2M and beta**-4 = 8M for several depths", _dn_laws),
@@ -320,7 +357,16 @@ register(Exercise(
     points=2,
     kind="class",
     signature="class RMSNorm(nn.Module): RMSNorm(d_model: int, eps: float = 1e-6); forward(x (..., d_model)) -> same shape",
-    hint="keep eps, make weight an nn.Parameter of ones; forward is your rms_norm(x, self.weight, self.eps).",
+    hint="the module only holds a trainable gain and eps; the arithmetic is the function you wrote in exercise 2.",
+    minutes=5,
+    hints=(
+        "An nn.Module wraps state around the function you already wrote: a learnable gain (one per feature) and eps. "
+        "As a module, the model can train the gain and save it in its state dict.",
+        "__init__: store eps; register weight as an nn.Parameter of shape (d_model,), starting at ones so the layer "
+        "begins as a pure normalization. forward(x): (..., d_model) -> the same shape, by calling rms_norm.",
+        "# __init__(self, d_model, eps=1e-6):\nself.eps = ...\nself.weight = ...  # trainable, (d_model,), ones\n\n"
+        "# forward(self, x):\nreturn ...  # your rms_norm",
+    ),
     checks=(
         Check("a module with one weight (ones) that equals F.rms_norm, with eps passed in and by default", _rmsnorm_module),
         Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _rmsnorm_in_model),

@@ -60,9 +60,17 @@ def _swish_grad(f):
 
 register(Exercise(
     id="02.swish",
-    points=2,
+    points=1,
     signature="swish(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor of x's shape",
     hint="Swish multiplies x by a sigmoid of beta times x.",
+    minutes=5,
+    hints=(
+        "Swish (Ramachandran et al.) is x times a sigmoid gate: beta = 0 gives x / 2, beta = 1 is SiLU, and beta -> "
+        "infinity approaches ReLU.",
+        "Elementwise, same shape as x: the gate is sigmoid(beta * x); multiply it by x. torch.sigmoid is stable for "
+        "large |x|.",
+        "gate = ...  # elementwise, from beta and x\nreturn x * gate",
+    ),
     checks=(
         Check("beta = 1 is SiLU (F.silu), also as the default", _swish_silu),
         Check("other values of beta: x · sigmoid(beta · x)", _swish_beta),
@@ -102,9 +110,17 @@ def _gelu_large(f):
 
 register(Exercise(
     id="02.gelu_tanh",
-    points=2,
+    points=1,
     signature="gelu_tanh(x: torch.Tensor) -> torch.Tensor of x's shape and dtype",
     hint="GPT-2's tanh approximation of x·Phi(x): a tanh of a cubic polynomial in x (the constant 0.044715 is in the paper).",
+    minutes=5,
+    hints=(
+        "GELU is x * Phi(x), with Phi the standard normal CDF. GPT-2 uses a cheaper tanh approximation from the GELU "
+        "paper (Hendrycks & Gimpel).",
+        "The outer form is 0.5 * x * (1 + tanh(u)); u is sqrt(2 / pi) times a cubic polynomial in x whose constant is "
+        "in the paper. Elementwise; keep x's dtype. Compare with F.gelu(x, approximate=\"tanh\").",
+        "u = math.sqrt(2.0 / math.pi) * (...)  # the cubic in x\nreturn 0.5 * x * (1.0 + ...)",
+    ),
     checks=(
         Check("on [-4, 4] against F.gelu(approximate='tanh')", _gelu_small),
         Check("to 1e-9 in float64: the exact formula, not the erf GeLU", _gelu_not_exact),
@@ -183,6 +199,16 @@ register(Exercise(
     points=3,
     signature="swiglu_ffn(x: (..., d), w_gate: (h, d), w_value: (h, d), w_down: (d, h)) -> (..., d)",
     hint="weights are in nn.Linear's (out, in) layout, so x @ w.T (or F.linear); silu goes on the gate only, then multiply by the value and project down.",
+    minutes=10,
+    hints=(
+        "SwiGLU (Shazeer 2020) replaces the FFN's activation by a gate: SiLU of one projection, elementwise times a "
+        "second (linear) projection, then the down projection. The gate decides, per hidden unit, how much of the "
+        "value passes.",
+        "Weights are in nn.Linear's (out, in) layout: F.linear(x, w) = x @ w.T. x (..., d) with w_gate and w_value (h, "
+        "d) gives (..., h) each. SiLU on the gate only, multiply elementwise by the value, then F.linear with w_down "
+        "(d, h): (..., d).",
+        "gate = ...  # (..., h), through SiLU\nvalue = ...  # (..., h), linear\nreturn ...  # (..., d)",
+    ),
     checks=(
         Check("a (2, 3, d) batch against nn.Linear's down(silu(gate(x)) * value(x))", _ffn_small),
         Check("gate and value play their roles (zero value or zero gate gives 0)", _ffn_roles),
@@ -234,6 +260,16 @@ register(Exercise(
     points=1,
     signature="glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int",
     hint="three matrices instead of two: shrink the hidden size by the ratio that keeps the parameter count, then round up to the multiple.",
+    minutes=5,
+    hints=(
+        "At equal hidden size a GLU FFN has three matrices instead of two, so 50% more parameters. LLaMA shrinks the "
+        "hidden size to keep the count equal to the plain FFN's, then rounds up to a hardware-friendly multiple.",
+        "Find the ratio that makes 3 * d * h' equal 2 * d * h, apply it and truncate to an int. Then round up to the "
+        "next multiple of multiple_of (math.ceil of the quotient, times multiple_of); never return less than "
+        "multiple_of.",
+        "hidden = ...  # two matrices' worth spread over three, as an int\n"
+        "return max(multiple_of, ...)  # rounded up to the multiple",
+    ),
     checks=(
         Check("LLaMA-7B and LLaMA-13B's FFN sizes", _glu_llama),
         Check("small cases: rounding up, exact multiples, the minimum", _glu_small),
@@ -282,6 +318,16 @@ register(Exercise(
     points=1,
     signature="ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int   (kind in relu, gelu, swiglu, geglu)",
     hint="a plain FFN has an up (d x h) and a down (h x d) matrix; a gated one adds a second up matrix; each matrix's bias has its output size.",
+    minutes=5,
+    hints=(
+        "A plain FFN is up-projection, activation, down-projection. A gated one (SwiGLU, GeGLU) has two "
+        "up-projections, a gate and a value, multiplied together. Counting parameters is counting matrix entries plus "
+        "biases.",
+        "Each up matrix has d_model * hidden entries, the down matrix hidden * d_model. Gated kinds have two up "
+        "matrices. With bias=True each matrix also has a bias the size of its output: hidden for an up matrix, d_model "
+        "for the down one.",
+        "n_up = ...  # 1 or 2, from kind\nweights = ...\nbiases = ... if bias else 0\nreturn weights + biases",
+    ),
     checks=(
         Check("plain FFNs (relu, gelu), with and without biases, against nn.Linear's", _params_plain),
         Check("gated FFNs (swiglu, geglu) against three nn.Linear's", _params_gated),
@@ -324,7 +370,16 @@ register(Exercise(
     points=2,
     kind="class",
     signature="class SwiGLU(nn.Module): SwiGLU(d_model: int, hidden: int) with nn.Linear gate_proj, up_proj (d->h), down_proj (h->d), no bias; forward (B, T, d) -> (B, T, d)",
-    hint="three nn.Linear(..., bias=False) layers; forward is your swiglu_ffn(x, gate_proj.weight, up_proj.weight, down_proj.weight).",
+    hint="three bias-free linear layers with the names in the signature; forward reuses your swiglu_ffn (exercise 3).",
+    minutes=5,
+    hints=(
+        "The module holds the three weight matrices as nn.Linear layers, so they train and load by name (gate_proj, "
+        "up_proj, down_proj, as in Hugging Face's LLaMA); the arithmetic is your swiglu_ffn.",
+        "gate_proj and up_proj map d_model -> hidden, down_proj maps hidden -> d_model, all bias-free. An nn.Linear's "
+        ".weight is (out, in), exactly the layout swiglu_ffn expects. forward: (B, T, d) -> (B, T, d).",
+        "# __init__:\nself.gate_proj = nn.Linear(..., bias=False)\nself.up_proj = ...\nself.down_proj = ...\n\n"
+        "# forward(self, x):\nreturn swiglu_ffn(x, ...)",
+    ),
     checks=(
         Check("three bias-free projections, and down(silu(gate(x)) * up(x))", _swiglu_module),
         Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _swiglu_in_model),

@@ -66,6 +66,15 @@ register(Exercise(
     points=2,
     signature="sinusoidal_embedding(n_positions: int, d_model: int) -> (n_positions, d_model) float32 tensor",
     hint="one frequency per pair of columns, falling geometrically from 1 to 1/10000; the pair holds the sine and the cosine of position times frequency.",
+    minutes=10,
+    hints=(
+        "The Transformer's fixed table gives each position a vector of sines and cosines at geometrically spaced "
+        "frequencies: the fast ones tell neighbours apart, the slow ones tell far-apart positions apart.",
+        "Frequencies: one per column pair i = 0..d/2-1, 10000 ** (-2i / d): (d/2,). Angles: positions (T, 1) times "
+        "frequencies (1, d/2) = (T, d/2). Even columns 0, 2, 4, ... hold the sines, odd columns the cosines.",
+        "inv_freq = ...  # (d/2,)\nangles = ...  # (T, d/2)\npe = ...  # zeros, (T, d)\npe[:, 0::2] = ...\n"
+        "pe[:, 1::2] = ...\nreturn pe",
+    ),
     checks=(
         Check("positions 0 and 1 by hand (d_model = 4)", _sin_by_hand),
         Check("equals the formula for several sizes", _sin_values),
@@ -141,6 +150,17 @@ register(Exercise(
     signature="apply_rope(x: (..., T, head_dim), positions: (T,) int tensor, base: float = 10000.0) -> (..., T, head_dim)",
     hint="rotate each pair of features (the half-split layout pairs feature i with i + d/2) by an angle that is the position "
          "times that pair's frequency; a 2-D rotation mixes the pair with a cos and a sin.",
+    minutes=15,
+    hints=(
+        "RoPE encodes position by rotation: each pair of features of a query or key at position m turns by the angle m "
+        "* theta_i. The dot product of two rotated vectors then depends only on the distance between their positions.",
+        "theta_i = base ** (-2i / d) for i = 0..d/2-1: (d/2,). Angles: positions (T, 1) times theta (1, d/2) = (T, "
+        "d/2); take their cos and sin. Split x's last dim into a first half x1 and a second half x2, (..., T, d/2) "
+        "each: pair i is (x1[i], x2[i]). Rotate with the formula above and join the two halves back: (..., T, d), a "
+        "new tensor.",
+        "d = x.size(-1)\ntheta = ...  # (d/2,)\nangles = ...  # (T, d/2)\ncos, sin = ...\n"
+        "x1, x2 = ...  # the two halves of the last dim\nreturn torch.cat((..., ...), dim=-1)",
+    ),
     checks=(
         Check("unit vectors by hand (which dimensions form a pair, how fast each turns)", _rope_by_hand),
         Check("equals the half-split rotation for several shapes, positions and bases", _rope_values),
@@ -180,6 +200,18 @@ register(Exercise(
     signature="alibi_slopes(n_heads: int) -> (n_heads,) float tensor",
     hint="for a power-of-two head count the slopes are a geometric sequence; for other counts ALiBi's code combines "
          "the sequences of two powers of two (read the paper's footnote or its reference code).",
+    minutes=10,
+    hints=(
+        "ALiBi adds -slope * distance to each head's attention scores. Every head gets its own slope, so some heads "
+        "look far and some only nearby; the slopes form a geometric sequence.",
+        "For n heads, n a power of two: start = 2 ** (-8 / n), and the slopes are start ** 1, start ** 2, ..., start "
+        "** n. Otherwise let p be the largest power of two <= n: take the p slopes for p heads, then fill the missing "
+        "n - p from the sequence for 2p heads, taking every other one (indices 0, 2, 4, ...).",
+        "def geometric(n):\n    start = ...\n    return [...]  # start**1, ..., start**n\n\n"
+        "p = ...  # the largest power of two <= n_heads\n"
+        "slopes = geometric(p) + ...  # every other slope of geometric(2 * p), as many as are missing\n"
+        "return ...  # a float tensor (n_heads,)",
+    ),
     checks=(
         Check("powers of two: 1, 2, 4, 8, 16 heads (8 heads: 1/2, 1/4, ..., 1/256)", lambda f: _alibi_check(f, (1, 2, 4, 8, 16))),
         Check("other head counts: 3, 5, 6, 12, 20 heads", lambda f: _alibi_check(f, (3, 5, 6, 12, 20))),
@@ -235,9 +267,22 @@ register(Exercise(
     points=3,
     signature="relative_position_bucket(relative_position: int tensor, bidirectional=True, num_buckets=32, max_distance=128) "
               "-> int tensor of the same shape",
-    hint="bidirectional: n = num_buckets // 2, keys AFTER the query (relative_position > 0) add n, then use |rel|; causal: "
-         "rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact + "
-         "floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.",
+    hint="near distances get a bucket each, far ones share buckets on a log scale up to max_distance; bidirectional mode "
+         "keeps keys before and after the query in separate halves.",
+    minutes=20,
+    hints=(
+        "T5 learns one attention bias per bucket, not per distance: small distances get a bucket each, larger ones "
+        "share buckets on a log scale, and everything at or beyond max_distance lands in the last bucket.",
+        "relative_position = key - query. Bidirectional: half the buckets (n = num_buckets // 2) for each side; keys "
+        "after the query (rel > 0) use the upper half (add n), and the distance is |rel|. Causal: only the past "
+        "counts, distance = max(-rel, 0), all num_buckets buckets. Then max_exact = n // 2: a distance below it is its "
+        "own bucket; above, max_exact + floor(log(dist / max_exact) / log(max_distance / max_exact) * (n - "
+        "max_exact)), capped at n - 1.",
+        "ret = ...  # zeros like relative_position, long\nn = num_buckets\nif bidirectional:\n    n //= 2\n"
+        "    ret += ...  # n for keys after the query\n    dist = ...\nelse:\n"
+        "    dist = ...  # the distance back, never negative\nmax_exact = n // 2\n"
+        "large = ...  # the log-spaced bucket, as long, capped at n - 1\nreturn ret + torch.where(..., ..., large)",
+    ),
     checks=(
         Check("bidirectional, defaults (32 buckets, max_distance 128) and 16 / 64", lambda f: _bucket_check(f, True, ((32, 128), (16, 64)), "bidirectional")),
         Check("causal (bidirectional=False): 32 / 128 and 10 / 20", lambda f: _bucket_check(f, False, ((32, 128), (10, 20)), "causal")),
@@ -288,7 +333,16 @@ register(Exercise(
     points=2,
     kind="class",
     signature="class RotaryEmbedding(nn.Module): RotaryEmbedding(head_dim: int, base: float = 10000.0); forward(x (..., T, head_dim), positions (T,)) -> same shape",
-    hint="store base (or the frequencies in a buffer); forward is your apply_rope(x, positions, self.base).",
+    hint="the module only remembers head_dim and base; the rotation is your apply_rope.",
+    minutes=5,
+    hints=(
+        "Wrapping RoPE in an nn.Module lets the model call it like any other layer. RoPE has no trained weights: the "
+        "module only keeps its settings.",
+        "__init__(head_dim, base): remember them (you may also precompute the frequencies as a buffer). forward(x "
+        "(..., T, head_dim), positions (T,)) returns the rotated x, same shape.",
+        "# __init__(self, head_dim, base=10000.0):\n...  # remember head_dim and base\n\n"
+        "# forward(self, x, positions):\nreturn ...  # your apply_rope",
+    ),
     checks=(
         Check("equals a float64 complex-number rotation at arbitrary positions, two bases", _rope_module),
         Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _rope_in_model),

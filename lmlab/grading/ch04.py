@@ -56,6 +56,16 @@ register(Exercise(
     points=2,
     signature="scaled_dot_product_attention(q (B, nh, Tq, hs), k (B, nh, Tk, hs), v (B, nh, Tk, hv), mask=None) -> (B, nh, Tq, hv)",
     hint="scores between every query and key, scaled by the head size, masked where not allowed, normalised over the keys, then a weighted sum of values.",
+    minutes=10,
+    hints=(
+        "Attention's output for a query is a weighted average of the values; the weights are a softmax over the keys "
+        "of q . k / sqrt(head size). A boolean mask removes the keys a query may not see (weight exactly 0).",
+        "q (B, nh, Tq, hs) times k transposed (B, nh, hs, Tk) gives scores (B, nh, Tq, Tk); divide by sqrt(hs). Where "
+        "mask is False put -inf. Softmax over the last dim (the keys), then times v (B, nh, Tk, hv): (B, nh, Tq, hv). "
+        "mask=None means no masking.",
+        "scores = ...  # (B, nh, Tq, Tk), scaled\nif mask is not None:\n    scores = ...  # -inf where mask is False\n"
+        "return ...  # softmax over the keys, then the values",
+    ),
     checks=(
         Check("no mask, Tq != Tk, hv != hs: equals F.scaled_dot_product_attention", _sdpa_plain),
         Check("causal and band masks (True = may attend)", _sdpa_mask),
@@ -96,6 +106,15 @@ register(Exercise(
     points=2,
     signature="sliding_window_mask(T: int, window: int) -> (T, T) bool tensor, True = may attend",
     hint="compare a column of query positions with a row of key positions (broadcasting); causal, and no further back than the window (which counts the token itself).",
+    minutes=5,
+    hints=(
+        "Sliding-window attention (Longformer, Mistral) lets each token see only its last `window` tokens, itself "
+        "included, so the cost per token is fixed instead of growing with T.",
+        "Query positions as a column (T, 1), key positions as a row (1, T). A key is allowed when it is not in the "
+        "future and fewer than `window` positions back; combine the two conditions elementwise into a (T, T) bool "
+        "tensor.",
+        "i = ...  # query positions, a column (T, 1)\nj = ...  # key positions, a row (1, T)\nreturn (...) & (...)",
+    ),
     checks=(
         Check("equals a loop construction for several T and window", _window_values),
         Check("each query sees min(i + 1, window) keys, none in the future", _window_counts),
@@ -131,6 +150,14 @@ register(Exercise(
     points=1,
     signature="repeat_kv(x: (B, nkv, T, hs), n_rep: int) -> (B, nkv * n_rep, T, hs)",
     hint="query heads 0..n_rep-1 share K/V head 0, the next n_rep share head 1, and so on: which torch repeat keeps copies of one head next to each other?",
+    minutes=5,
+    hints=(
+        "In grouped-query attention several query heads share one K/V head. To reuse ordinary attention code, copy "
+        "each K/V head once for every query head in its group.",
+        "(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs) along dim 1. The order must be 0, 0, 1, 1, ... (copies side by "
+        "side), not 0, 1, 0, 1, ...: try torch.repeat and torch.repeat_interleave on a small example.",
+        "return ...  # along dim 1, each head's copies next to each other",
+    ),
     checks=(
         Check("query head h gets K/V head h // n_rep", _rkv_values),
         Check("with it, attention equals SDPA's grouped-query attention", _rkv_gqa),
@@ -198,6 +225,17 @@ register(Exercise(
     points=3,
     signature="online_softmax_merge(m1 (R,), l1 (R,), acc1 (R, hv), m2, l2, acc2) -> (m, l, acc)",
     hint="the two partial results were computed against different running maxima; bring both to the common maximum before adding.",
+    minutes=15,
+    hints=(
+        "FlashAttention works through the keys in tiles and keeps, per query row, a running max m, a running sum of "
+        "exponentials l and an unnormalized output acc. Two partial results over different keys merge exactly, which "
+        "is why it never needs the N x N matrix.",
+        "Each part's l and acc were computed with exp(score - its own m). The new max m is the elementwise max of m1 "
+        "and m2 (R,). Rescale each part by exp(m_part - m) (R,): that factor multiplies its l, and its acc broadcast "
+        "over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.)",
+        "m = ...  # (R,)\na1, a2 = ...  # (R,) rescaling factors\nl = ...\nacc = ...  # a1 and a2 broadcast over hv\n"
+        "return m, l, acc",
+    ),
     checks=(
         Check("merging two blocks gives the full softmax (the larger scores come second)", _merge_softmax),
         Check("the larger scores first, and three blocks merged in turn", _merge_order),
@@ -248,6 +286,19 @@ register(Exercise(
     kind="class",
     signature="class GQAttention(nn.Module): GQAttention(d_model, n_heads, n_kv_heads) with bias-free q_proj, k_proj, v_proj, o_proj; forward(x (B, T, C)) -> (B, T, C), causal",
     hint="split q into n_heads and k, v into n_kv_heads heads of d_model // n_heads; your repeat_kv, a causal mask and your scaled_dot_product_attention; merge heads; o_proj.",
+    minutes=15,
+    hints=(
+        "GQA (Ainslie et al.) keeps all the query heads but fewer key/value heads, so the KV cache shrinks by n_heads "
+        "/ n_kv_heads. MQA is the case n_kv_heads = 1; ordinary multi-head attention is n_kv_heads = n_heads.",
+        "head_dim = d_model // n_heads. q_proj: d_model -> d_model; k_proj and v_proj: d_model -> n_kv_heads * "
+        "head_dim; o_proj: d_model -> d_model; all bias-free. forward: q -> (B, nh, T, hs), k and v -> (B, nkv, T, hs) "
+        "(view, then transpose(1, 2)); repeat k and v to nh heads; a causal (T, T) mask; attention -> (B, nh, T, hs); "
+        "back to (B, T, C); o_proj.",
+        "# __init__: head sizes, then the four projections\n\n# forward(self, x):\nB, T, C = x.shape\n"
+        "q = self.q_proj(x).view(...).transpose(1, 2)  # (B, nh, T, hs)\nk = ...  # (B, nkv, T, hs)\nv = ...\n"
+        "mask = ...  # causal, (T, T)\ny = scaled_dot_product_attention(q, ..., ..., mask)\n"
+        "return self.o_proj(...)  # (B, T, C)",
+    ),
     checks=(
         Check("four bias-free projections; equals causal SDPA with enable_gqa (GQA and MQA)", _gqa_module),
         Check("inside lmlab's model: lmlab's logits, and the same losses after 8 Adam steps", _gqa_in_model),

@@ -75,9 +75,9 @@ register(Exercise(
         "q (B, nh, T, hs), k and v (B, nkv, T, hs). Rotate q and k (half-split layout, positions 0..T-1, your 03 exercise or "
         "lmlab.positions.apply_rope). Expand k and v to nh heads so that query head h reads K/V head h // (nh // nkv). Causal "
         "softmax(q k^T / sqrt(hs)) v, heads back to (B, T, C), then w_o.",
-        "q, k, v = F.linear(x, w_qkv).split([...], dim=2)\nq = q.view(B, T, n_heads, hs).transpose(1, 2)\nk, v = ...\n"
+        "q, k, v = F.linear(x, w_qkv).split([...], dim=2)\nq = q.view(...).transpose(1, 2)  # (B, nh, T, hs)\nk, v = ...\n"
         "q, k = rope(q), rope(k)\nk, v = ...  # n_kv_heads -> n_heads, groups side by side\ny = ...  # causal attention\n"
-        "return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)",
+        "return F.linear(..., w_o)  # heads merged back to (B, T, C)",
     ),
     checks=(
         Check("equals F.scaled_dot_product_attention(enable_gqa=True) on RoPE-rotated q, k (GQA, another base, MHA)", _gqa_sdpa),

@@ -111,6 +111,20 @@ register(Exercise(
     points=3,
     signature="random_spans_noise_mask(length, noise_density, mean_noise_span_length, seed, random_roll=False) -> bool tensor (length,)",
     hint="noise = round(L·d) kept in [1, L-1]; spans = max(1, round(noise/μ)); split noise and non-noise tokens into that many positive parts at random; non-noise first; roll at the end.",
+    minutes=20,
+    hints=(
+        "T5's span corruption hides about noise_density of the tokens in spans of average length "
+        "mean_noise_span_length. The mask alternates kept text and noise, the same number of runs of each, text first.",
+        "n_noise = round(L * density), kept in [1, L - 1]; n_spans = round(n_noise / mean span length), at least 1 "
+        "(and at most the number of kept tokens). Split n_noise into n_spans positive lengths at random, then the "
+        "non-noise tokens the same way (noise first: the checks follow that order of random draws). Lay the runs out "
+        "as text, noise, text, noise, ... With random_roll, roll the finished mask by a random offset.",
+        "g = ...  # a torch.Generator seeded with seed\nn_noise = ...\nn_spans = ...\n\n"
+        "def segment(n, k):  # k positive parts that sum to n\n"
+        "    cuts = ...  # k - 1 sorted cut points, from torch.randperm(n - 1, generator=g)\n"
+        "    ...  # differences between consecutive bounds 0, cuts..., n\n\nnoise, text = ..., ...  # noise first\n"
+        "mask = ...  # all False, (length,)\n...  # walk the (text, noise) pairs, set each noise run True\nreturn mask",
+    ),
     checks=(
         Check("T5's counts: noise tokens, spans, alternating from non-noise to noise", _mask_counts),
         Check("seeded, varied, every split of the noise into spans equally likely", _mask_random),
@@ -209,6 +223,20 @@ register(Exercise(
     points=2,
     signature="sentinel_fusion(tokens: list[int], noise_mask: list[bool], vocab_size: int) -> (inputs: list[int], targets: list[int])",
     hint="Walk the mask run by run: a noise run becomes one sentinel in the inputs and 'sentinel + its tokens' in the targets; sentinel k is vocab_size-1-k.",
+    minutes=15,
+    hints=(
+        "Span corruption replaces each noise span in the inputs by one sentinel token; the targets list each sentinel "
+        "followed by the tokens it hid. T5 takes sentinels from the top of the vocabulary: the first span gets "
+        "vocab_size - 1, the next vocab_size - 2, ...",
+        "Walk the tokens together with their mask values. When a noise run starts (noisy, and the previous token was "
+        "not), the next sentinel goes into both inputs and targets. Noisy tokens go to the targets, the others to the "
+        "inputs. If the text ends outside a noise run, the targets end with one more sentinel (T5's closing sentinel).",
+        "inputs, targets = [], []\nk = 0  # the next sentinel's number\n"
+        "for i, (t, noisy) in ...:  # each token with its mask value\n    if ...:  # a noise run starts here\n"
+        "        ...  # its sentinel goes into both lists\n        k += 1\n"
+        "    ...  # noisy -> targets, otherwise -> inputs\nif ...:\n    ...  # the closing sentinel\n"
+        "return inputs, targets",
+    ),
     checks=(
         Check("T5 paper Figure 2, word by word", _fusion_figure2),
         Check("random masks (one starting with noise), written out span by span", _fusion_random),
@@ -277,7 +305,19 @@ register(Exercise(
     id="05.prefix_lm_example",
     points=2,
     signature="prefix_lm_example(tokens: list[int], prefix_len: int) -> dict(inputs (T,), targets (T,), attn_mask (T, T) bool, loss_mask (T,) bool), T = len(tokens) - 1",
-    hint="inputs = tokens[:-1], targets = tokens[1:]; the mask is causal with the prefix block all True; train only the positions that predict a suffix token.",
+    hint="inputs and targets are the sequence shifted by one; the attention mask is chapter 00's prefix-LM mask; the loss "
+         "counts only the positions whose target is in the suffix.",
+    minutes=10,
+    hints=(
+        "A prefix LM reads its prefix in both directions and is trained only to generate what follows: the loss skips "
+        "the positions that predict prefix tokens, so it learns from fewer tokens than a causal LM on the same text.",
+        "T = len(tokens) - 1. inputs = every token but the last, targets = every token but the first: both (T,). "
+        "attn_mask (T, T): causal, with the top-left prefix_len block all True. loss_mask (T,): position t predicts "
+        "tokens[t + 1], so it is True when that token is in the suffix.",
+        "T = len(tokens) - 1\nattn = ...  # causal (T, T), then open the prefix block\n"
+        "loss_mask = ...  # (T,) bool: the target is a suffix token\n"
+        "return {\"inputs\": ..., \"targets\": ..., \"attn_mask\": attn, \"loss_mask\": loss_mask}",
+    ),
     checks=(
         Check("inputs, targets, masks; no trained position sees its target; one loss per suffix token", _prefix_cases),
         Check("the attention mask equals lmlab.masks.prefix_lm_mask", _prefix_masks_module),
@@ -343,6 +383,18 @@ register(Exercise(
     points=3,
     signature="ul2_example(tokens, noise_mask, mode: '[R]'|'[X]'|'[S]', mode_ids: dict, vocab_size) -> dict(inputs, targets, attn_mask, loss_mask)",
     hint="prefix = [mode id] + (sentinel inputs, or for [S] the text before the suffix); then the targets; bidirectional over the prefix; train the target positions only.",
+    minutes=15,
+    hints=(
+        "UL2 mixes denoisers: R (short spans, little noise), X (long spans or much noise) and S (prefix LM: continue "
+        "the text). A mode token in front tells the model which task it is doing; everything before the targets is a "
+        "bidirectional prefix.",
+        "[R] and [X]: inputs and targets come from your sentinel_fusion, and the prefix is the mode id followed by "
+        "those inputs. [S]: the suffix starts at the first True of the mask; the prefix is the mode id followed by the "
+        "tokens before it, the targets are the rest. Then prefix + targets goes through your prefix_lm_example with "
+        "prefix_len = len(prefix).",
+        "if mode == \"[S]\":\n    P = ...  # where the suffix starts\n    prefix, targets = ..., ...\nelse:\n"
+        "    inputs, targets = ...\n    prefix = ...\nreturn prefix_lm_example(..., ...)",
+    ),
     checks=(
         Check("R, X and S examples: the sequence, the prefix mask, the loss on the targets only", _ul2_cases),
         Check("the mode token comes first and is the only difference between [R] and [X]", _ul2_mode_first),

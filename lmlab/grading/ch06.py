@@ -58,6 +58,14 @@ register(Exercise(
     points=1,
     signature="interpolate_positions(positions: (T,) int tensor, factor: float) -> (T,) float tensor",
     hint="position interpolation squeezes s·L tokens into the trained range [0, L).",
+    minutes=5,
+    hints=(
+        "Position interpolation (Chen et al. 2023) squeezes a long sequence into the trained position range instead of "
+        "extrapolating past it: RoPE sees fractional positions it never saw, but all inside the range it knows.",
+        "factor s = new length / trained length. Position m becomes m / s: a float tensor of the same shape (integer "
+        "division would lose the fractions).",
+        "return ...  # float positions, shrunk by factor",
+    ),
     checks=(
         Check("p / s for several lengths and factors, as floats", _pi_values),
         Check("s·L tokens land below L; fractional positions are kept", _pi_range),
@@ -104,6 +112,15 @@ register(Exercise(
     points=1,
     signature="ntk_base(base: float, factor: float, head_dim: int) -> float",
     hint="choose the new base so that the lowest frequency is stretched by exactly the factor while the highest stays put.",
+    minutes=10,
+    hints=(
+        "NTK-aware scaling changes RoPE's base instead of the positions: the highest frequency (local order) stays as "
+        "it is, and the lowest frequency is slowed down by the whole factor, as interpolation would.",
+        "Pair i rotates with base ** (-2i / d); the lowest frequency is i = d/2 - 1, that is base ** (-(d - 2) / d). "
+        "Find the new base b' with b' ** (-(d - 2) / d) = base ** (-(d - 2) / d) / factor; pair 0 (frequency 1) stays "
+        "put whatever the base.",
+        "exponent = ...  # from solving the equation for b'\nreturn float(base) * float(factor) ** exponent",
+    ),
     checks=(
         Check("base · s^(d/(d-2)) for several bases, factors and head sizes", _ntk_values),
         Check("the slowest pair slows by exactly s, the fastest not at all", _ntk_property),
@@ -145,6 +162,15 @@ register(Exercise(
     points=2,
     signature="lambda_mask(T: int, n_sink: int, window: int) -> (T, T) bool tensor, True = may attend",
     hint="a causal sliding window, plus the first n_sink keys that every query may always see.",
+    minutes=5,
+    hints=(
+        "Λ-shaped attention (LM-Infinite, StreamingLLM) keeps two kinds of keys for every query: the first few tokens, "
+        "which soak up attention (the sinks), and a local window of recent ones.",
+        "Like chapter 04's sliding-window mask (queries as a column, keys as a row, causal and within `window`), OR'ed "
+        "with 'the key is one of the first n_sink positions'. It stays causal: no query sees the future, not even a "
+        "sink.",
+        "i = ...  # (T, 1)\nj = ...  # (1, T)\nreturn (...) & ((...) | (...))  # causal, and (recent or sink)",
+    ),
     checks=(
         Check("equals a loop construction for several T, n_sink, window", _lambda_values),
         Check("causal, and each query sees min(i + 1, n_sink + window) keys", _lambda_counts),
@@ -223,6 +249,15 @@ register(Exercise(
     points=3,
     signature="memory_top_k(q (T, hs), mem_k (M, hs), mem_v (M, hv), k: int) -> (scores (T, k), indices (T, k), values (T, k, hv))",
     hint="score every memory key against the query the way attention does (not a distance), keep the best k in order, and fetch their values.",
+    minutes=10,
+    hints=(
+        "Memorizing Transformers keep an external memory of (key, value) pairs and let each query fetch its k nearest "
+        "keys, where 'nearest' means the largest attention score q . k, as attention itself would rank them.",
+        "Scores: q (T, hs) times mem_k transposed (hs, M) = (T, M). torch.topk along the last dim gives the k best "
+        "scores and their indices, largest first: (T, k) each. Indexing mem_v (M, hv) with the (T, k) indices gives "
+        "(T, k, hv).",
+        "scores = ...  # (T, M)\ntop, idx = ...  # (T, k) each, best first\nreturn top, idx, ...  # values (T, k, hv)",
+    ),
     checks=(
         Check("the k largest inner products, sorted, with their rows and values", _topk_values),
         Check("inner product (not L2 distance) decides; the whole memory comes back sorted", _topk_inner_product),

@@ -79,9 +79,10 @@ register(Exercise(
         "inv_freq_i = base ** (-2i/d) for i = 0..d/2-1. The pair index where a wavelength fits n times into L solves "
         "L / (2 pi base^(2i/d)) = n: i(n) = d ln(L / (2 pi n)) / (2 ln base). Take floor(i(beta_fast)) and ceil(i(beta_slow)) "
         "(clamped to [0, d-1]) as the ends of a linear ramp from 0 to 1 over the pair index, clamped to [0, 1]. "
-        "Blend: inv * (1 - ramp) + (inv / factor) * ramp. Attention factor: 0.1 ln(factor) + 1.",
-        "inv = 1.0 / base ** (torch.arange(0, d, 2).float() / d)\nlo, hi = ..., ...\nif lo == hi: hi += 0.001  # as the reference code does\n"
-        "ramp = ((torch.arange(d // 2).float() - lo) / (hi - lo)).clamp(0, 1)\nreturn ..., ...",
+        "Blend each pair: (1 - ramp) times its frequency plus ramp times the frequency / factor. Attention factor: 0.1 ln(factor) + 1.",
+        "inv = ...  # (d/2,) RoPE's original frequencies\nlo, hi = ..., ...  # floor / ceil of the pair index, clamped\n"
+        "if lo == hi:\n    hi += 0.001  # as the reference code does\nramp = ...  # (d/2,): 0 up to lo, 1 from hi, linear between\n"
+        "return ..., ...  # blended frequencies, attention factor",
     ),
     checks=(
         Check("equals the YaRN paper's construction (4 configurations)", _yarn_paper),

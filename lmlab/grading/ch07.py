@@ -75,6 +75,14 @@ register(Exercise(
     points=2,
     signature="softmax_with_temperature(logits: (B, V) float tensor, temperature: float >= 0) -> (B, V) probabilities",
     hint="temperature rescales the logits, not the probabilities; t = 0 is the limit, so it needs its own case.",
+    minutes=5,
+    hints=(
+        "Temperature divides the logits before the softmax: t < 1 sharpens the distribution, t > 1 flattens it; t -> "
+        "infinity tends to uniform and t -> 0 to greedy (all the mass on the argmax).",
+        "(B, V) -> (B, V) rows that sum to 1. t = 0 cannot be divided by: return a one-hot row at each row's argmax, "
+        "in the logits' dtype. Otherwise a softmax over the last dim of logits / t.",
+        "if temperature == 0:\n    return ...  # one-hot at the argmax, the logits' dtype\nreturn ...",
+    ),
     checks=(
         Check("t = 1, 0.5 and 2 against softmax(logits / t)", _temp_values),
         Check("t = 0 puts all the probability on the first argmax", _temp_zero),
@@ -142,6 +150,16 @@ register(Exercise(
     points=2,
     signature="top_k_filter(logits: (B, V) float tensor, k: int >= 1) -> (B, V) logits, -inf outside the top k",
     hint="find the k largest per row (ties: the lower id wins, so sort stably), keep exactly those and make every other logit impossible.",
+    minutes=10,
+    hints=(
+        "Top-k sampling keeps only the k most likely tokens and renormalizes among them; every other token gets "
+        "probability 0, that is a logit of -inf.",
+        "Per row (B, V): the indices of the k largest logits. With ties the lower id must win, so use a stable "
+        "descending sort (torch.sort(..., stable=True)) rather than topk. Turn the first k indices into a (B, V) bool "
+        "'keep' mask (scatter) and fill the rest with -inf, in a new tensor.",
+        "order = ...  # (B, V) indices, best first, ties -> lower id\n"
+        "keep = ...  # (B, V) bool, True at the first k of order\nreturn ...  # -inf where not kept",
+    ),
     checks=(
         Check("random logits, k = 1, 3, 7: the k largest keep their value", _top_k_random),
         Check("ties at the k-th place: exactly k kept, lower ids first", _top_k_ties),
@@ -208,6 +226,17 @@ register(Exercise(
     points=3,
     signature="top_p_filter(logits: (B, V) float tensor, p: float in (0, 1]) -> (B, V) logits, -inf outside the nucleus",
     hint="sorted by probability, keep tokens while the mass before them is still under p (the token that crosses p stays), then undo the sort.",
+    minutes=15,
+    hints=(
+        "Top-p (nucleus) sampling keeps the smallest set of most likely tokens whose total probability reaches p. The "
+        "set adapts: a few tokens when the model is sure, many when it is not.",
+        "Softmax to probabilities (B, V); sort each row in descending order (stably). For each sorted token, the mass "
+        "of the tokens before it is the cumulative sum minus its own probability. Keep it while that mass is < p (so "
+        "the token that crosses p stays, and the top token always does). Scatter the keep mask back to token order; "
+        "-inf elsewhere.",
+        "probs = ...\norder = ...  # (B, V), descending, stable\nsorted_probs = ...\nmass_before = ...\n"
+        "keep_sorted = ...\nkeep = ...  # back in token order (scatter)\nreturn ...  # -inf outside the nucleus",
+    ),
     checks=(
         Check("a known distribution: the token that crosses p is kept", _top_p_known),
         Check("random logits against an independent construction", _top_p_random),
@@ -216,137 +245,8 @@ register(Exercise(
     reference="lmlab.decoding:top_p_filter",
 ))
 
-# ---------------------------------------------------------------------------------------------
-# 07.beam_step
-# ---------------------------------------------------------------------------------------------
-
-
-def _beam_expected(sums, logprobs, length, finished, num_beams, eos_id, lp, max_length):
-    """Plain-Python beam step: candidates by sum (ties: lower flat index), top 2K walked in order."""
-    K, V = logprobs.shape
-    cands = sorted((-(float(sums[k]) + float(logprobs[k, v])), k * V + v) for k in range(K) for v in range(V))
-    cands = cands[:2 * num_beams]
-    scores, kept = sorted(finished, reverse=True), []
-    for rank, (neg, i) in enumerate(cands):
-        if i % V == eos_id:
-            if rank < num_beams:
-                scores.append(-neg / (length + 1) ** lp)
-        else:
-            kept.append((i // V, i % V, -neg))
-        if len(kept) == num_beams:
-            break
-    scores = sorted(scores, reverse=True)[:num_beams]
-    reach = max_length if lp > 0 else length + 1
-    done = not kept or (len(scores) == num_beams and scores[-1] >= -cands[0][0] / reach ** lp)
-    return kept, scores, done
-
-
-def _beam_call(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, n):
-    got = f(sums.clone(), logprobs.clone(), length, list(finished), num_beams, eos_id, lp, max_length)
-    expect_true(isinstance(got, (tuple, list)) and len(got) == 5,
-                f"{what} should return a tuple (beam_idx, token_idx, new_sums, finished, done), got "
-                + (f"{type(got).__name__} of length {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__))
-    beam_idx = expect_tensor(got[0], f"beam_idx from {what} (one per running beam kept)", shape=(n,))
-    token_idx = expect_tensor(got[1], f"token_idx from {what}", shape=tuple(beam_idx.shape))
-    new_sums = expect_tensor(got[2], f"new_sums from {what}", shape=tuple(beam_idx.shape))
-    fin = got[3]
-    expect_true(isinstance(fin, (list, tuple)) and all(isinstance(x, (int, float)) for x in fin),
-                f"finished from {what} should be a list of float scores, got {type(fin).__name__}")
-    expect_true(isinstance(got[4], bool), f"done from {what} should be True or False, got {type(got[4]).__name__}")
-    return beam_idx.tolist(), token_idx.tolist(), new_sums, [float(x) for x in fin], got[4]
-
-
-def _beam_compare(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, parts="rfd"):
-    kept, scores, edone = _beam_expected(sums, logprobs, length, finished, num_beams, eos_id, lp, max_length)
-    b, t, s, fin, done = _beam_call(f, sums, logprobs, length, finished, num_beams, eos_id, lp, max_length, what, len(kept))
-    if "r" in parts:
-        expect_equal(list(zip(b, t)), [(k, v) for k, v, _ in kept],
-                     f"{what}: the running (beam, token) pairs, best sum first (an EOS candidate never keeps running)")
-        expect_close(s.double(), torch.tensor([x for _, _, x in kept], dtype=torch.float64),
-                     f"{what}: new_sums (the plain sum of log-probs)", atol=1e-5)
-    if "f" in parts:
-        expect_close(torch.tensor(fin, dtype=torch.float64), torch.tensor(scores, dtype=torch.float64),
-                     f"{what}: finished scores, best first (sum / (length + 1) ** length_penalty for an EOS among the "
-                     "top num_beams candidates; at most num_beams kept)", atol=1e-5)
-    if "d" in parts:
-        expect_equal(done, edone, f"{what}: done")
-    return b, t, s, fin, done
-
-
-def _logprobs(K, V, seed):
-    return torch.log_softmax(seeded_randn(K, V, seed=seed, scale=2.0), dim=-1)
-
-
-def _beam_running(f):
-    sums = torch.tensor([-1.0, -1.7, -2.4])
-    _beam_compare(f, sums, _logprobs(3, 6, seed=76), 3, [], 3, None, 1.0, 10,
-                  "beam_step(3 beams, V = 6, no EOS, num_beams=3)")
-    _beam_compare(f, torch.zeros(1), _logprobs(1, 6, seed=77), 0, [], 4, None, 0.0, 10,
-                  "beam_step(the prompt only: 1 beam, V = 6, num_beams=4)")
-    # the penalty cannot change the running ranking: every running beam has the same length
-    for lp in (0.0, 1.0, 2.0):
-        _beam_compare(f, sums, _logprobs(3, 6, seed=81), 5, [], 3, None, lp, 10,
-                      f"beam_step(3 beams, no EOS, length_penalty={lp})", parts="r")
-
-
-def _beam_eos(f):
-    # EOS = token 0. Beam 0's EOS is the best candidate: it finishes, and two other candidates run on.
-    sums = torch.tensor([-0.5, -1.0, -1.1])
-    logprobs = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.5, 0.45], [0.3, 0.6, 0.1]]))
-    for lp in (0.0, 1.0):
-        _beam_compare(f, sums, logprobs, 4, [], 2, 0, lp, 20,
-                      f"beam_step(EOS = 0 is the best candidate, num_beams=2, length 4, length_penalty={lp})")
-    late = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1]]))  # beam 1's EOS is the 3rd candidate
-    _beam_compare(f, torch.tensor([-0.5, -1.0]), late, 4, [], 2, 0, 1.0, 20,
-                  "beam_step(an EOS candidate ranked 3rd with num_beams=2: only the top num_beams may finish)")
-    # a heap already full: a better new hypothesis evicts the worst one
-    _beam_compare(f, sums, logprobs, 4, [-0.30, -0.55], 2, 0, 1.0, 20,
-                  "beam_step(finished = [-0.30, -0.55] already full, a new EOS hypothesis scores -0.17)")
-    _beam_compare(f, sums, logprobs, 4, [-0.05, -0.08], 2, 0, 1.0, 20,
-                  "beam_step(finished = [-0.05, -0.08] already full and better than the new one)", parts="f")
-
-
-def _beam_done(f):
-    sums = torch.tensor([-1.0, -1.5])
-    logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]))
-    cases = (([-0.2], 100, "finished not full yet"),
-             ([-0.2, -0.3], 100, "full, beats the best candidate at its current length but not at max_length = 100"),
-             ([-0.2, -0.3], 5, "full and beats the best candidate even at max_length = 5"),
-             ([-0.2, -0.3], 100, "full; length_penalty 0: length does not matter"))
-    for fin, max_len, what in cases:
-        lp = 0.0 if "penalty 0" in what else 1.0
-        _beam_compare(f, sums, logprobs, 3, fin, 2, 0, lp, max_len, f"beam_step(done? {what})", parts="d")
-
-
-def _beam_loop(f):
-    # Six steps of a bigram "model" with EOS = 0, feeding back what beam_step returns.
-    V, K, L = 5, 3, 6
-    table = _logprobs(V, V, seed=78)  # next-token log-probs given the last token
-    sums, last, fin = torch.zeros(1), [1], []
-    for step in range(L):
-        what = f"beam_step at step {step + 1} of a {L}-step search (num_beams={K}, EOS = 0, length_penalty=1.0), fed its own outputs"
-        b, t, s, fin2, done = _beam_compare(f, sums, table[last], step, fin, K, 0, 1.0, L, what)
-        sums, last, fin = s, t, fin2
-        if done:
-            break
-
-
-register(Exercise(
-    id="07.beam_step",
-    points=3,
-    signature="beam_step(sum_logprobs: (K,), next_logprobs: (K, V), length: int, finished: list of float scores, "
-              "num_beams: int, eos_id: int or None, length_penalty: float, max_length: int) "
-              "-> (beam_idx, token_idx, new_sums, finished, done)",
-    hint="rank every continuation by its raw sum; an EOS among the best num_beams finishes, scored with the length "
-         "penalty, the others keep running; stop once no running beam can still beat the worst finished score you keep.",
-    checks=(
-        Check("no EOS: the num_beams best sums run on (the penalty cannot reorder equal-length beams)", _beam_running),
-        Check("EOS candidates: top num_beams finish with the length penalty, the finished list keeps the best", _beam_eos),
-        Check("done: the exact rule (the best length a running beam can still reach)", _beam_done),
-        Check("6 steps of a search feeding back its own outputs", _beam_loop),
-    ),
-    reference="lmlab.decoding:beam_step",
-))
+# 07.beam_step lives in ch07_beam (imported here, so the exercises register in notebook order)
+from . import ch07_beam  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------------------------
 # 07.repetition_penalty
@@ -398,6 +298,16 @@ register(Exercise(
     points=2,
     signature="repetition_penalty(logits: (B, V) float tensor, ids: (B, T) long tensor, penalty: float > 0) -> (B, V) logits",
     hint="CTRL's penalty must make every seen token less likely, whatever the sign of its logit; leave the caller's tensor alone.",
+    minutes=10,
+    hints=(
+        "CTRL's repetition penalty makes tokens that already appeared less likely. Dividing a positive logit by the "
+        "penalty lowers it, but dividing a negative one would raise it, so negative logits are multiplied instead.",
+        "Gather the logits of the seen ids per row: (B, T). Where positive, divide by the penalty; otherwise multiply. "
+        "Write them back at the same ids into a copy of the logits (scatter, not the in-place scatter_, so the "
+        "caller's tensor is untouched). A token seen twice is penalized once.",
+        "seen = ...  # (B, T): logits of the tokens already used\nseen = torch.where(..., ..., ...)\n"
+        "return ...  # a new (B, V) tensor",
+    ),
     checks=(
         Check("a known case: positive logits divided, negative multiplied, unseen unchanged", _penalty_known),
         Check("a token seen many times is penalised once; penalty 1 is a no-op", _penalty_repeats),

@@ -60,9 +60,17 @@ def _kv_reference():
 
 register(Exercise(
     id="08.kv_cache_bytes",
-    points=2,
+    points=1,
     signature="kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1) -> int",
     hint="count every value the cache stores: keys and values, per layer, per K/V head (not query head), per head dim, per token, per sequence.",
+    minutes=5,
+    hints=(
+        "During decoding every layer keeps the keys and values of every past token. With GQA only the K/V heads are "
+        "stored, which is how it shrinks the cache by n_heads / n_kv_heads.",
+        "Multiply: 2 (keys and values) x layers x K/V heads x head_dim x tokens x batch x bytes per value. n_heads "
+        "does not enter. Return an int (round first: bytes_per_value may be fractional, e.g. 0.5 for 4-bit).",
+        "values = ...  # how many numbers the cache holds\nreturn int(round(values * bytes_per_value))",
+    ),
     checks=(
         Check("LLaMA-2-13B at 8,192 tokens and LLaMA-2-70B (GQA-8) per token", _kv_published),
         Check("equals the bytes of real K and V tensors (several shapes, dtypes, batches)", _kv_tensors),
@@ -116,6 +124,16 @@ register(Exercise(
     points=3,
     signature="decode_step(k_cache, v_cache: (B, nh, T, hs), q, k_new, v_new: (B, nh, 1, hs)) -> (out (B, nh, 1, hs), k_cache, v_cache (B, nh, T+1, hs))",
     hint="the new token attends to every cached token and to itself; grow the cache first, then attend.",
+    minutes=10,
+    hints=(
+        "Incremental decoding: the new token's query attends to all earlier keys and values (from the cache) and to "
+        "its own. No mask is needed: there is no future in the cache.",
+        "Append k_new and v_new to the caches along the token axis (dim 2): (B, nh, T+1, hs). Scores: q (B, nh, 1, hs) "
+        "times k_cache transposed, over sqrt(hs): (B, nh, 1, T+1); softmax over the last dim; times v_cache: (B, nh, "
+        "1, hs). Return the output and both grown caches.",
+        "k_cache = ...  # (B, nh, T+1, hs)\nv_cache = ...\nscores = ...  # (B, nh, 1, T+1)\n"
+        "return ..., k_cache, v_cache",
+    ),
     checks=(
         Check("one step equals the last row of F.scaled_dot_product_attention; the caches grow by the new K/V", _step_vs_sdpa),
         Check("a whole generation from an empty cache reproduces causal attention row by row", _step_from_empty),
@@ -145,6 +163,14 @@ register(Exercise(
     points=1,
     signature="blocks_needed(n_tokens: int >= 0, block_size: int >= 1) -> int",
     hint="a partly filled block still takes a whole block.",
+    minutes=5,
+    hints=(
+        "PagedAttention stores the KV cache in fixed-size blocks. A sequence gets whole blocks, so only its last block "
+        "can be partly empty.",
+        "A ceiling division: how many blocks of block_size hold n_tokens? 0 tokens need 0 blocks, exactly block_size "
+        "tokens need 1. Stay in integers (no float rounding for large counts).",
+        "return ...  # ceil(n_tokens / block_size), with // and + only",
+    ),
     checks=(
         Check("partly filled last blocks count (ceil, not floor)", _blocks_cases),
         Check("exact multiples and zero tokens take no extra block", _blocks_exact),
@@ -188,6 +214,14 @@ register(Exercise(
     points=1,
     signature="locate_token(block_table: list[int], position: int, block_size: int) -> (physical block, offset)",
     hint="which logical block holds the position, where does the table map it, and how far into the block is it?",
+    minutes=5,
+    hints=(
+        "A block table maps a sequence's logical blocks (0, 1, 2, ...) to physical blocks anywhere in the pool, as a "
+        "page table maps virtual memory to physical memory.",
+        "The logical block and the offset inside it are the quotient and the remainder of the position by block_size; "
+        "the table turns the logical block into a physical one.",
+        "logical, offset = ..., ...  # quotient and remainder\nreturn ..., offset  # physical block from the table",
+    ),
     checks=(
         Check("every position of three scattered block tables", _locate_all),
         Check("the slots a BlockManager actually hands out", _locate_paged),

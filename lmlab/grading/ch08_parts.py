@@ -79,13 +79,13 @@ register(Exercise(
     hints=(
         "Generation with a KV cache has two phases: a prefill that runs the whole prompt once and fills the cache, and a "
         "decode loop in which each step feeds only the newest token, so each step costs one token instead of the whole sequence.",
-        "logits, cache = model.forward_with_cache(prompt) gives (B, T, V) logits. Each step: take the last position's logits "
+        "The prefill, model.forward_with_cache on the whole prompt, gives (B, T, V) logits and the cache. Each step: take the last position's logits "
         "(B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, "
-        "and draw with torch.multinomial(probs, 1, generator=g) where g = torch.Generator().manual_seed(seed). Append the "
+        "and draw with torch.multinomial(probs, 1, generator=g), g a torch.Generator seeded with seed. Append the "
         "(B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).",
         "g = ...  # a generator seeded with seed\nlogits, cache = ...  # prefill\nids = prompt\nfor step in range(...):\n"
         "    z = logits[:, -1, :]\n    ...  # filter, then sample (or argmax)\n    ids = ...  # append\n"
-        "    if step < max_new_tokens - 1:\n        logits, cache = ...  # decode: only the new token\nreturn ids",
+        "    if ...:  # not after the last token\n        logits, cache = ...  # decode: only the new token\nreturn ids",
     ),
     checks=(
         Check("greedy (temperature 0) equals the loop without a cache", _gen_greedy),

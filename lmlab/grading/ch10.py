@@ -88,9 +88,20 @@ def _flops_terms(f):
 
 register(Exercise(
     id="10.flops_per_token",
-    points=2,
+    points=1,
     signature="flops_per_token(n_params, n_layers, context_length, d_model) -> float",
     hint="Each weight costs a multiply-add forward and two backward; attention adds QK^T and AV over the context per layer.",
+    minutes=5,
+    hints=(
+        "Kaplan et al.: a forward pass costs about 2 FLOPs per parameter per token (a multiply-add) and the backward "
+        "about twice that, so training costs about 6N per token. Attention over the context adds a term the parameter "
+        "count does not see.",
+        "Two terms. The weights: FLOPs per weight per token, forward plus backward. Attention: per layer, the scores "
+        "(QK^T) and the weighted sum of values each multiply-add over context_length x d_model per token; count "
+        "forward and backward the same way as for the weights.",
+        "weights = ...  # per-parameter FLOPs, forward + backward\nattention = ...  # per layer, over the context\n"
+        "return float(weights + attention)",
+    ),
     checks=(
         Check("matches FlopCounterMode on real training steps of three tiny GPTs (within 1 %)", _flops_measured),
         Check("LLaMA-7B; the attention term grows with the context, the 6N term with the parameters", _flops_terms),
@@ -145,6 +156,21 @@ register(Exercise(
     points=3,
     signature="fit_power_law(compute: list[float], loss: list[float]) -> (a, b, c) with L(C) = a * C**b + c, b < 0",
     hint="Work in log C (centred) with positive parameters as logs; try several starting points for b and c and keep the best fit.",
+    minutes=25,
+    hints=(
+        "Scaling-law prediction (as in GPT-4's report) fits L(C) = a * C ** b + c to small runs and extrapolates. The "
+        "fit is non-linear and badly conditioned (C spans orders of magnitude), so parametrize it well and try several "
+        "starts.",
+        "Work with x = log C centred at its mean, and fit log L. Keep a and c positive by optimizing their logs: "
+        "predicted log L = logaddexp(log a' + b (x - mean), log c). Minimize the mean squared error with "
+        "torch.optim.LBFGS (line_search_fn=\"strong_wolfe\") from a grid of starts (a few b between -0.05 and -1, c a "
+        "few fractions of min(loss)); keep the best finite fit. Undo the centring at the end: a = a' * exp(-b * mean).",
+        "x = ...  # log C, float64\ny = ...  # log L\nmu = x.mean()\nbest = None\nfor b0 in (...):\n"
+        "    for c0 in (...):\n        p = ...  # [log a', b, log c], float64, requires_grad\n"
+        "        opt = ...  # LBFGS over [p]\n        def closure():\n"
+        "            ...  # predicted log L, squared error, backward, return it\n        opt.step(closure)\n"
+        "        ...  # keep p if its error is the best so far\nreturn ..., ..., ...  # a (centring undone), b, c",
+    ),
     checks=(
         Check("recovers a, b, c from exact points of three laws at very different scales of C", _fit_exact),
         Check("recovers them from noisy points, and extrapolates within 1 %", _fit_noisy),
@@ -211,6 +237,15 @@ register(Exercise(
     points=2,
     signature="compute_optimal(compute, E, A, B, alpha, beta) -> (N_opt, D_opt) minimising E + A/N^alpha + B/D^beta with 6·N·D = compute",
     hint="Substitute D = C / (6N), differentiate with respect to N, set it to zero and solve for N; D follows from the budget.",
+    minutes=15,
+    hints=(
+        "With the compute fixed (C = 6ND), a bigger model sees fewer tokens. The loss E + A / N ** alpha + B / D ** "
+        "beta has one best trade-off: the compute-optimal N and D of Chinchilla.",
+        "At the optimum the two terms' marginal gains balance: alpha A / N ** alpha = beta B / D ** beta. Put D = C / "
+        "(6N) in and you have one equation in N; it solves to a power law N = G * (C / 6) ** a, with a and G built "
+        "from alpha, beta, A and B. Then D follows from the budget.",
+        "G = ...  # a constant from alpha, A, beta, B\nN = G * (compute / 6) ** ...\nreturn N, ...  # D from the budget",
+    ),
     checks=(
         Check("Chinchilla's compute: ~93 tokens/parameter with the published constants, ~18 with Epoch AI's", _opt_published),
         Check("equals a numerical minimisation of L(N, C/6N) for three budgets and constant sets", _opt_numeric),
@@ -263,6 +298,15 @@ register(Exercise(
     points=2,
     signature="llama_params(vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads, tie_embeddings) -> int",
     hint="Per layer: q and o are d×d, k and v shrink with fewer K/V heads, SwiGLU has three d×d_ff matrices, two RMSNorm weight vectors; then the embeddings and the final norm.",
+    minutes=10,
+    hints=(
+        "Counting a LLaMA-style model's parameters: attention projections, a SwiGLU FFN and two RMSNorm gains per "
+        "layer, plus the embeddings, the final norm and (unless tied) the output matrix. There are no biases.",
+        "head_dim = d_model // n_heads; the K/V width is n_kv_heads * head_dim. Per layer: q and o are d x d, k and v "
+        "are d x (K/V width), SwiGLU has three d x d_ff matrices, and two norm vectors of d. Total: layers x per "
+        "layer, plus the final norm (d), plus the embeddings (vocab x d, twice if not tied).",
+        "kv = ...  # the K/V width\nattention = ...\nffn = ...\nper_layer = ...\nembeddings = ...\nreturn ...",
+    ),
     checks=(
         Check("LLaMA-7B has 6,738,415,616 parameters", _llama_7b),
         Check("equals lmlab's own LLaMA-style models (GQA, MQA, tied and untied embeddings)", _llama_models),

@@ -71,6 +71,16 @@ register(Exercise(
     points=2,
     signature="decode_fp16(bits: int in [0, 65535]) -> float",
     hint="split sign (1 bit), exponent (5), mantissa (10) with >> and &; treat exponent 0 and exponent 31 separately.",
+    minutes=10,
+    hints=(
+        "An FP16 number is 1 sign bit, 5 exponent bits (bias 15) and 10 mantissa bits. A normal number is (1 + m / "
+        "1024) * 2 ** (e - 15); exponent 0 means subnormal (no implicit 1, exponent fixed at 1 - 15) and exponent 31 "
+        "means inf or NaN.",
+        "sign = bit 15; e = bits 10..14 (shift right by 10, mask 0x1F); m = the low 10 bits (mask 0x3FF). Test e == 31 "
+        "first (m == 0: +-inf, otherwise NaN), then e == 0 (subnormal), otherwise normal. Return a Python float.",
+        "sign = ...  # -1.0 or 1.0\ne, m = ..., ...\nif e == 0x1F:\n    return ...  # inf or NaN\nif e == 0:\n"
+        "    return ...  # subnormal\nreturn ...  # normal",
+    ),
     checks=(
         Check("normal numbers (1.0, the number after 1.0, -2, 65504, the smallest normal)", _decode_named),
         Check("subnormals and signed zeros", _decode_subnormal),
@@ -134,6 +144,17 @@ register(Exercise(
     signature="fp32_to_bf16_bits(x: float32 tensor) -> integer tensor of BF16 bit patterns (same shape)",
     hint="x.view(torch.int32) gives the bits; the lower 16 bits decide the rounding (more or less than half of 0x10000, "
          "and on a tie the lowest kept bit); NaNs need their own case.",
+    minutes=15,
+    hints=(
+        "BF16 is the top half of FP32: the same sign and 8-bit exponent, 7 mantissa bits. Converting drops the low 16 "
+        "bits with round-to-nearest-even, as .to(torch.bfloat16) does; a NaN must stay a (quiet) NaN.",
+        "b = the 32-bit pattern as an unsigned number in int64 (view as int32, widen, mask with 0xFFFFFFFF). Round to "
+        "nearest even: add 0x7FFF plus the lowest bit that will be kept (bit 16), then shift right by 16. A NaN "
+        "(exponent all ones, mantissa not zero) instead keeps its top 16 bits with the quiet bit 0x40 set. torch.where "
+        "chooses per element.",
+        "b = ...  # (...,) the unsigned 32-bit pattern, int64\nrounded = ...  # round to nearest even, then >> 16\n"
+        "is_nan = ...\nreturn torch.where(is_nan, ..., rounded)",
+    ),
     checks=(
         Check("ties round to the even neighbour", _bf16_ties),
         Check("50,000 values equal x.to(torch.bfloat16)", _bf16_random),
@@ -201,6 +222,17 @@ register(Exercise(
     signature="update_scale(scale, clean_steps, found_inf, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000) -> (new_scale, new_clean_steps)",
     hint="two branches: an overflow shrinks the scale and forgets the clean run; a clean step counts, and only reaching "
          "the interval grows the scale (then the count starts again).",
+    minutes=10,
+    hints=(
+        "Dynamic loss scaling (torch.amp.GradScaler) multiplies the loss by a scale so that small FP16 gradients do "
+        "not underflow. If a step overflows, the scale was too big: shrink it (and skip the step). After "
+        "growth_interval clean steps in a row, try a bigger one.",
+        "found_inf: shrink by backoff_factor, and the clean run starts over at 0. Otherwise the clean run grows by "
+        "one; when it reaches growth_interval, grow the scale by growth_factor and start the count over; otherwise the "
+        "scale stays.",
+        "if found_inf:\n    return ...\nclean_steps += 1\nif ...:\n    return ...  # grown scale, count back to 0\n"
+        "return ...  # unchanged scale, the new count",
+    ),
     checks=(
         Check("single transitions (GradScaler's defaults)", _scale_single),
         Check("scripted runs equal torch.amp.GradScaler's scales step by step", _scale_vs_gradscaler),
@@ -270,6 +302,18 @@ register(Exercise(
     signature="master_weights_step(params: list of FP16/BF16 tensors with .grad, masters: list of FP32 tensors, lr, scale) -> bool",
     hint="gradients to FP32 and divided by scale first; check them all before changing anything; update the masters in "
          "FP32, then copy each master into its parameter (in place, under torch.no_grad()).",
+    minutes=15,
+    hints=(
+        "Mixed-precision training keeps an FP32 master copy of every weight: tiny updates (lr * grad) that would "
+        "vanish when added to an FP16 weight survive in FP32. The half-precision parameters are a rounded copy used "
+        "for the forward and backward.",
+        "Under torch.no_grad(): unscale every gradient in FP32 (to float, then divide by scale). If any of them has an "
+        "inf or a NaN, change nothing and return False (the scaler will lower the scale). Otherwise update each master "
+        "by -lr * grad, copy each master into its parameter in place (copy_ rounds it), and return True.",
+        "with torch.no_grad():\n    grads = ...  # FP32, unscaled\n    if ...:  # any non-finite entry\n"
+        "        return False\n    for p, m, g in ...:\n        ...  # update the master, then copy it into p\n"
+        "return True",
+    ),
     checks=(
         Check("one step: FP32 master update, parameter = rounded master (FP16 and BF16)", _ms_one),
         Check("an inf gradient skips the step and changes nothing", _ms_skip),

@@ -54,6 +54,17 @@ register(Exercise(
     points=1,
     signature="ring_send_chunk(rank: int, step: int, n_ranks: int) -> int (the chunk index sent at step, 0 <= step < 2(N-1))",
     hint="two phases of N - 1 steps; in each, the chunk a rank sends moves one place round the ring per step. Where does rank r's finished chunk sit when the reduce-scatter ends?",
+    minutes=5,
+    hints=(
+        "Ring all-reduce cuts each tensor into N chunks. In the reduce-scatter every rank passes one chunk to its "
+        "right neighbour per step and adds what arrives from the left; after N - 1 steps each rank holds one finished "
+        "chunk. The all-gather then passes the finished chunks round the ring.",
+        "Reduce-scatter (step < N - 1): rank r first sends chunk r, then one chunk lower every step (mod N). When it "
+        "ends, rank r holds the finished chunk r + 1 (mod N); in the all-gather it sends that one first, then again "
+        "one lower per step.",
+        "if step < n_ranks - 1:\n    return ...  # reduce-scatter\n"
+        "return ...  # all-gather, starting from the finished chunk",
+    ),
     checks=(
         Check("the send table for N = 2, 3, 4", _ring_small),
         Check("your schedule, run on a simulated ring of 3, 5 and 8 ranks, all-reduces", _ring_simulated),
@@ -90,6 +101,16 @@ register(Exercise(
     points=1,
     signature="zero_bytes_per_gpu(n_params, n_gpus, stage in 0..3) -> bytes per GPU (mixed-precision Adam)",
     hint="three parts per parameter: 16-bit weights, 16-bit gradients, fp32 optimizer state (master copy, momentum, variance); which parts does each stage shard?",
+    minutes=5,
+    hints=(
+        "Mixed-precision Adam stores 16 bytes per parameter: 2 for the 16-bit weights, 2 for the 16-bit gradients and "
+        "12 for the FP32 optimizer state (master weights, momentum, variance). ZeRO removes the copies by sharding "
+        "these across the data-parallel GPUs.",
+        "Stage 1 shards the optimizer state, stage 2 the gradients as well, stage 3 the weights as well: a sharded "
+        "part is divided by n_gpus, the rest stays whole. Stage 0 is plain data parallelism.",
+        "params, grads, optimizer = ..., ..., ...  # bytes\n...  # divide the parts this stage shards by n_gpus\n"
+        "return ...",
+    ),
     checks=(
         Check("7.5B parameters on 64 GPUs: 120 / 31.4 / 16.6 / 1.9 GB", _zero_paper),
         Check("the formula on other sizes, including N = 1", _zero_formula),
@@ -124,6 +145,16 @@ register(Exercise(
     points=1,
     signature="bubble_fraction(p: int stages, m: int micro-batches) -> float (idle fraction of the total time)",
     hint="count the time slots from the first stage's first forward to the last stage's last one, and how many of them one stage works.",
+    minutes=3,
+    hints=(
+        "In GPipe a pipeline of p stages runs m micro-batches; the stages wait while the pipe fills and drains. The "
+        "idle share of the timeline is the bubble.",
+        "Count in slots of one micro-batch's forward on one stage: from the first stage's first slot to the last "
+        "stage's last there are m + p - 1 slots, and one stage works in m of them. (The backward pass repeats the "
+        "pattern and gives the same ratio.)",
+        "total = ...  # slots from start to finish\nbusy = ...  # slots in which one stage works\n"
+        "return ...  # the idle fraction",
+    ),
     checks=(
         Check("p = 4, m = 8 gives 3/11; one stage gives 0", _bubble_reference_numbers),
         Check("equals the idle fraction of simulated GPipe timelines", _bubble_simulated),
@@ -163,6 +194,16 @@ register(Exercise(
     points=1,
     signature="column_parallel_forward(x: (..., in), weight_shards: list of (out/tp, in), bias_shards: list of (out/tp,) or None) -> (..., out)",
     hint="each rank computes its own slice of the output features; how do slices of features go back together?",
+    minutes=5,
+    hints=(
+        "A column-parallel linear layer (Megatron) splits the weight by its output rows: rank r holds W_r (out/tp, in) "
+        "and computes its slice of the output features from the full input. No communication is needed until the "
+        "slices are joined.",
+        "Rank r computes F.linear(x, W_r, b_r): (..., out/tp). Join the slices along the last (feature) dim in rank "
+        "order: (..., out). bias_shards may be None, which means no bias.",
+        "biases = ...  # the bias shards, or one None per rank\nslices = [... for w, b in zip(weight_shards, biases)]\n"
+        "return torch.cat(slices, dim=...)",
+    ),
     checks=(
         Check("2 and 4 shards with bias equal F.linear with the whole weight", _col_bias),
         Check("without bias, and with a single shard", _col_no_bias),
@@ -209,6 +250,14 @@ register(Exercise(
     points=1,
     signature="rank_coords(rank: int, dp: int, pp: int, tp: int) -> (d, p, t) tuple of ints",
     hint="like digits of a number in a mixed base: the fastest-changing coordinate is the last digit.",
+    minutes=5,
+    hints=(
+        "3D parallelism numbers the GPUs so that tensor-parallel ranks are neighbours (the fastest links), then "
+        "pipeline stages, then data-parallel replicas: rank = (d * pp + p) * tp + t.",
+        "Invert that numbering: t is the remainder by tp; p is the next digit (divide by tp, then the remainder by "
+        "pp); d is what is left after dividing by pp * tp.",
+        "t = ...\np = ...\nd = ...\nreturn d, p, t",
+    ),
     checks=(
         Check("every rank of 2 x 2 x 2 and 1 x 3 x 2 grids", _coords_small),
         Check("a 2 x 3 x 4 grid and BLOOM's 8 x 12 x 4", _coords_bloom),

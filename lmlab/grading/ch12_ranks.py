@@ -82,7 +82,7 @@ register(Exercise(
         "Clone the inputs and view each as N chunks (t.view(N, -1)). Per step: first collect every rank's outgoing chunk "
         "(cloned, so everyone sends what they held before the step), then let rank r apply what rank r - 1 sent: add during "
         "the reduce-scatter, copy during the all-gather. Append a copy of all N vectors to the history after each step.",
-        "for s in range(2 * (N - 1)):\n    out = [index_sent_by(r, s) for r in range(N)]\n    msgs = [chunks[r][out[r]].clone() for r in range(N)]\n"
+        "for s in range(2 * (N - 1)):\n    out = [index_sent_by(r, s) for r in range(N)]\n    msgs = ...  # every rank's outgoing chunk, cloned\n"
         "    for r in range(N):\n        c = out[(r - 1) % N]   # what the left neighbour sent\n        ...  # add or copy into chunks[r][c]\n"
         "    history.append(...)",
     ),
@@ -161,9 +161,10 @@ register(Exercise(
         "Shard r of a flat tensor is t.chunk(N)[r]. (1) Rank r needs the mean over ranks of everyone's gradient, for its shard "
         "only. (2) AdamW on that shard: decoupled weight decay p *= 1 - lr*wd, then m, v, bias corrections 1 - beta**step, "
         "p -= lr * m_hat / (sqrt(v_hat) + eps). (3) Concatenate the N updated shards and give every rank a copy.",
-        "g = torch.stack(grads).mean(0).chunk(N)\nfor r in range(N):\n    p = params[r].chunk(N)[r] * (1 - lr * weight_decay)\n"
-        "    m = ...; v = ...\n    shards.append(...)\n    new_states.append(...)\nfull = torch.cat(shards)\n"
-        "return [full.clone() for _ in range(N)], new_states",
+        "g_shards = ...  # reduce-scatter: the mean gradient, cut in N\nfor r in range(N):\n"
+        "    p = ...  # rank r's shard of its parameters, after weight decay\n    m = ...; v = ...  # from states[r] and g_shards[r]\n"
+        "    shards.append(...)  # the bias-corrected update\n    new_states.append(...)\nfull = ...  # all-gather\n"
+        "return ..., new_states  # one copy of full per rank",
     ),
     checks=(
         Check("2 ranks, 3 steps: every rank equals torch.optim.AdamW on the full tensor", _zero1_two),
@@ -211,8 +212,8 @@ register(Exercise(
         "result of the full output shape, and an all-reduce (sum) finishes it (Megatron's operator g).",
         "Per rank: F.linear(x_r, W_r) without bias has shape (..., out). Sum the t partial results (that is the all-reduce), "
         "add the replicated bias once, after the sum, and return one copy per rank.",
-        "partial = [F.linear(x, w) for x, w in zip(x_shards, weight_shards)]\ntotal = ...  # the all-reduce\n"
-        "return [... for _ in range(len(x_shards))]",
+        "partial = [...]  # each rank's F.linear of its input shard and weight shard, no bias\n"
+        "total = ...  # the all-reduce (a sum)\n...  # the bias, once, if there is one\nreturn [... for _ in range(len(x_shards))]",
     ),
     checks=(
         Check("2 and 4 ranks with bias equal F.linear on the whole input and weight", _row_bias),

@@ -74,7 +74,20 @@ register(Exercise(
     id="13.bpe_merge_step",
     points=2,
     signature="bpe_merge_step(chunks: list[list[int]], new_id: int) -> (pair: tuple[int, int], new_chunks: list[list[int]])",
-    hint="Count adjacent pairs inside each chunk; pick the largest count, ties to the smallest (a, b); then rewrite each chunk left to right.",
+    hint="count adjacent pairs inside each chunk; pick the most frequent (ties: the smallest pair); then rewrite every chunk "
+         "left to right.",
+    minutes=15,
+    hints=(
+        "Training byte-level BPE repeats one step: count every adjacent pair of ids and merge the most frequent pair "
+        "into a new id. Pairs never cross chunk boundaries (the pre-tokenizer's words).",
+        "Count the pairs zip(ids, ids[1:]) of every chunk in one dict. The best pair has the largest count; on a tie, "
+        "the smallest pair (a, b). Then rewrite each chunk left to right: where the best pair starts at i, emit new_id "
+        "and jump two, otherwise copy ids[i] and move one (so 'a a a' with pair (a, a) becomes 'X a').",
+        "counts = {}\nfor ids in chunks:\n    ...  # count each adjacent pair\n"
+        "best = ...  # most frequent, then smallest\nnew_chunks = []\nfor ids in chunks:\n    out, i = [], 0\n"
+        "    while i < len(ids):\n        ...  # merge at i, or copy ids[i]\n    ...  # keep the rewritten chunk\n"
+        "return ..., ...",
+    ),
     checks=(
         Check("random chunks: the most frequent pair, merged in every chunk", _step_random),
         Check("ties go to the smallest pair; overlapping pairs; no pairs across chunks", _step_ties_and_overlaps),
@@ -134,6 +147,18 @@ register(Exercise(
     points=2,
     signature="bpe_encode(ids: list[int], merges: dict[(int, int), int]) -> list[int]",
     hint="Look for the adjacent pair whose merge was learned earliest (its position in merges), merge it everywhere, repeat until none applies.",
+    minutes=15,
+    hints=(
+        "Encoding with learned merges applies them in the order they were learned, not by how often pairs occur in "
+        "this text: at each step merge the adjacent pair whose merge is earliest, until no pair has a merge (as "
+        "Hugging Face's tokenizers and tiktoken do).",
+        "Give every merge its rank (its position in merges). Loop: list the adjacent pairs that have a rank; if there "
+        "are none, stop; the best is the one with the smallest rank; rewrite the sequence left to right, replacing "
+        "each occurrence of best with merges[best]. Do not change the caller's list.",
+        "rank = ...  # pair -> its position in merges\nids = list(ids)\nwhile len(ids) >= 2:\n"
+        "    pairs = ...  # adjacent pairs that have a merge\n    if not pairs:\n        break\n    best = ...\n"
+        "    ids = ...  # rewritten, left to right\nreturn ids",
+    ),
     checks=(
         Check("merges apply in learning order, not in text order", _encode_order),
         Check("equals the merges of a trained tokenizer applied one by one", _encode_trained),
@@ -211,6 +236,22 @@ register(Exercise(
     points=3,
     signature="gguf_to_lmlab(tensors: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor] (an lmlab GPT state dict)",
     hint="Rename each blk.i.* tensor; W_q and W_k come back from llama.cpp's interleaved rows per head (reshape, swap two axes); cat q, k, v and up, gate.",
+    minutes=20,
+    hints=(
+        "GGUF (llama.cpp) names tensors differently (blk.i.attn_q.weight, ...) and stores W_q and W_k with each head's "
+        "rows interleaved for its RoPE layout. Loading the real SmolLM2 into lmlab means renaming, undoing that "
+        "permutation, and fusing q, k, v (and up, gate) the way lmlab's layers expect.",
+        "Top level: token_embd -> tok_emb, output_norm -> final_norm; lm_head is output.weight if present, otherwise "
+        "the tied token embedding. Per layer i: attn_norm -> norm1, ffn_norm -> norm2, attn_output -> attn.proj, "
+        "ffn_down -> ffn.down; attn.qkv joins the q, k, v rows; ffn.up joins the up rows, then the gate rows. "
+        "Un-permute q (with n_heads) and k (with n_kv_heads): reshape to (n, hs/2, 2, C), swap the two middle axes, "
+        "reshape back to (rows, C).",
+        "def unpermute(w, n):  # n heads\n    rows, C = w.shape\n"
+        "    return ...  # (n, ?, 2, C), swap axes 1 and 2, back to (rows, C)\n\n"
+        "sd = {...}  # embeddings and the final norm\n"
+        "sd[\"lm_head.weight\"] = ...  # output.weight, or the tied embedding\nfor i in ...:  # every layer\n"
+        "    ...  # rename, un-permute q and k, concatenate\nreturn sd",
+    ),
     checks=(
         Check("an untied GQA LLaMA's logits survive the round trip through GGUF names", lambda f: _mapping_check(f, False)),
         Check("tied embeddings: no output.weight in the file", lambda f: _mapping_check(f, True)),
@@ -254,6 +295,18 @@ register(Exercise(
     points=3,
     signature="llama_block(x: (B, T, C), w: dict of weights, n_heads, n_kv_heads, eps, rope_base) -> (B, T, C)",
     hint="Pre-norm residuals: x + attn(norm1(x)), then + ffn(norm2(.)); RoPE on q and k (half-split pairs); query head h uses K/V head h // (n_heads // n_kv_heads).",
+    minutes=25,
+    hints=(
+        "A LLaMA block is a pre-norm block with RMSNorm, grouped-query attention with RoPE on queries and keys, and a "
+        "SwiGLU FFN: the parts you built in chapters 01 to 04, now from a dict of raw weights.",
+        "h = RMSNorm(x) with w['norm1'] and eps. q from wq: (B, nh, T, hs); k and v from wk, wv: (B, nkv, T, hs). RoPE "
+        "(half-split, positions 0..T-1, base rope_base) on q and k only. Repeat k and v so query head h reads K/V head "
+        "h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v -> (B, T, C) -> through wo, added to x. Then add "
+        "w_down(silu(w_gate h2) * w_up h2), with h2 = RMSNorm(x) using w['norm2']. Weights are (out, in): use t @ W.T.",
+        "B, T, C = x.shape\nhs = C // n_heads\n\ndef rms(t, g):\n    return ...\n\n"
+        "def rope(t):  # (B, heads, T, hs), half-split\n    ...\n\nh = ...  # norm1\nq = ...\nk, v = ...\n"
+        "...  # share K/V heads, causal attention\nx = x + ...\nh = ...  # norm2\nreturn x + ...  # SwiGLU",
+    ),
     checks=(
         Check("multi-head (4/4), eps 1e-5, base 10000", lambda f: _block_case(f, 4, 4, 1e-5, 10000.0, 1)),
         Check("grouped-query (4 query / 2 K/V heads), a large eps (0.5), base 500", lambda f: _block_case(f, 4, 2, 0.5, 500.0, 2)),

@@ -169,7 +169,7 @@ def _with_time_column(lines: list[str], chapter: str) -> list[str]:
             out.append(stripped + "---|\n")
             continue
         if in_table and stripped.startswith("# |"):
-            names = re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)", stripped)
+            names = re.findall(r"`(?:class\s+)?([A-Za-z_][A-Za-z0-9_]*)", stripped)
             match = next((ex for ex in exercises if ex.name in names), None)
             out.append(stripped + (f" {_minutes(match)} min |\n" if match else " |\n"))
             continue
