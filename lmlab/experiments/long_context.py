@@ -10,6 +10,9 @@
 - :func:`fact_batch`, :func:`knn_experiment`: a synthetic "key → value" fact stated far before it is
   asked, answered through a kNN memory vs local attention alone.
 - :func:`wavelength_figure`, :func:`lambda_figure`: the two widgets' figures.
+
+The comparison of the bounded-memory methods with full attention, and their cost, is in
+:mod:`lmlab.experiments.long_context_compare`.
 """
 
 from __future__ import annotations
