@@ -288,6 +288,10 @@ print(f"Verdict 3c: the fine-tuned Λ window recovers {shares['Λ + fine-tune']:
       + (f" The untrained sliding window already gets {shares['sliding window, no fine-tune']:.0%}: on this character text "
          "most of the 'benefit' is not breaking, not reading far back (a confound: text with long-range facts would ask "
          "more of the window; section 6 tests that)." if shares["sliding window, no fine-tune"] >= 0.5 else ""))
+best_ft = min((rows[n] for n in tuned), key=lambda r: r["losses"][target])
+print(f"Against the best fine-tuned full-attention row of 3b instead ({best_ft['name']}, one seed: "
+      f"{best_ft['losses'][target]:.3f} at {target}), the fine-tuned Λ window recovers "
+      f"{XC.fraction_recovered(none['losses'][target], lam_mean, best_ft['losses'][target]):.0%} of the gain.")
 far_sinks_cost = excess(lam0) - excess(lmi)
 print(f"Untrained, the Λ window stays {excess(lam0):+.3f} from the control at {longest} (no trick: {excess(none):+.3f}); "
       f"clipping the sinks' distance too (LM-Infinite): {excess(lmi):+.3f}"
