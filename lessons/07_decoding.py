@@ -361,8 +361,9 @@ beam_explorer
 #   high-probability text on this model.
 # - Top-k keeps a fixed number of tokens; top-p keeps a fixed probability mass and so adapts to how
 #   sure the model is.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.5 (decoding strategy; the
-#   section numbers of the survey's v13 and later, which the seed note follows); Holtzman et
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*,
+#   subsection *Decoding Strategy* (cited by title, as the seed note names it: the note gives no
+#   section numbers); Holtzman et
 #   al., *The Curious Case of Neural Text Degeneration* (ICLR 2020, top-p); Fan et al., *Hierarchical
 #   Neural Story Generation* (2018, top-k); Keskar et al., *CTRL* (2019, repetition penalty); Wu et
 #   al., *Google's Neural Machine Translation System* (2016, length penalty); Meister et al., *If Beam

@@ -387,9 +387,9 @@ block_explorer
 # - Reserving the maximum length per request wastes most of the cache, blocks of a few tokens waste
 #   only the unfilled end of each request's last block (section 6 measured how much), and forks share
 #   blocks with copy-on-write.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.2.5 (decoding strategy, its
-#   "decoding efficiency issues"; section numbers of the survey's v13 and later, which the seed
-#   note follows); Pope et al.,
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*,
+#   subsection *Decoding Strategy*, its "decoding efficiency issues" (cited by title, as the seed
+#   note names it: the note gives no section numbers); Pope et al.,
 #   *Efficiently Scaling Transformer Inference* (2022, prefill vs decode, memory-bound decode);
 #   Shazeer, *Fast Transformer Decoding: One Write-Head is All You Need* (2019, MQA); Ainslie et
 #   al., *GQA* (2023); Kwon et al., *Efficient Memory Management for Large Language Model Serving

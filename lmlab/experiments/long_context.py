@@ -10,6 +10,9 @@
 - :func:`fact_batch`, :func:`knn_experiment`: a synthetic "key → value" fact stated far before it is
   asked, answered through a kNN memory vs local attention alone.
 - :func:`wavelength_figure`, :func:`lambda_figure`: the two widgets' figures.
+
+The comparison of the bounded-memory methods with full attention, and their cost, is in
+:mod:`lmlab.experiments.long_context_compare`.
 """
 
 from __future__ import annotations
@@ -353,15 +356,11 @@ def lambda_cost(T: int, n_sink: int, window: int, cfg) -> dict:
     ``T`` tokens, for a model config ``cfg``: attention FLOPs of a forward pass over the ``T`` tokens
     (QKᵀ and AV, 2 · 2 · head_dim FLOPs per kept (query, key) pair per head and layer) and the KV cache
     a decoder holds at the end (fp32)."""
-    from ..kvcache import kv_cache_bytes
+    from .long_context_compare import attention_cost
 
-    s = lambda_stats(T, n_sink, window)
-    full_pairs = T * (T + 1) // 2
-    per_pair = 4 * cfg.head_dim * cfg.n_heads * cfg.n_layers
-    n_kv = cfg.n_kv_heads or cfg.n_heads
-    return {"T": T, "attention_flops_full": per_pair * full_pairs, "attention_flops_lambda": per_pair * s["kept"],
-            "cache_bytes_full": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_dim, T, 4),
-            "cache_bytes_lambda": kv_cache_bytes(cfg.n_layers, n_kv, cfg.head_dim, s["cache"], 4)}
+    full, lam = attention_cost(T, cfg, "full"), attention_cost(T, cfg, "lambda", n_sink=n_sink, window=window)
+    return {"T": T, "attention_flops_full": full["attention_flops"], "attention_flops_lambda": lam["attention_flops"],
+            "cache_bytes_full": full["cache_bytes"], "cache_bytes_lambda": lam["cache_bytes"]}
 
 
 def attention_mass_by_key(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,
