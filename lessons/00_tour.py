@@ -320,7 +320,7 @@ explorer
 # - The three architectures differ in their attention masks (and the encoder-decoder also in what its
 #   cross-attention reads); causal decoders get a loss at every position, by construction, and are
 #   the default for LLMs.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4; Radford et al., *Language
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Architecture Choice* (cited by title, as the seed note names it: it gives no section numbers); Radford et al., *Language
 #   Models are Unsupervised Multitask Learners* (GPT-2, 2019); Raffel et al., *Exploring the Limits of
 #   Transfer Learning with a Unified Text-to-Text Transformer* (T5, 2020) — its Fig. 3 draws these
 #   three masks; Wang et al., *What Language Model Architecture and Pretraining Objective Work Best

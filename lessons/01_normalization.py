@@ -445,4 +445,4 @@ hist_explorer
 #   Normalization* (2016); Zhang & Sennrich, *Root Mean Square Layer Normalization* (2019); Xiong et
 #   al., *On Layer Normalization in the Transformer Architecture* (2020); Ding et al., *CogView*
 #   (2021, sandwich-LN); Wang et al., *DeepNet: Scaling Transformers to 1,000 Layers* (2022); Zeng et
-#   al., *GLM-130B* (2022); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).
+#   al., *GLM-130B* (2022); Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Detailed Configuration* (cited by title, as the seed note names it: it gives no section numbers).

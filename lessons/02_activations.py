@@ -340,4 +340,4 @@ swish_explorer.controls["beta"].value = 1.0
 #   & Le, *Searching for Activation Functions* (Swish, 2017); Elfwing et al., *Sigmoid-Weighted
 #   Linear Units* (SiLU, 2017); Dauphin et al., *Language Modeling with Gated Convolutional
 #   Networks* (GLU, 2017); Shazeer, *GLU Variants Improve Transformer* (2020); Touvron et al.,
-#   *LLaMA* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).
+#   *LLaMA* (2023); Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Detailed Configuration* (cited by title, as the seed note names it: it gives no section numbers).

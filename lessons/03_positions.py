@@ -440,4 +440,4 @@ bias_explorer
 #   with a Unified Text-to-Text Transformer* (T5, 2020); Su et al., *RoFormer: Enhanced Transformer with
 #   Rotary Position Embedding* (2021); Press et al., *Train Short, Test Long: Attention with Linear
 #   Biases* (ALiBi, 2022); Kazemnejad et al., *The Impact of Positional Encoding on Length
-#   Generalization in Transformers* (2023); Zhao et al., *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).
+#   Generalization in Transformers* (2023); Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Detailed Configuration* (cited by title, as the seed note names it: it gives no section numbers).

@@ -338,4 +338,4 @@ tile_explorer
 #   *BigBird* (2020); Shazeer, *Fast Transformer Decoding: One Write-Head is All You Need* (2019, MQA);
 #   Ainslie et al., *GQA* (2023); Milakov & Gimelshein, *Online normalizer calculation for softmax*
 #   (2018); Dao et al., *FlashAttention* (2022) and Dao, *FlashAttention-2* (2023); Zhao et al.,
-#   *A Survey of Large Language Models* (2023), §4.2.2 (detailed configuration).
+#   *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Detailed Configuration* (cited by title, as the seed note names it: it gives no section numbers).

@@ -391,7 +391,7 @@ mixture_explorer
 #   need `random_roll` or their last tokens are always the ones masked; 512 inputs ← 568 raw tokens.
 # - A prefix LM and span corruption train fewer positions per step than a causal LM; UL2 mixes R, X
 #   and S denoisers and marks each with a mode token that the model learns to read.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.3 (pre-training tasks);
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Pre-training Tasks* (cited by title, as the seed note names it: it gives no section numbers);
 #   Raffel et al., *Exploring the Limits of Transfer Learning with a Unified Text-to-Text
 #   Transformer* (T5, JMLR 2020; `t5.data.preprocessors`); Tay et al., *UL2: Unifying Language
 #   Learning Paradigms* (ICLR 2023); Tay et al., *Transcending Scaling Laws with 0.1% Extra

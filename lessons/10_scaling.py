@@ -381,7 +381,7 @@ fit_explorer
 # - How far a fit extrapolates depends on how many decades it saw; one decade is not enough.
 # - Chinchilla's closed form depends on its constants: the rounded published ones say ~93 tokens per
 #   parameter at its compute, Epoch AI's replication ~18; and "N" must say whether embeddings count.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4; Kaplan et al., *Scaling
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training* (cited by title, as the seed note names it: it gives no section numbers); Kaplan et al., *Scaling
 #   Laws for Neural Language Models* (2020); Henighan et al., *Scaling Laws for Autoregressive
 #   Generative Modeling* (2020); Hoffmann et al., *Training Compute-Optimal Large Language Models*
 #   (2022, Chinchilla); OpenAI, *GPT-4 Technical Report* (2023, §3 Predictable Scaling); Besiroglu

@@ -413,7 +413,7 @@ scale_widget
 #   halving on overflow and growing after clean runs (GradScaler's rule, reproduced exactly).
 # - FP32 master weights keep updates that FP16 weights would round away; with Adam the state is
 #   2 + 2 + 12 = 16 bytes per parameter — mixed precision saves activations and time, not parameter memory.
-# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), §4.3; Micikevicius et al.,
+# - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*, subsection *Mixed Precision Training* (cited by title, as the seed note names it: it gives no section numbers); Micikevicius et al.,
 #   *Mixed Precision Training* (ICLR 2018); Kalamkar et al., *A Study of BFLOAT16 for Deep Learning
 #   Training* (2019); Rajbhandari et al., *ZeRO* (SC 2020); Micikevicius et al., *FP8 Formats for
 #   Deep Learning* (2022); IEEE 754-2019.
