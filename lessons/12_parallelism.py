@@ -451,5 +451,6 @@ assert round(b["n_params"] / 1e9, 1) == 176.2 and b["layout"]["gpus_per_replica"
 # - Reading: Rajbhandari et al., *ZeRO* (2020); Shoeybi et al., *Megatron-LM* (2019); Narayanan et al.,
 #   *Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM* (2021); Huang et al.,
 #   *GPipe* (2019); Korthikanti et al., *Reducing Activation Recomputation in Large Transformer Models*
-#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023), section *Pre-training*, subsection *Scalable Training Techniques* (cited by title, as the seed note names it: it gives no section numbers)
-#   (scalable training techniques).
+#   (2022); BigScience, *BLOOM* (2022); Zhao et al., *FSDP* (2023); Zhao et al., *A Survey of LLMs* (2023), section
+#   *Pre-training*, subsection *Scalable Training Techniques* (cited by title, as the seed note names it: it gives
+#   no section numbers).
