@@ -211,6 +211,13 @@ assert diff < 1e-3
 # loss with the unigram baseline.
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_context = Prediction("After 800 steps, how far below the unigram baseline does the tiny GPT's validation loss get?",
+                           ["not below it", "less than 0.5 nats/token", "more than 0.5 nats/token"])
+guess_context
+
+# %%
 from lmlab.experiments.tour import leakage_test, loss_figure, mask_figure, train_tiny_gpt, visibility
 
 result = train_tiny_gpt(steps=800, seed=0)
@@ -221,6 +228,9 @@ verdict = (f"The model beats the context-free baseline by {gap:.2f} nats/token: 
            if gap > 0.5 else f"Only {gap:.2f} nats/token below the baseline: the model barely uses context.")
 print(verdict)
 assert result.val_loss < result.unigram_loss
+
+# %%
+print(guess_context.reveal("more than 0.5 nats/token" if gap > 0.5 else "less than 0.5 nats/token" if gap > 0 else "not below it"))
 
 # %%
 loss_figure(result).show()

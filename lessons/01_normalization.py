@@ -328,6 +328,14 @@ print(f"Near the output post-LN's gradient is {min(ratios):.1f}–{max(ratios):.
 # add to keep those contributions bounded, and the right panel shows whether it does here.
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_placement = Prediction("12 layers at lr 3e-3, no warm-up, no clipping, 3 seeds: which placements train?",
+                             ["post-LN fails in some seed, pre-LN trains in all", "both train in every seed",
+                              "pre-LN fails in some seed too"])
+guess_placement
+
+# %%
 from lmlab.experiments.norm_placement import stability_experiment, stability_figure
 
 stab = stability_experiment(positions=("post", "pre", "sandwich", "deepnorm"), n_layers=12, d_model=32, lr=3e-3, steps=60,
@@ -350,6 +358,11 @@ print(f"Residual-stream RMS at the end: sandwich-LN {end['sandwich']:.2f} vs pre
       + ("sandwich-LN kept the stream smaller, as it is meant to." if end["sandwich"] < 0.8 * end["pre"] else
          "sandwich-LN did NOT keep the stream smaller than pre-LN here (its normalized sub-layer outputs still add up "
          "over 12 layers, and their gains are learned): a finding at this scale, not the textbook picture."))
+
+# %%
+placement = ("pre-LN fails in some seed too" if counts["pre"]["trained"] < n else
+             "post-LN fails in some seed, pre-LN trains in all" if counts["post"]["trained"] < n else "both train in every seed")
+print(guess_placement.reveal(placement))
 
 # %%
 stability_figure(stab).show()

@@ -225,11 +225,11 @@ print("LLaMA-7B's FFN hidden size 11008 is the 2/3 rule rounded up to a multiple
 # GeLU, GeLU better, or no difference beyond the seed noise?
 
 # %%
-from IPython.display import display
-from ipywidgets import Dropdown
+from lmlab.widgets import Prediction
 
-predict_swiglu = Dropdown(options=["(choose)", "SwiGLU better", "GeLU better", "not resolved"], description="prediction")
-display(predict_swiglu)
+predict_swiglu = Prediction("At matched parameters, does the paired test find SwiGLU or GeLU better?",
+                            ["SwiGLU better", "GeLU better", "not resolved"])
+predict_swiglu
 
 # %%
 comparison = compare_activations(seeds=(0, 1, 2, 3), steps=200, d_model=32)
@@ -260,8 +260,7 @@ print("\nThe claim 'SwiGLU trains better than GeLU at equal parameters' is", cla
 print(f"Confound: every run used one learning rate ({comparison.settings['lr']:g}); a gated FFN may prefer another step "
       "size, so this verdict is about that LR, not the best each activation can do (lessons 01 and 04 sweep the LR).")
 outcome = ("SwiGLU better" if sw["better"] == "swiglu" else "GeLU better") if sw["significant"] else "not resolved"
-print(f"Your prediction: {predict_swiglu.value!r}; measured: {outcome!r}"
-      + ("" if predict_swiglu.value == "(choose)" else (" ✅" if predict_swiglu.value == outcome else " ❌")))
+print(predict_swiglu.reveal(outcome))
 
 # %% [markdown]
 # **Reading the result honestly.** The gains reported for gated FFNs are small — in Shazeer's

@@ -279,6 +279,16 @@ print(bias[0, 0])
 # the seed noise (the shared paired test over the 3 seeds, `lmlab.stats.paired_comparison`).
 
 # %%
+from ipywidgets import VBox
+from lmlab.widgets import Prediction
+
+guess_learned = Prediction("Trained at L = 32: does the learned table's loss past L degrade?", ["degrades", "holds", "cannot run"],
+                           description="learned")
+guess_relative = Prediction("Of the two relative schemes RoPE and ALiBi, which hold past L?",
+                            ["both", "RoPE only", "ALiBi only", "neither"], description="RoPE / ALiBi")
+VBox([guess_learned, guess_relative])
+
+# %%
 ext = X.extrapolation_experiment(L=32, steps=200, seeds=(0, 1, 2), d_model=32)
 L = ext.L
 print(f"{'position':<11}{'params':>8}{'train s':>9}" + "".join(f"{'loss @' + str(n):>11}" for n in ext.lengths))
@@ -311,6 +321,12 @@ print(f"Verdict: learned positions {learned_text}. "
       + f" At L itself the best scheme is {best_at_L} (mean of 3 seeds at one learning rate, {3e-3:g}: a ranking "
       "confounded with the LR, which each scheme might like differently; the past-L verdicts compare each model "
       "with itself and do not have that confound).")
+
+# %%
+print(guess_learned.reveal(verdicts["learned"]["verdict"]))
+rope_holds, alibi_holds = verdicts["rope"]["verdict"] == "holds", verdicts["alibi"]["verdict"] == "holds"
+print(guess_relative.reveal({(True, True): "both", (True, False): "RoPE only", (False, True): "ALiBi only",
+                             (False, False): "neither"}[rope_holds, alibi_holds]))
 
 # %% [markdown]
 # How to read these numbers (the verdict above says which case each scheme is in):

@@ -223,6 +223,13 @@ mask_explorer
 # head is read once (`X.decode_attention`), and report the bytes read.
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_mqa = Prediction("One K/V head instead of four, 3 seeds, 2 LRs: does MQA's validation loss come out worse than MHA's?",
+                       ["MQA worse (a quality cost)", "within the seed noise", "MQA better", "a run diverges (no test)"])
+guess_mqa
+
+# %%
 kvh = X.kv_heads_experiment(kv_heads=(4, 2, 1), steps=120, seeds=(0, 1, 2), lrs=(3e-3, 1e-2), batch_size=16)
 print(kvh.sweep.table(), f"\n({len(kvh.sweep.loss) * len(kvh.sweep.seeds)} runs in {kvh.sweep.seconds:.0f} s)")
 decode = X.decode_attention_time(kv_heads=(16, 4, 1), n_heads=16, head_dim=64, T=4096, batch=4, repeats=15)
@@ -250,6 +257,10 @@ print(f"\nVerdict: {quality}" + ("" if same_at_every_lr else " (and the outcome 
       f"attention is {speedup:.1f}× faster (16 → 1 KV heads). GQA with 4 KV heads: "
       f"{decode[0]['step_ms'] / decode[1]['step_ms']:.1f}× — "
       + ("between the two, as claimed." if decode[-1]["step_ms"] < decode[1]["step_ms"] < decode[0]["step_ms"] else "not between the two here."))
+
+# %%
+print(guess_mqa.reveal("a run diverges (no test)" if cmp is None else
+                       {mha["name"]: "MQA worse (a quality cost)", mqa["name"]: "MQA better", None: "within the seed noise"}[cmp.better]))
 
 # %% [markdown]
 # ## 6 · The tiled algorithm step by step

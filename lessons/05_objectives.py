@@ -219,6 +219,16 @@ print(f"per-row masks work; the prefix LM trains {int(batch.loss_mask[0].sum())}
 # Expect about 40 s on one thread (12 tiny models).
 
 # %%
+from ipywidgets import VBox
+from lmlab.widgets import Prediction
+
+guess_prefix = Prediction("At equal steps, which LM has the lower loss on the second half of a held-out text?",
+                          ["causal LM", "prefix LM", "within the seed noise"], description="LM loss")
+guess_fill = Prediction("Which fills masked spans more accurately: the span-corruption model or the causal LM?",
+                        ["span corruption", "causal LM", "within the seed noise"], description="span filling")
+VBox([guess_prefix, guess_fill])
+
+# %%
 from lmlab.experiments.objectives import objective_verdicts, objectives_experiment, results_figure
 
 t0 = time.perf_counter()
@@ -261,6 +271,9 @@ elif v1b.better.startswith("prefix"):
 else:
     print("  Even per trained token the causal LM is better here: skipping the prefix is not the whole cost.")
 
+# %%
+print(guess_prefix.reveal(v1.better or "within the seed noise"))
+
 # %% [markdown]
 # ### Claim 2 · Denoising: a span-corruption model fills masked spans
 #
@@ -279,6 +292,9 @@ else:
     print(f"→ Not reproduced at this scale — a finding: span corruption trained only {span_share:.0%} of its positions "
           f"(the causal LM 100 %) in the same compute, and a character model this small has not yet learned to copy the "
           f"text around a sentinel; the causal LM's left context (the characters just before the gap) already says a lot.")
+
+# %%
+print(guess_fill.reveal(v2.better or "within the seed noise"))
 
 # %% [markdown]
 # ### Claim 3 · UL2 mixes the three — and the mode token switches behaviour

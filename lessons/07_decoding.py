@@ -211,6 +211,13 @@ print(f"top-p adapts: at p = 0.9 it keeps {conf[p9]['kept']} token(s) on the con
 # blocking** (forbid any token that would repeat a 4-gram).
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_greedy = Prediction("Does greedy decoding repeat more of its 4-grams than every sampling strategy?",
+                          ["yes, greedy repeats the most", "no, a sampler repeats as much or more"], description="greedy")
+guess_greedy
+
+# %%
 from lmlab.experiments.decoding import repetition_experiment, repetition_figure
 
 rep = repetition_experiment(model, tok, corpus.val, samples=3, max_new_tokens=200, seed=0)
@@ -241,6 +248,10 @@ print(f"No-repeat 4-gram blocking: {rep.mean['greedy + no repeated 4-gram']:.2f}
 print("\ngreedy:", repr(rep.examples["greedy"][:140]))
 print("top-p :", repr(rep.examples["top-p = 0.9"][:140]))
 
+# %%
+print(guess_greedy.reveal("yes, greedy repeats the most" if greedy_rate > max(sampling.values()) else
+                          "no, a sampler repeats as much or more"))
+
 # %% [markdown]
 # ## 6 · Experiment: beam size and length penalty
 #
@@ -254,6 +265,11 @@ print("top-p :", repr(rep.examples["top-p = 0.9"][:140]))
 # prompts: the **score** the search maximises, the **length** of the best output, and two signs of
 # degenerate text: its **blank fraction** (share of spaces / line breaks, EOS excluded) and its
 # fraction of **repeated 4-grams** (the measure of section 4).
+
+# %%
+guess_beam = Prediction("Without a length penalty, how long is the best output of 32 beams, against 1 beam's?",
+                        ["less than half as long", "shorter, but not by half", "as long or longer"], description="32 beams")
+guess_beam
 
 # %%
 from lmlab.experiments.decoding import beam_experiment, beam_figure
@@ -292,6 +308,10 @@ print(f"Larger beams with α = 1: the score goes {score1[0]:.2f} → {score1[-1]
          "very large beams hurt here — a better search for a flawed objective." if worse else
          "Neither measure is clearly worse at ≥ 16 beams than at every beam size ≤ 4: no clear sign here that very "
          "large beams hurt."))
+
+# %%
+print(guess_beam.reveal("less than half as long" if len0[-1] < 0.5 * len0[0] else
+                        "shorter, but not by half" if len0[-1] < len0[0] else "as long or longer"))
 
 # %% [markdown]
 # ## 7 · Widgets

@@ -310,10 +310,11 @@ memory_explorer
 # **Predict, then run.** What fraction of the contiguous reservation holds no token at all?
 
 # %%
-from IPython.display import display
+from lmlab.widgets import Prediction
 
-predict_waste = Dropdown(options=["(choose)", "under 10%", "10–40%", "40–70%", "over 70%"], description="wasted")
-display(predict_waste)
+predict_waste = Prediction("What fraction of the contiguous reservation holds no token?",
+                           ["under 10%", "10–40%", "40–70%", "over 70%"], description="wasted")
+predict_waste
 
 # %%
 from lmlab.experiments.inference import waste_experiment, waste_figure
@@ -338,8 +339,7 @@ print(f"The same memory as the contiguous reservation holds {waste['contiguous_s
       "as many requests when paged — a bigger batch, and that is where vLLM's throughput gain comes from.")
 cw = waste["contiguous_waste"]
 measured_bin = "under 10%" if cw < 0.1 else "10–40%" if cw < 0.4 else "40–70%" if cw < 0.7 else "over 70%"
-print(f"Your prediction: {predict_waste.value!r}; measured {cw:.0%} ({measured_bin!r})"
-      + ("" if predict_waste.value == "(choose)" else (" ✅" if predict_waste.value == measured_bin else " ❌")))
+print(f"measured waste {cw:.0%}: " + predict_waste.reveal(measured_bin))
 
 # %% [markdown]
 # ### Widget: block tables growing and forking

@@ -240,6 +240,14 @@ print(f"crashed at step 25, resumed from step 20: all {len(resumed.train_loss)} 
 # the same number of tokens.
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_warmup = Prediction("At peak LR 1e-2, 3 seeds: what does removing the 10 warm-up steps do to the final loss?",
+                          ["worse without warm-up", "within the seed noise", "better without warm-up", "a run diverges"],
+                          description="no warm-up")
+guess_warmup
+
+# %%
 from lmlab.experiments.recipe import compare_settings
 from lmlab.experiments.recipe_figures import settings_figure
 
@@ -258,6 +266,12 @@ print("\nMeasurable at this scale: " + (", ".join(f"{n} ({settings.comparisons[n
                                        if measurable else "none of the settings") + ". "
       + "The seed's claims are about models 10^4–10^7 times larger, trained 10^4 times longer: a difference that is "
         "within the noise here is not evidence against them, only a statement about this scale.")
+
+# %%
+no_warmup = settings.comparisons["no warm-up"]
+print(guess_warmup.reveal("a run diverges" if no_warmup is None else
+                          {"baseline": "worse without warm-up", "no warm-up": "better without warm-up",
+                           None: "within the seed noise"}[no_warmup.better]))
 
 # %% [markdown]
 # ### β2 when the gradients are spiky

@@ -235,6 +235,14 @@ else:
     print(f"L(N, D) gave no prediction: {pred_nd['message']}")
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_fit = Prediction("Where will the planned run's measured loss land against L(C)'s 90 % interval printed above?",
+                       ["inside the interval", "below it (better than the fit)", "above it (worse than the fit)"],
+                       description="big run")
+guess_fit
+
+# %%
 t0 = time.perf_counter()
 big = exp.train_run(S["big"], S["big_steps"], **{k: v for k, v in S.items() if k not in ("sizes", "steps", "big", "big_steps")})
 big_seconds = time.perf_counter() - t0
@@ -251,6 +259,10 @@ if actual < pred["fit"].c:
           "through), so the fit expected the loss to level off — and the bigger run kept falling.")
 all_pts = exp.all_points(runs + [big])
 print(f"The whole sweep spans {math.log10(max(p['C'] for p in all_pts) / min(p['C'] for p in all_pts)):.1f} decades of training compute.")
+
+# %%
+print(guess_fit.reveal("inside the interval" if score["inside"] else
+                       "below it (better than the fit)" if actual < pred["low"] else "above it (worse than the fit)"))
 
 # %%
 exp.sweep_figure(runs, pred, big).show()

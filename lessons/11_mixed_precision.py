@@ -267,6 +267,14 @@ print(f"The simulation agrees with real FP16 to within {max(abs(a - b) for a, b 
 # the final validation loss over seeds.
 
 # %%
+from lmlab.widgets import Prediction
+
+guess_scaling = Prediction("45 steps, 3 seeds: does FP16 without loss scaling end with a worse loss than FP16 with scaling?",
+                           ["worse without scaling", "within the seed noise", "better without scaling"],
+                           description="no loss scaling")
+guess_scaling
+
+# %%
 from lmlab.experiments.precision import train_recipe
 from lmlab.experiments.precision_figures import curves_figure
 
@@ -294,6 +302,10 @@ print(("Reproduced: FP16 without loss scaling trains worse, and scaling rescues 
        f"batches) {u['real'][0]:.0%} of them vanish without scaling.")
       + (" FP16 with scaling and master weights matches FP32." if not scaled.significant else
          f" FP16 with scaling differs from FP32 measurably ({scaled.better} better)."))
+
+# %%
+print(guess_scaling.reveal({"FP16 with scaling": "worse without scaling", "FP16 without scaling": "better without scaling",
+                            None: "within the seed noise"}[noscale.better]))
 
 # %% [markdown]
 # ## 8 · Experiment: without a master copy, small updates round away

@@ -313,11 +313,13 @@ assert g == Fraction(3, 11) and meg == Fraction(3, 8) and abs(sim - float(g)) < 
 # stores fewer micro-batches' activations? Choose before running the sweep below.
 
 # %%
-predict_bubble = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="smaller bubble")
-predict_memory = Dropdown(options=["(choose)", "GPipe", "1F1B", "the same"], description="less memory")
-from IPython.display import display
+from ipywidgets import VBox
+from lmlab.widgets import Prediction
 
-display(predict_bubble, predict_memory)
+predict_bubble = Prediction("At p = 4, m = 64, which schedule idles less?", ["GPipe", "1F1B", "the same"], description="smaller bubble")
+predict_memory = Prediction("At p = 4, m = 64, which schedule stores fewer micro-batches?", ["GPipe", "1F1B", "the same"],
+                            description="less memory")
+VBox([predict_bubble, predict_memory])
 
 # %%
 sweep = P.bubble_sweep(4, (1, 2, 4, 8, 16, 32, 64))
@@ -332,9 +334,8 @@ P.bubble_figure(sweep, 4).show()
 last = sweep[-1]
 truth_bubble = "the same" if abs(last["sim_gpipe"] - last["sim_1f1b"]) < 1e-12 else ("GPipe" if last["sim_gpipe"] < last["sim_1f1b"] else "1F1B")
 truth_memory = "the same" if last["peak_gpipe"] == last["peak_1f1b"] else ("GPipe" if last["peak_gpipe"] < last["peak_1f1b"] else "1F1B")
-for what, guess, truth in (("smaller bubble", predict_bubble.value, truth_bubble), ("less memory", predict_memory.value, truth_memory)):
-    verdict = "not answered" if guess == "(choose)" else ("✅ right" if guess == truth else "❌ not quite")
-    print(f"{what}: you said {guess!r}, measured: {truth!r} — {verdict}")
+print(predict_bubble.reveal(truth_bubble))
+print(predict_memory.reveal(truth_memory))
 
 # %% [markdown]
 # ## 5 · Widgets
