@@ -5,8 +5,9 @@
     python benchmarks/vs_hf.py --no-smollm2  # skip the real model
 
 Every ratio is lmlab's tokens/s over Hugging Face's on the same config and the same weights
-(``lmlab.hf.to_hf``), so > 1 means lmlab is faster. Rounds alternate lmlab / HF so a busy machine
-slows both alike; the median of the rounds is reported.
+(``lmlab.hf.to_hf``), so > 1 means lmlab is faster. Rounds alternate lmlab / HF (HF first every other
+round) so a busy machine slows both alike; the median of the rounds is reported. On a shared machine a
+single run's ratio moves by about ±5 %: repeat it before reading a difference smaller than that.
 
 1. train step (forward + backward + AdamW) of a 4-layer d=256 LLaMA (GQA 8/2 heads), B=8, T=128;
 2. greedy decode of 64 tokens with the KV cache: ``lmlab.decoding.generate`` vs HF ``generate``;
@@ -41,12 +42,13 @@ def median_seconds(fn, rounds):
 
 
 def side_by_side(ours, theirs, rounds):
-    """Alternate the two so load changes hit both; median seconds of each."""
+    """Alternate the two so load changes hit both, swapping which goes first every round so that neither
+    always runs right after the other; median seconds of each."""
     a, b = [], []
     ours(), theirs()  # warm-up
-    for _ in range(rounds):
-        a.append(median_seconds(ours, 1))
-        b.append(median_seconds(theirs, 1))
+    for r in range(rounds):
+        for fn, times in ((ours, a), (theirs, b)) if r % 2 == 0 else ((theirs, b), (ours, a)):
+            times.append(median_seconds(fn, 1))
     return statistics.median(a), statistics.median(b)
 
 

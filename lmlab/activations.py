@@ -156,9 +156,10 @@ class FeedForward(nn.Module):
     plain (relu, gelu):   down(act(up(x)))          up: C -> hidden
     gated (swiglu, geglu): down(a * act(b)), [a, b] = up(x)    up: C -> 2 * hidden
 
-    The gated kinds compute both projections with one matrix (one matmul); ``up.weight[:hidden]``
-    is the value projection (LLaMA's ``w3``/``up_proj``), ``up.weight[hidden:]`` the gate
-    (``w1``/``gate_proj``), and ``down`` is ``w2``/``down_proj``.
+    The gated kinds keep both projections in one matrix ``up``; ``up.weight[:hidden]`` is the value
+    projection (LLaMA's ``w3``/``up_proj``), ``up.weight[hidden:]`` the gate (``w1``/``gate_proj``),
+    and ``down`` is ``w2``/``down_proj``. In fp32 :meth:`gated` multiplies by the two halves
+    separately (faster, see there); ``activation(up(x))`` is the same function in one matmul.
     """
 
     def __init__(self, d_model: int, hidden: int, kind: str = "gelu", *, bias: bool = True, dropout: float = 0.0):
@@ -193,9 +194,22 @@ class FeedForward(nn.Module):
         return a * (F.silu(b) if self.kind == "swiglu" else F.gelu(b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)  # (B, T, hidden) or (B, T, 2 * hidden) for gated kinds
-        h = self.activation(h)  # (B, T, hidden)
+        if self.kind in GLU_KINDS and x.dtype == torch.float32:
+            h = self.gated(x)  # (B, T, hidden)
+        else:
+            h = self.activation(self.up(x))  # (B, T, hidden): up gives hidden, or 2 * hidden for gated kinds
         return self.drop(self.down(h))  # (B, T, C)
+
+    def gated(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., C) -> a * act(b) (..., hidden)`` with ``a``, ``b`` from the two halves of ``up`` as two
+        matmuls: ``activation(up(x))`` up to float rounding (and Hugging Face's ``LlamaMLP`` bit for bit).
+        Each half comes out contiguous, so the activation runs on dense memory and the backward needs
+        no ``cat`` of the two halves' gradients: about 5 % faster per FFN forward + backward on CPU
+        than slicing one ``(..., 2 * hidden)`` output (``benchmarks/vs_hf.py``'s train step)."""
+        w_a, w_b = self.up.weight.chunk(2, dim=0)  # (hidden, C) each: value rows, gate rows
+        b_a, b_b = self.up.bias.chunk(2) if self.up.bias is not None else (None, None)
+        a, b = F.linear(x, w_a, b_a), F.linear(x, w_b, b_b)  # (..., hidden) each
+        return a * (F.silu(b) if self.kind == "swiglu" else F.gelu(b))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, hidden={self.hidden}"

@@ -212,6 +212,27 @@ def test_gated_ffn_equals_llama_style_three_linears(kind, act):
     assert_same_as(ffn, lambda t: w2(act(w1(t)) * w3(t)), x)
 
 
+@pytest.mark.parametrize("kind", GLU_KINDS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_ffn_two_matmul_path_equals_one_fused_matmul_with_its_gradients(kind, bias):
+    """forward (fp32) multiplies by the two halves of ``up`` separately; ``activation(up(x))`` is the
+    one-matmul form (half precision, tensor parallelism): same outputs and gradients up to rounding."""
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 24, kind, bias=bias)
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    g = torch.randn(3, 7, 16)
+    results = []
+    for f in (ffn, lambda t: ffn.down(ffn.activation(ffn.up(t)))):
+        ffn.zero_grad(set_to_none=True)
+        x.grad = None
+        y = f(x)
+        (y * g).sum().backward()
+        results.append([y.detach(), x.grad, ffn.up.weight.grad] + ([ffn.up.bias.grad] if bias else []))
+    for two, one in zip(*results):
+        torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
+    assert results[0][2].abs().sum() > 0 and results[0][2][24:].abs().sum() > 0  # both halves get gradient
+
+
 def test_ffn_dropout_only_in_training():
     ffn = FeedForward(8, 16, "swiglu", dropout=0.5).eval()
     x = torch.randn(4, 8)

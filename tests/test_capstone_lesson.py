@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from ipywidgets import Checkbox, FloatSlider, IntSlider, Text
 
-from lmlab.experiments.capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
-                                        pretrain_experiment, token_logprobs, truncated)
+from lmlab.experiments.capstone import (RECIPE, bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer,
+                                        merges_rows, pretrain_experiment, token_logprobs, truncated)
 from lmlab.llama import LLAMA_PARTS, build_llama, llama_block, llama_config, parts_table
 from lmlab.model import GPT
 from lmlab.widgets import FigureExplorer
@@ -102,6 +102,18 @@ def test_pretrain_experiment_compares_in_bits_per_byte(pretrained):
     assert r.comparison.n == 2 and "bits/byte" in r.comparison.sentence
     assert isinstance(r.models["bpe"], GPT) and r.models["bpe"].config.norm == "rmsnorm"
     assert r.models["char"].config.position == "learned"
+
+
+def test_pretrain_experiment_trains_both_models_with_chapter_09s_recipe(pretrained):
+    """Warm-up to the peak lr (3e-3) over RECIPE's 10 steps, cosine decay to 10 % at the last step, the same for
+    both models; AdamW with decay groups and clipping come from lmlab.train.train's options in RECIPE."""
+    assert RECIPE["schedule"] == "cosine" and RECIPE["grad_clip"] == 1.0 and RECIPE["weight_decay"] == 0.1
+    assert RECIPE["optimizer"] == "adamw" and RECIPE["warmup"] == 10
+    bpe, char = pretrained.histories["bpe"], pretrained.histories["char"]
+    assert bpe.lr == char.lr and len(bpe.lr) == 30
+    assert bpe.lr[0] == pytest.approx(3e-3 / 10) and bpe.lr[9] == pytest.approx(3e-3) == max(bpe.lr)
+    assert all(a <= b for a, b in zip(bpe.lr[:10], bpe.lr[1:10])) and all(a >= b for a, b in zip(bpe.lr[9:], bpe.lr[10:]))
+    assert bpe.lr[-1] == pytest.approx(0.1 * 3e-3)
 
 
 def test_token_logprobs_are_log2_probabilities(pretrained, tok):

@@ -3,7 +3,8 @@
 - :func:`lesson_tokenizer`: byte-level BPE trained on the corpus (cached), :func:`merges_rows`.
 - :func:`bits_per_byte`: the one loss that compares models with different tokenizers.
 - :func:`pretrain_experiment`: your BPE LLaMA vs lesson 00's character-level GPT, same size, same
-  steps, over seeds, in bits per byte on the same held-out text (paired test).
+  steps, both trained with chapter 09's recipe (:data:`RECIPE`), over seeds, in bits per byte on
+  the same held-out text (paired test).
 - :func:`bpe_figure` and :func:`generation_figure`: the two widgets.
 """
 
@@ -26,9 +27,15 @@ from ..stats import paired_comparison
 from ..train import seed_everything, train
 from ..validation import check_int
 from ..widgets import style_figure
+from .recipe import BASE as CHAPTER_09
 
-__all__ = ["lesson_tokenizer", "merges_rows", "truncated", "bits_per_byte", "PretrainResult", "pretrain_experiment",
-           "token_logprobs", "bpe_figure", "generation_figure"]
+__all__ = ["RECIPE", "lesson_tokenizer", "merges_rows", "truncated", "bits_per_byte", "PretrainResult",
+           "pretrain_experiment", "token_logprobs", "bpe_figure", "generation_figure"]
+
+# Chapter 09's baseline recipe (lmlab.experiments.recipe.BASE) as options of lmlab.train.train: lmlab's AdamW
+# (0.9, 0.95), weight decay 0.1 on matrices only (lmlab.optim.param_groups), global-norm clipping at 1.0, 10 steps
+# of linear warm-up, then cosine decay to 10 % of the peak at the last step. The peak lr is each experiment's own.
+RECIPE = {k: CHAPTER_09[k] for k in ("optimizer", "betas", "weight_decay", "grad_clip", "schedule", "warmup", "min_lr_ratio")}
 
 
 @lru_cache(maxsize=4)
@@ -81,15 +88,20 @@ class PretrainResult:
     histories: dict = field(default_factory=dict)
 
 
-def pretrain_experiment(steps: int = 150, seeds=(0, 1), vocab_size: int = 512, d_model: int = 64, n_layers: int = 2,
+def pretrain_experiment(steps: int = 150, seeds=(0, 1, 2), vocab_size: int = 512, d_model: int = 64, n_layers: int = 2,
                         n_heads: int = 4, n_kv_heads: int = 2, context_length: int = 64, batch_size: int = 32,
                         lr: float = 3e-3, eval_chars: int = 12_000, parts: dict | None = None,
                         progress: bool = False) -> PretrainResult:
     """Your LLaMA on BPE tokens vs lesson 00's character GPT (learned positions, GELU, LayerNorm),
-    same width, depth, steps, batch and lr, over ``seeds``; bits per byte on the first
-    ``eval_chars`` characters of the validation split. ``parts``: the learner's parts
-    (:func:`lmlab.llama.build_llama`). Confounds: the tokenizer *and* the architecture change, and
-    a BPE window of ``context_length`` tokens holds ~2x more text than a character window."""
+    same width, depth, steps, batch, peak ``lr`` and recipe, over ``seeds``; bits per byte on the
+    first ``eval_chars`` characters of the validation split. Both train with chapter 09's recipe
+    (:data:`RECIPE`: warm-up to ``lr``, cosine decay to 10 % at ``steps``) through
+    :func:`lmlab.train.train`. ``parts``: the learner's parts (:func:`lmlab.llama.build_llama`).
+    Confounds: the tokenizer *and* the architecture change, and a BPE window of ``context_length``
+    tokens holds ~2x more text than a character window."""
+    check_int(steps, "steps", "pretrain_experiment")
+    recipe = dict(RECIPE, warmup=min(RECIPE["warmup"], steps), steps=steps, batch_size=batch_size, lr=lr,
+                  eval_every=None, progress=progress)
     start = time.perf_counter()
     tok = lesson_tokenizer(vocab_size)
     corpus = load_corpus()
@@ -103,13 +115,11 @@ def pretrain_experiment(steps: int = 150, seeds=(0, 1), vocab_size: int = 512, d
         cfg = llama_config(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                            n_kv_heads=n_kv_heads, context_length=context_length)
         bpe_model = build_llama(cfg, parts, seed=seed)
-        h_bpe = train(bpe_model, bpe_train, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed,
-                      progress=progress)  # chapter 09's recipe (warmup + cosine) would plug in here
+        h_bpe = train(bpe_model, bpe_train, seed=seed, **recipe)
         seed_everything(seed)
         char_model = GPT(ModelConfig(vocab_size=ctok.vocab_size, context_length=context_length, d_model=d_model,
                                      n_layers=n_layers, n_heads=n_heads))
-        h_char = train(char_model, ctrain, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed,
-                       progress=progress)
+        h_char = train(char_model, ctrain, seed=seed, **recipe)
         res.bpe_bpb.append(bits_per_byte(bpe_model, bpe_eval, n_bytes))
         res.char_bpb.append(bits_per_byte(char_model, char_eval, n_bytes))
         if not res.models:
