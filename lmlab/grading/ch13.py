@@ -79,7 +79,7 @@ register(Exercise(
         Check("random chunks: the most frequent pair, merged in every chunk", _step_random),
         Check("ties go to the smallest pair; overlapping pairs; no pairs across chunks", _step_ties_and_overlaps),
     ),
-    reference=lambda: __import__("lmlab.bpe", fromlist=["x"]).bpe_merge_step,
+    reference="lmlab.bpe:bpe_merge_step",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ register(Exercise(
         Check("merges apply in learning order, not in text order", _encode_order),
         Check("equals the merges of a trained tokenizer applied one by one", _encode_trained),
     ),
-    reference=lambda: __import__("lmlab.bpe", fromlist=["x"]).apply_merges,
+    reference="lmlab.bpe:apply_merges",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ register(Exercise(
         Check("an untied GQA LLaMA's logits survive the round trip through GGUF names", lambda f: _mapping_check(f, False)),
         Check("tied embeddings: no output.weight in the file", lambda f: _mapping_check(f, True)),
     ),
-    reference=lambda: __import__("lmlab.checkpoints", fromlist=["x"]).gguf_to_lmlab,
+    reference="lmlab.checkpoints:gguf_to_lmlab",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -258,5 +258,5 @@ register(Exercise(
         Check("multi-head (4/4), eps 1e-5, base 10000", lambda f: _block_case(f, 4, 4, 1e-5, 10000.0, 1)),
         Check("grouped-query (4 query / 2 K/V heads), a large eps (0.5), base 500", lambda f: _block_case(f, 4, 2, 0.5, 500.0, 2)),
     ),
-    reference=lambda: __import__("lmlab.llama", fromlist=["x"]).llama_block,
+    reference="lmlab.llama:llama_block",
 ))
