@@ -166,7 +166,7 @@ def _tiny(tied, seed):
 
 def _as_gguf(model):
     cfg, sd = model.config, model.state_dict()
-    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_size, cfg.d_ff
+    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     out = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["final_norm.weight"]}
     if not cfg.tie_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
