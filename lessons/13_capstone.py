@@ -99,18 +99,19 @@ print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD 
 # ## 2 · Assemble your LLaMA
 #
 # A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `build_llama` is the one place
-# where a part is chosen: pass your own class for a kind (it is called with the config and must keep
-# the reference's parameter names) and every module of that kind becomes yours. Here a hand-written
-# RMSNorm replaces lmlab's, and the logits stay the same:
+# where a part is chosen: pass your own class for a kind and it is plugged in through `lmlab.parts`,
+# the registry of chapters 01-04 (a norm is built as `MyRMSNorm(d_model, eps)`, an FFN as
+# `SwiGLU(d_model, hidden)`, like your graded parts), so every module of that kind becomes yours. Here
+# a hand-written RMSNorm replaces lmlab's, and with the same weights the logits stay the same:
 
 # %%
 class MyRMSNorm(nn.Module):
     """Your chapter-01 RMSNorm (here: written on lmlab.norms.rms_norm)."""
 
-    def __init__(self, cfg):
+    def __init__(self, d_model, eps=1e-5):
         super().__init__()
-        self.eps = cfg.norm_eps
-        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight

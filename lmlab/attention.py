@@ -290,11 +290,6 @@ class MultiHeadAttention(nn.Module):
         return [(self.qkv, slice(0, C + self.kv_dim), "qk"), (self.qkv, slice(C + self.kv_dim, None), "value"),
                 (self.proj, slice(None), "output")]
 
-    @property
-    def head_size(self) -> int:
-        """Old name of head_dim."""
-        return self.head_dim
-
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, T, C)`` -> ``q (B, nh, T, hs)``, ``k, v (B, nkv, T, hs)``: one matmul, split per head."""
         B, T, C = x.shape

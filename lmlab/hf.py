@@ -59,7 +59,7 @@ def to_hf_config(cfg: ModelConfig):
     tf = _transformers()
     return tf.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_size,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps or DEFAULT_EPS["rmsnorm"],
         rope_theta=float(cfg.rope_base), tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu",
         attention_bias=False, mlp_bias=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
@@ -93,7 +93,7 @@ def from_hf_config(hf_cfg, context_length: int | None = None) -> ModelConfig:
 
 def lmlab_to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """An lmlab ``GPT`` state dict -> ``LlamaForCausalLM`` names (see the module's table)."""
-    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_size, cfg.d_ff
+    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"],
            "lm_head.weight": sd["lm_head.weight"]}
     for i in range(cfg.n_layers):

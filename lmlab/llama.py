@@ -7,20 +7,25 @@ A LLaMA (Touvron et al. 2023) is lmlab's ``GPT`` with one choice per kind of par
 * sampled with chapter 07's samplers and chapter 08's KV cache.
 
 :func:`llama_config` writes that config; :func:`build_llama` builds the model and is **the one
-place where a part is swapped** for a learner's own (``parts={"norm": MyRMSNorm}``): each entry
-replaces every module of that kind, and :data:`LLAMA_PARTS` says whose part is where.
+place where a part is swapped** for a learner's own (``parts={"norm": MyRMSNorm}``): the norm and
+the FFN go through the parts registry (:func:`lmlab.parts.register_norm` / ``register_ffn``, the
+same plug-in as every other lesson), so each entry becomes every module of that kind, and
+:data:`LLAMA_PARTS` says whose part is where.
 :func:`llama_block` is one block written as plain tensor code (exercise 13.4's reference).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, ModelConfig, init_weights
+from .parts import KINDS, register_ffn, register_norm, unregister
 from .positions import apply_rope, rope_cos_sin, rope_frequencies
 from .validation import check_int, check_positive
 
@@ -47,31 +52,46 @@ def llama_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads
                        activation="swiglu", position="rope")
 
 
+# kind of part in build_llama -> (the ModelConfig field / parts table it fills, how it registers)
+_REGISTERED = {"norm": ("norm", lambda name, cls: register_norm(name, cls)),
+               "ffn": ("activation", lambda name, cls: register_ffn(name, cls, gated=True))}  # LLaMA's FFN is gated
+
+
+def _plug(kind: str, cls) -> str:
+    """Register the learner's ``cls`` for ``kind`` under a name of its own and return the name. It
+    stays registered (the model's config names it); a class of the same name (a re-run cell) replaces it."""
+    field, register = _REGISTERED[kind]
+    name = f"llama_{kind}_" + re.sub(r"\W", "_", getattr(cls, "__qualname__", type(cls).__name__))
+    if name in KINDS[field]:
+        unregister(field, name)
+    register(name, cls)
+    return name
+
+
 def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> GPT:
     """The LLaMA of ``cfg`` with the reference parts, or with the learner's where ``parts`` says.
 
-    ``parts``: ``{"norm": cls}`` and/or ``{"ffn": cls}``, ``{"attention": cls}``; each ``cls`` is
-    called as ``cls(cfg)`` and must keep the reference module's parameter names and shapes
-    (the learner's graded parts do). SWAP POINT: when the parts registry (``register_norm``...)
-    lands, this is the one function that asks it instead of ``parts``.
+    ``parts``: ``{"norm": cls}`` and/or ``{"ffn": cls}``, ``{"attention": cls}``. The norm and the
+    FFN plug in through :mod:`lmlab.parts` exactly like ``register_norm`` / ``register_ffn``
+    (``cls(d_model, eps=...)``, ``cls(d_model, hidden)``: the learner's graded chapter-01 RMSNorm and
+    chapter-02 SwiGLU), so the config names them and GPT builds them. Attention is the exception:
+    ``register_attention`` takes only plain causal attention ``(B, T, C) -> (B, T, C)``, while a
+    LLaMA's layer also takes RoPE positions and a KV cache, so ``cls(cfg)`` must have the model's
+    interface (:class:`lmlab.attention.MultiHeadAttention`'s ``forward``) and replaces each block's
+    attention after the build. With any part, the weights are re-initialised (norm gains 1).
     """
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    torch.manual_seed(seed)
-    model = GPT(cfg)
     parts = dict(parts or {})
     unknown = set(parts) - {"norm", "ffn", "attention"}
     if unknown:
         raise ValueError(f"parts: kinds must be among ('norm', 'ffn', 'attention'), got {sorted(unknown)}")
-    for block in model.blocks:
-        if "norm" in parts:
-            block.norm1, block.norm2 = parts["norm"](cfg), parts["norm"](cfg)
-        if "ffn" in parts:
-            block.ffn = parts["ffn"](cfg)
-        if "attention" in parts:
+    names = {_REGISTERED[kind][0]: _plug(kind, parts[kind]) for kind in _REGISTERED if kind in parts}
+    torch.manual_seed(seed)
+    model = GPT(dataclasses.replace(cfg, **names) if names else cfg)
+    if "attention" in parts:
+        for block in model.blocks:
             block.attn = parts["attention"](cfg)
-    if "norm" in parts:
-        model.final_norm = parts["norm"](cfg)
     if parts:
         torch.manual_seed(seed)
         init_weights(model)  # roles of the learner's modules come from their init_roles(), if any

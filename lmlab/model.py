@@ -149,11 +149,6 @@ class ModelConfig:
         """Width of one attention head: ``d_model // n_heads`` (HF and CS336's name)."""
         return self.d_model // self.n_heads
 
-    @property
-    def head_size(self) -> int:
-        """Old name of head_dim."""
-        return self.head_dim
-
     def to_dict(self) -> dict:
         return asdict(self)
 

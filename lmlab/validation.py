@@ -6,6 +6,8 @@ function can write ``n = check_int(n, "n_heads", where="MultiHeadAttention")``.
 
 ``where`` (optional) is prefixed to the message, e.g. ``"ModelConfig.n_heads must be an int >= 1"``; a
 ``where`` ending in ``":"`` (``"FeedForward:"``) reads ``"FeedForward: hidden must be ..."`` instead.
+``note`` (optional, on the int / number / choice checks) says what the values mean, in parentheses:
+``check_int(n, "num_beams", note="1 = greedy")`` reads ``"num_beams must be an int >= 1 (1 = greedy), got 0"``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ __all__ = [
     "check_int", "check_number", "check_positive", "check_probability", "check_choice",
     "check_divides", "check_tensor", "check_bool", "check_qkv", "check_kv_heads",
 ]
+
+
+def _note(note: str | None, allow_none: bool = False) -> str:
+    """`` (or None; note)``, `` (or None)``, `` (note)`` or nothing."""
+    parts = ["or None"] * allow_none + [note] * bool(note)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _label(name: str, where: str | None) -> str:
@@ -35,7 +43,7 @@ def check_bool(value: Any, name: str, where: str | None = None) -> bool:
 
 
 def check_int(value: Any, name: str, where: str | None = None, *, minimum: int | None = 1,
-              maximum: int | None = None, allow_none: bool = False) -> int | None:
+              maximum: int | None = None, allow_none: bool = False, note: str | None = None) -> int | None:
     """An ``int`` (not a bool) in ``[minimum, maximum]``; ``None`` passes when ``allow_none``."""
     if value is None and allow_none:
         return None
@@ -47,14 +55,13 @@ def check_int(value: Any, name: str, where: str | None = None, *, minimum: int |
     if not ok:
         rng = (f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]") if minimum is not None else (
             f"<= {maximum}" if maximum is not None else "")
-        tail = " (or None)" if allow_none else ""
-        raise ValueError(f"{_label(name, where)} must be an int {rng}{tail}, got {value!r}".replace("int  ", "int "))
+        raise ValueError(f"{_label(name, where)} must be an int {rng}{_note(note, allow_none)}, got {value!r}".replace("int  ", "int "))
     return value
 
 
 def check_number(value: Any, name: str, where: str | None = None, *, low: float | None = None,
                  high: float | None = None, low_inclusive: bool = True, high_inclusive: bool = True,
-                 allow_none: bool = False) -> float | None:
+                 allow_none: bool = False, note: str | None = None) -> float | None:
     """A finite real number (int or float, not bool) in the stated range; returns it as ``float``."""
     if value is None and allow_none:
         return None
@@ -74,7 +81,7 @@ def check_number(value: Any, name: str, where: str | None = None, *, low: float 
             rng = f" {'<=' if high_inclusive else '<'} {high:g}"
         else:
             rng = ""
-        raise ValueError(f"{_label(name, where)} must be a finite number{rng}, got {value!r}")
+        raise ValueError(f"{_label(name, where)} must be a finite number{rng}{_note(note, allow_none)}, got {value!r}")
     return float(value)
 
 
@@ -89,7 +96,7 @@ def check_probability(value: Any, name: str, where: str | None = None, *, open_l
     return check_number(value, name, where, low=0.0, high=1.0, low_inclusive=not open_low, high_inclusive=not open_high)
 
 
-def check_choice(value: Any, name: str, allowed: Iterable, where: str | None = None) -> Any:
+def check_choice(value: Any, name: str, allowed: Iterable, where: str | None = None, *, note: str | None = None) -> Any:
     """``value`` must be one of ``allowed``; the message lists them."""
     allowed = tuple(allowed)
     try:
@@ -97,7 +104,7 @@ def check_choice(value: Any, name: str, allowed: Iterable, where: str | None = N
     except TypeError:
         ok = False
     if not ok:
-        raise ValueError(f"{_label(name, where)} must be one of {allowed}, got {value!r}")
+        raise ValueError(f"{_label(name, where)} must be one of {allowed}{_note(note)}, got {value!r}")
     return value
 
 

@@ -11,6 +11,7 @@ from lmlab.experiments.capstone import (RECIPE, bits_per_byte, bpe_figure, gener
                                         merges_rows, pretrain_experiment, token_logprobs, truncated)
 from lmlab.llama import LLAMA_PARTS, build_llama, llama_block, llama_config, parts_table
 from lmlab.model import GPT
+from lmlab.parts import NORMS, unregister
 from lmlab.widgets import FigureExplorer
 
 
@@ -40,11 +41,11 @@ def test_merges_rows_and_truncation(tok):
 
 
 def test_build_llama_swaps_a_part_in_one_place():
-    class MyNorm(nn.Module):
-        def __init__(self, cfg):
+    class MyNorm(nn.Module):  # built as the registry builds a norm: MyNorm(d_model, eps=...)
+        def __init__(self, d_model, eps=1e-5):
             super().__init__()
-            self.eps = cfg.norm_eps
-            self.weight = nn.Parameter(torch.ones(cfg.d_model))
+            self.eps = eps
+            self.weight = nn.Parameter(torch.ones(d_model))
 
         def forward(self, x):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
@@ -57,6 +58,11 @@ def test_build_llama_swaps_a_part_in_one_place():
     torch.testing.assert_close(mine(x), ref(x))
     table = {row[0]: row for row in parts_table(mine)}
     assert "MyNorm" in table["norm"][2] and table["ffn"][2] == LLAMA_PARTS["ffn"][1]
+    assert mine.config.norm in NORMS and mine.config.norm != "rmsnorm"  # plugged in through the registry
+    assert mine.blocks[0].norm1.eps == 0.1  # built with the config's norm_eps
+    again = build_llama(cfg, parts={"norm": MyNorm})  # a re-run registers the same name again
+    assert again.config.norm == mine.config.norm
+    unregister("norm", mine.config.norm)  # leave the registry as the other tests expect it
     with pytest.raises(ValueError, match="parts: kinds must be among"):
         build_llama(cfg, parts={"rope": MyNorm})
     with pytest.raises(ValueError, match="cfg must be a ModelConfig"):

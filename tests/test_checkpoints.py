@@ -112,7 +112,7 @@ def write_tiny_gguf(path, model, n_tokens=None, head_count_kv=None):
     w.add_head_count_kv(head_count_kv or cfg.n_kv_heads)
     w.add_rope_freq_base(cfg.rope_base)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_size)
+    w.add_rope_dimension_count(cfg.head_dim)
     b2u = bytes_to_unicode()
     tokens = ([b2u[b] for b in range(256)] + ["Ġt", "he", "Ġthe", "<|endoftext|>"])[:n_tokens or cfg.vocab_size]
     w.add_tokenizer_model("gpt2")

@@ -288,10 +288,10 @@ def test_bad_parameters_name_the_parameter_and_range():
     cases = [
         (lambda: sample(z, temperature=-0.1), r"temperature must be a number >= 0"),
         (lambda: apply_temperature(z, float("nan")), r"temperature must be a number >= 0"),
-        (lambda: sample(z, top_k=0), r"top_k must be None \(off\) or an int >= 1"),
-        (lambda: top_k_filter(z, 2.5), r"top_k must be None \(off\) or an int >= 1"),
-        (lambda: sample(z, top_p=0.0), r"top_p must be None \(off\) or a number in \(0, 1\]"),
-        (lambda: top_p_filter(z, 1.5), r"top_p must be None \(off\) or a number in \(0, 1\]"),
+        (lambda: sample(z, top_k=0), r"top_k must be an int >= 1 \(or None; None = off\)"),
+        (lambda: top_k_filter(z, 2.5), r"top_k must be an int >= 1 \(or None; None = off\)"),
+        (lambda: sample(z, top_p=0.0), r"top_p must be a finite number in \(0, 1\] \(or None; None = off\)"),
+        (lambda: top_p_filter(z, 1.5), r"top_p must be a finite number in \(0, 1\] \(or None; None = off\)"),
         (lambda: apply_repetition_penalty(z, torch.zeros(2, 1, dtype=torch.long), 0.0), r"repetition_penalty must be a finite number > 0"),
         (lambda: block_repeated_ngrams(z, torch.zeros(2, 1, dtype=torch.long), -1), r"no_repeat_ngram_size must be an int >= 0"),
         (lambda: repetition_rate([1, 2], n=0), r"n must be an int >= 1"),
@@ -517,7 +517,7 @@ def test_sequence_logprob_is_the_sum_of_token_logprobs():
     per_token = sequence_logprob(m, ids, prompt_len=3, reduction="none")
     assert per_token.shape == (2, 6)
     torch.testing.assert_close(sequence_logprob(m, ids, 3, "mean"), per_token.mean(-1), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match=r"prompt_len must be an int in \[1, T=9\]"):
+    with pytest.raises(ValueError, match=r"prompt_len must be an int in \[1, 9\] \(T = 9"):
         sequence_logprob(m, ids, prompt_len=0)
 
 

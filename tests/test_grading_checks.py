@@ -62,6 +62,11 @@ def test_reference_passes(exercise):
     assert result.status == "passed", result
 
 
+def test_references_are_named_by_a_dotted_string():
+    unnamed = [ex.id for ex in EXERCISES if ex.reference_name is None]
+    assert not unnamed, f"give these a reference='lmlab.module:name' (not a callable): {unnamed}"
+
+
 @pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
 def test_stub_reports_not_implemented(exercise):
     result = run_exercise(exercise, _defined("exercises", exercise))

@@ -193,7 +193,7 @@ def test_num_parameters_concrete_tiny_config():
 def test_d_ff_defaults_to_four_times_d_model():
     cfg = tiny(d_model=24, n_heads=3)
     assert cfg.d_ff == 96
-    assert cfg.head_size == 8
+    assert cfg.head_dim == 8
     model = GPT(cfg)
     assert model.blocks[0].ffn.up.out_features == 96
     assert cfg.to_dict()["d_ff"] == 96

@@ -99,10 +99,11 @@ def test_norm_eps_reaches_every_norm_and_none_keeps_the_defaults():
         ModelConfig(norm_eps=0.0)
 
 
-def test_head_dim_and_its_old_name():
+def test_head_dim_is_the_one_name():
     cfg = ModelConfig(**SMALL)
     attn = GPT(cfg).blocks[0].attn
-    assert cfg.head_dim == cfg.head_size == attn.head_dim == attn.head_size == 4
+    assert cfg.head_dim == attn.head_dim == 4
+    assert not hasattr(cfg, "head_size") and not hasattr(attn, "head_size")
 
 
 # ---- build, never patch: the kNN-memory layer -------------------------------------------------

@@ -178,10 +178,9 @@ def beam_step(sum_logprobs: torch.Tensor, next_logprobs: torch.Tensor, length: i
 
 
 def _check_beam_args(num_beams, length_penalty, early_stopping) -> None:
-    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams must be an int >= 1 (1 = greedy), got {num_beams!r}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number (0 = none, 1 = per-token average), got {length_penalty!r}")
+    check_int(num_beams, "num_beams", note="1 = greedy")
+    check_number(length_penalty, "length_penalty", note="0 = none, 1 = per-token average")
+    # not check_choice: 1 == True, and early_stopping must be the bool itself or "never"
     if not any(early_stopping is v or (isinstance(v, str) and early_stopping == v) for v in EARLY_STOPPING):
         raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_choice, check_int
 from .beam import beam_search
 from .logits import (
     check_logits,
@@ -94,8 +95,7 @@ def generate(
     Returns prompt + new tokens, ``(T + n,)`` or ``(B, T + n)`` with ``n <= max_new_tokens``.
     Passing sampling options with ``strategy="greedy"`` / ``"beam"`` is an error, not ignored.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_choice(strategy, "strategy", STRATEGIES)
     temperature, top_k, top_p = check_temperature(temperature), check_top_k(top_k), check_top_p(top_p)
     check_common(max_new_tokens, eos_id, repetition_penalty, no_repeat_ngram_size)
     if strategy != "sample" and (temperature != 1.0 or top_k is not None or top_p is not None):
@@ -153,12 +153,10 @@ def sequence_logprob(model: Model, ids: torch.Tensor, prompt_len: int = 1, reduc
     Each token is scored with the model's context window (the last ``context_length`` tokens before it).
     Use it to compare whole continuations, e.g. greedy's against beam search's.
     """
-    if reduction not in ("sum", "mean", "none"):
-        raise ValueError(f"reduction must be one of ('sum', 'mean', 'none'), got {reduction!r}")
+    check_choice(reduction, "reduction", ("sum", "mean", "none"))
     idx, squeeze = prepare_ids(model, ids, "ids")  # (B, T)
     T = idx.size(1)
-    if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or not 1 <= prompt_len <= T:
-        raise ValueError(f"prompt_len must be an int in [1, T={T}] (the first token has no prediction), got {prompt_len!r}")
+    check_int(prompt_len, "prompt_len", maximum=T, note=f"T = {T}; the first token has no prediction")
     ctx = context_length(model) or T
     with inference(model):
         if T <= ctx:  # one forward pass scores every position
@@ -181,8 +179,7 @@ def repetition_rate(ids, n: int = 4) -> float:
     0 means no n-gram occurs twice; greedy decoding stuck in a loop approaches 1. A sequence
     shorter than ``n`` has no n-grams and rate 0. ``ids``: a list or a 1-D tensor (one sequence).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    check_int(n, "n")
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise ValueError(f"ids must be one sequence (a list or a 1-D tensor), got shape {tuple(ids.shape)}")

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_int, check_number
+
 __all__ = [
     "apply_temperature", "top_k_filter", "top_p_filter", "filter_logits", "filtered_probs", "sample",
     "apply_repetition_penalty", "block_repeated_ngrams",
@@ -64,15 +66,19 @@ def check_temperature(temperature: float) -> float:
 
 
 def check_top_k(top_k: int | None) -> int | None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None (off) or an int >= 1, got {top_k!r}")
-    return top_k
+    return check_int(top_k, "top_k", allow_none=True, note="None = off")
 
 
 def check_top_p(top_p: float | None) -> float | None:
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None (off) or a number in (0, 1], got {top_p!r}")
-    return None if top_p is None else float(top_p)
+    return check_number(top_p, "top_p", low=0.0, high=1.0, low_inclusive=False, allow_none=True, note="None = off")
+
+
+def check_repetition_penalty(penalty: float) -> float:
+    return check_number(penalty, "repetition_penalty", low=0.0, low_inclusive=False, note="1 = off, > 1 penalises repeats")
+
+
+def check_no_repeat_ngram_size(n: int) -> int:
+    return check_int(n, "no_repeat_ngram_size", minimum=0, note="0 = off")
 
 
 def _as_rows(logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -226,8 +232,7 @@ def apply_repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: f
     ``penalty > 1`` discourages repeats, ``1`` is a no-op, ``< 1`` encourages them.
     ``logits``: ``(B, V)``; ``ids``: the tokens so far, ``(B, T)`` (prompt included).
     """
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 < penalty < math.inf:
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off, > 1 penalises repeats), got {penalty!r}")
+    check_repetition_penalty(penalty)
     x, ids, squeeze = _check_history(logits, ids)
     if penalty != 1 and ids.size(1) > 0:
         seen = x.gather(-1, ids)  # (B, T): the logits of the tokens already used
@@ -251,8 +256,7 @@ def block_repeated_ngrams(logits: torch.Tensor, ids: torch.Tensor, n: int) -> to
     ``n = 0`` is off; ``n = 1`` forbids every token seen before. Cost: a Python scan of the
     history per row and step, fine for lesson-sized texts.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0 = off), got {n!r}")
+    check_no_repeat_ngram_size(n)
     x, ids, squeeze = _check_history(logits, ids)
     if n > 0:
         x = x.clone()

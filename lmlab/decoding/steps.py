@@ -8,13 +8,13 @@ and :func:`lmlab.decoding.beam_search` (lesson 07; the KV cache is lesson 08's, 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from .logits import apply_repetition_penalty, block_repeated_ngrams
+from ..validation import check_int
+from .logits import apply_repetition_penalty, block_repeated_ngrams, check_no_repeat_ngram_size, check_repetition_penalty
 
 __all__ = ["Model", "context_length", "as_logits", "prepare_ids", "inference", "Stepper", "process_history", "check_common"]
 
@@ -114,11 +114,7 @@ def process_history(logits: torch.Tensor, ids: torch.Tensor, repetition_penalty:
 
 
 def check_common(max_new_tokens: int, eos_id: int | None, repetition_penalty: float, no_repeat_ngram_size: int) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
-        raise ValueError(f"eos_id must be None or a token id >= 0, got {eos_id!r}")
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) or not 0 < repetition_penalty < math.inf:
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
-    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0 = off), got {no_repeat_ngram_size!r}")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    check_int(eos_id, "eos_id", minimum=0, allow_none=True, note="a token id")
+    check_repetition_penalty(repetition_penalty)
+    check_no_repeat_ngram_size(no_repeat_ngram_size)

@@ -63,7 +63,7 @@ register(Exercise(
         Check("equals F.scaled_dot_product_attention(is_causal=True) on the same projections", _head_sdpa),
         Check("changing later tokens leaves earlier outputs unchanged", _head_causal),
     ),
-    reference=lambda: __import__("lmlab.minimal_gpt", fromlist=["x"]).attention_head,
+    reference="lmlab.minimal_gpt:attention_head",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -118,5 +118,5 @@ register(Exercise(
         Check("one layer: the logits equal lmlab.GPT's with the same weights", _gpt_one),
         Check("two and three layers, 4 heads and 1 head", _gpt_two),
     ),
-    reference=lambda: __import__("lmlab.minimal_gpt", fromlist=["x"]).gpt_forward,
+    reference="lmlab.minimal_gpt:gpt_forward",
 ))

@@ -126,8 +126,15 @@ register(Exercise(
         Check("to 1e-9 in float64: the exact formula, not the erf GeLU", _gelu_not_exact),
         Check("large inputs stay finite, and any shape works", _gelu_large),
     ),
-    reference=lambda: (lambda x: __import__("lmlab.activations", fromlist=["x"]).gelu(x, approximate="tanh")),
+    reference="lmlab.grading.ch02:reference_gelu_tanh",
 ))
+
+
+def reference_gelu_tanh(x):
+    """lmlab's GeLU with the tanh approximation (``gelu(x, approximate="tanh")``), as ``gelu_tanh(x)``."""
+    from ..activations import gelu
+
+    return gelu(x, approximate="tanh")
 
 # ---------------------------------------------------------------------------------------------
 # 02.swiglu_ffn
@@ -214,11 +221,11 @@ register(Exercise(
         Check("gate and value play their roles (zero value or zero gate gives 0)", _ffn_roles),
         Check("gradients for all three matrices equal nn.Linear's", _ffn_grad),
     ),
-    reference=lambda: _swiglu_ffn_via_lmlab,
+    reference="lmlab.grading.ch02:reference_swiglu_ffn",
 ))
 
 
-def _swiglu_ffn_via_lmlab(x, w_gate, w_value, w_down):
+def reference_swiglu_ffn(x, w_gate, w_value, w_down):
     """lmlab's fused FeedForward with the three matrices loaded into it (up = [value; gate])."""
     from ..activations import swiglu
 

@@ -18,10 +18,6 @@ from .registry import Check, CheckFailed, Exercise, register
 
 
 
-def _positions_module():
-    return __import__("lmlab.positions", fromlist=["x"])
-
-
 # ---------------------------------------------------------------------------------------------
 # 03.sinusoidal_embedding
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ register(Exercise(
         Check("equals the half-split rotation for several shapes, positions and bases", _rope_values),
         Check("keeps norms, and q·k depends on the distance only", _rope_properties),
     ),
-    reference=lambda: (lambda x, positions, base=10000.0: _positions_module().apply_rope(x, positions, base=base, layout="half")),
+    reference="lmlab.positions:apply_rope",  # its default layout is the half split
 ))
 
 # ---------------------------------------------------------------------------------------------

@@ -83,5 +83,5 @@ register(Exercise(
         Check("equals F.scaled_dot_product_attention(enable_gqa=True) on RoPE-rotated q, k (GQA, another base, MHA)", _gqa_sdpa),
         Check("equals lmlab's attention layer in a position='rope' model with the same weights (MQA and GQA)", _gqa_lmlab),
     ),
-    reference=lambda: __import__("lmlab.attention", fromlist=["x"]).gqa_rope_attention,
+    reference="lmlab.attention:gqa_rope_attention",
 ))

@@ -99,11 +99,12 @@ def _mask_roll(f):
                 f"{counts[-1]} times and the rarest position {min(counts)} times; a uniform roll makes each about 45")
 
 
-def _mask_reference():
+def reference_random_spans_noise_mask(length, noise_density, mean_noise_span_length, seed, random_roll=False):
+    """lmlab's :func:`lmlab.span_corruption.random_spans_noise_mask` with a generator seeded by ``seed``."""
     from ..span_corruption import random_spans_noise_mask
 
-    return lambda length, noise_density, mean_noise_span_length, seed, random_roll=False: random_spans_noise_mask(
-        length, noise_density, mean_noise_span_length, generator=torch.Generator().manual_seed(seed), random_roll=random_roll)
+    return random_spans_noise_mask(length, noise_density, mean_noise_span_length,
+                                   generator=torch.Generator().manual_seed(seed), random_roll=random_roll)
 
 
 register(Exercise(
@@ -130,7 +131,7 @@ register(Exercise(
         Check("seeded, varied, every split of the noise into spans equally likely", _mask_random),
         Check("a short text: last tokens without random_roll, a uniform circular roll with it", _mask_roll),
     ),
-    reference=_mask_reference,
+    reference="lmlab.grading.ch05:reference_random_spans_noise_mask",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +243,15 @@ register(Exercise(
         Check("random masks (one starting with noise), written out span by span", _fusion_random),
         Check("the round trip gives the text back", _fusion_round_trip),
     ),
-    reference=lambda: (lambda tokens, noise_mask, vocab_size: tuple(
-        __import__("lmlab.span_corruption", fromlist=["x"]).span_corruption(tokens, noise_mask, vocab_size)[:2])),
+    reference="lmlab.grading.ch05:reference_sentinel_fusion",
 ))
+
+
+def reference_sentinel_fusion(tokens, noise_mask, vocab_size):
+    """``(inputs, targets)`` of lmlab's :func:`lmlab.span_corruption.span_corruption` (no EOS)."""
+    from ..span_corruption import span_corruption
+
+    return tuple(span_corruption(tokens, noise_mask, vocab_size)[:2])
 
 # ---------------------------------------------------------------------------------------------
 # 05.prefix_lm_example and 05.ul2_example: dicts of tensors
@@ -295,10 +302,11 @@ def _prefix_masks_module(f):
         expect_close(got["attn_mask"], prefix_lm_mask(19, P), f"{what}['attn_mask'] vs lmlab.masks.prefix_lm_mask(19, {P}) (lesson 00)")
 
 
-def _prefix_reference():
+def reference_prefix_lm_example(tokens, prefix_len):
+    """lmlab's :func:`lmlab.objectives.prefix_lm_example` as a dict."""
     from ..objectives import prefix_lm_example
 
-    return lambda tokens, prefix_len: prefix_lm_example(tokens, prefix_len)._asdict()
+    return prefix_lm_example(tokens, prefix_len)._asdict()
 
 
 register(Exercise(
@@ -322,7 +330,7 @@ register(Exercise(
         Check("inputs, targets, masks; no trained position sees its target; one loss per suffix token", _prefix_cases),
         Check("the attention mask equals lmlab.masks.prefix_lm_mask", _prefix_masks_module),
     ),
-    reference=_prefix_reference,
+    reference="lmlab.grading.ch05:reference_prefix_lm_example",
 ))
 
 MODE_IDS = {"[R]": 60, "[X]": 61, "[S]": 62}
@@ -366,16 +374,14 @@ def _ul2_mode_first(f):
     expect_close(outs["[R]"], outs["[X]"], "ul2_example: [R] and [X] on the same mask differ only in the mode token")
 
 
-def _ul2_reference():
+def reference_ul2_example(tokens, noise_mask, mode, mode_ids, vocab_size):
+    """UL2 from lmlab's :mod:`lmlab.objectives`: [S] is a prefix LM up to the first noise token, [R]/[X] span corruption."""
     from ..objectives import decoder_only_example, span_corruption_example
 
-    def ul2_example(tokens, noise_mask, mode, mode_ids, vocab_size):
-        if mode == "[S]":
-            P = list(noise_mask).index(True)
-            return decoder_only_example([mode_ids[mode]] + tokens[:P], tokens[P:])._asdict()
-        return span_corruption_example(tokens, noise_mask, vocab_size, mode_ids[mode])._asdict()
-
-    return ul2_example
+    if mode == "[S]":
+        P = list(noise_mask).index(True)
+        return decoder_only_example([mode_ids[mode]] + tokens[:P], tokens[P:])._asdict()
+    return span_corruption_example(tokens, noise_mask, vocab_size, mode_ids[mode])._asdict()
 
 
 register(Exercise(
@@ -399,5 +405,5 @@ register(Exercise(
         Check("R, X and S examples: the sequence, the prefix mask, the loss on the targets only", _ul2_cases),
         Check("the mode token comes first and is the only difference between [R] and [X]", _ul2_mode_first),
     ),
-    reference=_ul2_reference,
+    reference="lmlab.grading.ch05:reference_ul2_example",
 ))

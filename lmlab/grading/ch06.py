@@ -46,11 +46,12 @@ def _pi_range(f):
                  "interpolate_positions(torch.tensor([3, 7, 100]), factor=4): fractional positions are kept", atol=1e-6)
 
 
-def _reference_pi():
-    from lmlab.longctx import scaled_rope_frequencies
+def reference_interpolate_positions(positions, factor):
+    """Position interpolation from lmlab's :func:`lmlab.longctx.scaled_rope_frequencies` (linear scaling)."""
+    from ..longctx import scaled_rope_frequencies
 
     # a head of size 2 has one pair turning 1 radian per token; PI divides that by s: angle = p / s
-    return lambda positions, factor: positions.float() * scaled_rope_frequencies(2, 10000.0, {"type": "linear", "factor": factor})[0][0]
+    return positions.float() * scaled_rope_frequencies(2, 10000.0, {"type": "linear", "factor": factor})[0][0]
 
 
 register(Exercise(
@@ -70,7 +71,7 @@ register(Exercise(
         Check("p / s for several lengths and factors, as floats", _pi_values),
         Check("s·L tokens land below L; fractional positions are kept", _pi_range),
     ),
-    reference=_reference_pi,
+    reference="lmlab.grading.ch06:reference_interpolate_positions",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -231,17 +232,15 @@ def _topk_inner_product(f):
     expect_true(bool((scores[:, :-1] >= scores[:, 1:]).all()), "scores must be sorted from the largest down")
 
 
-def _reference_topk():
-    from lmlab.longctx import KNNMemory
+def reference_memory_top_k(q, mem_k, mem_v, k):
+    """The top-k search of lmlab's :class:`lmlab.longctx.KNNMemory` on one head, with the row index of each key."""
+    from ..longctx import KNNMemory
 
-    def memory_top_k(q, mem_k, mem_v, k):
-        mem = KNNMemory(size=mem_k.size(0))
-        mem.add(mem_k[None, None], mem_v[None, None])  # (B=1, nkv=1, M, hs)
-        scores, keys, values = mem.search(q[None, None], k)  # (1, 1, T, k), (1, 1, T, k, hs), (1, 1, T, k, hv)
-        idx = (keys[0, 0][:, :, None, :] == mem_k[None, None]).all(-1).float().argmax(-1)  # (T, k): which row each key is
-        return scores[0, 0], idx, values[0, 0]
-
-    return memory_top_k
+    mem = KNNMemory(size=mem_k.size(0))
+    mem.add(mem_k[None, None], mem_v[None, None])  # (B=1, nkv=1, M, hs)
+    scores, keys, values = mem.search(q[None, None], k)  # (1, 1, T, k), (1, 1, T, k, hs), (1, 1, T, k, hv)
+    idx = (keys[0, 0][:, :, None, :] == mem_k[None, None]).all(-1).float().argmax(-1)  # (T, k): which row each key is
+    return scores[0, 0], idx, values[0, 0]
 
 
 register(Exercise(
@@ -262,7 +261,7 @@ register(Exercise(
         Check("the k largest inner products, sorted, with their rows and values", _topk_values),
         Check("inner product (not L2 distance) decides; the whole memory comes back sorted", _topk_inner_product),
     ),
-    reference=_reference_topk,
+    reference="lmlab.grading.ch06:reference_memory_top_k",
 ))
 
 from . import ch06_parts  # noqa: E402,F401  (YaRN and the sink cache register themselves)

@@ -88,9 +88,15 @@ register(Exercise(
         Check("equals the YaRN paper's construction (4 configurations)", _yarn_paper),
         Check("equals Hugging Face transformers' YaRN frequencies and attention factor", _yarn_hf),
     ),
-    reference=lambda: (lambda d, base, s, L, bf=32.0, bs=1.0: __import__("lmlab.longctx", fromlist=["x"]).scaled_rope_frequencies(
-        d, base, {"type": "yarn", "factor": s, "original_context_length": L, "beta_fast": bf, "beta_slow": bs})),
+    reference="lmlab.grading.ch06_parts:reference_yarn_frequencies",
 ))
+
+
+def reference_yarn_frequencies(d, base, s, L, bf=32.0, bs=1.0):
+    """lmlab's :func:`lmlab.longctx.scaled_rope_frequencies` with a YaRN ``scaling`` dict built from the arguments."""
+    from ..longctx import scaled_rope_frequencies
+
+    return scaled_rope_frequencies(d, base, {"type": "yarn", "factor": s, "original_context_length": L, "beta_fast": bf, "beta_slow": bs})
 
 # ---------------------------------------------------------------------------------------------
 # 06.sink_evict
@@ -153,5 +159,5 @@ register(Exercise(
         Check("over, at and under capacity; no sinks", _evict_cases),
         Check("streaming 20 tokens one at a time keeps the sinks and the last window", _evict_stream),
     ),
-    reference=lambda: __import__("lmlab.longctx", fromlist=["x"]).sink_evict,
+    reference="lmlab.longctx:sink_evict",
 ))

@@ -51,11 +51,11 @@ def _kv_edge(f):
     expect_equal(expect_int(f(2, 4, 4, 8, 10, 2), what), 2 * 2 * 4 * 8 * 10 * 2, what)
 
 
-def _kv_reference():
+def reference_kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1):
+    """lmlab's :func:`lmlab.kvcache.kv_cache_bytes` (which needs only the K/V heads: ``n_heads`` is unused)."""
     from ..kvcache import kv_cache_bytes
 
-    return lambda n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1: kv_cache_bytes(
-        n_layers, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=batch)
+    return kv_cache_bytes(n_layers, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=batch)
 
 
 register(Exercise(
@@ -76,7 +76,7 @@ register(Exercise(
         Check("equals the bytes of real K and V tensors (several shapes, dtypes, batches)", _kv_tensors),
         Check("half-byte values, zero tokens, the default batch", _kv_edge),
     ),
-    reference=_kv_reference,
+    reference="lmlab.grading.ch08:reference_kv_cache_bytes",
 ))
 
 # ---------------------------------------------------------------------------------------------

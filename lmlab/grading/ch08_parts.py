@@ -91,7 +91,15 @@ register(Exercise(
         Check("greedy (temperature 0) equals the loop without a cache", _gen_greedy),
         Check("sampling with temperature and top-k, same seed, equals the loop without a cache (also RoPE + GQA)", _gen_sample),
     ),
-    reference=lambda: (lambda model, prompt, n, temperature, top_k, seed: __import__("lmlab.decoding", fromlist=["x"]).generate(
-        model, prompt, n, "greedy" if temperature == 0 else "sample", **({} if temperature == 0 else {"temperature": temperature, "top_k": top_k}),
-        generator=torch.Generator().manual_seed(seed))),
+    reference="lmlab.grading.ch08_parts:reference_generate_with_cache",
 ))
+
+
+def reference_generate_with_cache(model, prompt, max_new_tokens, temperature, top_k, seed):
+    """lmlab's :func:`lmlab.decoding.generate` (KV cache on) with the exercise's arguments: greedy at temperature 0."""
+    from ..decoding import generate
+
+    if temperature == 0:
+        return generate(model, prompt, max_new_tokens, "greedy", generator=torch.Generator().manual_seed(seed))
+    return generate(model, prompt, max_new_tokens, "sample", temperature=temperature, top_k=top_k,
+                    generator=torch.Generator().manual_seed(seed))

@@ -67,12 +67,6 @@ def _adam_groups(cls):
                      atol=1e-6, rtol=1e-5)
 
 
-def _adam_reference():
-    from ..optim import AdamW
-
-    return AdamW
-
-
 register(Exercise(
     id="09.AdamW",
     points=4,
@@ -98,7 +92,7 @@ register(Exercise(
         Check("the first steps (where bias correction matters) vs torch", _adam_first_steps),
         Check("three parameter groups with their own lr and weight decay; missing grads skipped", _adam_groups),
     ),
-    reference=_adam_reference,
+    reference="lmlab.optim:AdamW",
     kind="class",
     timeout=20.0,  # two optimizers run side by side; generous for a loaded 2-core laptop
 ))
@@ -168,7 +162,7 @@ register(Exercise(
         Check("equals torch's SequentialLR(LinearLR, CosineAnnealingLR) up to the end", _sched_torch),
         Check("flat after the end; no warm-up starts at the peak", _sched_edges),
     ),
-    reference=lambda: __import__("lmlab.schedule", fromlist=["x"]).warmup_cosine,
+    reference="lmlab.schedule:warmup_cosine",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +228,7 @@ register(Exercise(
         Check("gradients already below max_norm are left alone", _clip_small),
         Check("a parameter without a gradient is skipped", _clip_missing),
     ),
-    reference=lambda: __import__("lmlab.optim", fromlist=["x"]).clip_grad_norm,
+    reference="lmlab.optim:clip_grad_norm",
 ))
 
 # 09.SpikeDetector lives in ch09_spikes (imported here, so the exercises register in notebook order)
@@ -330,7 +324,7 @@ register(Exercise(
         Check("30 steps with warm-up: the loss trajectory equals lmlab.train.train's at the same seed", _loop_main),
         Check("another seed, batch size and LR, no warm-up", _loop_other),
     ),
-    reference=lambda: __import__("lmlab.grading.ch09", fromlist=["x"]).reference_train_loop,
+    reference="lmlab.grading.ch09:reference_train_loop",
     timeout=60.0,
 ))
 

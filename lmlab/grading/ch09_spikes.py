@@ -103,5 +103,5 @@ register(Exercise(
         Check("the window rolls, and spikes do not enter it", _spike_window),
         Check("downward jumps are not spikes", _spike_down),
     ),
-    reference=lambda: __import__("lmlab.spikes", fromlist=["x"]).SpikeDetector,
+    reference="lmlab.spikes:SpikeDetector",
 ))

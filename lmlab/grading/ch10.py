@@ -106,7 +106,7 @@ register(Exercise(
         Check("matches FlopCounterMode on real training steps of three tiny GPTs (within 1 %)", _flops_measured),
         Check("LLaMA-7B; the attention term grows with the context, the 6N term with the parameters", _flops_terms),
     ),
-    reference=lambda: __import__("lmlab.scaling", fromlist=["x"]).kaplan_flops_per_token,
+    reference="lmlab.scaling:kaplan_flops_per_token",
     timeout=20.0,  # the check itself counts three real training steps
 ))
 
@@ -175,12 +175,12 @@ register(Exercise(
         Check("recovers a, b, c from exact points of three laws at very different scales of C", _fit_exact),
         Check("recovers them from noisy points, and extrapolates within 1 %", _fit_noisy),
     ),
-    reference=lambda: __import__("lmlab.grading.ch10", fromlist=["x"])._fit_reference,
+    reference="lmlab.grading.ch10:reference_fit_power_law",
     timeout=30.0,
 ))
 
 
-def _fit_reference(compute, loss):
+def reference_fit_power_law(compute, loss):
     from ..scaling_fit import fit_power_law
 
     fit = fit_power_law(compute, loss)
@@ -250,11 +250,11 @@ register(Exercise(
         Check("Chinchilla's compute: ~93 tokens/parameter with the published constants, ~18 with Epoch AI's", _opt_published),
         Check("equals a numerical minimisation of L(N, C/6N) for three budgets and constant sets", _opt_numeric),
     ),
-    reference=lambda: __import__("lmlab.grading.ch10", fromlist=["x"])._opt_reference,
+    reference="lmlab.grading.ch10:reference_compute_optimal",
 ))
 
 
-def _opt_reference(compute, E, A, B, alpha, beta):
+def reference_compute_optimal(compute, E, A, B, alpha, beta):
     from ..scaling import ChinchillaConstants, compute_optimal
 
     r = compute_optimal(compute, ChinchillaConstants("learner", E, A, B, alpha, beta))
@@ -311,5 +311,5 @@ register(Exercise(
         Check("LLaMA-7B has 6,738,415,616 parameters", _llama_7b),
         Check("equals lmlab's own LLaMA-style models (GQA, MQA, tied and untied embeddings)", _llama_models),
     ),
-    reference=lambda: __import__("lmlab.scaling", fromlist=["x"]).llama_params,
+    reference="lmlab.scaling:llama_params",
 ))

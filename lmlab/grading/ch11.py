@@ -87,7 +87,7 @@ register(Exercise(
         Check("infinities and NaNs", _decode_special),
         Check("3,000 random patterns equal torch's reading of the same bits", _decode_sample),
     ),
-    reference=lambda: __import__("lmlab.precision", fromlist=["x"]).decode_fp16,
+    reference="lmlab.precision:decode_fp16",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ register(Exercise(
         Check("50,000 values equal x.to(torch.bfloat16)", _bf16_random),
         Check("inf stays inf, NaN stays NaN", _bf16_special),
     ),
-    reference=lambda: __import__("lmlab.precision", fromlist=["x"]).fp32_to_bf16_bits,
+    reference="lmlab.precision:fp32_to_bf16_bits",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ register(Exercise(
         Check("single transitions (GradScaler's defaults)", _scale_single),
         Check("scripted runs equal torch.amp.GradScaler's scales step by step", _scale_vs_gradscaler),
     ),
-    reference=lambda: __import__("lmlab.loss_scaling", fromlist=["x"]).update_scale,
+    reference="lmlab.loss_scaling:update_scale",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -319,5 +319,5 @@ register(Exercise(
         Check("an inf gradient skips the step and changes nothing", _ms_skip),
         Check("tiny updates accumulate in the master and reach the FP16 weight", _ms_accumulate),
     ),
-    reference=lambda: __import__("lmlab.loss_scaling", fromlist=["x"]).master_weights_step,
+    reference="lmlab.loss_scaling:master_weights_step",
 ))

@@ -115,8 +115,15 @@ register(Exercise(
         Check("7.5B parameters on 64 GPUs: 120 / 31.4 / 16.6 / 1.9 GB", _zero_paper),
         Check("the formula on other sizes, including N = 1", _zero_formula),
     ),
-    reference=lambda: (lambda n_params, n_gpus, stage: __import__("lmlab.calc", fromlist=["x"]).zero_memory_per_gpu(n_params, n_gpus, stage)["total"]),
+    reference="lmlab.grading.ch12:reference_zero_bytes_per_gpu",
 ))
+
+
+def reference_zero_bytes_per_gpu(n_params, n_gpus, stage):
+    """The total of lmlab's :func:`lmlab.calc.zero_memory_per_gpu` (mixed precision, Adam)."""
+    from ..calc import zero_memory_per_gpu
+
+    return zero_memory_per_gpu(n_params, n_gpus, stage)["total"]
 
 # ---------------------------------------------------------------------------------------------
 # 12.bubble_fraction
@@ -159,7 +166,7 @@ register(Exercise(
         Check("p = 4, m = 8 gives 3/11; one stage gives 0", _bubble_reference_numbers),
         Check("equals the idle fraction of simulated GPipe timelines", _bubble_simulated),
     ),
-    reference=lambda: (lambda p, m: float(__import__("lmlab.calc", fromlist=["x"]).bubble(p, m))),
+    reference="lmlab.calc:bubble",  # a Fraction; its default definition is GPipe's
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +215,14 @@ register(Exercise(
         Check("2 and 4 shards with bias equal F.linear with the whole weight", _col_bias),
         Check("without bias, and with a single shard", _col_no_bias),
     ),
-    reference=lambda: (lambda x, ws, bs: torch.cat([F.linear(x, w, None if bs is None else b) for w, b in zip(ws, bs or [None] * len(ws))], dim=-1)),
+    reference="lmlab.grading.ch12:reference_column_parallel_forward",
 ))
+
+
+def reference_column_parallel_forward(x, weight_shards, bias_shards):
+    """Each shard's slice of the output features, concatenated: ``(..., in) -> (..., out)``."""
+    biases = bias_shards if bias_shards is not None else [None] * len(weight_shards)
+    return torch.cat([F.linear(x, w, b) for w, b in zip(weight_shards, biases)], dim=-1)
 
 # ---------------------------------------------------------------------------------------------
 # 12.rank_coords
@@ -262,7 +275,14 @@ register(Exercise(
         Check("every rank of 2 x 2 x 2 and 1 x 3 x 2 grids", _coords_small),
         Check("a 2 x 3 x 4 grid and BLOOM's 8 x 12 x 4", _coords_bloom),
     ),
-    reference=lambda: (lambda rank, dp, pp, tp: tuple(__import__("lmlab.parallel", fromlist=["x"]).RankGrid(dp=dp, pp=pp, tp=tp).coords(rank).values())),
+    reference="lmlab.grading.ch12:reference_rank_coords",
 ))
+
+
+def reference_rank_coords(rank, dp, pp, tp):
+    """``(d, p, t)`` of ``rank`` from lmlab's :class:`lmlab.parallel.RankGrid`."""
+    from ..parallel import RankGrid
+
+    return tuple(RankGrid(dp=dp, pp=pp, tp=tp).coords(rank).values())
 
 from . import ch12_ranks  # noqa: E402,F401  (the components over simulated ranks register themselves)

@@ -91,7 +91,7 @@ register(Exercise(
         Check("every step equals the ring's send schedule (reduce-scatter adds, all-gather copies)", _ring_every_step),
         Check("the input tensors are not modified", _ring_inputs_kept),
     ),
-    reference=lambda: __import__("lmlab.parallel.collectives", fromlist=["x"]).simulated_ring_all_reduce,
+    reference="lmlab.parallel.collectives:simulated_ring_all_reduce",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ register(Exercise(
         Check("2 ranks, 3 steps: every rank equals torch.optim.AdamW on the full tensor", _zero1_two),
         Check("4 ranks with weight decay, and 1 rank: parameters and the sharded state", _zero1_four),
     ),
-    reference=lambda: __import__("lmlab.parallel.zero", fromlist=["x"]).simulated_zero1_step,
+    reference="lmlab.parallel.zero:simulated_zero1_step",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ register(Exercise(
         Check("2 and 4 ranks with bias equal F.linear on the whole input and weight", _row_bias),
         Check("3 ranks without bias, and a single rank", _row_no_bias),
     ),
-    reference=lambda: __import__("lmlab.parallel.tensor_parallel", fromlist=["x"]).simulated_row_parallel_forward,
+    reference="lmlab.parallel.tensor_parallel:simulated_row_parallel_forward",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -307,5 +307,12 @@ register(Exercise(
         Check("the order on every stage for p = 4, m = 8; p = 2, m = 3; p = 5, m = 2", _1f1b_order),
         Check("run on a timeline: no deadlock, at most p - stage micro-batches stored, GPipe's bubble", _1f1b_timeline),
     ),
-    reference=lambda: (lambda p, m, stage: __import__("lmlab.parallel.pipeline", fromlist=["x"]).schedule_ops("1f1b", p, m, stage)),
+    reference="lmlab.grading.ch12_ranks:reference_one_f_one_b",
 ))
+
+
+def reference_one_f_one_b(p, m, stage):
+    """lmlab's :func:`lmlab.parallel.pipeline.schedule_ops` for the 1F1B schedule."""
+    from ..parallel.pipeline import schedule_ops
+
+    return schedule_ops("1f1b", p, m, stage)

@@ -92,7 +92,7 @@ register(Exercise(
         Check("random chunks: the most frequent pair, merged in every chunk", _step_random),
         Check("ties go to the smallest pair; overlapping pairs; no pairs across chunks", _step_ties_and_overlaps),
     ),
-    reference=lambda: __import__("lmlab.bpe", fromlist=["x"]).bpe_merge_step,
+    reference="lmlab.bpe:bpe_merge_step",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ register(Exercise(
         Check("merges apply in learning order, not in text order", _encode_order),
         Check("equals the merges of a trained tokenizer applied one by one", _encode_trained),
     ),
-    reference=lambda: __import__("lmlab.bpe", fromlist=["x"]).apply_merges,
+    reference="lmlab.bpe:apply_merges",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def _tiny(tied, seed):
 
 def _as_gguf(model):
     cfg, sd = model.config, model.state_dict()
-    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_size, cfg.d_ff
+    C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     out = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["final_norm.weight"]}
     if not cfg.tie_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
@@ -256,7 +256,7 @@ register(Exercise(
         Check("an untied GQA LLaMA's logits survive the round trip through GGUF names", lambda f: _mapping_check(f, False)),
         Check("tied embeddings: no output.weight in the file", lambda f: _mapping_check(f, True)),
     ),
-    reference=lambda: __import__("lmlab.checkpoints", fromlist=["x"]).gguf_to_lmlab,
+    reference="lmlab.checkpoints:gguf_to_lmlab",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -311,5 +311,5 @@ register(Exercise(
         Check("multi-head (4/4), eps 1e-5, base 10000", lambda f: _block_case(f, 4, 4, 1e-5, 10000.0, 1)),
         Check("grouped-query (4 query / 2 K/V heads), a large eps (0.5), base 500", lambda f: _block_case(f, 4, 2, 0.5, 500.0, 2)),
     ),
-    reference=lambda: __import__("lmlab.llama", fromlist=["x"]).llama_block,
+    reference="lmlab.llama:llama_block",
 ))

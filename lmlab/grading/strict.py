@@ -39,9 +39,11 @@ def reference_names(exercise: Exercise) -> tuple[str | None, set[str]]:
     if not isinstance(exercise, Exercise):
         raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
     names, module = {exercise.name}, None
-    if isinstance(exercise.reference, str):
-        module, _, qual = exercise.reference.partition(":")
-        names.add(qual.split(".")[-1])
+    if exercise.reference_name is not None:  # "lmlab.mod:name"; a reference adapter in lmlab.grading names no core module
+        mod, _, qual = exercise.reference_name.partition(":")
+        if not mod.startswith("lmlab.grading"):
+            module = mod
+            names.add(qual.split(".")[-1])
     elif exercise.reference is not None:
         try:
             ref = resolve_reference(exercise.reference)

@@ -20,6 +20,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from ..validation import check_int
 from . import comm
 from .transport import as_ranks
 
@@ -61,8 +62,7 @@ class BucketedDataParallel(nn.Module):
 
     def __init__(self, module: nn.Module, bucket_elements: int = 2**20, group=None):
         super().__init__()
-        if isinstance(bucket_elements, bool) or not isinstance(bucket_elements, int) or bucket_elements < 1:
-            raise ValueError(f"BucketedDataParallel: bucket_elements must be an int >= 1, got {bucket_elements!r}")
+        check_int(bucket_elements, "bucket_elements", "BucketedDataParallel:")
         self.module, self.group, self._sync = module, group, True
         self.buckets: list[list[nn.Parameter]] = []
         params = [p for p in module.parameters() if p.requires_grad]

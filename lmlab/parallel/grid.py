@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..validation import check_choice, check_int
+
 __all__ = ["RankGrid", "DIMS"]
 
 DIMS = ("dp", "pp", "tp")
@@ -31,9 +33,7 @@ class RankGrid:
 
     def __post_init__(self):
         for name in DIMS:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"RankGrid: {name} must be an int >= 1, got {v!r}")
+            check_int(getattr(self, name), name, "RankGrid:")
         if self.world_size is not None and self.dp * self.pp * self.tp != self.world_size:
             raise ValueError(f"RankGrid: dp x pp x tp must equal world_size, got "
                              f"{self.dp} x {self.pp} x {self.tp} = {self.dp * self.pp * self.tp} != {self.world_size}")
@@ -44,21 +44,18 @@ class RankGrid:
 
     def coords(self, rank: int) -> dict[str, int]:
         """``rank -> {"dp": d, "pp": p, "tp": t}``."""
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.size:
-            raise ValueError(f"RankGrid.coords: rank must be an int in [0, {self.size}), got {rank!r}")
+        check_int(rank, "rank", "RankGrid.coords:", minimum=0, maximum=self.size - 1)
         return {"dp": rank // (self.pp * self.tp), "pp": rank // self.tp % self.pp, "tp": rank % self.tp}
 
     def rank(self, dp: int = 0, pp: int = 0, tp: int = 0) -> int:
         """``(d, p, t) -> rank``."""
         for name, v in (("dp", dp), ("pp", pp), ("tp", tp)):
-            if not 0 <= v < getattr(self, name):
-                raise ValueError(f"RankGrid.rank: {name} must be in [0, {getattr(self, name)}), got {v!r}")
+            check_int(v, name, "RankGrid.rank:", minimum=0, maximum=getattr(self, name) - 1)
         return (dp * self.pp + pp) * self.tp + tp
 
     def groups(self, dim: str) -> list[list[int]]:
         """All groups along ``dim``: each holds the ranks that differ only in that coordinate."""
-        if dim not in DIMS:
-            raise ValueError(f"RankGrid.groups: dim must be one of {DIMS}, got {dim!r}")
+        check_choice(dim, "dim", DIMS, "RankGrid.groups:")
         out: dict[tuple, list[int]] = {}
         for r in range(self.size):
             c = self.coords(r)

@@ -29,6 +29,8 @@ from datetime import timedelta
 
 import torch
 
+from ..validation import check_choice, check_int, check_number
+
 __all__ = ["launch", "WorkerError", "free_port", "default_backend"]
 
 
@@ -101,16 +103,13 @@ def launch(fn, world_size: int, *args, backend: str | None = None, timeout: floa
     ``join_timeout``: seconds for the whole run (default ``10 * timeout``); then every rank is killed.
     Results are passed back with ``torch.save``, so tensors, numbers and dicts of them are fine.
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"launch: world_size must be an int >= 1, got {world_size!r}")
+    check_int(world_size, "world_size", "launch:")
     backend = default_backend(world_size) if backend is None else backend
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"launch: backend must be one of ('gloo', 'nccl') or None, got {backend!r}")
+    check_choice(backend, "backend", ("gloo", "nccl"), "launch:", note="or None: nccl with a GPU per rank, else gloo")
     if not callable(fn) or getattr(fn, "__module__", "__main__") in ("__main__", None) or "<locals>" in getattr(fn, "__qualname__", ""):
         raise ValueError(f"launch: fn must be a function defined at the top level of an importable module "
                          f"(spawned processes import it by name), got {fn!r}")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"launch: timeout must be a number of seconds > 0, got {timeout!r}")
+    check_number(timeout, "timeout", "launch:", low=0.0, low_inclusive=False, note="seconds")
     join_timeout = 10 * timeout if join_timeout is None else join_timeout
 
     ctx = mp.get_context("spawn")

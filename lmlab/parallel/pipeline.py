@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..validation import check_choice, check_int
 from . import comm
 
 __all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step"]
@@ -32,18 +33,15 @@ SCHEDULES = ("gpipe", "1f1b")
 
 
 def _check(schedule: str, n_stages: int, n_micro: int, where: str) -> None:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"{where}: schedule must be one of {SCHEDULES}, got {schedule!r}")
-    for name, v in (("n_stages", n_stages), ("n_micro", n_micro)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{where}: {name} must be an int >= 1, got {v!r}")
+    check_choice(schedule, "schedule", SCHEDULES, f"{where}:")
+    check_int(n_stages, "n_stages", f"{where}:")
+    check_int(n_micro, "n_micro", f"{where}:")
 
 
 def schedule_ops(schedule: str, n_stages: int, n_micro: int, stage: int) -> list[tuple[str, int]]:
     """The order in which ``stage`` runs its work: ``[("F", 0), ("F", 1), ..., ("B", 0), ...]``."""
     _check(schedule, n_stages, n_micro, "schedule_ops")
-    if not 0 <= stage < n_stages:
-        raise ValueError(f"schedule_ops: stage must be in [0, {n_stages}), got {stage!r}")
+    check_int(stage, "stage", "schedule_ops:", minimum=0, maximum=n_stages - 1)
     if schedule == "gpipe":
         return [("F", i) for i in range(n_micro)] + [("B", i) for i in range(n_micro)]
     warmup = min(n_stages - 1 - stage, n_micro)
@@ -142,8 +140,7 @@ def gpt_stages(model, n_stages: int) -> list[nn.Sequential]:
     if model.config.tie_embeddings:
         raise ValueError("gpt_stages: tie_embeddings must be False (the tied weight would live on two stages)")
     L = len(model.blocks)
-    if isinstance(n_stages, bool) or not isinstance(n_stages, int) or not 1 <= n_stages <= L:
-        raise ValueError(f"gpt_stages: n_stages must be an int in [1, n_layers={L}], got {n_stages!r}")
+    check_int(n_stages, "n_stages", "gpt_stages:", maximum=L, note=f"at most n_layers = {L}")
     cuts = [round(k * L / n_stages) for k in range(n_stages + 1)]
     stages = [nn.Sequential(*model.blocks[cuts[k]: cuts[k + 1]]) for k in range(n_stages)]
     stages[0].insert(0, _Embed(model))

@@ -18,6 +18,7 @@ import copy
 
 import torch.nn as nn
 
+from ..validation import check_divides, check_int
 from .data_parallel import average_gradients
 from .pipeline import pipeline_step
 from .tensor_parallel import ColumnParallelLinear, TPBlock, VocabParallelEmbedding
@@ -33,8 +34,8 @@ def build_stage(model, stage: int, n_stages: int, tp_group=None) -> nn.Sequentia
         raise ValueError("build_stage: the model needs tie_embeddings=False, position='none', norm_position='pre' "
                          f"(LLaMA-style), got {cfg.tie_embeddings}, {cfg.position!r}, {cfg.norm_position!r}")
     L = len(model.blocks)
-    if not 1 <= n_stages <= L or L % n_stages:
-        raise ValueError(f"build_stage: n_stages must divide n_layers ({L}), got {n_stages!r}")
+    check_int(n_stages, "n_stages", "build_stage:", maximum=L)
+    check_divides(n_stages, L, "n_stages", "n_layers", "build_stage:")
     per = L // n_stages
     layers: list[nn.Module] = []
     if stage == 0:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..validation import check_int, check_number, check_tensor
+from ..validation import check_choice, check_int, check_number, check_tensor
 from .transport import as_ranks, run_in_process
 
 __all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
@@ -152,8 +152,7 @@ class ZeroOptimizer:
 
     def __init__(self, module: nn.Module, stage: int, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, units: list[str] | None = None, group=None):
-        if stage not in ZERO_STAGES:
-            raise ValueError(f"ZeroOptimizer: stage must be one of {ZERO_STAGES}, got {stage!r}")
+        check_choice(stage, "stage", ZERO_STAGES, "ZeroOptimizer:")
         self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         names = units if units is not None else [n for n, c in module.named_children() if any(True for _ in c.parameters())]
         children = dict(module.named_children())
