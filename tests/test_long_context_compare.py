@@ -27,7 +27,7 @@ def test_lambda_cost_by_hand_and_against_the_mask():
     assert c["pairs"] == 1 + 2 + 3 + 3 + 3 + 3 == int(lambda_mask(6, 1, 2).sum())
     assert c["cache_bytes"] == 2 * 8 * 3 * 4  # the sink + 2 recent tokens
     assert C.attention_cost(40, cfg, "lambda", n_sink=3, window=7)["pairs"] == int(lambda_mask(40, 3, 7).sum())
-    assert X.lambda_cost(40, 3, 7, cfg)["attention_flops_lambda"] == 4 * 8 * int(lambda_mask(40, 3, 7).sum())
+    assert C.lambda_cost(40, 3, 7, cfg)["attention_flops_lambda"] == 4 * 8 * int(lambda_mask(40, 3, 7).sum())
 
 
 def test_knn_cost_by_hand():

@@ -118,10 +118,11 @@ def test_lambda_widget_wiring():
 
 
 def test_lambda_cost_counts_pairs_and_cache():
+    from lmlab.experiments.long_context_compare import lambda_cost
     from lmlab.model import ModelConfig
 
     cfg = ModelConfig(vocab_size=16, context_length=64, d_model=32, n_layers=2, n_heads=4, position="rope")
-    c = X.lambda_cost(128, 4, 60, cfg)
+    c = lambda_cost(128, 4, 60, cfg)
     kept = int(X.lambda_mask(128, 4, 60).sum()) if hasattr(X, "lambda_mask") else X.lambda_stats(128, 4, 60)["kept"]
     assert c["attention_flops_full"] == 4 * 8 * 4 * 2 * (128 * 129 // 2)
     assert c["attention_flops_lambda"] == 4 * 8 * 4 * 2 * kept < c["attention_flops_full"]

@@ -36,7 +36,7 @@ from ..widgets import mask_heatmap, style_figure
 __all__ = [
     "METHODS", "WAVELENGTH_METHODS", "Base", "train_base", "method_changes", "fine_tune", "length_experiment",
     "length_figure", "sink_decode", "sink_figure", "pcw_experiment", "fact_batch",
-    "knn_experiment", "wavelength_figure", "lambda_figure", "lambda_stats", "lambda_cost",
+    "knn_experiment", "wavelength_figure", "lambda_figure", "lambda_stats",
     "attention_mass_by_key", "sink_mass_figure",
 ]
 
@@ -349,18 +349,6 @@ def lambda_stats(T: int, n_sink: int, window: int) -> dict:
     m = lambda_mask(T, n_sink, window)
     kept = int(m.sum())
     return {"mask": m, "kept": kept, "of_causal": kept / (T * (T + 1) // 2), "cache": min(T, n_sink + window)}
-
-
-def lambda_cost(T: int, n_sink: int, window: int, cfg) -> dict:
-    """What a Λ window (``n_sink`` sinks + ``window``) costs against full causal attention over the same
-    ``T`` tokens, for a model config ``cfg``: attention FLOPs of a forward pass over the ``T`` tokens
-    (QKᵀ and AV, 2 · 2 · head_dim FLOPs per kept (query, key) pair per head and layer) and the KV cache
-    a decoder holds at the end (fp32)."""
-    from .long_context_compare import attention_cost
-
-    full, lam = attention_cost(T, cfg, "full"), attention_cost(T, cfg, "lambda", n_sink=n_sink, window=window)
-    return {"T": T, "attention_flops_full": full["attention_flops"], "attention_flops_lambda": lam["attention_flops"],
-            "cache_bytes_full": full["cache_bytes"], "cache_bytes_lambda": lam["cache_bytes"]}
 
 
 def attention_mass_by_key(model: GPT, ids: torch.Tensor, T: int, batch_size: int = 8, n_batches: int = 2,

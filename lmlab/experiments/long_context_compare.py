@@ -5,7 +5,8 @@ full attention at a fraction of the cost". So both are measured against a model 
 whole sequence, on the same evaluation tokens, with their costs counted by a function:
 
 - :func:`attention_cost`: attention FLOPs of one forward pass over ``T`` tokens and the KV cache a
-  decoder holds at the end, for full causal attention, a Λ window, or a segment window + kNN memory.
+  decoder holds at the end, for full causal attention, a Λ window, or a segment window + kNN memory;
+  :func:`lambda_cost` puts a Λ window's next to full attention's.
 - :func:`fraction_recovered`: how much of the reference's improvement over a baseline a method gets.
 - :func:`lambda_vs_full`: full attention and the Λ window, each fine-tuned the same steps at the long
   length, over several fine-tune seeds (loss on the same windows).
@@ -28,8 +29,8 @@ from ..train import evaluate_lengths, seed_everything
 from ..validation import check_choice, check_int
 from .long_context import fact_batch, fact_vocab, fine_tune, knn_experiment, method_changes
 
-__all__ = ["COST_METHODS", "attention_cost", "fraction_recovered", "lambda_vs_full", "full_attention_facts",
-           "knn_vs_full"]
+__all__ = ["COST_METHODS", "attention_cost", "lambda_cost", "fraction_recovered", "lambda_vs_full",
+           "full_attention_facts", "knn_vs_full"]
 
 COST_METHODS = ("full", "lambda", "knn")
 
@@ -92,6 +93,16 @@ def attention_cost(T: int, cfg, method: str = "full", *, n_sink: int = 0, window
     attention_flops = 4 * hs * nh * pairs_per_head
     return {"method": method, "T": T, "pairs": nh * pairs_per_head, "attention_flops": attention_flops,
             "search_flops": search_flops, "flops": attention_flops + search_flops, "cache_bytes": cache}
+
+
+def lambda_cost(T: int, n_sink: int, window: int, cfg) -> dict:
+    """What a Λ window (``n_sink`` sinks + ``window``) costs against full causal attention over the same
+    ``T`` tokens, for a model config ``cfg``: attention FLOPs of a forward pass over the ``T`` tokens
+    (QKᵀ and AV, 2 · 2 · head_dim FLOPs per kept (query, key) pair per head and layer) and the KV cache
+    a decoder holds at the end (fp32)."""
+    full, lam = attention_cost(T, cfg, "full"), attention_cost(T, cfg, "lambda", n_sink=n_sink, window=window)
+    return {"T": T, "attention_flops_full": full["attention_flops"], "attention_flops_lambda": lam["attention_flops"],
+            "cache_bytes_full": full["cache_bytes"], "cache_bytes_lambda": lam["cache_bytes"]}
 
 
 def fraction_recovered(baseline: float, method: float, reference: float) -> float:
