@@ -60,13 +60,37 @@ def test_fraction_recovered():
         C.fraction_recovered(1.0, 0.5, 1.0)
 
 
-def test_lambda_vs_full_small_case_and_known_runs():
+def test_fine_tune_seeds_pairs_methods_and_reuses_known_runs():
     base = X.train_base(context_length=16, steps=10, batch_size=4, d_model=16, n_layers=1, n_heads=2)
-    r = C.lambda_vs_full(base, length=32, factor=2.0, seeds=(1, 2), ft_steps=2, ft_batch=2, eval_batch=2, eval_batches=1,
-                         known={("no trick", 1): 123.0})
-    assert r["full"][0] == 123.0 and len(r["full"]) == len(r["lambda"]) == 2
-    assert r["lambda"][0] != r["lambda"][1]  # different fine-tune seeds
-    assert all(0 < v < 10 for v in r["full"][1:] + r["lambda"])
+    kw = dict(length=32, factor=2.0, ft_steps=2, ft_batch=2, eval_batch=2, eval_batches=1)
+    r = C.fine_tune_seeds(base, ("no trick", "Λ (sinks + window)"), seeds=(1, 2), known={("no trick", 1): {16: 7.0, 32: 123.0}},
+                          **kw)
+    assert r["eval_lengths"] == [16, 32] and r["seeds"] == [1, 2]
+    assert C.per_seed(r, "no trick")[0] == 123.0 and C.per_seed(r, "no trick", 16)[0] == 7.0  # the known run, not re-run
+    lam = C.per_seed(r, "Λ (sinks + window)")
+    assert lam[0] != lam[1]  # the fine-tune seed changes the batches
+    assert all(0 < v < 10 for v in C.per_seed(r, "no trick")[1:] + lam)
+    # a seed run again gives the same loss: the paired test compares like with like
+    again = C.fine_tune_seeds(base, ("Λ (sinks + window)",), seeds=(2,), **kw)
+    assert C.per_seed(again, "Λ (sinks + window)") == [lam[1]]
+    # a known run that lacks an evaluation length is run again
+    partial = C.fine_tune_seeds(base, ("Λ (sinks + window)",), seeds=(2,), known={("Λ (sinks + window)", 2): {32: 9.0}}, **kw)
+    assert C.per_seed(partial, "Λ (sinks + window)") == [lam[1]]
+
+
+def test_fine_tune_seeds_validation():
+    base = X.train_base(context_length=16, steps=2, batch_size=2, d_model=16, n_layers=1, n_heads=2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        C.fine_tune_seeds(base, ("xpos",), length=32, ft_steps=1)
+    with pytest.raises(ValueError, match="length"):
+        C.fine_tune_seeds(base, ("no trick",), length=16)  # no longer than the trained length
+    with pytest.raises(ValueError, match="seeds"):
+        C.fine_tune_seeds(base, ("no trick",), length=32, seeds=(1, 1))
+    r = C.fine_tune_seeds(base, ("no trick",), length=32, seeds=(1,), ft_steps=1, ft_batch=1, eval_batch=1, eval_batches=1)
+    with pytest.raises(ValueError, match="method"):
+        C.per_seed(r, "PI (linear)")
+    with pytest.raises(ValueError, match="length"):
+        C.per_seed(r, "no trick", 64)
 
 
 def test_full_attention_answers_far_facts_and_knn_vs_full_reuses_known():

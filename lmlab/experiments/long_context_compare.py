@@ -8,8 +8,9 @@ whole sequence, on the same evaluation tokens, with their costs counted by a fun
   decoder holds at the end, for full causal attention, a Λ window, or a segment window + kNN memory;
   :func:`lambda_cost` puts a Λ window's next to full attention's.
 - :func:`fraction_recovered`: how much of the reference's improvement over a baseline a method gets.
-- :func:`lambda_vs_full`: full attention and the Λ window, each fine-tuned the same steps at the long
-  length, over several fine-tune seeds (loss on the same windows).
+- :func:`fine_tune_seeds`, :func:`per_seed`: several methods (full attention, PI, NTK, the Λ window…)
+  each fine-tuned the same steps at the long length, over several fine-tune seeds, evaluated on the
+  same windows: the paired runs behind lesson 06's verdicts 3b and 3c.
 - :func:`full_attention_facts`, :func:`knn_vs_full`: the fact task of
   :func:`lmlab.experiments.long_context.fact_batch` answered by a full-attention model over the whole
   sequence, against the kNN-memory model, over several seeds.
@@ -29,7 +30,7 @@ from ..train import evaluate_lengths, seed_everything
 from ..validation import check_choice, check_int
 from .long_context import fact_batch, fact_vocab, fine_tune, knn_experiment, method_changes
 
-__all__ = ["COST_METHODS", "attention_cost", "lambda_cost", "fraction_recovered", "lambda_vs_full",
+__all__ = ["COST_METHODS", "attention_cost", "lambda_cost", "fraction_recovered", "fine_tune_seeds", "per_seed",
            "full_attention_facts", "knn_vs_full"]
 
 COST_METHODS = ("full", "lambda", "knn")
@@ -114,25 +115,45 @@ def fraction_recovered(baseline: float, method: float, reference: float) -> floa
     return (method - baseline) / (reference - baseline)
 
 
-def lambda_vs_full(base, length: int = 256, factor: float = 4.0, seeds=(1, 2, 3), ft_steps: int = 30, ft_batch: int = 8,
-                   eval_batch: int = 16, eval_batches: int = 3, known: dict | None = None) -> dict:
-    """Full causal attention ("no trick", plain RoPE) and the Λ window, each fine-tuned ``ft_steps`` steps at
-    ``length`` from the same base model, once per fine-tune seed; loss at ``length`` on the same windows.
-    ``known`` maps ``(method, seed)`` to a loss already measured with these settings (skips that run)."""
+def fine_tune_seeds(base, methods, length: int = 256, factor: float = 4.0, seeds=(1, 2, 3), ft_steps: int = 30,
+                    ft_batch: int = 8, eval_lengths=None, eval_batch: int = 16, eval_batches: int = 3,
+                    known: dict | None = None) -> dict:
+    """Each method in ``methods`` fine-tuned ``ft_steps`` steps at ``length`` from the same base model, once
+    per fine-tune seed (the seed sets the batches), then evaluated on the same windows at every length in
+    ``eval_lengths`` (default: the trained length and ``length``). So two methods share seeds and can be
+    compared with :func:`lmlab.stats.paired_comparison`.
+
+    ``known`` maps ``(method, seed)`` to ``{length: loss}`` already measured with these settings (that
+    run is skipped). Returns ``{"losses": {method: [{length: loss} per seed]}, "seeds", "length", ...}``;
+    :func:`per_seed` picks one length out of it."""
+    check_int(length, "length", minimum=base.context_length + 1)
+    check_int(ft_steps, "ft_steps", minimum=1)
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds!r}")
+    eval_lengths = sorted({base.context_length, length} if eval_lengths is None else {int(n) for n in eval_lengths})
     known = known or {}
-    out = {}
-    for method in ("no trick", "Λ (sinks + window)"):
-        out[method] = []
+    losses = {}
+    for method in methods:
+        changes = method_changes(method, base.context_length, factor)  # validates the method's name
+        losses[method] = []
         for seed in seeds:
-            if (method, seed) in known:
-                out[method].append(known[(method, seed)])
+            if (method, seed) in known and all(n in known[(method, seed)] for n in eval_lengths):
+                losses[method].append({n: known[(method, seed)][n] for n in eval_lengths})
                 continue
-            tuned, _ = fine_tune(base.model, base.train_ids, length, ft_steps, ft_batch, seed=seed,
-                                 **method_changes(method, base.context_length, factor))
-            out[method].append(evaluate_lengths(tuned, base.val_ids, (length,), batch_size=eval_batch,
-                                                n_batches=eval_batches)[length])
-    return {"full": out["no trick"], "lambda": out["Λ (sinks + window)"], "seeds": list(seeds), "length": length,
-            "ft_steps": ft_steps}
+            tuned, _ = fine_tune(base.model, base.train_ids, length, ft_steps, ft_batch, seed=seed, **changes)
+            losses[method].append(evaluate_lengths(tuned, base.val_ids, eval_lengths, batch_size=eval_batch,
+                                                   n_batches=eval_batches))
+    return {"losses": losses, "seeds": seeds, "length": length, "eval_lengths": eval_lengths, "ft_steps": ft_steps}
+
+
+def per_seed(result: dict, method: str, length: int | None = None) -> list[float]:
+    """The losses of ``method`` at ``length`` (default: the fine-tune length), one per seed, from
+    :func:`fine_tune_seeds`."""
+    check_choice(method, "method", tuple(result["losses"]))
+    length = result["length"] if length is None else length
+    check_choice(length, "length", tuple(result["eval_lengths"]))
+    return [row[length] for row in result["losses"][method]]
 
 
 def full_attention_facts(steps: int = 120, batch_size: int = 32, segment_length: int = 16, n_segments: int = 4,
