@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, ModelConfig, init_weights
-from .parts import KINDS, register_ffn, register_norm, unregister
+from .parts import register
 from .positions import apply_rope, rope_cos_sin, rope_frequencies
 from .validation import check_int, check_positive
 
@@ -52,19 +52,16 @@ def llama_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads
                        activation="swiglu", position="rope")
 
 
-# kind of part in build_llama -> (the ModelConfig field / parts table it fills, how it registers)
-_REGISTERED = {"norm": ("norm", lambda name, cls: register_norm(name, cls)),
-               "ffn": ("activation", lambda name, cls: register_ffn(name, cls, gated=True))}  # LLaMA's FFN is gated
+# kind of part in build_llama -> (the lmlab.parts kind / ModelConfig field it fills, its registration options)
+_PLUGGED = {"norm": ("norm", {}), "ffn": ("activation", {"gated": True})}  # LLaMA's FFN is gated
 
 
 def _plug(kind: str, cls) -> str:
     """Register the learner's ``cls`` for ``kind`` under a name of its own and return the name. It
     stays registered (the model's config names it); a class of the same name (a re-run cell) replaces it."""
-    field, register = _REGISTERED[kind]
+    field, options = _PLUGGED[kind]
     name = f"llama_{kind}_" + re.sub(r"\W", "_", getattr(cls, "__qualname__", type(cls).__name__))
-    if name in KINDS[field]:
-        unregister(field, name)
-    register(name, cls)
+    register(field, name, cls, replace=True, **options)
     return name
 
 
@@ -86,7 +83,7 @@ def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> G
     unknown = set(parts) - {"norm", "ffn", "attention"}
     if unknown:
         raise ValueError(f"parts: kinds must be among ('norm', 'ffn', 'attention'), got {sorted(unknown)}")
-    names = {_REGISTERED[kind][0]: _plug(kind, parts[kind]) for kind in _REGISTERED if kind in parts}
+    names = {_PLUGGED[kind][0]: _plug(kind, parts[kind]) for kind in _PLUGGED if kind in parts}
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(cfg, **names) if names else cfg)
     if "attention" in parts:

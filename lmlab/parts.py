@@ -52,7 +52,7 @@ from .validation import check_choice
 
 __all__ = [
     "Part", "PartRegistry", "NORMS", "FFNS", "POSITIONS", "ATTENTIONS", "KINDS",
-    "register_norm", "register_ffn", "register_rope", "register_attention", "unregister", "plugged",
+    "register_norm", "register_ffn", "register_rope", "register_attention", "register", "unregister", "plugged",
     "build_attention", "part_params",
 ]
 
@@ -324,12 +324,21 @@ def unregister(kind: str, name: str) -> None:
     KINDS[kind].unregister(name)
 
 
+def register(kind: str, name: str, factory: Callable, *, replace: bool = False, **options) -> Part:
+    """``register_norm`` / ``register_ffn`` / ``register_rope`` / ``register_attention`` by ``kind``
+    (a key of :data:`KINDS`). ``replace=True`` first removes a part you registered under ``name`` (a
+    re-run notebook cell); a built-in is never replaced."""
+    check_choice(kind, "kind", KINDS, where="register")
+    if replace and name in KINDS[kind] and name not in _BUILTINS[kind]:
+        KINDS[kind].unregister(name)
+    return _REGISTER[kind](name, factory, **options)
+
+
 @contextlib.contextmanager
 def plugged(kind: str, factory: Callable, **options) -> Iterator[str]:
     """Register ``factory`` under a fresh name for the ``with`` block; yields the name."""
-    check_choice(kind, "kind", KINDS, where="plugged")
     name = f"_plugged_{kind}_{next(_fresh)}"
-    _REGISTER[kind](name, factory, **options)
+    register(kind, name, factory, **options)
     try:
         yield name
     finally:

@@ -57,6 +57,29 @@ def test_a_new_variant_is_one_entry_everywhere():
         parts.unregister("norm", "rmsnorm")
 
 
+def test_register_by_kind_replaces_only_when_asked_and_never_a_builtin():
+    class Half(nn.Module):  # a norm that is visibly not the first one
+        def __init__(self, d_model, eps=1e-5):
+            super().__init__()
+            self.inner = MyRMSNorm(d_model)
+
+        def forward(self, x):
+            return 0.5 * self.inner(x)
+
+    parts.register("norm", "regnorm", lambda d_model, eps: MyRMSNorm(d_model))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            parts.register("norm", "regnorm", Half)
+        parts.register("norm", "regnorm", Half, replace=True)  # a re-run cell
+        assert isinstance(GPT(ModelConfig(**SMALL, norm="regnorm")).blocks[0].norm1, Half)
+    finally:
+        parts.unregister("norm", "regnorm")
+    with pytest.raises(ValueError, match="already registered"):
+        parts.register("norm", "rmsnorm", Half, replace=True)  # built-ins stay
+    with pytest.raises(ValueError, match="kind"):
+        parts.register("norms", "x", Half)
+
+
 def test_register_norm_probes_the_part():
     class Shrinks(nn.Module):
         def __init__(self, d_model):
