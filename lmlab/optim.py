@@ -31,7 +31,7 @@ import torch.nn as nn
 from .validation import check_bool, check_number, check_positive
 
 __all__ = [
-    "AdamW", "Adafactor", "clip_grad_norm", "global_grad_norm", "param_groups", "is_embedding_parameter",
+    "adamw_update_", "AdamW", "Adafactor", "clip_grad_norm", "global_grad_norm", "param_groups", "is_embedding_parameter",
     "state_bytes", "state_bytes_for",
 ]
 
@@ -42,6 +42,24 @@ def _check_betas(betas, where: str) -> tuple[float, float]:
     b1 = check_number(betas[0], "betas[0]", where, low=0.0, high=1.0, high_inclusive=False)
     b2 = check_number(betas[1], "betas[1]", where, low=0.0, high=1.0, high_inclusive=False)
     return b1, b2
+
+
+@torch.no_grad()
+def adamw_update_(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, *,
+                  lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """One AdamW update of ``p`` in place, with its moments ``exp_avg`` / ``exp_avg_sq`` (same shape,
+    updated in place too); ``step`` counts from 1. The one copy of the formula in the module docstring:
+    :class:`AdamW` runs it per parameter, and :func:`lmlab.parallel.zero.zero1_adamw_step` on one rank's
+    shard (lesson 12)."""
+    beta1, beta2 = betas
+    if weight_decay != 0:
+        p.mul_(1 - lr * weight_decay)  # decoupled: shrink the weights, leave the gradient alone
+    exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2 v + (1 - b2) g^2
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)  # sqrt(v_hat) + eps
+    p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # p -= lr * m_hat / denom
 
 
 class AdamW(torch.optim.Optimizer):
@@ -82,17 +100,9 @@ class AdamW(torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] = state["step"] + 1  # a new tensor: a loaded state dict may share it
-                t = state["step"].item()
-                if wd != 0:
-                    p.mul_(1 - lr * wd)  # decoupled: shrink the weights, leave the gradient alone
-                m.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2 v + (1 - b2) g^2
-                bias_correction1 = 1 - beta1 ** t
-                bias_correction2 = 1 - beta2 ** t
-                denom = (v.sqrt() / bias_correction2 ** 0.5).add_(eps)  # sqrt(v_hat) + eps
-                p.addcdiv_(m, denom, value=-lr / bias_correction1)  # p -= lr * m_hat / denom
+                adamw_update_(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(), lr=lr,
+                              betas=(beta1, beta2), eps=eps, weight_decay=wd)
         return loss
 
 

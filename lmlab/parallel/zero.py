@@ -14,8 +14,8 @@ stage       held per rank                                       communication pe
                                                                 before backward, reduce-scatter grads ~3 Psi
 ==========  ==================================================  =====================================
 
-The optimizer (``torch.optim.AdamW``) runs on an fp32 *master* copy of the shard, so a bf16 model
-costs exactly ZeRO's 2 + 2 + 12 bytes per parameter (:func:`lmlab.calc.zero_memory_per_gpu`,
+The optimizer (:class:`lmlab.optim.AdamW`, chapter 09's) runs on an fp32 *master* copy of the shard,
+so a bf16 model costs exactly ZeRO's 2 + 2 + 12 bytes per parameter (:func:`lmlab.calc.zero_memory_per_gpu`,
 ``precision="mixed"``); :meth:`ZeroOptimizer.memory_bytes` measures it. AdamW is element-wise, so
 stepping a flat shard equals stepping the parameters one by one.
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..optim import AdamW, adamw_update_
 from ..validation import check_choice, check_int, check_number, check_tensor
 from .transport import as_ranks, run_in_process
 
@@ -164,8 +165,7 @@ class ZeroOptimizer:
         if stage == 3:
             for n, u in zip(names, self.units):
                 setattr(module, n, _Zero3Unit(children[n], u))
-        self.opt = torch.optim.AdamW([u.master for u in self.units], lr=lr, betas=betas, eps=eps,
-                                     weight_decay=weight_decay)
+        self.opt = AdamW([u.master for u in self.units], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -266,17 +266,15 @@ def zero1_adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step:
     ``grad`` ``(n,)``: its local gradient; ``state``: AdamW's moments for *its shard only*,
     ``{"exp_avg": (n/N,), "exp_avg_sq": (n/N,)}``; ``step`` counts from 1. ``group``: a process group
     (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`.
-    Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages."""
+    Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages
+    and runs the same update (:func:`lmlab.optim.adamw_update_`)."""
     ranks = as_ranks(group)
     n = check_tensor(param, "param", "zero1_adamw_step", dim=1, floating=True).numel()
     check_tensor(grad, "grad", "zero1_adamw_step", shape=(n,))
     if n % ranks.size:
         raise ValueError(f"zero1_adamw_step: param's numel ({n}) must be divisible by the number of ranks ({ranks.size})")
-    b1, b2 = betas
     g = ranks.reduce_scatter(grad.clone()) / ranks.size  # (n/N,): the mean gradient of the shard I own
-    p = param.chunk(ranks.size)[ranks.rank] * (1 - lr * weight_decay)  # my shard, decoupled weight decay
-    m = state["exp_avg"] * b1 + (1 - b1) * g
-    v = state["exp_avg_sq"] * b2 + (1 - b2) * g * g
-    denom = (v / (1 - b2 ** step)).sqrt() + eps
-    shard = p - lr * (m / (1 - b1 ** step)) / denom  # AdamW on 1/N of the parameters
+    shard = param.chunk(ranks.size)[ranks.rank].clone()  # (n/N,): the parameters I own
+    m, v = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    adamw_update_(shard, g, m, v, step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)  # chapter 09's AdamW, on 1/N
     return ranks.all_gather(shard), {"exp_avg": m, "exp_avg_sq": v}  # everyone gets every updated shard
