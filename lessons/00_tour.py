@@ -238,8 +238,8 @@ loss_figure(result).show()
 # %% [markdown]
 # ### Generate text
 #
-# Feed a prompt, sample the next character from the model's distribution, append, repeat. It has
-# learned spelling, Python-ish punctuation and indentation from 800 steps on a laptop.
+# Feed a prompt, sample the next character from the model's distribution, append, repeat. After 800
+# steps on a laptop, look for what it has picked up: spelling, Python-ish punctuation, indentation?
 
 # %%
 prompt = torch.tensor(tok.encode("The "))

@@ -45,6 +45,7 @@ from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 import lmlab
 from lmlab.doctor import doctor
 from lmlab.norms import deepnorm_constants, layer_norm, rms_norm
+from lmlab.stats import paired_comparison
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -143,8 +144,9 @@ for i, B in enumerate(bn["batch_sizes"]):
     print(f"B={B:>2}: probe moves by {bn['spread_padded'][i]:.3f} (pads counted) / {bn['spread_masked'][i]:.3f} (pads masked)"
           f" / {bn['spread_layernorm'][i]:.3f} (LayerNorm); train-vs-population gap {bn['mismatch_padded'][i]:.2f} / "
           f"{bn['mismatch_masked'][i]:.2f}; {bn['mean_pad_fraction'][i]:.0%} of positions are padding")
-print(f"one token, one sequence (generation): BatchNorm output max |y| = {bn['one_token_batchnorm_abs_max']:.1f}; "
-      f"in training mode torch's BatchNorm1d says: {bn['torch_batchnorm_one_token_error']!r}")
+print(f"one token, one sequence, in TRAINING mode: BatchNorm output max |y| = {bn['one_token_batchnorm_abs_max']:.1f} "
+      f"(zero variance); torch's BatchNorm1d says: {bn['torch_batchnorm_one_token_error']!r} (in eval mode, as at "
+      f"generation, it uses running averages and one token is fine)")
 worst_B = bn["batch_sizes"][max(range(len(bn["batch_sizes"])), key=lambda i: bn["mismatch_padded"][i])]
 verdict = (f"LayerNorm's output never moved (max change {bn['layernorm_max_change']:.1g}); BatchNorm's moved by up to "
            f"{max(bn['spread_padded']):.2f} with the batch-mates, its train-mode output was off the true-statistics "
@@ -159,9 +161,10 @@ assert bn["layernorm_max_change"] == 0.0 and bn["one_token_batchnorm_abs_max"] =
 batchnorm_figure(bn).show()
 
 # %% [markdown]
-# Two failures measured above: (1) the *same* tokens get different outputs depending on who shares
-# the batch, most with small batches; (2) counting the padding drags the mean towards the pad value
-# and the gap does not close with bigger batches (it tracks the padding fraction). A one-token batch
+# Two failures the run above measures: (1) the *same* tokens can get different outputs depending on
+# who shares the batch (the left panel: how much, at each batch size); (2) counting the padding drags
+# the mean towards the pad value (the right panel: compare the gap with the padding fraction printed
+# for each batch size). A one-token batch
 # has zero variance in *training* mode (torch refuses it); at generation the model is in eval mode and
 # BatchNorm uses its running averages, so one token is fine there.
 #
@@ -216,10 +219,10 @@ for mode, t in times.items():
 timing_figure(times).show()
 
 # %% [markdown]
-# Written the same way, RMSNorm does less work and is cheaper. But what you *pay* depends on the
-# kernel: torch has one fused CPU kernel for `layer_norm` forward and backward, while (in the torch we
-# measured) `rms_norm`'s backward is assembled from several ops — so on this CPU the fused LayerNorm
-# can beat RMSNorm once the backward pass counts. Check the verdict lines above on your machine. The
+# Written the same way, RMSNorm does less work. But what you *pay* depends on the kernel: torch has
+# one fused CPU kernel for `layer_norm` forward and backward, while `rms_norm`'s backward may be
+# assembled from several ops — so a fused LayerNorm *can* beat RMSNorm once the backward pass counts.
+# The verdict lines above say which won on your machine, for each way of writing it. The
 # saving the seed mentions is real for equally good kernels (on GPUs both are fused), and it is small
 # next to the matrix multiplies.
 #
@@ -349,15 +352,21 @@ n = len(stab.seeds)
 counts = {pos: stab.counts(pos) for pos in stab.histories}
 if counts["post"]["trained"] < n and counts["pre"]["trained"] == n:
     print(f"post-LN failed to train in {n - counts['post']['trained']} of {n} seeds, pre-LN trained in all {n}: "
-          f"the claim holds on this tiny model (DeepNorm trained in {counts['deepnorm']['trained']} of {n}).")
+          f"the claim holds on this tiny model at this learning rate (DeepNorm trained in {counts['deepnorm']['trained']} "
+          f"of {n}).")
 else:
     print(f"Not the claimed pattern here: post-LN trained in {counts['post']['trained']} of {n} seeds, pre-LN in "
           f"{counts['pre']['trained']} of {n}.")
-end = {pos: sum(t[-1] for t in stab.residual_rms[pos]) / n for pos in stab.histories}
-print(f"Residual-stream RMS at the end: sandwich-LN {end['sandwich']:.2f} vs pre-LN {end['pre']:.2f} — "
-      + ("sandwich-LN kept the stream smaller, as it is meant to." if end["sandwich"] < 0.8 * end["pre"] else
-         "sandwich-LN did NOT keep the stream smaller than pre-LN here (its normalized sub-layer outputs still add up "
-         "over 12 layers, and their gains are learned): a finding at this scale, not the textbook picture."))
+print("Confound: one learning rate (3e-3) for every placement; post-LN's failure depends on it (try lr=1e-3 below).")
+end = {pos: [t[-1] for t in stab.residual_rms[pos]] for pos in stab.histories}  # one final RMS per seed
+rms_cmp = paired_comparison(end["sandwich"], end["pre"], "sandwich-LN", "pre-LN", unit="RMS")
+print(f"Residual-stream RMS at the end, per seed: sandwich-LN {[round(v, 2) for v in end['sandwich']]}, pre-LN "
+      f"{[round(v, 2) for v in end['pre']]}; sandwich − pre: {rms_cmp.mean_diff:+.2f} ± {rms_cmp.se:.2f} (t = {rms_cmp.t:+.1f}, "
+      f"{'beyond' if rms_cmp.significant else 'within'} the seed noise; smaller is what sandwich-LN is for).")
+print("Verdict: " + ("sandwich-LN kept the stream smaller, as it is meant to." if rms_cmp.better == "sandwich-LN" else
+                     "sandwich-LN did NOT keep the stream measurably smaller than pre-LN here (its normalized sub-layer "
+                     "outputs still add up over 12 layers, and their gains are learned): a finding at this scale, not "
+                     "the textbook picture."))
 
 # %%
 placement = ("pre-LN fails in some seed too" if counts["pre"]["trained"] < n else

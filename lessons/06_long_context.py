@@ -12,7 +12,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/lessons/06_long_context.ipynb)
 #
 # **Goals**
-# - Watch a tiny RoPE model trained on 64 tokens break when it reads 2×–8× more.
+# - Test whether a tiny RoPE model trained on 64 tokens breaks when it reads 2×–8× more.
 # - Fix it by *scaling the positions*: position interpolation (PI), NTK-aware and dynamic base
 #   change, YaRN, position truncation — with and without a short fine-tune — and measure what each
 #   costs on short text.

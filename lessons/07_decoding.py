@@ -14,10 +14,10 @@
 # **Goals**
 # - Turn a model's next-token distribution into text five ways: greedy, temperature sampling,
 #   top-k, top-p (nucleus) and beam search with a length penalty.
-# - See with numbers why greedy decoding repeats itself on open-ended text, and what sampling and
-#   two repetition controls do about it.
-# - Measure what beam search buys (a higher sequence probability) and what it costs (short, blank
-#   text), and how the length penalty changes that.
+# - Measure whether greedy decoding repeats itself on open-ended text, as the seed says, and what
+#   sampling and two repetition controls do about it.
+# - Measure what beam search buys (the seed: a higher sequence probability) and what it costs (the
+#   seed: short, blank text), and how the length penalty changes that.
 # - Watch temperature go from greedy (t → 0) to uniform (t → ∞), and top-k / top-p adapt (or not)
 #   to a confident and a flat distribution.
 
@@ -150,8 +150,9 @@ print(f"vocabulary {tok.vocab_size} characters; EOS = newline, id {EOS}")
 # %% [markdown]
 # ## 4 · Experiment: temperature, top-k and top-p on a confident and a flat distribution
 #
-# Two contexts: after `"the functio"` the model is nearly sure the next character is `n`; after
-# `"The "` almost any letter could start the next word.
+# Two contexts: after `"the functio"` a model that has learned English should be nearly sure the next
+# character is `n`; after `"The "` almost any letter could start the next word. The next cell prints
+# how sure this model is in each.
 
 # %%
 from lmlab.experiments.decoding import kept_by_filters, temperature_figure, temperature_sweep

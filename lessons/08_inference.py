@@ -207,7 +207,7 @@ print(("Prefill needs much more working memory (the seed's claim, reproduced)" i
          "; decode's FLOPs per byte read were not much lower than prefill's here."))
 
 # %% [markdown]
-# ## 4 · Experiment: the cache makes one new token cheap, and its cost grows only slowly
+# ## 4 · Experiment: does the cache make one new token cheap, and how does its cost grow?
 #
 # For context lengths $T$ from 32 to 511 we time how long token $T+1$ takes with the cache (one
 # step on a cache of $T$ tokens) and without it (a forward pass over all $T+1$ tokens), best of 3,
@@ -298,7 +298,7 @@ memory_explorer = FigureExplorer(
 memory_explorer
 
 # %% [markdown]
-# ## 6 · Experiment: contiguous reservation wastes most of the memory, blocks almost none
+# ## 6 · Experiment: how much memory do contiguous reservation and blocks waste?
 #
 # 256 running requests with ShareGPT-like lengths (log-normal, mean 161 prompt and 338 output
 # tokens, as in the vLLM paper), each caught at a random point of its generation.
@@ -377,16 +377,17 @@ block_explorer
 #
 # ## 8 · Summary and further reading
 #
-# - Prefill handles the prompt in one compute-heavy pass and needs the most working memory; decode
-#   produces one token per step, needs little memory but reads all the weights and the cache for each
-#   token (few FLOPs per byte: bandwidth-bound). Section 3 measured both on this machine.
+# - Prefill handles the prompt in one compute-heavy pass; decode produces one token per step and reads
+#   all the weights and the cache for each token (few FLOPs per byte: bandwidth-bound). The seed says
+#   prefill needs much more working memory than decode; section 3 measured both phases' peak memory
+#   and FLOPs per byte on this machine.
 # - The KV cache keeps every layer's K and V, so a new token costs a forward step of one token plus
 #   attention over the cache, linear in the context; without it each token recomputes everything.
 # - The cache costs $2 L n_{kv} d_h$ values per token: 6.7 GB for LLaMA-2-13B at 8K tokens; GQA/MQA
 #   cut it by the ratio of query to K/V heads.
-# - Reserving the maximum length per request wastes most of the cache, blocks of a few tokens waste
-#   only the unfilled end of each request's last block (section 6 measured how much), and forks share
-#   blocks with copy-on-write.
+# - Reserving the maximum length per request wastes whatever the request does not use; blocks of a
+#   few tokens waste only the unfilled end of each request's last block (section 6 measured both on
+#   a set of request lengths), and forks share blocks with copy-on-write.
 # - Reading: Zhao et al., *A Survey of Large Language Models* (2023), section *Pre-training*,
 #   subsection *Decoding Strategy*, its "decoding efficiency issues" (cited by title, as the seed
 #   note names it: the note gives no section numbers); Pope et al.,

@@ -80,7 +80,8 @@ def batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), d: int = 16, max_le
 
     ``*_padded``: the statistics include the pads (what ``nn.BatchNorm1d`` does on a padded batch);
     ``*_masked``: pads excluded (the careful version). Also returns the probe's pad-induced mean
-    bias and what happens with one sequence of one token (generation): the variance is 0.
+    bias and what happens with one sequence of one token in training mode: the variance is 0 (eval mode
+    uses the running averages).
     """
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes!r}")
@@ -115,7 +116,8 @@ def batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), d: int = 16, max_le
                 out[f"mismatch_{name}"].append(float((stacked - reference[0, :probe_len]).abs().mean()))
         out["mean_pad_fraction"].append(sum(pad_fraction) / trials)
     out["layernorm_max_change"] = float(max((o - ln_ref[0, :probe_len]).abs().max() for o in runs["layernorm"]))
-    # Generation feeds one token of one sequence: BatchNorm's training-mode variance over a single value is 0.
+    # One token of one sequence in training mode: the variance over a single value is 0 (eval mode, as at
+    # generation, would use the running averages instead).
     one = probe[:, :1]  # (1, 1, d)
     out["one_token_batchnorm_abs_max"] = float(_bn(one).abs().max())  # everything maps to 0
     out["one_token_layernorm_std"] = float(F.layer_norm(one, (d,)).std(unbiased=False))

@@ -132,7 +132,8 @@ def bucket_table(num_buckets: int = 32, max_distance: int = 128, bidirectional: 
 class ExtrapolationResult:
     L: int
     lengths: list[int]
-    rows: list[dict]  # scheme, params, train_seconds, losses {length: mean over seeds}, per_position (4L, mean), per_seed, error
+    rows: list[dict]  # scheme, params, train_seconds, losses {length: mean over seeds}, losses_per_seed {length: [..]},
+    #                   per_position (4L, mean), per_seed, error
     models: dict = field(repr=False, default_factory=dict)  # the first seed's model per scheme
     seeds: list[int] = field(default_factory=lambda: [0])
 
@@ -196,7 +197,8 @@ def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, see
         n = len(runs)
         per_pos = None if any(r[3] is None for r in runs) else [sum(r[3][i] for r in runs) / n for i in range(max(lengths))]
         rows.append({"scheme": scheme, "params": runs[0][0].num_parameters(), "train_seconds": sum(r[1].seconds for r in runs),
-                     "losses": {m: sum(r[2][m] for r in runs) / n for m in lengths}, "per_position": per_pos,
+                     "losses": {m: sum(r[2][m] for r in runs) / n for m in lengths},
+                     "losses_per_seed": {m: [r[2][m] for r in runs] for m in lengths}, "per_position": per_pos,
                      "per_seed": [r[3] for r in runs], "error": runs[0][4]})
     return ExtrapolationResult(L, lengths, rows, models, seeds)
 
