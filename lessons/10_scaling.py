@@ -314,9 +314,9 @@ exp.isoflop_figure(iso).show()
 
 # %% [markdown]
 # **What does "N" count?** Kaplan et al. counted parameters *without* embeddings; Chinchilla counted
-# all of them. In our tiny models the embedding table is a large share, so the choice moves the
-# answer. We fit Chinchilla's law to every checkpoint twice and read off tokens per parameter at the
-# planned run's compute.
+# all of them. In our tiny models the embedding table is a large share, so the choice can move the
+# answer (the next cell measures by how much). We fit Chinchilla's law to every checkpoint twice and
+# read off tokens per parameter at the planned run's compute.
 
 # %%
 tp = exp.tokens_per_param(every, C_big)
