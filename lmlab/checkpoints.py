@@ -145,13 +145,6 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, torch.Tensor], object]:
     return gguf_config(reader), _dequantize_all(reader, path), reader
 
 
-def _dequantize_all(reader, path) -> dict[str, torch.Tensor]:
-    try:
-        return {t.name: _dequantize(t) for t in reader.tensors}
-    except Exception as err:
-        raise ValueError(f"path: could not de-quantize the tensors of {Path(path).name} (truncated file?): {err}") from None
-
-
 class _Dequantized(Mapping):
     """The file's tensors by name, de-quantized to FP32 each time one is read and not kept: a loader
     that reads each tensor once (:func:`gguf_to_lmlab`) holds the model plus one layer's originals,
@@ -172,6 +165,10 @@ class _Dequantized(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+
+def _dequantize_all(reader, path) -> dict[str, torch.Tensor]:
+    return dict(_Dequantized(reader, path))  # every tensor, kept
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +315,6 @@ def load_gguf(path=None, context_length: int | None = 2048, dtype: torch.dtype =
     if any(True for _ in model.buffers()):  # pragma: no cover - a RoPE LLaMA has none
         raise RuntimeError("load_gguf: the model has buffers that would stay on the meta device")
     load_state_dict_checked(model, state_dict, source=Path(path).name, assign=True)  # the tensors become the weights
-    del state_dict
     if cfg.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     model = model.to(dtype).eval()

@@ -90,19 +90,18 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            lr, betas, eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
                 state = self.state[p]
                 if not state:  # lazy init, as torch does
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = state["step"] + 1  # a new tensor: a loaded state dict may share it
-                adamw_update_(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(), lr=lr,
-                              betas=(beta1, beta2), eps=eps, weight_decay=wd)
+                adamw_update_(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"].item(), lr=lr,
+                              betas=betas, eps=eps, weight_decay=wd)
         return loss
 
 

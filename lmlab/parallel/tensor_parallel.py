@@ -132,7 +132,7 @@ class ColumnParallelLinear(nn.Module):
             check_divisible(s, tp, "out_features" if len(self.split_sizes) == 1 else "each of split_sizes", "ColumnParallelLinear")
         if gather_output and len(self.split_sizes) > 1:
             raise ValueError("ColumnParallelLinear: gather_output needs a single part (split_sizes=None)")
-        self.group, self.tp, self.gather_output = group, tp, gather_output
+        self.tp, self.gather_output = tp, gather_output
         self.weight = nn.Parameter(torch.empty(out_features // tp, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
 
@@ -165,7 +165,7 @@ class RowParallelLinear(nn.Module):
         self.ranks = as_ranks(group)
         tp = self.ranks.size
         check_divisible(in_features, tp, "in_features", "RowParallelLinear")
-        self.group, self.tp, self.input_is_parallel = group, tp, input_is_parallel
+        self.tp, self.input_is_parallel = tp, input_is_parallel
         self.weight = nn.Parameter(torch.empty(out_features, in_features // tp))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None  # replicated, added once
 
@@ -196,7 +196,7 @@ class VocabParallelEmbedding(nn.Module):
         self.ranks = as_ranks(group)
         tp = self.ranks.size
         check_divisible(num_embeddings, tp, "num_embeddings", "VocabParallelEmbedding")
-        self.group, self.tp = group, tp
+        self.tp = tp
         per = num_embeddings // tp
         self.start = self.ranks.rank * per
         self.end = self.start + per
