@@ -4,13 +4,13 @@
     python benchmarks/attention_kvcache.py --device cuda   # same on a GPU
     python benchmarks/attention_kvcache.py --threads 2     # more CPU threads (default 1)
 
-1. Decoding 512 new tokens with the tiny model: ``lmlab.decoding.generate`` with the KV cache
+1. Decoding 512 new tokens with the tiny model: ``lmlab.infer.decoding.generation`` with the KV cache
    (prefill + one token per step) vs recomputing the whole sequence every step (target >= 10x),
    plus MHA / GQA / MQA decode times with the cache.
-2. Peak extra memory of ``lmlab.flash.flash_attention`` (tiled, online softmax) vs the reference
-   ``lmlab.attention.attention`` at T=4096, forward (target <= 1/8). Measured by counting the bytes
+2. Peak extra memory of ``lmlab.infer.tiled_attention.flash_attention`` (tiled, online softmax) vs the reference
+   ``lmlab.model.attention.attention`` at T=4096, forward (target <= 1/8). Measured by counting the bytes
    of live tensors created by each aten op (a dispatch mode), so it works on CPU too.
-3. Speed: ``lmlab.attention.MultiHeadAttention`` (fast path: SDPA inside) vs the same projections
+3. Speed: ``lmlab.model.attention.MultiHeadAttention`` (fast path: SDPA inside) vs the same projections
    around a bare ``F.scaled_dot_product_attention`` (target ~1x), and the reference / the Python
    tiled version vs SDPA (they are teaching code: slower).
 
@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lmlab.attention import MultiHeadAttention, attention
-from lmlab.decoding import generate
-from lmlab.flash import flash_attention
-from lmlab.kvcache import kv_cache_bytes
-from lmlab.masks import causal_mask
-from lmlab.model import GPT, ModelConfig
+from lmlab.model.attention import MultiHeadAttention, attention
+from lmlab.infer.decoding import generate
+from lmlab.infer.tiled_attention import flash_attention
+from lmlab.infer.kv_cache import kv_cache_bytes
+from lmlab.data.masks import causal_mask
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 def _sync(device: torch.device) -> None:

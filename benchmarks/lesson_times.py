@@ -7,7 +7,7 @@
 Modes (each a fresh kernel executing the whole notebook with nbclient, as a learner's Run All):
 
 * ``lmlab``        — a learner's default kernel: no thread variables set, so lmlab's policy applies
-                     (:mod:`lmlab.threads`: 1 thread on 2 cores);
+                     (:mod:`lmlab.course.threads`: 1 thread on 2 cores);
 * ``torch``        — torch's own default (one thread per core; ``LMLAB_NUM_THREADS`` = all cores);
 * ``one``          — ``OMP_NUM_THREADS=1`` (what the test runner uses);
 * ``lmlab+busy`` / ``torch+busy`` — the same with a CPU-burning process beside the kernel (bounded: it
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     lessons = args.lessons or sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in lessons if not p.exists() or p.suffix != ".ipynb"]
     if missing:
-        parser.error(f"not notebooks: {', '.join(missing)} (run python -m lmlab.course build for the .ipynb pairs)")
+        parser.error(f"not notebooks: {', '.join(missing)} (run python -m lmlab.course.notebooks build for the .ipynb pairs)")
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start; budget {BUDGET_S:g} s, {BUDGET_MB:g} MB")
     print(f"{'lesson':<28}" + "".join(f"{m:>13}" for m in modes) + f"{'peak MB':>10}  verdict")
     results, over = {}, False

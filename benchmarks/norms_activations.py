@@ -6,9 +6,9 @@
 Pairs, each timed interleaved (ours, reference, ours, ...) so machine noise hits both alike;
 the median of the rounds is reported with the ratio ours / reference (below 1 = ours faster):
 
-- ``lmlab.norms.rms_norm``   vs ``torch.nn.functional.rms_norm``   (target: within 1.5x)
-- ``lmlab.norms.layer_norm`` vs ``torch.nn.functional.layer_norm`` (torch's is one fused kernel)
-- ``lmlab.activations.FeedForward(kind="swiglu")`` vs a LLaMA-style FFN of three ``nn.Linear``
+- ``lmlab.model.norms.rms_norm``   vs ``torch.nn.functional.rms_norm``   (target: within 1.5x)
+- ``lmlab.model.norms.layer_norm`` vs ``torch.nn.functional.layer_norm`` (torch's is one fused kernel)
+- ``lmlab.model.ffn.FeedForward(kind="swiglu")`` vs a LLaMA-style FFN of three ``nn.Linear``
   (gate, up, down) and ``F.silu``, with the same weights.
 
 Not a test: it prints numbers (lessons 01 and 02 quote them). Runs in well under a minute on a
@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.activations import FeedForward, glu_hidden_size
-from lmlab.norms import layer_norm, rms_norm
+from lmlab.model.ffn import FeedForward, glu_hidden_size
+from lmlab.model.norms import layer_norm, rms_norm
 
 
 class ReferenceSwiGLU(nn.Module):

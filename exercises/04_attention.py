@@ -265,12 +265,12 @@ check("04.online_softmax_merge", online_softmax_merge)
 # query heads $0..r-1$ share K/V head 0, the next $r$ share head 1 and so on ($r$ = `n_heads // n_kv_heads`),
 # attend causally, put the heads back side by side and project with `w_o`. You may use your own attention
 # maths or `F.scaled_dot_product_attention` *without* `enable_gqa` (share the heads yourself) and
-# `lmlab.positions.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
+# `lmlab.model.positions.encodings.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
 
 # %%
 import torch.nn.functional as F
 
-from lmlab.positions import apply_rope
+from lmlab.model.positions.encodings import apply_rope
 
 
 def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
@@ -288,7 +288,7 @@ def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
 #
 # <details><summary>Hint 2 · shapes and steps</summary>
 #
-# One F.linear with w_qkv gives (B, T, C + 2*n_kv_heads*hs); split it into q (C) and k, v (n_kv_heads*hs each). Views: q (B, nh, T, hs), k and v (B, nkv, T, hs). Rotate q and k (half-split layout, positions 0..T-1, your 03 exercise or lmlab.positions.apply_rope). Expand k and v to nh heads so that query head h reads K/V head h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v, heads back to (B, T, C), then w_o.
+# One F.linear with w_qkv gives (B, T, C + 2*n_kv_heads*hs); split it into q (C) and k, v (n_kv_heads*hs each). Views: q (B, nh, T, hs), k and v (B, nkv, T, hs). Rotate q and k (half-split layout, positions 0..T-1, your 03 exercise or lmlab.model.positions.encodings.apply_rope). Expand k and v to nh heads so that query head h reads K/V head h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v, heads back to (B, T, C), then w_o.
 #
 # </details>
 #
@@ -313,7 +313,7 @@ check("04.gqa_rope_attention", gqa_rope_attention)
 # ## 6 · Swap your grouped-query attention into the model and train (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
-# Face's layer names, then put it in every block: `lmlab.parts.register_attention("my_gqa", GQAttention)`
+# Face's layer names, then put it in every block: `lmlab.model.registry.register_attention("my_gqa", GQAttention)`
 # makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
 # `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).

@@ -274,7 +274,7 @@ check("09.SpikeDetector", SpikeDetector)
 # ## 5 · A whole training loop (4 points)
 #
 # Put it together. The grader trains a tiny GPT with your loop at a fixed seed and compares every
-# training loss and every validation loss with `lmlab.train.train`'s (same recipe), so follow it
+# training loss and every validation loss with `lmlab.train.loop.train`'s (same recipe), so follow it
 # exactly:
 #
 # 1. `gen = seed_everything(seed)` (seeds everything and returns the data generator);
@@ -288,9 +288,9 @@ check("09.SpikeDetector", SpikeDetector)
 # Return `{"train_loss": [...], "val_loss": [...]}`. (Call `model.train()` before the loop.)
 
 # %%
-from lmlab.data import sample_batch
-from lmlab.optim import param_groups
-from lmlab.train import evaluate, lm_loss, seed_everything
+from lmlab.data.text import sample_batch
+from lmlab.train.optim import param_groups
+from lmlab.train.loop import evaluate, lm_loss, seed_everything
 
 
 def train_loop(model, train_ids, val_ids, *, steps, batch_size, lr, warmup, eval_every, seed):

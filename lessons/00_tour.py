@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ipywidgets import Dropdown, IntSlider
 
 import lmlab
-from lmlab.doctor import doctor
+from lmlab.course.doctor import doctor
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -141,7 +141,7 @@ print(f"{lmlab.GPT(cfg).num_parameters():,} parameters")
 # ### Build the GPT, rung by rung
 #
 # `lmlab.GPT` has many options; the idea fits in a page. We climb a ladder of six next-token models, each
-# one idea more than the last (`lmlab.minimal_gpt`), and train each for the same 150 steps:
+# one idea more than the last (`lmlab.model.minimal_gpt`), and train each for the same 150 steps:
 #
 # 1. **bigram**: the next character from the current one only — a $V \times V$ table;
 # 2. **average the past**: position $t$ takes the mean of the embeddings of tokens $0..t$ — one matrix
@@ -155,7 +155,7 @@ print(f"{lmlab.GPT(cfg).num_parameters():,} parameters")
 # %%
 import inspect
 
-from lmlab import minimal_gpt
+from lmlab.model.gpt import minimal_gpt
 
 T = 5
 w = torch.ones(T, T).tril()
@@ -164,7 +164,7 @@ xs = torch.randn(1, T, 3)
 torch.testing.assert_close((w / w.sum(1, keepdim=True)) @ xs, xs.cumsum(1) / torch.arange(1, T + 1).view(1, T, 1))
 
 # %%
-from lmlab.experiments.ladder import train_ladder
+from lmlab.course.experiments.ch00_ladder import train_ladder
 
 ladder = train_ladder(steps=150, seed=0)
 for row in ladder:
@@ -211,14 +211,14 @@ assert diff < 1e-3
 # loss with the unigram baseline.
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_context = Prediction("After 800 steps, how far below the unigram baseline does the tiny GPT's validation loss get?",
                            ["not below it", "less than 0.5 nats/token", "more than 0.5 nats/token"])
 guess_context
 
 # %%
-from lmlab.experiments.tour import leakage_test, loss_figure, mask_figure, train_tiny_gpt, visibility
+from lmlab.course.experiments.ch00_tour import leakage_test, loss_figure, mask_figure, train_tiny_gpt, visibility
 
 result = train_tiny_gpt(steps=800, seed=0)
 print(f"unigram baseline      : {result.unigram_loss:.3f} nats/token")
@@ -281,7 +281,7 @@ assert causal["earlier_positions_changed"] == 0 and prefix["earlier_positions_ch
 
 # %%
 T, prefix_len = 64, 16
-rows = {arch: visibility(arch, T, prefix_len) for arch in lmlab.masks.ARCHITECTURES}
+rows = {arch: visibility(arch, T, prefix_len) for arch in lmlab.data.masks.ARCHITECTURES}
 for arch, v in rows.items():
     print(f"{arch:<16} sees {v['fraction_visible']:.0%} of all pairs, "
           f"{v['positions_with_loss']:>2}/{T} positions trained")
@@ -296,12 +296,12 @@ print(f"Arithmetic, not a measurement: {most_signal} has a loss at {rows[most_si
 # encoder-decoder the red dotted lines mark the end of the prefix (the source).
 
 # %%
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 explorer = FigureExplorer(
     make_figure=lambda architecture, T, prefix_len: mask_figure(architecture, T, prefix_len),
     controls={
-        "architecture": Dropdown(options=lmlab.masks.ARCHITECTURES, value="prefix decoder"),
+        "architecture": Dropdown(options=lmlab.data.masks.ARCHITECTURES, value="prefix decoder"),
         "T": IntSlider(value=12, min=2, max=32, description="sequence length"),
         "prefix_len": IntSlider(value=4, min=0, max=32, description="prefix length"),
     },

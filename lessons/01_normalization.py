@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 
 import lmlab
-from lmlab.doctor import doctor
-from lmlab.norms import deepnorm_constants, layer_norm, rms_norm
-from lmlab.stats import paired_comparison
+from lmlab.course.doctor import doctor
+from lmlab.model.norms import deepnorm_constants, layer_norm, rms_norm
+from lmlab.course.stats import paired_comparison
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -80,7 +80,7 @@ info = doctor()  # versions, device, and whether widgets will render
 # ## 2 · Build it: LayerNorm and RMSNorm
 #
 # Naive first: a loop over tokens, statistics over the features of each one. Then the vectorised
-# `lmlab.norms` versions. Both are checked against torch's own kernels.
+# `lmlab.model.norms` versions. Both are checked against torch's own kernels.
 
 # %%
 def layer_norm_naive(x, eps=1e-5):
@@ -116,7 +116,7 @@ print("naive and lmlab LayerNorm / RMSNorm equal torch's F.layer_norm / F.rms_no
 # direction, is unchanged when the input is scaled, but *changes* when the input is shifted.
 
 # %%
-from lmlab.experiments.normalization import norm_properties
+from lmlab.course.experiments.ch01_normalization import norm_properties
 
 props = norm_properties(x, shift=3.0, scale=5.0)
 for name, p in props.items():
@@ -137,7 +137,7 @@ assert props["rmsnorm"]["change_when_scaled"] < 1e-4 < props["rmsnorm"]["change_
 # collected on padded batches would carry the pads' bias as well).
 
 # %%
-from lmlab.experiments.normalization import batchnorm_figure, batchnorm_vs_layernorm
+from lmlab.course.experiments.ch01_normalization import batchnorm_figure, batchnorm_vs_layernorm
 
 bn = batchnorm_vs_layernorm(batch_sizes=(1, 2, 4, 8, 16, 32), trials=40, seed=0)
 for i, B in enumerate(bn["batch_sizes"]):
@@ -175,7 +175,7 @@ batchnorm_figure(bn).show()
 # swapped for BatchNorm:
 
 # %%
-from lmlab.experiments.normalization import batchnorm_leakage
+from lmlab.course.experiments.ch01_normalization import batchnorm_leakage
 
 leak = batchnorm_leakage(seed=0, T=24, position=12)
 for name in ("layernorm", "batchnorm_train", "batchnorm_eval"):
@@ -199,7 +199,7 @@ print("Training-mode BatchNorm " + (f"leaks the future: {leak['batchnorm_train']
 # pays), taking the minimum of several repeats.
 
 # %%
-from lmlab.experiments.normalization import time_norms, timing_figure
+from lmlab.course.experiments.ch01_normalization import time_norms, timing_figure
 
 times = time_norms(rows=2048, d=256, repeats=7, number=10)
 for mode, t in times.items():
@@ -230,10 +230,10 @@ timing_figure(times).show()
 # **3 seeds** and at **2 learning rates** (3e-3 and 1e-2): one norm might simply prefer another step
 # size, so comparing at one LR would confound the norm with the LR. Runs with the same seed share
 # the batches and validation windows, and the verdict is the shared paired test over seeds
-# (`lmlab.stats.paired_comparison`) at every LR and at each norm's best LR.
+# (`lmlab.course.stats.paired_comparison`) at every LR and at each norm's best LR.
 
 # %%
-from lmlab.experiments.sweeps import sweep_figure, train_sweep
+from lmlab.course.experiments.sweeps import sweep_figure, train_sweep
 
 quality = train_sweep({"layernorm": dict(norm="layernorm"), "rmsnorm": dict(norm="rmsnorm")}, lrs=(3e-3, 1e-2),
                       seeds=(0, 1, 2), steps=150, batch_size=16)
@@ -259,7 +259,7 @@ sweep_figure(quality, "LayerNorm vs RMSNorm: final validation loss by learning r
 # Transformer's Xavier init** (the setting of Xiong et al.).
 
 # %%
-from lmlab.experiments.norm_placement import grad_norm_figure, placement_grad_norms
+from lmlab.course.experiments.ch01_placement import grad_norm_figure, placement_grad_norms
 
 placements = ("post", "pre", "sandwich", "deepnorm")
 at_init = {init: placement_grad_norms(placements, n_layers=12, init=init) for init in ("gpt2", "xavier")}
@@ -292,7 +292,7 @@ grad_norm_figure(at_init["gpt2"], "Gradient norm per layer at init — GPT-2 ini
 # batch each time), Xavier init:
 
 # %%
-from lmlab.experiments.norm_placement import depth_scan
+from lmlab.course.experiments.ch01_placement import depth_scan
 
 scan = depth_scan(depths=(6, 12, 24), seeds=(0, 1), init="xavier")
 for i, depth in enumerate(scan["depths"]):
@@ -331,7 +331,7 @@ print(f"Near the output post-LN's gradient is {min(ratios):.1f}–{max(ratios):.
 # add to keep those contributions bounded, and the right panel shows whether it does here.
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_placement = Prediction("12 layers at lr 3e-3, no warm-up, no clipping, 3 seeds: which placements train?",
                              ["post-LN fails in some seed, pre-LN trains in all", "both train in every seed",
@@ -339,7 +339,7 @@ guess_placement = Prediction("12 layers at lr 3e-3, no warm-up, no clipping, 3 s
 guess_placement
 
 # %%
-from lmlab.experiments.norm_placement import stability_experiment, stability_figure
+from lmlab.course.experiments.ch01_placement import stability_experiment, stability_figure
 
 stab = stability_experiment(positions=("post", "pre", "sandwich", "deepnorm"), n_layers=12, d_model=32, lr=3e-3, steps=60,
                             init="xavier", grad_clip=None, seeds=(0, 1, 2))
@@ -396,15 +396,15 @@ for M in (6, 12, 24, 100, 1000):
 # layer's FFN-weight gradient norm (d=64, one batch; each setting is computed once, then cached).
 
 # %%
-from lmlab.experiments.normalization import activation_histogram_figure
-from lmlab.experiments.norm_placement import grad_norm_explorer_figure
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments.ch01_normalization import activation_histogram_figure
+from lmlab.course.experiments.ch01_placement import grad_norm_explorer_figure
+from lmlab.course.widgets import FigureExplorer
 
 grad_explorer = FigureExplorer(
     make_figure=grad_norm_explorer_figure,
     controls={
         "depth": IntSlider(value=6, min=2, max=24, description="layers"),
-        "placements": SelectMultiple(options=lmlab.model.NORM_POSITIONS, value=("post", "pre"), description="placement"),
+        "placements": SelectMultiple(options=lmlab.model.gpt.NORM_POSITIONS, value=("post", "pre"), description="placement"),
         "init": Dropdown(options=("xavier", "gpt2"), value="xavier", description="init"),
     },
     caption="Ctrl/Shift-click to select several placements. Log scale: equal gaps are equal ratios.",
@@ -446,7 +446,7 @@ hist_explorer
 # - `rms_norm(x, weight, eps)` — it must equal `F.rms_norm`,
 # - `pre_ln_block(x, attn, ffn, norm1, norm2)` — one pre-LN transformer layer from its parts,
 # - `deepnorm_constants(num_layers)` — DeepNet's α and β,
-# - `class RMSNorm` — your norm as a module, swapped into lmlab's model (`lmlab.parts.register_norm`) and
+# - `class RMSNorm` — your norm as a module, swapped into lmlab's model (`lmlab.model.registry.register_norm`) and
 #   trained: it must give lmlab's logits and losses.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/01_normalization.ipynb`.

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from ipywidgets import FloatSlider, SelectMultiple
 
 import lmlab
-from lmlab.activations import FeedForward, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish
-from lmlab.doctor import doctor
+from lmlab.model.ffn import FeedForward, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish
+from lmlab.course.doctor import doctor
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -71,7 +71,7 @@ info = doctor()  # versions, device, and whether widgets will render
 # derivative (right), the derivative computed by autograd.
 
 # %%
-from lmlab.experiments.activations import (
+from lmlab.course.experiments.ch02_activations import (
     SWISH_RELU_GAP, activation_curves, compare_activations, compare_figure, comparison_figure, comparison_verdicts, curves_figure,
     ffn_parameter_table, swish_figure, swish_properties,
 )
@@ -225,7 +225,7 @@ print("LLaMA-7B's FFN hidden size 11008 is the 2/3 rule rounded up to a multiple
 # GeLU, GeLU better, or no difference beyond the seed noise?
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 predict_swiglu = Prediction("At matched parameters, does the paired test find SwiGLU or GeLU better?",
                             ["SwiGLU better", "GeLU better", "not resolved"])
@@ -278,7 +278,7 @@ print(predict_swiglu.reveal(outcome))
 # under the plot gives the measured dip, the smallest slope and the distance to each limit.
 
 # %%
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 swish_explorer = FigureExplorer(
     make_figure=lambda beta: swish_figure(beta),
@@ -292,7 +292,7 @@ swish_explorer
 # below zero and which are monotonic.
 
 # %%
-from lmlab.experiments.activations import ACTIVATION_FUNCTIONS
+from lmlab.course.experiments.ch02_activations import ACTIVATION_FUNCTIONS
 
 compare_explorer = FigureExplorer(
     make_figure=lambda names, x_range: compare_figure(names, x_range),
@@ -322,7 +322,7 @@ swish_explorer.controls["beta"].value = 1.0
 # - `swiglu_ffn(x, w_gate, w_value, w_down)`, a SwiGLU FFN forward pass (checked against `nn.Linear`s),
 # - `glu_hidden_size(plain_hidden, multiple_of)`, the 2/3 rule (checked against LLaMA's sizes),
 # - `ffn_num_parameters(d_model, hidden, kind, bias)` (checked against real modules),
-# - `class SwiGLU`, LLaMA's FFN as a module, swapped into lmlab's model (`lmlab.parts.register_ffn`) and trained.
+# - `class SwiGLU`, LLaMA's FFN as a module, swapped into lmlab's model (`lmlab.model.registry.register_ffn`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/02_activations.ipynb`.
 #

@@ -43,11 +43,11 @@ import math
 import torch
 from ipywidgets import FloatLogSlider, IntSlider
 
-from lmlab import positions as P
-from lmlab.doctor import doctor
-from lmlab.experiments import positions as X
-from lmlab.stats import paired_comparison
-from lmlab.widgets import FigureExplorer
+from lmlab.model.gpt.positions import encodings as P
+from lmlab.course.doctor import doctor
+from lmlab.course.experiments import ch03_positions as X
+from lmlab.course.stats import paired_comparison
+from lmlab.course.widgets import FigureExplorer
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -105,7 +105,7 @@ print(f"Verdict: without a mask, {'only ' if len(equivariant) == 1 else ''}{', '
 #
 # ### 3.1 Sinusoidal (absolute, fixed)
 #
-# A loop straight from the formula first, then `lmlab.positions.sinusoidal_embedding`. Columns come in
+# A loop straight from the formula first, then `lmlab.model.positions.encodings.sinusoidal_embedding`. Columns come in
 # (sin, cos) pairs; pair $i$ is a clock turning once every $2\pi \cdot 10000^{2i/d}$ tokens, from one
 # turn every $2\pi$ tokens (pair 0) to one every $2\pi \cdot 10000^{(d-2)/d}$ (the last pair, $i = d/2 - 1$;
 # just under $2\pi \cdot 10000$). Because $PE_{p+k}$ is a fixed rotation of $PE_p$, the dot product
@@ -272,16 +272,16 @@ print(bias[0, 0])
 # context $L = 32$, changing only `position`. The learned table has $4L$ rows: training on length-$L$
 # windows never sends a gradient to rows $L \dots 4L-1$, which keep their initial values (shrunk a
 # little by weight decay). Each model is then
-# evaluated on windows of $L$, $2L$ and $4L$ characters (`lmlab.train.evaluate_lengths` copies it
+# evaluated on windows of $L$, $2L$ and $4L$ characters (`lmlab.train.loop.evaluate_lengths` copies it
 # with a longer `context_length`, same weights). A window's mean loss mixes positions the model was
 # trained on with new ones, and more context usually *lowers* the loss; so the right plot also shows the
 # loss at each position of a $4L$ window (mean over seeds). A scheme **degrades** when its loss past
 # position $L$ is above its loss on positions $L/2 \dots L-1$ by more than 0.05 nats *and* by more than
-# the seed noise (the shared paired test over the 3 seeds, `lmlab.stats.paired_comparison`).
+# the seed noise (the shared paired test over the 3 seeds, `lmlab.course.stats.paired_comparison`).
 
 # %%
 from ipywidgets import VBox
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_learned = Prediction("Trained at L = 32: does the learned table's loss past L degrade?", ["degrades", "holds", "cannot run"],
                            description="learned")
@@ -381,7 +381,7 @@ print(f"trained T5 bias: it changes at {int(steps[:15].sum())} of the 15 steps b
 # ($d = L \to 4L-1$) says whether attention changes quickly close by and slowly far away.
 
 # %%
-from lmlab.data import char_data
+from lmlab.data.text import char_data
 
 _, _, val_ids = char_data()
 curves = {s: X.attention_by_distance(m, val_ids, 4 * L) for s, m in ext.models.items()}
@@ -441,7 +441,7 @@ bias_explorer
 # - `apply_rope`: RoPE in the half-split layout (`rotate_half`);
 # - `alibi_slopes`: including head counts that are not powers of two;
 # - `relative_position_bucket`: T5's bucket, bidirectional and causal;
-# - `class RotaryEmbedding`: your RoPE as a module, swapped into lmlab's model (`lmlab.parts.register_rope`) and trained.
+# - `class RotaryEmbedding`: your RoPE as a module, swapped into lmlab's model (`lmlab.model.registry.register_rope`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/03_positions.ipynb`.
 #

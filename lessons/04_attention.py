@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, IntSlider
 
-from lmlab import attention as A
-from lmlab.doctor import doctor
-from lmlab.experiments import attention as X
-from lmlab.widgets import FigureExplorer
+from lmlab.model import attention as A
+from lmlab.course.doctor import doctor
+from lmlab.course.experiments import ch04_attention as X
+from lmlab.course.widgets import FigureExplorer
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -76,7 +76,7 @@ info = doctor()  # versions, device, and whether widgets will render
 # %% [markdown]
 # ## 2 · Build it: naive attention → lmlab, checked against PyTorch
 #
-# A loop over queries first (the definition, one row at a time), then `lmlab.attention.attention`,
+# A loop over queries first (the definition, one row at a time), then `lmlab.model.attention.attention`,
 # then PyTorch's fused `F.scaled_dot_product_attention` as the trusted reference.
 
 # %%
@@ -98,7 +98,7 @@ torch.testing.assert_close(attention_naive(q[0, 0], k[0, 0], v[0, 0], causal), r
 window = A.sliding_window_mask(16, 4)  # (T, T): each token sees its 4 most recent tokens
 torch.testing.assert_close(A.attention(q, k, v, window), F.scaled_dot_product_attention(q, k, v, attn_mask=window))
 torch.testing.assert_close(X.local_attention(q, k, v, 4), A.attention(q, k, v, window))  # block-wise: O(T·w) work
-print("naive loop = lmlab.attention = F.scaled_dot_product_attention (causal and sliding window) ✔")
+print("naive loop = lmlab.model.attention = F.scaled_dot_product_attention (causal and sliding window) ✔")
 
 # GQA: 8 query heads share 2 K/V heads. repeat_kv copies each K/V head to its 4 query heads.
 kv2 = torch.randn(2, 2, 16, 8, generator=g)  # (B, nkv=2, T, hs)
@@ -144,7 +144,7 @@ print("view/transpose = rearrange, repeat_interleave = einops.repeat = repeat_kv
 # %% [markdown]
 # ## 3 · Experiment: the quadratic cost, and a sliding window
 #
-# Full causal attention (`lmlab.attention.attention`, which builds the whole score matrix) against a
+# Full causal attention (`lmlab.model.attention.attention`, which builds the whole score matrix) against a
 # sliding window of 64 tokens computed block by block (`X.local_attention`: each block of 64 queries
 # only multiplies against its 127 keys). 4 heads of size 32, one thread. If time $\propto T^p$,
 # the slope of the log-log plot is $p$.
@@ -213,7 +213,7 @@ mask_explorer
 # We train lesson 00's tiny GPT (d = 32, 2 layers, 4 query heads, T = 32) with 4, 2 and 1 K/V heads,
 # each with 3 seeds and at 2 learning rates (3e-3 and 1e-2), 120 steps per run: 18 short runs. Runs
 # with the same seed share the batches and validation windows, so MQA and MHA are compared by a
-# **paired** test over seeds (`lmlab.stats.paired_comparison`) at each LR and at each variant's own
+# **paired** test over seeds (`lmlab.course.stats.paired_comparison`) at each LR and at each variant's own
 # best LR — "within noise" below means the seed noise was measured and the gap is inside it.
 #
 # **Measuring decode speed honestly.** A decode step of this tiny model is dominated by Python
@@ -223,7 +223,7 @@ mask_explorer
 # head is read once (`X.decode_attention`), and report the bytes read.
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_mqa = Prediction("One K/V head instead of four, 3 seeds, 2 LRs: does MQA's validation loss come out worse than MHA's?",
                        ["MQA worse (a quality cost)", "within the seed noise", "MQA better", "a run diverges (no test)"])
@@ -332,7 +332,7 @@ tile_explorer
 # - `online_softmax_merge`: merge two partial softmax results, rescaling both;
 # - `gqa_rope_attention`: a whole grouped-query attention layer with RoPE, checked against SDPA and lmlab's layer;
 # - `class GQAttention`: grouped-query attention as a module, swapped into lmlab's model
-#   (`lmlab.parts.register_attention`) and trained.
+#   (`lmlab.model.registry.register_attention`) and trained.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/04_attention.ipynb`.
 #

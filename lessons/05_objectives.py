@@ -45,14 +45,14 @@ import time
 import torch
 from ipywidgets import Checkbox, Dropdown, FloatSlider, IntSlider
 
-from lmlab.doctor import doctor
-from lmlab.masks import prefix_lm_mask
-from lmlab.model import GPT, ModelConfig
-from lmlab.objectives import (UL2_DENOISERS, UL2_WEIGHTS, ExtraIdTokenizer, causal_lm_example, collate,
+from lmlab.course.doctor import doctor
+from lmlab.data.masks import prefix_lm_mask
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.data.objectives import (UL2_DENOISERS, UL2_WEIGHTS, ExtraIdTokenizer, causal_lm_example, collate,
                               prefix_lm_example, ul2_example)
-from lmlab.span_corruption import (fill_sentinels, noise_counts, random_spans_helper, random_spans_noise_mask,
+from lmlab.data.span_corruption import (fill_sentinels, noise_counts, random_spans_helper, random_spans_noise_mask,
                                    span_corruption)
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 info = doctor()  # versions, device, and whether widgets will render
 torch.set_num_threads(1)  # tiny models: one thread is fastest and reproducible on a shared machine
@@ -83,7 +83,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest and reproducible 
 # to see the others).
 
 # %%
-from lmlab.experiments.objectives import course_tokenizer, mixture_figure
+from lmlab.course.experiments.ch05_objectives import course_tokenizer, mixture_figure
 
 tok, train_ids, val_ids = course_tokenizer()
 print(tok)
@@ -220,7 +220,7 @@ print(f"per-row masks work; the prefix LM trains {int(batch.loss_mask[0].sum())}
 
 # %%
 from ipywidgets import VBox
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_prefix = Prediction("At equal steps, which LM has the lower loss on the second half of a held-out text?",
                           ["causal LM", "prefix LM", "within the seed noise"], description="LM loss")
@@ -229,7 +229,7 @@ guess_fill = Prediction("Which fills masked spans more accurately: the span-corr
 VBox([guess_prefix, guess_fill])
 
 # %%
-from lmlab.experiments.objectives import objective_verdicts, objectives_experiment, results_figure
+from lmlab.course.experiments.ch05_objectives import objective_verdicts, objectives_experiment, results_figure
 
 t0 = time.perf_counter()
 res = objectives_experiment(seeds=(0, 1, 2))
@@ -355,7 +355,7 @@ print("It CANNOT show why decoder-only LMs won: that rests on emergent zero-/few
 # spans (orange), T5's counts, and the inputs / targets with their sentinels.
 
 # %%
-from lmlab.experiments.objectives import span_explorer_figure
+from lmlab.course.experiments.ch05_objectives import span_explorer_figure
 
 span_explorer = FigureExplorer(
     make_figure=lambda density, mean_span, seed, roll: span_explorer_figure(density, mean_span, seed, roll),

@@ -46,14 +46,16 @@ import statistics
 import torch
 from ipywidgets import Dropdown, FloatSlider, IntSlider, VBox
 
-from lmlab import longctx as LC
-from lmlab.doctor import doctor
-from lmlab.experiments import long_context as X
-from lmlab.experiments import long_context_compare as XC
-from lmlab.model import ModelConfig
-from lmlab.positions import rope_frequencies
-from lmlab.stats import paired_comparison
-from lmlab.widgets import FigureExplorer, Prediction
+from lmlab.infer import long_context as LC
+from lmlab.model import memory
+from lmlab.model.positions import rope_scaling as RS
+from lmlab.course.doctor import doctor
+from lmlab.course.experiments import ch06_long_context as X
+from lmlab.course.experiments import ch06_compare as XC
+from lmlab.model.gpt import ModelConfig
+from lmlab.model.positions.encodings import rope_frequencies
+from lmlab.course.stats import paired_comparison
+from lmlab.course.widgets import FigureExplorer, Prediction
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -97,7 +99,7 @@ for method in X.WAVELENGTH_METHODS:
 # %% [markdown]
 # ## 2 · Build it: the scalings by hand → lmlab, and the Λ mask and memory search
 #
-# The scaled frequencies by hand from the formulas, against `lmlab.longctx.scaled_rope_frequencies`;
+# The scaled frequencies by hand from the formulas, against `lmlab.model.positions.rope_scaling.scaled_rope_frequencies`;
 # then the properties that make them work: PI maps position $s\,p$ to the angle of $p$; NTK keeps
 # the fastest pair and divides the slowest by $s$.
 
@@ -109,26 +111,26 @@ by_hand = {
     "NTK": [(b * s ** (d / (d - 2))) ** (-2 * i / d) for i in range(d // 2)],
 }
 for name, kind in (("PI", "linear"), ("NTK", "ntk")):
-    got, _ = LC.scaled_rope_frequencies(d, b, {"type": kind, "factor": s})
+    got, _ = RS.scaled_rope_frequencies(d, b, {"type": kind, "factor": s})
     torch.testing.assert_close(got, torch.tensor(by_hand[name]), rtol=1e-5, atol=0)
 ntk = by_hand["NTK"]
 assert math.isclose(ntk[0], theta[0]) and math.isclose(ntk[-1], theta[-1] / s, rel_tol=1e-5)
-pi_pos = LC.rope_attention_positions(d, b, {"type": "linear", "factor": s}, torch.arange(0, 4 * 16, 4), torch.arange(64))
-plain_pos = LC.rope_attention_positions(d, b, None, torch.arange(16), torch.arange(16))
+pi_pos = RS.rope_attention_positions(d, b, {"type": "linear", "factor": s}, torch.arange(0, 4 * 16, 4), torch.arange(64))
+plain_pos = RS.rope_attention_positions(d, b, None, torch.arange(16), torch.arange(16))
 torch.testing.assert_close(pi_pos.cos, plain_pos.cos, rtol=1e-5, atol=1e-5)
-inv_yarn, temp = LC.scaled_rope_frequencies(d, b, {"type": "yarn", "factor": s, "original_context_length": L})
-ramp = LC.yarn_ramp(d, b, L)
+inv_yarn, temp = RS.scaled_rope_frequencies(d, b, {"type": "yarn", "factor": s, "original_context_length": L})
+ramp = RS.yarn_ramp(d, b, L)
 print("by hand = lmlab for PI and NTK ✔; PI's angle at 4p = plain angle at p ✔; NTK keeps pair 0, divides the last by s ✔")
 print(f"YaRN ramp (0 = keep, 1 = interpolate): {[round(r, 2) for r in ramp.tolist()]}, temperature factor {temp:.3f}")
 
-# The Λ mask: a loop over (i, j) against lmlab.longctx.lambda_mask
+# The Λ mask: a loop over (i, j) against lmlab.infer.long_context.lambda_mask
 T, n_sink, window = 10, 2, 3
 loops = torch.tensor([[j <= i and (i - j < window or j < n_sink) for j in range(T)] for i in range(T)])
 assert torch.equal(LC.lambda_mask(T, n_sink, window), loops)
 
 # Memory search: brute-force inner products + torch.topk, against KNNMemory.search
 g = torch.Generator().manual_seed(0)
-mem = LC.KNNMemory(size=32)
+mem = memory.KNNMemory(size=32)
 mem.add(torch.randn(1, 1, 32, 8, generator=g), torch.randn(1, 1, 32, 8, generator=g))  # (B, nkv, M, hs)
 q = torch.randn(1, 1, 5, 8, generator=g)  # (B, nh, T, hs)
 scores, keys, values = mem.search(q, top_k=3)
@@ -142,7 +144,7 @@ print("Λ mask = loop construction ✔; kNN search = brute force + torch.topk �
 #
 # Lesson 00's tiny GPT with RoPE (d = 64, 2 layers, 4 heads of size 16) is trained **once** at
 # $L = 64$ characters. Then the same weights are evaluated (`model.with_config(context_length=…,
-# rope_scaling=…)` inside `lmlab.train.evaluate_lengths`) at 64, 128, 256, 512 tokens with each
+# rope_scaling=…)` inside `lmlab.train.loop.evaluate_lengths`) at 64, 128, 256, 512 tokens with each
 # method, the scalings set for $s = 4$ (a target of 256). Three of them (no trick, PI, NTK) are also
 # fine-tuned for 30 steps at 256 tokens (batch 8) — a brief fine-tune: 61k tokens, a tenth of the base training's 614k
 # (the figure shows fine-tune seed 1; 3b repeats each fine-tune with two more seeds).
@@ -290,7 +292,7 @@ print(f"key 0 receives {mass[0]:.2f}× uniform, the median other key {rest:.2f}�
 # Three fine-tune seeds each (the runs of 3b: full attention is its "no trick + fine-tune"), compared
 # on the same evaluation windows with a paired test. The benefit is the loss drop from reading 256
 # tokens with no method at all ("no trick", 3a); the cost is counted by
-# `lmlab.experiments.long_context_compare.attention_cost`: attention FLOPs of one forward pass and the
+# `lmlab.course.experiments.ch06_compare.attention_cost`: attention FLOPs of one forward pass and the
 # KV cache a decoder holds at the end.
 
 # %%
@@ -341,7 +343,7 @@ print(guess_lam.reveal("most of it (≥ 50%)" if shares["Λ + fine-tune"] >= 0.5
 # %% [markdown]
 # ## 4 · Λ-shaped decoding: a bounded KV cache
 #
-# `lmlab.longctx.SinkKVCache` keeps the first `n_sink` tokens and the `window` most recent ones
+# `lmlab.infer.long_context.SinkKVCache` keeps the first `n_sink` tokens and the `window` most recent ones
 # and evicts the middle. We decode 256 characters of validation text one token at a time through
 # the Λ-shaped model (4 sinks + 60 recent) and check every step's logits against one Λ-masked
 # forward over the whole text. The sink cache speaks the same protocol as lesson 08's `KVCache`,
@@ -382,7 +384,7 @@ print(f"Verdict: with parallel windows the task loss is {pcw['loss']['parallel w
 # 8 values); one question token "$k$?" per key. A 64-token sequence states 4 facts early in its
 # first 16 tokens, asks them back right away (to learn the skill) and asks them again in the last
 # 16 tokens — 48 tokens later. The answer to "$k$?" is the fact's token. A one-layer model with a
-# **16-token context** reads the sequence segment by segment (`LC.memorize_segments`): its layer
+# **16-token context** reads the sequence segment by segment (`memory.memorize_segments`): its layer
 # also attends to the top-4 keys retrieved from a kNN memory of earlier segments (a learned gate
 # mixes the two). No positions, so a fact is found by content. We then ask the far questions with
 # the memory, and with the *same weights* reading their local window only.

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from ipywidgets import FloatSlider, IntSlider, Text
 
 import lmlab
-from lmlab import decoding
-from lmlab.doctor import doctor
-from lmlab.widgets import style_figure
+from lmlab.infer import decoding
+from lmlab.course.doctor import doctor
+from lmlab.course.widgets import style_figure
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -122,7 +122,7 @@ torch.testing.assert_close(decoding.top_p_filter(z, 0.9), top_p_naive(z, 0.9))
 # Trusted references: torch.topk gives the same 5 tokens; t = 0 keeps only torch.argmax.
 assert set(torch.isfinite(decoding.top_k_filter(z, 5)).nonzero().flatten().tolist()) == set(torch.topk(z, 5).indices.tolist())
 assert torch.isfinite(decoding.apply_temperature(z, 0)).nonzero().item() == z.argmax().item()
-print("naive temperature / top-k / top-p agree with lmlab.decoding ✔")
+print("naive temperature / top-k / top-p agree with lmlab.infer.decoding ✔")
 
 # Ties: lmlab's top-k keeps exactly k (lower ids first), the naive threshold keeps every tie.
 tied = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0])
@@ -138,7 +138,7 @@ print("top-2 of", tied.tolist(), "→ lmlab keeps", torch.isfinite(decoding.top_
 # single token (`"\n\n"`, a paragraph break, would be two).
 
 # %%
-from lmlab.experiments.tour import train_tiny_gpt
+from lmlab.course.experiments.ch00_tour import train_tiny_gpt
 
 run = train_tiny_gpt(steps=800, seed=0)
 model, tok = run.model, run.tokenizer
@@ -155,7 +155,7 @@ print(f"vocabulary {tok.vocab_size} characters; EOS = newline, id {EOS}")
 # how sure this model is in each.
 
 # %%
-from lmlab.experiments.decoding import kept_by_filters, temperature_figure, temperature_sweep
+from lmlab.course.experiments.ch07_decoding import kept_by_filters, temperature_figure, temperature_sweep
 
 contexts = {"confident: 'the functio'": "the functio", "flat: 'The '": "The "}
 logits = {name: decoding.next_token_logits(model, torch.tensor(tok.encode(p))) for name, p in contexts.items()}
@@ -212,14 +212,14 @@ print(f"top-p adapts: at p = 0.9 it keeps {conf[p9]['kept']} token(s) on the con
 # blocking** (forbid any token that would repeat a 4-gram).
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_greedy = Prediction("Does greedy decoding repeat more of its 4-grams than every sampling strategy?",
                           ["yes, greedy repeats the most", "no, a sampler repeats as much or more"], description="greedy")
 guess_greedy
 
 # %%
-from lmlab.experiments.decoding import repetition_experiment, repetition_figure
+from lmlab.course.experiments.ch07_decoding import repetition_experiment, repetition_figure
 
 rep = repetition_experiment(model, tok, corpus.val, samples=3, max_new_tokens=200, seed=0)
 print(f"{'strategy':<34}{'repeated 4-grams':>17}{'log p / char':>14}")
@@ -273,7 +273,7 @@ guess_beam = Prediction("Without a length penalty, how long is the best output o
 guess_beam
 
 # %%
-from lmlab.experiments.decoding import beam_experiment, beam_figure
+from lmlab.course.experiments.ch07_decoding import beam_experiment, beam_figure
 
 beams = beam_experiment(model, tok, beam_sizes=(1, 2, 4, 8, 16, 32), length_penalties=(0.0, 1.0), max_new_tokens=60)
 print(f"{'α':>4}{'beams':>7}{'score':>9}{'log P':>9}{'length':>8}{'blank':>7}{'repeat':>8}   first prompt's output")
@@ -325,8 +325,8 @@ print(guess_beam.reveal("less than half as long" if len0[-1] < 0.5 * len0[0] els
 # how many characters survive and a sampled continuation with these settings.
 
 # %%
-from lmlab.experiments.decoding import beam_tree, beam_tree_figure, next_token_figure
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments.ch07_decoding import beam_tree, beam_tree_figure, next_token_figure
+from lmlab.course.widgets import FigureExplorer
 
 next_token_explorer = FigureExplorer(
     make_figure=lambda prompt, temperature, top_k, top_p: next_token_figure(model, tok, prompt, temperature, top_k, top_p),
@@ -355,7 +355,7 @@ beam_explorer = FigureExplorer(
         "num_beams": IntSlider(value=3, min=1, max=6, description="beams"),
         "steps": IntSlider(value=6, min=1, max=10, description="steps"),
     },
-    caption="The best final beam is exactly what lmlab.decoding.beam_search returns (no EOS, no length penalty).",
+    caption="The best final beam is exactly what lmlab.infer.decoding.beam_search returns (no EOS, no length penalty).",
 )
 beam_explorer
 

@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, IntSlider
 
-from lmlab import decoding
-from lmlab.doctor import doctor
-from lmlab.kvcache import KVCache, kv_cache_bytes
-from lmlab.paged import BlockManager, PagedKVCache, paged_attention
-from lmlab.widgets import FigureExplorer, style_figure
+from lmlab.infer import decoding
+from lmlab.course.doctor import doctor
+from lmlab.infer.kv_cache import KVCache, kv_cache_bytes
+from lmlab.infer.paged import BlockManager, PagedKVCache, paged_attention
+from lmlab.course.widgets import FigureExplorer, style_figure
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -121,7 +121,7 @@ print(f"naive decode step == last row of full causal attention (max diff {(out -
 # forward pass over the whole sequence, and that the cache's bytes match the formula.
 
 # %%
-from lmlab.experiments.inference import tiny_model
+from lmlab.course.experiments.ch08_inference import tiny_model
 
 model = tiny_model(d_model=128, n_layers=4, n_heads=4, context_length=512, seed=0)
 cfg = model.config
@@ -169,7 +169,7 @@ print(f"block table {table}: token {p} is in physical block {block} at offset {o
 # measured time per token (best of 3 repeats).
 
 # %%
-from lmlab.experiments.inference import prefill_decode_experiment
+from lmlab.course.experiments.ch08_inference import prefill_decode_experiment
 
 torch.set_num_threads(1)  # one thread: reproducible ratios on a shared machine
 pd = prefill_decode_experiment(model, prompt_len=256, decode_steps=32, repeats=3)
@@ -191,7 +191,7 @@ print(f"Per token, decode needs {flop_ratio:.2f}× the FLOPs of prefill but take
 # must read** per FLOP: every step reads all the weights and the filled cache.
 
 # %%
-from lmlab.experiments.inference import prefill_decode_memory
+from lmlab.course.experiments.ch08_inference import prefill_decode_memory
 
 mem = prefill_decode_memory(model, prompt_len=256)
 print(f"peak working memory: prefill of 256 tokens {mem['prefill_peak_bytes'] / 2**20:.2f} MiB, one decode step "
@@ -214,7 +214,7 @@ print(("Prefill needs much more working memory (the seed's claim, reproduced)" i
 # and check both give the same logits.
 
 # %%
-from lmlab.experiments.inference import fit_slope, step_cost_experiment, step_cost_figure
+from lmlab.course.experiments.ch08_inference import fit_slope, step_cost_experiment, step_cost_figure
 
 sc = step_cost_experiment(model, lengths=(32, 64, 128, 256, 384, 511), repeats=3)
 print(f"{'T':>5}{'cached ms':>11}{'recompute ms':>14}{'speed-up':>10}{'cached FLOPs':>14}{'recompute FLOPs':>17}")
@@ -237,7 +237,7 @@ print(("Reproduced" if speedup > 3 and recompute_growth > 2 * cached_growth else
       + f": at T = {T1} the cache makes a new token {speedup:.1f}× faster, and the gap widens with T.")
 
 # %%
-# Whole generations: lmlab.decoding.generate with and without the cache (greedy, same tokens).
+# Whole generations: lmlab.infer.decoding.generation with and without the cache (greedy, same tokens).
 prompt = torch.randint(cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
 for n_new in (64, 256):
     outs, times = {}, {}
@@ -261,7 +261,7 @@ for n_new in (64, 256):
 # would be 8× larger.
 
 # %%
-from lmlab.experiments.inference import PRESETS, cache_bytes_for, kv_memory_figure
+from lmlab.course.experiments.ch08_inference import PRESETS, cache_bytes_for, kv_memory_figure
 
 print(f"{'model':<24}{'L':>4}{'heads':>7}{'K/V heads':>11}{'bytes/token':>13}{'at 8,192 tokens':>18}")
 for name, p in PRESETS.items():
@@ -310,14 +310,14 @@ memory_explorer
 # **Predict, then run.** What fraction of the contiguous reservation holds no token at all?
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 predict_waste = Prediction("What fraction of the contiguous reservation holds no token?",
                            ["under 10%", "10–40%", "40–70%", "over 70%"], description="wasted")
 predict_waste
 
 # %%
-from lmlab.experiments.inference import waste_experiment, waste_figure
+from lmlab.course.experiments.ch08_inference import waste_experiment, waste_figure
 
 waste = waste_experiment(n_requests=256, max_len=2048, block_sizes=(1, 4, 8, 16, 32, 64, 128), seed=0)
 print(f"{waste['n_requests']} requests, mean prompt {waste['mean_prompt']:.0f} and output {waste['mean_output']:.0f} tokens; "
@@ -350,7 +350,7 @@ print(f"measured waste {cw:.0%}: " + predict_waste.reveal(measured_bin))
 # free list. Move the step slider.
 
 # %%
-from lmlab.experiments.inference import SCRIPT, block_table_figure
+from lmlab.course.experiments.ch08_inference import SCRIPT, block_table_figure
 
 block_explorer = FigureExplorer(
     make_figure=block_table_figure,

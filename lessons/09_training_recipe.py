@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 from ipywidgets import FloatLogSlider, FloatSlider, IntSlider
 
-from lmlab.doctor import doctor
-from lmlab.widgets import FigureExplorer
+from lmlab.course.doctor import doctor
+from lmlab.course.widgets import FigureExplorer
 
 info = doctor()  # versions, device, and whether widgets will render
 torch.set_num_threads(1)  # one thread: the same numbers on every laptop
@@ -71,7 +71,7 @@ torch.set_num_threads(1)  # one thread: the same numbers on every laptop
 # p \leftarrow p - \eta\,\frac{m/(1-\beta_1^t)}{\sqrt{v/(1-\beta_2^t)}+\epsilon}.$$
 
 # %%
-from lmlab.experiments.recipe_figures import schedule_figure
+from lmlab.course.experiments.ch09_figures import schedule_figure
 
 fig, note = schedule_figure(warmup=10, total=60, min_frac=0.1, past=40)
 fig.show()
@@ -107,12 +107,12 @@ torch.testing.assert_close(mine, ref.detach(), rtol=1e-5, atol=1e-6)
 print(f"50 hand-written AdamW steps == torch.optim.AdamW (max diff {(mine - ref.detach()).abs().max():.1e}) ✔")
 
 # %% [markdown]
-# `lmlab.optim.AdamW` is the same update as a `torch.optim.Optimizer` (parameter groups, state
+# `lmlab.train.optim.AdamW` is the same update as a `torch.optim.Optimizer` (parameter groups, state
 # dicts), written op for op like torch's CPU code path. We check it on a small model for 1,000 steps,
-# and `lmlab.optim.Adafactor` against `torch.optim.Adafactor` on a matrix and a vector.
+# and `lmlab.train.optim.Adafactor` against `torch.optim.Adafactor` on a matrix and a vector.
 
 # %%
-from lmlab.optim import Adafactor, AdamW, clip_grad_norm, state_bytes_for
+from lmlab.train.optim import Adafactor, AdamW, clip_grad_norm, state_bytes_for
 
 
 def run_optimizer(make, steps, seed=0):
@@ -156,7 +156,7 @@ shape = (4096, 11008)  # one FFN matrix of LLaMA-7B
 adamw_bytes, ada_bytes = state_bytes_for(shape, "adamw"), state_bytes_for(shape, "adafactor")
 print(f"optimizer state for one {shape[0]}×{shape[1]} fp32 matrix: AdamW {adamw_bytes:,} bytes ({adamw_bytes / 2**20:.0f} MiB), "
       f"Adafactor {ada_bytes:,} bytes ({ada_bytes / 2**10:.0f} KiB): {adamw_bytes / ada_bytes:,.0f}× less")
-from lmlab.experiments.recipe import optimizer_memory
+from lmlab.course.experiments.ch09_recipe import optimizer_memory
 
 mem = optimizer_memory()  # measured on real optimizer state after one step of the lesson's tiny model
 print(f"the lesson's tiny GPT ({mem['tiny_params_bytes']:,} bytes of weights): AdamW state {mem['tiny_adamw']:,} bytes, "
@@ -167,8 +167,8 @@ print(f"the lesson's tiny GPT ({mem['tiny_params_bytes']:,} bytes of weights): A
 # ### Clipping, the schedule, the embedding-gradient shrink
 
 # %%
-from lmlab.schedule import warmup_cosine
-from lmlab.spikes import shrink_embedding_gradient
+from lmlab.train.schedule import warmup_cosine
+from lmlab.train.spikes import shrink_embedding_gradient
 
 ps = [nn.Parameter(torch.randn(5, 4)) for _ in range(2)]
 qs = [nn.Parameter(p.detach().clone()) for p in ps]
@@ -195,15 +195,15 @@ print("GLM-130B shrink emb*0.1 + emb.detach()*0.9: same forward value, gradient 
 # %% [markdown]
 # ### Checkpoints that resume exactly
 #
-# `lmlab.train.train(..., checkpoint_path=..., checkpoint_every=k)` writes model, optimizer, step,
+# `lmlab.train.loop.train(..., checkpoint_path=..., checkpoint_every=k)` writes model, optimizer, step,
 # data position and every RNG state atomically (temp file + rename). We "crash" a run at step 25,
 # resume from its step-20 checkpoint and compare every later loss with an uninterrupted run — bit for
 # bit. (`tests/test_checkpoint.py` does it with a real `SIGKILL`.)
 
 # %%
-from lmlab.data import char_data
-from lmlab.experiments.recipe import tiny_gpt
-from lmlab.train import train
+from lmlab.data.text import char_data
+from lmlab.course.experiments.ch09_recipe import tiny_gpt
+from lmlab.train.loop import train
 
 tok, train_ids, val_ids = char_data()
 small = dict(d_model=16, n_layers=1, n_heads=2, context_length=16)
@@ -240,7 +240,7 @@ print(f"crashed at step 25, resumed from step 20: all {len(resumed.train_loss)} 
 # the same number of tokens.
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_warmup = Prediction("At peak LR 1e-2, 3 seeds: what does removing the 10 warm-up steps do to the final loss?",
                           ["worse without warm-up", "within the seed noise", "better without warm-up", "a run diverges"],
@@ -248,8 +248,8 @@ guess_warmup = Prediction("At peak LR 1e-2, 3 seeds: what does removing the 10 w
 guess_warmup
 
 # %%
-from lmlab.experiments.recipe import compare_settings
-from lmlab.experiments.recipe_figures import settings_figure
+from lmlab.course.experiments.ch09_recipe import compare_settings
+from lmlab.course.experiments.ch09_figures import settings_figure
 
 settings = compare_settings(seeds=(0, 1, 2))
 print(f"{'variant':<16}" + "".join(f"{'seed ' + str(s):>10}" for s in settings.seeds) + f"{'diverged':>10}")
@@ -296,8 +296,8 @@ print(spiky.sentence("β2 = 0.999"))
 # not a verdict): final validation loss against the peak LR, with and without 10 warm-up steps.
 
 # %%
-from lmlab.experiments.recipe import lr_sweep
-from lmlab.experiments.recipe_figures import sweep_figure
+from lmlab.course.experiments.ch09_recipe import lr_sweep
+from lmlab.course.experiments.ch09_figures import sweep_figure
 
 sweep = lr_sweep(lrs=(3e-3, 1e-2, 3e-2, 6e-2), warmups=(0, 10), seed=0)
 print(f"{'peak lr':>8}{'no warm-up':>12}{'warm-up 10':>12}")
@@ -322,8 +322,8 @@ print("Warm-up prevented a divergence here." if set(diverged[0]) - set(diverged[
 # two in-memory snapshots (every 10 steps) and skips 10 batches — PaLM's remedy, at 1/10 scale.
 
 # %%
-from lmlab.experiments.recipe import final_loss, spike_experiment
-from lmlab.experiments.recipe_figures import spike_figure
+from lmlab.course.experiments.ch09_recipe import final_loss, spike_experiment
+from lmlab.course.experiments.ch09_figures import spike_figure
 
 spike = spike_experiment(jolt_step=71, factor=30.0, window=50, threshold=6.0, min_history=30, skip_batches=10, steps=120,
                          margin=0.05)
@@ -369,7 +369,7 @@ schedule_explorer
 # jolt's step and size, the detector's window and threshold, and how many batches to skip.
 
 # %%
-from lmlab.experiments.recipe_figures import spike_lab_figure
+from lmlab.course.experiments.ch09_figures import spike_lab_figure
 
 spike_lab = FigureExplorer(
     make_figure=spike_lab_figure,
@@ -392,12 +392,12 @@ spike_lab
 # correction fail), the **warm-up + cosine** schedule (off-by-one warm-up and an unclamped end fail),
 # **global-norm clipping** (per-parameter clipping fails), the **spike detector**, and a **whole
 # training loop**, graded by training a tiny model at a fixed seed and comparing every loss with
-# `lmlab.train.train`'s.
+# `lmlab.train.loop.train`'s.
 #
 # ## 7 · Summary and further reading
 #
 # - lmlab's training loop is now made of its own parts; its defaults reproduce the earlier loop's
-#   losses bit for bit. Each recipe setting is an option of `lmlab.train.train`.
+#   losses bit for bit. Each recipe setting is an option of `lmlab.train.loop.train`.
 # - Loshchilov & Hutter, *Decoupled Weight Decay Regularization* (AdamW), 2019.
 # - Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*, 2018.
 # - Brown et al., *Language Models are Few-Shot Learners* (GPT-3: β2 0.95, warm-up, cosine to 10 %, batch ramp), 2020.

@@ -44,11 +44,11 @@ import plotly.graph_objects as go
 import torch
 from ipywidgets import Checkbox, Dropdown, FloatSlider
 
-from lmlab import scaling
-from lmlab.doctor import doctor
-from lmlab.model import GPT, ModelConfig
-from lmlab.scaling_fit import bootstrap_power_law, fit_chinchilla, fit_power_law
-from lmlab.widgets import FigureExplorer, style_figure
+from lmlab.scaling import counting as scaling
+from lmlab.course.doctor import doctor
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.scaling.fit import bootstrap_power_law, fit_chinchilla, fit_power_law
+from lmlab.course.widgets import FigureExplorer, style_figure
 
 info = doctor()  # versions, device, and whether widgets will render
 torch.set_num_threads(1)  # one thread: the same numbers and timings on a busy laptop
@@ -108,7 +108,7 @@ print(f"LLaMA-7B: {n7b['total']:,} parameters (the published 6,738,415,616 ✔),
 # %%
 from torch.utils.flop_counter import FlopCounterMode
 
-from lmlab.experiments.scaling import sweep_config
+from lmlab.course.experiments.ch10_scaling import sweep_config
 
 cfg = sweep_config(32, context_length=128)
 model = GPT(cfg)
@@ -199,7 +199,7 @@ assert not bad.ok
 # The **frontier** (the lowest loss reached at each compute) is what $L(C)$ describes.
 
 # %%
-from lmlab.experiments import scaling as exp
+from lmlab.course.experiments import ch10_scaling as exp
 
 t0 = time.perf_counter()
 runs = exp.run_sweep()  # d = 16, 24, 32 with SWEEP's settings
@@ -235,7 +235,7 @@ else:
     print(f"L(N, D) gave no prediction: {pred_nd['message']}")
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_fit = Prediction("Where will the planned run's measured loss land against L(C)'s 90 % interval printed above?",
                        ["inside the interval", "below it (better than the fit)", "above it (worse than the fit)"],

@@ -44,11 +44,11 @@ import math
 import torch
 from ipywidgets import Dropdown, FloatText, IntSlider, Text
 
-from lmlab.doctor import doctor
-from lmlab.loss_scaling import DynamicLossScaler, MasterWeights, gradscaler_trajectory, scaler_trajectory
-from lmlab.precision import FORMAT_NAMES, FORMATS, autocast_report, decode, encode, format_info, quantize, torch_bits
-from lmlab.stats import paired_comparison
-from lmlab.widgets import FigureExplorer
+from lmlab.course.doctor import doctor
+from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights, gradscaler_trajectory, scaler_trajectory
+from lmlab.train.precision import FORMAT_NAMES, FORMATS, autocast_report, decode, encode, format_info, quantize, torch_bits
+from lmlab.course.stats import paired_comparison
+from lmlab.course.widgets import FigureExplorer
 
 torch.set_num_threads(1)  # one thread: the same numbers and timings on a shared machine
 info = doctor()  # versions, device, and whether widgets will render
@@ -144,8 +144,8 @@ print(f"FP16: 1 + 2^-11 encodes to {encode(1 + 2**-11, 'fp16'):#06x}, the same p
 # thousand times, rounding after every addition. All with torch's own FP16 and BF16 arithmetic.
 
 # %%
-from lmlab.experiments.precision import overflow_examples, running_sum
-from lmlab.experiments.precision_figures import sum_figure
+from lmlab.course.experiments.ch11_precision import overflow_examples, running_sum
+from lmlab.course.experiments.ch11_figures import sum_figure
 
 ov = overflow_examples()
 for name, r in ov.items():
@@ -180,9 +180,9 @@ assert (round(final["fp32"], 4), round(final["fp16"], 3), final["bf16"]) == (10.
 # from a Linear, torch's own LayerNorm returns BF16 on the CPU but FP32 on CUDA (printed below).
 
 # %%
-from lmlab.experiments.precision import tiny_config
-from lmlab.model import GPT
-from lmlab.data import char_data, sample_batch
+from lmlab.course.experiments.ch11_precision import tiny_config
+from lmlab.model.gpt import GPT
+from lmlab.data.text import char_data, sample_batch
 
 cfg = tiny_config()
 _, train_ids, val_ids = char_data()
@@ -201,7 +201,7 @@ for dev in devices:
           + ("(CPU autocast leaves layer_norm in low precision)" if dev == "cpu" else "(CUDA autocast runs layer_norm in FP32)"))
 assert "bfloat16" in rep["forward"].get("addmm", rep["forward"].get("mm", [])) and rep["loss"] == "float32"
 
-from lmlab.norms import RMSNorm, rms_norm
+from lmlab.model.norms import RMSNorm, rms_norm
 
 xn = (torch.randn(64, 256) * 3).bfloat16()
 exact = rms_norm(xn.float(), None, 1e-6).bfloat16()
@@ -239,8 +239,8 @@ for kw in (dict(init_scale=65536.0, growth_interval=4), dict(init_scale=3.3, gro
 # as 1/(tokens per batch) — the regime of real LLM batches of millions of tokens.
 
 # %%
-from lmlab.experiments.precision import gradient_underflow
-from lmlab.experiments.precision_figures import underflow_figure
+from lmlab.course.experiments.ch11_precision import gradient_underflow
+from lmlab.course.experiments.ch11_figures import underflow_figure
 
 torch.manual_seed(0)
 u = gradient_underflow(GPT(cfg), scales=[2.0**k for k in (-12, -8, -4, 0, 8, 16, 24)], batch_size=16)
@@ -267,7 +267,7 @@ print(f"The simulation agrees with real FP16 to within {max(abs(a - b) for a, b 
 # the final validation loss over seeds.
 
 # %%
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 guess_scaling = Prediction("45 steps, 3 seeds: does FP16 without loss scaling end with a worse loss than FP16 with scaling?",
                            ["worse without scaling", "within the seed noise", "better without scaling"],
@@ -275,8 +275,8 @@ guess_scaling = Prediction("45 steps, 3 seeds: does FP16 without loss scaling en
 guess_scaling
 
 # %%
-from lmlab.experiments.precision import train_recipe
-from lmlab.experiments.precision_figures import curves_figure
+from lmlab.course.experiments.ch11_precision import train_recipe
+from lmlab.course.experiments.ch11_figures import curves_figure
 
 SEEDS, STEPS = (0, 1, 2), 45
 runs = {r: [train_recipe(r, seed=s, steps=STEPS, cfg=cfg) for s in SEEDS]
@@ -316,7 +316,7 @@ print(guess_scaling.reveal({"FP16 with scaling": "worse without scaling", "FP16 
 # late-training learning rate of 1e-5, with and without the FP32 master copy (both with loss scaling).
 
 # %%
-from lmlab.experiments.precision import update_rounding
+from lmlab.course.experiments.ch11_precision import update_rounding
 
 ur = update_rounding(runs["fp32"][0]["model"])
 print(f"{'lr':>8}" + "".join(f"{f:>8}" for f in ur["formats"]))
@@ -350,8 +350,8 @@ print(("Reproduced: without the master copy a large share of the updates is lost
 # forward pass of 512 tokens.
 
 # %%
-from lmlab.experiments.precision import memory_per_parameter
-from lmlab.experiments.precision_figures import memory_figure
+from lmlab.course.experiments.ch11_precision import memory_per_parameter
+from lmlab.course.experiments.ch11_figures import memory_figure
 
 mem = memory_per_parameter(cfg)
 print(f"{'recipe':<30}{'weights':>8}{'grads':>7}{'master':>8}{'Adam':>6}{'total':>7}{'activations saved':>19}")
@@ -378,7 +378,7 @@ assert mixed["total"] == 16 and (mixed["weights"], mixed["grads"]) == (2, 2)
 # bits in every format and the relative error of storing it.
 
 # %%
-from lmlab.experiments.precision_figures import format_explorer, scale_lab
+from lmlab.course.experiments.ch11_figures import format_explorer, scale_lab
 
 format_widget = FigureExplorer(
     make_figure=format_explorer,

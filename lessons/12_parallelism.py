@@ -44,12 +44,12 @@ from fractions import Fraction
 import torch
 from ipywidgets import Dropdown, IntSlider
 
-from lmlab import calc
-from lmlab.doctor import doctor
-from lmlab.experiments import parallelism as P
+from lmlab.scaling import calculators as calc
+from lmlab.course.doctor import doctor
+from lmlab.course.experiments import ch12_parallelism as P
 from lmlab.parallel import RankGrid
 from lmlab.parallel.pipeline import render, simulate
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 info = doctor()  # versions, device, and whether widgets will render
 
@@ -113,7 +113,7 @@ P.ring_figure(4).show()
 # %%
 import inspect
 
-from lmlab.experiments import parallel_spmd as S
+from lmlab.course.experiments import ch12_spmd as S
 from lmlab.parallel import collectives
 from lmlab.parallel.data_parallel import average_gradients
 from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
@@ -163,7 +163,7 @@ assert max(diff4.values()) < 1e-10
 # %% [markdown]
 # ## 2 · Build it, and run it on two processes
 #
-# The workers live in `lmlab/experiments/parallelism.py` (spawned processes import them by name: a
+# The workers live in `lmlab/course/experiments/ch12_parallelism.py` (spawned processes import them by name: a
 # function defined in a notebook cannot be spawned). **One** launch of 2 CPU ranks (~15 s) runs
 # everything: the ring all-reduce against `torch.distributed.all_reduce`; data parallel and ZeRO
 # stages 0–3 and torch's FSDP2 (`fully_shard`) trained 5 AdamW steps against one process on the whole
@@ -314,7 +314,7 @@ assert g == Fraction(3, 11) and meg == Fraction(3, 8) and abs(sim - float(g)) < 
 
 # %%
 from ipywidgets import VBox
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 predict_bubble = Prediction("At p = 4, m = 64, which schedule idles less?", ["GPipe", "1F1B", "the same"], description="smaller bubble")
 predict_memory = Prediction("At p = 4, m = 64, which schedule stores fewer micro-batches?", ["GPipe", "1F1B", "the same"],
@@ -389,7 +389,7 @@ planner
 # Use the planner above (or `P.plan(...)`) to answer; then run the check cell. Leave `None` to skip a task.
 
 # %%
-from lmlab.experiments.planner_tasks import TASKS, check_answers
+from lmlab.course.experiments.ch12_planner import TASKS, check_answers
 
 for key, question in TASKS.items():
     print(f"- {key}: {question}")

@@ -46,14 +46,14 @@ import torch
 import torch.nn as nn
 from ipywidgets import Checkbox, FloatSlider, IntSlider, Text
 
-from lmlab.checkpoints import find_smollm2, load_gguf, permute_qk, unpermute_qk
-from lmlab.data import load_corpus
-from lmlab.doctor import doctor
-from lmlab.experiments.capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
+from lmlab.interop.gguf import find_smollm2, load_gguf, permute_qk, unpermute_qk
+from lmlab.data.text import load_corpus
+from lmlab.course.doctor import doctor
+from lmlab.course.experiments.ch13_capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
                                         pretrain_experiment, token_logprobs)
-from lmlab.llama import build_llama, llama_config, parts_table
-from lmlab.norms import rms_norm
-from lmlab.widgets import FigureExplorer, style_figure
+from lmlab.model.llama import build_llama, llama_config, parts_table
+from lmlab.model.norms import rms_norm
+from lmlab.course.widgets import FigureExplorer, style_figure
 
 info = doctor()  # versions, device, and whether widgets will render
 torch.set_num_threads(1)
@@ -99,14 +99,14 @@ print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD 
 # ## 2 · Assemble your LLaMA
 #
 # A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `build_llama` is the one place
-# where a part is chosen: pass your own class for a kind and it is plugged in through `lmlab.parts`,
+# where a part is chosen: pass your own class for a kind and it is plugged in through `lmlab.model.registry`,
 # the registry of chapters 01-04 (a norm is built as `MyRMSNorm(d_model, eps)`, an FFN as
 # `SwiGLU(d_model, hidden)`, like your graded parts), so every module of that kind becomes yours. Here
 # a hand-written RMSNorm replaces lmlab's, and with the same weights the logits stay the same:
 
 # %%
 class MyRMSNorm(nn.Module):
-    """Your chapter-01 RMSNorm (here: written on lmlab.norms.rms_norm)."""
+    """Your chapter-01 RMSNorm (here: written on lmlab.model.norms.rms_norm)."""
 
     def __init__(self, d_model, eps=1e-5):
         super().__init__()
@@ -134,7 +134,7 @@ for kind, chapter, whose, where in parts_table(yours):
 # Losses per token cannot be compared across tokenizers (a BPE token carries ~2.3 bytes, a
 # character ~1). **Bits per byte** can: the total loss in bits of a held-out text divided by its
 # UTF-8 bytes. Both models have the same width, depth, steps, batch and peak learning rate, and both
-# train with **chapter 09's recipe** through `lmlab.train.train`: AdamW (β = 0.9, 0.95) with weight
+# train with **chapter 09's recipe** through `lmlab.train.loop.train`: AdamW (β = 0.9, 0.95) with weight
 # decay 0.1 on the matrices only, global-norm clipping at 1.0, 10 warm-up steps, then a cosine decay
 # to 10 % of the peak at the last step (`RECIPE` below). Each model trains on three seeds; the verdict
 # is a paired test over the seeds. Confounds: tokenizer *and* architecture change together, a 64-token
@@ -143,8 +143,8 @@ for kind, chapter, whose, where in parts_table(yours):
 # here may cost some loss that a longer run would recover (lesson 09 measures each setting).
 
 # %%
-from lmlab.experiments.capstone import RECIPE
-from lmlab.widgets import Prediction
+from lmlab.course.experiments.ch13_capstone import RECIPE
+from lmlab.course.widgets import Prediction
 
 print("chapter 09's recipe:", ", ".join(f"{k}={v}" for k, v in RECIPE.items()))
 NO_DIFFERENCE = "no difference beyond the seed noise"
@@ -166,7 +166,7 @@ print(result.comparison.sentence)
 print(guess.reveal(result.comparison.better or NO_DIFFERENCE))
 
 # %%
-from lmlab.decoding import generate
+from lmlab.infer.decoding import generate
 
 sample = generate(result.models["bpe"], torch.tensor(tok.encode("The for statement")), 30, strategy="sample",
                   temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0))
@@ -245,7 +245,7 @@ bpe_explorer
 # (slide to 0 for greedy, where top-k and top-p no longer matter); switch the KV cache off to see the tokens/s drop.
 
 # %%
-from lmlab.checkpoints import chat_prompt
+from lmlab.interop.gguf import chat_prompt
 
 if smol is not None:
     gen_model, gen_tok, gen_chat = smol.model, smol.tokenizer, (lambda p: chat_prompt([{"role": "user", "content": p}]))
@@ -269,17 +269,17 @@ generation_explorer
 #
 # | chapter | part | where it is in the model you just ran |
 # |---|---|---|
-# | [00](00_tour.ipynb) | the decoder, causal mask, training loop | `GPT`, `lmlab.train` |
+# | [00](00_tour.ipynb) | the decoder, causal mask, training loop | `GPT`, `lmlab.train.loop` |
 # | [01](01_normalization.ipynb) | RMSNorm, pre-LN | `blocks.i.norm1/norm2`, `final_norm` |
 # | [02](02_activations.ipynb) | SwiGLU | `blocks.i.ffn` |
 # | [03](03_positions.ipynb) | RoPE (half-split layout) | every attention layer's q and k |
 # | [04](04_attention.ipynb) | grouped-query attention | `blocks.i.attn` (9 query / 3 K/V heads in SmolLM2) |
 # | [06](06_long_context.ipynb) | RoPE base and context length | `rope_base=100000` |
-# | [07](07_decoding.ipynb) | greedy, temperature, top-k, top-p | `lmlab.decoding.generate` |
+# | [07](07_decoding.ipynb) | greedy, temperature, top-k, top-p | `lmlab.infer.decoding.generation` |
 # | [08](08_inference.ipynb) | KV cache, prefill / decode | `GPT.forward_with_cache` |
-# | 13 | byte-level BPE, GGUF loading, Hugging Face interop | `lmlab.bpe`, `lmlab.checkpoints`, `lmlab.hf` |
+# | 13 | byte-level BPE, GGUF loading, Hugging Face interop | `lmlab.data.bpe`, `lmlab.interop.gguf`, `lmlab.interop.hf` |
 #
-# `lmlab.hf.to_hf(model)` turns any of these models into a `transformers.LlamaForCausalLM` with the
+# `lmlab.interop.hf.to_hf(model)` turns any of these models into a `transformers.LlamaForCausalLM` with the
 # same logits (and `from_hf` back); `benchmarks/vs_hf.py` times lmlab against it side by side.
 
 # %%

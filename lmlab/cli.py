@@ -17,11 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        from .doctor import doctor
+        from lmlab.course.doctor import doctor
 
         doctor()
         return 0
-    from .grading.cli import grade_command
+    from lmlab.grading.cli import grade_command
 
     return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict)
 

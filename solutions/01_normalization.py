@@ -179,7 +179,7 @@ check("01.deepnorm_constants", deepnorm_constants)
 # ## 5 · Swap your RMSNorm into the model and train (2 points)
 #
 # Wrap your `rms_norm` in a module with a learned gain, then put it in every norm slot of lmlab's
-# model: `lmlab.parts.register_norm("my_rmsnorm", RMSNorm)` makes `ModelConfig(norm="my_rmsnorm")`
+# model: `lmlab.model.registry.register_norm("my_rmsnorm", RMSNorm)` makes `ModelConfig(norm="my_rmsnorm")`
 # valid, and `ModelConfig.norm_eps` reaches your `eps`. The check builds the model twice from the same
 # weights, once with lmlab's RMSNorm and once with yours: same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).

@@ -216,7 +216,7 @@ check("03.relative_position_bucket", relative_position_bucket)
 # ## 5 · Swap your RoPE into the model and train (2 points)
 #
 # Make your `apply_rope` a module like Hugging Face's `LlamaRotaryEmbedding`, then let every layer
-# rotate its queries and keys with it: `lmlab.parts.register_rope("my_rope", RotaryEmbedding)` makes
+# rotate its queries and keys with it: `lmlab.model.registry.register_rope("my_rope", RotaryEmbedding)` makes
 # `ModelConfig(position="my_rope")` valid (the model calls `RotaryEmbedding(head_dim, rope_base)` and
 # then `rope(q, positions)`, `rope(k, positions)`). The check: lmlab's logits from the same weights,
 # and the same losses after 8 Adam steps (tolerance 1e-4).

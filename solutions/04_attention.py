@@ -189,12 +189,12 @@ check("04.online_softmax_merge", online_softmax_merge)
 # query heads $0..r-1$ share K/V head 0, the next $r$ share head 1 and so on ($r$ = `n_heads // n_kv_heads`),
 # attend causally, put the heads back side by side and project with `w_o`. You may use your own attention
 # maths or `F.scaled_dot_product_attention` *without* `enable_gqa` (share the heads yourself) and
-# `lmlab.positions.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
+# `lmlab.model.positions.encodings.apply_rope`. The grader compares with SDPA's own GQA and with lmlab's layer on the same weights.
 
 # %%
 import torch.nn.functional as F
 
-from lmlab.positions import apply_rope
+from lmlab.model.positions.encodings import apply_rope
 
 
 def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, n_heads: int, n_kv_heads: int,
@@ -222,7 +222,7 @@ check("04.gqa_rope_attention", gqa_rope_attention)
 # ## 6 · Swap your grouped-query attention into the model and train (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
-# Face's layer names, then put it in every block: `lmlab.parts.register_attention("my_gqa", GQAttention)`
+# Face's layer names, then put it in every block: `lmlab.model.registry.register_attention("my_gqa", GQAttention)`
 # makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
 # `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).

@@ -212,7 +212,7 @@ check("06.yarn_frequencies", yarn_frequencies)
 # With Λ-shaped attention each query sees the first `n_sink` tokens and its `window` most recent ones, so a
 # decoder needs to keep only those in its KV cache (StreamingLLM). `k` and `v` are `(B, nkv, L, hs)` with the tokens
 # on dim 2, `positions` `(L,)` their positions. While `L <= n_sink + window` keep everything; otherwise keep the first
-# `n_sink` and the last `window`, the same tokens in `k`, `v` and `positions`. (`lmlab.longctx.SinkKVCache` does the same
+# `n_sink` and the last `window`, the same tokens in `k`, `v` and `positions`. (`lmlab.infer.long_context.SinkKVCache` does the same
 # after every append.)
 
 # %%

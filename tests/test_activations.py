@@ -1,4 +1,4 @@
-"""Tests for lmlab.activations: GELU, Swish/SiLU, the GLU family and the feed-forward block.
+"""Tests for lmlab.model.ffn: GELU, Swish/SiLU, the GLU family and the feed-forward block.
 
 Tolerances: fp32 against torch, rtol = atol = 1e-6 (forward and gradient), except the gradient
 of tanh-GELU: atol 2e-6 (see the test); bf16 against the fp64 result of torch's op on the same
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.activations import (
+from lmlab.model.ffn import (
     FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish,
 )
 

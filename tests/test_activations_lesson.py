@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.activations import FFN_KINDS
-from lmlab.experiments.activations import (
+from lmlab.model.ffn import FFN_KINDS
+from lmlab.course.experiments.ch02_activations import (
     ACTIVATION_FUNCTIONS, SWISH_RELU_GAP, ActivationComparison, activation_curves, compare_activations, compare_figure,
     comparison_figure, comparison_verdicts, curves_figure, ffn_parameter_table, swish_figure, swish_properties,
 )
@@ -126,7 +126,7 @@ def test_verdict_detects_a_real_gap_and_refuses_noise():
 
 
 def test_verdicts_are_the_shared_paired_comparison():
-    from lmlab.stats import paired_comparison
+    from lmlab.course.stats import paired_comparison
 
     losses = {"gelu": [2.30, 2.20, 2.40, 2.25], "swiglu": [2.25, 2.32, 2.28, 2.29]}
     (v,) = comparison_verdicts(_synthetic(losses), against="gelu")
@@ -156,7 +156,7 @@ def test_figures_plot_the_data(small_comparison):
 def test_swish_widget_redraws_when_beta_moves():
     from ipywidgets import FloatSlider
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     explorer = FigureExplorer(make_figure=lambda beta: swish_figure(beta),
                               controls={"beta": FloatSlider(value=1.0, min=0.0, max=20.0, step=0.1)})
@@ -175,7 +175,7 @@ def test_swish_widget_redraws_when_beta_moves():
 def test_compare_widget_redraws_when_selection_or_range_changes():
     from ipywidgets import FloatSlider, SelectMultiple
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     explorer = FigureExplorer(
         make_figure=lambda names, x_range: compare_figure(names, x_range),

@@ -1,4 +1,4 @@
-"""lmlab.attention: the reference, sparse masks (dense and FlexAttention), MQA/GQA (lesson 04)."""
+"""lmlab.model.attention: the reference, sparse masks (dense and FlexAttention), MQA/GQA (lesson 04)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.attention import (
+from lmlab.model.attention import (
     MultiHeadAttention,
     attention,
     decode_mask,
@@ -21,8 +21,8 @@ from lmlab.attention import (
     strided_mask,
     strided_mask_mod,
 )
-from lmlab.masks import causal_mask
-from lmlab.model import GPT, ModelConfig
+from lmlab.data.masks import causal_mask
+from lmlab.model.gpt import GPT, ModelConfig
 
 FP32 = dict(atol=1e-6, rtol=1e-6)  # fp32 reference vs fused kernels: a few ulps
 

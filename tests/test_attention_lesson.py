@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, IntSlider
 
-from lmlab.attention import attention, sliding_window_mask
-from lmlab.experiments import attention as X
-from lmlab.widgets import FigureExplorer
+from lmlab.model.attention import attention, sliding_window_mask
+from lmlab.course.experiments import ch04_attention as X
+from lmlab.course.widgets import FigureExplorer
 
 
 def test_local_attention_matches_masked_reference():

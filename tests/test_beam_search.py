@@ -1,4 +1,4 @@
-"""Tests for lmlab.decoding.beam_search: greedy equivalence, exhaustive search, scoring, stopping."""
+"""Tests for lmlab.infer.decoding.beam_search: greedy equivalence, exhaustive search, scoring, stopping."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lmlab.decoding import beam_search, generate, sequence_logprob
-from lmlab.model import GPT, ModelConfig
-from lmlab.train import seed_everything
+from lmlab.infer.decoding import beam_search, generate, sequence_logprob
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.loop import seed_everything
 from test_decoding import CachedPrefixHash, PrefixHash
 
 EXACT = dict(rtol=0.0, atol=0.0)
@@ -245,7 +245,7 @@ def test_bad_arguments():
 
 def _search_with_beam_step(model, prompt, K, L, length_penalty, eos_id):
     """beam_search(..., early_stopping="never") for one row, written as a loop of beam_step."""
-    from lmlab.decoding import beam_step
+    from lmlab.infer.decoding import beam_step
 
     beams, sums, finished = torch.tensor([prompt]), torch.zeros(1), []
     for step in range(L):
@@ -270,7 +270,7 @@ def test_beam_step_loop_equals_beam_search(length_penalty, K):
 
 
 def test_beam_step_finishes_only_top_k_eos_and_uses_the_exact_rule():
-    from lmlab.decoding import beam_step
+    from lmlab.infer.decoding import beam_step
 
     # two beams; sums -1 and -1.5; EOS = token 0
     sums = torch.tensor([-1.0, -1.5])

@@ -1,4 +1,4 @@
-"""lmlab.bpe: byte-level BPE training, encoding and decoding (SmolLM2's vocabulary: tests/test_checkpoints.py)."""
+"""lmlab.data.bpe: byte-level BPE training, encoding and decoding (SmolLM2's vocabulary: tests/test_checkpoints.py)."""
 
 from functools import lru_cache
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.bpe import (GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer, apply_merges, bpe_merge_step, bytes_to_unicode,
+from lmlab.data.bpe import (GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer, apply_merges, bpe_merge_step, bytes_to_unicode,
                        merge_pair, pair_counts, train_bpe)
-from lmlab.data import load_corpus
+from lmlab.data.text import load_corpus
 
 
 @lru_cache(maxsize=None)

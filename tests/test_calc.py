@@ -1,4 +1,4 @@
-"""Tests for :mod:`lmlab.calc` (lesson 12): closed-form counts checked against real models and
+"""Tests for :mod:`lmlab.scaling.calculators` (lesson 12): closed-form counts checked against real models and
 against the papers' numbers (``COURSE.md``, "Reference numbers"). No processes are started.
 Exact integer equality for parameter counts; floats to 3 significant figures where a paper rounds.
 """
@@ -11,8 +11,8 @@ from fractions import Fraction
 import pytest
 import torch.nn as nn
 
-from lmlab import calc
-from lmlab.model import GPT, ModelConfig
+from lmlab.scaling import calculators as calc
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 def n_params(module: nn.Module) -> int:
@@ -43,7 +43,7 @@ def test_model_params_equal_the_real_model(overrides):
 
 @pytest.mark.parametrize("gated,bias", [(False, True), (False, False), (True, True), (True, False)])
 def test_mlp_params_plain_and_gated(gated, bias):
-    from lmlab.activations import FeedForward
+    from lmlab.model.ffn import FeedForward
 
     ffn = FeedForward(24, 40, "swiglu" if gated else "gelu", bias=bias)
     assert calc.mlp_params(24, 40, gated=gated, bias=bias) == n_params(ffn)
@@ -52,7 +52,7 @@ def test_mlp_params_plain_and_gated(gated, bias):
 
 
 def test_llama_style_formula_against_a_llama_style_module():
-    # LLaMA-style: no biases, RMSNorm, SwiGLU, untied; built with lmlab.model's options
+    # LLaMA-style: no biases, RMSNorm, SwiGLU, untied; built with lmlab.model.gpt's options
     cfg = ModelConfig(vocab_size=50, context_length=8, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=88,
                       bias=False, norm="rmsnorm", activation="swiglu", position="none", tie_embeddings=False)
     assert calc.llama_params(50, 32, 2, 88, n_heads=4, n_kv_heads=2) == n_params(GPT(cfg))

@@ -1,4 +1,4 @@
-"""Lesson 13's experiments and lmlab.llama, run through the same functions the lesson calls (smaller sizes)."""
+"""Lesson 13's experiments and lmlab.model.llama, run through the same functions the lesson calls (smaller sizes)."""
 
 import math
 
@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 from ipywidgets import Checkbox, FloatSlider, IntSlider, Text
 
-from lmlab.experiments.capstone import (RECIPE, bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer,
+from lmlab.course.experiments.ch13_capstone import (RECIPE, bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer,
                                         merges_rows, pretrain_experiment, token_logprobs, truncated)
-from lmlab.llama import LLAMA_PARTS, build_llama, llama_block, llama_config, parts_table
-from lmlab.model import GPT
-from lmlab.parts import NORMS, unregister
-from lmlab.widgets import FigureExplorer
+from lmlab.model.llama import LLAMA_PARTS, build_llama, llama_block, llama_config, parts_table
+from lmlab.model.gpt import GPT
+from lmlab.model.registry import NORMS, unregister
+from lmlab.course.widgets import FigureExplorer
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_pretrain_experiment_compares_in_bits_per_byte(pretrained):
 
 def test_pretrain_experiment_trains_both_models_with_chapter_09s_recipe(pretrained):
     """Warm-up to the peak lr (3e-3) over RECIPE's 10 steps, cosine decay to 10 % at the last step, the same for
-    both models; AdamW with decay groups and clipping come from lmlab.train.train's options in RECIPE."""
+    both models; AdamW with decay groups and clipping come from lmlab.train.loop.train's options in RECIPE."""
     assert RECIPE["schedule"] == "cosine" and RECIPE["grad_clip"] == 1.0 and RECIPE["weight_decay"] == 0.1
     assert RECIPE["optimizer"] == "adamw" and RECIPE["warmup"] == 10
     bpe, char = pretrained.histories["bpe"], pretrained.histories["char"]
@@ -153,8 +153,8 @@ def test_generation_explorer_changes_with_controls(pretrained, tok):
 
 
 def test_model_config_norm_eps():
-    from lmlab.model import ModelConfig
-    from lmlab.norms import DEFAULT_EPS
+    from lmlab.model.gpt import ModelConfig
+    from lmlab.model.norms import DEFAULT_EPS
 
     cfg = llama_config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, norm_eps=0.25)
     model = GPT(cfg)

@@ -1,4 +1,4 @@
-"""lmlab.checkpoint and the loop's spike handling: exact resume after a kill, atomic writes, clear errors."""
+"""lmlab.train.checkpoint and the loop's spike handling: exact resume after a kill, atomic writes, clear errors."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import textwrap
 import pytest
 import torch
 
-import lmlab.checkpoint as C
-from lmlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lmlab.data import char_data
-from lmlab.model import GPT, ModelConfig
-from lmlab.spikes import Jolt, SpikePolicy
-from lmlab.train import NonFiniteLossError, seed_everything, train
+import lmlab.train.checkpoint as C
+from lmlab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lmlab.data.text import char_data
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.spikes import Jolt, SpikePolicy
+from lmlab.train.loop import NonFiniteLossError, seed_everything, train
 
 SCRIPT = textwrap.dedent("""
     import sys, time
-    from lmlab.data import char_data
-    from lmlab.model import GPT, ModelConfig
-    from lmlab.train import seed_everything, train
+    from lmlab.data.text import char_data
+    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.train.loop import seed_everything, train
     path, resume, slow = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
     tok, tr, va = char_data()
     seed_everything(0)
@@ -137,7 +137,7 @@ def test_non_finite_loss_is_reported_with_its_step_never_trained_on():
 
 
 def test_spike_policies_skip_roll_back_or_lower_the_lr():
-    from lmlab.experiments.recipe import run
+    from lmlab.course.experiments.ch09_recipe import run
 
     small = dict(d_model=16, n_layers=1, n_heads=2, context_length=16)
     kw = dict(steps=70, lr=2e-2, schedule="constant", warmup=0, jolt=Jolt(44, factor=30.0))

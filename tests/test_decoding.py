@@ -1,4 +1,4 @@
-"""Tests for lmlab.decoding: logit transforms, sampling, repetition control and generate.
+"""Tests for lmlab.infer.decoding: logit transforms, sampling, repetition control and generate.
 
 Beam search has its own file, tests/test_beam_search.py. Hand-made callables returning fixed
 logits give exact checks; tiny untrained GPTs check the lmlab-model path.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lmlab.decoding import (
+from lmlab.infer.decoding import (
     apply_repetition_penalty,
     apply_temperature,
     block_repeated_ngrams,
@@ -29,8 +29,8 @@ from lmlab.decoding import (
     top_k_filter,
     top_p_filter,
 )
-from lmlab.model import GPT, ModelConfig
-from lmlab.train import seed_everything
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.loop import seed_everything
 
 NEG = -math.inf
 EXACT = dict(rtol=0.0, atol=0.0)

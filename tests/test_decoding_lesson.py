@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.decoding import beam_search, filter_logits, generate, next_token_logits
-from lmlab.experiments.decoding import (
+from lmlab.infer.decoding import beam_search, filter_logits, generate, next_token_logits
+from lmlab.course.experiments.ch07_decoding import (
     EOS_CHAR,
     PROMPTS,
     beam_experiment,
@@ -22,7 +22,7 @@ from lmlab.experiments.decoding import (
     temperature_figure,
     temperature_sweep,
 )
-from lmlab.experiments.tour import train_tiny_gpt
+from lmlab.course.experiments.ch00_tour import train_tiny_gpt
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def run():
 
 @pytest.fixture(scope="module")
 def val_text():
-    from lmlab.data import load_corpus
+    from lmlab.data.text import load_corpus
 
     return load_corpus().val
 
@@ -136,7 +136,7 @@ def test_beam_size_and_length_penalty(run):
 def test_beam_experiment_uses_the_exact_stopping_rule(run, monkeypatch):
     """The heuristic (early_stopping=False, beam_search's default) can stop before a longer hypothesis
     that the length penalty ranks higher; the experiment must ask for the exact rule."""
-    import lmlab.experiments.decoding as D
+    import lmlab.course.experiments.ch07_decoding as D
 
     seen = []
 
@@ -210,7 +210,7 @@ def test_next_token_figure_shows_kept_and_renormalised(run):
 def test_widgets_redraw_when_controls_move(run):
     from ipywidgets import FloatSlider, IntSlider, Text
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     model, tok = run.model, run.tokenizer
     explorer = FigureExplorer(

@@ -1,6 +1,6 @@
 """Delivery: Binder's environment.yml, the Colab setup cell in every lesson, and the badges.
 
-The repository is named in one place, ``lmlab.course.GITHUB_REPO``; everything else (README badges,
+The repository is named in one place, ``lmlab.course.notebooks.GITHUB_REPO``; everything else (README badges,
 lesson badges, the Colab cell) is made from it with ``colab_badge`` / ``colab_url`` / ``binder_url``
 and these tests fail when a copy drifts from it.
 """
@@ -18,8 +18,8 @@ import nbformat
 import pytest
 import yaml
 
-from lmlab import course
-from lmlab.course import COLAB_SETUP_SOURCE, GITHUB_REPO, ROOT, binder_url, colab_badge, colab_url
+from lmlab.course import notebooks as course
+from lmlab.course.notebooks import COLAB_SETUP_SOURCE, GITHUB_REPO, ROOT, binder_url, colab_badge, colab_url
 
 LESSONS = course.lesson_sources()
 CUDA_ONLY = re.compile(r"cuda|cudnn|cublas|nccl|nvidia|cupy|triton|\+cu\d", re.I)
@@ -157,10 +157,10 @@ def _cells(path):
 @pytest.mark.parametrize("path", [p for src in LESSONS for p in (src, src.with_suffix(".ipynb"))],
                          ids=lambda p: p.name)
 def test_every_lesson_starts_with_the_colab_cell(path):
-    assert path.exists(), f"{path.name} missing: run `python -m lmlab.course build`"
+    assert path.exists(), f"{path.name} missing: run `python -m lmlab.course.notebooks build`"
     first_code = next(c for c in _cells(path) if c.cell_type == "code")
     assert first_code.source == COLAB_SETUP_SOURCE, (
-        f"{path.name}: the first code cell must be exactly lmlab.course.COLAB_SETUP_SOURCE (the lesson template)")
+        f"{path.name}: the first code cell must be exactly lmlab.course.notebooks.COLAB_SETUP_SOURCE (the lesson template)")
 
 
 # ----------------------------------------------------------------------------- badges and the one repository name
@@ -180,7 +180,7 @@ def test_every_lesson_has_a_colab_badge_at_the_top(src):
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
     top = "\n".join(c.source for c in cells[:first_code] if c.cell_type == "markdown")
     assert colab_badge(f"lessons/{src.stem}.ipynb") in top, (
-        f"{src.name}: put lmlab.course.colab_badge('lessons/{src.stem}.ipynb') in the markdown above the first code cell")
+        f"{src.name}: put lmlab.course.notebooks.colab_badge('lessons/{src.stem}.ipynb') in the markdown above the first code cell")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_readme_lesson_table_has_a_colab_badge_per_lesson(readme, src):
     nb = f"lessons/{src.stem}.ipynb"
     rows = [line for line in readme.splitlines() if line.startswith("|") and f"({nb})" in line]
     assert rows, f"README.md: no lesson-table row links ({nb})"
-    assert any(colab_badge(nb) in row for row in rows), f"README.md: the row for {nb} needs lmlab.course.colab_badge({nb!r})"
+    assert any(colab_badge(nb) in row for row in rows), f"README.md: the row for {nb} needs lmlab.course.notebooks.colab_badge({nb!r})"
 
 
 def test_readme_has_the_binder_badge(readme):
@@ -203,11 +203,11 @@ def test_readme_has_the_binder_badge(readme):
 
 def test_repository_is_named_consistently():
     """Every GitHub/Colab/Binder link in README and lessons points at GITHUB_REPO, and the only
-    Python source that spells it out is lmlab/course.py."""
+    Python source that spells it out is lmlab/course/notebooks.py."""
     link = re.compile(r"(?:github\.com/|colab\.research\.google\.com/github/|mybinder\.org/v2/gh/)([\w.-]+/[\w.-]+?)(?:\.git)?(?=[/?)\s\"'#]|$)")
     files = [ROOT / "README.md", *LESSONS, *(p.with_suffix(".ipynb") for p in LESSONS)]
     for path in files:
         for repo in link.findall(path.read_text(encoding="utf-8")):
-            assert repo == GITHUB_REPO, f"{path.name} links {repo!r}, not lmlab.course.GITHUB_REPO={GITHUB_REPO!r}"
+            assert repo == GITHUB_REPO, f"{path.name} links {repo!r}, not lmlab.course.notebooks.GITHUB_REPO={GITHUB_REPO!r}"
     spelled = [p.relative_to(ROOT) for p in (ROOT / "lmlab").rglob("*.py") if GITHUB_REPO in p.read_text(encoding="utf-8")]
-    assert spelled == [course.Path("lmlab/course.py")], f"the repository is named outside lmlab/course.py: {spelled}"
+    assert spelled == [course.Path("lmlab/course/notebooks.py")], f"the repository is named outside lmlab/course/notebooks.py: {spelled}"

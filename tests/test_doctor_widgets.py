@@ -1,4 +1,4 @@
-"""Tests for lmlab.doctor (environment report, CLI entry points) and lmlab.widgets.FigureExplorer."""
+"""Tests for lmlab.course.doctor (environment report, CLI entry points) and lmlab.course.widgets.FigureExplorer."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from lmlab import doctor as doctor_mod
+from lmlab.course import doctor as doctor_mod
 from lmlab.cli import main as cli_main
-from lmlab.doctor import best_device, doctor, environment
-from lmlab.widgets import FIGURE_HEIGHT, FIGURE_WIDTH, FigureExplorer, style_figure
+from lmlab.course.doctor import best_device, doctor, environment
+from lmlab.course.widgets import FIGURE_HEIGHT, FIGURE_WIDTH, FigureExplorer, style_figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def _console_script() -> Path | None:
 
 
 def test_command_line_doctor_runs():
-    commands = [[sys.executable, "-m", "lmlab.doctor"]]
+    commands = [[sys.executable, "-m", "lmlab.course.doctor"]]
     script = _console_script()
     if script is not None:
         commands.append([str(script), "doctor"])
@@ -194,7 +194,7 @@ def test_style_figure():
 def test_style_figure_caps_the_width_and_makes_room_for_subplot_titles():
     from plotly.subplots import make_subplots
 
-    from lmlab.widgets import FIGURE_MAX_WIDTH, style_figure
+    from lmlab.course.widgets import FIGURE_MAX_WIDTH, style_figure
 
     wide = style_figure(go.Figure(), "wide", width=1200)
     assert wide.layout.width == FIGURE_MAX_WIDTH  # fits JupyterLab's column beside the file browser

@@ -1,12 +1,12 @@
-"""lmlab.flash: tiled attention with the online softmax, forward and backward (lesson 04)."""
+"""lmlab.infer.tiled_attention: tiled attention with the online softmax, forward and backward (lesson 04)."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lmlab.attention import attention
-from lmlab.flash import IOStats, flash_attention, sram_block_sizes, standard_attention_io
-from lmlab.masks import causal_mask
+from lmlab.model.attention import attention
+from lmlab.infer.tiled_attention import IOStats, flash_attention, sram_block_sizes, standard_attention_io
+from lmlab.data.masks import causal_mask
 
 FP32 = dict(atol=1e-6, rtol=1e-6)  # the issue's bar: fp32, within 1e-6 (plus 1e-6 relative)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grading_wrong_answers import WRONG_ANSWERS
-from lmlab.course import ROOT
+from lmlab.course.notebooks import ROOT
 from lmlab.grading import all_exercises, check, check_all, grade_object
 from lmlab.grading.engine import run_exercise
 from lmlab.grading.extract import extract

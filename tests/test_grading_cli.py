@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from lmlab import cli, course
+from lmlab import cli
+from lmlab.course import notebooks as course
 from lmlab.grading.cli import grade_command
 from lmlab.grading.registry import chapter_exercises
 from lmlab.grading.runner import GRACE

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmlab import course
+from lmlab.course import notebooks as course
 from lmlab.grading.extract import ExtractError, extract
 
 NB = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from lmlab import course
-from lmlab.grading.generate import SolutionError, exercise_text, expected_exercise_files
+from lmlab.course import notebooks as course
+from lmlab.grading.exercise_notebooks import SolutionError, exercise_text, expected_exercise_files
 from lmlab.grading.registry import chapter_exercises
 
 ROOT = course.ROOT
@@ -19,8 +19,8 @@ def test_committed_exercises_are_regenerated_exactly():
     files = expected_exercise_files(ROOT)
     assert files, "no solutions/NN_*.py found"
     for path, text in files.items():
-        assert path.exists(), f"{path} missing: run python -m lmlab.course build"
-        assert path.read_text(encoding="utf-8") == text, f"{path.name} differs from its solution: run python -m lmlab.course build"
+        assert path.exists(), f"{path} missing: run python -m lmlab.course.notebooks build"
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} differs from its solution: run python -m lmlab.course.notebooks build"
         ipynb = path.with_suffix(".ipynb")
         assert ipynb.read_text(encoding="utf-8") == course.ipynb_text(text), f"{ipynb.name} is stale"
     assert course.check() == []
@@ -88,7 +88,7 @@ def test_tiered_hints_are_collapsed_cells_without_the_solution():
     """Every exercise with ``hints`` gets one <details> block per tier before its check cell, and no
     tier repeats a line of the solution."""
     from lmlab.grading import all_exercises
-    from lmlab.grading.generate import BEGIN, END, hint_cell
+    from lmlab.grading.exercise_notebooks import BEGIN, END, hint_cell
 
     tiered = [ex for ex in all_exercises() if ex.hints]
     assert len(tiered) >= 6
@@ -133,7 +133,7 @@ def test_exercise_hints_and_minutes_are_validated():
 
 def _solution_blocks(src: str, name: str) -> list[str]:
     """The lines inside every solution block of the top-level function or class ``name`` in a solutions file."""
-    from lmlab.grading.generate import BEGIN, END
+    from lmlab.grading.exercise_notebooks import BEGIN, END
 
     lines, out, owner, inside = src.splitlines(), [], None, False
     for line in lines:

@@ -8,9 +8,9 @@ from lmlab.grading.harness import call_with, resolve_target
 
 
 def test_in_process_it_calls_the_named_lmlab_function_with_the_object_first():
-    out = call_with([3, 1, 2], "lmlab.validation:check_choice", "x", [[3, 1, 2], [1]])
+    out = call_with([3, 1, 2], "lmlab.argcheck:check_choice", "x", [[3, 1, 2], [1]])
     assert out == [3, 1, 2]
-    assert resolve_target("lmlab.part_training:train_with_part").__name__ == "train_with_part"
+    assert resolve_target("lmlab.grading.plug_and_train:train_with_part").__name__ == "train_with_part"
 
 
 def test_an_object_whose_type_has_the_hook_routes_the_call():
@@ -21,8 +21,8 @@ def test_an_object_whose_type_has_the_hook_routes_the_call():
             calls.append((target, args, kwargs))
             return "ran in the child"
 
-    assert call_with(Remote(), "lmlab.part_training:train_with_part", "norm", {"norm": "rmsnorm"}, steps=2) == "ran in the child"
-    assert calls == [("lmlab.part_training:train_with_part", ("norm", {"norm": "rmsnorm"}), {"steps": 2})]
+    assert call_with(Remote(), "lmlab.grading.plug_and_train:train_with_part", "norm", {"norm": "rmsnorm"}, steps=2) == "ran in the child"
+    assert calls == [("lmlab.grading.plug_and_train:train_with_part", ("norm", {"norm": "rmsnorm"}), {"steps": 2})]
 
     # only the type's hook counts, not an instance attribute
     plain = type("Plain", (), {})()
@@ -31,8 +31,8 @@ def test_an_object_whose_type_has_the_hook_routes_the_call():
         call_with(plain, "os:system", "true")
 
 
-@pytest.mark.parametrize("target", ["os:system", "lmlab.parts", "lmlab.parts:", "builtins:eval", "lmlabx.mod:f",
-                                    "lmlab.part_training:train_with_part; import os", None, 3])
+@pytest.mark.parametrize("target", ["os:system", "lmlab.model.registry", "lmlab.model.registry:", "builtins:eval", "lmlabx.mod:f",
+                                    "lmlab.grading.plug_and_train:train_with_part; import os", None, 3])
 def test_only_lmlab_functions_can_be_named(target):
     with pytest.raises(ValueError, match="target must look like 'lmlab.module:function'"):
         call_with(object(), target)

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from lmlab import course
+from lmlab.course import notebooks as course
 from lmlab.grading.cli import grade_command, grade_path
 from lmlab.grading.registry import chapter_exercises, get_exercise
 from lmlab.grading.sandbox import Sandbox, session_processes
@@ -288,14 +288,14 @@ def test_call_with_runs_the_harness_in_the_child(remote):
 
 def test_strict_names_imports_of_the_reference(tmp_path):
     ex = get_exercise("00.causal_mask")
-    assert callable(resolve_reference(ex.reference)) and resolve_reference("lmlab.masks:causal_mask") is resolve_reference(ex.reference)
-    snippets = [{"filename": "cell 2", "source": "from lmlab.masks import causal_mask\n"},
-                {"filename": "cell 3", "source": "import lmlab.masks as mm\n\ndef prefix_lm_mask(T, p):\n    return mm.prefix_lm_mask(T, p)\n"}]
-    assert reference_uses(ex, snippets) == ["cell 2, line 1: from lmlab.masks import causal_mask"]
+    assert callable(resolve_reference(ex.reference)) and resolve_reference("lmlab.data.masks:causal_mask") is resolve_reference(ex.reference)
+    snippets = [{"filename": "cell 2", "source": "from lmlab.data.masks import causal_mask\n"},
+                {"filename": "cell 3", "source": "import lmlab.data.masks as mm\n\ndef prefix_lm_mask(T, p):\n    return mm.prefix_lm_mask(T, p)\n"}]
+    assert reference_uses(ex, snippets) == ["cell 2, line 1: from lmlab.data.masks import causal_mask"]
     assert "mm.prefix_lm_mask" in reference_uses(get_exercise("00.prefix_lm_mask"), snippets)[0]
     assert reference_uses(ex, [{"filename": "cell 1", "source": SOL}]) == []
     path = tmp_path / "imports.py"
-    path.write_text(STUBS.replace("def causal_mask(", "from lmlab.masks import causal_mask\n\n\ndef _unused_causal_mask(", 1), encoding="utf-8")
+    path.write_text(STUBS.replace("def causal_mask(", "from lmlab.data.masks import causal_mask\n\n\ndef _unused_causal_mask(", 1), encoding="utf-8")
     out = tmp_path / "g.json"
     assert grade_command(str(path), json_path=str(out), strict=True) == 0
     record = json.loads(out.read_text())

@@ -1,6 +1,6 @@
 """Widget cells execute headless: ``jupyter nbconvert --execute`` with its DEFAULT settings, and papermill.
 
-Before ``lmlab.widgets.FigureExplorer`` set its ``Output``'s ``outputs`` directly, nbclient stalled on a
+Before ``lmlab.course.widgets.FigureExplorer`` set its ``Output``'s ``outputs`` directly, nbclient stalled on a
 plotly figure shown inside an ``Output`` (forever with nbconvert's defaults). A subprocess timeout turns a
 stall into a failure. The notebook is small (one 40 x 40 heatmap, ~10 KB of plotly JSON, a control change)
 so the test costs one kernel start; ``tools/build_previews.py --execute-all`` runs the whole course.
@@ -19,7 +19,7 @@ import pytest
 STALL_LIMIT = 150  # seconds: the notebook needs ~10 s; a stall waits forever
 
 CELLS = [
-    "import torch\nfrom ipywidgets import IntSlider\nfrom lmlab.widgets import FigureExplorer, mask_heatmap",
+    "import torch\nfrom ipywidgets import IntSlider\nfrom lmlab.course.widgets import FigureExplorer, mask_heatmap",
     "ex = FigureExplorer(lambda T: mask_heatmap(torch.ones(T, T).tril().bool(), f'T = {T}'), {'T': IntSlider(40, 2, 48)})\nex",
     "ex.controls['T'].value = 41\nassert ex.renders == 2 and len(ex.figure.data[0].z) == 41\nprint('changed')",
 ]

@@ -1,4 +1,4 @@
-"""lmlab.hf: to_hf / from_hf against transformers' LlamaForCausalLM (tiny random configs, no download).
+"""lmlab.interop.hf: to_hf / from_hf against transformers' LlamaForCausalLM (tiny random configs, no download).
 
 Weights have std 0.5 (at init scale, 0.02, a layout or eps bug hides under 1e-2 and argmax ties
 flip), and the 1e-5 comparisons run in float64 so that 1e-5 is a real tolerance (measured: 1e-13).
@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from lmlab.model import GPT, ModelConfig
+from lmlab.model.gpt import GPT, ModelConfig
 
 try:
     import transformers
@@ -59,7 +59,7 @@ def logits(model, ids):
 @needs_hf
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_to_hf_logits_equal(name, hf_norm_keeps_dtype):
-    from lmlab.hf import to_hf
+    from lmlab.interop.hf import to_hf
 
     model = llama(**CONFIGS[name]).double()
     hf = to_hf(model)
@@ -74,7 +74,7 @@ def test_to_hf_logits_equal(name, hf_norm_keeps_dtype):
 @needs_hf
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_from_hf_logits_equal(name, hf_norm_keeps_dtype):
-    from lmlab.hf import from_hf, to_hf_config
+    from lmlab.interop.hf import from_hf, to_hf_config
 
     hf_cfg = to_hf_config(llama(**CONFIGS[name]).config)
     torch.manual_seed(3)
@@ -92,7 +92,7 @@ def test_from_hf_logits_equal(name, hf_norm_keeps_dtype):
 @needs_hf
 def test_eps_and_gqa_order_matter(hf_norm_keeps_dtype):
     """The checks above are not vacuous: a wrong eps or a wrong K/V head order changes the logits."""
-    from lmlab.hf import to_hf
+    from lmlab.interop.hf import to_hf
 
     model = llama(**CONFIGS["mqa-untied-eps"]).double()
     hf = to_hf(model)
@@ -112,7 +112,7 @@ def test_eps_and_gqa_order_matter(hf_norm_keeps_dtype):
 @needs_hf
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_float32_logits_match_unmodified_transformers(name):
-    from lmlab.hf import to_hf
+    from lmlab.interop.hf import to_hf
 
     model = llama(**CONFIGS[name])
     ids = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(1))
@@ -121,7 +121,7 @@ def test_float32_logits_match_unmodified_transformers(name):
 
 @needs_hf
 def test_save_pretrained_round_trip(tmp_path):
-    from lmlab.hf import from_hf, to_hf
+    from lmlab.interop.hf import from_hf, to_hf
 
     model = llama(**CONFIGS["gqa-tied"])
     to_hf(model).save_pretrained(tmp_path)
@@ -137,8 +137,8 @@ def test_save_pretrained_round_trip(tmp_path):
 @needs_hf
 @pytest.mark.parametrize("name", ["gqa-tied", "mqa-untied-eps"])
 def test_greedy_generation_equals_hf_generate(name):
-    from lmlab.decoding import generate
-    from lmlab.hf import to_hf
+    from lmlab.infer.decoding import generate
+    from lmlab.interop.hf import to_hf
 
     model = llama(**CONFIGS[name])
     hf = to_hf(model)
@@ -152,7 +152,7 @@ def test_greedy_generation_equals_hf_generate(name):
 
 @needs_hf
 def test_non_llama_configs_are_refused():
-    from lmlab.hf import from_hf, to_hf
+    from lmlab.interop.hf import from_hf, to_hf
 
     with pytest.raises(ValueError, match="ModelConfig.norm must be 'rmsnorm'"):
         to_hf(GPT(ModelConfig(d_model=16, n_heads=2, n_layers=1)))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from ipywidgets import Dropdown, IntSlider
 
-from lmlab.experiments.inference import (
+from lmlab.course.experiments.ch08_inference import (
     PRESETS,
     SCRIPT,
     block_scenario,
@@ -21,7 +21,7 @@ from lmlab.experiments.inference import (
     waste_experiment,
     waste_figure,
 )
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""lmlab.kvcache and GPT.forward_with_cache: prefill + decode equal full recomputation (lesson 08)."""
+"""lmlab.infer.kv_cache and GPT.forward_with_cache: prefill + decode equal full recomputation (lesson 08)."""
 
 import pytest
 import torch
 
-from lmlab.decoding import generate
-from lmlab.kvcache import KVCache, kv_cache_bytes
-from lmlab.model import GPT, ModelConfig
+from lmlab.infer.decoding import generate
+from lmlab.infer.kv_cache import KVCache, kv_cache_bytes
+from lmlab.model.gpt import GPT, ModelConfig
 
 LOGITS = dict(atol=1e-5, rtol=1e-5)  # the issue's bar for cached vs recomputed logits (fp32)
 
@@ -161,8 +161,8 @@ def test_forward_with_cache_rejects_out_of_vocabulary_ids():
 
 
 def test_decode_step_reference_equals_the_cache_and_sdpa():
-    """lmlab.kvcache.decode_step (lesson 08's graded reference) gives what KVCache + SDPA compute."""
-    from lmlab.kvcache import KVCache, decode_step
+    """lmlab.infer.kv_cache.decode_step (lesson 08's graded reference) gives what KVCache + SDPA compute."""
+    from lmlab.infer.kv_cache import KVCache, decode_step
 
     g = torch.Generator().manual_seed(0)
     B, nh, T, hs = 2, 3, 5, 4

@@ -8,7 +8,7 @@ import sys
 
 import nbformat
 
-from lmlab.course import ROOT
+from lmlab.course.notebooks import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "lesson_times.py"
 

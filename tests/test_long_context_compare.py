@@ -1,12 +1,12 @@
-"""lmlab.experiments.long_context_compare: the cost counts against hand counts, and the comparisons on small cases."""
+"""lmlab.course.experiments.ch06_compare: the cost counts against hand counts, and the comparisons on small cases."""
 
 import pytest
 import torch
 
-from lmlab.experiments import long_context as X
-from lmlab.experiments import long_context_compare as C
-from lmlab.longctx import lambda_mask
-from lmlab.model import ModelConfig
+from lmlab.course.experiments import ch06_long_context as X
+from lmlab.course.experiments import ch06_compare as C
+from lmlab.infer.long_context import lambda_mask
+from lmlab.model.gpt import ModelConfig
 
 
 def _cfg(n_layers, n_heads, d_model, n_kv_heads=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from ipywidgets import Dropdown, FloatSlider, IntSlider
 
-from lmlab.experiments import long_context as X
-from lmlab.longctx import lambda_mask
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments import ch06_long_context as X
+from lmlab.infer.long_context import lambda_mask
+from lmlab.course.widgets import FigureExplorer
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_lambda_widget_wiring():
 
 
 def test_lambda_cost_counts_pairs_and_cache():
-    from lmlab.experiments.long_context_compare import lambda_cost
-    from lmlab.model import ModelConfig
+    from lmlab.course.experiments.ch06_compare import lambda_cost
+    from lmlab.model.gpt import ModelConfig
 
     cfg = ModelConfig(vocab_size=16, context_length=64, d_model=32, n_layers=2, n_heads=4, position="rope")
     c = lambda_cost(128, 4, 60, cfg)
@@ -130,7 +130,7 @@ def test_lambda_cost_counts_pairs_and_cache():
 
 
 def test_attention_mass_by_key_is_one_for_uniform_attention():
-    from lmlab.model import GPT, ModelConfig
+    from lmlab.model.gpt import GPT, ModelConfig
 
     cfg = ModelConfig(vocab_size=16, context_length=16, d_model=16, n_layers=1, n_heads=2, position="rope")
     model = GPT(cfg)

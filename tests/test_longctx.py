@@ -1,4 +1,4 @@
-"""Tests for lmlab.longctx (lesson 06): RoPE scaling (hand values and, with the optional parity
+"""Tests for lmlab.infer.long_context (lesson 06): RoPE scaling (hand values and, with the optional parity
 extra, Hugging Face's reference), truncation, Λ-shaped attention and its bounded cache,
 parallel context windows and the kNN memory."""
 
@@ -9,24 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.attention import MultiHeadAttention
-from lmlab.longctx import (
-    KNNMemory,
-    KNNMemoryAttention,
-    SinkKVCache,
-    check_rope_scaling,
-    lambda_mask,
-    memorize_segments,
-    parallel_context_inputs,
-    parallel_context_logits,
-    rope_attention_positions,
-    scaled_rope_frequencies,
-    truncated_rope_attention,
-    yarn_attention_factor,
-    yarn_ramp,
-)
-from lmlab.model import GPT, ModelConfig
-from lmlab.positions import apply_rope, rope_frequencies
+from lmlab.model.attention import MultiHeadAttention
+from lmlab.model.memory import KNNMemory, KNNMemoryAttention, memorize_segments
+from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_inputs, parallel_context_logits
+from lmlab.model.positions.rope_scaling import check_rope_scaling, rope_attention_positions, scaled_rope_frequencies, truncated_rope_attention, yarn_attention_factor, yarn_ramp
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.positions.encodings import apply_rope, rope_frequencies
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 powers and trig
 

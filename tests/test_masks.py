@@ -1,4 +1,4 @@
-"""Tests for lmlab.masks: the three architectures' attention masks (True = may attend)."""
+"""Tests for lmlab.data.masks: the three architectures' attention masks (True = may attend)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.masks import (
+from lmlab.data.masks import (
     ARCHITECTURES,
     EncoderDecoderMasks,
     architecture_mask,

@@ -1,12 +1,12 @@
-"""Lesson 00's ladder (lmlab.minimal_gpt): the minimal GPT is lmlab.GPT, and every rung trains."""
+"""Lesson 00's ladder (lmlab.model.minimal_gpt): the minimal GPT is lmlab.GPT, and every rung trains."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lmlab
-from lmlab.experiments.ladder import train_ladder
-from lmlab.minimal_gpt import LADDER, MiniGPT, attention_head, gpt_forward
+from lmlab.course.experiments.ch00_ladder import train_ladder
+from lmlab.model.minimal_gpt import LADDER, MiniGPT, attention_head, gpt_forward
 
 
 def _big_gpt(cfg):

@@ -1,12 +1,12 @@
-"""Tests for lmlab.model: ModelConfig validation and the GPT forward pass."""
+"""Tests for lmlab.model.gpt: ModelConfig validation and the GPT forward pass."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lmlab.masks import causal_mask, prefix_lm_mask
-from lmlab.model import GPT, ModelConfig
+from lmlab.data.masks import causal_mask, prefix_lm_mask
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 def tiny(**overrides) -> ModelConfig:

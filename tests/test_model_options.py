@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.activations import FeedForward, glu_hidden_size
-from lmlab.experiments.norm_placement import grad_norms_per_layer
-from lmlab.model import ACTIVATIONS, GPT, NORM_POSITIONS, NORMS, ModelConfig
-from lmlab.norms import DeepNorm, LayerNorm, RMSNorm, deepnorm_constants
+from lmlab.model.ffn import FeedForward, glu_hidden_size
+from lmlab.course.experiments.ch01_placement import grad_norms_per_layer
+from lmlab.model.gpt import ACTIVATIONS, GPT, NORM_POSITIONS, NORMS, ModelConfig
+from lmlab.model.norms import DeepNorm, LayerNorm, RMSNorm, deepnorm_constants
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 
-from lmlab.experiments import norm_placement as NP
-from lmlab.experiments import normalization as N
-from lmlab.model import GPT, ModelConfig
-from lmlab.norms import deepnorm_constants
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments import ch01_placement as NP
+from lmlab.course.experiments import ch01_normalization as N
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.norms import deepnorm_constants
+from lmlab.course.widgets import FigureExplorer
 
 
 def test_batchnorm_depends_on_the_batch_layernorm_does_not():

@@ -1,4 +1,4 @@
-"""Tests for lmlab.norms: LayerNorm, RMSNorm and DeepNorm against torch and their defining properties.
+"""Tests for lmlab.model.norms: LayerNorm, RMSNorm and DeepNorm against torch and their defining properties.
 
 Tolerances (stated once, used below):
 - fp32 against torch: every element within 1e-6 * scale (rtol 1e-6 besides). scale is the size
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.norms import (
+from lmlab.model.norms import (
     NORM_KINDS, DeepNorm, LayerNorm, RMSNorm, deepnorm_constants, layer_norm, make_norm, rms_norm,
 )
 

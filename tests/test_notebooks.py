@@ -5,7 +5,7 @@ import json
 import jupytext
 import pytest
 
-from lmlab import course
+from lmlab.course import notebooks as course
 
 SOURCES = course.notebook_sources()
 
@@ -18,9 +18,9 @@ def test_there_are_lessons():
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_ipynb_pair_in_sync(src):
     nb_path = src.with_suffix(".ipynb")
-    assert nb_path.exists(), f"{nb_path} is missing: run `python -m lmlab.course build`"
+    assert nb_path.exists(), f"{nb_path} is missing: run `python -m lmlab.course.notebooks build`"
     expected = course.ipynb_text(src.read_text(encoding="utf-8"))
-    assert nb_path.read_text(encoding="utf-8") == expected, f"{nb_path.name} is out of sync with {src.name}: run `python -m lmlab.course build`"
+    assert nb_path.read_text(encoding="utf-8") == expected, f"{nb_path.name} is out of sync with {src.name}: run `python -m lmlab.course.notebooks build`"
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,17 @@
-"""lmlab.span_corruption and lmlab.objectives: T5's bookkeeping, sentinels, masks, UL2 examples."""
+"""lmlab.data.span_corruption and lmlab.data.objectives: T5's bookkeeping, sentinels, masks, UL2 examples."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.data import ByteTokenizer, CharTokenizer
-from lmlab.masks import causal_mask, prefix_lm_mask
-from lmlab.model import GPT, ModelConfig
-from lmlab.objectives import (UL2_DENOISERS, UL2_WEIGHTS, Denoiser, ExtraIdTokenizer, causal_lm_example, collate,
+from lmlab.data.text import ByteTokenizer, CharTokenizer
+from lmlab.data.masks import causal_mask, prefix_lm_mask
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.data.objectives import (UL2_DENOISERS, UL2_WEIGHTS, Denoiser, ExtraIdTokenizer, causal_lm_example, collate,
                               decoder_only_example, masked_lm_loss, pad_example, prefix_lm_example, random_prefix_length,
                               raw_length_for, sample_objective_batch, span_corruption_example, ul2_example)
-from lmlab.span_corruption import (fill_sentinels, mask_spans, noise_counts, random_segmentation, random_spans_helper,
+from lmlab.data.span_corruption import (fill_sentinels, mask_spans, noise_counts, random_segmentation, random_spans_helper,
                                    random_spans_noise_mask, sentinel_fusion, sentinel_id, span_corruption)
 
 FAST = settings(max_examples=60, deadline=None)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from ipywidgets import Checkbox, Dropdown, FloatSlider, IntSlider
 
-from lmlab.experiments.objectives import (course_tokenizer, eval_windows, lm_suffix_loss, mixture_figure,
+from lmlab.course.experiments.ch05_objectives import (course_tokenizer, eval_windows, lm_suffix_loss, mixture_figure,
                                           mode_switch_scores, objective_verdicts, objectives_experiment,
                                           results_figure, span_explorer_figure, span_fill_scores, tiny_model,
                                           train_objective)
-from lmlab.objectives import UL2_DENOISERS
-from lmlab.span_corruption import random_spans_noise_mask
-from lmlab.widgets import FigureExplorer
+from lmlab.data.objectives import UL2_DENOISERS
+from lmlab.data.span_corruption import random_spans_noise_mask
+from lmlab.course.widgets import FigureExplorer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""lmlab.optim against torch: AdamW, Adafactor, global-norm clipping, decay groups; and the default
+"""lmlab.train.optim against torch: AdamW, Adafactor, global-norm clipping, decay groups; and the default
 training loop against the loop lmlab used before lesson 09 (a copy of it lives here as the reference)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmlab.data import char_data, sample_batch
-from lmlab.model import GPT, ModelConfig
-from lmlab.optim import (Adafactor, AdamW, clip_grad_norm, global_grad_norm, param_groups, state_bytes,
+from lmlab.data.text import char_data, sample_batch
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.optim import (Adafactor, AdamW, clip_grad_norm, global_grad_norm, param_groups, state_bytes,
                          state_bytes_for)
-from lmlab.spikes import EmbeddingGradShrink, SpikeDetector, shrink_embedding_gradient
-from lmlab.train import evaluate, lm_loss, seed_everything, train
+from lmlab.train.spikes import EmbeddingGradShrink, SpikeDetector, shrink_embedding_gradient
+from lmlab.train.loop import evaluate, lm_loss, seed_everything, train
 
 TOL = dict(rtol=0, atol=1e-6)  # the issue's bound; in practice the two agree bit for bit
 

@@ -1,4 +1,4 @@
-"""lmlab.paged: block manager, copy-on-write, paged attention, the waste experiment (lesson 08)."""
+"""lmlab.infer.paged: block manager, copy-on-write, paged attention, the waste experiment (lesson 08)."""
 
 import random
 
@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.attention import attention, repeat_kv
-from lmlab.kvcache import KVCache
-from lmlab.masks import causal_mask
-from lmlab.model import GPT, ModelConfig
-from lmlab.paged import (
+from lmlab.model.attention import attention, repeat_kv
+from lmlab.infer.kv_cache import KVCache
+from lmlab.data.masks import causal_mask
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.infer.paged import (
     BlockManager,
     OutOfBlocksError,
     PagedKVCache,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from lmlab import calc
+from lmlab.scaling import calculators as calc
 from lmlab.parallel import RankGrid, WorkerError, launch, workers
 from lmlab.parallel.pipeline import SCHEDULES, render, simulate
 

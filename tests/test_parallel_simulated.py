@@ -114,7 +114,7 @@ def test_run_in_process_reraises_the_failing_rank_without_waiting():
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_spmd_step_in_process_equals_one_process(n):
-    from lmlab.experiments import parallel_spmd as S
+    from lmlab.course.experiments import ch12_spmd as S
     from lmlab.parallel.transport import run_in_process
 
     inputs = S.spmd_inputs(n)
@@ -129,7 +129,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
     """The nn.Module layers the gloo processes use, on threads: TPBlock (2 all-reduces each way) == the block."""
     import torch.nn as nn
 
-    from lmlab.model import GPT, ModelConfig
+    from lmlab.model.gpt import GPT, ModelConfig
     from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
     from lmlab.parallel.transport import run_in_process
 

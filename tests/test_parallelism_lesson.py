@@ -4,8 +4,8 @@ from fractions import Fraction
 
 import pytest
 
-from lmlab import calc
-from lmlab.experiments import parallelism as P
+from lmlab.scaling import calculators as calc
+from lmlab.course.experiments import ch12_parallelism as P
 from lmlab.parallel.pipeline import simulate
 
 TOL = 1e-6
@@ -47,7 +47,7 @@ def test_launch_runs_fsdp2_and_the_pipeline_schedules_on_real_ranks(ranks):
 
 
 def test_launch_runs_the_in_process_code_on_gloo_ranks(ranks):
-    from lmlab.experiments import parallel_spmd as S
+    from lmlab.course.experiments import ch12_spmd as S
     from lmlab.parallel.transport import run_in_process
 
     inputs = S.spmd_inputs(2)
@@ -109,7 +109,7 @@ def test_planner_flags_what_does_not_fit():
 def test_gantt_widget_wiring():
     from ipywidgets import Dropdown, IntSlider
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     ex = FigureExplorer(make_figure=lambda schedule, p, m: P.gantt_figure(schedule, p, m),
                         controls={"schedule": Dropdown(options=["gpipe", "1f1b"], value="gpipe"),
@@ -126,7 +126,7 @@ def test_gantt_widget_wiring():
 def test_planner_widget_wiring():
     from ipywidgets import Dropdown, IntSlider
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     ex = FigureExplorer(make_figure=P.planner_figure,
                         controls={"model": Dropdown(options=list(P.MODELS), value="BLOOM-176B"),

@@ -1,4 +1,4 @@
-"""lmlab.parts: one table per kind of part that config, builders and calc read; learner parts plug in;
+"""lmlab.model.registry: one table per kind of part that config, builders and calc read; learner parts plug in;
 the kNN-memory layer is built (not patched) and keeps DeepNorm's init and attention dropout."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab import calc, parts
-from lmlab.part_training import train_with_part
-from lmlab.knn_memory import KNNMemoryAttention
-from lmlab.model import GPT, ModelConfig
-from lmlab.norms import deepnorm_constants
+from lmlab.scaling import calculators as calc
+from lmlab.model import registry as parts
+from lmlab.grading.plug_and_train import train_with_part
+from lmlab.model.memory import KNNMemoryAttention
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.norms import deepnorm_constants
 
 SMALL = dict(vocab_size=20, context_length=12, d_model=16, n_layers=2, n_heads=4)
 

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from lmlab.decoding import generate
-from lmlab.model import GPT, POSITIONS, ModelConfig
+from lmlab.infer.decoding import generate
+from lmlab.model.gpt import GPT, POSITIONS, ModelConfig
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: cached vs full forward differ only in summation order
 
@@ -138,7 +138,7 @@ def test_bad_config_names_the_parameter(kw, match):
 
 def test_sinusoidal_table_is_scaled_to_the_token_embeddings():
     """The model adds SINUSOIDAL_SCALE * table: RMS 0.02 per dimension, the token embeddings' init."""
-    from lmlab.positions import SINUSOIDAL_SCALE, sinusoidal_embedding
+    from lmlab.model.positions.encodings import SINUSOIDAL_SCALE, sinusoidal_embedding
 
     model = make(position="sinusoidal")
     pos = torch.arange(24)

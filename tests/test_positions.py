@@ -1,4 +1,4 @@
-"""Tests for lmlab.positions (lesson 03): hand-computed values, the RoPE properties, and parity
+"""Tests for lmlab.model.positions.encodings (lesson 03): hand-computed values, the RoPE properties, and parity
 with Hugging Face's reference code when the optional ``parity`` extra (transformers) is installed."""
 
 import math
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.positions import (
+from lmlab.model.positions.encodings import (
     LearnedPositionEmbedding,
     T5RelativeBias,
     alibi_bias,

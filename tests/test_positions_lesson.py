@@ -6,10 +6,10 @@ import pytest
 import torch
 from ipywidgets import FloatLogSlider, IntSlider
 
-from lmlab.experiments import positions as X
-from lmlab.positions import relative_position_bucket
-from lmlab.train import evaluate
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments import ch03_positions as X
+from lmlab.model.positions.encodings import relative_position_bucket
+from lmlab.train.loop import evaluate
+from lmlab.course.widgets import FigureExplorer
 
 
 def test_permutation_check_only_unmasked_no_position_is_equivariant():
@@ -46,8 +46,8 @@ def test_learned_table_with_untrained_rows_is_measured_past_L():
     assert row["error"] is None and len(row["per_position"]) == 64 and all(math.isfinite(v) for v in row["losses"].values())
     assert len(row["per_seed"]) == 2 and row["per_seed"][0] != row["per_seed"][1]
     model = res.models["learned"]
-    from lmlab.model import GPT
-    from lmlab.train import seed_everything
+    from lmlab.model.gpt import GPT
+    from lmlab.train.loop import seed_everything
     seed_everything(0)
     fresh = GPT(model.config)
     params = dict(model.named_parameters())
@@ -83,7 +83,7 @@ def test_extrapolation_experiment_small():
 def test_loss_by_position_averages_to_evaluate():
     res = X.extrapolation_experiment(schemes=("alibi",), L=16, steps=5, batch_size=8, eval_batches=2)
     model = res.models["alibi"]
-    from lmlab.data import CharTokenizer, load_corpus
+    from lmlab.data.text import CharTokenizer, load_corpus
     corpus = load_corpus()
     ids = torch.tensor(CharTokenizer(corpus.text).encode(corpus.val))
     per_pos = X.loss_by_position(model, ids, 16, batch_size=4, n_batches=3)
@@ -161,7 +161,7 @@ def test_bias_widget_wiring():
 
 
 def test_attention_by_distance_is_relative_to_uniform_and_sees_alibi_decay():
-    from lmlab.data import char_data
+    from lmlab.data.text import char_data
 
     _, _, val_ids = char_data()
     res = X.extrapolation_experiment(schemes=("none", "alibi"), L=16, steps=3, batch_size=4, eval_batches=1)

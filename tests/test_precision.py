@@ -1,4 +1,4 @@
-"""lmlab.precision and lmlab.loss_scaling against torch: bit patterns, rounding, finfo, GradScaler, master weights."""
+"""lmlab.train.precision and lmlab.train.loss_scaling against torch: bit patterns, rounding, finfo, GradScaler, master weights."""
 
 import math
 import random
@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from lmlab.loss_scaling import (DynamicLossScaler, MasterWeights, gradscaler_trajectory, master_weights_step,
+from lmlab.train.loss_scaling import (DynamicLossScaler, MasterWeights, gradscaler_trajectory, master_weights_step,
                                 scaler_trajectory, update_scale)
-from lmlab.precision import (FORMATS, autocast_report, decode, decode_fp16, encode, format_info, fp32_to_bf16_bits,
+from lmlab.train.precision import (FORMATS, autocast_report, decode, decode_fp16, encode, format_info, fp32_to_bf16_bits,
                              quantize, torch_bits)
 
 TORCH_FORMATS = [n for n, f in FORMATS.items() if f.torch_dtype is not None and n != "fp32"]
@@ -189,7 +189,7 @@ def test_master_weights_step_reference():
 
 
 def test_autocast_report_cpu():
-    from lmlab.model import GPT, ModelConfig
+    from lmlab.model.gpt import GPT, ModelConfig
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=2, norm="rmsnorm"))

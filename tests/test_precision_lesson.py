@@ -6,13 +6,13 @@ import pytest
 import torch
 from ipywidgets import Dropdown, FloatText, IntSlider, Text
 
-from lmlab.experiments.precision import (RECIPES, fp16_simulation, gradient_underflow, memory_per_parameter,
+from lmlab.course.experiments.ch11_precision import (RECIPES, fp16_simulation, gradient_underflow, memory_per_parameter,
                                          overflow_examples, running_sum, tiny_config, train_recipe, update_rounding)
-from lmlab.experiments.precision_figures import (curves_figure, format_explorer, memory_figure, parse_steps, scale_lab,
+from lmlab.course.experiments.ch11_figures import (curves_figure, format_explorer, memory_figure, parse_steps, scale_lab,
                                                  sum_figure, underflow_figure)
-from lmlab.model import GPT
-from lmlab.precision import FORMAT_NAMES, quantize
-from lmlab.widgets import FigureExplorer
+from lmlab.model.gpt import GPT
+from lmlab.train.precision import FORMAT_NAMES, quantize
+from lmlab.course.widgets import FigureExplorer
 
 CFG = tiny_config(d_model=32, n_layers=1, context_length=16)
 

@@ -1,4 +1,4 @@
-"""Every lesson asks a "predict, then run" question (``lmlab.widgets.Prediction``) before an experiment and
+"""Every lesson asks a "predict, then run" question (``lmlab.course.widgets.Prediction``) before an experiment and
 reveals the measured answer in a later cell (COURSE.md, issue 20 item 5). Reads the lessons' sources."""
 
 import re
@@ -34,4 +34,4 @@ def test_every_prediction_is_revealed_in_a_later_cell(path):
             later = "".join(parts[i + 1:])
             assert re.search(rf"\b{name}\.reveal\(", later), f"{path.name}: {name} = Prediction(...) is never revealed"
     # the hand-written dropdowns this replaced: one control, one reveal line, everywhere
-    assert '"(choose)"' not in path.read_text(), f"{path.name}: use lmlab.widgets.Prediction, not a hand-made '(choose)' dropdown"
+    assert '"(choose)"' not in path.read_text(), f"{path.name}: use lmlab.course.widgets.Prediction, not a hand-made '(choose)' dropdown"

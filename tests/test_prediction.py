@@ -1,8 +1,8 @@
-"""lmlab.widgets.Prediction: the "predict, then run" control every lesson uses before an experiment."""
+"""lmlab.course.widgets.Prediction: the "predict, then run" control every lesson uses before an experiment."""
 
 import pytest
 
-from lmlab.widgets import Prediction
+from lmlab.course.widgets import Prediction
 
 
 def test_reveal_compares_the_choice_with_the_measurement():

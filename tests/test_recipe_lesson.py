@@ -8,9 +8,9 @@ import pytest
 import torch
 from ipywidgets import FloatSlider, IntSlider
 
-from lmlab.experiments import recipe as R
-from lmlab.experiments import recipe_figures as RF
-from lmlab.widgets import FigureExplorer
+from lmlab.course.experiments import ch09_recipe as R
+from lmlab.course.experiments import ch09_figures as RF
+from lmlab.course.widgets import FigureExplorer
 
 SMALL = dict(d_model=16, n_layers=1, n_heads=2, context_length=16)
 

@@ -1,13 +1,13 @@
-"""lmlab.scaling and lmlab.scaling_fit: counts, FLOPs, closed forms and the fitters."""
+"""lmlab.scaling.counting and lmlab.scaling.fit: counts, FLOPs, closed forms and the fitters."""
 
 import math
 
 import pytest
 import torch
 
-from lmlab import scaling
-from lmlab.model import GPT, ModelConfig
-from lmlab.scaling_fit import (
+from lmlab.scaling import counting as scaling
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.scaling.fit import (
     HUBER_DELTA, bootstrap_chinchilla, bootstrap_power_law, fit_chinchilla, fit_lse, fit_power_law, huber,
 )
 

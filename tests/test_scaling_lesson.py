@@ -5,9 +5,9 @@ import math
 import pytest
 from ipywidgets import Checkbox, Dropdown, FloatSlider
 
-from lmlab import scaling
-from lmlab.experiments import scaling as exp
-from lmlab.widgets import FigureExplorer
+from lmlab.scaling import counting as scaling
+from lmlab.course.experiments import ch10_scaling as exp
+from lmlab.course.widgets import FigureExplorer
 
 SMALL = dict(steps=120, n_checkpoints=6, first_checkpoint=10, eval_batches=2, batch_size=8, context_length=32)
 

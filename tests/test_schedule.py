@@ -1,15 +1,15 @@
-"""lmlab.schedule: warm-up + cosine (flat after the end, unlike torch's and transformers'), the batch ramp."""
+"""lmlab.train.schedule: warm-up + cosine (flat after the end, unlike torch's and transformers'), the batch ramp."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lmlab.data import char_data, sample_batch
-from lmlab.model import GPT, ModelConfig
-from lmlab.schedule import (accumulation_steps, ramp_batch_size, steps_for_samples, torch_warmup_cosine,
+from lmlab.data.text import char_data, sample_batch
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.schedule import (accumulation_steps, ramp_batch_size, steps_for_samples, torch_warmup_cosine,
                             transformers_warmup_cosine, warmup_cosine)
-from lmlab.train import lm_loss, seed_everything, train
+from lmlab.train.loop import lm_loss, seed_everything, train
 
 REFERENCE = [0, .142857, .285714, .428571, .571429, .714286, .857143, 1, .988718, .955436, .901824, .830570, .745248,
              .650134, .55, .449866, .354752, .269430, .198176, .144564, .111282, .1, .1, .1, .1]  # COURSE.md

@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.request
 
-from lmlab.course import ROOT
+from lmlab.course.notebooks import ROOT
 
 START_LIMIT = 90.0
 

@@ -1,10 +1,10 @@
-"""lmlab.experiments.sweeps: the (variant, LR, seed) grid and its verdict."""
+"""lmlab.course.experiments.sweeps: the (variant, LR, seed) grid and its verdict."""
 
 import math
 
 import pytest
 
-from lmlab.experiments.sweeps import Sweep, train_sweep
+from lmlab.course.experiments.sweeps import Sweep, train_sweep
 
 
 def _sweep(loss):
@@ -43,7 +43,7 @@ def test_train_sweep_is_paired_and_seeded():
 
 
 def test_sweep_figure_has_a_line_and_the_seeds_per_variant():
-    from lmlab.experiments.sweeps import sweep_figure
+    from lmlab.course.experiments.sweeps import sweep_figure
 
     loss = {("a", 1e-3): [2.0, 2.1, 2.2], ("b", 1e-3): [2.2, 2.3, 2.4], ("a", 1e-2): [1.9, 2.0, 2.1], ("b", 1e-2): [2.5, math.nan, 2.4]}
     fig = sweep_figure(_sweep(loss))

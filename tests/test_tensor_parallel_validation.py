@@ -4,7 +4,7 @@ is what ``lmlab.parallel.comm.group_size`` reports, replaced here by a fake of 3
 import pytest
 import torch.nn as nn
 
-from lmlab.model import Block, ModelConfig
+from lmlab.model.gpt import Block, ModelConfig
 from lmlab.parallel import comm
 from lmlab.parallel import tensor_parallel as tp
 

@@ -1,4 +1,4 @@
-"""lmlab's thread policy (lmlab.threads) and what ``lmlab doctor`` says about it and about plotly."""
+"""lmlab's thread policy (lmlab.course.threads) and what ``lmlab doctor`` says about it and about plotly."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from lmlab.doctor import environment
-from lmlab.threads import choose_threads
+from lmlab.course.doctor import environment
+from lmlab.course.threads import choose_threads
 
 
 def test_policy_one_thread_on_two_cores_half_on_more():
@@ -33,7 +33,7 @@ def test_importing_lmlab_applies_it_in_a_default_process():
     import os
 
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", ".")
-    code = "import lmlab, torch; from lmlab.threads import choose_threads; print(torch.get_num_threads(), choose_threads()[0])"
+    code = "import lmlab, torch; from lmlab.course.threads import choose_threads; print(torch.get_num_threads(), choose_threads()[0])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out[0] == out[1]  # no OMP_NUM_THREADS here: lmlab's choice is what torch uses
 

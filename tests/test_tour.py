@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmlab.experiments.tour import leakage_test, mask_figure, train_tiny_gpt, visibility
-from lmlab.masks import ARCHITECTURES
+from lmlab.course.experiments.ch00_tour import leakage_test, mask_figure, train_tiny_gpt, visibility
+from lmlab.data.masks import ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_mask_figure_draws_the_mask(arch):
 def test_lesson_widget_redraws_when_controls_move():
     from ipywidgets import Dropdown, IntSlider
 
-    from lmlab.widgets import FigureExplorer
+    from lmlab.course.widgets import FigureExplorer
 
     explorer = FigureExplorer(
         make_figure=mask_figure,

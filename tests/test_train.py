@@ -1,4 +1,4 @@
-"""Tests for lmlab.train: loss, evaluation, the training loop and generation."""
+"""Tests for lmlab.train.loop: loss, evaluation, the training loop and generation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.data import CharTokenizer, load_corpus
-from lmlab.model import GPT, ModelConfig
-from lmlab.decoding import generate  # lesson 00 uses the one decoding loop (lmlab.generate)
-from lmlab.train import History, evaluate, lm_loss, seed_everything, train
+from lmlab.data.text import CharTokenizer, load_corpus
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.infer.decoding import generate  # lesson 00 uses the one decoding loop (lmlab.generate)
+from lmlab.train.loop import History, evaluate, lm_loss, seed_everything, train
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_generate_restores_training_mode(gen_model):
 
 
 def test_generate_rejects_bad_input(gen_model):
-    # lesson 00's generate was folded into lmlab.decoding.generate: a prompt longer than the context is
+    # lesson 00's generate was folded into lmlab.infer.decoding.generation: a prompt longer than the context is
     # cropped to its last context_length tokens (the window slides) instead of refused
     long = generate(gen_model, torch.arange(9), 1, "greedy")
     assert long[-1] == generate(gen_model, torch.arange(1, 9), 1, "greedy")[-1]
@@ -278,8 +278,8 @@ def test_generate_rejects_bad_input(gen_model):
 def test_with_config_keeps_weights_and_evaluate_lengths_marks_learned_past_table():
     import math
 
-    from lmlab.model import GPT, ModelConfig
-    from lmlab.train import evaluate, evaluate_lengths
+    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.train.loop import evaluate, evaluate_lengths
 
     torch.manual_seed(0)
     ids = torch.randint(0, 32, (4000,))

@@ -1,12 +1,12 @@
-"""lmlab.validation (the shared input checks) and lmlab.stats (the paired comparison every verdict uses)."""
+"""lmlab.argcheck (the shared input checks) and lmlab.course.stats (the paired comparison every verdict uses)."""
 
 import math
 
 import pytest
 import torch
 
-from lmlab.stats import paired_comparison, t_critical_95
-from lmlab.validation import (check_choice, check_divides, check_int, check_number, check_positive,
+from lmlab.course.stats import paired_comparison, t_critical_95
+from lmlab.argcheck import (check_choice, check_divides, check_int, check_number, check_positive,
                               check_probability, check_tensor)
 
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from lmlab.positions import apply_rope
+from lmlab.model.positions.encodings import apply_rope
 
 
 def _gqa(x, w_qkv, w_o, nh, nkv, base, mistake):

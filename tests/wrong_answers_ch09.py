@@ -131,10 +131,10 @@ def _det(mistake):
 
 
 def _loop(model, train_ids, val_ids, *, steps, batch_size, lr, warmup, eval_every, seed, mistake=None):
-    from lmlab.data import sample_batch
-    from lmlab.optim import param_groups
-    from lmlab.schedule import warmup_cosine
-    from lmlab.train import evaluate, lm_loss, seed_everything
+    from lmlab.data.text import sample_batch
+    from lmlab.train.optim import param_groups
+    from lmlab.train.schedule import warmup_cosine
+    from lmlab.train.loop import evaluate, lm_loss, seed_everything
 
     gen = seed_everything(seed)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))

@@ -2,8 +2,8 @@
 
 import math
 
-from lmlab.scaling import ChinchillaConstants, compute_optimal
-from lmlab.scaling_fit import fit_power_law
+from lmlab.scaling.counting import ChinchillaConstants, compute_optimal
+from lmlab.scaling.fit import fit_power_law
 
 
 def _fit_reference(C, L):

@@ -6,8 +6,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from lmlab.bpe import merge_pair
-from lmlab.checkpoints import gguf_to_lmlab, permute_qk, unpermute_qk
+from lmlab.data.bpe import merge_pair
+from lmlab.interop.gguf import gguf_to_lmlab, permute_qk, unpermute_qk
 
 
 # ---- 13.bpe_merge_step
@@ -81,7 +81,7 @@ def _mapping(tensors, cfg, mistake):
 # ---- 13.llama_block
 
 def _block(x, w, n_heads, n_kv_heads, eps=1e-5, base=10000.0, mistake=""):
-    from lmlab.positions import apply_rope
+    from lmlab.model.positions.encodings import apply_rope
 
     if mistake == "eps ignored":
         eps = 1e-12

@@ -10,7 +10,7 @@ Each lesson is executed with nbclient (plotly emitting its JSON mime type), then
 - every plotly figure becomes plotly's own HTML (``plotly.io.to_html``, fixed div ids) and plotly.js
   is put once in the page's ``<head>`` (inline by default: the file works offline; ``--plotlyjs cdn``
   gives small files that load plotly.js from its CDN);
-- every widget (e.g. a ``lmlab.widgets.FigureExplorer``) is replaced by what it showed when the
+- every widget (e.g. a ``lmlab.course.widgets.FigureExplorer``) is replaced by what it showed when the
   lesson ran: a line naming its controls' starting values, the figure from its ``Output`` and its
   notes. Sliders cannot move without a kernel, so the preview says where to get one.
 

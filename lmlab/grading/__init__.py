@@ -16,9 +16,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .engine import run_exercise
-from .registry import Exercise, UnknownExercise, all_exercises, chapter_exercises, get_exercise
-from .report import ExerciseResult, format_result, format_table
+from lmlab.grading.engine import run_exercise
+from lmlab.grading.registry import Exercise, UnknownExercise, all_exercises, chapter_exercises, get_exercise
+from lmlab.grading.report import ExerciseResult, format_result, format_table
 
 __all__ = ["check", "check_all", "grade_object", "Exercise", "ExerciseResult", "all_exercises", "chapter_exercises", "get_exercise"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .registry import CheckFailed
+from lmlab.grading.registry import CheckFailed
 
 __all__ = ["expect_tensor", "expect_close", "expect_equal", "expect_true", "expect_int", "seeded_randn", "describe", "draw_mask"]
 

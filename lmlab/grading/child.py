@@ -16,7 +16,7 @@ import sys
 import time
 import types
 
-from .wire import (MAX_FRAME, ProtocolError, changes, check_depth, describe_type, dumps_plain, recv_exact, send_frame,
+from lmlab.grading.wire import (MAX_FRAME, ProtocolError, changes, check_depth, describe_type, dumps_plain, recv_exact, send_frame,
                    snapshot, tensor_tree, to_scalar)
 
 _TENSORS: dict[int, list] = {}  # tid -> [tensor, stamp]; parent tids > 0, ours < 0
@@ -206,7 +206,7 @@ def _request():
 
 
 def _error_info(exc: BaseException) -> dict:
-    from .engine import error_location
+    from lmlab.grading.engine import error_location
 
     bases = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
     text = str(exc)
@@ -248,7 +248,7 @@ def _run(msg):
     if op in ("call", "call_with"):
         _, _, name, args, kwargs, grad_enabled = msg[:6]
         if op == "call_with":
-            from .harness import resolve_target
+            from lmlab.grading.harness import resolve_target
 
             fn, args = resolve_target(name), (obj, *args)
         else:
@@ -347,8 +347,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     import importlib
 
-    from . import harness  # noqa: F401 - importable before the audit hook
-    from .engine import GradingTimeout, time_limit
+    from lmlab.grading import harness  # noqa: F401 - importable before the audit hook
+    from lmlab.grading.engine import GradingTimeout, time_limit
 
     with_grader = f"lmlab.grading.ch{job['exercise'][:2]}"
     try:

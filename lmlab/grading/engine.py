@@ -56,9 +56,9 @@ from typing import Any
 
 import torch
 
-from .registry import CheckFailed, Exercise
-from .sandbox import SandboxError
-from .report import ExerciseResult
+from lmlab.grading.registry import CheckFailed, Exercise
+from lmlab.grading.sandbox import SandboxError
+from lmlab.grading.report import ExerciseResult
 
 __all__ = ["run_exercise", "BoundedText", "GradingTimeout", "time_limit", "error_location"]
 

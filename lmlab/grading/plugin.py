@@ -2,7 +2,7 @@
 
 Your part inside lmlab's model must give the same logits as lmlab's own part from the same weights,
 and the same losses after a few Adam steps at a fixed seed. The training runs where your code lives
-(:func:`lmlab.grading.harness.call_with` on :func:`lmlab.part_training.train_with_part`); the reference run,
+(:func:`lmlab.grading.harness.call_with` on :func:`lmlab.grading.plug_and_train.train_with_part`); the reference run,
 with lmlab's part, runs here. Tolerances: logits ``atol`` 1e-5, losses ``atol`` 1e-4 (float32, a
 different but equivalent order of operations drifts by ~1e-6 over these steps).
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from .assertions import expect_close
-from .harness import call_with
-from .registry import CheckFailed
+from lmlab.grading.assertions import expect_close
+from lmlab.grading.harness import call_with
+from lmlab.grading.registry import CheckFailed
 
 __all__ = ["LOGITS_ATOL", "LOSS_ATOL", "expect_trains_like_lmlab"]
 
@@ -23,7 +23,7 @@ _CACHE: dict = {}
 
 
 def _reference(kind: str, cfg: dict, steps: int, seed: int) -> dict:
-    from ..part_training import train_with_part
+    from lmlab.grading.plug_and_train import train_with_part
 
     key = (kind, tuple(sorted((k, repr(v)) for k, v in cfg.items())), steps, seed)
     if key not in _CACHE:  # the same reference for every learner and wrong answer in this process
@@ -35,7 +35,7 @@ def expect_trains_like_lmlab(part, kind: str, cfg: dict, what: str, steps: int =
     """Raise :class:`CheckFailed` unless ``part`` (as ``kind`` in the model ``cfg``) matches lmlab's part."""
     want = _reference(kind, cfg, steps, seed)
     try:
-        got = call_with(part, "lmlab.part_training:train_with_part", kind, cfg, steps=steps, seed=seed)
+        got = call_with(part, "lmlab.grading.plug_and_train:train_with_part", kind, cfg, steps=steps, seed=seed)
     except ValueError as err:  # the part does not fit the model: say why, in the part's words
         raise CheckFailed(f"{what}: {err}") from None
     if not isinstance(got, dict) or set(got) != {"logits", "losses"}:

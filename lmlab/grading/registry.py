@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .harness import resolve_target
+from lmlab.grading.harness import resolve_target
 
 __all__ = [
     "CheckFailed", "Check", "Exercise", "register", "get_exercise", "all_exercises",
@@ -129,15 +129,14 @@ def register(exercise: Exercise) -> Exercise:
 
 
 def _load_chapters() -> None:
-    """Import every ``lmlab.grading.chNN`` module (each registers its exercises)."""
+    """Import every ``lmlab.grading.chapters.chNN`` module (each registers its exercises)."""
     global _loaded
     if _loaded:
         return
-    package_path = importlib.import_module(__package__).__path__
-
-    for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
+    package = f"{__package__}.chapters"
+    for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda i: i.name):
         if re.fullmatch(r"ch\d\d", info.name):
-            importlib.import_module(f"{__package__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")
     _loaded = True
 
 

@@ -16,8 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .registry import Exercise
-from .report import ExerciseResult
+from lmlab.grading.registry import Exercise
+from lmlab.grading.report import ExerciseResult
 
 __all__ = ["child_env", "grade_in_subprocess", "grade_all", "STARTUP_LIMIT", "GRACE"]
 
@@ -56,8 +56,8 @@ def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float
         raise ValueError(f"snippets must be a list of {{filename, source}} dicts, got {type(snippets).__name__}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
-    from .engine import run_exercise
-    from .sandbox import Sandbox, SandboxError
+    from lmlab.grading.engine import run_exercise
+    from lmlab.grading.sandbox import Sandbox, SandboxError
 
     limit = exercise.timeout if timeout is None else float(timeout)
     job = {"exercise": exercise.id, "name": exercise.name, "snippets": snippets, "timeout": limit, "deny": _deny_dirs()}

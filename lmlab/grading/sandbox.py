@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .proxy import Remote, RemoteError, remote_exception
-from .wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
+from lmlab.grading.proxy import Remote, RemoteError, remote_exception
+from lmlab.grading.wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
 
 __all__ = ["Sandbox", "SandboxError", "Remote", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
 
@@ -94,7 +94,7 @@ class _Pickler(pickle.Pickler):
         return t
 
     def reducer_override(self, obj):
-        from . import child
+        from lmlab.grading import child
 
         sb = self.sb
         if isinstance(obj, torch.Tensor) and id(obj) in self.raw:
@@ -140,7 +140,7 @@ class Sandbox:
         self.next_check = 0.0
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
-        from .runner import child_env
+        from lmlab.grading.runner import child_env
 
         self.proc = subprocess.Popen([sys.executable, "-m", "lmlab.grading.child", str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -351,7 +351,7 @@ class Sandbox:
             raise SandboxError(f"your code's process sent a reply the grader cannot read ({exc})") from None
 
     def _read(self, n: int, starting: bool) -> bytes:
-        from .engine import GradingTimeout
+        from lmlab.grading.engine import GradingTimeout
 
         chunks, left = [], n
         while left:

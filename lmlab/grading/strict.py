@@ -1,7 +1,7 @@
 """``lmlab grade --strict``: find learner code that uses lmlab's own implementation of a graded exercise.
 
-lmlab ships the reference implementation of every exercise (``lmlab.masks.causal_mask`` …), so a
-learner can ``from lmlab.masks import causal_mask`` and pass. :func:`reference_uses` reads the kept
+lmlab ships the reference implementation of every exercise (``lmlab.data.masks.causal_mask`` …), so a
+learner can ``from lmlab.data.masks import causal_mask`` and pass. :func:`reference_uses` reads the kept
 definitions (with :mod:`ast`, nothing is run) and names each import of the exercise's reference, or of
 a module whose attribute of that name the code then uses. The sandbox adds a run-time check (the
 graded object's ``__module__`` is lmlab's). Without ``--strict`` these are warnings; with it the
@@ -14,7 +14,7 @@ import ast
 import importlib
 from typing import Any
 
-from .registry import Exercise
+from lmlab.grading.registry import Exercise
 
 __all__ = ["resolve_reference", "reference_names", "reference_uses", "object_origin"]
 

@@ -13,7 +13,7 @@
 - :mod:`.workers`: the functions the lesson and the tests launch.
 """
 
-from .grid import DIMS, RankGrid
-from .launch import WorkerError, launch
+from lmlab.parallel.grid import DIMS, RankGrid
+from lmlab.parallel.launch import WorkerError, launch
 
 __all__ = ["launch", "WorkerError", "RankGrid", "DIMS"]

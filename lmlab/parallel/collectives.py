@@ -9,7 +9,7 @@ every step rank r sends one chunk to rank r + 1 and receives one from rank r - 1
    every rank holds every finished chunk.
 
 Each rank sends 2 (N - 1) chunks of n / N elements: ``2 (N - 1) / N x n``, almost independent
-of N, which is why the ring is bandwidth-optimal (:func:`lmlab.calc.ring_all_reduce_volume`).
+of N, which is why the ring is bandwidth-optimal (:func:`lmlab.scaling.calculators.ring_all_reduce_volume`).
 
 Written once, as the code one rank runs, against :class:`lmlab.parallel.transport.Ranks`: the lesson
 runs these very functions on ranks that are threads of one process (:func:`simulated_ring_all_reduce`,
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_tensor
-from .transport import Ranks, as_ranks, run_in_process
+from lmlab.argcheck import check_tensor
+from lmlab.parallel.transport import Ranks, as_ranks, run_in_process
 
 __all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule",
            "simulated_ring_all_reduce"]

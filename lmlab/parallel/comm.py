@@ -6,7 +6,7 @@ The rest of :mod:`lmlab.parallel` calls these wrappers, never ``torch.distribute
   handled here once, and
 - every call is counted: :func:`counting` records, per operation, the number of calls and the
   elements *this rank sends* under the ring algorithm (all-reduce ``2 (N-1)/N n``, reduce-scatter
-  and all-gather ``(N-1)/N n``, send ``n``). The lesson compares these counts with :mod:`lmlab.calc`.
+  and all-gather ``(N-1)/N n``, send ``n``). The lesson compares these counts with :mod:`lmlab.scaling.calculators`.
 
 ``group=None`` means all ranks. Sums are the default reduction; callers divide to average.
 """

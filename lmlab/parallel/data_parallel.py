@@ -20,9 +20,9 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from ..validation import check_int
-from . import comm
-from .transport import as_ranks
+from lmlab.argcheck import check_int
+from lmlab.parallel import comm
+from lmlab.parallel.transport import as_ranks
 
 __all__ = ["average_gradients", "broadcast_parameters", "BucketedDataParallel"]
 

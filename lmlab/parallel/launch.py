@@ -29,7 +29,7 @@ from datetime import timedelta
 
 import torch
 
-from ..validation import check_choice, check_int, check_number
+from lmlab.argcheck import check_choice, check_int, check_number
 
 __all__ = ["launch", "WorkerError", "free_port", "default_backend"]
 

@@ -12,7 +12,7 @@ and backward ``B_i`` after stage ``s + 1`` sent back the gradient.
   are in flight on stage ``s``.
 
 Bubble (idle fraction of the total time) = ``(p - 1) / (m + p - 1)`` for both
-(:func:`lmlab.calc.bubble`). :func:`simulate` measures it on an event timeline;
+(:func:`lmlab.scaling.calculators.bubble`). :func:`simulate` measures it on an event timeline;
 :func:`pipeline_step` runs a schedule on real ranks with send/recv. The loss is the *mean* of the
 micro-batch losses, so the gradients equal one process on the whole batch.
 """
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..validation import check_choice, check_int
-from . import comm
+from lmlab.argcheck import check_choice, check_int
+from lmlab.parallel import comm
 
 __all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step"]
 
@@ -134,7 +134,7 @@ class _Head(nn.Module):
 
 
 def gpt_stages(model, n_stages: int) -> list[nn.Sequential]:
-    """Cut a :class:`lmlab.model.GPT` (untied embeddings) into ``n_stages`` consecutive pieces:
+    """Cut a :class:`lmlab.model.gpt.GPT` (untied embeddings) into ``n_stages`` consecutive pieces:
     the embedding joins the first blocks, the final norm and output layer the last ones.
     The pieces share the model's parameters (no copy)."""
     if model.config.tie_embeddings:

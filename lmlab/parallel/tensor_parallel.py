@@ -14,7 +14,7 @@ backward (:class:`TPBlock`). :class:`VocabParallelEmbedding` splits the vocabula
 looks up the ids it owns, zeros the rest, and an all-reduce adds the pieces.
 
 Every layer has ``from_*`` constructors that shard an existing ``nn.Linear`` / ``nn.Embedding``
-/ :class:`lmlab.model.Block`, so outputs and gradients can be compared with the original.
+/ :class:`lmlab.model.gpt.Block`, so outputs and gradients can be compared with the original.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..validation import check_tensor
-from .transport import as_ranks, run_in_process
+from lmlab.argcheck import check_tensor
+from lmlab.parallel.transport import as_ranks, run_in_process
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "column_parallel_forward", "row_parallel_forward",
            "ColumnParallelLinear", "RowParallelLinear",
@@ -217,7 +217,7 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class TPBlock(nn.Module):
-    """A pre-LN :class:`lmlab.model.Block` split over ``tp`` ranks: heads and FFN hidden units are
+    """A pre-LN :class:`lmlab.model.gpt.Block` split over ``tp`` ranks: heads and FFN hidden units are
     divided; norms are replicated. Forward: 2 all-reduces (after attention's output projection and
     after the FFN's down projection); backward: 2 (before qkv and before the FFN's up projection)."""
 

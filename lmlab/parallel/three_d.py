@@ -18,16 +18,16 @@ import copy
 
 import torch.nn as nn
 
-from ..validation import check_divides, check_int
-from .data_parallel import average_gradients
-from .pipeline import pipeline_step
-from .tensor_parallel import ColumnParallelLinear, TPBlock, VocabParallelEmbedding
+from lmlab.argcheck import check_divides, check_int
+from lmlab.parallel.data_parallel import average_gradients
+from lmlab.parallel.pipeline import pipeline_step
+from lmlab.parallel.tensor_parallel import ColumnParallelLinear, TPBlock, VocabParallelEmbedding
 
 __all__ = ["build_stage", "train_step_3d"]
 
 
 def build_stage(model, stage: int, n_stages: int, tp_group=None) -> nn.Sequential:
-    """This rank's part of a :class:`lmlab.model.GPT` (pre-LN, untied, no learned positions):
+    """This rank's part of a :class:`lmlab.model.gpt.GPT` (pre-LN, untied, no learned positions):
     stage ``stage`` of ``n_stages``, its layers split over ``tp_group``."""
     cfg = model.config
     if cfg.tie_embeddings or cfg.position != "none" or cfg.norm_position != "pre":

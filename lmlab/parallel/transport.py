@@ -26,7 +26,7 @@ import threading
 
 import torch
 
-from . import comm
+from lmlab.parallel import comm
 
 __all__ = ["Ranks", "DistRanks", "ThreadRanks", "as_ranks", "run_in_process"]
 
@@ -112,12 +112,12 @@ class ThreadRanks(Ranks):
 
     # the collectives are the ring of lmlab.parallel.collectives, over sendrecv
     def all_reduce(self, t):
-        from .collectives import ring_all_reduce
+        from lmlab.parallel.collectives import ring_all_reduce
 
         return ring_all_reduce(t, self)
 
     def reduce_scatter(self, t):
-        from .collectives import ring_reduce_scatter
+        from lmlab.parallel.collectives import ring_reduce_scatter
 
         if t.shape[0] % self.size:
             raise ValueError(f"reduce_scatter: dim 0 ({t.shape[0]}) must be divisible by the group size ({self.size})")
@@ -127,7 +127,7 @@ class ThreadRanks(Ranks):
         return rolled.view(self.size, -1)[(self.rank + 1) % self.size].view(t.shape[0] // self.size, *t.shape[1:]).clone()
 
     def all_gather(self, t):
-        from .collectives import ring_all_gather
+        from lmlab.parallel.collectives import ring_all_gather
 
         out = t.new_zeros(self.size, t.numel())
         out[(self.rank + 1) % self.size] = t.reshape(-1)  # rolled by one chunk, as the ring expects

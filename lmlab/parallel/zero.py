@@ -14,8 +14,8 @@ stage       held per rank                                       communication pe
                                                                 before backward, reduce-scatter grads ~3 Psi
 ==========  ==================================================  =====================================
 
-The optimizer (:class:`lmlab.optim.AdamW`, chapter 09's) runs on an fp32 *master* copy of the shard,
-so a bf16 model costs exactly ZeRO's 2 + 2 + 12 bytes per parameter (:func:`lmlab.calc.zero_memory_per_gpu`,
+The optimizer (:class:`lmlab.train.optim.AdamW`, chapter 09's) runs on an fp32 *master* copy of the shard,
+so a bf16 model costs exactly ZeRO's 2 + 2 + 12 bytes per parameter (:func:`lmlab.scaling.calculators.zero_memory_per_gpu`,
 ``precision="mixed"``); :meth:`ZeroOptimizer.memory_bytes` measures it. AdamW is element-wise, so
 stepping a flat shard equals stepping the parameters one by one.
 
@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..optim import AdamW, adamw_update_
-from ..validation import check_choice, check_int, check_number, check_tensor
-from .transport import as_ranks, run_in_process
+from lmlab.train.optim import AdamW, adamw_update_
+from lmlab.argcheck import check_choice, check_int, check_number, check_tensor
+from lmlab.parallel.transport import as_ranks, run_in_process
 
 __all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
 
@@ -267,7 +267,7 @@ def zero1_adamw_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step:
     ``{"exp_avg": (n/N,), "exp_avg_sq": (n/N,)}``; ``step`` counts from 1. ``group``: a process group
     (``None``: all ranks) or in-process :class:`~lmlab.parallel.transport.Ranks`.
     Returns ``(new_param (n,), new_state)``. :class:`ZeroOptimizer` (stage 1) moves the same messages
-    and runs the same update (:func:`lmlab.optim.adamw_update_`)."""
+    and runs the same update (:func:`lmlab.train.optim.adamw_update_`)."""
     ranks = as_ranks(group)
     n = check_tensor(param, "param", "zero1_adamw_step", dim=1, floating=True).numel()
     check_tensor(grad, "grad", "zero1_adamw_step", shape=(n,))

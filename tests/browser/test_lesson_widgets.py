@@ -153,7 +153,7 @@ def _notebook(path: Path, *sources: str) -> str:
 TOOLKIT_CELL = '''
 import plotly.graph_objects as go
 from ipywidgets import Checkbox, Dropdown, FloatSlider, IntSlider, IntText, Text
-from lmlab.widgets import FigureExplorer
+from lmlab.course.widgets import FigureExplorer
 
 def make(n, scale, kind, label, offset, flip):
     ys = [scale * (i + offset) * (-1 if flip else 1) for i in range(n)]

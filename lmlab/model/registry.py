@@ -1,0 +1,345 @@
+"""The model's parts: one table per kind of part, and how your own part plugs in (lessons 00-04, 13).
+
+:class:`lmlab.model.gpt.ModelConfig` names each choice by a string; the tables here turn the name into a
+module. Config validation, :class:`lmlab.model.gpt.GPT` and :func:`lmlab.scaling.calculators.model_params` all read
+them, so a new variant is *one entry* (plus its module)::
+
+    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))       # cfg -> nn.Module
+    ModelConfig(norm="scalenorm")                                          # now valid everywhere
+
+=================  ==========================  =============================================
+table              entry builds                 built-in names
+=================  ==========================  =============================================
+:data:`NORMS`      ``build(cfg)`` (..., C)->    ``layernorm``, ``rmsnorm``
+:data:`FFNS`       ``build(cfg)`` (B,T,C)->     ``gelu``, ``relu``, ``swiglu``, ``geglu``
+:data:`POSITIONS`  ``build(cfg)`` scheme|None   ``learned``, ``none``, ``sinusoidal``, ``t5``,
+                                                ``rope``, ``alibi``
+:data:`ATTENTIONS` ``build(cfg, layer)``        ``full``, ``sliding_window``
+=================  ==========================  =============================================
+
+**Your part** (the last exercise of chapters 01-04): register the class you wrote under a name and
+use the name in a config. Each ``register_*`` builds the part once on a small probe input and
+checks the output's shape, so a wrong signature fails *here*, with a message, not deep in a
+forward pass::
+
+    register_norm("my_rmsnorm", RMSNorm)                   # RMSNorm(d_model, eps=...) -> (..., d) -> (..., d)
+    register_ffn("my_swiglu", SwiGLU, gated=True)          # SwiGLU(d_model, hidden)
+    register_rope("my_rope", RotaryEmbedding)              # RotaryEmbedding(head_dim, base)(x, positions)
+    register_attention("my_gqa", GQAttention)              # GQAttention(d_model, n_heads, n_kv_heads)(x)
+    model = GPT(ModelConfig(norm="my_rmsnorm", ...))
+
+:func:`lmlab.grading.plug_and_train.train_with_part` is the graders' harness: the same model with lmlab's
+part and with yours, from the same weights, trained for a few steps (see ``lmlab.grading.harness``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters
+from lmlab.model.attention import MultiHeadAttention
+from lmlab.model.memory import KNNMemoryAttention
+from lmlab.model.norms import DEFAULT_EPS, LayerNorm, RMSNorm
+from lmlab.model.positions.scheme import PositionScheme, RotaryPositions
+from lmlab.argcheck import check_choice
+
+__all__ = [
+    "Part", "PartRegistry", "NORMS", "FFNS", "POSITIONS", "ATTENTIONS", "KINDS",
+    "register_norm", "register_ffn", "register_rope", "register_attention", "register", "unregister", "plugged",
+    "build_attention", "part_params",
+]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One entry of a table: ``build`` makes the module; ``params(cfg)`` counts its parameters in
+    closed form (``None``: count a build on the meta device, no memory used); ``info`` holds what
+    the config needs to know without building (``gated`` FFNs, the ``learned`` position table)."""
+
+    kind: str
+    name: str
+    build: Callable
+    params: Callable | None = None
+    info: dict = field(default_factory=dict)
+
+
+class PartRegistry:
+    """Name -> :class:`Part` for one kind of part. Iterates over the names (it reads like the
+    tuples it replaced: ``"rmsnorm" in NORMS``, ``tuple(NORMS)``)."""
+
+    def __init__(self, kind: str, what: str):
+        self.kind, self.what = kind, what
+        self._parts: dict[str, Part] = {}
+
+    def register(self, name: str, build: Callable, *, params: Callable | None = None, **info) -> Part:
+        """Add a part. A name already taken is a ``ValueError`` (use :func:`unregister` first)."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"a {self.kind} part's name must be an identifier-like string, got {name!r}")
+        if name in self._parts:
+            raise ValueError(f"{self.kind} part {name!r} is already registered; registered {self.kind}s: {self.names()}")
+        if not callable(build):
+            raise ValueError(f"{self.kind} part {name!r}: build must be callable, got {type(build).__name__}")
+        part = Part(self.kind, name, build, params, dict(info))
+        self._parts[name] = part
+        return part
+
+    def unregister(self, name: str) -> None:
+        self[name]  # noqa: B018 - raises with the registered names
+        del self._parts[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._parts)
+
+    def __getitem__(self, name: str) -> Part:
+        if name not in self._parts:
+            raise ValueError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {self.names()}")
+        return self._parts[name]
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and name in self._parts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._parts))
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __eq__(self, other) -> bool:  # NORMS == ("layernorm", "rmsnorm") while only the built-ins are in
+        return self.names() == tuple(other) if isinstance(other, (tuple, list)) else other is self
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"{self.what}{self.names()}"
+
+    def num_params(self, cfg, name: str, *args) -> int:
+        part = self[name]
+        if part.params is not None:
+            return part.params(cfg, *args)
+        with torch.device("meta"):
+            module = part.build(cfg, *args)
+        return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+NORMS = PartRegistry("norm", "NORMS")  # ModelConfig.norm (lesson 01)
+FFNS = PartRegistry("activation", "FFNS")  # ModelConfig.activation: the FFN it names (lesson 02)
+POSITIONS = PartRegistry("position", "POSITIONS")  # ModelConfig.position (lessons 03, 06)
+ATTENTIONS = PartRegistry("attention", "ATTENTIONS")  # ModelConfig.attention (lessons 04, 06)
+KINDS = {"norm": NORMS, "activation": FFNS, "position": POSITIONS, "attention": ATTENTIONS}
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in entries
+# --------------------------------------------------------------------------------------------
+
+
+def _eps(cfg, kind: str) -> float:
+    return DEFAULT_EPS[kind] if cfg.norm_eps is None else cfg.norm_eps
+
+
+NORMS.register("layernorm", lambda cfg: LayerNorm(cfg.d_model, eps=_eps(cfg, "layernorm"), bias=cfg.bias),
+               params=lambda cfg: 2 * cfg.d_model if cfg.bias else cfg.d_model)
+NORMS.register("rmsnorm", lambda cfg: RMSNorm(cfg.d_model, eps=_eps(cfg, "rmsnorm")),
+               params=lambda cfg: cfg.d_model)  # never a bias
+
+for _kind in ("gelu", "relu", "swiglu", "geglu"):
+    assert _kind in FFN_KINDS
+    FFNS.register(
+        _kind,
+        lambda cfg, _k=_kind: FeedForward(cfg.d_model, cfg.d_ff, _k, bias=cfg.bias, dropout=cfg.dropout),
+        params=lambda cfg, _k=_kind: ffn_num_parameters(cfg.d_model, cfg.d_ff, _k, bias=cfg.bias),
+        gated=_kind in GLU_KINDS,
+    )
+
+POSITIONS.register("learned", lambda cfg: None, params=lambda cfg: (cfg.n_positions or cfg.context_length) * cfg.d_model,
+                   learned=True)  # the table is GPT.pos_emb (a LearnedPositionEmbedding)
+POSITIONS.register("none", lambda cfg: None, params=lambda cfg: 0)
+for _kind in ("sinusoidal", "t5", "rope", "alibi"):
+    POSITIONS.register(_kind, lambda cfg, _k=_kind: PositionScheme(_k, cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.rope_scaling),
+                       params=None if _kind == "t5" else (lambda cfg: 0), rope=_kind == "rope")
+
+
+def _mha(cfg, layer: int) -> MultiHeadAttention:
+    window = cfg.window if cfg.attention == "sliding_window" else None
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+                              window=window, n_sink=cfg.n_sink)
+
+
+def _mha_params(cfg, layer: int) -> int:
+    C, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
+    return C * (C + 2 * kv) + C * C + ((C + 2 * kv + C) if cfg.bias else 0)
+
+
+ATTENTIONS.register("full", _mha, params=_mha_params)
+ATTENTIONS.register("sliding_window", _mha, params=_mha_params, needs_window=True)
+
+
+def build_attention(cfg, layer: int) -> nn.Module:
+    """Layer ``layer``'s attention: ``cfg.attention``'s entry, except the kNN-memory layer
+    (``cfg.knn_memory["layer"]``, lesson 06), which is a :class:`lmlab.model.memory.KNNMemoryAttention`
+    with the same options. The one place that knows which layer gets what."""
+    if cfg.knn_memory is not None and layer == cfg.knn_memory["layer"]:
+        # Until this table existed the model built this layer's plain attention and then swapped it out;
+        # building (and dropping) it keeps the random stream, hence every lesson's numbers, as they were.
+        _mha(cfg, layer)
+        window = cfg.window if cfg.attention == "sliding_window" else None
+        return KNNMemoryAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+                                  window=window, n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"],
+                                  memory_size=cfg.knn_memory["size"])
+    return ATTENTIONS[cfg.attention].build(cfg, layer)
+
+
+def part_params(cfg, kind: str, layer: int | None = None) -> int:
+    """Parameters of the part ``cfg`` names for ``kind`` (``"attention"`` needs ``layer``)."""
+    check_choice(kind, "kind", KINDS, where="part_params")
+    if kind == "attention":
+        n = ATTENTIONS.num_params(cfg, cfg.attention, layer)
+        return n + (cfg.n_heads if cfg.knn_memory is not None and layer == cfg.knn_memory["layer"] else 0)  # the gate
+    return KINDS[kind].num_params(cfg, getattr(cfg, kind))
+
+
+# --------------------------------------------------------------------------------------------
+# Your own part
+# --------------------------------------------------------------------------------------------
+
+
+def _call(factory, name: str, kind: str, signature: str, *args, **optional):
+    """``factory(*args, **those optional kwargs its signature accepts)``; a TypeError says what was expected."""
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in optional.items() if v is not None and (takes_all or k in params)}
+    except (TypeError, ValueError):  # builtins without a signature
+        kwargs = {}
+    try:
+        return factory(*args, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"{kind} part {name!r} must be built as {signature}; calling it with {args} {kwargs} failed: {err}") from None
+
+
+def _probe(kind: str, name: str, fn: Callable, x: torch.Tensor, want: tuple, call: str) -> None:
+    try:
+        with torch.no_grad():
+            y = fn(x)
+    except NotImplementedError:
+        raise  # an exercise stub: the grader reports "not implemented"
+    except Exception as err:  # noqa: BLE001 - any failure of the learner's part is reported the same way
+        raise ValueError(f"{kind} part {name!r}: {call} on a probe input of shape {tuple(x.shape)} raised "
+                         f"{type(err).__name__}: {err}") from None
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{kind} part {name!r}: {call} must return a tensor of shape {want} for an input of shape "
+                         f"{tuple(x.shape)}, got {got}")
+
+
+def _as_module(obj, kind: str, name: str) -> nn.Module:
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{kind} part {name!r} must build an nn.Module (so its weights train), got {type(obj).__name__}")
+    return obj
+
+
+def register_norm(name: str, factory: Callable) -> Part:
+    """Your norm as ``ModelConfig(norm=name)``: ``factory(d_model, eps=...)`` (``eps`` only when
+    ``ModelConfig.norm_eps`` is set and the factory takes it) -> a module ``(..., d_model) -> same``."""
+    sig = "factory(d_model: int, eps: float = ...) -> nn.Module"
+    module = _as_module(_call(factory, name, "norm", sig, 8, eps=1e-5), "norm", name)
+    _probe("norm", name, module, torch.randn(2, 3, 8), (2, 3, 8), "norm(x)")
+    return NORMS.register(name, lambda cfg: _as_module(_call(factory, name, "norm", sig, cfg.d_model, eps=cfg.norm_eps), "norm", name))
+
+
+def register_ffn(name: str, factory: Callable, *, gated: bool = False) -> Part:
+    """Your feed-forward block as ``ModelConfig(activation=name)``: ``factory(d_model, hidden)``
+    (plus ``bias`` / ``dropout`` if it takes them) -> a module ``(B, T, d_model) -> (B, T, d_model)``.
+    ``gated=True`` gives it the gated default hidden size (2/3 of ``4 d_model``, as SwiGLU)."""
+    sig = "factory(d_model: int, hidden: int) -> nn.Module"
+    module = _as_module(_call(factory, name, "activation", sig, 8, 16, bias=True, dropout=0.0), "activation", name)
+    _probe("activation", name, module, torch.randn(2, 3, 8), (2, 3, 8), "ffn(x)")
+    return FFNS.register(name, lambda cfg: _as_module(_call(factory, name, "activation", sig, cfg.d_model, cfg.d_ff,
+                                                            bias=cfg.bias, dropout=cfg.dropout), "activation", name),
+                         gated=bool(gated))
+
+
+def register_rope(name: str, factory: Callable) -> Part:
+    """Your rotary embedding as ``ModelConfig(position=name)``: ``factory(head_dim, base)`` -> a
+    module (or function) called as ``rope(x (B, heads, T, head_dim), positions (T,))`` that returns
+    ``x`` rotated. The model rotates every layer's new queries and keys with it."""
+    sig = "factory(head_dim: int, base: float) -> rope(x, positions)"
+    rope = _call(factory, name, "position", sig, 8, 10000.0)
+    if not callable(rope):
+        raise ValueError(f"position part {name!r} must build a callable rope(x, positions), got {type(rope).__name__}")
+    _probe("position", name, lambda x: rope(x, torch.arange(5)), torch.randn(1, 2, 5, 8), (1, 2, 5, 8), "rope(x, positions)")
+
+    def build(cfg):
+        return RotaryPositions(_call(factory, name, "position", sig, cfg.head_dim, float(cfg.rope_base)))
+
+    return POSITIONS.register(name, build, rope=True)
+
+
+class _PlainAttention(nn.Module):
+    """A learner's attention ``(B, T, C) -> (B, T, C)`` (causal by itself) inside a block: the model
+    also passes a mask, a KV cache and positions, which such a module cannot take."""
+
+    def __init__(self, name: str, module: nn.Module):
+        super().__init__()
+        self.part_name, self.module = name, module
+
+    def forward(self, x, attn_mask=None, kv_cache=None, positions=None):
+        if attn_mask is not None or kv_cache is not None or positions is not None:
+            raise ValueError(f"attention part {self.part_name!r} takes only x (causal attention): use it with "
+                             f"position='learned'/'none'/'sinusoidal', no attn_mask and no KV cache")
+        return self.module(x)  # (B, T, C)
+
+
+def register_attention(name: str, factory: Callable) -> Part:
+    """Your causal self-attention as ``ModelConfig(attention=name)``: ``factory(d_model, n_heads,
+    n_kv_heads)`` -> a module ``(B, T, d_model) -> (B, T, d_model)`` (causal mask inside)."""
+    sig = "factory(d_model: int, n_heads: int, n_kv_heads: int) -> nn.Module"
+    module = _as_module(_call(factory, name, "attention", sig, 8, 4, 2), "attention", name)
+    _probe("attention", name, module, torch.randn(2, 3, 8), (2, 3, 8), "attn(x)")
+
+    def build(cfg, layer):
+        return _PlainAttention(name, _as_module(_call(factory, name, "attention", sig, cfg.d_model, cfg.n_heads, cfg.n_kv_heads),
+                                                "attention", name))
+
+    return ATTENTIONS.register(name, build, plain=True)
+
+
+_REGISTER = {"norm": register_norm, "activation": register_ffn, "position": register_rope, "attention": register_attention}
+_BUILTINS = {kind: reg.names() for kind, reg in KINDS.items()}
+_fresh = itertools.count()
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove a part you registered (the built-ins stay)."""
+    check_choice(kind, "kind", KINDS, where="unregister")
+    if name in _BUILTINS[kind]:
+        raise ValueError(f"{name!r} is a built-in {kind}; only parts you registered can be removed")
+    KINDS[kind].unregister(name)
+
+
+def register(kind: str, name: str, factory: Callable, *, replace: bool = False, **options) -> Part:
+    """``register_norm`` / ``register_ffn`` / ``register_rope`` / ``register_attention`` by ``kind``
+    (a key of :data:`KINDS`). ``replace=True`` first removes a part you registered under ``name`` (a
+    re-run notebook cell); a built-in is never replaced."""
+    check_choice(kind, "kind", KINDS, where="register")
+    if replace and name in KINDS[kind] and name not in _BUILTINS[kind]:
+        KINDS[kind].unregister(name)
+    return _REGISTER[kind](name, factory, **options)
+
+
+@contextlib.contextmanager
+def plugged(kind: str, factory: Callable, **options) -> Iterator[str]:
+    """Register ``factory`` under a fresh name for the ``with`` block; yields the name."""
+    name = f"_plugged_{kind}_{next(_fresh)}"
+    register(kind, name, factory, **options)
+    try:
+        yield name
+    finally:
+        KINDS[kind].unregister(name)

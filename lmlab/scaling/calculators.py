@@ -1,0 +1,309 @@
+"""Closed-form calculators for scaling training (lesson 12, ``lessons/12_parallelism``).
+
+Nothing here starts a process: every function is arithmetic that the lesson checks against a
+real model (parameter counts), against measured bytes and message counts (:mod:`lmlab.parallel`)
+or against numbers from papers:
+
+- parameters: :func:`mlp_params`, :func:`transformer_params`, :func:`model_params` (exactly
+  ``sum(p.numel())`` of :class:`lmlab.model.gpt.GPT`), :func:`llama_params`, :func:`bloom_params`;
+- memory: :func:`bytes_per_param` (precision x optimizer), :func:`zero_memory_per_gpu`
+  (ZeRO stages 0-3), :func:`activation_memory_per_layer` (Korthikanti et al., 2022);
+- time: :func:`bubble` (GPipe's and Megatron's definitions, :func:`bubble_identity`);
+- communication, in *elements sent per rank per step*: :func:`ring_all_reduce_volume`,
+  :func:`dp_comm_volume`, :func:`zero_comm_volume`, :func:`tp_comm_volume`, :func:`pp_comm_volume`;
+- compute: :func:`training_flops` (6ND), :func:`mfu`;
+- layout: :func:`parallel_layout` (BLOOM: 384 GPUs = 8 DP x 4 TP x 12 PP).
+
+Reference numbers (``COURSE.md``): 7.5B parameters on 64 GPUs need 120 / 31.4 / 16.6 / 1.9 GB per
+GPU for ZeRO stages 0-3; ``bubble(4, 8) == 3/11``; BLOOM has ~176.2B parameters.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from lmlab.model import registry as parts
+from lmlab.model.gpt import ModelConfig, has_final_norm, norms_per_layer
+from lmlab.model.norms import NORM_KINDS
+from lmlab.argcheck import check_choice, check_int, check_positive
+
+__all__ = [
+    "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "NORM_KINDS", "BUBBLE_DEFINITIONS", "RECOMPUTE",
+    "mlp_params", "attention_params", "transformer_params", "model_params", "llama_params", "bloom_params",
+    "bytes_per_param", "zero_memory_per_gpu", "activation_memory_per_layer",
+    "bubble", "bubble_identity",
+    "ring_all_reduce_volume", "dp_comm_volume", "zero_comm_volume", "tp_comm_volume", "pp_comm_volume",
+    "training_flops", "mfu", "parallel_layout",
+]
+
+PRECISIONS = ("fp32", "mixed", "bf16")  # mixed = 16-bit weights/grads + fp32 master copy (ZeRO's setting)
+OPTIMIZERS = ("adam", "sgd_momentum", "sgd")  # number of fp32-ish states: 2, 1, 0
+ZERO_STAGES = (0, 1, 2, 3)
+BUBBLE_DEFINITIONS = ("gpipe", "megatron")
+RECOMPUTE = ("none", "selective", "full")
+_STATES = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counts
+# --------------------------------------------------------------------------------------------
+
+
+def _norm_params(d_model: int, norm: str, bias: bool) -> int:
+    return 2 * d_model if norm == "layernorm" and bias else d_model  # rmsnorm never has a bias
+
+
+def mlp_params(d_model: int, d_ff: int, gated: bool = False, bias: bool = True) -> int:
+    """Feed-forward parameters. Plain: ``2 d d_ff`` (+ ``d_ff + d`` biases); gated (SwiGLU, GeGLU):
+    three matrices, ``3 d d_ff`` (+ ``2 d_ff + d``): up and gate each map ``d -> d_ff``."""
+    check_int(d_model, "d_model", "mlp_params:")
+    check_int(d_ff, "d_ff", "mlp_params:")
+    up = 2 * d_ff if gated else d_ff
+    return d_model * up + d_ff * d_model + ((up + d_model) if bias else 0)
+
+
+def attention_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = True) -> int:
+    """q, k, v and output projections; with ``n_kv_heads < n_heads`` (GQA/MQA) k and v shrink."""
+    check_int(d_model, "d_model", "attention_params:")
+    check_int(n_heads, "n_heads", "attention_params:")
+    n_kv_heads = n_heads if n_kv_heads is None else check_int(n_kv_heads, "n_kv_heads", "attention_params:")
+    if d_model % n_heads or n_heads % n_kv_heads:
+        raise ValueError(f"attention_params: n_heads must divide d_model and n_kv_heads must divide n_heads, "
+                         f"got d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}")
+    kv = n_kv_heads * (d_model // n_heads)
+    qkv = d_model * (d_model + 2 * kv) + ((d_model + 2 * kv) if bias else 0)
+    out = d_model * d_model + (d_model if bias else 0)
+    return qkv + out
+
+
+def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: int | None = None,
+                       n_heads: int = 1, n_kv_heads: int | None = None, gated: bool = False, bias: bool = True,
+                       norm: str = "layernorm", norm_per_layer: int = 2, final_norm: bool = True,
+                       embedding_norm: bool = False, positions: int = 0, tie_embeddings: bool = True) -> int:
+    """Parameters of a decoder-only transformer, by parts::
+
+        embeddings  V d  (+ positions x d if learned)  (+ V d if untied output layer)
+        per layer   attention + MLP + norm_per_layer norms     (MHA, no bias: 4 d^2; plain MLP: 8 d^2)
+        extra       final norm, embedding norm (BLOOM)
+
+    ``d_ff=None`` means ``4 d_model``. ``n_heads`` matters only with GQA (``n_kv_heads``).
+    Roughly ``12 L d^2`` for GPT-style layers: the number people quote.
+    """
+    where = "transformer_params"
+    check_int(vocab_size, "vocab_size", f"{where}:")
+    check_int(d_model, "d_model", f"{where}:")
+    check_int(n_layers, "n_layers", f"{where}:")
+    check_int(positions, "positions", f"{where}:", minimum=0)
+    check_int(norm_per_layer, "norm_per_layer", f"{where}:", minimum=0)
+    check_choice(norm, "norm", NORM_KINDS, f"{where}:")
+    d_ff = 4 * d_model if d_ff is None else check_int(d_ff, "d_ff", f"{where}:")
+    layer = (attention_params(d_model, n_heads, n_kv_heads, bias) + mlp_params(d_model, d_ff, gated, bias)
+             + norm_per_layer * _norm_params(d_model, norm, bias))
+    emb = vocab_size * d_model + positions * d_model + (0 if tie_embeddings else vocab_size * d_model)
+    extra = (_norm_params(d_model, norm, bias) if final_norm else 0) + (_norm_params(d_model, norm, bias) if embedding_norm else 0)
+    return emb + n_layers * layer + extra
+
+
+def model_params(cfg) -> int:
+    """Exactly ``sum(p.numel() for p in GPT(cfg).parameters())`` for a :class:`lmlab.model.gpt.ModelConfig`,
+    without building the model. Each part's count comes from its :mod:`lmlab.model.registry` entry (a part
+    without a closed form, e.g. one you registered, is counted on the meta device); the layout
+    (norms per layer, final norm, tied output layer) from :mod:`lmlab.model.gpt`."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"model_params: cfg must be a ModelConfig, got {type(cfg).__name__}")
+    norm = parts.part_params(cfg, "norm")
+    layers = sum(parts.part_params(cfg, "attention", layer) for layer in range(cfg.n_layers))
+    layers += cfg.n_layers * (parts.part_params(cfg, "activation") + norms_per_layer(cfg) * norm)
+    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    return embeddings + parts.part_params(cfg, "position") + layers + (norm if has_final_norm(cfg) else 0)
+
+
+def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int = 1,
+                 n_kv_heads: int | None = None) -> int:
+    """LLaMA-style: no biases, RMSNorm, SwiGLU, rotary positions (no parameters), untied output.
+    LLaMA-7B (32000, 4096, 32 layers, d_ff 11008) has 6,738,415,616."""
+    return transformer_params(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, n_heads=n_heads,
+                              n_kv_heads=n_kv_heads, gated=True, bias=False, norm="rmsnorm", tie_embeddings=False)
+
+
+def bloom_params(vocab_size: int = 250_880, d_model: int = 14336, n_layers: int = 70) -> int:
+    """BLOOM: GPT-style layers with biases and LayerNorm, ALiBi (no position parameters), tied
+    embeddings and a LayerNorm right after the embedding. Defaults: BLOOM-176B (176,247,271,424, as the released checkpoint)."""
+    return transformer_params(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, bias=True,
+                              norm="layernorm", embedding_norm=True, tie_embeddings=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------
+
+
+def bytes_per_param(precision: str = "mixed", optimizer: str = "adam") -> dict[str, int]:
+    """Bytes each parameter costs, split into ``params``, ``grads`` and ``optimizer`` (``total`` too).
+
+    ``fp32``: 4 + 4 + 4 x states. ``mixed`` (ZeRO's setting): 16-bit weights and gradients, plus an
+    fp32 master copy and fp32 states: 2 + 2 + (4 + 4 x states) -> Adam: 2 + 2 + 12 = 16.
+    ``bf16`` (pure 16-bit, no master copy): 2 + 2 + 2 x states. States: adam 2, sgd_momentum 1, sgd 0.
+    """
+    check_choice(precision, "precision", PRECISIONS, "bytes_per_param:")
+    states = _STATES[check_choice(optimizer, "optimizer", OPTIMIZERS, "bytes_per_param:")]
+    if precision == "fp32":
+        out = dict(params=4, grads=4, optimizer=4 * states)
+    elif precision == "mixed":
+        out = dict(params=2, grads=2, optimizer=4 + 4 * states)
+    else:
+        out = dict(params=2, grads=2, optimizer=2 * states)
+    out["total"] = out["params"] + out["grads"] + out["optimizer"]
+    return out
+
+
+def zero_memory_per_gpu(n_params: int, n_gpus: int, stage: int, precision: str = "mixed",
+                        optimizer: str = "adam") -> dict[str, float]:
+    """Bytes per GPU of parameters, gradients and optimizer state with ZeRO (Rajbhandari et al., 2020).
+
+    Stage 0 replicates everything; stage 1 shards the optimizer state (P_os), stage 2 also the
+    gradients (P_os+g), stage 3 also the parameters (P_os+g+p): each sharded part is divided by N.
+    Returns ``params``, ``grads``, ``optimizer`` and ``total`` in bytes (divide by 1e9 for GB).
+    """
+    where = "zero_memory_per_gpu"
+    check_positive(n_params, "n_params", f"{where}:")
+    check_int(n_gpus, "n_gpus", f"{where}:")
+    check_choice(stage, "stage", ZERO_STAGES, f"{where}:")
+    b = bytes_per_param(precision, optimizer)
+    sharded = {"optimizer": stage >= 1, "grads": stage >= 2, "params": stage >= 3}
+    out = {k: n_params * b[k] / (n_gpus if sharded[k] else 1) for k in ("params", "grads", "optimizer")}
+    out["total"] = out["params"] + out["grads"] + out["optimizer"]
+    return out
+
+
+def activation_memory_per_layer(seq_len: int, batch: int, d_model: int, n_heads: int, tp: int = 1,
+                                sequence_parallel: bool = False, recompute: str = "none") -> float:
+    """Bytes of activations one transformer layer keeps for backward, 16-bit, per GPU
+    (Korthikanti et al., 2022, "Reducing activation recomputation", Table 2)::
+
+        no parallelism           s b h (34 + 5 a s / h)
+        tensor parallel t        s b h (10 + 24 / t + 5 a s / (h t))
+        + sequence parallel      s b h (34 + 5 a s / h) / t
+        selective recompute      s b h 34 / t       (the attention scores are recomputed)
+        full recompute           2 s b h            (only the layer input is kept)
+    """
+    where = "activation_memory_per_layer"
+    s, b, h, a = (check_int(v, n, f"{where}:") for v, n in ((seq_len, "seq_len"), (batch, "batch"), (d_model, "d_model"), (n_heads, "n_heads")))
+    t = check_int(tp, "tp", f"{where}:")
+    check_choice(recompute, "recompute", RECOMPUTE, f"{where}:")
+    sbh = s * b * h
+    if recompute == "full":
+        return 2.0 * sbh
+    if recompute == "selective":
+        return sbh * 34 / t if sequence_parallel else sbh * (10 + 24 / t)
+    if sequence_parallel:
+        return sbh * (34 + 5 * a * s / h) / t
+    return sbh * (10 + 24 / t + 5 * a * s / (h * t))
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline bubble
+# --------------------------------------------------------------------------------------------
+
+
+def bubble(p: int, m: int, definition: str = "gpipe") -> Fraction:
+    """Idle fraction of a pipeline with ``p`` stages and ``m`` micro-batches, as an exact fraction.
+
+    ``gpipe``: idle time / *total* time = (p - 1) / (m + p - 1)  (GPipe, Huang et al., 2019).
+    ``megatron``: idle time / *ideal* time = (p - 1) / m  (Narayanan et al., 2021).
+    The same bubble measured against two denominators; see :func:`bubble_identity`.
+    1F1B has the same bubble as GPipe, it only stores fewer activations.
+    """
+    check_int(p, "p", "bubble:")
+    check_int(m, "m", "bubble:")
+    check_choice(definition, "definition", BUBBLE_DEFINITIONS, "bubble:")
+    return Fraction(p - 1, m + p - 1) if definition == "gpipe" else Fraction(p - 1, m)
+
+
+def bubble_identity(p: int, m: int) -> bool:
+    """``megatron = gpipe / (1 - gpipe)`` (and ``gpipe = megatron / (1 + megatron)``), exactly."""
+    g, meg = bubble(p, m, "gpipe"), bubble(p, m, "megatron")
+    return meg == g / (1 - g) and g == meg / (1 + meg)
+
+
+# --------------------------------------------------------------------------------------------
+# Communication: elements each rank sends per training step
+# --------------------------------------------------------------------------------------------
+
+
+def ring_all_reduce_volume(n_elements: int, n_ranks: int) -> float:
+    """Elements each rank sends in a ring all-reduce: reduce-scatter (N - 1 chunks of n/N) then
+    all-gather (N - 1 more): ``2 (N - 1) / N x n``, nearly independent of N."""
+    check_int(n_elements, "n_elements", "ring_all_reduce_volume:", minimum=0)
+    check_int(n_ranks, "n_ranks", "ring_all_reduce_volume:")
+    return 2 * (n_ranks - 1) / n_ranks * n_elements
+
+
+def dp_comm_volume(n_params: int, dp: int) -> float:
+    """Data parallel: one all-reduce of all gradients per step, ``2 (N - 1) / N x Psi`` (~2 Psi)."""
+    return ring_all_reduce_volume(n_params, dp)
+
+
+def zero_comm_volume(n_params: int, dp: int, stage: int) -> float:
+    """ZeRO per step and rank: stages 0-2 move ``2 (N-1)/N Psi`` (~2 Psi: a reduce-scatter of the
+    gradients, then an all-gather of the updated parameters); stage 3 adds one more parameter
+    all-gather (forward and backward each gather): ``3 (N-1)/N Psi`` (~3 Psi, 1.5x)."""
+    check_choice(stage, "stage", ZERO_STAGES, "zero_comm_volume:")
+    check_int(n_params, "n_params", "zero_comm_volume:", minimum=0)
+    check_int(dp, "dp", "zero_comm_volume:")
+    return (3 if stage == 3 else 2) * (dp - 1) / dp * n_params
+
+
+def tp_comm_volume(batch: int, seq_len: int, d_model: int, tp: int, n_layers: int = 1) -> float:
+    """Megatron tensor parallel: per layer 2 all-reduces forward + 2 backward of a ``b s h`` activation:
+    ``4 x 2 (t - 1) / t x b s h`` elements per rank per layer (times ``n_layers``)."""
+    where = "tp_comm_volume"
+    for v, n in ((batch, "batch"), (seq_len, "seq_len"), (d_model, "d_model"), (tp, "tp"), (n_layers, "n_layers")):
+        check_int(v, n, f"{where}:")
+    return 4 * ring_all_reduce_volume(batch * seq_len * d_model, tp) * n_layers
+
+
+def pp_comm_volume(micro_batch: int, seq_len: int, d_model: int, n_micro: int) -> int:
+    """Pipeline parallel, per stage boundary: each micro-batch's activation ``b s h`` goes forward
+    and its gradient comes back: ``2 m b s h`` elements per step (point-to-point, no all-reduce)."""
+    where = "pp_comm_volume"
+    for v, n in ((micro_batch, "micro_batch"), (seq_len, "seq_len"), (d_model, "d_model"), (n_micro, "n_micro")):
+        check_int(v, n, f"{where}:")
+    return 2 * n_micro * micro_batch * seq_len * d_model
+
+
+# --------------------------------------------------------------------------------------------
+# Compute
+# --------------------------------------------------------------------------------------------
+
+
+def training_flops(n_params: float, n_tokens: float) -> float:
+    """Training compute ~ ``6 N D``: 2 FLOPs per parameter per token forward, 4 backward.
+    GPT-3: 6 x 175e9 x 300e9 = 3.15e23."""
+    return 6.0 * check_positive(n_params, "n_params", "training_flops:") * check_positive(n_tokens, "n_tokens", "training_flops:")
+
+
+def mfu(tokens_per_second: float, n_params: float, peak_flops_per_gpu: float, n_gpus: int = 1) -> float:
+    """Model FLOPs utilisation: ``6 N x tokens/s / (n_gpus x peak)`` (PaLM, Chowdhery et al., 2022).
+    Recomputation does not count: it is work the *model* did not need."""
+    where = "mfu"
+    check_positive(tokens_per_second, "tokens_per_second", f"{where}:")
+    check_positive(peak_flops_per_gpu, "peak_flops_per_gpu", f"{where}:")
+    check_int(n_gpus, "n_gpus", f"{where}:")
+    return 6.0 * check_positive(n_params, "n_params", f"{where}:") * tokens_per_second / (n_gpus * peak_flops_per_gpu)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+
+def parallel_layout(n_gpus: int, dp: int, tp: int, pp: int) -> dict[str, int]:
+    """Check ``dp x tp x pp == n_gpus`` and describe the layout: one model replica spans
+    ``tp x pp`` GPUs (BLOOM: 4 x 12 = 48), and there are ``dp`` replicas (8 x 48 = 384)."""
+    where = "parallel_layout"
+    for v, n in ((n_gpus, "n_gpus"), (dp, "dp"), (tp, "tp"), (pp, "pp")):
+        check_int(v, n, f"{where}:")
+    if dp * tp * pp != n_gpus:
+        raise ValueError(f"{where}: dp x tp x pp must equal n_gpus, got {dp} x {tp} x {pp} = {dp * tp * pp} != {n_gpus}")
+    return dict(n_gpus=n_gpus, dp=dp, tp=tp, pp=pp, gpus_per_replica=tp * pp, replicas=dp)

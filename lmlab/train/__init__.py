@@ -1,0 +1,12 @@
+"""Training: the loop, its optimizers, schedules and safety nets (lessons 00, 09, 11).
+
+- :mod:`.loop`: :func:`~.loop.train` (driven by a :class:`~.config.TrainConfig`) and evaluation.
+- :mod:`.optim`: AdamW and Adafactor from scratch, global-norm clipping, weight-decay groups.
+- :mod:`.schedule`: warm-up + cosine, the batch-size ramp.
+- :mod:`.spikes`: loss-spike detection and the published remedies.
+- :mod:`.checkpoint`: checkpoints that resume bit for bit.
+- :mod:`.precision` / :mod:`.loss_scaling`: floating-point formats bit by bit, loss scaling and master
+  weights (lesson 11).
+
+A new optimizer goes in :mod:`.optim`, a new schedule in :mod:`.schedule`.
+"""
