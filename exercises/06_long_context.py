@@ -53,7 +53,10 @@ import math
 
 import torch
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 # %% [markdown]
 # ## 1 · Position interpolation (1 point, warm-up)

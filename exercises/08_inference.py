@@ -50,7 +50,10 @@ import math
 
 import torch
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 # %% [markdown]
 # ## 1 · The size of a KV cache (1 point, warm-up)

@@ -52,7 +52,10 @@ from collections import deque
 
 import torch
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 torch.set_num_threads(1)
 

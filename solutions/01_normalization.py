@@ -49,7 +49,10 @@ if "google.colab" in sys.modules:
 import torch
 import torch.nn as nn
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 # %% [markdown]
 # ## 1 · LayerNorm (3 points)

@@ -47,7 +47,10 @@ if "google.colab" in sys.modules:
 # %%
 import torch
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 # %% [markdown]
 # ## 1 · T5's noise mask (3 points)

@@ -54,7 +54,10 @@ if "google.colab" in sys.modules:
 import torch
 import torch.nn.functional as F
 
+from lmlab.course.threads import apply_thread_policy
 from lmlab.grading import check, check_all
+
+apply_thread_policy()  # 1 torch thread on a 2-core laptop (`lmlab doctor` says why)
 
 # %% [markdown]
 # ## 1 · The ring all-reduce schedule (1 point, warm-up)

@@ -28,14 +28,17 @@ def test_environment_overrides():
         choose_threads(cores=0, environ={})
 
 
-def test_importing_lmlab_applies_it_in_a_default_process():
+def test_importing_lmlab_changes_nothing_doctor_applies_the_policy():
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": sys.path[0] if sys.path[0] else "."}
     import os
 
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", ".")
-    code = "import lmlab, torch; from lmlab.course.threads import choose_threads; print(torch.get_num_threads(), choose_threads()[0])"
+    code = ("import torch; before = torch.get_num_threads(); torch.set_num_threads(3); import lmlab, lmlab.grading; "
+            "after_import = torch.get_num_threads(); from lmlab.course.doctor import doctor; doctor(print_report=False); "
+            "from lmlab.course.threads import choose_threads; print(after_import, torch.get_num_threads(), choose_threads()[0])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True).stdout.split()
-    assert out[0] == out[1]  # no OMP_NUM_THREADS here: lmlab's choice is what torch uses
+    assert out[0] == "3"  # importing lmlab left torch's setting alone
+    assert out[1] == out[2]  # no OMP_NUM_THREADS here: after doctor(), lmlab's choice is what torch uses
 
 
 def test_doctor_explains_the_choice_and_an_empty_renderer():

@@ -11,6 +11,8 @@ import importlib.metadata as md
 import platform
 import sys
 
+from lmlab.course.threads import POLICY, apply_thread_policy
+
 __all__ = ["doctor", "environment", "best_device"]
 
 
@@ -64,8 +66,6 @@ def environment() -> dict:
         "device": best_device(),
         "cpu threads": torch.get_num_threads(),
     }
-    from lmlab.course.threads import POLICY
-
     info["thread policy"] = f"{POLICY['threads']} ({POLICY['why']}; LMLAB_NUM_THREADS=N to change)"
     if info["device"] == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -93,7 +93,9 @@ def environment() -> dict:
 
 
 def doctor(print_report: bool = True) -> dict:
-    """Print a short report (versions, device, will widgets render) and return it as a dict."""
+    """Apply lmlab's thread policy (:mod:`lmlab.course.threads`), then print a short report (versions,
+    device, will widgets render) and return it as a dict. Every lesson's first cell calls it."""
+    apply_thread_policy()
     info = environment()
     if print_report:
         width = max(len(k) for k in info)

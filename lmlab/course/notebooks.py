@@ -22,7 +22,7 @@ __all__ = [
 # The one place that names the public repository. Badges, the Colab cell and the README use it.
 GITHUB_REPO = "lmlab-course/lmlab"
 BRANCH = "main"
-ROOT = Path(__file__).resolve().parent.parent  # the checkout (when lmlab is installed with -e)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (when lmlab is installed with -e)
 
 COLAB_SETUP_SOURCE = f'''# Colab setup: install lmlab (Colab already has torch, so it is not reinstalled) and turn on
 # widgets. Anywhere else this cell does nothing.

@@ -48,7 +48,7 @@ def _pi_range(f):
 
 def reference_interpolate_positions(positions, factor):
     """Position interpolation from lmlab's :func:`lmlab.model.positions.rope_scaling.scaled_rope_frequencies` (linear scaling)."""
-    from lmlab.infer.long_context import scaled_rope_frequencies
+    from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
 
     # a head of size 2 has one pair turning 1 radian per token; PI divides that by s: angle = p / s
     return positions.float() * scaled_rope_frequencies(2, 10000.0, {"type": "linear", "factor": factor})[0][0]
@@ -234,7 +234,7 @@ def _topk_inner_product(f):
 
 def reference_memory_top_k(q, mem_k, mem_v, k):
     """The top-k search of lmlab's :class:`lmlab.model.memory.KNNMemory` on one head, with the row index of each key."""
-    from lmlab.infer.long_context import KNNMemory
+    from lmlab.model.memory import KNNMemory
 
     mem = KNNMemory(size=mem_k.size(0))
     mem.add(mem_k[None, None], mem_v[None, None])  # (B=1, nkv=1, M, hs)

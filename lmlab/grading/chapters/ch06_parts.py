@@ -94,7 +94,7 @@ register(Exercise(
 
 def reference_yarn_frequencies(d, base, s, L, bf=32.0, bs=1.0):
     """lmlab's :func:`lmlab.model.positions.rope_scaling.scaled_rope_frequencies` with a YaRN ``scaling`` dict built from the arguments."""
-    from lmlab.infer.long_context import scaled_rope_frequencies
+    from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
 
     return scaled_rope_frequencies(d, base, {"type": "yarn", "factor": s, "original_context_length": L, "beta_fast": bf, "beta_slow": bs})
 
