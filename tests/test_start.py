@@ -1,7 +1,8 @@
 """``tools/lab.sh`` (the part of ``tools/start.sh`` that opens the course) starts JupyterLab, as root too.
 
 The test runs the launch script as start.sh does (without reinstalling anything), reads the URL it
-prints, and reaches the server's ``/api/status`` with that token. Jupyter's settings, runtime files and
+prints, reaches the server's ``/api/status`` with that token, and checks that the printed notebook path is
+the server's (the repository is its root: lessons/, exercises/ and solutions/ are all reachable). Jupyter's settings, runtime files and
 workspaces go to a temporary folder; ``--no-browser`` keeps it headless. Bounded: 90 s to start.
 """
 
@@ -50,6 +51,12 @@ def test_lab_script_opens_the_course_and_prints_where(tmp_path):
         assert "token=lmlabtesttoken" in url and url.endswith("?token=lmlabtesttoken")
         assert status is not None, f"the server did not answer /api/status in {START_LIMIT:g} s:\n{text[-2000:]}"
         assert "started" in status
+        path = url.split("/lab/tree/")[1].split("?")[0]
+        with urllib.request.urlopen(f"{base}/api/contents/{path}?content=0&token=lmlabtesttoken", timeout=10) as r:
+            assert json.loads(r.read())["type"] == "notebook"  # the printed address opens this notebook
+        with urllib.request.urlopen(f"{base}/api/contents?token=lmlabtesttoken", timeout=10) as r:
+            names = {item["name"] for item in json.loads(r.read())["content"]}
+        assert {"lessons", "exercises", "solutions"} <= names, names  # the file browser shows the whole course
         if os.getuid() == 0:
             assert "--allow-root" in text
         assert "Running as root is not recommended" not in text or "--allow-root" in text
@@ -60,3 +67,10 @@ def test_lab_script_opens_the_course_and_prints_where(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_lab_script_names_a_missing_notebook():
+    out = subprocess.run(["bash", str(ROOT / "tools" / "lab.sh"), "lessons/99_nothing.ipynb", "--no-browser"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "no notebook at lessons/99_nothing.ipynb" in out.stderr

@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 
 notebook=${1:-lessons/00_tour.ipynb}
 [ $# -gt 0 ] && shift
+notebook=${notebook#./}
+if [ ! -f "$notebook" ]; then
+  echo "tools/lab.sh: no notebook at $notebook (paths are relative to the repository root, e.g. exercises/04_attention.ipynb)" >&2
+  exit 2
+fi
 ip=${LMLAB_IP:-127.0.0.1}
 token=${LMLAB_TOKEN:-$(python -c 'import secrets; print(secrets.token_hex(24))')}
 port=$(python - "${LMLAB_PORT:-8888}" "$ip" <<'PY'
@@ -32,5 +37,8 @@ fi
 host=$ip
 [ "$ip" = "0.0.0.0" ] && host=127.0.0.1
 echo "The course opens at: http://$host:$port/lab/tree/$notebook?token=$token"
-exec jupyter lab "$notebook" --ip="$ip" --port="$port" --ServerApp.port_retries=0 \
+# The repository is the server's root (lessons/, exercises/ and solutions/ all reachable); the notebook is
+# opened by its URL. (Passing the notebook as an argument would make its folder the root.)
+exec jupyter lab --ServerApp.root_dir="$PWD" --ServerApp.default_url="/lab/tree/$notebook" \
+  --ip="$ip" --port="$port" --ServerApp.port_retries=0 \
   --IdentityProvider.token="$token" "${extra[@]}" "$@"
