@@ -6,8 +6,8 @@ own object: feedback, not a grade) and by ``lmlab grade``, where the object is a
 learner's code does — raise, print a megabyte, call ``sys.exit``, loop forever, die — the result is an
 :class:`~lmlab.grading.report.ExerciseResult`.
 
-Contract for check authors (``lmlab/grading/chNN.py``)
-------------------------------------------------------
+Contract for check authors (``lmlab/grading/chapters/chNN.py``)
+---------------------------------------------------------------
 Under ``lmlab grade`` a check runs in the grader's process and receives a *proxy* of the learner's
 function or class. Write checks so they behave the same with the real object and with the proxy:
 
