@@ -104,9 +104,11 @@ P.ring_figure(4).show()
 # interface, `lmlab.parallel.transport.Ranks`: its `rank` and `size`, a `sendrecv` with a neighbour, and three
 # collectives (all-reduce, reduce-scatter, all-gather). Two worlds implement it:
 #
-# - `ThreadRanks`: $N$ ranks inside this process, one thread each — a list of tensors standing for the ranks,
-#   every message a copy through a queue. Its collectives *are* the ring below, built on `sendrecv`.
-# - `DistRanks`: real processes talking through `torch.distributed` (gloo on CPUs), used in section 2.
+# - `ThreadRanks` (`lmlab.parallel.in_process`): $N$ ranks inside this process, one thread each — a list of
+#   tensors standing for the ranks, every message a copy through a queue. Its collectives *are* the ring below,
+#   built on `sendrecv`.
+# - `DistRanks` (`lmlab.parallel.transport`): real processes talking through `torch.distributed` (gloo on CPUs),
+#   used in section 2.
 #
 # The only code that differs between the two is how one message travels:
 
@@ -116,8 +118,9 @@ import inspect
 from lmlab.course.experiments import ch12_spmd as S
 from lmlab.parallel import collectives
 from lmlab.parallel.data_parallel import average_gradients
+from lmlab.parallel.in_process import ThreadRanks, run_in_process, simulated_ring_all_reduce
 from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
-from lmlab.parallel.transport import DistRanks, ThreadRanks, run_in_process
+from lmlab.parallel.transport import DistRanks
 from lmlab.parallel.zero import zero1_adamw_step
 
 print(inspect.getsource(ThreadRanks.sendrecv))
@@ -133,7 +136,7 @@ print(inspect.getsource(collectives.ring_all_gather))
 
 g = torch.Generator().manual_seed(0)
 sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
-history = collectives.simulated_ring_all_reduce(sim_ranks)  # ring_all_reduce on 4 threads, every step recorded
+history = simulated_ring_all_reduce(sim_ranks)  # ring_all_reduce on 4 threads, every step recorded
 print(f"{len(history)} steps; after the reduce-scatter (step {len(sim_ranks) - 2}) rank 0 holds the finished chunk 1:",
       history[len(sim_ranks) - 2][0].view(4, 2)[1].numpy().round(3), "=", torch.stack(sim_ranks).sum(0).view(4, 2)[1].numpy().round(3))
 assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1])

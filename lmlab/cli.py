@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lmlab.course.doctor import doctor
+from lmlab.grading.cli import grade_command
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmlab", description="lmlab: the LLM pretraining course's helper command.")
@@ -17,12 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        from lmlab.course.doctor import doctor
-
         doctor()
         return 0
-    from lmlab.grading.cli import grade_command
-
     return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict)
 
 

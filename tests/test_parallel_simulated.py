@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.parallel.collectives import simulated_ring_all_reduce
+from lmlab.parallel.in_process import simulated_ring_all_reduce
 from lmlab.parallel.pipeline import schedule_ops, simulate
 from lmlab.parallel.tensor_parallel import simulated_row_parallel_forward
 from lmlab.parallel.zero import simulated_zero1_step
@@ -78,7 +78,7 @@ def test_1f1b_schedule_bounds_activations():
 
 
 def test_thread_ranks_collectives_follow_torch_distributed_semantics():
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
 
     ts = [torch.arange(12.0).view(6, 2) * 10 ** r for r in range(3)]
 
@@ -97,7 +97,7 @@ def test_thread_ranks_collectives_follow_torch_distributed_semantics():
 def test_run_in_process_reraises_the_failing_rank_without_waiting():
     import time
 
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
 
     def one_rank(ranks, t):
         if ranks.rank == 1:
@@ -115,7 +115,7 @@ def test_run_in_process_reraises_the_failing_rank_without_waiting():
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_spmd_step_in_process_equals_one_process(n):
     from lmlab.course.experiments import ch12_spmd as S
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
 
     inputs = S.spmd_inputs(n)
     diff = S.max_differences(run_in_process(S.spmd_step, inputs), S.spmd_reference(inputs))
@@ -131,7 +131,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
 
     from lmlab.model.gpt import GPT, ModelConfig
     from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
 
     torch.manual_seed(3)
     cfg = ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=4, activation="swiglu",
@@ -163,7 +163,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
 def test_zero_optimizer_runs_on_in_process_ranks(stage):
     """ZeroOptimizer, the class the gloo ranks train with, on 2 threads: the same model as one process."""
     from lmlab.parallel import workers
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
     from lmlab.parallel.zero import ZeroOptimizer
 
     data = workers.batches(steps=3)
@@ -186,7 +186,7 @@ def test_zero_optimizer_runs_on_in_process_ranks(stage):
 
 def test_spmd_functions_name_bad_shapes():
     from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
     from lmlab.parallel.zero import zero1_adamw_step
 
     with pytest.raises(ValueError, match="x_shard"):

@@ -48,7 +48,7 @@ def test_launch_runs_fsdp2_and_the_pipeline_schedules_on_real_ranks(ranks):
 
 def test_launch_runs_the_in_process_code_on_gloo_ranks(ranks):
     from lmlab.course.experiments import ch12_spmd as S
-    from lmlab.parallel.transport import run_in_process
+    from lmlab.parallel.in_process import run_in_process
 
     inputs = S.spmd_inputs(2)
     gloo = [r["spmd"] for r in ranks]

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmlab.grading.exercise_notebooks import expected_exercise_files
+
 __all__ = [
     "GITHUB_REPO", "ROOT", "COLAB_SETUP_SOURCE", "colab_url", "binder_url", "colab_badge",
     "lesson_sources", "notebook_sources", "ipynb_text", "build", "check",
@@ -81,10 +83,6 @@ def _expected_files(root: Path) -> dict[Path, str]:
     files: dict[Path, str] = {}
     for src in notebook_sources(root):
         files[src.with_suffix(".ipynb")] = ipynb_text(src.read_text(encoding="utf-8"))
-    try:
-        from lmlab.grading.exercise_notebooks import expected_exercise_files
-    except ImportError:  # the grading package is not there yet
-        return files
     for path, text in expected_exercise_files(root).items():
         files[path] = text
         if path.suffix == ".py":

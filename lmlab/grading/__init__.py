@@ -8,7 +8,7 @@ In an exercise notebook::
     check_all("00")                        # the chapter's score table
 
 Neither ever raises, so an unfinished notebook still runs top to bottom. The graders ship inside
-the package (``lmlab/grading/chNN.py``), so they work on Colab and Binder with only the notebook.
+the package (``lmlab/grading/chapters/chNN.py``), so they work on Colab and Binder with only the notebook.
 """
 
 from __future__ import annotations

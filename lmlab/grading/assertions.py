@@ -58,7 +58,7 @@ def expect_close(got: Any, expected: torch.Tensor, what: str, atol: float = 1e-5
     if not bad.any():
         return
     worst = int(torch.argmax(torch.where(bad, diff, torch.zeros_like(diff))))
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), e.shape)) if e.dim() else ()
+    index = _unravel(worst, tuple(e.shape))
     at = f" at index {list(index)}" if index else ""
     if expected.dtype == torch.bool:
         msg = f"{what}: differs{at}: expected {bool(e[index])}, got {bool(g[index])} ({int(bad.sum())} entries differ)"
@@ -98,6 +98,16 @@ def expect_int(got: Any, what: str) -> int:
 def seeded_randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``scale`` times standard-normal test inputs, the same on every machine and in every call."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index of entry ``flat`` of a row-major tensor of ``shape`` (``()`` for a scalar). Plain Python:
+    ``torch.unravel_index``'s first call imports torch's compiler stack, seconds inside a timed check."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
 
 
 def _short(value: Any) -> str:

@@ -16,8 +16,10 @@ import sys
 import time
 import types
 
+from lmlab.grading.guard import GradingTimeout, error_location, time_limit
+from lmlab.grading.harness import resolve_target
 from lmlab.grading.wire import (MAX_FRAME, ProtocolError, changes, check_depth, describe_type, dumps_plain, recv_exact, send_frame,
-                   snapshot, tensor_tree, to_scalar)
+                                snapshot, tensor_tree, to_scalar)
 
 _TENSORS: dict[int, list] = {}  # tid -> [tensor, stamp]; parent tids > 0, ours < 0
 _TENSOR_IDS: dict[int, int] = {}  # id(tensor) -> tid
@@ -206,8 +208,6 @@ def _request():
 
 
 def _error_info(exc: BaseException) -> dict:
-    from lmlab.grading.engine import error_location
-
     bases = [c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins"]
     text = str(exc)
     return {"type": type(exc).__name__, "bases": bases, "message": text[:500], "where": error_location(exc),
@@ -248,8 +248,6 @@ def _run(msg):
     if op in ("call", "call_with"):
         _, _, name, args, kwargs, grad_enabled = msg[:6]
         if op == "call_with":
-            from lmlab.grading.harness import resolve_target
-
             fn, args = resolve_target(name), (obj, *args)
         else:
             fn = obj if name is None else getattr(obj, name)
@@ -347,14 +345,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     import importlib
 
-    from lmlab.grading import harness  # noqa: F401 - importable before the audit hook
-    from lmlab.grading.engine import GradingTimeout, time_limit
-
-    with_grader = f"lmlab.grading.ch{job['exercise'][:2]}"
-    try:
-        importlib.import_module(with_grader)  # the check's own classes (stand-in sub-layers) unpickle here
-    except ImportError:
-        pass
+    # the chapter's grader module, before the audit hook: the check's own classes (stand-in sub-layers) unpickle here
+    importlib.import_module(f"lmlab.grading.chapters.ch{job['exercise'][:2]}")
     _limit(job)
     module = types.ModuleType("learner")
     sys.modules["learner"] = module

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmlab.grading.extract import ExtractError, extract
 from lmlab.grading.registry import UnknownExercise, chapter_exercises, get_exercise
-from lmlab.grading.report import format_table, summary
+from lmlab.grading.report import ExerciseResult, format_table, summary
 from lmlab.grading.runner import grade_all
 from lmlab.grading.strict import reference_uses
 
@@ -69,8 +69,6 @@ def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None 
 
 def grade_command(path: str, json_path: str | None = None, timeout: float | None = None, strict: bool = False) -> int:
     """The ``lmlab grade`` command: print the score table (and JSON); return the exit status."""
-    from lmlab.grading.report import ExerciseResult
-
     if timeout is not None and not timeout > 0:
         print(f"lmlab grade: --timeout must be a positive number of seconds, got {timeout}", file=sys.stderr)
         return 2

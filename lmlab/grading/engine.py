@@ -6,8 +6,8 @@ own object: feedback, not a grade) and by ``lmlab grade``, where the object is a
 learner's code does — raise, print a megabyte, call ``sys.exit``, loop forever, die — the result is an
 :class:`~lmlab.grading.report.ExerciseResult`.
 
-Contract for check authors (``lmlab/grading/chNN.py``)
-------------------------------------------------------
+Contract for check authors (``lmlab/grading/chapters/chNN.py``)
+---------------------------------------------------------------
 Under ``lmlab grade`` a check runs in the grader's process and receives a *proxy* of the learner's
 function or class. Write checks so they behave the same with the real object and with the proxy:
 
@@ -46,27 +46,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import signal
-import sysconfig
-import threading
 import time
-import traceback
 from typing import Any
 
 import torch
 
+from lmlab.grading.guard import GradingTimeout, error_location, time_limit
 from lmlab.grading.registry import CheckFailed, Exercise
-from lmlab.grading.sandbox import SandboxError
 from lmlab.grading.report import ExerciseResult
+from lmlab.grading.sandbox import SandboxError
 
-__all__ = ["run_exercise", "BoundedText", "GradingTimeout", "time_limit", "error_location"]
+__all__ = ["run_exercise", "BoundedText"]
 
 _OUTPUT_KEEP = 2000  # characters of the learner's printing kept for the report
-
-
-class GradingTimeout(BaseException):
-    """Raised by the timer inside the learner's code (a BaseException: ``except Exception`` cannot swallow it)."""
 
 
 class BoundedText(io.TextIOBase):
@@ -91,47 +83,6 @@ class BoundedText(io.TextIOBase):
     def getvalue(self) -> str:
         text = "".join(self.kept)
         return text + (f"\n… ({self.total:,} characters in all)" if self.total > self.limit else "")
-
-
-def _library_dirs() -> tuple[str, ...]:
-    dirs = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__)}
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        with contextlib.suppress(KeyError):
-            dirs.add(sysconfig.get_paths()[key])
-    return tuple(d + os.sep for d in dirs if d)
-
-
-def error_location(exc: BaseException) -> str:
-    """``" (in f, cell 3 line 7)"`` for the deepest frame of the learner's own code, or ``""``."""
-    if isinstance(getattr(exc, "lmlab_where", None), str):  # raised in the sandbox's child: it said where
-        return exc.lmlab_where
-    libs = _library_dirs()
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(libs)]
-    if not frames:
-        return ""
-    f = frames[-1]
-    loc = f"line {f.lineno}" if os.path.isabs(f.filename) else f"{f.filename}, line {f.lineno}"
-    return f" (in {f.name}, {loc})"
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float | None):
-    """Raise :class:`GradingTimeout` in this thread after ``seconds`` (only where SIGALRM is usable)."""
-    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise GradingTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _expected_kind(exercise: Exercise, obj: Any) -> str | None:
@@ -209,5 +160,3 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         res.output = out.getvalue()
     return res
 
-
-# Public names for the runner (no module imports another's private names).

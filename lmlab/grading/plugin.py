@@ -13,6 +13,7 @@ import math
 
 from lmlab.grading.assertions import expect_close
 from lmlab.grading.harness import call_with
+from lmlab.grading.plug_and_train import train_with_part
 from lmlab.grading.registry import CheckFailed
 
 __all__ = ["LOGITS_ATOL", "LOSS_ATOL", "expect_trains_like_lmlab"]
@@ -23,8 +24,6 @@ _CACHE: dict = {}
 
 
 def _reference(kind: str, cfg: dict, steps: int, seed: int) -> dict:
-    from lmlab.grading.plug_and_train import train_with_part
-
     key = (kind, tuple(sorted((k, repr(v)) for k, v in cfg.items())), steps, seed)
     if key not in _CACHE:  # the same reference for every learner and wrong answer in this process
         _CACHE[key] = train_with_part(None, kind, cfg, steps=steps, seed=seed)

@@ -1,9 +1,12 @@
 """The exercise registry: every graded exercise of the course, by id.
 
 An exercise is identified as ``"NN.name"`` (chapter, then the name the learner defines), e.g.
-``"00.causal_mask"``. Each chapter's graders live in a module ``lmlab/grading/chNN.py`` that calls
-:func:`register` at import time; :func:`all_exercises` imports every such module, so a new chapter
-only has to add its file.
+``"00.causal_mask"``. Each chapter's graders live in a module ``lmlab/grading/chapters/chNN.py`` that
+calls :func:`register` at import time (a long chapter imports its ``chNN_*.py`` parts at the top, and
+they register theirs) and states the chapter's order in a tuple ``EXERCISES`` of ids: the order of the
+lesson's notebook, which :func:`chapter_exercises`, the score table and the exercise notebook follow.
+:func:`all_exercises` imports every such module and checks that ``EXERCISES`` lists exactly the
+chapter's registered exercises, so a new chapter only has to add its file.
 
 A check is a small function that receives the learner's object (a function or a class) and either
 returns (passed) or raises :class:`CheckFailed` with a message that says what was expected. Checks
@@ -115,6 +118,7 @@ class Exercise:
 
 
 _REGISTRY: dict[str, Exercise] = {}
+_ORDER: dict[str, tuple[str, ...]] = {}  # chapter -> its module's EXERCISES
 _loaded = False
 
 
@@ -128,15 +132,33 @@ def register(exercise: Exercise) -> Exercise:
     return exercise
 
 
+def _chapter_order(module, chapter: str) -> tuple[str, ...]:
+    """``module.EXERCISES``, checked: exactly the ids registered for ``chapter``, each once."""
+    order = getattr(module, "EXERCISES", None)
+    if not isinstance(order, tuple) or not all(isinstance(i, str) for i in order):
+        raise ValueError(f"{module.__name__}.EXERCISES must be a tuple of exercise ids in the notebook's order, got {order!r}")
+    registered = [i for i, ex in _REGISTRY.items() if ex.chapter == chapter]
+    if len(set(order)) != len(order) or set(order) != set(registered):
+        missing = sorted(set(registered) - set(order))
+        unknown = sorted(set(order) - set(registered))
+        twice = sorted({i for i in order if order.count(i) > 1})
+        raise ValueError(f"{module.__name__}.EXERCISES must list each of chapter {chapter}'s registered exercises once: "
+                         f"missing {missing}, not registered {unknown}, listed twice {twice}")
+    return order
+
+
 def _load_chapters() -> None:
-    """Import every ``lmlab.grading.chapters.chNN`` module (each registers its exercises)."""
+    """Import every ``lmlab.grading.chapters.chNN`` module (each registers its exercises and states their order)."""
     global _loaded
     if _loaded:
         return
     package = f"{__package__}.chapters"
+    modules = {}
     for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda i: i.name):
         if re.fullmatch(r"ch\d\d", info.name):
-            importlib.import_module(f"{package}.{info.name}")
+            modules[info.name[2:]] = importlib.import_module(f"{package}.{info.name}")
+    for chapter, module in modules.items():  # after every import: a chapter's parts have registered, too
+        _ORDER[chapter] = _chapter_order(module, chapter)
     _loaded = True
 
 
@@ -152,11 +174,11 @@ def chapters() -> list[str]:
 
 
 def chapter_exercises(chapter: str) -> list[Exercise]:
-    """The exercises of one chapter (``"00"``), in registration order."""
+    """The exercises of one chapter (``"00"``), in the notebook's order (its module's ``EXERCISES``)."""
     if not isinstance(chapter, str) or not re.fullmatch(r"\d\d", chapter):
         raise ValueError(f"chapter must be a two-digit string like '00', got {chapter!r}")
     _load_chapters()
-    return [ex for ex in _REGISTRY.values() if ex.chapter == chapter]
+    return [_REGISTRY[i] for i in _ORDER.get(chapter, ())]
 
 
 def get_exercise(exercise_id: str) -> Exercise:

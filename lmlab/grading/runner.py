@@ -16,10 +16,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lmlab.grading.engine import run_exercise
 from lmlab.grading.registry import Exercise
 from lmlab.grading.report import ExerciseResult
+from lmlab.grading.sandbox import Sandbox, SandboxError
 
-__all__ = ["child_env", "grade_in_subprocess", "grade_all", "STARTUP_LIMIT", "GRACE"]
+__all__ = ["grade_in_subprocess", "grade_all", "STARTUP_LIMIT", "GRACE"]
 
 STARTUP_LIMIT = 180.0  # seconds for the child to import torch (slow, busy CI machines)
 GRACE = 2.0  # seconds after the time limit before the parent kills (the child's own timer goes first)
@@ -28,15 +30,6 @@ GRACE = 2.0  # seconds after the time limit before the parent kills (the child's
 def _error(exercise: Exercise, status: str, reason: str, seconds: float = 0.0) -> ExerciseResult:
     return ExerciseResult(id=exercise.id, status=status, points=0, max_points=exercise.points,
                           checks_total=len(exercise.checks), reason=reason, hint=exercise.hint, seconds=round(seconds, 3))
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent.parent)  # so the child finds this lmlab
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
 
 
 def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float | None = None, cwd: str | Path | None = None,
@@ -56,9 +49,6 @@ def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float
         raise ValueError(f"snippets must be a list of {{filename, source}} dicts, got {type(snippets).__name__}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
-    from lmlab.grading.engine import run_exercise
-    from lmlab.grading.sandbox import Sandbox, SandboxError
-
     limit = exercise.timeout if timeout is None else float(timeout)
     job = {"exercise": exercise.id, "name": exercise.name, "snippets": snippets, "timeout": limit, "deny": _deny_dirs()}
     started = time.perf_counter()

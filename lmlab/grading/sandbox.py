@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
+from lmlab.grading import child
+from lmlab.grading.guard import GradingTimeout
 from lmlab.grading.proxy import Remote, RemoteError, remote_exception
 from lmlab.grading.wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
 
-__all__ = ["Sandbox", "SandboxError", "Remote", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
+__all__ = ["Sandbox", "SandboxError", "Remote", "child_env", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
 
 MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of address space the learner's code may add after imports
 MAX_PROCS = 8  # processes in the child's session (the child included)
@@ -54,6 +56,16 @@ def session_processes(sid: int) -> list[int]:
             if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
                 pids.append(int(name))
     return pids
+
+
+def child_env() -> dict:
+    """The environment of the learner's process: this lmlab first on the path, one thread, UTF-8 output."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent.parent)  # so the child finds this lmlab
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
 
 
 def _describe_exit(code: int | None) -> str:
@@ -94,8 +106,6 @@ class _Pickler(pickle.Pickler):
         return t
 
     def reducer_override(self, obj):
-        from lmlab.grading import child
-
         sb = self.sb
         if isinstance(obj, torch.Tensor) and id(obj) in self.raw:
             return NotImplemented
@@ -140,8 +150,6 @@ class Sandbox:
         self.next_check = 0.0
         req_r, self._req_w = os.pipe()
         self._rep_r, rep_w = os.pipe()
-        from lmlab.grading.runner import child_env
-
         self.proc = subprocess.Popen([sys.executable, "-m", "lmlab.grading.child", str(req_r), str(rep_w)], pass_fds=(req_r, rep_w),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd=str(cwd) if cwd else None, env=child_env(), start_new_session=True)
@@ -351,8 +359,6 @@ class Sandbox:
             raise SandboxError(f"your code's process sent a reply the grader cannot read ({exc})") from None
 
     def _read(self, n: int, starting: bool) -> bytes:
-        from lmlab.grading.engine import GradingTimeout
-
         chunks, left = [], n
         while left:
             now = time.monotonic()

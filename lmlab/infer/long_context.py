@@ -24,10 +24,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lmlab.model.attention import decode_mask, repeat_kv
+from lmlab.argcheck import check_int, check_tensor
 from lmlab.infer.kv_cache import LayerKVCache
+from lmlab.model.attention import decode_mask, repeat_kv
 from lmlab.model.positions.encodings import AttentionPositions, apply_rope, check_rope_head_dim, rope_cos_sin, rope_frequencies
-from lmlab.argcheck import check_int
 
 __all__ = ["lambda_mask", "SinkKVCache", "sink_evict", "parallel_context_inputs", "parallel_context_logits"]
 
@@ -164,8 +164,6 @@ def sink_evict(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, n_sink
     ``positions (L,)`` -> the kept ``(k, v, positions)``: all of them while ``L <= n_sink + window``,
     else the first ``n_sink`` plus the last ``window``. Graded reference of ``exercises/06_long_context``
     (``06.sink_evict``)."""
-    from lmlab.argcheck import check_int, check_tensor
-
     check_tensor(k, "k", "sink_evict", dim=4)
     check_tensor(v, "v", "sink_evict", shape=tuple(k.shape))
     check_tensor(positions, "positions", "sink_evict", shape=(k.size(2),))

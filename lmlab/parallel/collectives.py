@@ -11,20 +11,20 @@ every step rank r sends one chunk to rank r + 1 and receives one from rank r - 1
 Each rank sends 2 (N - 1) chunks of n / N elements: ``2 (N - 1) / N x n``, almost independent
 of N, which is why the ring is bandwidth-optimal (:func:`lmlab.scaling.calculators.ring_all_reduce_volume`).
 
-Written once, as the code one rank runs, against :class:`lmlab.parallel.transport.Ranks`: the lesson
-runs these very functions on ranks that are threads of one process (:func:`simulated_ring_all_reduce`,
-a list of tensors standing for the ranks) and on gloo processes (``group=None`` or a process group).
+Written once, as the code one rank runs, against the interface :class:`lmlab.parallel.transport.Ranks`
+only: the lesson runs these very functions on ranks that are threads of one process
+(:mod:`lmlab.parallel.in_process`, whose ranks' collectives are this ring, and
+:func:`~lmlab.parallel.in_process.simulated_ring_all_reduce`) and on gloo processes (``group=None`` or a
+process group).
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmlab.argcheck import check_tensor
-from lmlab.parallel.transport import Ranks, as_ranks, run_in_process
+from lmlab.parallel.transport import Ranks, as_ranks
 
-__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule",
-           "simulated_ring_all_reduce"]
+__all__ = ["ring_all_reduce", "ring_reduce_scatter", "ring_all_gather", "ring_send_chunk", "ring_send_schedule"]
 
 
 def _chunks(flat: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -89,29 +89,3 @@ def ring_all_reduce(t: torch.Tensor, group=None, trace: list | None = None) -> t
     ring_all_gather(flat, ranks, trace)
     t.copy_(flat[: t.numel()].view_as(t))
     return t
-
-
-def simulated_ring_all_reduce(tensors: list) -> list:
-    """The same ring in one process: ``tensors[r]`` is rank ``r``'s 1-D vector (numel divisible by N).
-
-    Each rank is a thread running :func:`ring_all_reduce`, the function the gloo processes run; every
-    step all ranks send at once (each sends what it held *before* the step). Returns the
-    history: after each of the ``2 (N - 1)`` steps, a copy of every rank's vector; the last entry
-    is the all-reduce (every rank holds the sum). The inputs are not modified.
-    Graded reference of ``exercises/12_parallelism`` (``12.ring_all_reduce_sim``).
-    """
-    if not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
-        raise ValueError(f"simulated_ring_all_reduce: tensors must be a list of >= 2 tensors (one per rank), got {tensors!r:.80}")
-    n = len(tensors)
-    for r, t in enumerate(tensors):
-        check_tensor(t, f"tensors[{r}]", "simulated_ring_all_reduce", dim=1, shape=(tensors[0].numel(),))
-    if tensors[0].numel() % n:
-        raise ValueError(f"simulated_ring_all_reduce: numel must be divisible by N = {n}, got {tensors[0].numel()}")
-
-    def one_rank(ranks, t):  # what every rank runs: the ring above, recording its vector after each step
-        trace: list = []
-        ring_all_reduce(t.clone(), ranks, trace)
-        return trace
-
-    traces = run_in_process(one_rank, list(tensors))  # traces[r][s]
-    return [[traces[r][s] for r in range(n)] for s in range(2 * (n - 1))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.argcheck import check_choice, check_int
+from lmlab.parallel import comm
 
 __all__ = ["RankGrid", "DIMS"]
 
@@ -79,8 +80,6 @@ class RankGrid:
     def make_groups(self) -> dict[str, object]:
         """Create every process group (all ranks must call this, in the same order) and return
         this rank's group for each dimension: ``{"dp": group, "pp": group, "tp": group}``."""
-        from lmlab.parallel import comm
-
         if comm.world_size() != self.size:
             raise ValueError(f"RankGrid.make_groups: dp x pp x tp = {self.size} must equal the world size {comm.world_size()}")
         me = comm.rank()

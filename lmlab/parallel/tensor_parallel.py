@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.argcheck import check_tensor
-from lmlab.parallel.transport import as_ranks, run_in_process
+from lmlab.parallel.in_process import run_in_process
+from lmlab.parallel.transport import as_ranks
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "column_parallel_forward", "row_parallel_forward",
            "ColumnParallelLinear", "RowParallelLinear",

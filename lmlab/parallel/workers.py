@@ -17,10 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.parallel import comm
 from lmlab.parallel.collectives import ring_all_reduce
 from lmlab.parallel.data_parallel import BucketedDataParallel, average_gradients
+from lmlab.parallel.grid import RankGrid
+from lmlab.parallel.pipeline import gpt_stages, pipeline_step
 from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock, VocabParallelEmbedding
+from lmlab.parallel.three_d import build_stage, train_step_3d
 from lmlab.parallel.zero import ZeroOptimizer
 
 __all__ = ["fail_on_rank", "hang_on_rank", "rank_info", "check_collectives_dp_zero", "check_tensor_parallel",
@@ -231,8 +235,6 @@ def check_tp_layers(out: dict) -> None:
 
 
 def check_tp_block(out: dict) -> None:
-    from lmlab.model.gpt import GPT, ModelConfig
-
     for name, kw in (("gelu", {}), ("llama", dict(activation="swiglu", norm="rmsnorm", bias=False, n_kv_heads=2))):
         torch.manual_seed(3)
         cfg = ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=4, **kw)
@@ -301,8 +303,6 @@ def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _pipeline_model():
-    from lmlab.model.gpt import GPT, ModelConfig
-
     torch.manual_seed(5)
     cfg = ModelConfig(vocab_size=32, context_length=8, d_model=16, n_layers=4, n_heads=2, tie_embeddings=False)
     return GPT(cfg)
@@ -313,8 +313,6 @@ def check_pipeline(rank: int, world_size: int, n_micro: int = 8) -> dict:
     and torch.distributed.pipelining's schedules, all against one process (mean of micro-batch
     losses); plus a 4-rank ring all-reduce (2 (N-1)/N = 1.5 of the data per rank)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-
-    from lmlab.parallel.pipeline import gpt_stages, pipeline_step
 
     out: dict = {}
     check_collectives(out)
@@ -355,10 +353,6 @@ def check_pipeline(rank: int, world_size: int, n_micro: int = 8) -> dict:
 
 def check_3d(rank: int, world_size: int, steps: int = 3, n_micro: int = 2) -> dict:
     """A tiny LLaMA-style GPT on a 2 x 2 x 2 (dp, pp, tp) grid: per-step losses against one process."""
-    from lmlab.model.gpt import GPT, ModelConfig
-    from lmlab.parallel.grid import RankGrid
-    from lmlab.parallel.three_d import build_stage, train_step_3d
-
     grid = RankGrid(dp=2, pp=2, tp=2, world_size=world_size)
     groups = grid.make_groups()
     me = grid.coords(rank)

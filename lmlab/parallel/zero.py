@@ -34,7 +34,8 @@ from torch.func import functional_call
 
 from lmlab.train.optim import AdamW, adamw_update_
 from lmlab.argcheck import check_choice, check_int, check_number, check_tensor
-from lmlab.parallel.transport import as_ranks, run_in_process
+from lmlab.parallel.in_process import run_in_process
+from lmlab.parallel.transport import as_ranks
 
 __all__ = ["ZeroOptimizer", "ZERO_STAGES", "zero1_adamw_step", "simulated_zero1_step"]
 

@@ -22,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
+from lmlab.course.experiments.ch00_tour import leakage_test
+from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, unigram_entropy
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.norms import LayerNorm, RMSNorm
 from lmlab.train.loop import History, seed_everything, train
-from lmlab.course.widgets import style_figure
 
 __all__ = [
     "batchnorm_vs_layernorm", "batchnorm_figure", "SequenceBatchNorm", "with_batchnorm", "batchnorm_leakage",
@@ -160,8 +161,6 @@ def batchnorm_leakage(seed: int = 0, T: int = 24, position: int = 12, vocab_size
     token is fine and nothing leaks; LayerNorm never leaks. Returns each variant's leakage dict
     (:func:`lmlab.course.experiments.ch00_tour.leakage_test`) and the eval-mode output of a one-token batch.
     """
-    from lmlab.course.experiments.ch00_tour import leakage_test
-
     if not 0 < position < T:
         raise ValueError(f"position must be in [1, {T - 1}], got {position}")
     seed_everything(seed)

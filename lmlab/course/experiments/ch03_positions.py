@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
+from lmlab.course.experiments.attention_probe import attention_maps
+from lmlab.course.stats import paired_comparison
+from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, sample_batch
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.positions.encodings import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
-from lmlab.course.stats import paired_comparison
 from lmlab.train.loop import evaluate_lengths, seed_everything, train
-from lmlab.course.widgets import style_figure
 
 __all__ = [
     "SCHEMES", "permutation_check", "sinusoidal_figure", "bucket_table", "ExtrapolationResult",
@@ -259,8 +260,6 @@ def attention_by_distance(model: GPT, ids: torch.Tensor, T: int, batch_size: int
     The weights come from :func:`lmlab.course.experiments.attention_probe.attention_maps` (recomputed from
     what each layer hands to SDPA), so this works for every scheme (RoPE's rotated q/k, ALiBi's and
     T5's float biases)."""
-    from lmlab.course.experiments.attention_probe import attention_maps
-
     longer = model.with_config(context_length=max(T, model.config.context_length)).eval()
     total, count = torch.zeros(T), torch.zeros(T)
     dist = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T): i - j

@@ -25,14 +25,15 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.text import CharTokenizer, char_data
-from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
-from lmlab.model.memory import memorize_segments, reset_memory
-from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.model.positions.encodings import rope_frequencies
-from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train
+from lmlab.course.experiments.attention_probe import attention_maps
 from lmlab.course.widgets import mask_heatmap, style_figure
+from lmlab.data.text import CharTokenizer, char_data, sample_batch
+from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.memory import memorize_segments, reset_memory
+from lmlab.model.positions.encodings import rope_frequencies
+from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
+from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train
 
 __all__ = [
     "METHODS", "WAVELENGTH_METHODS", "Base", "train_base", "method_changes", "fine_tune", "length_experiment",
@@ -357,9 +358,6 @@ def attention_mass_by_key(model: GPT, ids: torch.Tensor, T: int, batch_size: int
     """The attention each key *position* ``j`` receives, relative to uniform (a query at ``i`` sees
     ``i + 1`` keys; weight × (i + 1) = 1 for uniform), averaged over layers and the queries ``i >= j``,
     on random ``T``-token windows. An attention sink shows as a spike at position 0."""
-    from lmlab.data.text import sample_batch
-    from lmlab.course.experiments.attention_probe import attention_maps
-
     model = model.eval()
     visible = torch.arange(1, T + 1, dtype=torch.float32)[:, None]  # (T, 1)
     causal = torch.ones(T, T, dtype=torch.bool).tril()

@@ -23,12 +23,12 @@ from contextlib import contextmanager
 
 import torch
 
-from lmlab.data.text import char_data, sample_batch
-from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights
-from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.train.precision import quantize
-from lmlab.train.loop import evaluate, lm_loss
 from lmlab.argcheck import check_choice, check_int, check_positive
+from lmlab.data.text import char_data, sample_batch
+from lmlab.model.gpt import GPT, Block, ModelConfig
+from lmlab.train.loop import evaluate, lm_loss
+from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights
+from lmlab.train.precision import quantize
 
 __all__ = ["RECIPES", "DTYPES", "tiny_config", "overflow_examples", "running_sum", "fp16_simulation",
            "gradient_underflow", "train_recipe", "update_rounding", "memory_per_parameter"]
@@ -108,8 +108,6 @@ def fp16_simulation(model: torch.nn.Module):
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             return _FP16Storage.apply(output)
         return None
-
-    from lmlab.model.gpt import Block
 
     kept = [m for m in model.modules() if isinstance(m, Block) or (not list(m.children()) and not isinstance(
         m, (torch.nn.Dropout, torch.nn.Identity)))]  # every leaf op's output and every block's residual stream

@@ -19,15 +19,17 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
+from lmlab.argcheck import check_int
+from lmlab.course.experiments.ch09_recipe import BASE as CHAPTER_09
+from lmlab.course.stats import paired_comparison
+from lmlab.course.widgets import style_figure
 from lmlab.data.bpe import BPETokenizer, train_bpe
 from lmlab.data.text import char_data, load_corpus
-from lmlab.model.llama import build_llama, llama_config
+from lmlab.infer.decoding import generate
+from lmlab.infer.decoding.logits import filtered_probs
 from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.course.stats import paired_comparison
+from lmlab.model.llama import build_llama, llama_config
 from lmlab.train.loop import seed_everything, train
-from lmlab.argcheck import check_int
-from lmlab.course.widgets import style_figure
-from lmlab.course.experiments.ch09_recipe import BASE as CHAPTER_09
 
 __all__ = ["RECIPE", "lesson_tokenizer", "merges_rows", "truncated", "bits_per_byte", "PretrainResult",
            "pretrain_experiment", "token_logprobs", "bpe_figure", "generation_figure"]
@@ -165,8 +167,6 @@ def bpe_figure(tok: BPETokenizer, text: str, n_merges: int) -> tuple[go.Figure, 
 def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, top_p: float, use_cache: bool,
                       max_new_tokens: int = 12, chat=None, eos_id: int | None = None) -> tuple[go.Figure, str]:
     """The generation explorer: sample ``max_new_tokens`` tokens (seeded), plot each one's probability."""
-    from lmlab.infer.decoding import generate
-
     text = chat(prompt) if chat is not None else prompt
     ids = torch.tensor(tok.encode(text))
     kwargs = dict(strategy="greedy") if temperature == 0 else dict(
@@ -184,8 +184,6 @@ def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, t
     fig = go.Figure(go.Bar(x=list(range(len(new))), y=probs.tolist(), text=labels, name="p(chosen token), unfiltered"))
     # what the sampler drew the first token from: the filtered, renormalised distribution (its tail beyond the
     # 10 most likely tokens, summed), so every control shows its effect even when the sampled text is the same
-    from lmlab.infer.decoding.logits import filtered_probs
-
     first = logits[0, len(ids) - 1].float()
     if temperature == 0:
         dist = F.one_hot(first.argmax(), first.numel()).float()

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from lmlab.argcheck import check_int
+from lmlab.course.stats import PairedComparison, paired_comparison
+from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data
 from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.course.stats import PairedComparison, paired_comparison
 from lmlab.train.loop import seed_everything, train
-from lmlab.argcheck import check_int
 
 __all__ = ["Sweep", "train_sweep", "sweep_figure"]
 
@@ -130,8 +131,6 @@ def train_sweep(configs: dict[str, dict], lrs: Sequence[float] = (3e-3,), seeds:
 def sweep_figure(sweep: Sweep, title: str = "Final validation loss by learning rate") -> "go.Figure":
     """Each variant's final validation loss against the LR: every seed as a dot, the mean as a line."""
     import plotly.graph_objects as go
-
-    from lmlab.course.widgets import style_figure
 
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     fig = go.Figure()

@@ -14,7 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true
+from lmlab.grading.chapters import ch00_model  # noqa: F401 (registers 00.attention_head, 00.gpt_forward)
 from lmlab.grading.registry import Check, Exercise, register
+
+# The notebook's order (00_tour.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "00.causal_mask",
+    "00.prefix_lm_mask",
+    "00.CharTokenizer",
+    "00.cross_entropy",
+    "00.sample_batch",
+    "00.attention_head",
+    "00.gpt_forward",
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Independent constructions
@@ -331,5 +344,3 @@ register(Exercise(
     ),
     reference="lmlab.data.text:sample_batch",
 ))
-
-from lmlab.grading.chapters import ch00_model  # noqa: E402,F401  (the model exercises register themselves)

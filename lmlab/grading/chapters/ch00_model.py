@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.model.gpt import GPT, ModelConfig
 
 # ---------------------------------------------------------------------------------------------
 # 00.attention_head
@@ -72,8 +73,6 @@ register(Exercise(
 
 
 def _gpt_case(f, n_layers, n_heads, d_model, T, seed, scale=0.5):
-    from lmlab.model.gpt import GPT, ModelConfig
-
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=11, context_length=12, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
     model = GPT(cfg).eval()

@@ -15,7 +15,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.model.ffn import gelu, swiglu
+
+# The notebook's order (02_activations.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "02.swish",
+    "02.gelu_tanh",
+    "02.swiglu_ffn",
+    "02.glu_hidden_size",
+    "02.ffn_num_parameters",
+    "02.SwiGLU",
+)
+
 
 _randn = partial(seeded_randn, scale=3.0)  # inputs in the activations' interesting range, |x| up to ~9
 
@@ -132,8 +145,6 @@ register(Exercise(
 
 def reference_gelu_tanh(x):
     """lmlab's GeLU with the tanh approximation (``gelu(x, approximate="tanh")``), as ``gelu_tanh(x)``."""
-    from lmlab.model.ffn import gelu
-
     return gelu(x, approximate="tanh")
 
 # ---------------------------------------------------------------------------------------------
@@ -227,8 +238,6 @@ register(Exercise(
 
 def reference_swiglu_ffn(x, w_gate, w_value, w_down):
     """lmlab's fused FeedForward with the three matrices loaded into it (up = [value; gate])."""
-    from lmlab.model.ffn import swiglu
-
     up = torch.cat([w_value, w_gate])  # (2h, d): first half value, second half gate
     return F.linear(swiglu(F.linear(x, up)), w_down)
 
@@ -367,8 +376,6 @@ def _swiglu_module(cls):
 
 
 def _swiglu_in_model(cls):
-    from lmlab.grading.plugin import expect_trains_like_lmlab
-
     expect_trains_like_lmlab(cls, "activation", _FFN_MODEL, "your SwiGLU as every FFN of a 2-layer model (hidden 88)")
 
 

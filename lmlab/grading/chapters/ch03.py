@@ -14,8 +14,17 @@ import math
 import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
 
+# The notebook's order (03_positions.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "03.sinusoidal_embedding",
+    "03.apply_rope",
+    "03.alibi_slopes",
+    "03.relative_position_bucket",
+    "03.RotaryEmbedding",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +328,6 @@ def _rope_module(cls):
 
 
 def _rope_in_model(cls):
-    from lmlab.grading.plugin import expect_trains_like_lmlab
-
     expect_trains_like_lmlab(cls, "position", _ROPE_MODEL, "your RotaryEmbedding on every layer's queries and keys")
 
 

@@ -15,8 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch04_gqa  # noqa: F401 (registers 04.gqa_rope_attention)
+from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
 
+# The notebook's order (04_attention.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "04.scaled_dot_product_attention",
+    "04.sliding_window_mask",
+    "04.repeat_kv",
+    "04.online_softmax_merge",
+    "04.gqa_rope_attention",
+    "04.GQAttention",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,8 +286,6 @@ def _gqa_module(cls):
 
 
 def _gqa_in_model(cls):
-    from lmlab.grading.plugin import expect_trains_like_lmlab
-
     expect_trains_like_lmlab(cls, "attention", _ATTN_MODEL, "your GQAttention (4 query heads, 2 K/V heads) as every layer's attention")
 
 
@@ -306,5 +315,3 @@ register(Exercise(
     reference="lmlab.model.attention:GQAttention",
     timeout=30.0,
 ))
-
-from lmlab.grading.chapters import ch04_gqa  # noqa: E402,F401  (the GQA + RoPE layer registers itself)

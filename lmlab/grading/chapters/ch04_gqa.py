@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.positions.encodings import apply_rope
 
 
 def _weights(C, nh, nkv, seed):
@@ -19,8 +21,6 @@ def _weights(C, nh, nkv, seed):
 
 
 def _sdpa_expected(x, w_qkv, w_o, nh, nkv, base):
-    from lmlab.model.positions.encodings import apply_rope
-
     B, T, C = x.shape
     hs = C // nh
     q, k, v = F.linear(x, w_qkv).split([C, nkv * hs, nkv * hs], dim=2)
@@ -42,8 +42,6 @@ def _gqa_sdpa(f):
 
 
 def _gqa_lmlab(f):
-    from lmlab.model.gpt import GPT, ModelConfig
-
     for C, nh, nkv, seed in ((16, 4, 1, 430), (24, 6, 3, 440)):
         torch.manual_seed(seed)
         cfg = ModelConfig(vocab_size=5, context_length=8, d_model=C, n_layers=1, n_heads=nh, n_kv_heads=nkv, position="rope", bias=False)

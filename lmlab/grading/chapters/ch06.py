@@ -15,8 +15,20 @@ import math
 import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch06_parts  # noqa: F401 (registers 06.yarn_frequencies, 06.sink_evict)
 from lmlab.grading.registry import CheckFailed, Check, Exercise, register
+from lmlab.model.memory import KNNMemory
+from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
 
+# The notebook's order (06_long_context.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "06.interpolate_positions",
+    "06.ntk_base",
+    "06.lambda_mask",
+    "06.memory_top_k",
+    "06.yarn_frequencies",
+    "06.sink_evict",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,8 +60,6 @@ def _pi_range(f):
 
 def reference_interpolate_positions(positions, factor):
     """Position interpolation from lmlab's :func:`lmlab.model.positions.rope_scaling.scaled_rope_frequencies` (linear scaling)."""
-    from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-
     # a head of size 2 has one pair turning 1 radian per token; PI divides that by s: angle = p / s
     return positions.float() * scaled_rope_frequencies(2, 10000.0, {"type": "linear", "factor": factor})[0][0]
 
@@ -234,8 +244,6 @@ def _topk_inner_product(f):
 
 def reference_memory_top_k(q, mem_k, mem_v, k):
     """The top-k search of lmlab's :class:`lmlab.model.memory.KNNMemory` on one head, with the row index of each key."""
-    from lmlab.model.memory import KNNMemory
-
     mem = KNNMemory(size=mem_k.size(0))
     mem.add(mem_k[None, None], mem_v[None, None])  # (B=1, nkv=1, M, hs)
     scores, keys, values = mem.search(q[None, None], k)  # (1, 1, T, k), (1, 1, T, k, hs), (1, 1, T, k, hv)
@@ -263,5 +271,3 @@ register(Exercise(
     ),
     reference="lmlab.grading.chapters.ch06:reference_memory_top_k",
 ))
-
-from lmlab.grading.chapters import ch06_parts  # noqa: E402,F401  (YaRN and the sink cache register themselves)

@@ -14,6 +14,7 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
 
 _YARN_CASES = ((32, 10000.0, 4.0, 32, 32.0, 1.0), (32, 10000.0, 8.0, 256, 16.0, 2.0), (64, 500000.0, 2.0, 1024, 32.0, 1.0), (16, 10000.0, 4.0, 64, 32.0, 1.0))
 
@@ -94,8 +95,6 @@ register(Exercise(
 
 def reference_yarn_frequencies(d, base, s, L, bf=32.0, bs=1.0):
     """lmlab's :func:`lmlab.model.positions.rope_scaling.scaled_rope_frequencies` with a YaRN ``scaling`` dict built from the arguments."""
-    from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-
     return scaled_rope_frequencies(d, base, {"type": "yarn", "factor": s, "original_context_length": L, "beta_fast": bf, "beta_slow": bs})
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,18 @@ import math
 import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch07_beam  # noqa: F401 (registers 07.beam_step)
 from lmlab.grading.registry import Check, Exercise, register
+
+# The notebook's order (07_decoding.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "07.softmax_with_temperature",
+    "07.top_k_filter",
+    "07.top_p_filter",
+    "07.beam_step",
+    "07.repetition_penalty",
+)
+
 
 NEG = -math.inf
 
@@ -245,8 +256,6 @@ register(Exercise(
     reference="lmlab.infer.decoding:top_p_filter",
 ))
 
-# 07.beam_step lives in ch07_beam (imported here, so the exercises register in notebook order)
-from lmlab.grading.chapters import ch07_beam  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------------------------
 # 07.repetition_penalty

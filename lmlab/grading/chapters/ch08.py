@@ -14,8 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch08_parts  # noqa: F401 (registers 08.generate_with_cache)
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.infer.kv_cache import kv_cache_bytes
+from lmlab.infer.paged import BlockManager
 
+# The notebook's order (08_inference.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "08.kv_cache_bytes",
+    "08.decode_step",
+    "08.blocks_needed",
+    "08.locate_token",
+    "08.generate_with_cache",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,8 +64,6 @@ def _kv_edge(f):
 
 def reference_kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=1):
     """lmlab's :func:`lmlab.infer.kv_cache.kv_cache_bytes` (which needs only the K/V heads: ``n_heads`` is unused)."""
-    from lmlab.infer.kv_cache import kv_cache_bytes
-
     return kv_cache_bytes(n_layers, n_kv_heads, head_dim, n_tokens, bytes_per_value, batch=batch)
 
 
@@ -197,8 +206,6 @@ def _locate_all(f):
 
 
 def _locate_paged(f):
-    from lmlab.infer.paged import BlockManager
-
     m = BlockManager(n_blocks=12, block_size=4)
     a, b = m.allocate(), m.allocate()
     m.append(a, 3)
@@ -228,5 +235,3 @@ register(Exercise(
     ),
     reference="lmlab.course.experiments.ch08_inference:locate_token",
 ))
-
-from lmlab.grading.chapters import ch08_parts  # noqa: E402,F401  (the cached generation loop registers itself)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.grading.assertions import expect_close, expect_tensor
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.infer.decoding import generate
+from lmlab.model.gpt import GPT, ModelConfig
 
 
 class CacheOnlyGPT(GPT):
@@ -97,8 +98,6 @@ register(Exercise(
 
 def reference_generate_with_cache(model, prompt, max_new_tokens, temperature, top_k, seed):
     """lmlab's :func:`lmlab.infer.decoding.generation` (KV cache on) with the exercise's arguments: greedy at temperature 0."""
-    from lmlab.infer.decoding import generate
-
     if temperature == 0:
         return generate(model, prompt, max_new_tokens, "greedy", generator=torch.Generator().manual_seed(seed))
     return generate(model, prompt, max_new_tokens, "sample", temperature=temperature, top_k=top_k,

@@ -17,6 +17,17 @@ import torch
 
 from lmlab.grading.assertions import expect_int, expect_true
 from lmlab.grading.registry import CheckFailed, Check, Exercise, register
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.scaling.counting import ChinchillaConstants, compute_optimal
+from lmlab.scaling.fit import fit_power_law
+
+# The notebook's order (10_scaling.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "10.flops_per_token",
+    "10.fit_power_law",
+    "10.compute_optimal",
+    "10.llama_params",
+)
 
 
 def _number(got, what: str) -> float:
@@ -46,8 +57,6 @@ def _measured(cfg_kwargs: dict) -> tuple[float, int, int, int, int]:
     """FLOPs per token of one counted training step of that model, and its (matmul N, L, T, d)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-
-    from lmlab.model.gpt import GPT, ModelConfig
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(**cfg_kwargs))
@@ -181,8 +190,6 @@ register(Exercise(
 
 
 def reference_fit_power_law(compute, loss):
-    from lmlab.scaling.fit import fit_power_law
-
     fit = fit_power_law(compute, loss)
     return fit.a, fit.b, fit.c
 
@@ -255,8 +262,6 @@ register(Exercise(
 
 
 def reference_compute_optimal(compute, E, A, B, alpha, beta):
-    from lmlab.scaling.counting import ChinchillaConstants, compute_optimal
-
     r = compute_optimal(compute, ChinchillaConstants("learner", E, A, B, alpha, beta))
     return r["N"], r["D"]
 
@@ -267,8 +272,6 @@ def reference_compute_optimal(compute, E, A, B, alpha, beta):
 
 
 def _model_count(V, d, L, d_ff, nh, nkv, tie):
-    from lmlab.model.gpt import GPT, ModelConfig
-
     cfg = ModelConfig(vocab_size=V, context_length=64, d_model=d, n_layers=L, n_heads=nh, n_kv_heads=nkv, d_ff=d_ff,
                       bias=False, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=tie)
     with torch.device("meta"):

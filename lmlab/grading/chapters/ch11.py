@@ -17,6 +17,15 @@ import torch
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
 
+# The notebook's order (11_mixed_precision.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "11.decode_fp16",
+    "11.fp32_to_bf16_bits",
+    "11.update_scale",
+    "11.master_weights_step",
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # 11.decode_fp16
 # ---------------------------------------------------------------------------------------------

@@ -15,17 +15,30 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true
+from lmlab.grading.chapters import ch12_ranks  # noqa: F401 (registers 12.ring_all_reduce_sim, 12.zero1_step, 12.row_parallel_forward, 12.one_f_one_b)
+from lmlab.grading.chapters.ch12_ranks import ring_expected_chunk
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.parallel.grid import RankGrid
+from lmlab.parallel.pipeline import simulate
+from lmlab.scaling.calculators import zero_memory_per_gpu
 
+# The notebook's order (12_parallelism.py): the score table and the exercise notebook follow it.
+EXERCISES = (
+    "12.ring_send_chunk",
+    "12.zero_bytes_per_gpu",
+    "12.bubble_fraction",
+    "12.column_parallel_forward",
+    "12.rank_coords",
+    "12.ring_all_reduce_sim",
+    "12.zero1_step",
+    "12.row_parallel_forward",
+    "12.one_f_one_b",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # 12.ring_send_chunk
 # ---------------------------------------------------------------------------------------------
-
-
-def ring_expected_chunk(rank, step, n):
-    return (rank - step) % n if step < n - 1 else (rank + 1 - (step - (n - 1))) % n
 
 
 def _ring_small(f):
@@ -121,8 +134,6 @@ register(Exercise(
 
 def reference_zero_bytes_per_gpu(n_params, n_gpus, stage):
     """The total of lmlab's :func:`lmlab.scaling.calculators.zero_memory_per_gpu` (mixed precision, Adam)."""
-    from lmlab.scaling.calculators import zero_memory_per_gpu
-
     return zero_memory_per_gpu(n_params, n_gpus, stage)["total"]
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +150,6 @@ def _bubble_reference_numbers(f):
 
 
 def _bubble_simulated(f):
-    from lmlab.parallel.pipeline import simulate
-
     for p, m in ((2, 1), (3, 5), (4, 4), (8, 3), (6, 32)):
         measured = simulate("gpipe", p, m).bubble  # idle slots / (p x makespan), on a timeline
         expect_close(torch.tensor(float(f(p, m))), torch.tensor(measured), f"bubble_fraction({p}, {m}) vs the idle fraction "
@@ -281,8 +290,4 @@ register(Exercise(
 
 def reference_rank_coords(rank, dp, pp, tp):
     """``(d, p, t)`` of ``rank`` from lmlab's :class:`lmlab.parallel.RankGrid`."""
-    from lmlab.parallel import RankGrid
-
     return tuple(RankGrid(dp=dp, pp=pp, tp=tp).coords(rank).values())
-
-from lmlab.grading.chapters import ch12_ranks  # noqa: E402,F401  (the components over simulated ranks register themselves)

@@ -1,6 +1,7 @@
 """Chapter 12 graders, part 2: the components over simulated ranks (a list with one entry per rank):
 a ring all-reduce, a ZeRO-1 AdamW step, a row-parallel linear with its all-reduce, the 1F1B order.
-Imported by :mod:`lmlab.grading.chapters.ch12`. Each check compares with an independent construction written
+Imported by :mod:`lmlab.grading.chapters.ch12`, which also uses :func:`ring_expected_chunk` (the ring's send
+schedule, written here once) for ``12.ring_send_chunk``. Each check compares with an independent construction written
 here (a ring on lists, torch's AdamW on the full tensor, ``F.linear`` on the unsplit weight, a
 timeline simulation of the learner's own orders).
 """
@@ -11,8 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import describe, expect_close, expect_equal, expect_true, seeded_randn
-from lmlab.grading.chapters.ch12 import ring_expected_chunk
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.parallel.pipeline import schedule_ops
+
+
+def ring_expected_chunk(rank, step, n):
+    """The chunk ``rank`` sends at ``step`` of an ``n``-rank ring (also the expected table of ``12.ring_send_chunk``)."""
+    return (rank - step) % n if step < n - 1 else (rank + 1 - (step - (n - 1))) % n
+
 
 # =============================================================================================
 # Components over simulated ranks (a list with one entry per rank)
@@ -91,7 +98,7 @@ register(Exercise(
         Check("every step equals the ring's send schedule (reduce-scatter adds, all-gather copies)", _ring_every_step),
         Check("the input tensors are not modified", _ring_inputs_kept),
     ),
-    reference="lmlab.parallel.collectives:simulated_ring_all_reduce",
+    reference="lmlab.parallel.in_process:simulated_ring_all_reduce",
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +320,4 @@ register(Exercise(
 
 def reference_one_f_one_b(p, m, stage):
     """lmlab's :func:`lmlab.parallel.pipeline.schedule_ops` for the 1F1B schedule."""
-    from lmlab.parallel.pipeline import schedule_ops
-
     return schedule_ops("1f1b", p, m, stage)
