@@ -195,7 +195,7 @@ print("GLM-130B shrink emb*0.1 + emb.detach()*0.9: same forward value, gradient 
 # %% [markdown]
 # ### Checkpoints that resume exactly
 #
-# `lmlab.train.loop.train(..., checkpoint_path=..., checkpoint_every=k)` writes model, optimizer, step,
+# `lmlab.train.loop.train` with `TrainConfig(checkpoint_path=..., checkpoint_every=k)` writes model, optimizer, step,
 # data position and every RNG state atomically (temp file + rename). We "crash" a run at step 25,
 # resume from its step-20 checkpoint and compare every later loss with an uninterrupted run — bit for
 # bit. (`tests/test_checkpoint.py` does it with a real `SIGKILL`.)
@@ -203,12 +203,13 @@ print("GLM-130B shrink emb*0.1 + emb.detach()*0.9: same forward value, gradient 
 # %%
 from lmlab.data.text import char_data
 from lmlab.course.experiments.ch09_recipe import tiny_gpt
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train
 
 tok, train_ids, val_ids = char_data()
 small = dict(d_model=16, n_layers=1, n_heads=2, context_length=16)
 kw = dict(steps=40, batch_size=8, lr=1e-2, schedule="cosine", warmup=5, eval_every=None, progress=False)
-uninterrupted = train(tiny_gpt(0, **small, dropout=0.1), train_ids, **kw)
+uninterrupted = train(tiny_gpt(0, **small, dropout=0.1), train_ids, config=TrainConfig(**kw))
 
 
 def crash_at_25(step, loss):
@@ -219,10 +220,12 @@ def crash_at_25(step, loss):
 with tempfile.TemporaryDirectory() as d:
     path = Path(d) / "last.pt"
     try:
-        train(tiny_gpt(0, **small, dropout=0.1), train_ids, checkpoint_path=path, checkpoint_every=10, callback=crash_at_25, **kw)
+        train(tiny_gpt(0, **small, dropout=0.1), train_ids,
+              config=TrainConfig(checkpoint_path=path, checkpoint_every=10, callback=crash_at_25, **kw))
     except KeyboardInterrupt:
         pass
-    resumed = train(tiny_gpt(7, **small, dropout=0.1), train_ids, checkpoint_path=path, checkpoint_every=10, resume=True, **kw)
+    resumed = train(tiny_gpt(7, **small, dropout=0.1), train_ids,
+                    config=TrainConfig(checkpoint_path=path, checkpoint_every=10, resume=True, **kw))
 assert resumed.train_loss == uninterrupted.train_loss
 print(f"crashed at step 25, resumed from step 20: all {len(resumed.train_loss)} losses identical to the uninterrupted run "
       f"(last {resumed.train_loss[-1]:.6f}) ✔")
@@ -397,7 +400,10 @@ spike_lab
 # ## 7 · Summary and further reading
 #
 # - lmlab's training loop is now made of its own parts; its defaults reproduce the earlier loop's
-#   losses bit for bit. Each recipe setting is an option of `lmlab.train.loop.train`.
+#   losses bit for bit. Each recipe setting is a field of `lmlab.train.config.TrainConfig`, the one
+#   argument `lmlab.train.loop.train` takes besides the model and the data; each policy (batch ramp,
+#   schedule, spike rollback, checkpoints, non-finite losses) is a small named piece of
+#   `lmlab.train.policies` / `lmlab.train.spikes` that the loop calls at its point of the step.
 # - Loshchilov & Hutter, *Decoupled Weight Decay Regularization* (AdamW), 2019.
 # - Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*, 2018.
 # - Brown et al., *Language Models are Few-Shot Learners* (GPT-3: β2 0.95, warm-up, cosine to 10 %, batch ramp), 2020.

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,12 +18,15 @@ from lmlab.train.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from lmlab.data.text import char_data
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.train.spikes import Jolt, SpikePolicy
-from lmlab.train.loop import NonFiniteLossError, seed_everything, train
+from lmlab.train.config import TrainConfig
+from lmlab.train.loop import seed_everything, train
+from lmlab.train.policies import NonFiniteLossError
 
 SCRIPT = textwrap.dedent("""
     import sys, time
     from lmlab.data.text import char_data
     from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.train.config import TrainConfig
     from lmlab.train.loop import seed_everything, train
     path, resume, slow = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
     tok, tr, va = char_data()
@@ -31,9 +35,10 @@ SCRIPT = textwrap.dedent("""
     def report(step, loss):
         print(step, loss.hex(), flush=True)
         time.sleep(slow)
-    train(model, tr, va, steps=40, batch_size=8, lr=1e-2, schedule="cosine", warmup=5, eval_every=10, eval_batches=2,
-          micro_batch_size=4, checkpoint_path=path if path != "-" else None, checkpoint_every=10 if path != "-" else None,
-          resume=resume, progress=False, callback=report)
+    train(model, tr, va, config=TrainConfig(
+        steps=40, batch_size=8, lr=1e-2, schedule="cosine", warmup=5, eval_every=10, eval_batches=2, micro_batch_size=4,
+        checkpoint_path=path if path != "-" else None, checkpoint_every=10 if path != "-" else None, resume=resume,
+        progress=False, callback=report))
 """)
 
 
@@ -129,10 +134,10 @@ def test_rng_and_data_position_round_trip(tmp_path):
 def test_non_finite_loss_is_reported_with_its_step_never_trained_on():
     _, tr, _ = char_data()
     ids = tr[tr < 30][:5000]
+    config = TrainConfig(steps=5, batch_size=4, eval_every=None, progress=False, jolt=Jolt(1, factor=1e30))
     with pytest.raises(NonFiniteLossError, match="at step 3"):
-        train(_tiny(), ids, steps=5, batch_size=4, eval_every=None, progress=False, jolt=Jolt(1, factor=1e30))
-    h = train(_tiny(), ids, steps=5, batch_size=4, eval_every=None, progress=False, jolt=Jolt(1, factor=1e30),
-              on_nonfinite="stop")
+        train(_tiny(), ids, config=config)
+    h = train(_tiny(), ids, config=replace(config, on_nonfinite="stop"))
     assert h.stopped_at == 3 and len(h.train_loss) == 2
 
 

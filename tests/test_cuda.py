@@ -16,6 +16,7 @@ from lmlab.infer.tiled_attention import flash_attention
 from lmlab.infer.kv_cache import KVCache
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.norms import make_norm
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train
 
 # LMLAB_TEST_DEVICE=cpu runs the same comparisons CPU-to-CPU (to check the tests themselves).
@@ -93,7 +94,7 @@ def test_norm_modules_on_gpu_in_bf16(kind):
 def test_training_on_gpu_lowers_the_loss():
     model = tiny(position="rope", norm="rmsnorm", activation="swiglu").to(CUDA)
     ids = torch.arange(4000) % 17  # a periodic stream: easy to learn
-    hist = train(model, ids, steps=60, batch_size=16, lr=3e-3, eval_every=None, progress=False)
+    hist = train(model, ids, config=TrainConfig(steps=60, batch_size=16, lr=3e-3, eval_every=None, progress=False))
     assert next(model.parameters()).device.type == CUDA.type
     assert hist.train_loss[-1] < 0.5 * hist.train_loss[0]
 

@@ -16,6 +16,7 @@ from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.train.optim import (Adafactor, AdamW, clip_grad_norm, global_grad_norm, param_groups, state_bytes,
                          state_bytes_for)
 from lmlab.train.spikes import EmbeddingGradShrink, SpikeDetector, shrink_embedding_gradient
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import evaluate, lm_loss, seed_everything, train
 
 TOL = dict(rtol=0, atol=1e-6)  # the bound; in practice the two agree bit for bit
@@ -183,7 +184,7 @@ def test_param_groups_decay_matrices_not_norms_or_biases_and_the_embedding_choic
     for choice in (True, False):
         m = _gpt(tie_embeddings=False)
         before = m.tok_emb.weight[25].detach().clone()
-        train(m, ids, steps=20, batch_size=4, eval_every=None, progress=False, decay_embeddings=choice)
+        train(m, ids, config=TrainConfig(steps=20, batch_size=4, eval_every=None, progress=False, decay_embeddings=choice))
         rows[choice] = (m.tok_emb.weight[25].detach() - before).abs().max().item()
     assert rows[False] == 0.0 and rows[True] > 0.0
 
@@ -284,7 +285,8 @@ def test_default_train_reproduces_the_old_loop(kw):
         if loop == "old":
             runs.append(_old_train(model, tr, va, steps=120, batch_size=16, eval_every=60, eval_batches=3, **kw))
         else:
-            h = train(model, tr, va, steps=120, batch_size=16, eval_every=60, eval_batches=3, progress=False, **kw)
+            h = train(model, tr, va, config=TrainConfig(steps=120, batch_size=16, eval_every=60, eval_batches=3,
+                                                        progress=False, **kw))
             runs.append((h.train_loss, h.val_loss))
     (old, old_val), (new, new_val) = runs
     torch.testing.assert_close(torch.tensor(new), torch.tensor(old), rtol=0, atol=1e-6)

@@ -25,7 +25,7 @@ def test_runs_are_seeded_and_change_one_setting():
     assert a.train_loss == b.train_loss and len(a.val_loss) == 1
     c = R.run(0, SMALL, steps=12, grad_clip=None)
     assert c.train_loss[0] == a.train_loss[0] and c.train_loss != a.train_loss  # same first batch, other recipe
-    assert a.lr[0] == pytest.approx(R.BASE["lr"] / R.BASE["warmup"])  # warm-up + cosine by default
+    assert a.lr[0] == pytest.approx(R.BASE.lr / R.BASE.warmup)  # warm-up + cosine by default
 
 
 def test_compare_settings_gives_paired_verdicts_and_counts_divergence():

@@ -9,6 +9,7 @@ from lmlab.data.text import char_data, sample_batch
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.train.schedule import (accumulation_steps, ramp_batch_size, steps_for_samples, torch_warmup_cosine,
                             transformers_warmup_cosine, warmup_cosine)
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import lm_loss, seed_everything, train
 
 REFERENCE = [0, .142857, .285714, .428571, .571429, .714286, .857143, 1, .988718, .955436, .901824, .830570, .745248,
@@ -76,13 +77,13 @@ def test_train_with_ramp_and_schedule_records_what_it_used():
     tok, tr, _ = char_data()
     seed_everything(0)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=16, d_model=16, n_layers=1, n_heads=2))
-    h = train(model, tr, steps=12, batch_size=16, lr=1e-2, schedule="cosine", warmup=3, batch_ramp=(4, 64),
-              eval_every=None, progress=False)
+    h = train(model, tr, config=TrainConfig(steps=12, batch_size=16, lr=1e-2, schedule="cosine", warmup=3,
+                                            batch_ramp=(4, 64), eval_every=None, progress=False))
     assert h.batch_size == [ramp_batch_size(sum(h.batch_size[:i]), 4, 16, 64) for i in range(12)]
     assert h.batch_size[0] == 4 and h.batch_size[-1] == 16
     assert h.lr == pytest.approx([warmup_cosine(t, 1e-2, 1e-3, 3, 12) for t in range(1, 13)])
     assert h.lr[-1] == pytest.approx(1e-3)
-    with pytest.raises(ValueError, match="warmup"):
-        train(model, tr, steps=5, warmup=6, progress=False)
-    with pytest.raises(ValueError, match="train.schedule"):
-        train(model, tr, steps=5, schedule="linear", progress=False)
+    with pytest.raises(ValueError, match=r"TrainConfig.warmup must be an int in \[0, 5\]"):
+        TrainConfig(steps=5, warmup=6)
+    with pytest.raises(ValueError, match="TrainConfig.schedule must be one of"):
+        TrainConfig(steps=5, schedule="linear")

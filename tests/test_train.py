@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lmlab.data.text import CharTokenizer, load_corpus
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.infer.decoding import generate  # lesson 00 uses the one decoding loop (lmlab.generate)
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, evaluate, lm_loss, seed_everything, train
 
 
@@ -98,7 +99,8 @@ def test_short_training_run_lowers_the_loss(corpus_ids):
     train_ids, val_ids, V = corpus_ids
     model = tiny_model(V)
     before = evaluate(model, val_ids, batch_size=16, n_batches=4)
-    hist = train(model, train_ids, val_ids, steps=60, batch_size=16, eval_every=30, eval_batches=4, progress=False)
+    hist = train(model, train_ids, val_ids, config=TrainConfig(steps=60, batch_size=16, eval_every=30, eval_batches=4,
+                                                               progress=False))
     after = evaluate(model, val_ids, batch_size=16, n_batches=4)
     assert isinstance(hist, History)
     assert hist.steps == list(range(1, 61))
@@ -115,7 +117,8 @@ def test_short_training_run_lowers_the_loss(corpus_ids):
 
 def _run(V, train_ids, val_ids, seed):
     model = tiny_model(V, seed=seed, dropout=0.1)
-    hist = train(model, train_ids, val_ids, steps=8, batch_size=4, eval_every=4, eval_batches=2, seed=seed, progress=False)
+    config = TrainConfig(steps=8, batch_size=4, eval_every=4, eval_batches=2, seed=seed, progress=False)
+    hist = train(model, train_ids, val_ids, config=config)
     return model, hist
 
 
@@ -135,21 +138,21 @@ def test_training_is_deterministic_for_a_seed(corpus_ids):
 def test_train_without_val_and_final_step_eval(corpus_ids):
     train_ids, val_ids, V = corpus_ids
     model = tiny_model(V, n_layers=1)
-    hist = train(model, train_ids, steps=3, batch_size=2, progress=False)
+    hist = train(model, train_ids, config=TrainConfig(steps=3, batch_size=2, progress=False))
     assert hist.val_steps == [] and hist.val_loss == []
-    hist = train(model, train_ids, val_ids, steps=5, batch_size=2, eval_every=2, eval_batches=1, progress=False)
+    hist = train(model, train_ids, val_ids, config=TrainConfig(steps=5, batch_size=2, eval_every=2, eval_batches=1, progress=False))
     assert hist.val_steps == [2, 4, 5]  # every eval_every steps, and the last step
-    hist = train(model, train_ids, val_ids, steps=2, batch_size=2, eval_every=None, progress=False)
+    hist = train(model, train_ids, val_ids, config=TrainConfig(steps=2, batch_size=2, eval_every=None, progress=False))
     assert hist.val_steps == []
 
 
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(steps=0), "steps must be >= 1"),
-        (dict(lr=0.0), "lr must be > 0"),
-        (dict(lr=-1e-3), "lr must be > 0"),
-        (dict(eval_every=0), "eval_every must be >= 1 or None"),
+        (dict(steps=0), r"TrainConfig.steps must be an int >= 1"),
+        (dict(lr=0.0), r"TrainConfig.lr must be a finite number > 0"),
+        (dict(lr=-1e-3), r"TrainConfig.lr must be a finite number > 0"),
+        (dict(eval_every=0), r"TrainConfig.eval_every must be an int >= 1 \(or None\)"),
     ],
 )
 def test_train_rejects_bad_arguments(corpus_ids, kw, match):
@@ -157,7 +160,7 @@ def test_train_rejects_bad_arguments(corpus_ids, kw, match):
     model = tiny_model(V, n_layers=1)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match=match):
-        train(model, train_ids, progress=False, **kw)
+        train(model, train_ids, config=TrainConfig(progress=False, **kw))
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)  # nothing was trained
 

@@ -1,10 +1,11 @@
 """The course's one training loop and evaluation (lessons 00 and 09).
 
-:func:`train` is built from lmlab's own parts (lesson 09): :class:`lmlab.train.optim.AdamW` /
-:class:`~lmlab.train.optim.Adafactor`, :func:`lmlab.train.optim.clip_grad_norm`, the weight-decay groups, the
+:func:`train` takes every option in one :class:`lmlab.train.config.TrainConfig` and is built from lmlab's
+own parts (lesson 09): the optimizers, clipping and weight-decay groups of :mod:`lmlab.train.optim`, the
 warm-up + cosine schedule and batch ramp of :mod:`lmlab.train.schedule`, the spike detector and remedies
-of :mod:`lmlab.train.spikes` and the checkpoints of :mod:`lmlab.train.checkpoint`. With its defaults it is the
-plain loop lessons 00–08 use. Text generation (greedy, sampling, beam search, top-k, top-p) is
+of :mod:`lmlab.train.spikes` and the checkpoints of :mod:`lmlab.train.checkpoint`, each policy a small named
+piece of :mod:`lmlab.train.policies` called at its point of the step. With ``TrainConfig()``'s defaults it
+is the plain loop lessons 00–08 use. Text generation (greedy, sampling, beam search, top-k, top-p) is
 :func:`lmlab.infer.decoding.generation` (lesson 07).
 """
 
@@ -12,13 +13,9 @@ from __future__ import annotations
 
 import bisect
 import copy
-import math
 import random
-from collections import deque
-from contextlib import nullcontext
+import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,14 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmlab.train.checkpoint import load_checkpoint, save_checkpoint
+from lmlab.argcheck import check_tensor
 from lmlab.data.text import sample_batch
-from lmlab.train.optim import AdamW, Adafactor, clip_grad_norm, global_grad_norm, param_groups
-from lmlab.train.schedule import accumulation_steps, ramp_batch_size, warmup_cosine
-from lmlab.train.spikes import EmbeddingGradShrink, Jolt, SpikePolicy
-from lmlab.argcheck import check_choice, check_int, check_number, check_probability
+from lmlab.train.config import TrainConfig
+from lmlab.train.policies import (BatchStream, RunCheckpoints, RunState, batch_size_at, build_optimizer, check_finite,
+                                  clip_gradients, embedding_shrink, learning_rate, set_lr)
+from lmlab.train.spikes import SpikeGuard
 
-__all__ = ["seed_everything", "lm_loss", "evaluate", "evaluate_lengths", "History", "NonFiniteLossError", "train"]
+__all__ = ["seed_everything", "lm_loss", "evaluate", "evaluate_lengths", "History", "train"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -119,10 +116,23 @@ class History:
     skipped_steps: list[int] = field(default_factory=list)
     rollbacks: list[dict] = field(default_factory=list)
     rolled_back: list[tuple[int, float]] = field(default_factory=list)
-    stopped_at: int | None = None  # the step whose loss was not finite, with on_nonfinite="stop"
+    stopped_at: int | None = None  # the step whose loss was not finite, with TrainConfig(on_nonfinite="stop")
 
     def to_dict(self) -> dict:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    def load_dict(self, state: dict) -> None:
+        """Take the values of :meth:`to_dict` (a resumed checkpoint's history)."""
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
+
+    def record(self, step: int, loss: float, lr: float, grad_norm: float, batch_size: int) -> None:
+        """One optimizer step's measurements."""
+        self.steps.append(step)
+        self.train_loss.append(loss)
+        self.lr.append(lr)
+        self.grad_norm.append(grad_norm)
+        self.batch_size.append(batch_size)
 
     def rewind(self, step: int) -> None:
         """Forget every step after ``step`` (a rollback); their losses go to ``rolled_back``."""
@@ -134,220 +144,93 @@ class History:
         del self.val_steps[keep_val:], self.val_loss[keep_val:]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or the gradient norm) was inf/NaN at a step; the message names the step."""
+def train(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor | None = None, *,
+          config: TrainConfig) -> History:
+    """Train on random windows of ``train_ids``; evaluate on ``val_ids``; every option is in ``config``.
 
-
-def _snapshot(model, opt, step, detector, lr_scale) -> dict:
-    return dict(step=step, model={k: v.detach().clone() for k, v in model.state_dict().items()},
-                opt=copy.deepcopy(opt.state_dict()), detector=detector.state_dict() if detector else None, lr_scale=lr_scale)
-
-
-def train(
-    model: nn.Module,
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor | None = None,
-    *,
-    steps: int = 500,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    weight_decay: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.95),
-    grad_clip: float | None = 1.0,
-    eval_every: int | None = 100,
-    eval_batches: int = 10,
-    seed: int = 0,
-    progress: bool = True,
-    optimizer: str = "adamw",
-    eps: float = 1e-8,
-    decay_embeddings: bool = True,
-    schedule: str = "constant",
-    warmup: int = 0,
-    min_lr_ratio: float = 0.1,
-    micro_batch_size: int | None = None,
-    batch_ramp: tuple[int, int] | None = None,
-    spike: SpikePolicy | None = None,
-    jolt: Jolt | None = None,
-    embedding_grad_shrink: float | None = None,
-    on_nonfinite: str = "raise",
-    checkpoint_path: str | Path | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool = False,
-    callback: Callable[[int, float], None] | None = None,
-) -> History:
-    """Train on random windows of ``train_ids``; evaluate on ``val_ids`` every ``eval_every`` steps.
-
-    The defaults are lmlab's plain recipe (lessons 00–08): lmlab's :class:`~lmlab.train.optim.AdamW`
-    (``betas``, ``eps``), decay on matrices only (:func:`~lmlab.train.optim.param_groups`; embeddings are
-    decayed unless ``decay_embeddings=False``), global-norm clipping at ``grad_clip`` (None: off), a
-    constant ``lr``. Lesson 09's options, each off by default:
-
-    - ``optimizer="adafactor"`` (:class:`~lmlab.train.optim.Adafactor`, ``lr`` is its relative-step cap);
-    - ``schedule="cosine"``: :func:`~lmlab.train.schedule.warmup_cosine` to ``min_lr_ratio * lr`` at ``steps``;
-      ``warmup`` steps of linear warm-up (also with ``"constant"``);
-    - ``micro_batch_size``: gradient accumulation over micro-batches of this size; ``batch_ramp=(start,
-      ramp)``: the batch grows from ``start`` to ``batch_size`` sequences over ``ramp`` sequences
-      (:func:`~lmlab.train.schedule.ramp_batch_size`, increments of ``start``; micro-batches default to ``start``);
-    - ``spike``: a :class:`~lmlab.train.spikes.SpikePolicy` (detect, then skip / roll back / lower the LR);
-      ``jolt``: a :class:`~lmlab.train.spikes.Jolt` injected on purpose;
-    - ``embedding_grad_shrink=alpha``: GLM-130B's shrink on the token embedding's output;
-    - ``on_nonfinite``: an inf/NaN loss or gradient norm ``"raise"``s :class:`NonFiniteLossError`
-      naming the step, ``"stop"``s training there (``History.stopped_at``), or is ``"skip"``ped — it
-      is never trained on;
-    - ``checkpoint_path`` + ``checkpoint_every``: atomic checkpoints (:mod:`lmlab.train.checkpoint`);
-      ``resume=True`` continues from the file if it exists, bit-identically. (Rollback snapshots
-      live in memory: a resumed run restarts them from the checkpoint.)
-    - ``callback(step, loss)`` after every recorded step.
+    ``TrainConfig()``'s defaults are lmlab's plain recipe (lessons 00–08): AdamW on decay groups,
+    clipping at 1.0, a constant rate. Lesson 09's options (:class:`~lmlab.train.config.TrainConfig`)
+    are the policies of :mod:`lmlab.train.policies` and :class:`~lmlab.train.spikes.SpikeGuard`, each
+    called at its point of the step below. Returns the :class:`History`.
     """
-    import time
-
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if eval_every is not None and eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
-    check_choice(optimizer, "optimizer", ("adamw", "adafactor"), "train")
-    check_choice(schedule, "schedule", ("constant", "cosine"), "train")
-    check_choice(on_nonfinite, "on_nonfinite", ("raise", "stop", "skip"), "train")
-    warmup = check_int(warmup, "warmup", "train", minimum=0)
-    if warmup > steps:
-        raise ValueError(f"train.warmup ({warmup}) must be <= steps ({steps})")
-    min_lr_ratio = check_probability(min_lr_ratio, "min_lr_ratio", "train")
-    check_number(grad_clip, "grad_clip", "train", low=0.0, low_inclusive=False, allow_none=True)
-    if embedding_grad_shrink is not None:
-        check_probability(embedding_grad_shrink, "embedding_grad_shrink", "train")
-    if spike is not None and not isinstance(spike, SpikePolicy):
-        raise ValueError(f"train.spike must be a lmlab.train.spikes.SpikePolicy or None, got {type(spike).__name__}")
-    if jolt is not None and not isinstance(jolt, Jolt):
-        raise ValueError(f"train.jolt must be a lmlab.train.spikes.Jolt or None, got {type(jolt).__name__}")
-    check_int(checkpoint_every, "checkpoint_every", "train", allow_none=True)
-    if (checkpoint_every is None) != (checkpoint_path is None) or (resume and checkpoint_path is None):
-        raise ValueError("train: checkpoint_path and checkpoint_every go together (and resume=True needs them)")
-    if batch_ramp is not None:
-        if not isinstance(batch_ramp, (tuple, list)) or len(batch_ramp) != 2:
-            raise ValueError(f"train.batch_ramp must be (start, ramp_sequences), got {batch_ramp!r}")
-        ramp_batch_size(0, batch_ramp[0], batch_size, batch_ramp[1])  # validates start, ramp
-    micro = micro_batch_size or (batch_ramp[0] if batch_ramp else batch_size)
-    accumulation_steps(batch_size, micro)  # validates the sizes
-    if batch_ramp is not None:
-        accumulation_steps(batch_ramp[0], micro)
-
-    gen = seed_everything(seed)
-    device = next(model.parameters()).device
-    T = model.config.context_length
-    groups = param_groups(model, weight_decay, decay_embeddings)
-    if optimizer == "adamw":
-        opt = AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    else:
-        opt = Adafactor(groups, lr=lr, weight_decay=weight_decay)
+    _check_train_args(model, train_ids, val_ids, config)
+    gen = seed_everything(config.seed)
+    opt = build_optimizer(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    detector = spike.detector() if spike else None
-    hist = History()
-    step = position = consumed = n_rollbacks = in_a_row = 0
-    lr_scale = 1.0
-    if resume and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, model, opt, generator=gen)
-        step, position, extra = state["step"], state["data_position"], state["extra"]
-        hist = History(**extra["history"])
-        consumed, lr_scale, n_rollbacks = extra["consumed"], extra["lr_scale"], extra["n_rollbacks"]
-        if detector and extra["detector"]:
-            detector.load_state_dict(extra["detector"])
-    snapshots = deque([_snapshot(model, opt, step, detector, lr_scale)], maxlen=2) if spike and spike.action == "rollback" else None
-    shrink = EmbeddingGradShrink(model.tok_emb, embedding_grad_shrink) if embedding_grad_shrink is not None else nullcontext()
+    data = BatchStream(train_ids, config.micro_batch, model.config.context_length, gen, next(model.parameters()).device)
+    guard, checkpoints = SpikeGuard(config.spike), RunCheckpoints(config)
+    hist, state = History(), RunState()
+    checkpoints.resume(model, opt, gen, state, data, hist, guard)
+    guard.start(model, opt, state.step)  # the first snapshot a rollback can return to
     model.train()
     start = time.perf_counter() - hist.seconds
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc="training", leave=False)
-    with shrink:
-        while step < steps:
-            t = step + 1
-            B = batch_size if batch_ramp is None else ramp_batch_size(consumed, batch_ramp[0], batch_size, batch_ramp[1])
-            n_micro = B // micro
-            if schedule == "cosine":
-                lr_t = warmup_cosine(t, lr, lr * min_lr_ratio, warmup, steps)
-            else:
-                lr_t = lr * t / warmup if t < warmup else lr
-            lr_t = lr_t * lr_scale * (jolt.lr_factor(position) if jolt else 1.0)
-            for group in opt.param_groups:
-                group["lr"] = lr_t
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for _ in range(n_micro):  # gradient accumulation: memory of one micro-batch
-                x, y = sample_batch(train_ids, micro, T, generator=gen, device=device)
-                position += 1
-                loss = lm_loss(model(x), y)
-                (loss if n_micro == 1 else loss / n_micro).backward()
-                loss_sum += loss.item()
-            loss_value = loss_sum / n_micro
-            norm = clip_grad_norm(params, grad_clip) if grad_clip is not None else global_grad_norm(params)
-            norm_value = norm.item()
-            finite = math.isfinite(loss_value) and math.isfinite(norm_value)
-            if not finite and on_nonfinite == "raise":
-                raise NonFiniteLossError(f"train: the loss is {loss_value} (gradient norm {norm_value}) at step {t}; nothing was "
-                                         "trained on it. Lower lr, add warm-up, or pass on_nonfinite='stop' / 'skip'.")
-            if not finite and on_nonfinite == "stop":
+    bar = tqdm(total=config.steps, initial=state.step, disable=not config.progress, desc="training", leave=False)
+    with embedding_shrink(model, config.embedding_grad_shrink):
+        while state.step < config.steps:
+            t = state.step + 1
+            B = batch_size_at(config, state.consumed)  # the batch ramp
+            lr = learning_rate(config, t, guard.lr_scale, data.position)  # schedule x spike scale x jolt
+            set_lr(opt, lr)
+            loss = _accumulate_gradients(model, opt, data, B // config.micro_batch)
+            norm = clip_gradients(params, config.grad_clip)
+            finite = check_finite(config.on_nonfinite, t, loss, norm)  # "raise" raises here
+            if not finite and config.on_nonfinite == "stop":
                 hist.stopped_at = t
                 break
-            is_spike = detector.check(loss_value, norm_value) if detector else False
-            if is_spike:
-                in_a_row += 1
-                if finite and in_a_row > spike.max_consecutive:  # a long plateau of "spikes" is the new normal
-                    detector.accept(loss_value, norm_value)
-                    is_spike = False
-                else:
-                    hist.spikes.append(t)
-            else:
-                in_a_row = 0
-            if is_spike and spike.action == "rollback" and n_rollbacks < spike.max_rollbacks:
-                snap = snapshots[0]  # the older of the last two: a little before the trouble began (PaLM)
-                model.load_state_dict(snap["model"])
-                opt.load_state_dict(copy.deepcopy(snap["opt"]))  # load_state_dict shares tensors
-                if detector:
-                    detector.load_state_dict(snap["detector"])
-                lr_scale, n_rollbacks = snap["lr_scale"], n_rollbacks + 1
-                for _ in range(spike.skip_batches):  # skip the next batches of data
-                    sample_batch(train_ids, micro, T, generator=gen)
-                position += spike.skip_batches
-                hist.rolled_back.append((t, loss_value))
-                hist.rewind(snap["step"])
-                hist.rollbacks.append(dict(step=t, to_step=snap["step"], skipped_batches=spike.skip_batches))
-                snapshots = deque([snap], maxlen=2)
-                step = snap["step"]
-                bar.n = step
+            is_spike = guard.check(t, loss, norm, hist)
+            if guard.rollback_due(is_spike):
+                state.step = guard.roll_back(t, loss, model, opt, data, hist)
+                bar.n = state.step
                 bar.refresh()
                 continue
-            if is_spike and finite and spike.action == "lower_lr":
-                if in_a_row == 1:  # once per run of spikes (OPT), and this update already at the lower rate
-                    lr_scale, lr_t = lr_scale * spike.lr_factor, lr_t * spike.lr_factor
-                    for group in opt.param_groups:
-                        group["lr"] = lr_t
+            lr = guard.lower_lr(opt, lr, is_spike, finite)
+            if finite and not guard.skips(is_spike):
                 opt.step()
-            elif is_spike or not finite:
-                hist.skipped_steps.append(t)  # no update from this batch
             else:
-                opt.step()
-            step = t
-            hist.steps.append(t)
-            hist.train_loss.append(loss_value)
-            hist.lr.append(lr_t)
-            hist.grad_norm.append(norm_value)
-            hist.batch_size.append(B)
-            consumed += B
-            if val_ids is not None and eval_every and (t % eval_every == 0 or t == steps):
-                hist.val_steps.append(t)
-                hist.val_loss.append(evaluate(model, val_ids, batch_size, eval_batches))
-                bar.set_postfix(val_loss=f"{hist.val_loss[-1]:.3f}")
-            if snapshots is not None and not is_spike and t % spike.snapshot_every == 0:
-                snapshots.append(_snapshot(model, opt, t, detector, lr_scale))
-            if checkpoint_every and t % checkpoint_every == 0:
+                hist.skipped_steps.append(t)  # no update from this batch
+            state.step, state.consumed = t, state.consumed + B
+            hist.record(t, loss, lr, norm, B)
+            _evaluate_if_due(model, val_ids, config, t, hist, bar)
+            guard.after_step(model, opt, t, is_spike)
+            if checkpoints.due(t):
                 hist.seconds = time.perf_counter() - start
-                extra = dict(history=hist.to_dict(), consumed=consumed, lr_scale=lr_scale, n_rollbacks=n_rollbacks,
-                             detector=detector.state_dict() if detector else None)
-                save_checkpoint(checkpoint_path, model, opt, step=t, data_position=position, generator=gen, extra=extra)
+                checkpoints.save(model, opt, gen, state, data, hist, guard)
             bar.update(1)
-            if callback is not None:
-                callback(t, loss_value)
+            if config.callback is not None:
+                config.callback(t, loss)
     bar.close()
     hist.seconds = time.perf_counter() - start
     model.eval()
     return hist
+
+
+def _check_train_args(model, train_ids, val_ids, config) -> None:
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ValueError(f"train: model must be an nn.Module with a .config (a GPT), got {type(model).__name__}")
+    check_tensor(train_ids, "train_ids", "train", dim=1)
+    if val_ids is not None:
+        check_tensor(val_ids, "val_ids", "train", dim=1)
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"train: config must be a lmlab.train.config.TrainConfig, got {type(config).__name__}")
+
+
+def _accumulate_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchStream, n_micro: int) -> float:
+    """Zero the gradients, then forward and backward ``n_micro`` micro-batches (gradient accumulation:
+    the memory of one); return the mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for _ in range(n_micro):
+        x, y = data.draw()  # (b, T) each
+        loss = lm_loss(model(x), y)
+        (loss if n_micro == 1 else loss / n_micro).backward()
+        loss_sum += loss.item()
+    return loss_sum / n_micro
+
+
+def _evaluate_if_due(model: nn.Module, val_ids, config: TrainConfig, step: int, hist: History, bar) -> None:
+    """Evaluate every ``eval_every`` steps and at the last one (if there is validation data)."""
+    if val_ids is None or config.eval_every is None or (step % config.eval_every and step != config.steps):
+        return
+    hist.val_steps.append(step)
+    hist.val_loss.append(evaluate(model, val_ids, config.batch_size, config.eval_batches))
+    bar.set_postfix(val_loss=f"{hist.val_loss[-1]:.3f}")

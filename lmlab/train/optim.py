@@ -28,15 +28,18 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from lmlab.argcheck import check_bool, check_number, check_positive
+from lmlab.argcheck import check_bool, check_choice, check_number, check_positive
 
 __all__ = [
     "adamw_update_", "AdamW", "Adafactor", "clip_grad_norm", "global_grad_norm", "param_groups", "is_embedding_parameter",
-    "state_bytes", "state_bytes_for",
+    "state_bytes", "state_bytes_for", "check_betas", "OPTIMIZERS",
 ]
 
+OPTIMIZERS = ("adamw", "adafactor")  # the optimizers lmlab.train.config.TrainConfig.optimizer names
 
-def _check_betas(betas, where: str) -> tuple[float, float]:
+
+def check_betas(betas, where: str) -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: a pair of numbers, each in [0, 1); returned as floats."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"{where}.betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}")
     b1 = check_number(betas[0], "betas[0]", where, low=0.0, high=1.0, high_inclusive=False)
@@ -78,7 +81,7 @@ class AdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
         lr = check_positive(lr, "lr", "AdamW")
-        betas = _check_betas(betas, "AdamW")
+        betas = check_betas(betas, "AdamW")
         eps = check_positive(eps, "eps", "AdamW")
         weight_decay = check_number(weight_decay, "weight_decay", "AdamW", low=0.0)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -279,8 +282,7 @@ def state_bytes_for(shape, optimizer: str = "adamw", bytes_per_value: int = 4, b
     shape = tuple(int(s) for s in shape)
     if not shape or min(shape) < 1:
         raise ValueError(f"state_bytes_for: shape must be a non-empty tuple of sizes >= 1, got {shape!r}")
-    if optimizer not in ("adamw", "adafactor"):
-        raise ValueError(f"state_bytes_for: optimizer must be one of ('adamw', 'adafactor'), got {optimizer!r}")
+    check_choice(optimizer, "optimizer", OPTIMIZERS, "state_bytes_for:")
     n = math.prod(shape)
     if optimizer == "adamw":
         return 2 * n * bytes_per_value

@@ -1,11 +1,12 @@
 """Learning-rate schedule and batch-size ramp (lesson 09, ``lessons/09_training_recipe``).
 
-:func:`warmup_cosine` is the survey's recipe: a linear warm-up to ``max_lr``, then a cosine decay
-to ``min_lr`` (10 % of the peak by default) at ``total``, and **flat after that**. torch's
+:func:`warmup_cosine` is the survey's recipe: a linear warm-up to ``max_lr``, then a cosine decay to
+``min_lr`` (10 % of the peak by default) at ``total``, and **flat after that**. torch's
 ``SequentialLR(LinearLR, CosineAnnealingLR)`` and transformers'
 ``get_cosine_with_min_lr_schedule_with_warmup`` agree with it up to ``total`` but keep following the
 cosine afterwards, so the learning rate *rises again* if training runs past the planned end
 (:func:`torch_warmup_cosine`, :func:`transformers_warmup_cosine` compute their curves).
+:func:`warmup_constant` is the same warm-up followed by a constant rate (lessons 00–08's loop).
 
 :func:`ramp_batch_size` grows the batch (in sequences) from a start size to the full size over a
 budget of consumed sequences, like Megatron's ``--rampup-batch-size start increment samples``
@@ -17,10 +18,23 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from lmlab.argcheck import check_int, check_number
 
-__all__ = ["warmup_cosine", "torch_warmup_cosine", "transformers_warmup_cosine", "ramp_batch_size",
-           "accumulation_steps", "steps_for_samples"]
+__all__ = ["SCHEDULES", "warmup_constant", "warmup_cosine", "torch_warmup_cosine", "transformers_warmup_cosine",
+           "ramp_batch_size", "accumulation_steps", "steps_for_samples"]
+
+SCHEDULES = ("constant", "cosine")  # lmlab.train.config.TrainConfig.schedule: warmup_constant, warmup_cosine
+
+
+def warmup_constant(step: int, max_lr: float, warmup: int = 0) -> float:
+    """The learning rate after ``step`` optimizer steps: linear warm-up from 0 over ``warmup`` steps
+    (``max_lr * step / warmup``, as :func:`warmup_cosine`), then ``max_lr`` for good."""
+    check_int(step, "step", "warmup_constant", minimum=0)
+    check_number(max_lr, "max_lr", "warmup_constant", low=0.0, low_inclusive=False)
+    check_int(warmup, "warmup", "warmup_constant", minimum=0)
+    return max_lr * step / warmup if step < warmup else max_lr
 
 
 def warmup_cosine(step: int, max_lr: float, min_lr: float | None = None, warmup: int = 0, total: int = 1) -> float:
@@ -56,8 +70,6 @@ def torch_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup: int, t
     ``CosineAnnealingLR(T_max=total - warmup, eta_min=min_lr)``). Past ``total`` the cosine goes on:
     the rate climbs back toward ``max_lr``.
     """
-    import torch
-
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=max_lr)
     warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-8, end_factor=1.0, total_iters=max(warmup, 1))
@@ -68,8 +80,7 @@ def torch_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup: int, t
 
 def transformers_warmup_cosine(steps: int, max_lr: float, min_lr: float, warmup: int, total: int) -> list[float]:
     """The learning rate of transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` for steps ``0..steps-1``."""
-    import torch
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup  # heavy, optional: only here
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=max_lr)

@@ -9,6 +9,8 @@
   (PaLM restarted ~100 steps before a spike and skipped 200–500 batches), or ``"lower_lr"``: continue
   at ``lr_factor`` times the learning rate (OPT lowered the LR and went on; once per run of
   consecutive spikes, and the update is applied at the lowered rate).
+- :class:`SpikeGuard`: a policy at work inside the loop: it holds the detector, the snapshots a
+  rollback returns to and the rate's scale, and the loop calls it at stated points of each step.
 - :func:`shrink_embedding_gradient`: GLM-130B's ``emb * alpha + emb.detach() * (1 - alpha)`` — the
   forward value is unchanged, the gradient into the embedding is exactly ``alpha`` times.
 - :class:`Jolt`: a spike injected on purpose (the lesson's experiment): the learning rate is
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections import deque
@@ -27,7 +30,8 @@ import torch.nn as nn
 
 from lmlab.argcheck import check_choice, check_int, check_number, check_positive, check_probability
 
-__all__ = ["SpikeDetector", "SpikePolicy", "Jolt", "shrink_embedding_gradient", "EmbeddingGradShrink", "ACTIONS"]
+__all__ = ["SpikeDetector", "SpikePolicy", "SpikeGuard", "Jolt", "shrink_embedding_gradient", "EmbeddingGradShrink",
+           "ACTIONS"]
 
 ACTIONS = ("skip", "rollback", "lower_lr")
 
@@ -117,6 +121,104 @@ class SpikePolicy:
 
     def detector(self) -> SpikeDetector:
         return SpikeDetector(self.window, self.threshold, self.min_history)
+
+
+class SpikeGuard:
+    """A :class:`SpikePolicy` at work in :func:`lmlab.train.loop.train` (lesson 09); ``policy=None`` never sees a spike.
+
+    The loop calls it once the step's loss and gradient norm are known, in this order:
+
+    1. :meth:`check`: is this step a spike? (recorded in ``history.spikes``; after ``max_consecutive``
+       in a row a finite level is taken as the new normal);
+    2. :meth:`rollback_due` -> :meth:`roll_back` (PaLM): restore the older of the last two snapshots,
+       skip the next ``skip_batches`` batches of data, rewind the history; the step is not recorded;
+    3. :meth:`lower_lr` (OPT, once per run of spikes) and :meth:`skips` (OLMo, and a rollback past
+       ``max_rollbacks``): whether the update is applied;
+    4. :meth:`after_step`: a snapshot every ``snapshot_every`` steps that were not spikes.
+
+    ``history`` is a :class:`lmlab.train.loop.History`; ``data`` anything with ``skip(n)`` (the
+    loop's :class:`lmlab.train.policies.BatchStream`). ``lr_scale`` multiplies the scheduled rate.
+    """
+
+    def __init__(self, policy: SpikePolicy | None = None):
+        if policy is not None and not isinstance(policy, SpikePolicy):
+            raise ValueError(f"SpikeGuard: policy must be a SpikePolicy or None, got {type(policy).__name__}")
+        self.policy = policy
+        self.detector = policy.detector() if policy else None
+        self.lr_scale = 1.0  # lowered by lower_lr, restored by a rollback
+        self.n_rollbacks = 0
+        self.in_a_row = 0  # consecutive spikes so far
+        self.snapshots: deque | None = None
+
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """The first snapshot (``action="rollback"`` only): the state training starts, or resumes, from."""
+        if self.policy is not None and self.policy.action == "rollback":
+            self.snapshots = deque([self._snapshot(model, optimizer, step)], maxlen=2)
+
+    def check(self, step: int, loss: float, grad_norm: float, history) -> bool:
+        """Whether ``step`` is a spike (a non-finite value always is); a spike goes into ``history.spikes``."""
+        if self.detector is None:
+            return False
+        if not self.detector.check(loss, grad_norm):
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        if math.isfinite(loss) and math.isfinite(grad_norm) and self.in_a_row > self.policy.max_consecutive:
+            self.detector.accept(loss, grad_norm)  # a long plateau of "spikes" is the new normal
+            return False
+        history.spikes.append(step)
+        return True
+
+    def rollback_due(self, is_spike: bool) -> bool:
+        return is_spike and self.policy.action == "rollback" and self.n_rollbacks < self.policy.max_rollbacks
+
+    def roll_back(self, step: int, loss: float, model: nn.Module, optimizer: torch.optim.Optimizer, data, history) -> int:
+        """Return to the older of the last two snapshots (a little before the trouble began, as PaLM) and
+        skip the next ``skip_batches`` batches of data; return the step training goes on from."""
+        snap = self.snapshots[0]
+        model.load_state_dict(snap["model"])
+        optimizer.load_state_dict(copy.deepcopy(snap["opt"]))  # load_state_dict shares tensors
+        self.detector.load_state_dict(snap["detector"])
+        self.lr_scale, self.n_rollbacks = snap["lr_scale"], self.n_rollbacks + 1
+        data.skip(self.policy.skip_batches)
+        history.rolled_back.append((step, loss))
+        history.rewind(snap["step"])
+        history.rollbacks.append(dict(step=step, to_step=snap["step"], skipped_batches=self.policy.skip_batches))
+        self.snapshots = deque([snap], maxlen=2)
+        return snap["step"]
+
+    def lower_lr(self, optimizer: torch.optim.Optimizer, lr: float, is_spike: bool, finite: bool) -> float:
+        """OPT: on the first step of a run of finite spikes, scale the rate by ``lr_factor`` from now on,
+        this step's update included; return the step's rate."""
+        if is_spike and finite and self.policy.action == "lower_lr" and self.in_a_row == 1:
+            self.lr_scale, lr = self.lr_scale * self.policy.lr_factor, lr * self.policy.lr_factor
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def skips(self, is_spike: bool) -> bool:
+        """Whether a spike's update is left out (every action but ``lower_lr``)."""
+        return is_spike and self.policy.action != "lower_lr"
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, is_spike: bool) -> None:
+        """Keep a snapshot every ``snapshot_every`` steps (not at a spike) for a later rollback."""
+        if self.snapshots is not None and not is_spike and step % self.policy.snapshot_every == 0:
+            self.snapshots.append(self._snapshot(model, optimizer, step))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps (the snapshots stay in memory)."""
+        return dict(lr_scale=self.lr_scale, n_rollbacks=self.n_rollbacks,
+                    detector=self.detector.state_dict() if self.detector else None)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr_scale, self.n_rollbacks = state["lr_scale"], state["n_rollbacks"]
+        if self.detector and state["detector"]:
+            self.detector.load_state_dict(state["detector"])
+
+    def _snapshot(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict:
+        return dict(step=step, model={k: v.detach().clone() for k, v in model.state_dict().items()},
+                    opt=copy.deepcopy(optimizer.state_dict()),
+                    detector=self.detector.state_dict() if self.detector else None, lr_scale=self.lr_scale)
 
 
 @dataclass(frozen=True)

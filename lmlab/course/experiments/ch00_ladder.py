@@ -8,6 +8,7 @@ import time
 from lmlab.data.text import char_data, unigram_entropy
 from lmlab.model.minimal_gpt import LADDER
 from lmlab.model.gpt import ModelConfig
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 
 __all__ = ["train_ladder"]
@@ -24,8 +25,9 @@ def train_ladder(steps: int = 150, seed: int = 0, d_model: int = 32, n_heads: in
         seed_everything(seed)
         model = cls(cfg)
         start = time.perf_counter()
-        hist = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, eval_every=steps,
-                     eval_batches=5, seed=seed, progress=False)
+        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=steps, eval_batches=5, seed=seed,
+                             progress=False)
+        hist = train(model, train_ids, val_ids, config=config)
         rows.append({"rung": name, "parameters": sum(p.numel() for p in model.parameters()),
                      "val_loss": hist.val_loss[-1], "seconds": time.perf_counter() - start})
     return rows

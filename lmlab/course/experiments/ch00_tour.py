@@ -16,6 +16,7 @@ import torch
 from lmlab.data.text import CharTokenizer, char_data, unigram_entropy
 from lmlab.data.masks import architecture_mask, causal_mask, prefix_lm_mask
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 from lmlab.course.widgets import mask_heatmap, style_figure
 
@@ -39,8 +40,9 @@ def train_tiny_gpt(steps: int = 800, seed: int = 0, d_model: int = 64, n_layers:
     cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                       n_layers=n_layers, n_heads=n_heads)
     model = GPT(cfg)
-    history = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
-                    eval_every=max(1, steps // 8), seed=seed, progress=progress)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(1, steps // 8), seed=seed,
+                         progress=progress)
+    history = train(model, train_ids, val_ids, config=config)
     return TourResult(model, tok, history, unigram_entropy(train_ids, val_ids, tok.vocab_size), history.val_loss[-1])
 
 

@@ -27,6 +27,7 @@ from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, unigram_entropy
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.norms import LayerNorm, RMSNorm
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 
 __all__ = [
@@ -314,8 +315,9 @@ def compare_norm_training(norms=("layernorm", "rmsnorm"), seeds=(0, 1), steps: i
             seed_everything(seed)
             cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                               n_layers=n_layers, n_heads=n_heads, norm=norm)
-            histories[norm].append(train(GPT(cfg), train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
-                                         eval_every=max(1, steps // 4), eval_batches=8, seed=seed, progress=progress))
+            config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(1, steps // 4),
+                                 eval_batches=8, seed=seed, progress=progress)
+            histories[norm].append(train(GPT(cfg), train_ids, val_ids, config=config))
     return NormTraining(histories, tuple(seeds), unigram_entropy(train_ids, val_ids, tok.vocab_size))
 
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 from lmlab.data.text import char_data, sample_batch, unigram_entropy
 from lmlab.model.gpt import GPT, NORM_POSITIONS, ModelConfig, deepnorm_gains
 from lmlab.model.norms import pre_ln_block  # noqa: F401 (re-exported: the reference lives in the core)
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, lm_loss, seed_everything, train
 from lmlab.course.widgets import style_figure
 
@@ -256,9 +257,9 @@ def stability_experiment(positions=("post", "pre", "deepnorm"), n_layers: int = 
 
             handle = model.blocks[-1].register_forward_hook(record)
             try:
-                histories[pos].append(train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
-                                            grad_clip=grad_clip, eval_every=max(1, steps // 3), eval_batches=6,
-                                            seed=seed, progress=progress))
+                config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+                                     eval_every=max(1, steps // 3), eval_batches=6, seed=seed, progress=progress)
+                histories[pos].append(train(model, train_ids, val_ids, config=config))
             finally:
                 handle.remove()
             rms[pos].append(trace)

@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters, gelu, glu_hidden_size, swish
 from lmlab.data.text import char_data
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 from lmlab.course.stats import T_CRITICAL_95, paired_comparison
 from lmlab.course.widgets import style_figure
@@ -194,8 +195,9 @@ def compare_activations(activations=FFN_KINDS, seeds=(0, 1, 2, 3), steps: int = 
             cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                               n_layers=n_layers, n_heads=n_heads, activation=act)
             model = GPT(cfg)
-            hist = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr,
-                         eval_every=steps, eval_batches=eval_batches, seed=seed, progress=progress)
+            config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=steps, eval_batches=eval_batches,
+                                 seed=seed, progress=progress)
+            hist = train(model, train_ids, val_ids, config=config)
             result.final_loss[act].append(hist.val_loss[-1])
             result.histories[act].append(hist)
             result.parameters[act] = model.num_parameters()

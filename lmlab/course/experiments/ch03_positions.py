@@ -27,6 +27,7 @@ from lmlab.data.text import char_data, sample_batch
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.positions.encodings import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import evaluate_lengths, seed_everything, train
 
 __all__ = [
@@ -185,8 +186,8 @@ def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, see
             extra = dict(n_positions=rows_learned) if scheme == "learned" else {}
             model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=L, d_model=d_model, n_layers=n_layers,
                                     n_heads=n_heads, position=scheme, **extra))
-            h = train(model, train_ids, None, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=sd,
-                      progress=False)
+            config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=sd, progress=False)
+            h = train(model, train_ids, config=config)
             losses = evaluate_lengths(model, val_ids, lengths, batch_size=batch_size, n_batches=eval_batches)
             error = None
             try:

@@ -26,14 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.course.experiments.attention_probe import attention_maps
+from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
+from lmlab.model.memory import memorize_segments, reset_memory
+from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.positions.encodings import rope_frequencies
+from lmlab.train.config import TrainConfig
+from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train
 from lmlab.course.widgets import mask_heatmap, style_figure
 from lmlab.data.text import CharTokenizer, char_data, sample_batch
-from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
-from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.model.memory import memorize_segments, reset_memory
-from lmlab.model.positions.encodings import rope_frequencies
-from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train
 
 __all__ = [
     "METHODS", "WAVELENGTH_METHODS", "Base", "train_base", "method_changes", "fine_tune", "length_experiment",
@@ -69,7 +70,8 @@ def train_base(context_length: int = 64, steps: int = 300, batch_size: int = 32,
     seed_everything(seed)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, d_model=d_model,
                             n_layers=n_layers, n_heads=n_heads, position="rope"))
-    h = train(model, train_ids, None, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed, progress=False)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed, progress=False)
+    h = train(model, train_ids, config=config)
     return Base(model, tok, train_ids, val_ids, context_length, h.seconds)
 
 
@@ -101,7 +103,8 @@ def fine_tune(model: GPT, train_ids: torch.Tensor, length: int, steps: int = 30,
     """A copy of ``model`` with ``changes`` (e.g. ``rope_scaling``) trained ``steps`` more steps at ``length``.
     Returns ``(copy, seconds)``; the original is not touched."""
     longer = model.with_config(context_length=length, **changes)
-    h = train(longer, train_ids, None, steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed, progress=False)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=None, seed=seed, progress=False)
+    h = train(longer, train_ids, config=config)
     return longer, h.seconds
 
 

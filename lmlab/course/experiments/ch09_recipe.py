@@ -11,7 +11,7 @@ initialisation, same batches) with :func:`lmlab.course.stats.paired_comparison`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -21,17 +21,18 @@ from lmlab.train.optim import Adafactor, AdamW, param_groups, state_bytes, state
 from lmlab.train.schedule import steps_for_samples
 from lmlab.train.spikes import Jolt, SpikePolicy
 from lmlab.course.stats import PairedComparison, paired_comparison
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 
 __all__ = ["TINY", "BASE", "VARIANTS", "tiny_gpt", "run", "final_loss", "status", "SettingResult",
            "compare_settings", "lr_sweep", "SpikeResult", "spike_experiment", "optimizer_memory", "ramp_settings"]
 
 TINY = dict(d_model=32, n_layers=2, n_heads=4, context_length=32)  # ~30k parameters
-BASE = dict(steps=80, batch_size=16, lr=1e-2, schedule="cosine", warmup=10, min_lr_ratio=0.1, betas=(0.9, 0.95),
-            grad_clip=1.0, weight_decay=0.1, optimizer="adamw")
+BASE = TrainConfig(steps=80, batch_size=16, lr=1e-2, schedule="cosine", warmup=10, min_lr_ratio=0.1, betas=(0.9, 0.95),
+                   grad_clip=1.0, weight_decay=0.1, optimizer="adamw")  # the baseline recipe; run() sets the rest
 
 
-def ramp_settings(steps: int = BASE["steps"], batch_size: int = BASE["batch_size"], start: int = 4) -> dict:
+def ramp_settings(steps: int = BASE.steps, batch_size: int = BASE.batch_size, start: int = 4) -> dict:
     """A batch ramp from ``start`` to ``batch_size`` over the first half of the baseline's sequences,
     with as many steps as it takes to see the same number of sequences (tokens) as the baseline."""
     samples = steps * batch_size
@@ -39,7 +40,7 @@ def ramp_settings(steps: int = BASE["steps"], batch_size: int = BASE["batch_size
     return dict(batch_ramp=(start, ramp), steps=steps_for_samples(samples, start, batch_size, ramp))
 
 
-# name -> changes to BASE: one setting at a time
+# name -> changes to BASE's fields: one setting at a time
 VARIANTS = {
     "no warm-up": dict(warmup=0),
     "β2 = 0.999": dict(betas=(0.9, 0.999)),
@@ -58,11 +59,12 @@ def tiny_gpt(seed: int = 0, **overrides) -> GPT:
 
 
 def run(seed: int = 0, model_kw: dict | None = None, eval_batches: int = 8, **changes) -> History:
-    """Train the tiny model with ``BASE | changes`` (evaluated once, at the end); never raises on inf/NaN."""
+    """Train the tiny model with :data:`BASE` and ``changes`` to its fields (evaluated once, at the end);
+    never raises on inf/NaN."""
     _, train_ids, val_ids = char_data()
-    kw = BASE | changes
-    return train(tiny_gpt(seed, **(model_kw or {})), train_ids, val_ids, eval_every=kw["steps"], eval_batches=eval_batches,
-                 seed=seed, progress=False, on_nonfinite="stop", **kw)
+    config = replace(BASE, eval_every=changes.get("steps", BASE.steps), eval_batches=eval_batches, seed=seed,
+                     progress=False, on_nonfinite="stop", **changes)
+    return train(tiny_gpt(seed, **(model_kw or {})), train_ids, val_ids, config=config)
 
 
 def final_loss(h: History) -> float:
@@ -102,8 +104,8 @@ class SettingResult:
         return c.sentence
 
 
-def compare_settings(variants=tuple(VARIANTS), seeds=(0, 1, 2), steps: int = BASE["steps"], lr: float = BASE["lr"],
-                     model_kw: dict | None = None, batch_size: int = BASE["batch_size"]) -> SettingResult:
+def compare_settings(variants=tuple(VARIANTS), seeds=(0, 1, 2), steps: int = BASE.steps, lr: float = BASE.lr,
+                     model_kw: dict | None = None, batch_size: int = BASE.batch_size) -> SettingResult:
     """The baseline and each variant in ``variants`` (names of :data:`VARIANTS`) over ``seeds``."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -127,7 +129,7 @@ def compare_settings(variants=tuple(VARIANTS), seeds=(0, 1, 2), steps: int = BAS
     return SettingResult(seeds, losses, histories, comparisons, diverged, unigram, dict(common, model=TINY | (model_kw or {})))
 
 
-def lr_sweep(lrs=(3e-3, 1e-2, 3e-2, 6e-2), warmups=(0, 10), seed: int = 0, steps: int = BASE["steps"],
+def lr_sweep(lrs=(3e-3, 1e-2, 3e-2, 6e-2), warmups=(0, 10), seed: int = 0, steps: int = BASE.steps,
              model_kw: dict | None = None) -> dict:
     """Final validation loss vs peak LR, with and without warm-up (one seed: a map, not a verdict)."""
     out = {w: [final_loss(run(seed, model_kw, steps=steps, lr=lr, warmup=w)) for lr in lrs] for w in warmups}
@@ -161,7 +163,7 @@ class SpikeResult:
 
 def spike_experiment(jolt_step: int = 71, factor: float = 30.0, length: int = 1, window: int = 50, threshold: float = 6.0,
                      min_history: int = 30, skip_batches: int = 10, snapshot_every: int = 10, steps: int = 120,
-                     seed: int = 0, margin: float = 0.05, model_kw: dict | None = None, lr: float = BASE["lr"]) -> SpikeResult:
+                     seed: int = 0, margin: float = 0.05, model_kw: dict | None = None, lr: float = BASE.lr) -> SpikeResult:
     """A clean run, the same run with an LR jolt on the batch of ``jolt_step``, and the jolted run with
     PaLM-style rollback-and-skip. Constant LR (no schedule) so the three differ only by the jolt."""
     jolt = Jolt(jolt_step - 1, factor=factor, length=length)

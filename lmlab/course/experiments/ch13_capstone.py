@@ -29,15 +29,16 @@ from lmlab.infer.decoding import generate
 from lmlab.infer.decoding.logits import filtered_probs
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.llama import build_llama, llama_config
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 
 __all__ = ["RECIPE", "lesson_tokenizer", "merges_rows", "truncated", "bits_per_byte", "PretrainResult",
            "pretrain_experiment", "token_logprobs", "bpe_figure", "generation_figure"]
 
-# Chapter 09's baseline recipe (lmlab.course.experiments.ch09_recipe.BASE) as options of lmlab.train.loop.train: lmlab's AdamW
+# Chapter 09's baseline recipe (lmlab.course.experiments.ch09_recipe.BASE) as TrainConfig fields: lmlab's AdamW
 # (0.9, 0.95), weight decay 0.1 on matrices only (lmlab.train.optim.param_groups), global-norm clipping at 1.0, 10 steps
 # of linear warm-up, then cosine decay to 10 % of the peak at the last step. The peak lr is each experiment's own.
-RECIPE = {k: CHAPTER_09[k] for k in ("optimizer", "betas", "weight_decay", "grad_clip", "schedule", "warmup", "min_lr_ratio")}
+RECIPE = {k: getattr(CHAPTER_09, k) for k in ("optimizer", "betas", "weight_decay", "grad_clip", "schedule", "warmup", "min_lr_ratio")}
 
 
 @lru_cache(maxsize=4)
@@ -103,7 +104,7 @@ def pretrain_experiment(steps: int = 150, seeds=(0, 1, 2), vocab_size: int = 512
     tokens holds ~2x more text than a character window."""
     check_int(steps, "steps", "pretrain_experiment")
     recipe = dict(RECIPE, warmup=min(RECIPE["warmup"], steps), steps=steps, batch_size=batch_size, lr=lr,
-                  eval_every=None, progress=progress)
+                  eval_every=None, progress=progress)  # TrainConfig fields, with each run's seed
     start = time.perf_counter()
     tok = lesson_tokenizer(vocab_size)
     corpus = load_corpus()
@@ -117,11 +118,11 @@ def pretrain_experiment(steps: int = 150, seeds=(0, 1, 2), vocab_size: int = 512
         cfg = llama_config(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                            n_kv_heads=n_kv_heads, context_length=context_length)
         bpe_model = build_llama(cfg, parts, seed=seed)
-        h_bpe = train(bpe_model, bpe_train, seed=seed, **recipe)
+        h_bpe = train(bpe_model, bpe_train, config=TrainConfig(seed=seed, **recipe))
         seed_everything(seed)
         char_model = GPT(ModelConfig(vocab_size=ctok.vocab_size, context_length=context_length, d_model=d_model,
                                      n_layers=n_layers, n_heads=n_heads))
-        h_char = train(char_model, ctrain, seed=seed, **recipe)
+        h_char = train(char_model, ctrain, config=TrainConfig(seed=seed, **recipe))
         res.bpe_bpb.append(bits_per_byte(bpe_model, bpe_eval, n_bytes))
         res.char_bpb.append(bits_per_byte(char_model, char_eval, n_bytes))
         if not res.models:

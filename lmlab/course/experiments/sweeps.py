@@ -20,6 +20,7 @@ from lmlab.course.stats import PairedComparison, paired_comparison
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 
 __all__ = ["Sweep", "train_sweep", "sweep_figure"]
@@ -118,8 +119,9 @@ def train_sweep(configs: dict[str, dict], lrs: Sequence[float] = (3e-3,), seeds:
             for seed in seeds:
                 seed_everything(seed)
                 model = build(ModelConfig(**{**settings, **overrides}))
-                h = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, eval_every=steps,
-                          eval_batches=eval_batches, seed=seed, progress=False)
+                config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=steps,
+                                     eval_batches=eval_batches, seed=seed, progress=False)
+                h = train(model, train_ids, val_ids, config=config)
                 loss = h.val_loss[-1]
                 losses.append(loss if math.isfinite(loss) else math.nan)
                 sweep.parameters[name] = sum(p.numel() for p in model.parameters())

@@ -20,6 +20,7 @@ from lmlab.grading.chapters import ch09_spikes  # noqa: F401 (registers 09.Spike
 from lmlab.grading.harness import call_with
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 from lmlab.train.schedule import torch_warmup_cosine
 
@@ -270,10 +271,7 @@ def harness_train_loop(loop, steps, batch_size, lr, warmup, eval_every, seed) ->
 
 def _reference_losses(cfg) -> dict:
     _, train_ids, val_ids = char_data()
-    h = train(_tiny_model(cfg["seed"]), train_ids, val_ids, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-              schedule="cosine", warmup=cfg["warmup"], min_lr_ratio=0.1, eval_every=cfg["eval_every"], eval_batches=4,
-              seed=cfg["seed"], progress=False)
-    return dict(train_loss=h.train_loss, val_loss=h.val_loss)
+    return reference_train_loop(_tiny_model(cfg["seed"]), train_ids, val_ids, **cfg)
 
 
 def _loop_case(f, cfg):
@@ -333,6 +331,7 @@ register(Exercise(
 
 def reference_train_loop(model, train_ids, val_ids, *, steps, batch_size, lr, warmup, eval_every, seed) -> dict:
     """lmlab's answer to 09.train_loop: :func:`lmlab.train.loop.train` with the exercise's recipe."""
-    h = train(model, train_ids, val_ids, steps=steps, batch_size=batch_size, lr=lr, schedule="cosine", warmup=warmup,
-              min_lr_ratio=0.1, eval_every=eval_every, eval_batches=4, seed=seed, progress=False)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, schedule="cosine", warmup=warmup, min_lr_ratio=0.1,
+                         eval_every=eval_every, eval_batches=4, seed=seed, progress=False)
+    h = train(model, train_ids, val_ids, config=config)
     return dict(train_loss=h.train_loss, val_loss=h.val_loss)
