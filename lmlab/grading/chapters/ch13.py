@@ -15,6 +15,9 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.data.bpe import train_bpe
+from lmlab.model.gpt import GPT
+from lmlab.model.llama import llama_config
 
 # expect_close's failure report calls torch.unravel_index, whose first call imports torch's compiler
 # stack (~2-7 s on a busy 2-core machine): pay it at import, not inside a timed check.
@@ -131,8 +134,6 @@ def _encode_order(f):
 
 
 def _encode_trained(f):
-    from lmlab.data.bpe import train_bpe
-
     text = ("The tokenizer of GPT-2 merges the most frequent pair of bytes; then it repeats. " * 8
             + "Ünïcödé and 数字 12345 too.")
     merges = train_bpe(text, 256 + 60).merges
@@ -176,9 +177,6 @@ def _llama_cpp_permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py, LlamaMode
 
 
 def _tiny(tied, seed):
-    from lmlab.model.llama import llama_config
-    from lmlab.model.gpt import GPT
-
     cfg = llama_config(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=24, context_length=16,
                        tie_embeddings=tied, norm_eps=1e-5)
     torch.manual_seed(seed)
@@ -209,8 +207,6 @@ def _as_gguf(model):
 
 
 def _mapping_check(f, tied):
-    from lmlab.model.gpt import GPT
-
     cfg, ref = _tiny(tied, seed=3 if tied else 4)
     what = f"gguf_to_lmlab(tensors, cfg) ({'tied' if tied else 'untied'} embeddings, 4 query / 2 K/V heads, std-0.5 weights)"
     got = f(_as_gguf(ref), cfg)
@@ -265,9 +261,6 @@ register(Exercise(
 
 
 def _block_case(f, n_heads, n_kv_heads, eps, base, seed):
-    from lmlab.model.llama import llama_config
-    from lmlab.model.gpt import GPT
-
     cfg = llama_config(vocab_size=16, d_model=32, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=40,
                        context_length=12, norm_eps=eps, rope_base=base)
     torch.manual_seed(seed)
