@@ -200,7 +200,6 @@ else:
           + ", ".join(f"{k} {v:.1f} s" for k, v in smol.seconds.items() if k != "total"))
     print("same class as yours:", type(smol.model).__name__, "|", smol.model.config.norm, smol.model.config.activation,
           smol.model.config.position, f"n_kv_heads={smol.model.config.n_kv_heads}")
-    assert smol.model.config == llama_config("smollm2_135m", context_length=1024)  # the file's numbers are the preset's flavor
 
 # %% [markdown]
 # `tests/test_checkpoints.py` checks these logits against transformers' own GGUF loader (equal
