@@ -17,9 +17,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from lmlab.model.llama import llama_config
+from lmlab.parallel import RankGrid, launch, workers
+from lmlab.parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from lmlab.scaling import calculators as calc
 from lmlab.scaling.counting import count_params
-from lmlab.parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from lmlab.parallel.pipeline import simulate
 from lmlab.parallel.transport import DistRanks
 from lmlab.course.experiments.ch12_spmd import spmd_inputs, spmd_step
@@ -37,8 +38,6 @@ GB = 1e9
 
 def lesson_checks(rank: int, world_size: int) -> dict:
     """Everything the lesson runs on real ranks, in one launch (runs in each spawned process)."""
-    from lmlab.parallel import workers
-
     out: dict = {}
     data = workers.batches()
     reference = workers.reference_training(workers.mlp(), data)
@@ -56,8 +55,6 @@ def lesson_checks(rank: int, world_size: int) -> dict:
 
 def run_two_ranks(timeout: float = 60.0) -> list[dict]:
     """Spawn 2 gloo ranks running :func:`lesson_checks`; returns both ranks' dicts."""
-    from lmlab.parallel import launch
-
     return launch(lesson_checks, 2, timeout=timeout, join_timeout=240)
 
 
@@ -220,8 +217,6 @@ def bloom_layout() -> dict:
     """BLOOM-176B on paper: parameters, the 8 x 4 x 12 layout, and the planner's numbers for it at
     BLOOM's global batch of 2048 sequences (per replica: 128 micro-batches of 2), assuming full
     activation recomputation (activation checkpointing)."""
-    from lmlab.parallel import RankGrid
-
     layout = calc.parallel_layout(384, 8, 4, 12)
     grid = RankGrid(dp=8, pp=12, tp=4, world_size=384)
     return {"n_params": calc.bloom_params(), "layout": layout, "rank0_groups": {d: grid.group_of(0, d) for d in ("dp", "pp", "tp")},

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from lmlab.data.bpe import BPETokenizer, train_bpe
 from lmlab.data.text import char_data, load_corpus
+from lmlab.infer.decoding import generate
+from lmlab.infer.decoding.logits import filtered_probs
 from lmlab.model.llama import build_llama, llama_config
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.course.stats import paired_comparison
@@ -165,8 +167,6 @@ def bpe_figure(tok: BPETokenizer, text: str, n_merges: int) -> tuple[go.Figure, 
 def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, top_p: float, use_cache: bool,
                       max_new_tokens: int = 12, chat=None, eos_id: int | None = None) -> tuple[go.Figure, str]:
     """The generation explorer: sample ``max_new_tokens`` tokens (seeded), plot each one's probability."""
-    from lmlab.infer.decoding import generate
-
     text = chat(prompt) if chat is not None else prompt
     ids = torch.tensor(tok.encode(text))
     kwargs = dict(strategy="greedy") if temperature == 0 else dict(
@@ -184,8 +184,6 @@ def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, t
     fig = go.Figure(go.Bar(x=list(range(len(new))), y=probs.tolist(), text=labels, name="p(chosen token), unfiltered"))
     # what the sampler drew the first token from: the filtered, renormalised distribution (its tail beyond the
     # 10 most likely tokens, summed), so every control shows its effect even when the sampled text is the same
-    from lmlab.infer.decoding.logits import filtered_probs
-
     first = logits[0, len(ids) - 1].float()
     if temperature == 0:
         dist = F.one_hot(first.argmax(), first.numel()).float()
