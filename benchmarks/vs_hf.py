@@ -29,7 +29,8 @@ import torch
 
 from lmlab.infer.decoding import generate
 from lmlab.interop.hf import to_hf
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.gpt import GPT
+from lmlab.model.llama import llama_config
 
 
 def median_seconds(fn, rounds):
@@ -53,9 +54,8 @@ def side_by_side(ours, theirs, rounds):
 
 
 def tiny_llama(seed=0):
-    cfg = ModelConfig(vocab_size=2048, context_length=256, d_model=256, n_layers=4, n_heads=8, n_kv_heads=2,
-                      bias=False, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=False,
-                      norm_eps=1e-5)
+    cfg = llama_config(vocab_size=2048, context_length=256, d_model=256, n_layers=4, n_heads=8, n_kv_heads=2,
+                       tie_embeddings=False, norm_eps=1e-5)
     torch.manual_seed(seed)
     return GPT(cfg)
 

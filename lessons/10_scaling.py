@@ -47,6 +47,7 @@ from ipywidgets import Checkbox, Dropdown, FloatSlider
 from lmlab.scaling import counting as scaling
 from lmlab.course.doctor import doctor
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.llama import llama_config
 from lmlab.scaling.fit import bootstrap_power_law, fit_chinchilla, fit_power_law
 from lmlab.course.widgets import FigureExplorer, style_figure
 
@@ -74,8 +75,10 @@ torch.set_num_threads(1)  # one thread: the same numbers and timings on a busy l
 # ## 2 · Build it: parameters by part, FLOPs per token
 #
 # `scaling.param_counts` groups the model's own `named_parameters` by role, built on PyTorch's
-# `meta` device (shapes without memory), so it can count LLaMA-7B on a laptop. The total must be the
-# model's `num_parameters()` for every kind of config.
+# `meta` device (shapes without memory), so it can count LLaMA-7B on a laptop. It is lmlab's only
+# parameter counter, so a count cannot drift from the model's code; the total must be the model's
+# `num_parameters()` for every kind of config. LLaMA-7B is a *flavor* of the one LLaMA preset,
+# `llama_config("llama_7b")` (lesson 13's model is `llama_config("tiny")`).
 
 # %%
 configs = {
@@ -91,7 +94,7 @@ for name, cfg in configs.items():
     own = GPT(cfg).num_parameters()
     assert parts["total"] == own and parts["other"] == 0
     print(f"{name:<30}" + "".join(f"{parts[p]:>11,}" for p in scaling.PARTS) + f"{parts['total']:>11,}{own:>11,}")
-llama7b = scaling.llama_config(32000, 4096, 32, 11008, 32)
+llama7b = llama_config("llama_7b")
 n7b = scaling.param_counts(llama7b)
 assert n7b["total"] == 6_738_415_616
 print(f"LLaMA-7B: {n7b['total']:,} parameters (the published 6,738,415,616 ✔), of which "
@@ -380,7 +383,8 @@ fit_explorer
 # - `flops_per_token`: $6N + 12LTd$, graded against `FlopCounterMode` on real training steps;
 # - `fit_power_law`: fit $aC^b + c$ and recover known constants from synthetic data;
 # - `compute_optimal`: Chinchilla's closed-form $N_{opt}$, $D_{opt}$ (≈ 93 vs ≈ 18 tokens/parameter);
-# - `llama_params`: the parameter count of a LLaMA-style config (LLaMA-7B: 6,738,415,616).
+# - `llama_params`: the parameter count of a LLaMA-style config in closed form (LLaMA-7B: 6,738,415,616),
+#   a hand count graded against `scaling.param_counts` of lmlab's own LLaMA (`llama_config`).
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/10_scaling.ipynb`.
 #

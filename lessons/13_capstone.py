@@ -98,11 +98,14 @@ print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD 
 # %% [markdown]
 # ## 2 · Assemble your LLaMA
 #
-# A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `build_llama` is the one place
-# where a part is chosen: pass your own class for a kind and it is plugged in through `lmlab.model.registry`,
-# the registry of chapters 01-04 (a norm is built as `MyRMSNorm(d_model, eps)`, an FFN as
-# `SwiGLU(d_model, hidden)`, like your graded parts), so every module of that kind becomes yours. Here
-# a hand-written RMSNorm replaces lmlab's, and with the same weights the logits stay the same:
+# A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `llama_config(flavor, **overrides)`
+# writes it: the LLaMA's choices (RMSNorm, pre-LN, SwiGLU, RoPE, no biases) once, and named flavors for
+# the sizes (`tiny` here, `smollm2_135m` in section 4, `llama_7b` in lesson 10, `llama2_70b` in lesson 12).
+# `build_llama` is the one place where a part is chosen: pass your own class for a kind and it is plugged
+# in through `lmlab.model.registry`, the registry of chapters 01-04 (a norm is built as
+# `MyRMSNorm(d_model, eps)`, an FFN as `SwiGLU(d_model, hidden)`, like your graded parts), so every module
+# of that kind becomes yours and the config names it. Here a hand-written RMSNorm replaces lmlab's, and
+# with the same weights the logits stay the same:
 
 # %%
 class MyRMSNorm(nn.Module):
@@ -117,7 +120,7 @@ class MyRMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-cfg = llama_config(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, context_length=64)
+cfg = llama_config("tiny", vocab_size=tok.vocab_size)  # the LLaMA preset's smallest flavor: d 64, 2 layers, 4 / 2 heads
 reference_model = build_llama(cfg)
 yours = build_llama(cfg, parts={"norm": MyRMSNorm})
 yours.load_state_dict(reference_model.state_dict())

@@ -9,8 +9,9 @@ from ipywidgets import Checkbox, FloatSlider, IntSlider, Text
 
 from lmlab.course.experiments.ch13_capstone import (RECIPE, bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer,
                                         merges_rows, pretrain_experiment, token_logprobs, truncated)
-from lmlab.model.llama import LLAMA_PARTS, build_llama, llama_block, llama_config, parts_table
-from lmlab.model.gpt import GPT
+from lmlab.model.llama import (LLAMA_CHOICES, LLAMA_FLAVORS, LLAMA_PARTS, build_llama, check_llama_config, llama_block,
+                               llama_config, parts_table)
+from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.registry import NORMS, unregister
 from lmlab.course.widgets import FigureExplorer
 
@@ -57,7 +58,8 @@ def test_build_llama_swaps_a_part_in_one_place():
     x = torch.randint(0, 50, (2, 16))
     torch.testing.assert_close(mine(x), ref(x))
     table = {row[0]: row for row in parts_table(mine)}
-    assert "MyNorm" in table["norm"][2] and table["ffn"][2] == LLAMA_PARTS["ffn"][1]
+    assert table["norm"][2] == mine.config.norm and "MyNorm" in table["norm"][2]  # the config's part name
+    assert table["ffn"][2] == LLAMA_PARTS["ffn"][2] and {row[2] for row in parts_table(ref)} == {v[2] for v in LLAMA_PARTS.values()}
     assert mine.config.norm in NORMS and mine.config.norm != "rmsnorm"  # plugged in through the registry
     assert mine.blocks[0].norm1.eps == 0.1  # built with the config's norm_eps
     again = build_llama(cfg, parts={"norm": MyNorm})  # a re-run registers the same name again
@@ -65,8 +67,67 @@ def test_build_llama_swaps_a_part_in_one_place():
     unregister("norm", mine.config.norm)  # leave the registry as the other tests expect it
     with pytest.raises(ValueError, match="parts: kinds must be among"):
         build_llama(cfg, parts={"rope": MyNorm})
+    with pytest.raises(ValueError, match="parts: kinds must be among"):
+        build_llama(cfg, parts={"attention": MyNorm})  # plain causal attention cannot take RoPE positions
     with pytest.raises(ValueError, match="cfg must be a ModelConfig"):
         build_llama({"d_model": 3})
+    with pytest.raises(ValueError, match="ModelConfig.norm must be 'rmsnorm'"):
+        build_llama(ModelConfig(d_model=32, n_heads=4))
+
+
+def test_build_llama_plugs_a_learners_rope_and_ffn():
+    class MyRope:  # built as register_rope builds one: MyRope(head_dim, base), called as rope(x, positions)
+        def __init__(self, head_dim, base):
+            self.inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (hs/2,)
+
+        def __call__(self, x, positions):
+            ang = positions.float()[:, None] * self.inv  # (T, hs/2)
+            cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)  # (T, hs)
+            a, b = x.chunk(2, -1)
+            return x * cos + torch.cat([-b, a], -1) * sin  # (B, nh, T, hs), half-split pairs
+
+    class MySwiGLU(nn.Module):
+        def __init__(self, d_model, hidden):
+            super().__init__()
+            self.w1, self.w3 = nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False)
+            self.w2 = nn.Linear(hidden, d_model, bias=False)
+
+        def forward(self, x):
+            return self.w2(torch.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+    cfg = llama_config(vocab_size=30, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, context_length=8)
+    ref, mine = build_llama(cfg, seed=1), build_llama(cfg, parts={"position": MyRope}, seed=1)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 30, (2, 8))
+    torch.testing.assert_close(mine(x), ref(x))  # the learner's RoPE rotates as lmlab's
+    table = {row[0]: row[2] for row in parts_table(mine)}
+    assert table["position"] == mine.config.position and "MyRope" in table["position"]
+    ffn = build_llama(cfg, parts={"ffn": MySwiGLU}, seed=1)
+    assert isinstance(ffn.blocks[0].ffn, MySwiGLU) and "MySwiGLU" in {row[0]: row[2] for row in parts_table(ffn)}["ffn"]
+    unregister("position", mine.config.position)
+    unregister("activation", ffn.config.activation)
+
+
+def test_llama_config_is_one_preset_with_named_flavors():
+    tiny = llama_config()
+    assert tiny == llama_config("tiny") and (tiny.d_model, tiny.n_layers, tiny.n_heads, tiny.n_kv_heads) == (64, 2, 4, 2)
+    for flavor in LLAMA_FLAVORS:
+        cfg = llama_config(flavor)
+        check_llama_config(cfg)
+        assert all(getattr(cfg, k) == v for k, v in LLAMA_CHOICES.items())
+    smol = llama_config("smollm2_135m")
+    assert (smol.n_layers, smol.d_model, smol.n_heads, smol.n_kv_heads, smol.d_ff, smol.rope_base, smol.norm_eps,
+            smol.vocab_size, smol.tie_embeddings) == (30, 576, 9, 3, 1536, 100000.0, 1e-5, 49152, True)
+    assert llama_config("llama2_70b").n_kv_heads == 8
+    assert llama_config("tiny", d_model=32).d_ff == 88  # the gated default follows the override
+    with pytest.raises(ValueError, match=r"flavor: unknown LLaMA flavor 'llama3_8b'; flavors: \('tiny', 'smollm2_135m'"):
+        llama_config("llama3_8b")
+    with pytest.raises(ValueError, match="cannot be overridden"):
+        llama_config("tiny", norm="layernorm")
+    with pytest.raises(ValueError, match="unknown option"):
+        llama_config("tiny", width=3)
+    with pytest.raises(TypeError):
+        llama_config("tiny", 64)  # the overrides are keyword-only
 
 
 def test_llama_block_equals_the_models_block():

@@ -14,7 +14,9 @@ import torch
 
 from lmlab.interop.gguf import (chat_prompt, find_smollm2, gguf_to_lmlab, load_gguf, load_state_dict_checked, permute_qk,
                                unpermute_qk)
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.gpt import GPT
+from lmlab.model.llama import llama_config
+from lmlab.scaling.counting import count_params
 
 try:
     import gguf  # noqa: F401
@@ -53,8 +55,7 @@ def test_unpermute_rejects_bad_rows():
 
 
 def test_config_mismatch_names_first_tensor_and_both_shapes():
-    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, norm="rmsnorm", activation="swiglu",
-                      position="rope", bias=False)
+    cfg = llama_config(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=2)
     model = GPT(cfg)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     sd["blocks.0.attn.qkv.weight"] = torch.zeros(40, 16)
@@ -66,8 +67,7 @@ def test_config_mismatch_names_first_tensor_and_both_shapes():
 
 
 def test_gguf_mapping_reports_missing_tensor():
-    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, norm="rmsnorm", activation="swiglu",
-                      position="rope", bias=False)
+    cfg = llama_config(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=2)
     with pytest.raises(ValueError, match="token_embd.weight"):
         gguf_to_lmlab({}, cfg)
 
@@ -131,8 +131,6 @@ def write_tiny_gguf(path, model, n_tokens=None, head_count_kv=None):
 
 
 def tiny_llama_std05(tied=False):
-    from lmlab.model.llama import llama_config
-
     cfg = llama_config(vocab_size=260, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=40, context_length=48,
                        tie_embeddings=tied, norm_eps=1e-5, rope_base=5000.0)
     torch.manual_seed(0)
@@ -218,8 +216,10 @@ def test_smollm2_config_and_load_report(lmlab_smollm2):
     cfg = lmlab_smollm2.model.config
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.vocab_size) == (30, 576, 9, 3, 1536, 49152)
     assert cfg.rope_base == 100000.0 and abs(cfg.norm_eps - 1e-5) < 1e-9 and cfg.tie_embeddings
+    preset = llama_config("smollm2_135m", context_length=cfg.context_length)
+    assert cfg == dataclasses.replace(preset, norm_eps=cfg.norm_eps)  # the file's numbers are the preset's flavor
     n = lmlab_smollm2.model.num_parameters()
-    assert 134_000_000 < n < 135_000_000
+    assert n == count_params(preset) == 134_515_008
     assert abs(lmlab_smollm2.megabytes - n * 4 / 2**20) < 1
     s = lmlab_smollm2.seconds
     assert set(s) == {"read", "dequantize", "build", "tokenizer", "total"} and s["total"] > 0

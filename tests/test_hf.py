@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.llama import LLAMA_FLAVORS, llama_config
 
 try:
     import transformers
@@ -30,8 +31,7 @@ CONFIGS = {
 
 
 def llama(seed=0, std=0.5, **over):
-    cfg = ModelConfig(**{**dict(vocab_size=61, context_length=48, d_model=32, n_layers=2, d_ff=40, bias=False,
-                                norm="rmsnorm", activation="swiglu", position="rope"), **over})
+    cfg = llama_config(**{**dict(vocab_size=61, context_length=48, d_model=32, n_layers=2, d_ff=40), **over})
     torch.manual_seed(seed)
     model = GPT(cfg)
     with torch.no_grad():
@@ -148,6 +148,15 @@ def test_greedy_generation_equals_hf_generate(name):
         ref = hf.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert ours.tolist() == ref.tolist()
     assert len(set(ours[0, 6:].tolist())) > 1  # not a degenerate repeat of one token
+
+
+@needs_hf
+@pytest.mark.parametrize("flavor", list(LLAMA_FLAVORS))
+def test_hf_config_round_trip_is_the_preset(flavor):
+    from lmlab.interop.hf import from_hf_config, to_hf_config
+
+    cfg = llama_config(flavor)
+    assert from_hf_config(to_hf_config(cfg)) == cfg
 
 
 @needs_hf

@@ -1,4 +1,4 @@
-"""lmlab.model.registry: one table per kind of part that config, builders and calc read; learner parts plug in;
+"""lmlab.model.registry: one table per kind of part that config and builders read (and the counter counts); learner parts plug in;
 the kNN-memory layer is built (not patched) and keeps DeepNorm's init and attention dropout."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.scaling import calculators as calc
 from lmlab.model import registry as parts
 from lmlab.grading.plug_and_train import train_with_part
 from lmlab.model.memory import KNNMemoryAttention
 from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.model.norms import deepnorm_constants
+from lmlab.scaling.counting import count_params
 
 SMALL = dict(vocab_size=20, context_length=12, d_model=16, n_layers=2, n_heads=4)
 
@@ -47,7 +47,7 @@ def test_a_new_variant_is_one_entry_everywhere():
         cfg = ModelConfig(**SMALL, norm="scaled_rms", norm_position="sandwich")
         model = GPT(cfg)
         assert isinstance(model.blocks[1].attn_out_norm, MyRMSNorm)
-        assert calc.model_params(cfg) == model.num_parameters()  # counted on the meta device
+        assert count_params(cfg) == model.num_parameters()  # counted on the meta device
         with pytest.raises(ValueError, match="norm part 'scaled_rms' is already registered"):
             parts.NORMS.register("scaled_rms", lambda cfg: MyRMSNorm(cfg.d_model))
     finally:

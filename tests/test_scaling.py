@@ -1,12 +1,15 @@
 """lmlab.scaling.counting and lmlab.scaling.fit: counts, FLOPs, closed forms and the fitters."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
+from lmlab.model.gpt import GPT, NORM_POSITIONS, ModelConfig
+from lmlab.model.llama import llama_config
+from lmlab.model.registry import ATTENTIONS, FFNS, NORMS, POSITIONS
 from lmlab.scaling import counting as scaling
-from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.scaling.fit import (
     HUBER_DELTA, bootstrap_chinchilla, bootstrap_power_law, fit_chinchilla, fit_lse, fit_power_law, huber,
 )
@@ -38,15 +41,79 @@ def test_param_counts_equal_the_model(cfg):
 
 
 def test_llama_7b_and_part_sizes():
-    cfg = scaling.llama_config(32000, 4096, 32, 11008, 32)
+    cfg = llama_config("llama_7b")
     parts = scaling.param_counts(cfg)
-    assert parts["total"] == scaling.llama_params(32000, 4096, 32, 11008, 32) == 6_738_415_616
+    assert parts["total"] == scaling.count_params(cfg) == 6_738_415_616
     assert parts["attention"] == 32 * 4 * 4096 ** 2
     assert parts["ffn"] == 32 * 3 * 4096 * 11008
     assert parts["norms"] == (2 * 32 + 1) * 4096
-    tied = scaling.llama_params(32000, 4096, 32, 11008, 32, tie_embeddings=True)
+    tied = scaling.count_params(llama_config("llama_7b", tie_embeddings=True))
     assert tied == 6_738_415_616 - 32000 * 4096  # one shared matrix, counted once
-    assert scaling.llama_params(32000, 4096, 32, 11008, 32, n_kv_heads=8) == 6_738_415_616 - 32 * 2 * 4096 * (4096 - 1024)
+    assert scaling.count_params(llama_config("llama_7b", n_kv_heads=8)) == 6_738_415_616 - 32 * 2 * 4096 * (4096 - 1024)
+
+
+@pytest.mark.parametrize("flavor,total", [("llama_7b", 6_738_415_616), ("llama2_7b", 6_738_415_616),
+                                          ("llama2_13b", 13_015_864_320), ("llama2_70b", 68_976_648_192),
+                                          ("smollm2_135m", 134_515_008)])
+def test_llama_flavors_have_the_published_counts(flavor, total):
+    assert scaling.count_params(llama_config(flavor)) == total
+
+
+def llama_params_by_hand(vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads, tie_embeddings):
+    """Lesson 10's exercise, the closed form written out as a hand check of the counter."""
+    kv = n_kv_heads * (d_model // n_heads)
+    per_layer = 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
+    return n_layers * per_layer + d_model + vocab_size * d_model * (1 if tie_embeddings else 2)
+
+
+@pytest.mark.parametrize("args", [(32000, 4096, 32, 11008, 32, 32, False), (100, 64, 2, 176, 4, 1, False),
+                                  (257, 96, 3, 256, 8, 2, True)])
+def test_the_lessons_closed_form_equals_the_counter(args):
+    V, d, L, d_ff, nh, nkv, tie = args
+    cfg = llama_config(vocab_size=V, d_model=d, n_layers=L, d_ff=d_ff, n_heads=nh, n_kv_heads=nkv, tie_embeddings=tie)
+    assert scaling.count_params(cfg) == llama_params_by_hand(*args)
+
+
+# -- the counter equals the built model for every registered option and combination ----------------
+
+OTHER_OPTIONS = list(itertools.product((4, 2, 1), (True, False), (True, False), (None, {"layer": 1, "top_k": 2, "size": 8})))
+COMBINATIONS = list(itertools.product(NORMS.names(), NORM_POSITIONS, FFNS.names(), POSITIONS.names(), ATTENTIONS.names()))
+
+
+def _combination(i: int) -> ModelConfig:
+    """Every norm x placement x FFN x position x attention once; (K/V heads MHA/GQA/MQA, tied, bias,
+    kNN memory) cycle through all their 24 combinations alongside."""
+    norm, placement, ffn, position, attention = COMBINATIONS[i]
+    n_kv_heads, tied, bias, knn = OTHER_OPTIONS[i % len(OTHER_OPTIONS)]
+    window = dict(window=3, n_sink=i % 2) if ATTENTIONS[attention].info.get("needs_window") else {}
+    return ModelConfig(vocab_size=11, context_length=8, d_model=8, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads,
+                       norm=norm, norm_position=placement, activation=ffn, position=position, attention=attention,
+                       tie_embeddings=tied, bias=bias, knn_memory=knn, **window)
+
+
+def _by_part(model: GPT) -> dict[str, int]:
+    """The real model's parameters by part, from its module tree (shared tensors once)."""
+    blocks = model.blocks
+    count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
+    norms = [m for b in blocks for name, m in b.named_children() if name not in ("attn", "ffn")] + [model.final_norm]
+    return {"attention": count(b.attn for b in blocks), "ffn": count(b.ffn for b in blocks), "norms": count(norms),
+            "embedding": model.tok_emb.weight.numel(),
+            "positions": count(m for m in (model.pos_emb, model.position) if m is not None),
+            "output": 0 if model.lm_head.weight is model.tok_emb.weight else model.lm_head.weight.numel()}
+
+
+def test_every_combination_is_covered():
+    assert len(COMBINATIONS) == 2 * 4 * 4 * 6 * 2 and len(OTHER_OPTIONS) == 24
+
+
+@pytest.mark.parametrize("i", range(0, len(COMBINATIONS), 48), ids=lambda i: f"from{i}")
+def test_the_counter_equals_the_built_model_for_every_combination(i):
+    for j in range(i, min(i + 48, len(COMBINATIONS))):
+        cfg = _combination(j)
+        model = GPT(cfg)
+        parts = scaling.param_counts(cfg)
+        assert parts["total"] == sum(p.numel() for p in model.parameters()) == model.num_parameters(), cfg
+        assert parts["other"] == 0 and {k: parts[k] for k in _by_part(model)} == _by_part(model), cfg
 
 
 @pytest.mark.parametrize("d", [16, 64])
@@ -75,6 +142,15 @@ def test_kaplan_formula_and_validation():
         scaling.param_counts({"d_model": 32})
     with pytest.raises(ValueError, match="n_tokens"):
         scaling.training_flops(CONFIGS[0], -1)
+    with pytest.raises(ValueError, match="cfg"):
+        scaling.flops_per_token({"d_model": 32})
+
+
+def test_training_flops_of_gpt3_is_six_n_d():
+    # GPT-3 175B on 300B tokens: 6 N D = 3.15e23 (Brown et al., 2020), N counted on the meta device
+    gpt3 = ModelConfig(vocab_size=50257, context_length=2048, d_model=12288, n_layers=96, n_heads=96)
+    assert scaling.training_flops(gpt3, 300e9, attention=False) == pytest.approx(3.15e23, rel=0.01)
+    assert scaling.training_flops(gpt3, 300e9) == pytest.approx(scaling.flops_per_token(gpt3) * 300e9)
 
 
 def test_chinchilla_reference_numbers():
@@ -184,3 +260,51 @@ def test_fit_lse_solves_many_problems_at_once():
     res = fit_lse(X, y, torch.tensor([[0.0, -0.1, 0.0]] * 2, dtype=torch.float64), HUBER_DELTA)
     assert bool(res["converged"].all())
     torch.testing.assert_close(res["theta"], truths, atol=1e-6, rtol=0)
+
+
+# -- the counter == GPT(cfg).num_parameters() for random configs (property test) ---------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def model_configs(draw):
+    n_heads = draw(st.sampled_from([1, 2, 4]))
+    d_model = n_heads * draw(st.sampled_from([2, 4, 6]))
+    n_layers = draw(st.integers(1, 3))
+    position = draw(st.sampled_from(["learned", "none", "sinusoidal", "t5", "rope", "alibi"]))
+    attention = draw(st.sampled_from(["full", "sliding_window"]))
+    context_length = draw(st.integers(2, 12))
+    kw = dict(
+        vocab_size=draw(st.integers(2, 30)), context_length=context_length, d_model=d_model, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=draw(st.sampled_from([h for h in (1, 2, 4) if n_heads % h == 0])),
+        bias=draw(st.booleans()), norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        norm_position=draw(st.sampled_from(["pre", "post", "sandwich", "deepnorm"])),
+        activation=draw(st.sampled_from(["gelu", "relu", "swiglu", "geglu"])),
+        d_ff=draw(st.one_of(st.none(), st.integers(1, 40))), position=position, attention=attention,
+        tie_embeddings=draw(st.booleans()),
+    )
+    if position == "learned":
+        kw["n_positions"] = draw(st.one_of(st.none(), st.integers(context_length, 40)))
+    if attention == "sliding_window":
+        kw["window"] = draw(st.integers(1, 8))
+        kw["n_sink"] = draw(st.integers(0, 2))
+    if draw(st.booleans()):
+        kw["knn_memory"] = {"layer": draw(st.integers(0, n_layers - 1)), "top_k": 2, "size": 8}
+    return ModelConfig(**kw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_configs())
+def test_the_counter_equals_the_real_model_for_generated_configs(cfg):
+    model = GPT(cfg)
+    assert scaling.count_params(cfg) == sum(p.numel() for p in model.parameters()) == model.num_parameters()
+
+
+def test_counter_regressions():
+    # t5 was 826,112 (bias table forgotten), n_positions=64 was 842,496 (context_length used), knn missed its gate
+    assert scaling.count_params(ModelConfig(position="t5")) == 826_240
+    assert scaling.count_params(ModelConfig(n_positions=64)) == 834_304
+    cfg = ModelConfig(knn_memory={"layer": 1, "top_k": 4, "size": 16})
+    assert scaling.count_params(cfg) == GPT(cfg).num_parameters()

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.data.bpe import GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer
-from lmlab.model.gpt import GPT, ModelConfig
 from lmlab.argcheck import check_int
+from lmlab.data.bpe import GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer
+from lmlab.infer.decoding import generate
+from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.llama import llama_config
 
 __all__ = ["SMOLLM2_FILE", "find_smollm2", "open_gguf", "unpermute_qk", "permute_qk", "gguf_config", "gguf_to_lmlab", "gguf_tokenizer",
            "load_state_dict_checked", "read_gguf", "load_gguf", "GGUFModel", "chat_prompt"]
@@ -108,7 +110,8 @@ def open_gguf(path):
 
 
 def gguf_config(reader, context_length: int | None = 2048) -> ModelConfig:
-    """The :class:`ModelConfig` a LLaMA-architecture GGUF describes (``llama.*`` metadata keys).
+    """The :class:`ModelConfig` a LLaMA-architecture GGUF describes (``llama.*`` metadata keys): the LLaMA
+    preset (:func:`lmlab.model.llama.llama_config`) with the file's numbers.
 
     ``context_length``: lmlab's window (RoPE has no table, so it only sizes the KV cache);
     ``None`` = the file's (8192 for SmolLM2). A file of another architecture is refused.
@@ -123,12 +126,11 @@ def gguf_config(reader, context_length: int | None = 2048) -> ModelConfig:
     vocab = get("vocab_size") or (int(embd.shape[-1]) if embd is not None else len(_field(reader, "tokenizer.ggml.tokens")))
     if get("rope.dimension_count") not in (None, d // n_heads):
         raise ValueError(f"llama.rope.dimension_count: lmlab rotates whole heads ({d // n_heads}), the file says {get('rope.dimension_count')}")
-    return ModelConfig(
+    return llama_config(
         vocab_size=int(vocab), context_length=int(context_length or get("context_length")), d_model=d,
         n_layers=int(get("block_count")), n_heads=n_heads, n_kv_heads=int(get("attention.head_count_kv") or n_heads),
-        d_ff=int(get("feed_forward_length")), bias=False, norm="rmsnorm", activation="swiglu", position="rope",
-        rope_base=float(get("rope.freq_base") or 10000.0), norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in names,
+        d_ff=int(get("feed_forward_length")), rope_base=float(get("rope.freq_base") or 10000.0),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon")), tie_embeddings="output.weight" not in names,
     )
 
 
@@ -285,8 +287,6 @@ class GGUFModel:
 
     def chat(self, question: str, max_new_tokens: int = 24, **sampling) -> str:
         """Greedy (or ``strategy="sample"``, ...) answer to one user message, with the chat template."""
-        from lmlab.infer.decoding import generate
-
         ids = torch.tensor(self.tokenizer.encode(chat_prompt([{"role": "user", "content": question}])))
         out = generate(self.model, ids, max_new_tokens, eos_id=self.eos_id, **sampling)
         return self.tokenizer.decode(out[len(ids):].tolist(), skip_special=True).strip()

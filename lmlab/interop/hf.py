@@ -1,7 +1,9 @@
 """Hugging Face interop: lmlab's LLaMA-style ``GPT`` <-> ``transformers.LlamaForCausalLM`` (lesson 13).
 
-A LLaMA is lmlab's ``GPT`` with ``norm="rmsnorm"``, ``activation="swiglu"``, ``position="rope"``,
-``bias=False`` and pre-LN. Both sides rotate RoPE pairs in the *half-split* layout, so converting
+A LLaMA is lmlab's ``GPT`` with the choices of :data:`lmlab.model.llama.LLAMA_CHOICES` (RMSNorm, pre-LN,
+SwiGLU, RoPE, no biases): :func:`from_hf_config` is :func:`lmlab.model.llama.llama_config` with the Hugging
+Face config's numbers, and :func:`to_hf_config` refuses any other config
+(:func:`lmlab.model.llama.check_llama_config`). Both sides rotate RoPE pairs in the *half-split* layout, so converting
 is renaming, splitting lmlab's fused matrices, and nothing else (no q/k permute, unlike a GGUF):
 
 =====================================  ==============================================
@@ -25,15 +27,12 @@ from __future__ import annotations
 
 import torch
 
+from lmlab.interop.gguf import load_state_dict_checked
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.llama import check_llama_config, llama_config
 from lmlab.model.norms import DEFAULT_EPS
 
-__all__ = ["LLAMA_OPTIONS", "check_llama_config", "to_hf_config", "from_hf_config", "lmlab_to_hf_state_dict",
-           "hf_to_lmlab_state_dict", "to_hf", "from_hf"]
-
-# What a ModelConfig must say to be a LLaMA (option -> required value)
-LLAMA_OPTIONS = {"norm": "rmsnorm", "norm_position": "pre", "activation": "swiglu", "position": "rope", "bias": False,
-                 "attention": "full", "dropout": 0.0, "rope_scaling": None, "knn_memory": None}
+__all__ = ["to_hf_config", "from_hf_config", "lmlab_to_hf_state_dict", "hf_to_lmlab_state_dict", "to_hf", "from_hf"]
 
 
 def _transformers():
@@ -42,15 +41,6 @@ def _transformers():
     except ImportError as err:
         raise ImportError("lmlab.interop.hf needs transformers: pip install 'lmlab[parity]'") from err
     return transformers
-
-
-def check_llama_config(cfg: ModelConfig) -> None:
-    """``ValueError`` naming the first option that ``LlamaForCausalLM`` cannot express."""
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    for name, want in LLAMA_OPTIONS.items():
-        if getattr(cfg, name) != want:
-            raise ValueError(f"ModelConfig.{name} must be {want!r} for a LLaMA (LlamaForCausalLM), got {getattr(cfg, name)!r}")
 
 
 def to_hf_config(cfg: ModelConfig):
@@ -67,7 +57,8 @@ def to_hf_config(cfg: ModelConfig):
 
 
 def from_hf_config(hf_cfg, context_length: int | None = None) -> ModelConfig:
-    """``LlamaConfig`` -> ``ModelConfig``; refuses what lmlab's GPT does not implement."""
+    """``LlamaConfig`` -> ``ModelConfig`` (the LLaMA preset with its numbers); refuses what lmlab's GPT
+    does not implement."""
     problems = []
     if getattr(hf_cfg, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf_cfg.hidden_act!r} (lmlab's swiglu uses silu)")
@@ -82,12 +73,11 @@ def from_hf_config(hf_cfg, context_length: int | None = None) -> ModelConfig:
     if problems:
         raise ValueError("this LlamaConfig does not fit lmlab's GPT: " + "; ".join(problems))
     theta = rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))
-    return ModelConfig(
+    return llama_config(
         vocab_size=hf_cfg.vocab_size, context_length=context_length or hf_cfg.max_position_embeddings,
         d_model=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers, n_heads=hf_cfg.num_attention_heads,
         n_kv_heads=hf_cfg.num_key_value_heads or hf_cfg.num_attention_heads, d_ff=hf_cfg.intermediate_size,
         norm_eps=float(hf_cfg.rms_norm_eps), rope_base=float(theta), tie_embeddings=bool(hf_cfg.tie_word_embeddings),
-        **{k: v for k, v in LLAMA_OPTIONS.items() if k not in ("rope_scaling", "knn_memory")},
     )
 
 
@@ -131,8 +121,6 @@ def hf_to_lmlab_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dic
 
 def to_hf(model: GPT):
     """lmlab ``GPT`` (LLaMA-style config) -> ``transformers.LlamaForCausalLM`` with the same weights."""
-    from lmlab.interop.gguf import load_state_dict_checked
-
     if not isinstance(model, GPT):
         raise ValueError(f"to_hf expects an lmlab GPT, got {type(model).__name__}")
     tf = _transformers()
@@ -148,8 +136,6 @@ def to_hf(model: GPT):
 
 def from_hf(hf_model, context_length: int | None = None) -> GPT:
     """``transformers.LlamaForCausalLM`` -> lmlab ``GPT`` with the same weights and logits."""
-    from lmlab.interop.gguf import load_state_dict_checked
-
     tf = _transformers()
     if not isinstance(hf_model, tf.LlamaForCausalLM):
         raise ValueError(f"from_hf expects a transformers LlamaForCausalLM, got {type(hf_model).__name__}")

@@ -27,7 +27,7 @@ from lmlab.argcheck import check_choice, check_int
 __all__ = [
     "FFN_KINDS", "GLU_KINDS", "GELU_APPROXIMATIONS",
     "gelu", "swish", "silu", "glu", "swiglu", "geglu",
-    "glu_hidden_size", "ffn_num_parameters", "FeedForward", "SwiGLU",
+    "glu_hidden_size", "FeedForward", "SwiGLU",
 ]
 
 FFN_KINDS = ("relu", "gelu", "swiglu", "geglu")
@@ -139,15 +139,6 @@ def glu_hidden_size(plain_hidden: int, multiple_of: int = 8) -> int:
     multiple_of = check_int(multiple_of, "multiple_of", "glu_hidden_size:")
     hidden = int(2 * plain_hidden / 3)
     return max(multiple_of, multiple_of * math.ceil(hidden / multiple_of))
-
-
-def ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int:
-    """Parameters of :class:`FeedForward` without building it: gated kinds have 3 matrices, plain 2."""
-    check_int(d_model, "d_model", "ffn_num_parameters:")
-    check_int(hidden, "hidden", "ffn_num_parameters:")
-    check_choice(kind, "kind", FFN_KINDS, "ffn_num_parameters:")
-    up = 2 * hidden if kind in GLU_KINDS else hidden  # outputs of the first projection
-    return d_model * up + hidden * d_model + ((up + d_model) if bias else 0)
 
 
 class FeedForward(nn.Module):

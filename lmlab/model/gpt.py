@@ -2,12 +2,12 @@
 
 One model, many parts: :class:`ModelConfig` names each choice (norm, where it goes, activation,
 position scheme, attention) and :mod:`lmlab.model.registry` turns a name into a module. The config's
-validation, the builders below and :func:`lmlab.scaling.calculators.model_params` all read the same tables.
+validation and the builders below read the same tables; :func:`lmlab.scaling.counting.param_counts` counts what they build.
 
 **Adding a variant, or your own part, in one place** (``FFNS``, ``POSITIONS``, ``ATTENTIONS`` alike)::
 
     from lmlab.model.registry import NORMS, register_norm
-    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))  # validated, built, counted by calc
+    NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))  # validated, built, counted
     register_norm("my_rmsnorm", RMSNorm)     # your class RMSNorm(d_model, eps=...), probed: bad shape -> ValueError
     GPT(ModelConfig(norm="my_rmsnorm", norm_eps=1e-5))
 

@@ -6,11 +6,18 @@ A LLaMA (Touvron et al. 2023) is lmlab's ``GPT`` with one choice per kind of par
   grouped-query causal attention (chapter 04), no biases, optionally tied embeddings;
 * sampled with chapter 07's samplers and chapter 08's KV cache.
 
-:func:`llama_config` writes that config; :func:`build_llama` builds the model and is **the one
-place where a part is swapped** for a learner's own (``parts={"norm": MyRMSNorm}``): the norm and
-the FFN go through the parts registry (:func:`lmlab.model.registry.register_norm` / ``register_ffn``, the
-same plug-in as every other lesson), so each entry becomes every module of that kind, and
-:data:`LLAMA_PARTS` says whose part is where.
+**The LLaMA preset lives here, once.** :data:`LLAMA_CHOICES` holds the architecture choices,
+:data:`LLAMA_FLAVORS` the numbers of each named size (torchtitan's habit: ``tiny`` is the
+capstone's model, ``smollm2_135m`` the GGUF of lesson 13, ``llama_7b`` ... ``llama2_70b`` the
+published ones), and :func:`llama_config` (``llama_config("llama2_70b")``,
+``llama_config("tiny", d_model=32)``) writes the :class:`ModelConfig`. Hugging Face and GGUF
+conversion (:mod:`lmlab.interop`), the scaling lessons and the graders all start from it;
+:func:`check_llama_config` says whether a config is one.
+
+:func:`build_llama` builds the model and is **the one place where a part is swapped** for a
+learner's own (``parts={"norm": MyRMSNorm}``): each goes through :func:`lmlab.model.registry.register`
+(the plug-in of every other lesson), so the config names it and GPT builds it everywhere;
+:func:`parts_table` reads whose part is where from the config's part names.
 :func:`llama_block` is one block written as plain tensor code (exercise 13.4's reference).
 """
 
@@ -29,81 +36,136 @@ from lmlab.model.registry import register
 from lmlab.model.positions.encodings import apply_rope, rope_cos_sin, rope_frequencies
 from lmlab.argcheck import check_int, check_positive
 
-__all__ = ["LLAMA_PARTS", "llama_config", "build_llama", "parts_table", "llama_block"]
+__all__ = ["LLAMA_CHOICES", "LLAMA_FLAVORS", "LLAMA_PARTS", "llama_config", "check_llama_config", "build_llama",
+           "parts_table", "llama_block"]
 
-# kind of part -> (chapter, the lmlab reference, where it sits in GPT)
-LLAMA_PARTS = {
-    "norm": ("01", "lmlab.model.norms.RMSNorm", "blocks.i.norm1, blocks.i.norm2, final_norm"),
-    "ffn": ("02", "lmlab.model.ffn.FeedForward(kind='swiglu')", "blocks.i.ffn"),
-    "position": ("03", "lmlab.model.positions.encodings.apply_rope (half-split pairs)", "position (shared by every attention layer)"),
-    "attention": ("04", "lmlab.model.attention.MultiHeadAttention(n_kv_heads=...)", "blocks.i.attn"),
-    "kv_cache": ("08", "lmlab.infer.kv_cache.KVCache", "GPT.forward_with_cache"),
-    "sampling": ("07", "lmlab.infer.decoding.generation", "outside the model"),
+# What makes a ModelConfig a LLaMA (option -> value): the one copy of these choices. Every flavor has
+# them; llama_config refuses to override them; Hugging Face conversion requires them.
+LLAMA_CHOICES = {"norm": "rmsnorm", "norm_position": "pre", "activation": "swiglu", "position": "rope",
+                 "attention": "full", "bias": False, "dropout": 0.0, "rope_scaling": None, "knn_memory": None}
+
+# flavor -> its numbers (every flavor sets the same fields). d_ff=None: the gated default, 2/3 of 4 d_model
+# rounded up to a multiple of 8 (ModelConfig's rule).
+LLAMA_FLAVORS = {
+    # lesson 13's capstone model (vocab_size: the lesson's BPE tokenizer of 512 tokens)
+    "tiny": dict(vocab_size=512, context_length=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=None,
+                 norm_eps=1e-5, rope_base=10000.0, tie_embeddings=True),
+    # HuggingFaceTB/SmolLM2-135M (lesson 13's GGUF): 134,515,008 parameters
+    "smollm2_135m": dict(vocab_size=49152, context_length=8192, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                         d_ff=1536, norm_eps=1e-5, rope_base=100000.0, tie_embeddings=True),
+    # Touvron et al. 2023 (LLaMA): 6,738,415,616 parameters
+    "llama_7b": dict(vocab_size=32000, context_length=2048, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                     d_ff=11008, norm_eps=1e-6, rope_base=10000.0, tie_embeddings=False),
+    # Touvron et al. 2023 (Llama 2): 6,738,415,616 / 13,015,864,320 / 68,976,648,192 parameters
+    "llama2_7b": dict(vocab_size=32000, context_length=4096, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                      d_ff=11008, norm_eps=1e-5, rope_base=10000.0, tie_embeddings=False),
+    "llama2_13b": dict(vocab_size=32000, context_length=4096, d_model=5120, n_layers=40, n_heads=40, n_kv_heads=40,
+                       d_ff=13824, norm_eps=1e-5, rope_base=10000.0, tie_embeddings=False),
+    "llama2_70b": dict(vocab_size=32000, context_length=4096, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                       d_ff=28672, norm_eps=1e-5, rope_base=10000.0, tie_embeddings=False),
 }
 
-
-def llama_config(vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2,
-                 context_length: int = 128, d_ff: int | None = None, tie_embeddings: bool = True,
-                 norm_eps: float = 1e-5, rope_base: float = 10000.0) -> ModelConfig:
-    """A LLaMA-style :class:`ModelConfig` (RMSNorm, SwiGLU, RoPE, GQA, no biases)."""
-    return ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                       n_kv_heads=n_kv_heads, context_length=context_length, d_ff=d_ff, tie_embeddings=tie_embeddings,
-                       norm_eps=norm_eps, rope_base=rope_base, bias=False, norm="rmsnorm", norm_position="pre",
-                       activation="swiglu", position="rope")
+_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
-# kind of part in build_llama -> (the lmlab.model.registry kind / ModelConfig field it fills, its registration options)
-_PLUGGED = {"norm": ("norm", {}), "ffn": ("activation", {"gated": True})}  # LLaMA's FFN is gated
+def llama_config(flavor: str = "tiny", **overrides) -> ModelConfig:
+    """The LLaMA :class:`ModelConfig` of ``flavor`` (a key of :data:`LLAMA_FLAVORS`), with ``overrides``
+    (keyword-only, any ModelConfig number: ``vocab_size``, ``d_model``, ``n_kv_heads``...) replacing its numbers.
+
+    ``llama_config("llama_7b")`` has 6,738,415,616 parameters; ``llama_config("tiny", vocab_size=tok.vocab_size)``
+    is lesson 13's model. The choices of :data:`LLAMA_CHOICES` cannot be overridden (it would not be a LLaMA).
+    """
+    if not isinstance(flavor, str) or flavor not in LLAMA_FLAVORS:
+        raise ValueError(f"flavor: unknown LLaMA flavor {flavor!r}; flavors: {tuple(LLAMA_FLAVORS)}")
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"llama_config: unknown option(s) {unknown}; ModelConfig's options are {_FIELDS}")
+    fixed = sorted(set(overrides) & set(LLAMA_CHOICES))
+    if fixed:
+        raise ValueError(f"llama_config: {fixed} are the LLaMA's own choices ({ {k: LLAMA_CHOICES[k] for k in fixed} }) "
+                         f"and cannot be overridden; build a ModelConfig for another architecture")
+    return ModelConfig(**{**LLAMA_CHOICES, **LLAMA_FLAVORS[flavor], **overrides})
+
+
+def check_llama_config(cfg: ModelConfig) -> None:
+    """``ValueError`` naming the first option of ``cfg`` that is not :data:`LLAMA_CHOICES`' (what
+    ``LlamaForCausalLM`` and a GGUF ``llama`` file can express)."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    for name, want in LLAMA_CHOICES.items():
+        if getattr(cfg, name) != want:
+            raise ValueError(f"ModelConfig.{name} must be {want!r} for a LLaMA (LlamaForCausalLM), got {getattr(cfg, name)!r}")
+
+
+# kind of part -> (chapter, the ModelConfig field / lmlab.model.registry kind that names it (None: not a
+# config part), the lmlab reference, where it sits in GPT)
+LLAMA_PARTS = {
+    "norm": ("01", "norm", "lmlab.model.norms.RMSNorm", "blocks.i.norm1, blocks.i.norm2, final_norm"),
+    "ffn": ("02", "activation", "lmlab.model.ffn.FeedForward(kind='swiglu')", "blocks.i.ffn"),
+    "position": ("03", "position", "lmlab.model.positions.encodings.apply_rope (half-split pairs)",
+                 "position (shared by every attention layer)"),
+    "attention": ("04", "attention", "lmlab.model.attention.MultiHeadAttention(n_kv_heads=...)", "blocks.i.attn"),
+    "kv_cache": ("08", None, "lmlab.infer.kv_cache.KVCache", "GPT.forward_with_cache"),
+    "sampling": ("07", None, "lmlab.infer.decoding.generation", "outside the model"),
+}
+
+# kind of part build_llama plugs -> its options for lmlab.model.registry.register. Attention is not among
+# them: register("attention", ...) takes plain causal attention (B, T, C) -> (B, T, C), and a LLaMA's
+# layers also take RoPE positions and a KV cache.
+_PLUGGED = {"norm": {}, "ffn": {"gated": True}, "position": {}}  # LLaMA's FFN is gated
 
 
 def _plug(kind: str, cls) -> str:
     """Register the learner's ``cls`` for ``kind`` under a name of its own and return the name. It
     stays registered (the model's config names it); a class of the same name (a re-run cell) replaces it."""
-    field, options = _PLUGGED[kind]
     name = f"llama_{kind}_" + re.sub(r"\W", "_", getattr(cls, "__qualname__", type(cls).__name__))
-    register(field, name, cls, replace=True, **options)
+    register(LLAMA_PARTS[kind][1], name, cls, replace=True, **_PLUGGED[kind])
     return name
 
 
-def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> GPT:
-    """The LLaMA of ``cfg`` with the reference parts, or with the learner's where ``parts`` says.
+def _norms(model: GPT) -> list[nn.Module]:
+    """A (pre-LN) LLaMA's norm modules: each block's ``norm1`` and ``norm2``, then ``final_norm``."""
+    return [norm for block in model.blocks for norm in (block.norm1, block.norm2)] + [model.final_norm]
 
-    ``parts``: ``{"norm": cls}`` and/or ``{"ffn": cls}``, ``{"attention": cls}``. The norm and the
-    FFN plug in through :mod:`lmlab.model.registry` exactly like ``register_norm`` / ``register_ffn``
-    (``cls(d_model, eps=...)``, ``cls(d_model, hidden)``: the learner's graded chapter-01 RMSNorm and
-    chapter-02 SwiGLU), so the config names them and GPT builds them. Attention is the exception:
-    ``register_attention`` takes only plain causal attention ``(B, T, C) -> (B, T, C)``, while a
-    LLaMA's layer also takes RoPE positions and a KV cache, so ``cls(cfg)`` must have the model's
-    interface (:class:`lmlab.model.attention.MultiHeadAttention`'s ``forward``) and replaces each block's
-    attention after the build. With any part, the weights are re-initialised (norm gains 1).
+
+def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> GPT:
+    """The LLaMA of ``cfg`` (a :func:`llama_config`) with the reference parts, or with the learner's where
+    ``parts`` says.
+
+    ``parts``: ``{"norm": cls}``, ``{"ffn": cls}`` and/or ``{"position": cls}``. Each is registered
+    with :func:`lmlab.model.registry.register` exactly like ``register_norm`` / ``register_ffn`` /
+    ``register_rope`` (``cls(d_model, eps=...)``, ``cls(d_model, hidden)``, ``cls(head_dim, base)``: the
+    learner's graded chapter-01 RMSNorm, chapter-02 SwiGLU, chapter-03 RoPE), so the config names it and
+    GPT builds it wherever that kind goes. With any part the weights are re-initialised from ``seed``
+    (whatever random numbers the learner's constructors drew) and every norm starts at gain 1.
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    check_llama_config(cfg)
     parts = dict(parts or {})
-    unknown = set(parts) - {"norm", "ffn", "attention"}
+    unknown = set(parts) - set(_PLUGGED)
     if unknown:
-        raise ValueError(f"parts: kinds must be among ('norm', 'ffn', 'attention'), got {sorted(unknown)}")
-    names = {_PLUGGED[kind][0]: _plug(kind, parts[kind]) for kind in _PLUGGED if kind in parts}
+        raise ValueError(f"parts: kinds must be among {tuple(_PLUGGED)}, got {sorted(unknown)}")
+    names = {LLAMA_PARTS[kind][1]: _plug(kind, parts[kind]) for kind in _PLUGGED if kind in parts}
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(cfg, **names) if names else cfg)
-    if "attention" in parts:
-        for block in model.blocks:
-            block.attn = parts["attention"](cfg)
     if parts:
         torch.manual_seed(seed)
         init_weights(model)  # roles of the learner's modules come from their init_roles(), if any
-        for m in model.modules():  # norms start at gain 1 whoever wrote them
-            if m.__class__.__name__.lower().endswith("norm") and getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-    model.parts_used = {kind: (parts[kind].__module__ + "." + parts[kind].__qualname__ if kind in parts else LLAMA_PARTS[kind][1])
-                        for kind in LLAMA_PARTS}
+        for norm in _norms(model):  # norms start at gain 1 whoever wrote them
+            if getattr(norm, "weight", None) is not None:
+                nn.init.ones_(norm.weight)
     return model
 
 
 def parts_table(model: GPT) -> list[tuple[str, str, str, str]]:
-    """``(kind, chapter, whose part, where)`` rows for the lesson's table."""
-    used = getattr(model, "parts_used", {k: v[1] for k, v in LLAMA_PARTS.items()})
-    return [(kind, ch, used[kind], where) for kind, (ch, ref, where) in LLAMA_PARTS.items()]
+    """``(kind, chapter, whose part, where)`` rows for the lesson's table: whose is lmlab's reference
+    where the config names the LLaMA's own part, else the name the config gives the plugged part."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a GPT (from build_llama), got {type(model).__name__}")
+    rows = []
+    for kind, (chapter, field, reference, where) in LLAMA_PARTS.items():
+        name = None if field is None else getattr(model.config, field)
+        rows.append((kind, chapter, reference if name in (None, LLAMA_CHOICES.get(field)) else name, where))
+    return rows
 
 
 def llama_block(x: torch.Tensor, w: dict, n_heads: int, n_kv_heads: int, eps: float = 1e-5,

@@ -1,8 +1,8 @@
 """The model's parts: one table per kind of part, and how your own part plugs in (lessons 00-04, 13).
 
 :class:`lmlab.model.gpt.ModelConfig` names each choice by a string; the tables here turn the name into a
-module. Config validation, :class:`lmlab.model.gpt.GPT` and :func:`lmlab.scaling.calculators.model_params` all read
-them, so a new variant is *one entry* (plus its module)::
+module. Config validation and :class:`lmlab.model.gpt.GPT` read them (and :func:`lmlab.scaling.counting.param_counts`
+counts the GPT they build), so a new variant is *one entry* (plus its module)::
 
     NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))       # cfg -> nn.Module
     ModelConfig(norm="scalenorm")                                          # now valid everywhere
@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters
+from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward
 from lmlab.model.attention import MultiHeadAttention
 from lmlab.model.memory import KNNMemoryAttention
 from lmlab.model.norms import DEFAULT_EPS, LayerNorm, RMSNorm
@@ -53,20 +53,19 @@ from lmlab.argcheck import check_choice
 __all__ = [
     "Part", "PartRegistry", "NORMS", "FFNS", "POSITIONS", "ATTENTIONS", "KINDS",
     "register_norm", "register_ffn", "register_rope", "register_attention", "register", "unregister", "plugged",
-    "build_attention", "part_params",
+    "build_attention",
 ]
 
 
 @dataclass(frozen=True)
 class Part:
-    """One entry of a table: ``build`` makes the module; ``params(cfg)`` counts its parameters in
-    closed form (``None``: count a build on the meta device, no memory used); ``info`` holds what
-    the config needs to know without building (``gated`` FFNs, the ``learned`` position table)."""
+    """One entry of a table: ``build`` makes the module; ``info`` holds what the config needs to know
+    without building (``gated`` FFNs, the ``learned`` position table). Its parameters are counted on
+    the built module (:func:`lmlab.scaling.counting.param_counts`), never by a formula here."""
 
     kind: str
     name: str
     build: Callable
-    params: Callable | None = None
     info: dict = field(default_factory=dict)
 
 
@@ -78,7 +77,7 @@ class PartRegistry:
         self.kind, self.what = kind, what
         self._parts: dict[str, Part] = {}
 
-    def register(self, name: str, build: Callable, *, params: Callable | None = None, **info) -> Part:
+    def register(self, name: str, build: Callable, **info) -> Part:
         """Add a part. A name already taken is a ``ValueError`` (use :func:`unregister` first)."""
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"a {self.kind} part's name must be an identifier-like string, got {name!r}")
@@ -86,7 +85,7 @@ class PartRegistry:
             raise ValueError(f"{self.kind} part {name!r} is already registered; registered {self.kind}s: {self.names()}")
         if not callable(build):
             raise ValueError(f"{self.kind} part {name!r}: build must be callable, got {type(build).__name__}")
-        part = Part(self.kind, name, build, params, dict(info))
+        part = Part(self.kind, name, build, dict(info))
         self._parts[name] = part
         return part
 
@@ -119,14 +118,6 @@ class PartRegistry:
     def __repr__(self) -> str:
         return f"{self.what}{self.names()}"
 
-    def num_params(self, cfg, name: str, *args) -> int:
-        part = self[name]
-        if part.params is not None:
-            return part.params(cfg, *args)
-        with torch.device("meta"):
-            module = part.build(cfg, *args)
-        return 0 if module is None else sum(p.numel() for p in module.parameters())
-
 
 NORMS = PartRegistry("norm", "NORMS")  # ModelConfig.norm (lesson 01)
 FFNS = PartRegistry("activation", "FFNS")  # ModelConfig.activation: the FFN it names (lesson 02)
@@ -144,26 +135,22 @@ def _eps(cfg, kind: str) -> float:
     return DEFAULT_EPS[kind] if cfg.norm_eps is None else cfg.norm_eps
 
 
-NORMS.register("layernorm", lambda cfg: LayerNorm(cfg.d_model, eps=_eps(cfg, "layernorm"), bias=cfg.bias),
-               params=lambda cfg: 2 * cfg.d_model if cfg.bias else cfg.d_model)
-NORMS.register("rmsnorm", lambda cfg: RMSNorm(cfg.d_model, eps=_eps(cfg, "rmsnorm")),
-               params=lambda cfg: cfg.d_model)  # never a bias
+NORMS.register("layernorm", lambda cfg: LayerNorm(cfg.d_model, eps=_eps(cfg, "layernorm"), bias=cfg.bias))
+NORMS.register("rmsnorm", lambda cfg: RMSNorm(cfg.d_model, eps=_eps(cfg, "rmsnorm")))  # never a bias
 
 for _kind in ("gelu", "relu", "swiglu", "geglu"):
     assert _kind in FFN_KINDS
     FFNS.register(
         _kind,
         lambda cfg, _k=_kind: FeedForward(cfg.d_model, cfg.d_ff, _k, bias=cfg.bias, dropout=cfg.dropout),
-        params=lambda cfg, _k=_kind: ffn_num_parameters(cfg.d_model, cfg.d_ff, _k, bias=cfg.bias),
         gated=_kind in GLU_KINDS,
     )
 
-POSITIONS.register("learned", lambda cfg: None, params=lambda cfg: (cfg.n_positions or cfg.context_length) * cfg.d_model,
-                   learned=True)  # the table is GPT.pos_emb (a LearnedPositionEmbedding)
-POSITIONS.register("none", lambda cfg: None, params=lambda cfg: 0)
+POSITIONS.register("learned", lambda cfg: None, learned=True)  # the table is GPT.pos_emb (a LearnedPositionEmbedding)
+POSITIONS.register("none", lambda cfg: None)
 for _kind in ("sinusoidal", "t5", "rope", "alibi"):
     POSITIONS.register(_kind, lambda cfg, _k=_kind: PositionScheme(_k, cfg.d_model, cfg.n_heads, cfg.rope_base, cfg.rope_scaling),
-                       params=None if _kind == "t5" else (lambda cfg: 0), rope=_kind == "rope")
+                       rope=_kind == "rope")
 
 
 def _mha(cfg, layer: int) -> MultiHeadAttention:
@@ -172,13 +159,8 @@ def _mha(cfg, layer: int) -> MultiHeadAttention:
                               window=window, n_sink=cfg.n_sink)
 
 
-def _mha_params(cfg, layer: int) -> int:
-    C, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
-    return C * (C + 2 * kv) + C * C + ((C + 2 * kv + C) if cfg.bias else 0)
-
-
-ATTENTIONS.register("full", _mha, params=_mha_params)
-ATTENTIONS.register("sliding_window", _mha, params=_mha_params, needs_window=True)
+ATTENTIONS.register("full", _mha)
+ATTENTIONS.register("sliding_window", _mha, needs_window=True)
 
 
 def build_attention(cfg, layer: int) -> nn.Module:
@@ -194,15 +176,6 @@ def build_attention(cfg, layer: int) -> nn.Module:
                                   window=window, n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"],
                                   memory_size=cfg.knn_memory["size"])
     return ATTENTIONS[cfg.attention].build(cfg, layer)
-
-
-def part_params(cfg, kind: str, layer: int | None = None) -> int:
-    """Parameters of the part ``cfg`` names for ``kind`` (``"attention"`` needs ``layer``)."""
-    check_choice(kind, "kind", KINDS, where="part_params")
-    if kind == "attention":
-        n = ATTENTIONS.num_params(cfg, cfg.attention, layer)
-        return n + (cfg.n_heads if cfg.knn_memory is not None and layer == cfg.knn_memory["layer"] else 0)  # the gate
-    return KINDS[kind].num_params(cfg, getattr(cfg, kind))
 
 
 # --------------------------------------------------------------------------------------------

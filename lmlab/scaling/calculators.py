@@ -1,17 +1,17 @@
 """Closed-form calculators for scaling training (lesson 12, ``lessons/12_parallelism``).
 
-Nothing here starts a process: every function is arithmetic that the lesson checks against a
-real model (parameter counts), against measured bytes and message counts (:mod:`lmlab.parallel`)
-or against numbers from papers:
+Nothing here starts a process: every function is arithmetic that the lesson checks against
+measured bytes and message counts (:mod:`lmlab.parallel`) or against numbers from papers. Parameters
+are counted by :mod:`lmlab.scaling.counting` (the model built on the ``meta`` device), never here:
 
-- parameters: :func:`mlp_params`, :func:`transformer_params`, :func:`model_params` (exactly
-  ``sum(p.numel())`` of :class:`lmlab.model.gpt.GPT`), :func:`llama_params`, :func:`bloom_params`;
+- parameters: :func:`bloom_params` (:func:`lmlab.scaling.counting.count_params` of BLOOM's config, plus
+  the embedding LayerNorm lmlab's GPT has not); a LLaMA is ``count_params(llama_config("llama2_70b"))``;
 - memory: :func:`bytes_per_param` (precision x optimizer), :func:`zero_memory_per_gpu`
   (ZeRO stages 0-3), :func:`activation_memory_per_layer` (Korthikanti et al., 2022);
 - time: :func:`bubble` (GPipe's and Megatron's definitions, :func:`bubble_identity`);
 - communication, in *elements sent per rank per step*: :func:`ring_all_reduce_volume`,
   :func:`dp_comm_volume`, :func:`zero_comm_volume`, :func:`tp_comm_volume`, :func:`pp_comm_volume`;
-- compute: :func:`training_flops` (6ND), :func:`mfu`;
+- compute: :func:`mfu` (training FLOPs: :func:`lmlab.scaling.counting.training_flops`);
 - layout: :func:`parallel_layout` (BLOOM: 384 GPUs = 8 DP x 4 TP x 12 PP).
 
 Reference numbers (``COURSE.md``): 7.5B parameters on 64 GPUs need 120 / 31.4 / 16.6 / 1.9 GB per
@@ -22,18 +22,18 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from lmlab.model import registry as parts
-from lmlab.model.gpt import ModelConfig, has_final_norm, norms_per_layer
-from lmlab.model.norms import NORM_KINDS
+import torch
+
 from lmlab.argcheck import check_choice, check_int, check_positive
+from lmlab.model.gpt import ModelConfig, build_norm
+from lmlab.scaling.counting import count_params
 
 __all__ = [
-    "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "NORM_KINDS", "BUBBLE_DEFINITIONS", "RECOMPUTE",
-    "mlp_params", "attention_params", "transformer_params", "model_params", "llama_params", "bloom_params",
+    "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "BUBBLE_DEFINITIONS", "RECOMPUTE", "bloom_config", "bloom_params",
     "bytes_per_param", "zero_memory_per_gpu", "activation_memory_per_layer",
     "bubble", "bubble_identity",
     "ring_all_reduce_volume", "dp_comm_volume", "zero_comm_volume", "tp_comm_volume", "pp_comm_volume",
-    "training_flops", "mfu", "parallel_layout",
+    "mfu", "parallel_layout",
 ]
 
 PRECISIONS = ("fp32", "mixed", "bf16")  # mixed = 16-bit weights/grads + fp32 master copy (ZeRO's setting)
@@ -49,88 +49,22 @@ _STATES = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
 # --------------------------------------------------------------------------------------------
 
 
-def _norm_params(d_model: int, norm: str, bias: bool) -> int:
-    return 2 * d_model if norm == "layernorm" and bias else d_model  # rmsnorm never has a bias
+def bloom_config(vocab_size: int = 250_880, d_model: int = 14336, n_layers: int = 70, n_heads: int = 112) -> ModelConfig:
+    """BLOOM as lmlab's GPT: GPT-style layers with biases and LayerNorm (4 d FFN, GELU), ALiBi (no position
+    parameters), tied embeddings. Defaults: BLOOM-176B. Its LayerNorm right after the embedding is not
+    part of lmlab's GPT (see :func:`bloom_params`)."""
+    return ModelConfig(vocab_size=vocab_size, context_length=2048, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                       norm="layernorm", bias=True, activation="gelu", position="alibi", tie_embeddings=True)
 
 
-def mlp_params(d_model: int, d_ff: int, gated: bool = False, bias: bool = True) -> int:
-    """Feed-forward parameters. Plain: ``2 d d_ff`` (+ ``d_ff + d`` biases); gated (SwiGLU, GeGLU):
-    three matrices, ``3 d d_ff`` (+ ``2 d_ff + d``): up and gate each map ``d -> d_ff``."""
-    check_int(d_model, "d_model", "mlp_params:")
-    check_int(d_ff, "d_ff", "mlp_params:")
-    up = 2 * d_ff if gated else d_ff
-    return d_model * up + d_ff * d_model + ((up + d_model) if bias else 0)
-
-
-def attention_params(d_model: int, n_heads: int, n_kv_heads: int | None = None, bias: bool = True) -> int:
-    """q, k, v and output projections; with ``n_kv_heads < n_heads`` (GQA/MQA) k and v shrink."""
-    check_int(d_model, "d_model", "attention_params:")
-    check_int(n_heads, "n_heads", "attention_params:")
-    n_kv_heads = n_heads if n_kv_heads is None else check_int(n_kv_heads, "n_kv_heads", "attention_params:")
-    if d_model % n_heads or n_heads % n_kv_heads:
-        raise ValueError(f"attention_params: n_heads must divide d_model and n_kv_heads must divide n_heads, "
-                         f"got d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}")
-    kv = n_kv_heads * (d_model // n_heads)
-    qkv = d_model * (d_model + 2 * kv) + ((d_model + 2 * kv) if bias else 0)
-    out = d_model * d_model + (d_model if bias else 0)
-    return qkv + out
-
-
-def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: int | None = None,
-                       n_heads: int = 1, n_kv_heads: int | None = None, gated: bool = False, bias: bool = True,
-                       norm: str = "layernorm", norm_per_layer: int = 2, final_norm: bool = True,
-                       embedding_norm: bool = False, positions: int = 0, tie_embeddings: bool = True) -> int:
-    """Parameters of a decoder-only transformer, by parts::
-
-        embeddings  V d  (+ positions x d if learned)  (+ V d if untied output layer)
-        per layer   attention + MLP + norm_per_layer norms     (MHA, no bias: 4 d^2; plain MLP: 8 d^2)
-        extra       final norm, embedding norm (BLOOM)
-
-    ``d_ff=None`` means ``4 d_model``. ``n_heads`` matters only with GQA (``n_kv_heads``).
-    Roughly ``12 L d^2`` for GPT-style layers: the number people quote.
-    """
-    where = "transformer_params"
-    check_int(vocab_size, "vocab_size", f"{where}:")
-    check_int(d_model, "d_model", f"{where}:")
-    check_int(n_layers, "n_layers", f"{where}:")
-    check_int(positions, "positions", f"{where}:", minimum=0)
-    check_int(norm_per_layer, "norm_per_layer", f"{where}:", minimum=0)
-    check_choice(norm, "norm", NORM_KINDS, f"{where}:")
-    d_ff = 4 * d_model if d_ff is None else check_int(d_ff, "d_ff", f"{where}:")
-    layer = (attention_params(d_model, n_heads, n_kv_heads, bias) + mlp_params(d_model, d_ff, gated, bias)
-             + norm_per_layer * _norm_params(d_model, norm, bias))
-    emb = vocab_size * d_model + positions * d_model + (0 if tie_embeddings else vocab_size * d_model)
-    extra = (_norm_params(d_model, norm, bias) if final_norm else 0) + (_norm_params(d_model, norm, bias) if embedding_norm else 0)
-    return emb + n_layers * layer + extra
-
-
-def model_params(cfg) -> int:
-    """Exactly ``sum(p.numel() for p in GPT(cfg).parameters())`` for a :class:`lmlab.model.gpt.ModelConfig`,
-    without building the model. Each part's count comes from its :mod:`lmlab.model.registry` entry (a part
-    without a closed form, e.g. one you registered, is counted on the meta device); the layout
-    (norms per layer, final norm, tied output layer) from :mod:`lmlab.model.gpt`."""
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"model_params: cfg must be a ModelConfig, got {type(cfg).__name__}")
-    norm = parts.part_params(cfg, "norm")
-    layers = sum(parts.part_params(cfg, "attention", layer) for layer in range(cfg.n_layers))
-    layers += cfg.n_layers * (parts.part_params(cfg, "activation") + norms_per_layer(cfg) * norm)
-    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    return embeddings + parts.part_params(cfg, "position") + layers + (norm if has_final_norm(cfg) else 0)
-
-
-def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int = 1,
-                 n_kv_heads: int | None = None) -> int:
-    """LLaMA-style: no biases, RMSNorm, SwiGLU, rotary positions (no parameters), untied output.
-    LLaMA-7B (32000, 4096, 32 layers, d_ff 11008) has 6,738,415,616."""
-    return transformer_params(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, n_heads=n_heads,
-                              n_kv_heads=n_kv_heads, gated=True, bias=False, norm="rmsnorm", tie_embeddings=False)
-
-
-def bloom_params(vocab_size: int = 250_880, d_model: int = 14336, n_layers: int = 70) -> int:
-    """BLOOM: GPT-style layers with biases and LayerNorm, ALiBi (no position parameters), tied
-    embeddings and a LayerNorm right after the embedding. Defaults: BLOOM-176B (176,247,271,424, as the released checkpoint)."""
-    return transformer_params(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, bias=True,
-                              norm="layernorm", embedding_norm=True, tie_embeddings=True)
+def bloom_params(vocab_size: int = 250_880, d_model: int = 14336, n_layers: int = 70, n_heads: int = 112) -> int:
+    """BLOOM's parameters: :func:`lmlab.scaling.counting.count_params` of :func:`bloom_config` plus the
+    LayerNorm BLOOM puts right after the embedding (built on the ``meta`` device too).
+    Defaults: BLOOM-176B, 176,247,271,424 as the released checkpoint."""
+    cfg = bloom_config(vocab_size, d_model, n_layers, n_heads)
+    with torch.device("meta"):
+        embedding_norm = build_norm(cfg)
+    return count_params(cfg) + sum(p.numel() for p in embedding_norm.parameters())
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,12 +209,6 @@ def pp_comm_volume(micro_batch: int, seq_len: int, d_model: int, n_micro: int) -
 # --------------------------------------------------------------------------------------------
 # Compute
 # --------------------------------------------------------------------------------------------
-
-
-def training_flops(n_params: float, n_tokens: float) -> float:
-    """Training compute ~ ``6 N D``: 2 FLOPs per parameter per token forward, 4 backward.
-    GPT-3: 6 x 175e9 x 300e9 = 3.15e23."""
-    return 6.0 * check_positive(n_params, "n_params", "training_flops:") * check_positive(n_tokens, "n_tokens", "training_flops:")
 
 
 def mfu(tokens_per_second: float, n_params: float, peak_flops_per_gpu: float, n_gpus: int = 1) -> float:

@@ -2,12 +2,16 @@
 ``lessons/10_scaling``). The fitters (``L(C) = a C^b + c`` and Chinchilla's ``L(N, D)``) are in
 :mod:`lmlab.scaling.fit`.
 
-- parameters by part: :func:`param_counts` groups ``GPT(cfg).named_parameters()`` by role (built on
-  the ``meta`` device, so LLaMA-7B is counted without allocating it: 6,738,415,616), and
-  :func:`matmul_params` counts the weights that multiply activations (every ``nn.Linear``, the
-  output layer included even when it is tied to the embedding);
-- FLOPs: :func:`kaplan_flops_per_token` (``6N + 12 L T d``), :func:`flops_per_token` for a config,
-  and :func:`measure_training_flops`, a real training step under ``FlopCounterMode``;
+- parameters by part: :func:`param_counts` groups ``GPT(cfg).named_parameters()`` by role, built on
+  the ``meta`` device (no memory: LLaMA-7B, ``llama_config("llama_7b")``, is counted in a blink:
+  6,738,415,616), so a count can never drift from the model's code. It is lmlab's one parameter
+  counter: :func:`count_params` (the total, or Kaplan's non-embedding N), the calculators of lesson 12
+  (:mod:`lmlab.scaling.calculators`) and the graders all call it. :func:`matmul_params` counts the
+  weights that multiply activations (every ``nn.Linear``, the output layer included even when it is
+  tied to the embedding);
+- FLOPs: :func:`kaplan_flops_per_token` (``6N + 12 L T d``, the formula), :func:`flops_per_token` (the
+  formula for a config), :func:`training_flops` (times the tokens) and :func:`measure_training_flops`, a
+  real training step under ``FlopCounterMode``;
 - compute-optimal sizing under ``C = 6 N D`` in closed form: :func:`compute_optimal`, with Chinchilla's
   published constants and Epoch AI's replication (:data:`CONSTANT_SETS`), and :func:`chinchilla_loss`.
 
@@ -23,9 +27,10 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_bool, check_int, check_positive
+from lmlab.model.gpt import GPT, ModelConfig
 
 __all__ = [
-    "PARTS", "param_counts", "count_params", "llama_config", "llama_params", "matmul_params", "kaplan_flops_per_token", "flops_per_token",
+    "PARTS", "param_counts", "count_params", "matmul_params", "kaplan_flops_per_token", "flops_per_token",
     "training_flops", "measure_training_flops", "ChinchillaConstants", "CHINCHILLA_PUBLISHED",
     "EPOCH_REPLICATION", "CONSTANT_SETS", "chinchilla_loss", "compute_optimal", "isoflop_curve", "CHINCHILLA_COMPUTE",
 ]
@@ -35,8 +40,6 @@ PARTS = ("embedding", "positions", "attention", "ffn", "norms", "output", "other
 
 def _model_on_meta(cfg):
     """``GPT(cfg)`` with shapes but no storage: any size can be counted."""
-    from lmlab.model.gpt import GPT, ModelConfig
-
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"cfg must be a lmlab.model.gpt.ModelConfig, got {type(cfg).__name__}")
     with torch.device("meta"):
@@ -66,10 +69,11 @@ def _part(name: str) -> str:
 
 
 def param_counts(cfg) -> dict[str, int]:
-    """Parameters of ``GPT(cfg)`` by part (:data:`PARTS`) plus ``"total"``.
+    """Parameters of ``GPT(cfg)`` by part (:data:`PARTS`) plus ``"total"``: lmlab's one parameter counter.
 
-    Counted on the model's own modules (``named_parameters`` deduplicates a tied output layer, so
-    tied embeddings count once): the total equals ``GPT(cfg).num_parameters()`` by construction.
+    Counted on the model's own modules, built on the ``meta`` device (``named_parameters`` deduplicates
+    a tied output layer, so tied embeddings count once): the total equals ``GPT(cfg).num_parameters()``
+    by construction, for every registered part (yours included).
     """
     counts = dict.fromkeys(PARTS, 0)
     for name, p in _model_on_meta(cfg).named_parameters():
@@ -84,23 +88,6 @@ def count_params(cfg, exclude_embeddings: bool = False) -> int:
     check_bool(exclude_embeddings, "exclude_embeddings", "count_params")
     c = param_counts(cfg)
     return c["total"] - (c["embedding"] + c["positions"] if exclude_embeddings else 0)
-
-
-def llama_config(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int, n_kv_heads: int | None = None,
-                 tie_embeddings: bool = False, context_length: int = 2048):
-    """A LLaMA-style :class:`lmlab.model.gpt.ModelConfig`: RMSNorm, SwiGLU, RoPE, no biases, pre-LN.
-    LLaMA-7B is ``llama_config(32000, 4096, 32, 11008, 32)``: 6,738,415,616 parameters."""
-    from lmlab.model.gpt import ModelConfig
-
-    return ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, n_layers=n_layers,
-                       n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, bias=False, norm="rmsnorm",
-                       activation="swiglu", position="rope", tie_embeddings=tie_embeddings)
-
-
-def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int, n_kv_heads: int | None = None,
-                 tie_embeddings: bool = False) -> int:
-    """Parameters of :func:`llama_config` (the exercise's reference): LLaMA-7B -> 6,738,415,616."""
-    return count_params(llama_config(vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads, tie_embeddings))
 
 
 def matmul_params(cfg) -> int:
@@ -128,8 +115,10 @@ def kaplan_flops_per_token(n_params: float, n_layers: int, context_length: int, 
 
 
 def flops_per_token(cfg, attention: bool = True, context_length: int | None = None) -> float:
-    """``6 N`` (N = :func:`matmul_params`) plus, with ``attention``, ``12 L T d`` at ``context_length``
-    (default: the config's)."""
+    """Training FLOPs per token of ``GPT(cfg)``: ``6 N`` (N = :func:`matmul_params`) plus, with
+    ``attention``, ``12 L T d`` at ``context_length`` (default: the config's); :func:`kaplan_flops_per_token`."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a lmlab.model.gpt.ModelConfig, got {type(cfg).__name__}")
     check_bool(attention, "attention", "flops_per_token")
     T = cfg.context_length if context_length is None else check_int(context_length, "context_length", "flops_per_token")
     n = matmul_params(cfg)
@@ -137,7 +126,9 @@ def flops_per_token(cfg, attention: bool = True, context_length: int | None = No
 
 
 def training_flops(cfg, n_tokens: float, attention: bool = True) -> float:
-    """FLOPs of training ``GPT(cfg)`` on ``n_tokens`` tokens: :func:`flops_per_token` x tokens."""
+    """FLOPs of training ``GPT(cfg)`` on ``n_tokens`` tokens: :func:`flops_per_token` x tokens
+    (``6 N D``, plus attention's ``12 L T d D`` unless ``attention=False``). GPT-3 (175B, 300B tokens):
+    ~3.14e23 for ``6 N D``, the 3.15e23 the paper quotes."""
     return flops_per_token(cfg, attention) * check_positive(n_tokens, "n_tokens", "training_flops")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmlab.argcheck import check_int, check_positive, check_probability
+from lmlab.scaling.counting import ChinchillaConstants, compute_optimal
 
 __all__ = ["HUBER_DELTA", "huber", "fit_lse", "PowerLawFit", "ChinchillaFit", "fit_power_law", "fit_chinchilla",
            "bootstrap_power_law", "bootstrap_chinchilla"]
@@ -316,8 +317,6 @@ class ChinchillaFit:
 
     def constants(self, name: str = "fitted"):
         """As :class:`lmlab.scaling.counting.ChinchillaConstants`, for :func:`lmlab.scaling.counting.compute_optimal`."""
-        from lmlab.scaling.counting import ChinchillaConstants
-
         if not self.ok:
             raise ValueError(f"this Chinchilla fit is not usable: {self.message}")
         return ChinchillaConstants(name, self.E, self.A, self.B, self.alpha, self.beta, "fit_chinchilla")
@@ -388,8 +387,6 @@ def bootstrap_chinchilla(n_params, n_tokens, loss, at=None, *, n_boot: int = 100
     """Refit Chinchilla's law on resamples of the points; ``(low, high)`` for each constant and for
     the compute-optimal ``tokens_per_param`` at the largest compute of the data; with ``at = (N, D)``
     also ``prediction``, ``low``, ``high`` of the loss there."""
-    from lmlab.scaling.counting import compute_optimal
-
     where = "bootstrap_chinchilla"
     fit = fit_chinchilla(n_params, n_tokens, loss, delta=delta)
     check_int(n_boot, "n_boot", where, minimum=10)

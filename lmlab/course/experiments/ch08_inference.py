@@ -28,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from lmlab.infer.kv_cache import KVCache, decode_step, kv_cache_bytes  # noqa: F401 (decode_step: re-exported)
 from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model.llama import llama_config
 from lmlab.infer.paged import BlockManager, blocks_needed, locate_token, sample_request_lengths, simulate_waste  # noqa: F401
 from lmlab.course.experiments.timing import fit_slope, min_time
 from lmlab.course.widgets import style_figure
@@ -226,11 +227,16 @@ def step_cost_figure(result: dict) -> go.Figure:
 # The KV-cache calculator
 # ---------------------------------------------------------------------------------------------
 
-# name -> (layers, query heads, K/V heads, head_dim). Published configurations.
+def _cache_shape(cfg: ModelConfig) -> dict:
+    return dict(n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim)
+
+
+# name -> (layers, query heads, K/V heads, head_dim). Published configurations; the LLaMAs are the
+# flavors of lmlab's LLaMA preset (lmlab.model.llama.LLAMA_FLAVORS).
 PRESETS: dict[str, dict] = {
-    "LLaMA-2-7B": dict(n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128),
-    "LLaMA-2-13B": dict(n_layers=40, n_heads=40, n_kv_heads=40, head_dim=128),
-    "LLaMA-2-70B (GQA-8)": dict(n_layers=80, n_heads=64, n_kv_heads=8, head_dim=128),
+    "LLaMA-2-7B": _cache_shape(llama_config("llama2_7b")),
+    "LLaMA-2-13B": _cache_shape(llama_config("llama2_13b")),
+    "LLaMA-2-70B (GQA-8)": _cache_shape(llama_config("llama2_70b")),
     "Mistral-7B (GQA-8)": dict(n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128),
     "GPT-3 175B": dict(n_layers=96, n_heads=96, n_kv_heads=96, head_dim=128),
     "lmlab tiny (d128, L4)": dict(n_layers=4, n_heads=4, n_kv_heads=4, head_dim=32),

@@ -4,8 +4,10 @@
   module): ring all-reduce vs ``all_reduce``, data parallel and ZeRO 0-3 vs one process, measured
   bytes and traffic, a Megatron tensor-parallel block with its all-reduces counted, FSDP2, the pipeline
   schedules, and :func:`lmlab.course.experiments.ch12_spmd.spmd_step` (the code the lesson first runs in-process).
-- :func:`run_two_ranks` launches it; everything else is arithmetic (:mod:`lmlab.scaling.calculators`) or the
-  pipeline simulator (:mod:`lmlab.parallel.pipeline`), so it costs nothing.
+- :func:`run_two_ranks` launches it; everything else is arithmetic (:mod:`lmlab.scaling.calculators`), a
+  parameter count on the meta device (:func:`lmlab.scaling.counting.count_params` of the LLaMA preset's
+  flavors, :func:`lmlab.scaling.calculators.bloom_params`) or the pipeline simulator
+  (:mod:`lmlab.parallel.pipeline`), so it costs nothing.
 - Figures: :func:`ring_figure`, :func:`zero_figure`, :func:`gantt_figure`, :func:`bubble_figure`,
   :func:`planner_figure` (the 3D-parallelism planner widget).
 """
@@ -16,6 +18,7 @@ import plotly.graph_objects as go
 
 from lmlab.course.experiments.ch12_spmd import spmd_inputs, spmd_step
 from lmlab.course.widgets import style_figure
+from lmlab.model.llama import llama_config
 from lmlab.parallel import workers
 from lmlab.parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from lmlab.parallel.grid import RankGrid
@@ -23,6 +26,7 @@ from lmlab.parallel.launch import launch
 from lmlab.parallel.pipeline import simulate
 from lmlab.parallel.transport import DistRanks
 from lmlab.scaling import calculators as calc
+from lmlab.scaling.counting import count_params
 
 __all__ = ["lesson_checks", "run_two_ranks", "ring_send_schedule", "ring_figure", "zero_table", "zero_figure",
            "bubble_sweep", "bubble_figure", "gantt_figure", "MODELS", "GPU_MEMORY_GB", "plan", "planner_figure",
@@ -141,12 +145,16 @@ def gantt_figure(schedule: str = "gpipe", p: int = 4, m: int = 8) -> tuple[go.Fi
 
 # -- the 3D planner -----------------------------------------------------------------------------------
 
+def _shape(cfg, n_params: int) -> dict:
+    """What the planner needs of a model: parameters, width, depth, heads, sequence length."""
+    return dict(n_params=n_params, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                seq_len=cfg.context_length)
+
+
 MODELS = {
-    "BLOOM-176B": dict(n_params=calc.bloom_params(), d_model=14336, n_layers=70, n_heads=112, seq_len=2048),
-    "LLaMA-2-70B": dict(n_params=calc.llama_params(32000, 8192, 80, 28672, 64, 8), d_model=8192, n_layers=80,
-                        n_heads=64, seq_len=4096),
-    "LLaMA-2-7B": dict(n_params=calc.llama_params(32000, 4096, 32, 11008, 32), d_model=4096, n_layers=32, n_heads=32,
-                       seq_len=4096),
+    "BLOOM-176B": _shape(calc.bloom_config(), calc.bloom_params()),
+    **{name: _shape(cfg, count_params(cfg)) for name, cfg in (("LLaMA-2-70B", llama_config("llama2_70b")),
+                                                              ("LLaMA-2-7B", llama_config("llama2_7b")))},
 }
 GPU_MEMORY_GB = {"A100 80GB": 80, "A100 40GB": 40, "H100 80GB": 80, "V100 32GB": 32, "RTX 4090 24GB": 24}
 

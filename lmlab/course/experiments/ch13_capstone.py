@@ -115,7 +115,7 @@ def pretrain_experiment(steps: int = 150, seeds=(0, 1, 2), vocab_size: int = 512
     bpe_eval, char_eval = tok.encode(text), ctok.encode(text)
     res = PretrainResult([], [], 0.0, None)
     for seed in seeds:
-        cfg = llama_config(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+        cfg = llama_config("tiny", vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                            n_kv_heads=n_kv_heads, context_length=context_length)
         bpe_model = build_llama(cfg, parts, seed=seed)
         h_bpe = train(bpe_model, bpe_train, config=TrainConfig(seed=seed, **recipe))

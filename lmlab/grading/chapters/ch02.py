@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.model.ffn import FeedForward
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
@@ -349,8 +350,14 @@ register(Exercise(
         Check("gated FFNs (swiglu, geglu) against three nn.Linear's", _params_gated),
         Check("at equal hidden size a gated FFN has exactly +50 % (no biases)", _params_ratio),
     ),
-    reference="lmlab.model.ffn:ffn_num_parameters",
+    reference="lmlab.grading.chapters.ch02:reference_ffn_num_parameters",
 ))
+
+
+def reference_ffn_num_parameters(d_model: int, hidden: int, kind: str, bias: bool = True) -> int:
+    """lmlab's count: :class:`lmlab.model.ffn.FeedForward` built on the meta device (lmlab keeps no closed form)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in FeedForward(d_model, hidden, kind, bias=bias).parameters())
 
 # ---------------------------------------------------------------------------------------------
 # 02.SwiGLU: your FFN inside the model (lmlab.model.registry.register_ffn), trained

@@ -18,7 +18,8 @@ import torch
 from lmlab.grading.assertions import expect_int, expect_true
 from lmlab.grading.registry import CheckFailed, Check, Exercise, register
 from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.scaling.counting import ChinchillaConstants, compute_optimal
+from lmlab.model.llama import llama_config
+from lmlab.scaling.counting import ChinchillaConstants, compute_optimal, count_params
 from lmlab.scaling.fit import fit_power_law
 
 # The notebook's order (10_scaling.py): the score table and the exercise notebook follow it.
@@ -271,9 +272,17 @@ def reference_compute_optimal(compute, E, A, B, alpha, beta):
 # ---------------------------------------------------------------------------------------------
 
 
+def reference_llama_params(vocab_size, d_model, n_layers, d_ff, n_heads, n_kv_heads, tie_embeddings=False):
+    """lmlab's count: :func:`lmlab.scaling.counting.count_params` of the LLaMA preset with these numbers
+    (the model built on the meta device; lmlab keeps no closed form)."""
+    return count_params(llama_config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff,
+                                     n_heads=n_heads, n_kv_heads=n_kv_heads, tie_embeddings=tie_embeddings))
+
+
 def _model_count(V, d, L, d_ff, nh, nkv, tie):
-    cfg = ModelConfig(vocab_size=V, context_length=64, d_model=d, n_layers=L, n_heads=nh, n_kv_heads=nkv, d_ff=d_ff,
-                      bias=False, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=tie)
+    """The parameters of lmlab's own LLaMA of those numbers, built on the meta device."""
+    cfg = llama_config(vocab_size=V, context_length=64, d_model=d, n_layers=L, n_heads=nh, n_kv_heads=nkv, d_ff=d_ff,
+                       tie_embeddings=tie)
     with torch.device("meta"):
         return sum(p.numel() for p in GPT(cfg).parameters())  # parameters() counts a shared tensor once
 
@@ -314,5 +323,5 @@ register(Exercise(
         Check("LLaMA-7B has 6,738,415,616 parameters", _llama_7b),
         Check("equals lmlab's own LLaMA-style models (GQA, MQA, tied and untied embeddings)", _llama_models),
     ),
-    reference="lmlab.scaling.counting:llama_params",
+    reference="lmlab.grading.chapters.ch10:reference_llama_params",
 ))
