@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import plotly.graph_objects as go
 
 from lmlab.course.experiments.ch12_spmd import spmd_inputs, spmd_step
@@ -29,7 +31,7 @@ from lmlab.scaling import calculators as calc
 from lmlab.scaling.counting import count_params
 
 __all__ = ["lesson_checks", "run_two_ranks", "ring_send_schedule", "ring_figure", "zero_table", "zero_figure",
-           "bubble_sweep", "bubble_figure", "gantt_figure", "MODELS", "GPU_MEMORY_GB", "plan", "planner_figure",
+           "bubble_sweep", "bubble_figure", "gantt_figure", "MODELS", "model_shape", "GPU_MEMORY_GB", "plan", "planner_figure",
            "bloom_layout"]
 
 GB = 1e9
@@ -151,11 +153,20 @@ def _shape(cfg, n_params: int) -> dict:
                 seq_len=cfg.context_length)
 
 
+# The planner's models: counted on the meta device the first time the planner asks (not at import).
 MODELS = {
-    "BLOOM-176B": _shape(calc.bloom_config(), calc.bloom_params()),
-    **{name: _shape(cfg, count_params(cfg)) for name, cfg in (("LLaMA-2-70B", llama_config("llama2_70b")),
-                                                              ("LLaMA-2-7B", llama_config("llama2_7b")))},
+    "BLOOM-176B": lambda: _shape(calc.bloom_config(), calc.bloom_params()),
+    "LLaMA-2-70B": lambda: _shape(llama_config("llama2_70b"), count_params(llama_config("llama2_70b"))),
+    "LLaMA-2-7B": lambda: _shape(llama_config("llama2_7b"), count_params(llama_config("llama2_7b"))),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def model_shape(model: str) -> dict:
+    """``MODELS[model]``'s parameters, width, depth, heads and sequence length (counted once)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
+    return MODELS[model]()
 GPU_MEMORY_GB = {"A100 80GB": 80, "A100 40GB": 40, "H100 80GB": 80, "V100 32GB": 32, "RTX 4090 24GB": 24}
 
 
@@ -167,7 +178,7 @@ def plan(model: str = "BLOOM-176B", n_gpus: int = 384, dp: int = 8, tp: int = 4,
     Activations: Korthikanti et al.'s per-layer formula x layers per stage x micro-batches in flight on the
     first stage (GPipe: m; 1F1B: min(m, p)). Communication: ZeRO/DP gradients, TP all-reduces, PP sends,
     in 16-bit (4 bytes per element in fp32)."""
-    cfg = MODELS[model]
+    cfg = model_shape(model)
     problems = []
     if dp * tp * pp != n_gpus:
         problems.append(f"dp x tp x pp = {dp * tp * pp} is not the {n_gpus} GPUs")
