@@ -29,7 +29,7 @@ import torch
 
 from lmlab.infer.decoding import generate
 from lmlab.interop.hf import to_hf
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 def median_seconds(fn, rounds):

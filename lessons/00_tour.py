@@ -155,7 +155,7 @@ print(f"{lmlab.GPT(cfg).num_parameters():,} parameters")
 # %%
 import inspect
 
-from lmlab.model.gpt import minimal_gpt
+from lmlab.model import minimal_gpt
 
 T = 5
 w = torch.ones(T, T).tril()

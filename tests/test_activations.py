@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlab.model.ffn import (
-    FFN_KINDS, GLU_KINDS, FeedForward, ffn_num_parameters, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish,
+    FFN_ACTIVATIONS, FeedForward, ffn_num_parameters, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish,
 )
 
 FP32 = dict(rtol=1e-6, atol=1e-6)
@@ -166,14 +166,14 @@ def test_glu_hidden_size_matches_plain_parameters(d, mult, multiple_of):
     assert abs(glu_params - plain_params) <= 3 * d * (multiple_of + 1)
 
 
-@pytest.mark.parametrize("kind", FFN_KINDS)
+@pytest.mark.parametrize("kind", list(FFN_ACTIVATIONS))
 @pytest.mark.parametrize("bias", [True, False])
 def test_ffn_parameter_count(kind, bias):
     d, h = 12, 20
     ffn = FeedForward(d, h, kind, bias=bias)
     assert sum(p.numel() for p in ffn.parameters()) == ffn_num_parameters(d, h, kind, bias)
     if not bias:
-        expected = 3 * d * h if kind in GLU_KINDS else 2 * d * h
+        expected = 3 * d * h if FFN_ACTIVATIONS[kind].gated else 2 * d * h
         assert ffn_num_parameters(d, h, kind, bias) == expected
 
 
@@ -212,7 +212,7 @@ def test_gated_ffn_equals_llama_style_three_linears(kind, act):
     assert_same_as(ffn, lambda t: w2(act(w1(t)) * w3(t)), x)
 
 
-@pytest.mark.parametrize("kind", GLU_KINDS)
+@pytest.mark.parametrize("kind", [k for k, a in FFN_ACTIVATIONS.items() if a.gated])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gated_ffn_two_matmul_path_equals_one_fused_matmul_with_its_gradients(kind, bias):
     """forward (fp32) multiplies by the two halves of ``up`` separately; ``activation(up(x))`` is the

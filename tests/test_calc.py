@@ -12,7 +12,7 @@ import pytest
 import torch.nn as nn
 
 from lmlab.scaling import calculators as calc
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 def n_params(module: nn.Module) -> int:

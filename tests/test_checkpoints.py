@@ -14,7 +14,7 @@ import torch
 
 from lmlab.interop.gguf import (chat_prompt, find_smollm2, gguf_to_lmlab, load_gguf, load_state_dict_checked, permute_qk,
                                unpermute_qk)
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 try:
     import gguf  # noqa: F401

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 try:
     import transformers

@@ -13,7 +13,7 @@ from lmlab.model.attention import MultiHeadAttention
 from lmlab.model.memory import KNNMemory, KNNMemoryAttention, memorize_segments
 from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_inputs, parallel_context_logits
 from lmlab.model.positions.rope_scaling import check_rope_scaling, rope_attention_positions, scaled_rope_frequencies, truncated_rope_attention, yarn_attention_factor, yarn_ramp
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import apply_rope, rope_frequencies
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 powers and trig

@@ -12,7 +12,7 @@ from lmlab.scaling import calculators as calc
 from lmlab.model import registry as parts
 from lmlab.grading.plug_and_train import train_with_part
 from lmlab.model.memory import KNNMemoryAttention
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import deepnorm_constants
 
 SMALL = dict(vocab_size=20, context_length=12, d_model=16, n_layers=2, n_heads=4)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmlab.infer.decoding import generate
-from lmlab.model.gpt import GPT, POSITIONS, ModelConfig
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.registry import POSITIONS
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: cached vs full forward differ only in summation order
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.scaling import counting as scaling
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.scaling.fit import (
     HUBER_DELTA, bootstrap_chinchilla, bootstrap_power_law, fit_chinchilla, fit_lse, fit_power_law, huber,
 )

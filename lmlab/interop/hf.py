@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import DEFAULT_EPS
 
 __all__ = ["LLAMA_OPTIONS", "check_llama_config", "to_hf_config", "from_hf_config", "lmlab_to_hf_state_dict",

@@ -231,7 +231,7 @@ def check_tp_layers(out: dict) -> None:
 
 
 def check_tp_block(out: dict) -> None:
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     for name, kw in (("gelu", {}), ("llama", dict(activation="swiglu", norm="rmsnorm", bias=False, n_kv_heads=2))):
         torch.manual_seed(3)
@@ -301,7 +301,7 @@ def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _pipeline_model():
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     torch.manual_seed(5)
     cfg = ModelConfig(vocab_size=32, context_length=8, d_model=16, n_layers=4, n_heads=2, tie_embeddings=False)
@@ -355,7 +355,7 @@ def check_pipeline(rank: int, world_size: int, n_micro: int = 8) -> dict:
 
 def check_3d(rank: int, world_size: int, steps: int = 3, n_micro: int = 2) -> dict:
     """A tiny LLaMA-style GPT on a 2 x 2 x 2 (dp, pp, tp) grid: per-step losses against one process."""
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
     from lmlab.parallel.grid import RankGrid
     from lmlab.parallel.three_d import build_stage, train_step_3d
 

@@ -21,14 +21,14 @@ GPU for ZeRO stages 0-3; ``bubble(4, 8) == 3/11``; BLOOM has ~176.2B parameters.
 from __future__ import annotations
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 from lmlab.model import registry as parts
-from lmlab.model.gpt import ModelConfig, has_final_norm, norms_per_layer
-from lmlab.model.norms import NORM_KINDS
+from lmlab.model import ModelConfig
 from lmlab.argcheck import check_choice, check_int, check_positive
 
 __all__ = [
-    "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "NORM_KINDS", "BUBBLE_DEFINITIONS", "RECOMPUTE",
+    "PRECISIONS", "OPTIMIZERS", "ZERO_STAGES", "BUBBLE_DEFINITIONS", "RECOMPUTE",
     "mlp_params", "attention_params", "transformer_params", "model_params", "llama_params", "bloom_params",
     "bytes_per_param", "zero_memory_per_gpu", "activation_memory_per_layer",
     "bubble", "bubble_identity",
@@ -50,7 +50,8 @@ _STATES = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
 
 
 def _norm_params(d_model: int, norm: str, bias: bool) -> int:
-    return 2 * d_model if norm == "layernorm" and bias else d_model  # rmsnorm never has a bias
+    """One norm's parameters, from its :data:`lmlab.model.registry.NORMS` entry (rmsnorm never has a bias)."""
+    return parts.NORMS.num_params(SimpleNamespace(d_model=d_model, bias=bias, norm_eps=None), norm)
 
 
 def mlp_params(d_model: int, d_ff: int, gated: bool = False, bias: bool = True) -> int:
@@ -95,7 +96,7 @@ def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: in
     check_int(n_layers, "n_layers", f"{where}:")
     check_int(positions, "positions", f"{where}:", minimum=0)
     check_int(norm_per_layer, "norm_per_layer", f"{where}:", minimum=0)
-    check_choice(norm, "norm", NORM_KINDS, f"{where}:")
+    check_choice(norm, "norm", parts.NORMS.names(), f"{where}:")
     d_ff = 4 * d_model if d_ff is None else check_int(d_ff, "d_ff", f"{where}:")
     layer = (attention_params(d_model, n_heads, n_kv_heads, bias) + mlp_params(d_model, d_ff, gated, bias)
              + norm_per_layer * _norm_params(d_model, norm, bias))
@@ -105,17 +106,17 @@ def transformer_params(*, vocab_size: int, d_model: int, n_layers: int, d_ff: in
 
 
 def model_params(cfg) -> int:
-    """Exactly ``sum(p.numel() for p in GPT(cfg).parameters())`` for a :class:`lmlab.model.gpt.ModelConfig`,
+    """Exactly ``sum(p.numel() for p in GPT(cfg).parameters())`` for a :class:`lmlab.model.config.ModelConfig`,
     without building the model. Each part's count comes from its :mod:`lmlab.model.registry` entry (a part
     without a closed form, e.g. one you registered, is counted on the meta device); the layout
-    (norms per layer, final norm, tied output layer) from :mod:`lmlab.model.gpt`."""
+    (norms per layer and the final norm: the norm placement's entry; the tied output layer) from the config."""
     if not isinstance(cfg, ModelConfig):
         raise ValueError(f"model_params: cfg must be a ModelConfig, got {type(cfg).__name__}")
-    norm = parts.part_params(cfg, "norm")
     layers = sum(parts.part_params(cfg, "attention", layer) for layer in range(cfg.n_layers))
-    layers += cfg.n_layers * (parts.part_params(cfg, "activation") + norms_per_layer(cfg) * norm)
+    layers += cfg.n_layers * parts.part_params(cfg, "activation")
+    norms = parts.part_params(cfg, "norm_position")  # every norm: per block and the final one
     embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    return embeddings + parts.part_params(cfg, "position") + layers + (norm if has_final_norm(cfg) else 0)
+    return embeddings + parts.part_params(cfg, "position") + layers + norms
 
 
 def llama_params(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int = 1,

@@ -35,10 +35,10 @@ PARTS = ("embedding", "positions", "attention", "ffn", "norms", "output", "other
 
 def _model_on_meta(cfg):
     """``GPT(cfg)`` with shapes but no storage: any size can be counted."""
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a lmlab.model.gpt.ModelConfig, got {type(cfg).__name__}")
+        raise ValueError(f"cfg must be a lmlab.model.config.ModelConfig, got {type(cfg).__name__}")
     with torch.device("meta"):
         return GPT(cfg)
 
@@ -88,9 +88,9 @@ def count_params(cfg, exclude_embeddings: bool = False) -> int:
 
 def llama_config(vocab_size: int, d_model: int, n_layers: int, d_ff: int, n_heads: int, n_kv_heads: int | None = None,
                  tie_embeddings: bool = False, context_length: int = 2048):
-    """A LLaMA-style :class:`lmlab.model.gpt.ModelConfig`: RMSNorm, SwiGLU, RoPE, no biases, pre-LN.
+    """A LLaMA-style :class:`lmlab.model.config.ModelConfig`: RMSNorm, SwiGLU, RoPE, no biases, pre-LN.
     LLaMA-7B is ``llama_config(32000, 4096, 32, 11008, 32)``: 6,738,415,616 parameters."""
-    from lmlab.model.gpt import ModelConfig
+    from lmlab.model import ModelConfig
 
     return ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, n_layers=n_layers,
                        n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff, bias=False, norm="rmsnorm",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from lmlab.data.text import char_data, unigram_entropy
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import LayerNorm, RMSNorm
 from lmlab.train.loop import History, seed_everything, train
 from lmlab.course.widgets import style_figure

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
 from lmlab.course.stats import paired_comparison

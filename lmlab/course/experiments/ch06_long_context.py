@@ -29,7 +29,7 @@ from lmlab.data.text import CharTokenizer, char_data
 from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
 from lmlab.model.memory import memorize_segments, reset_memory
 from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import rope_frequencies
 from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train
 from lmlab.course.widgets import mask_heatmap, style_figure

@@ -25,7 +25,7 @@ import torch
 
 from lmlab.data.text import char_data, sample_batch
 from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.precision import quantize
 from lmlab.train.loop import evaluate, lm_loss
 from lmlab.argcheck import check_choice, check_int, check_positive

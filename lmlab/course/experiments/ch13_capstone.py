@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lmlab.data.bpe import BPETokenizer, train_bpe
 from lmlab.data.text import char_data, load_corpus
 from lmlab.model.llama import build_llama, llama_config
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.course.stats import paired_comparison
 from lmlab.train.loop import seed_everything, train
 from lmlab.argcheck import check_int

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from lmlab.data.text import char_data
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.course.stats import PairedComparison, paired_comparison
 from lmlab.train.loop import seed_everything, train
 from lmlab.argcheck import check_int

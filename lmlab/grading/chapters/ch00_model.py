@@ -72,7 +72,7 @@ register(Exercise(
 
 
 def _gpt_case(f, n_layers, n_heads, d_model, T, seed, scale=0.5):
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=11, context_length=12, d_model=d_model, n_layers=n_layers, n_heads=n_heads)

@@ -42,7 +42,7 @@ def _gqa_sdpa(f):
 
 
 def _gqa_lmlab(f):
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     for C, nh, nkv, seed in ((16, 4, 1, 430), (24, 6, 3, 440)):
         torch.manual_seed(seed)

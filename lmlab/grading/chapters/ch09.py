@@ -244,7 +244,7 @@ _TINY = dict(context_length=16, d_model=16, n_layers=1, n_heads=2)
 
 def _tiny_model(seed):
     from lmlab.data.text import char_data
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
     from lmlab.train.loop import seed_everything
 
     seed_everything(seed)

@@ -47,7 +47,7 @@ def _measured(cfg_kwargs: dict) -> tuple[float, int, int, int, int]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(**cfg_kwargs))
@@ -267,7 +267,7 @@ def reference_compute_optimal(compute, E, A, B, alpha, beta):
 
 
 def _model_count(V, d, L, d_ff, nh, nkv, tie):
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     cfg = ModelConfig(vocab_size=V, context_length=64, d_model=d, n_layers=L, n_heads=nh, n_kv_heads=nkv, d_ff=d_ff,
                       bias=False, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=tie)

@@ -177,7 +177,7 @@ def _llama_cpp_permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py, LlamaMode
 
 def _tiny(tied, seed):
     from lmlab.model.llama import llama_config
-    from lmlab.model.gpt import GPT
+    from lmlab.model import GPT
 
     cfg = llama_config(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=24, context_length=16,
                        tie_embeddings=tied, norm_eps=1e-5)
@@ -209,7 +209,7 @@ def _as_gguf(model):
 
 
 def _mapping_check(f, tied):
-    from lmlab.model.gpt import GPT
+    from lmlab.model import GPT
 
     cfg, ref = _tiny(tied, seed=3 if tied else 4)
     what = f"gguf_to_lmlab(tensors, cfg) ({'tied' if tied else 'untied'} embeddings, 4 query / 2 K/V heads, std-0.5 weights)"
@@ -266,7 +266,7 @@ register(Exercise(
 
 def _block_case(f, n_heads, n_kv_heads, eps, base, seed):
     from lmlab.model.llama import llama_config
-    from lmlab.model.gpt import GPT
+    from lmlab.model import GPT
 
     cfg = llama_config(vocab_size=16, d_model=32, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=40,
                        context_length=12, norm_eps=eps, rope_base=base)
