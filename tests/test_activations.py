@@ -261,7 +261,7 @@ def test_validation():
         geglu(torch.ones(4, 6, dtype=torch.long))
     with pytest.raises(ValueError, match=r"silu: x must be a floating-point tensor"):
         silu([1.0])
-    with pytest.raises(ValueError, match=r"FeedForward: kind must be one of \('relu', 'gelu', 'swiglu', 'geglu'\), got 'tanh'"):
+    with pytest.raises(ValueError, match=r"FeedForward: kind must be one of \('gelu', 'relu', 'swiglu', 'geglu'\), got 'tanh'"):
         FeedForward(8, 16, "tanh")
     with pytest.raises(ValueError, match=r"FeedForward: hidden must be an int >= 1, got 0"):
         FeedForward(8, 0, "gelu")

@@ -111,12 +111,12 @@ def test_reorder_selects_rows():
 
 def test_cache_memory_accounting():
     model = tiny(n_kv_heads=2)
-    _, cache = model.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), None)
+    _, cache = model.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), KVCache.for_model(model))
     # 2 (K and V) x 2 layers x 2 KV heads x head size 8 x 10 tokens x 4 bytes (fp32)
     assert cache.used_bytes == 2 * 2 * 2 * 8 * 10 * 4
     assert cache.nbytes == 2 * 2 * 2 * 8 * 40 * 4  # the whole context is reserved up front
     mha = tiny()
-    _, cache_mha = mha.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), None)
+    _, cache_mha = mha.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), KVCache.for_model(mha))
     assert cache_mha.used_bytes == 2 * cache.used_bytes  # GQA with 2 of 4 heads halves the cache
 
 
