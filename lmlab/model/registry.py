@@ -126,7 +126,7 @@ for _kind in ("sinusoidal", "t5", "rope", "alibi"):
 
 
 def _mha(cfg, layer: int) -> MultiHeadAttention:
-    window = cfg.window if cfg.attention == "sliding_window" else None
+    window = cfg.window if ATTENTIONS[cfg.attention].info.get("needs_window") else None
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
                               window=window, n_sink=cfg.n_sink)
 
@@ -141,7 +141,7 @@ ATTENTIONS.register("sliding_window", _mha, params=_mha_params, needs_window=Tru
 
 
 def _knn_attention(cfg, layer: int) -> KNNMemoryAttention:
-    window = cfg.window if cfg.attention == "sliding_window" else None
+    window = cfg.window if ATTENTIONS[cfg.attention].info.get("needs_window") else None
     return KNNMemoryAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
                               window=window, n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"],
                               memory_size=cfg.knn_memory["size"])
