@@ -33,7 +33,7 @@ from lmlab.infer.decoding import generate
 from lmlab.infer.tiled_attention import flash_attention
 from lmlab.infer.kv_cache import kv_cache_bytes
 from lmlab.data.masks import causal_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 def _sync(device: torch.device) -> None:

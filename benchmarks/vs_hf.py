@@ -28,8 +28,9 @@ import time
 import torch
 
 from lmlab.infer.decoding import generate
+from lmlab.infer.kv_cache import KVCache
 from lmlab.interop.hf import to_hf
-from lmlab.model.gpt import GPT
+from lmlab.model import GPT
 from lmlab.model.llama import llama_config
 
 
@@ -105,7 +106,7 @@ def bench_prefill(model, hf, T, rounds):
 
     def ours():
         with torch.no_grad():
-            model.forward_with_cache(ids)
+            model.forward_with_cache(ids, KVCache.for_model(model))
 
     def theirs():
         with torch.no_grad():

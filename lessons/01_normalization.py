@@ -404,7 +404,7 @@ grad_explorer = FigureExplorer(
     make_figure=grad_norm_explorer_figure,
     controls={
         "depth": IntSlider(value=6, min=2, max=24, description="layers"),
-        "placements": SelectMultiple(options=lmlab.model.gpt.NORM_POSITIONS, value=("post", "pre"), description="placement"),
+        "placements": SelectMultiple(options=lmlab.model.registry.NORM_PLACEMENTS.names(), value=("post", "pre"), description="placement"),
         "init": Dropdown(options=("xavier", "gpt2"), value="xavier", description="init"),
     },
     caption="Ctrl/Shift-click to select several placements. Log scale: equal gaps are equal ratios.",

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from ipywidgets import Dropdown, IntSlider
 
+from lmlab.infer import tiled_attention as TA
 from lmlab.model import attention as A
 from lmlab.course.doctor import doctor
 from lmlab.course.experiments import ch04_attention as X
@@ -108,8 +109,8 @@ torch.testing.assert_close(A.attention(q8, A.repeat_kv(kv2, 4), A.repeat_kv(kv2,
 print("repeat_kv + attention = SDPA(enable_gqa=True) ✔ (query head h uses K/V head h // 4)")
 
 # Tiled attention: same output, never a (T, T) tensor.
-stats = A.IOStats()
-torch.testing.assert_close(A.flash_attention(q, k, v, causal=True, block_q=4, block_k=4, stats=stats), ref)
+stats = TA.IOStats()
+torch.testing.assert_close(TA.flash_attention(q, k, v, causal=True, block_q=4, block_k=4, stats=stats), ref)
 print(f"flash_attention (4×4 tiles) = SDPA ✔; {stats.tiles} tiles computed of {4 * 4} (causal skips the rest)")
 ok, why = A.flex_available()
 if ok:
@@ -289,11 +290,11 @@ torch.testing.assert_close(acc / l[:, None], torch.softmax(s, dim=-1) @ vals)
 print(f"merged online softmax vs full softmax: max |diff| = {diff:.1e}")
 
 trace = X.online_softmax_trace(*(torch.randn(64, 16, generator=g) for _ in range(3)), block_q=16, block_k=16)
-io_std = A.standard_attention_io(4096, 64)
-io_flash = A.IOStats()
-bq, bk = A.sram_block_sizes(100_000, 64)  # an SRAM of 100k elements (~200 KB in fp16)
+io_std = TA.standard_attention_io(4096, 64)
+io_flash = TA.IOStats()
+bq, bk = TA.sram_block_sizes(100_000, 64)  # an SRAM of 100k elements (~200 KB in fp16)
 x = torch.randn(1, 1, 4096, 64, generator=g)
-A.flash_attention(x, x, x, block_q=bq, block_k=bk, stats=io_flash)
+TA.flash_attention(x, x, x, block_q=bq, block_k=bk, stats=io_flash)
 print(f"tiled trace: {len(trace['steps'])} tile steps (causal skips {16 - len(trace['steps'])} of 16), "
       f"max |tiled - full softmax| = {trace['max_abs_diff']:.1e}")
 print(f"T = 4096, d = 64: standard attention moves {io_std.total / 1e6:.1f} M elements to/from HBM and keeps a "

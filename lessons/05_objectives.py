@@ -47,7 +47,7 @@ from ipywidgets import Checkbox, Dropdown, FloatSlider, IntSlider
 
 from lmlab.course.doctor import doctor
 from lmlab.data.masks import prefix_lm_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.data.objectives import (UL2_DENOISERS, UL2_WEIGHTS, ExtraIdTokenizer, causal_lm_example, collate,
                               prefix_lm_example, ul2_example)
 from lmlab.data.span_corruption import (fill_sentinels, noise_counts, random_spans_helper, random_spans_noise_mask,

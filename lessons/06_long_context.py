@@ -52,7 +52,7 @@ from lmlab.model.positions import rope_scaling as RS
 from lmlab.course.doctor import doctor
 from lmlab.course.experiments import ch06_long_context as X
 from lmlab.course.experiments import ch06_compare as XC
-from lmlab.model.gpt import ModelConfig
+from lmlab.model import ModelConfig
 from lmlab.model.positions.encodings import rope_frequencies
 from lmlab.course.stats import paired_comparison
 from lmlab.course.widgets import FigureExplorer, Prediction

@@ -127,7 +127,7 @@ model = tiny_model(d_model=128, n_layers=4, n_heads=4, context_length=512, seed=
 cfg = model.config
 ids = torch.randint(cfg.vocab_size, (1, 52), generator=torch.Generator().manual_seed(1))  # (1, 52)
 with torch.no_grad():
-    logits, cache = model.forward_with_cache(ids[:, :32])  # prefill 32 tokens -> (1, 32, V)
+    logits, cache = model.forward_with_cache(ids[:, :32], KVCache.for_model(model))  # prefill 32 tokens -> (1, 32, V)
     steps_logits = [logits]
     for t in range(32, 52):  # decode: one token per step -> (1, 1, V)
         steps_logits.append(model.forward_with_cache(ids[:, t:t + 1], cache)[0])

@@ -46,7 +46,7 @@ from ipywidgets import Checkbox, Dropdown, FloatSlider
 
 from lmlab.scaling import counting as scaling
 from lmlab.course.doctor import doctor
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import llama_config
 from lmlab.scaling.fit import bootstrap_power_law, fit_chinchilla, fit_power_law
 from lmlab.course.widgets import FigureExplorer, style_figure

@@ -181,7 +181,7 @@ assert (round(final["fp32"], 4), round(final["fp16"], 3), final["bf16"]) == (10.
 
 # %%
 from lmlab.course.experiments.ch11_precision import tiny_config
-from lmlab.model.gpt import GPT
+from lmlab.model import GPT
 from lmlab.data.text import char_data, sample_batch
 
 cfg = tiny_config()

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 from lmlab.data.masks import architecture_mask, causal_mask, encoder_decoder_masks, prefix_lm_mask
 from lmlab.data.text import ByteTokenizer, CharTokenizer, load_corpus, load_text, sample_batch, unigram_entropy
 from lmlab.infer.decoding import generate
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.loop import evaluate, lm_loss, seed_everything
 
 __all__ = [

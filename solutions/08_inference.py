@@ -179,21 +179,24 @@ check("08.locate_token", locate_token)
 # ## 5 · The generation loop with a KV cache (4 points)
 #
 # Put it together: `model` is an `lmlab.GPT` whose plain `model(ids)` is switched off — decode with
-# `logits, cache = model.forward_with_cache(ids, cache)` (`cache=None` the first time: the **prefill** of the whole
-# prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
+# `logits, cache = model.forward_with_cache(ids, cache)` (the first time with a new cache,
+# `KVCache.for_model(model, batch=B)`: the **prefill** of the whole prompt), then feed only the newest token each step (**decode**). Each step: take the last position's logits;
 # `temperature == 0` is greedy (`argmax`); otherwise **filter** (divide by the temperature, keep the `top_k`
 # largest if `top_k` is not None, the rest `-inf`), **sample** one token per row with
 # `torch.multinomial(probs, 1, generator=g)` where `g = torch.Generator().manual_seed(seed)` (one draw per step, so
 # the grader can replay it), and **append** it. Return the prompt plus `max_new_tokens` new tokens.
 
 # %%
+from lmlab.infer.kv_cache import KVCache
+
+
 def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
                         seed: int) -> torch.Tensor:
     """``prompt (B, T)`` -> ``(B, T + max_new_tokens)`` token ids, decoding with the KV cache."""
     ### BEGIN SOLUTION
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        logits, cache = model.forward_with_cache(prompt)  # prefill: (B, T, V)
+        logits, cache = model.forward_with_cache(prompt, KVCache.for_model(model, batch=prompt.size(0)))  # prefill: (B, T, V)
         ids = prompt
         for step in range(max_new_tokens):
             z = logits[:, -1, :]  # (B, V)

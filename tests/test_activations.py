@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlab.model.ffn import (
-    FFN_KINDS, GLU_KINDS, FeedForward, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish,
+    FFN_ACTIVATIONS, FeedForward, geglu, gelu, glu, glu_hidden_size, silu, swiglu, swish,
 )
 
 
@@ -173,13 +173,13 @@ def test_glu_hidden_size_matches_plain_parameters(d, mult, multiple_of):
     assert abs(glu_params - plain_params) <= 3 * d * (multiple_of + 1)
 
 
-@pytest.mark.parametrize("kind", FFN_KINDS)
+@pytest.mark.parametrize("kind", list(FFN_ACTIVATIONS))
 @pytest.mark.parametrize("bias", [True, False])
 def test_ffn_parameter_count(kind, bias):
     d, h = 12, 20
     ffn = FeedForward(d, h, kind, bias=bias)
     n = sum(p.numel() for p in ffn.parameters())
-    up = 2 * h if kind in GLU_KINDS else h  # a hand count: the first projection's outputs, then down
+    up = 2 * h if FFN_ACTIVATIONS[kind].gated else h  # a hand count: the first projection's outputs, then down
     assert n == ffn_params(d, h, kind, bias) == d * up + h * d + ((up + d) if bias else 0)
 
 
@@ -218,7 +218,7 @@ def test_gated_ffn_equals_llama_style_three_linears(kind, act):
     assert_same_as(ffn, lambda t: w2(act(w1(t)) * w3(t)), x)
 
 
-@pytest.mark.parametrize("kind", GLU_KINDS)
+@pytest.mark.parametrize("kind", [k for k, a in FFN_ACTIVATIONS.items() if a.gated])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gated_ffn_two_matmul_path_equals_one_fused_matmul_with_its_gradients(kind, bias):
     """forward (fp32) multiplies by the two halves of ``up`` separately; ``activation(up(x))`` is the
@@ -267,7 +267,7 @@ def test_validation():
         geglu(torch.ones(4, 6, dtype=torch.long))
     with pytest.raises(ValueError, match=r"silu: x must be a floating-point tensor"):
         silu([1.0])
-    with pytest.raises(ValueError, match=r"FeedForward: kind must be one of \('relu', 'gelu', 'swiglu', 'geglu'\), got 'tanh'"):
+    with pytest.raises(ValueError, match=r"FeedForward: kind must be one of \('gelu', 'relu', 'swiglu', 'geglu'\), got 'tanh'"):
         FeedForward(8, 16, "tanh")
     with pytest.raises(ValueError, match=r"FeedForward: hidden must be an int >= 1, got 0"):
         FeedForward(8, 0, "gelu")

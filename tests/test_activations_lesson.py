@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.model.ffn import FFN_KINDS
+from lmlab.course.experiments.ch02_activations import COMPARED_KINDS
 from lmlab.course.experiments.ch02_activations import (
     ACTIVATION_FUNCTIONS, SWISH_RELU_GAP, ActivationComparison, activation_curves, compare_activations, compare_figure,
     comparison_figure, comparison_verdicts, curves_figure, ffn_parameter_table, swish_figure, swish_properties,
@@ -75,7 +75,7 @@ def test_glu_has_half_again_the_parameters_and_the_two_thirds_rule_matches(d_mod
 
 def test_comparison_is_parameter_matched_and_complete(small_comparison):
     r = small_comparison
-    assert r.activations == list(FFN_KINDS) and r.seeds == [0, 1]
+    assert r.activations == list(COMPARED_KINDS) and r.seeds == [0, 1]
     assert all(len(r.final_loss[a]) == 2 and all(math.isfinite(v) for v in r.final_loss[a]) for a in r.activations)
     base = r.parameters["gelu"]
     assert r.parameters["relu"] == base

@@ -22,7 +22,7 @@ from lmlab.model.attention import (
     strided_mask_mod,
 )
 from lmlab.data.masks import causal_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 FP32 = dict(atol=1e-6, rtol=1e-6)  # fp32 reference vs fused kernels: a few ulps
 

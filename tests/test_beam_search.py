@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmlab.infer.decoding import beam_search, generate, sequence_logprob
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.loop import seed_everything
 from test_decoding import CachedPrefixHash, PrefixHash
 

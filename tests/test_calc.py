@@ -12,7 +12,7 @@ from fractions import Fraction
 import pytest
 import torch.nn as nn
 
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.scaling import calculators as calc
 from lmlab.scaling.counting import count_params
 

@@ -11,7 +11,7 @@ from lmlab.course.experiments.ch13_capstone import (RECIPE, bits_per_byte, bpe_f
                                         merges_rows, pretrain_experiment, token_logprobs, truncated)
 from lmlab.model.llama import (LLAMA_CHOICES, LLAMA_FLAVORS, LLAMA_PARTS, build_llama, check_llama_config, llama_block,
                                llama_config, parts_table)
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.registry import NORMS, unregister
 from lmlab.course.widgets import FigureExplorer
 
@@ -214,7 +214,7 @@ def test_generation_explorer_changes_with_controls(pretrained, tok):
 
 
 def test_model_config_norm_eps():
-    from lmlab.model.gpt import ModelConfig
+    from lmlab.model import ModelConfig
     from lmlab.model.norms import DEFAULT_EPS
 
     cfg = llama_config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, norm_eps=0.25)

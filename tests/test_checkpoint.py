@@ -16,7 +16,7 @@ import torch
 import lmlab.train.checkpoint as C
 from lmlab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmlab.data.text import char_data
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.spikes import Jolt, SpikePolicy
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
@@ -25,7 +25,7 @@ from lmlab.train.policies import NonFiniteLossError
 SCRIPT = textwrap.dedent("""
     import sys, time
     from lmlab.data.text import char_data
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
     from lmlab.train.config import TrainConfig
     from lmlab.train.loop import seed_everything, train
     path, resume, slow = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])

@@ -14,7 +14,7 @@ import torch
 
 from lmlab.interop.gguf import (chat_prompt, find_smollm2, gguf_to_lmlab, load_gguf, load_state_dict_checked, permute_qk,
                                unpermute_qk)
-from lmlab.model.gpt import GPT
+from lmlab.model import GPT
 from lmlab.model.llama import llama_config
 from lmlab.scaling.counting import count_params
 

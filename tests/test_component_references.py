@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmlab.model.attention import gqa_rope_attention
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 @pytest.mark.parametrize("nh,nkv", [(4, 1), (4, 2), (4, 4)])

@@ -29,7 +29,7 @@ from lmlab.infer.decoding import (
     top_k_filter,
     top_p_filter,
 )
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.loop import seed_everything
 
 NEG = -math.inf

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import LLAMA_FLAVORS, llama_config
 
 try:

@@ -5,7 +5,7 @@ import torch
 
 from lmlab.infer.decoding import generate
 from lmlab.infer.kv_cache import KVCache, kv_cache_bytes
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 LOGITS = dict(atol=1e-5, rtol=1e-5)  # the bar for cached vs recomputed logits (fp32)
 
@@ -38,7 +38,7 @@ def greedy_by_recomputation(model, prompt, n):
 
 def greedy_with_cache(model, prompt, n):
     ids, logits = prompt, []
-    out, cache = model.forward_with_cache(prompt, None)  # prefill: the whole prompt at once
+    out, cache = model.forward_with_cache(prompt, KVCache.for_model(model, batch=prompt.size(0)))  # prefill: the whole prompt at once
     for step in range(n):
         last = out[:, -1]  # (B, V)
         logits.append(last)
@@ -69,7 +69,7 @@ def test_prefill_in_chunks_equals_one_pass():
     idx = torch.randint(0, 48, (2, 20), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(idx)
-        a, cache = model.forward_with_cache(idx[:, :7], None)
+        a, cache = model.forward_with_cache(idx[:, :7], KVCache.for_model(model, batch=2))
         b, cache = model.forward_with_cache(idx[:, 7:15], cache)  # 8 new tokens after 7 cached
         c, cache = model.forward_with_cache(idx[:, 15:], cache)
     torch.testing.assert_close(torch.cat([a, b, c], 1), full, **LOGITS)
@@ -111,12 +111,12 @@ def test_reorder_selects_rows():
 
 def test_cache_memory_accounting():
     model = tiny(n_kv_heads=2)
-    _, cache = model.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), None)
+    _, cache = model.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), KVCache.for_model(model))
     # 2 (K and V) x 2 layers x 2 KV heads x head size 8 x 10 tokens x 4 bytes (fp32)
     assert cache.used_bytes == 2 * 2 * 2 * 8 * 10 * 4
     assert cache.nbytes == 2 * 2 * 2 * 8 * 40 * 4  # the whole context is reserved up front
     mha = tiny()
-    _, cache_mha = mha.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), None)
+    _, cache_mha = mha.forward_with_cache(torch.zeros(1, 10, dtype=torch.long), KVCache.for_model(mha))
     assert cache_mha.used_bytes == 2 * cache.used_bytes  # GQA with 2 of 4 heads halves the cache
 
 
@@ -146,7 +146,9 @@ def test_bad_input(make, match):
 
 def test_forward_with_cache_bad_input():
     model = tiny()
-    _, cache = model.forward_with_cache(torch.zeros(2, 38, dtype=torch.long), None)
+    with pytest.raises(ValueError, match=r"cache must be a KVCache for batch 2 \(make one with lmlab\.infer\.kv_cache\.KVCache\.for_model"):
+        model.forward_with_cache(torch.zeros(2, 3, dtype=torch.long), None)  # the caller makes the cache
+    _, cache = model.forward_with_cache(torch.zeros(2, 38, dtype=torch.long), KVCache.for_model(model, batch=2))
     with pytest.raises(ValueError, match=r"exceed context_length=40"):
         model.forward_with_cache(torch.zeros(2, 3, dtype=torch.long), cache)
     with pytest.raises(ValueError, match=r"cache must be a KVCache for batch 1"):

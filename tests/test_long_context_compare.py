@@ -6,7 +6,7 @@ import torch
 from lmlab.course.experiments import ch06_long_context as X
 from lmlab.course.experiments import ch06_compare as C
 from lmlab.infer.long_context import lambda_mask
-from lmlab.model.gpt import ModelConfig
+from lmlab.model import ModelConfig
 
 
 def _cfg(n_layers, n_heads, d_model, n_kv_heads=None):

@@ -119,7 +119,7 @@ def test_lambda_widget_wiring():
 
 def test_lambda_cost_counts_pairs_and_cache():
     from lmlab.course.experiments.ch06_compare import lambda_cost
-    from lmlab.model.gpt import ModelConfig
+    from lmlab.model import ModelConfig
 
     cfg = ModelConfig(vocab_size=16, context_length=64, d_model=32, n_layers=2, n_heads=4, position="rope")
     c = lambda_cost(128, 4, 60, cfg)
@@ -130,7 +130,7 @@ def test_lambda_cost_counts_pairs_and_cache():
 
 
 def test_attention_mass_by_key_is_one_for_uniform_attention():
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     cfg = ModelConfig(vocab_size=16, context_length=16, d_model=16, n_layers=1, n_heads=2, position="rope")
     model = GPT(cfg)

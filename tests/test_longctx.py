@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from lmlab.model.attention import MultiHeadAttention
 from lmlab.model.memory import KNNMemory, KNNMemoryAttention, memorize_segments
+from lmlab.infer.kv_cache import KVCache
 from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_inputs, parallel_context_logits
 from lmlab.model.positions.rope_scaling import check_rope_scaling, rope_attention_positions, scaled_rope_frequencies, truncated_rope_attention, yarn_attention_factor, yarn_ramp
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import apply_rope, rope_frequencies
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 powers and trig
@@ -95,7 +96,7 @@ def test_scaled_model_cache_equals_full_forward(scaling):
     model = make(rope_scaling=scaling)
     idx = torch.randint(0, 32, (2, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits, cache = model.forward_with_cache(idx[:, :20])
+        logits, cache = model.forward_with_cache(idx[:, :20], KVCache.for_model(model, batch=idx.size(0)))
         steps = [logits] + [model.forward_with_cache(idx[:, t:t + 1], cache)[0] for t in range(20, 30)]
     torch.testing.assert_close(torch.cat(steps, 1), model(idx), rtol=1e-4, atol=1e-5)
 

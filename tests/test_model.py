@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.data.masks import causal_mask, prefix_lm_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from lmlab.model.ffn import FeedForward, glu_hidden_size
 from lmlab.course.experiments.ch01_placement import grad_norms_per_layer
-from lmlab.model.gpt import ACTIVATIONS, GPT, NORM_POSITIONS, NORMS, ModelConfig
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.registry import FFNS, NORM_PLACEMENTS, NORMS
 from lmlab.model.norms import DeepNorm, LayerNorm, RMSNorm, deepnorm_constants
 
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -40,8 +41,8 @@ def ids(B=2, T=8, seed=0):
 
 def test_option_tables():
     assert NORMS == ("layernorm", "rmsnorm")
-    assert set(NORM_POSITIONS) == {"pre", "post", "sandwich", "deepnorm"}
-    assert set(ACTIVATIONS) == {"relu", "gelu", "swiglu", "geglu"}
+    assert set(NORM_PLACEMENTS) == {"pre", "post", "sandwich", "deepnorm"}
+    assert set(FFNS) == {"relu", "gelu", "swiglu", "geglu"}
     cfg = ModelConfig()
     assert (cfg.norm, cfg.norm_position, cfg.activation) == ("layernorm", "pre", "gelu")
 
@@ -51,7 +52,7 @@ def test_option_tables():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm,position,activation", list(itertools.product(NORMS, NORM_POSITIONS, ACTIVATIONS)))
+@pytest.mark.parametrize("norm,position,activation", list(itertools.product(NORMS, NORM_PLACEMENTS, FFNS)))
 def test_every_combination_is_finite_and_causal(norm, position, activation):
     model = make(norm=norm, norm_position=position, activation=activation)
     x = ids()
@@ -118,7 +119,7 @@ def hand_block(block, x, position, alpha=1.0):
     return block.norm2.norm(alpha * x + ffn(x))
 
 
-@pytest.mark.parametrize("position", NORM_POSITIONS)
+@pytest.mark.parametrize("position", NORM_PLACEMENTS)
 def test_block_follows_its_formula(position):
     model = make(norm_position=position, n_layers=3)
     with torch.no_grad():  # non-trivial norm gains so that each norm's place matters

@@ -11,7 +11,7 @@ from ipywidgets import Dropdown, FloatSlider, IntSlider, SelectMultiple
 
 from lmlab.course.experiments import ch01_placement as NP
 from lmlab.course.experiments import ch01_normalization as N
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import deepnorm_constants
 from lmlab.course.widgets import FigureExplorer
 

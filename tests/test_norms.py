@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.model.norms import (
-    NORM_KINDS, DeepNorm, LayerNorm, RMSNorm, deepnorm_constants, layer_norm, make_norm, rms_norm,
-)
+from lmlab.model import ModelConfig
+from lmlab.model.norms import DeepNorm, LayerNorm, RMSNorm, deepnorm_constants, layer_norm, rms_norm
+from lmlab.model.registry import NORMS
+
+NORM_CLASSES = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 FP32 = dict(rtol=1e-6, atol=1e-6)
 BF16_REL_TO_MAX = 1e-2
@@ -245,12 +247,14 @@ def test_modules_match_torch_modules_and_state_dict_keys():
     assert LayerNorm(8).eps == 1e-5 and RMSNorm(8).eps == 1e-6
 
 
-def test_make_norm():
-    assert isinstance(make_norm("layernorm", 8), LayerNorm) and make_norm("layernorm", 8).bias is not None
-    assert make_norm("layernorm", 8, bias=False).bias is None
-    assert isinstance(make_norm("rmsnorm", 8, bias=True), RMSNorm)
-    assert make_norm("rmsnorm", 8, eps=1e-3).eps == 1e-3
-    assert set(NORM_KINDS) == {"layernorm", "rmsnorm"}
+def test_norms_registry_builds_the_norm():
+    def build(kind, **kw):
+        return NORMS[kind].build(ModelConfig(d_model=8, n_heads=2, norm=kind, **kw))
+    assert isinstance(build("layernorm"), LayerNorm) and build("layernorm").bias is not None
+    assert build("layernorm", bias=False).bias is None
+    assert isinstance(build("rmsnorm", bias=True), RMSNorm)
+    assert build("rmsnorm", norm_eps=1e-3).eps == 1e-3 and build("rmsnorm").eps == 1e-6 and build("layernorm").eps == 1e-5
+    assert set(NORMS) == set(NORM_CLASSES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,14 +279,14 @@ def test_deepnorm_constants_known_values_and_growth():
     assert deepnorm_constants(100).beta < deepnorm_constants(10).beta
 
 
-@pytest.mark.parametrize("kind", NORM_KINDS)
+@pytest.mark.parametrize("kind", list(NORM_CLASSES))
 def test_deepnorm_module(kind):
     torch.manual_seed(0)
     x, fx = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
-    dn = DeepNorm(8, alpha=2.5, norm=kind)
+    dn = DeepNorm(NORM_CLASSES[kind](8), alpha=2.5)
     torch.testing.assert_close(dn(x, fx), dn.norm(2.5 * x + fx), rtol=0, atol=0)
-    post = DeepNorm(8, alpha=1.0, norm=kind)
-    torch.testing.assert_close(post(x, fx), make_norm(kind, 8)(x + fx), **FP32)  # alpha = 1 is post-LN
+    post = DeepNorm(NORM_CLASSES[kind](8), alpha=1.0)
+    torch.testing.assert_close(post(x, fx), NORM_CLASSES[kind](8)(x + fx), **FP32)  # alpha = 1 is post-LN
     assert not torch.allclose(dn(x, fx), post(x, fx))
 
 
@@ -323,18 +327,18 @@ def test_module_and_builder_validation():
         LayerNorm(8)(torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"RMSNorm: x must be a floating-point tensor .* got torch.int64"):
         RMSNorm(4)(torch.ones(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"kind must be one of \('layernorm', 'rmsnorm'\), got 'batchnorm'"):
-        make_norm("batchnorm", 8)
+    with pytest.raises(ValueError, match=r"ModelConfig\.norm must be one of \('layernorm', 'rmsnorm'\), got 'batchnorm'"):
+        ModelConfig(norm="batchnorm")
     with pytest.raises(ValueError, match=r"num_layers must be an int >= 1, got 0"):
         deepnorm_constants(0)
     with pytest.raises(ValueError, match=r"architecture must be one of \('decoder-only', 'encoder-only'\)"):
         deepnorm_constants(6, "encoder-decoder")
     with pytest.raises(ValueError, match=r"DeepNorm: alpha must be a finite number > 0"):
-        DeepNorm(8, alpha=0.0)
-    with pytest.raises(ValueError, match=r"DeepNorm: norm must be one of \('layernorm', 'rmsnorm'\)"):
-        DeepNorm(8, alpha=2.0, norm="batchnorm")
+        DeepNorm(LayerNorm(8), alpha=0.0)
+    with pytest.raises(ValueError, match=r"DeepNorm: norm must be a norm module"):
+        DeepNorm("layernorm", alpha=2.0)
     with pytest.raises(ValueError, match=r"DeepNorm: fx .* must have the shape of x \(2, 8\), got \(2, 4\)"):
-        DeepNorm(8, alpha=2.0)(torch.randn(2, 8), torch.randn(2, 4))
+        DeepNorm(LayerNorm(8), alpha=2.0)(torch.randn(2, 8), torch.randn(2, 4))
 
 
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
@@ -343,7 +347,7 @@ def test_module_fast_path_equals_from_scratch_function(kind, dtype):
     """The modules run torch's kernels (fast path); the from-scratch functions give the same numbers."""
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(2, 5, 16, generator=g) * 3 + 1).to(dtype)
-    m = make_norm(kind, 16)
+    m = NORM_CLASSES[kind](16)
     with torch.no_grad():
         m.weight.copy_(torch.randn(16, generator=g))
         if getattr(m, "bias", None) is not None:

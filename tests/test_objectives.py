@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from lmlab.data.text import ByteTokenizer, CharTokenizer
 from lmlab.data.masks import causal_mask, prefix_lm_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.data.objectives import (UL2_DENOISERS, UL2_WEIGHTS, Denoiser, ExtraIdTokenizer, causal_lm_example, collate,
                               decoder_only_example, masked_lm_loss, pad_example, prefix_lm_example, random_prefix_length,
                               raw_length_for, sample_objective_batch, span_corruption_example, ul2_example)

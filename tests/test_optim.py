@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.optim import (Adafactor, AdamW, clip_grad_norm, global_grad_norm, param_groups, state_bytes,
                          state_bytes_for)
 from lmlab.train.spikes import EmbeddingGradShrink, SpikeDetector, shrink_embedding_gradient

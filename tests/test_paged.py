@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lmlab.model.attention import attention, repeat_kv
 from lmlab.infer.kv_cache import KVCache
 from lmlab.data.masks import causal_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.infer.paged import (
     BlockManager,
     OutOfBlocksError,
@@ -164,7 +164,7 @@ def test_model_on_a_paged_cache_equals_the_contiguous_cache(kw):
     model = tiny(**kw)
     prompt = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        a, ca = model.forward_with_cache(prompt, None)
+        a, ca = model.forward_with_cache(prompt, KVCache.for_model(model, batch=2))
         b, cb = model.forward_with_cache(prompt, PagedKVCache.for_model(model, batch=2, block_size=4))
         torch.testing.assert_close(b, a, **FP32)
         beams = torch.tensor([1, 1])  # beam search keeps row 1 twice: fork, share, copy on write

@@ -129,7 +129,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
     """The nn.Module layers the gloo processes use, on threads: TPBlock (2 all-reduces each way) == the block."""
     import torch.nn as nn
 
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
     from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
     from lmlab.parallel.in_process import run_in_process
 

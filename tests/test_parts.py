@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lmlab.model import registry as parts
 from lmlab.grading.plug_and_train import train_with_part
 from lmlab.model.memory import KNNMemoryAttention
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import deepnorm_constants
 from lmlab.scaling.counting import count_params
 

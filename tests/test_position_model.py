@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from lmlab.infer.decoding import generate
-from lmlab.model.gpt import GPT, POSITIONS, ModelConfig
+from lmlab.infer.kv_cache import KVCache
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.registry import POSITIONS
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: cached vs full forward differ only in summation order
 
@@ -46,7 +48,7 @@ def test_cached_forward_equals_full_forward(kw):
     full = model(idx)
     assert full.shape == (2, 20, 32) and torch.isfinite(full).all()
     with torch.no_grad():
-        logits, cache = model.forward_with_cache(idx[:, :12])  # prefill
+        logits, cache = model.forward_with_cache(idx[:, :12], KVCache.for_model(model, batch=idx.size(0)))  # prefill
         steps = [logits]
         for t in range(12, 20):  # decode one token at a time
             logits, cache = model.forward_with_cache(idx[:, t:t + 1], cache)

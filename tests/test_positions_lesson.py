@@ -46,7 +46,7 @@ def test_learned_table_with_untrained_rows_is_measured_past_L():
     assert row["error"] is None and len(row["per_position"]) == 64 and all(math.isfinite(v) for v in row["losses"].values())
     assert len(row["per_seed"]) == 2 and row["per_seed"][0] != row["per_seed"][1]
     model = res.models["learned"]
-    from lmlab.model.gpt import GPT
+    from lmlab.model import GPT
     from lmlab.train.loop import seed_everything
     seed_everything(0)
     fresh = GPT(model.config)

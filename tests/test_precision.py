@@ -189,7 +189,7 @@ def test_master_weights_step_reference():
 
 
 def test_autocast_report_cpu():
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=2, norm="rmsnorm"))

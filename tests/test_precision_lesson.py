@@ -10,7 +10,7 @@ from lmlab.course.experiments.ch11_precision import (RECIPES, fp16_simulation, g
                                          overflow_examples, running_sum, tiny_config, train_recipe, update_rounding)
 from lmlab.course.experiments.ch11_figures import (curves_figure, format_explorer, memory_figure, parse_steps, scale_lab,
                                                  sum_figure, underflow_figure)
-from lmlab.model.gpt import GPT
+from lmlab.model import GPT
 from lmlab.train.precision import FORMAT_NAMES, quantize
 from lmlab.course.widgets import FigureExplorer
 

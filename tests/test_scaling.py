@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lmlab.model.gpt import GPT, NORM_POSITIONS, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import llama_config
-from lmlab.model.registry import ATTENTIONS, FFNS, NORMS, POSITIONS
+from lmlab.model.registry import ATTENTIONS, FFNS, NORM_PLACEMENTS, NORMS, POSITIONS
 from lmlab.scaling import counting as scaling
 from lmlab.scaling.fit import (
     HUBER_DELTA, bootstrap_chinchilla, bootstrap_power_law, fit_chinchilla, fit_lse, fit_power_law, huber,
@@ -77,7 +77,7 @@ def test_the_lessons_closed_form_equals_the_counter(args):
 # -- the counter equals the built model for every registered option and combination ----------------
 
 OTHER_OPTIONS = list(itertools.product((4, 2, 1), (True, False), (True, False), (None, {"layer": 1, "top_k": 2, "size": 8})))
-COMBINATIONS = list(itertools.product(NORMS.names(), NORM_POSITIONS, FFNS.names(), POSITIONS.names(), ATTENTIONS.names()))
+COMBINATIONS = list(itertools.product(NORMS.names(), NORM_PLACEMENTS.names(), FFNS.names(), POSITIONS.names(), ATTENTIONS.names()))
 
 
 def _combination(i: int) -> ModelConfig:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.schedule import (accumulation_steps, ramp_batch_size, steps_for_samples, torch_warmup_cosine,
                             transformers_warmup_cosine, warmup_cosine)
 from lmlab.train.config import TrainConfig

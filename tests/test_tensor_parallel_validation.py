@@ -4,7 +4,8 @@ is what ``lmlab.parallel.comm.group_size`` reports, replaced here by a fake of 3
 import pytest
 import torch.nn as nn
 
-from lmlab.model.gpt import Block, ModelConfig
+from lmlab.model import ModelConfig
+from lmlab.model.gpt import Block
 from lmlab.parallel import comm
 from lmlab.parallel import tensor_parallel as tp
 

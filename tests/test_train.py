@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.data.text import CharTokenizer, load_corpus
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.infer.decoding import generate  # lesson 00 uses the one decoding loop (lmlab.generate)
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, evaluate, lm_loss, seed_everything, train
@@ -281,7 +281,7 @@ def test_generate_rejects_bad_input(gen_model):
 def test_with_config_keeps_weights_and_evaluate_lengths_marks_learned_past_table():
     import math
 
-    from lmlab.model.gpt import GPT, ModelConfig
+    from lmlab.model import GPT, ModelConfig
     from lmlab.train.loop import evaluate, evaluate_lengths
 
     torch.manual_seed(0)

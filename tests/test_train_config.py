@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lmlab.data.text import char_data
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 from lmlab.train.policies import NonFiniteLossError

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmlab.model.ffn import GLU_KINDS
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
-from lmlab.model.registry import KINDS, plugged
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.registry import FFNS, KINDS, plugged
 from lmlab.argcheck import check_choice, check_int
 
 __all__ = ["train_with_part"]
@@ -51,7 +50,7 @@ def _copy_part_weights(kind: str, mine: nn.Module, ref: nn.Module, cfg) -> None:
 
 def train_with_part(part: Any, kind: str, cfg: dict, steps: int = 10, seed: int = 0, lr: float = 3e-3,
                     batch_size: int = 4) -> dict:
-    """The model of ``cfg`` (a dict of :class:`lmlab.model.gpt.ModelConfig` fields) with ``part`` as its
+    """The model of ``cfg`` (a dict of :class:`lmlab.model.config.ModelConfig` fields) with ``part`` as its
     ``kind`` (``"norm"``, ``"activation"``, ``"position"``, ``"attention"``), started from exactly the
     weights lmlab's own part gets at ``seed``, then ``steps`` Adam steps on fixed batches of the
     course corpus. ``part=None`` runs lmlab's own part (``cfg[kind]``): the reference.
@@ -71,7 +70,7 @@ def train_with_part(part: Any, kind: str, cfg: dict, steps: int = 10, seed: int 
     model = ref
     with contextlib.ExitStack() as stack:
         if part is not None:
-            name = stack.enter_context(plugged(kind, part, **({"gated": base.activation in GLU_KINDS} if kind == "activation" else {})))
+            name = stack.enter_context(plugged(kind, part, **({"gated": FFNS[base.activation].info["gated"]} if kind == "activation" else {})))
             mine_cfg = dataclasses.replace(base, **{kind: name})
             torch.manual_seed(seed)
             model = GPT(mine_cfg)

@@ -89,7 +89,8 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch: int = 1, max_len: int | None = None, dtype=torch.float32, device=None) -> "KVCache":
-        """An empty cache shaped for an lmlab :class:`~lmlab.model.gpt.GPT` (capacity: its context)."""
+        """An empty cache shaped for an lmlab :class:`~lmlab.model.gpt.GPT` (capacity: its context): what the
+        caller hands :meth:`~lmlab.model.gpt.GPT.forward_with_cache` for the prefill (the model makes none)."""
         cfg = model.config
         return cls(cfg.n_layers, batch, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.context_length, dtype=dtype, device=device)
 

@@ -4,7 +4,7 @@ A GGUF file (llama.cpp's format) holds the architecture as metadata (``llama.blo
 the tokenizer (vocabulary, merges, chat template) and the weights, mostly quantized (SmolLM2's:
 Q4_1 and Q8_0 blocks). Loading it into :class:`lmlab.model.gpt.GPT` takes four steps:
 
-1. read the metadata into a :class:`~lmlab.model.gpt.ModelConfig` (:func:`gguf_config`);
+1. read the metadata into a :class:`~lmlab.model.config.ModelConfig` (:func:`gguf_config`);
 2. de-quantize every tensor to FP32 (``gguf.quants.dequantize``);
 3. rename llama.cpp's tensors to lmlab's and **undo llama.cpp's q/k permutation**
    (:func:`gguf_to_lmlab`): llama.cpp stores ``W_q`` and ``W_k`` with each head's rows in the
@@ -33,7 +33,7 @@ import torch
 from lmlab.argcheck import check_int
 from lmlab.data.bpe import GPT2_SPLIT, LLAMA3_SPLIT, BPETokenizer
 from lmlab.infer.decoding import generate
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import llama_config
 
 __all__ = ["SMOLLM2_FILE", "find_smollm2", "open_gguf", "unpermute_qk", "permute_qk", "gguf_config", "gguf_to_lmlab", "gguf_tokenizer",

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from lmlab.interop.gguf import load_state_dict_checked
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import check_llama_config, llama_config
 from lmlab.model.norms import DEFAULT_EPS
 

@@ -4,10 +4,11 @@ Where things go:
 
 - :mod:`.config` / :mod:`.gpt`: :class:`ModelConfig` (every choice by name, validated) and :class:`GPT`
   (token embedding -> blocks -> final norm -> output layer). The model imports no inference code: a
-  KV cache or a kNN memory is *passed in*.
+  KV cache is *passed in* (the caller makes it).
 - :mod:`.registry`: one table per kind of part (``NORMS``, ``NORM_PLACEMENTS``, ``FFNS``, ``POSITIONS``,
-  ``ROPE_SCALINGS``, ``ATTENTIONS``). **A new variant is one registered entry plus its module**; a learner's
-  part plugs in through ``register_*``.
+  ``ATTENTIONS``, ``LAYER_ATTENTIONS``; RoPE scaling's ``ROPE_SCALINGS`` is in :mod:`.positions.rope_scaling`,
+  the FFN kinds' activations in :data:`.ffn.FFN_ACTIVATIONS`), all :class:`.parts.PartRegistry`.
+  **A new variant is one registered entry plus its module**; a learner's part plugs in through ``register_*``.
 - :mod:`.norms` (lesson 01), :mod:`.ffn` (lesson 02: activations and the feed-forward block),
   :mod:`.attention` (lesson 04), :mod:`.positions` (lessons 03 and 06: position encodings, the scheme the
   model builds, RoPE scaling), :mod:`.memory` (lesson 06: kNN memory attention).
@@ -17,3 +18,8 @@ Where things go:
 A new norm, FFN, position scheme, RoPE scaling or attention: write its module here and register it in
 :mod:`.registry`.
 """
+
+from lmlab.model.config import ModelConfig
+from lmlab.model.gpt import GPT
+
+__all__ = ["GPT", "ModelConfig"]

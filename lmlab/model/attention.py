@@ -9,7 +9,8 @@
   ``torch.nn.attention.flex_attention`` works (forward only on CPU, see :func:`flex_available`).
 * Multi-query / grouped-query attention: :func:`repeat_kv` and :class:`MultiHeadAttention` with
   ``n_kv_heads`` (``1`` = MQA, ``n_heads`` = plain multi-head attention, in between = GQA).
-* The tiled FlashAttention algorithm lives in :mod:`lmlab.infer.tiled_attention` (re-exported here).
+* The tiled FlashAttention algorithm (``flash_attention``, ``IOStats``, ...) lives in
+  :mod:`lmlab.infer.tiled_attention`.
 
 Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head_dim.
 """
@@ -25,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from lmlab.infer.tiled_attention import IOStats, flash_attention, sram_block_sizes, standard_attention_io
 from lmlab.model.positions.encodings import apply_rope
 from lmlab.argcheck import check_int, check_kv_heads, check_qkv, check_tensor
 
@@ -47,10 +47,6 @@ __all__ = [
     "MultiHeadAttention",
     "GQAttention",
     "decode_mask",
-    "flash_attention",
-    "IOStats",
-    "sram_block_sizes",
-    "standard_attention_io",
 ]
 
 

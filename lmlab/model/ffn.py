@@ -5,6 +5,9 @@
   :func:`silu`; ``beta = 0`` gives the line ``x / 2``; ``beta -> inf`` gives ReLU.
 - :func:`glu`, :func:`swiglu`, :func:`geglu`: gated linear units (Dauphin et al., 2017;
   Shazeer, 2020): one projection is multiplied by an activation of another.
+- :data:`FFN_ACTIVATIONS`: the one table of FFN kinds (name -> activation function + gated flag, like
+  Hugging Face's ``ACT2FN``); :class:`FeedForward` and :data:`lmlab.model.registry.FFNS` both read it, so a
+  new built-in kind is one entry.
 - :class:`FeedForward`: the position-wise MLP, plain (``relu``, ``gelu``) or gated (``swiglu``,
   ``geglu``), and :func:`glu_hidden_size`, the "2/3 rule" that gives a gated FFN the parameter
   count of a plain one (PaLM, LLaMA).
@@ -17,6 +20,8 @@ Half-precision inputs (bf16/fp16) are computed in fp32 and cast back, as torch's
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -25,13 +30,11 @@ import torch.nn.functional as F
 from lmlab.argcheck import check_choice, check_int
 
 __all__ = [
-    "FFN_KINDS", "GLU_KINDS", "GELU_APPROXIMATIONS",
+    "FFNActivation", "FFN_ACTIVATIONS", "GELU_APPROXIMATIONS",
     "gelu", "swish", "silu", "glu", "swiglu", "geglu",
     "glu_hidden_size", "FeedForward", "SwiGLU",
 ]
 
-FFN_KINDS = ("relu", "gelu", "swiglu", "geglu")
-GLU_KINDS = ("swiglu", "geglu")
 GELU_APPROXIMATIONS = ("none", "tanh")
 
 
@@ -124,6 +127,33 @@ def geglu(x: torch.Tensor, dim: int = -1, approximate: str = "none") -> torch.Te
 
 
 # --------------------------------------------------------------------------------------------
+# The table of FFN kinds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FFNActivation:
+    """One FFN kind. ``fn``: the element-wise activation as torch's kernel (for a gated kind, the
+    activation of the gate half ``b`` in ``a * fn(b)``); ``gated``: the first projection has
+    ``2 * hidden`` outputs, value and gate; ``reference``: a gated kind's from-scratch
+    ``x = [a, b] -> a * act(b)`` (fp32 inside), used for half-precision inputs."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    gated: bool = False
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+# ModelConfig.activation -> its FFN (lesson 02). FeedForward and lmlab.model.registry.FFNS read this table:
+# a new built-in kind is one entry here. The order is FFNS's (and ModelConfig's error messages').
+FFN_ACTIVATIONS: dict[str, FFNActivation] = {
+    "gelu": FFNActivation(F.gelu),
+    "relu": FFNActivation(torch.relu),
+    "swiglu": FFNActivation(F.silu, gated=True, reference=swiglu),
+    "geglu": FFNActivation(F.gelu, gated=True, reference=geglu),
+}
+
+
+# --------------------------------------------------------------------------------------------
 # The feed-forward block
 # --------------------------------------------------------------------------------------------
 
@@ -147,6 +177,8 @@ class FeedForward(nn.Module):
     plain (relu, gelu):   down(act(up(x)))          up: C -> hidden
     gated (swiglu, geglu): down(a * act(b)), [a, b] = up(x)    up: C -> 2 * hidden
 
+    ``kind`` is a key of :data:`FFN_ACTIVATIONS` (which says ``act`` and whether it is gated).
+
     The gated kinds keep both projections in one matrix ``up``; ``up.weight[:hidden]`` is the value
     projection (LLaMA's ``w3``/``up_proj``), ``up.weight[hidden:]`` the gate (``w1``/``gate_proj``),
     and ``down`` is ``w2``/``down_proj``. In fp32 :meth:`gated` multiplies by the two halves
@@ -157,12 +189,13 @@ class FeedForward(nn.Module):
         super().__init__()
         check_int(d_model, "d_model", "FeedForward:")
         check_int(hidden, "hidden", "FeedForward:")
-        check_choice(kind, "kind", FFN_KINDS, "FeedForward:")
+        check_choice(kind, "kind", FFN_ACTIVATIONS, "FeedForward:")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"FeedForward: dropout must be in [0, 1), got {dropout!r}")
         self.kind = kind
+        self.act = FFN_ACTIVATIONS[kind]  # activation fn + gated flag
         self.hidden = hidden
-        self.up = nn.Linear(d_model, 2 * hidden if kind in GLU_KINDS else hidden, bias=bias)
+        self.up = nn.Linear(d_model, 2 * hidden if self.act.gated else hidden, bias=bias)
         self.down = nn.Linear(hidden, d_model, bias=bias)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -175,17 +208,15 @@ class FeedForward(nn.Module):
         """The non-linearity between ``up`` and ``down``: ``(..., up.out_features) -> (..., hidden)``."""
         # Fast path: torch's kernels give the same numbers as this module's from-scratch functions
         # (tested) with less per-call Python, which dominates a tiny model's decode step (lesson 08).
-        if self.kind == "relu":
-            return torch.relu(h)
-        if self.kind == "gelu":
-            return F.gelu(h)
-        if h.dtype != torch.float32:  # half precision: the from-scratch versions compute in fp32
-            return swiglu(h) if self.kind == "swiglu" else geglu(h)
-        a, b = h.chunk(2, dim=-1)  # value, gate: (..., hidden) each
-        return a * (F.silu(b) if self.kind == "swiglu" else F.gelu(b))
+        if not self.act.gated:
+            return self.act.fn(h)
+        if h.dtype != torch.float32 and self.act.reference is not None:  # half precision: from scratch, fp32 inside
+            return self.act.reference(h)
+        a, b = _fp32_if_half(h).chunk(2, dim=-1)  # value, gate: (..., hidden) each
+        return (a * self.act.fn(b)).to(h.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind in GLU_KINDS and x.dtype == torch.float32:
+        if self.act.gated and x.dtype == torch.float32:
             h = self.gated(x)  # (B, T, hidden)
         else:
             h = self.activation(self.up(x))  # (B, T, hidden): up gives hidden, or 2 * hidden for gated kinds
@@ -200,7 +231,7 @@ class FeedForward(nn.Module):
         w_a, w_b = self.up.weight.chunk(2, dim=0)  # (hidden, C) each: value rows, gate rows
         b_a, b_b = self.up.bias.chunk(2) if self.up.bias is not None else (None, None)
         a, b = F.linear(x, w_a, b_a), F.linear(x, w_b, b_b)  # (..., hidden) each
-        return a * (F.silu(b) if self.kind == "swiglu" else F.gelu(b))
+        return a * self.act.fn(b)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, hidden={self.hidden}"

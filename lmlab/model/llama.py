@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.model.gpt import GPT, ModelConfig, init_weights
+from lmlab.model.config import ModelConfig
+from lmlab.model.gpt import GPT, init_weights
 from lmlab.model.registry import register
 from lmlab.model.positions.encodings import apply_rope, rope_cos_sin, rope_frequencies
 from lmlab.argcheck import check_int, check_positive

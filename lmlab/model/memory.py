@@ -3,7 +3,8 @@
 One layer also attends to the top-k keys retrieved from the keys/values of past segments:
 :class:`KNNMemory` (exact brute-force search, first in first out), :class:`KNNMemoryAttention`
 (local attention mixed with memory attention by a learned gate), :func:`memorize_segments` and
-:func:`reset_memory`. Built by ``ModelConfig(knn_memory={"layer": i, "top_k": k, "size": M})``;
+:func:`reset_memory`. Built by ``ModelConfig(knn_memory={"layer": i, "top_k": k, "size": M})`` (the
+``knn_memory`` entry of :data:`lmlab.model.registry.LAYER_ATTENTIONS`);
 everything here is also re-exported from :mod:`lmlab.infer.long_context`.
 
 Shapes: B = batch, nh = query heads, nkv = key/value heads, T = tokens, hs = head_dim, M = memory.

@@ -1,7 +1,7 @@
 """Lesson 00's ladder: from a bigram table to the GPT, one idea per rung (``lessons/00_tour``).
 
 Each rung is a complete next-token model ``idx (B, T) -> logits (B, T, V)`` that takes a
-:class:`lmlab.model.gpt.ModelConfig` (only ``vocab_size``, ``context_length``, ``d_model``, ``n_heads``,
+:class:`lmlab.model.config.ModelConfig` (only ``vocab_size``, ``context_length``, ``d_model``, ``n_heads``,
 ``n_layers`` are read), so ``lmlab.train.loop`` trains every one of them:
 
 1. :class:`Bigram`: the next token from the current one only (a V x V table).

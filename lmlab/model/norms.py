@@ -9,8 +9,10 @@
   ``x -> norm(alpha * x + f(x))``, plus a smaller init (``beta``) for the sub-layers, which lets
   very deep post-LN stacks train (Wang et al., 2022, "DeepNet").
 
-Where the norm sits in a block (post / pre / sandwich / deepnorm) is the model's business: see
-``lmlab.model.gpt.Block``. Unlike BatchNorm, every function here normalizes one token at a time, so
+Where the norm sits in a block: :class:`NormPlacement` and one subclass per placement (:class:`PreNorm`,
+:class:`PostNorm`, :class:`SandwichNorm`, :class:`DeepNormPlacement`), each an entry of
+:data:`lmlab.model.registry.NORM_PLACEMENTS` that :class:`lmlab.model.gpt.Block` calls. Which norm
+(``layernorm``, ``rmsnorm``, yours) is :data:`lmlab.model.registry.NORMS`'s business. Unlike BatchNorm, every function here normalizes one token at a time, so
 the batch size and the padding of other sequences never change a token's output.
 
 Shapes: ``x`` is ``(..., d)``; the statistics are taken over the last dimension ``d`` only.
@@ -29,12 +31,12 @@ import torch.nn.functional as F
 from lmlab.argcheck import check_choice, check_int, check_positive
 
 __all__ = [
-    "NORM_KINDS", "DEEPNORM_ARCHITECTURES",
-    "layer_norm", "rms_norm", "LayerNorm", "RMSNorm", "make_norm",
+    "DEEPNORM_ARCHITECTURES", "DEFAULT_EPS",
+    "layer_norm", "rms_norm", "LayerNorm", "RMSNorm",
     "DeepNorm", "DeepNormConstants", "deepnorm_constants", "pre_ln_block",
+    "NormPlacement", "PreNorm", "PostNorm", "SandwichNorm", "DeepNormPlacement",
 ]
 
-NORM_KINDS = ("layernorm", "rmsnorm")
 DEEPNORM_ARCHITECTURES = ("decoder-only", "encoder-only")
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-6}  # torch's LayerNorm default; LLaMA/T5's RMSNorm
 
@@ -165,20 +167,8 @@ class RMSNorm(nn.Module):
         return f"{self.d_model}, eps={self.eps}"
 
 
-def make_norm(kind: str, d_model: int, eps: float | None = None, bias: bool = True) -> nn.Module:
-    """A norm by name: ``"layernorm"`` or ``"rmsnorm"`` (which has no bias; ``bias`` is ignored).
-
-    ``eps=None`` takes the kind's default: 1e-5 for LayerNorm (torch), 1e-6 for RMSNorm (LLaMA).
-    """
-    check_choice(kind, "kind", NORM_KINDS, "make_norm:")
-    eps = DEFAULT_EPS[kind] if eps is None else eps
-    if kind == "layernorm":
-        return LayerNorm(d_model, eps=eps, bias=bias)
-    return RMSNorm(d_model, eps=eps)
-
-
 # --------------------------------------------------------------------------------------------
-# Placement: pre-LN (the others are in lmlab.model.gpt.Block)
+# Placement: pre-LN as a function (the block's wiring is below, one class per placement)
 # --------------------------------------------------------------------------------------------
 
 
@@ -222,20 +212,17 @@ class DeepNorm(nn.Module):
         x = deepnorm1(x, attn(x))   # (B, T, C)
         x = deepnorm2(x, ffn(x))    # (B, T, C)
 
-    ``norm``: a kind (``"layernorm"``, ``"rmsnorm"``) or an already built norm module.
+    ``norm``: the norm module (the model's, from :data:`lmlab.model.registry.NORMS`).
     The other half of DeepNorm, scaling the sub-layers' initial weights by ``beta``, happens where
     the weights are initialised (:func:`lmlab.model.gpt.init_weights`).
     """
 
-    def __init__(self, d_model: int, alpha: float, norm: str | nn.Module = "layernorm", eps: float | None = None,
-                 bias: bool = True):
+    def __init__(self, norm: nn.Module, alpha: float):
         super().__init__()
+        if not isinstance(norm, nn.Module):
+            raise ValueError(f"DeepNorm: norm must be a norm module (e.g. LayerNorm(d_model)), got {type(norm).__name__}")
         self.alpha = check_positive(alpha, "alpha", "DeepNorm:")
-        if isinstance(norm, nn.Module):  # a norm built elsewhere (the model's, from lmlab.model.registry.NORMS)
-            self.norm = norm
-        else:
-            check_choice(norm, "norm", NORM_KINDS, "DeepNorm:")
-            self.norm = make_norm(norm, d_model, eps=eps, bias=bias)
+        self.norm = norm
 
     def forward(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         if not isinstance(fx, torch.Tensor) or fx.shape != x.shape:
@@ -245,3 +232,99 @@ class DeepNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:.4g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Placements: how a block wires its norms (entries of lmlab.model.registry.NORM_PLACEMENTS)
+# --------------------------------------------------------------------------------------------
+
+
+class NormPlacement:
+    """Where a block's norms go: one subclass per placement, registered in
+    :data:`lmlab.model.registry.NORM_PLACEMENTS` (a new placement = a subclass + one entry).
+
+    :class:`lmlab.model.gpt.Block` builds, in this order, ``norm1 = wrap(norm)``, the attention,
+    ``norm2 = wrap(norm)``, the FFN, then one plain norm per name in :attr:`extra_norms`; its forward
+    is :meth:`forward`. :attr:`final_norm`: the model needs a norm before the output layer (the
+    residual stream was never normalized). :attr:`scaled_residual_init`: GPT-2's ``1 / sqrt(2 L)`` on
+    the weights that write into the residual stream; :meth:`init_gains`: factors on the initial
+    weights by role (``qk``, ``value``, ``output``, ``ffn_in``), see :func:`lmlab.model.gpt.init_weights`.
+    """
+
+    extra_norms: tuple[str, ...] = ()
+    final_norm: bool = True
+    scaled_residual_init: bool = True
+
+    def __init__(self, n_layers: int):
+        self.n_layers = check_int(n_layers, "n_layers", f"{type(self).__name__}:")
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Norm modules in one block."""
+        return 2 + len(self.extra_norms)
+
+    def wrap(self, norm: nn.Module) -> nn.Module:
+        """``norm1`` / ``norm2`` as the block holds them (DeepNorm wraps them with its alpha)."""
+        return norm
+
+    def init_gains(self) -> dict[str, float]:
+        """``{role: factor}`` applied to the initial weights of that role after the base init."""
+        return {}
+
+    def forward(self, block: nn.Module, x: torch.Tensor, attn_mask=None, kv_cache=None, positions=None) -> torch.Tensor:
+        """One block: ``x (B, T, C) -> (B, T, C)`` with ``block.attn``, ``block.ffn`` and its norms."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_layers={self.n_layers})"
+
+
+class PreNorm(NormPlacement):
+    """pre-LN: ``x = x + f(norm(x))`` (GPT-2, LLaMA: stable); :func:`pre_ln_block`."""
+
+    def forward(self, block, x, attn_mask=None, kv_cache=None, positions=None):
+        attn = block.attn if attn_mask is None and kv_cache is None and positions is None else (
+            lambda h: block.attn(h, attn_mask, kv_cache, positions))
+        return pre_ln_block(x, attn, block.ffn, block.norm1, block.norm2)  # (B, T, C)
+
+
+class PostNorm(NormPlacement):
+    """post-LN: ``x = norm(x + f(x))`` (the original Transformer); the stream ends normalized."""
+
+    final_norm = False
+
+    def forward(self, block, x, attn_mask=None, kv_cache=None, positions=None):
+        x = block.norm1(x + block.attn(x, attn_mask, kv_cache, positions))  # (B, T, C)
+        return block.norm2(x + block.ffn(x))  # (B, T, C)
+
+
+class SandwichNorm(NormPlacement):
+    """sandwich-LN: ``x = x + norm_out(f(norm(x)))`` (CogView: pre-LN plus a norm on each sub-layer's
+    output before the add): two more norms per block, ``attn_out_norm`` and ``ffn_out_norm``."""
+
+    extra_norms = ("attn_out_norm", "ffn_out_norm")
+
+    def forward(self, block, x, attn_mask=None, kv_cache=None, positions=None):
+        x = x + block.attn_out_norm(block.attn(block.norm1(x), attn_mask, kv_cache, positions))  # (B, T, C)
+        return x + block.ffn_out_norm(block.ffn(block.norm2(x)))  # (B, T, C)
+
+
+class DeepNormPlacement(NormPlacement):
+    """DeepNorm: ``x = norm(alpha * x + f(x))`` (DeepNet: post-LN with an up-weighted skip), and the
+    sub-layers' ``value``, ``output`` and ``ffn_in`` weights initialised ``beta`` times smaller
+    (instead of GPT-2's ``1 / sqrt(2 L)``); alpha and beta from :func:`deepnorm_constants`."""
+
+    final_norm = False
+    scaled_residual_init = False
+    SCALED_ROLES = ("value", "output", "ffn_in")  # DeepNet scales v, the output projections and the FFN by beta
+
+    def wrap(self, norm: nn.Module) -> nn.Module:
+        return DeepNorm(norm, deepnorm_constants(self.n_layers).alpha)
+
+    def init_gains(self) -> dict[str, float]:
+        beta = deepnorm_constants(self.n_layers).beta
+        return {role: beta for role in self.SCALED_ROLES}
+
+    def forward(self, block, x, attn_mask=None, kv_cache=None, positions=None):
+        x = block.norm1(x, block.attn(x, attn_mask, kv_cache, positions))  # (B, T, C)
+        return block.norm2(x, block.ffn(x))  # (B, T, C)

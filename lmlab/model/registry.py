@@ -1,21 +1,27 @@
 """The model's parts: one table per kind of part, and how your own part plugs in (lessons 00-04, 13).
 
-:class:`lmlab.model.gpt.ModelConfig` names each choice by a string; the tables here turn the name into a
+:class:`lmlab.model.config.ModelConfig` names each choice by a string; the tables here turn the name into a
 module. Config validation and :class:`lmlab.model.gpt.GPT` read them (and :func:`lmlab.scaling.counting.param_counts`
-counts the GPT they build), so a new variant is *one entry* (plus its module)::
+counts the GPT they build, never a formula here), so a new variant is *one entry* (plus its module)::
 
     NORMS.register("scalenorm", lambda cfg: ScaleNorm(cfg.d_model))       # cfg -> nn.Module
     ModelConfig(norm="scalenorm")                                          # now valid everywhere
 
-=================  ==========================  =============================================
-table              entry builds                 built-in names
-=================  ==========================  =============================================
-:data:`NORMS`      ``build(cfg)`` (..., C)->    ``layernorm``, ``rmsnorm``
-:data:`FFNS`       ``build(cfg)`` (B,T,C)->     ``gelu``, ``relu``, ``swiglu``, ``geglu``
-:data:`POSITIONS`  ``build(cfg)`` scheme|None   ``learned``, ``none``, ``sinusoidal``, ``t5``,
-                                                ``rope``, ``alibi``
-:data:`ATTENTIONS` ``build(cfg, layer)``        ``full``, ``sliding_window``
-=================  ==========================  =============================================
+=======================  ============================  =============================================
+table                    entry builds                   built-in names
+=======================  ============================  =============================================
+:data:`NORMS`            ``build(cfg)`` (..., C)->      ``layernorm``, ``rmsnorm``
+:data:`NORM_PLACEMENTS`  ``build(cfg)`` NormPlacement   ``pre``, ``post``, ``sandwich``, ``deepnorm``
+:data:`FFNS`             ``build(cfg)`` (B,T,C)->       ``gelu``, ``relu``, ``swiglu``, ``geglu`` (from
+                                                        :data:`lmlab.model.ffn.FFN_ACTIVATIONS`)
+:data:`POSITIONS`        ``build(cfg)`` scheme|None     ``learned``, ``none``, ``sinusoidal``, ``t5``,
+                                                        ``rope``, ``alibi``
+:data:`ATTENTIONS`       ``build(cfg, layer)``          ``full``, ``sliding_window``
+:data:`LAYER_ATTENTIONS` ``build(cfg, layer)``          ``knn_memory`` (the layer ``knn_memory["layer"]``)
+=======================  ============================  =============================================
+
+RoPE's context extensions (``ModelConfig.rope_scaling``) have their own table,
+:data:`lmlab.model.positions.rope_scaling.ROPE_SCALINGS`.
 
 **Your part** (the last exercise of chapters 01-04): register the class you wrote under a name and
 use the name in a config. Each ``register_*`` builds the part once on a small probe input and
@@ -37,93 +43,35 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward
-from lmlab.model.attention import MultiHeadAttention
-from lmlab.model.memory import KNNMemoryAttention
-from lmlab.model.norms import DEFAULT_EPS, LayerNorm, RMSNorm
-from lmlab.model.positions.scheme import PositionScheme, RotaryPositions
 from lmlab.argcheck import check_choice
+from lmlab.model.attention import MultiHeadAttention
+from lmlab.model.ffn import FFN_ACTIVATIONS, FeedForward
+from lmlab.model.memory import KNNMemoryAttention
+from lmlab.model.norms import DEFAULT_EPS, DeepNormPlacement, LayerNorm, NormPlacement, PostNorm, PreNorm, RMSNorm, SandwichNorm
+from lmlab.model.parts import Part, PartRegistry
+from lmlab.model.positions.scheme import PositionScheme, RotaryPositions
 
 __all__ = [
-    "Part", "PartRegistry", "NORMS", "FFNS", "POSITIONS", "ATTENTIONS", "KINDS",
-    "register_norm", "register_ffn", "register_rope", "register_attention", "register", "unregister", "plugged",
-    "build_attention",
+    "NORMS", "NORM_PLACEMENTS", "FFNS", "POSITIONS", "ATTENTIONS", "LAYER_ATTENTIONS", "KINDS", "TABLES",
+    "register_norm", "register_norm_placement", "register_ffn", "register_rope", "register_attention", "register",
+    "unregister", "plugged", "layer_attention", "build_attention",
 ]
 
 
-@dataclass(frozen=True)
-class Part:
-    """One entry of a table: ``build`` makes the module; ``info`` holds what the config needs to know
-    without building (``gated`` FFNs, the ``learned`` position table). Its parameters are counted on
-    the built module (:func:`lmlab.scaling.counting.param_counts`), never by a formula here."""
-
-    kind: str
-    name: str
-    build: Callable
-    info: dict = field(default_factory=dict)
-
-
-class PartRegistry:
-    """Name -> :class:`Part` for one kind of part. Iterates over the names (it reads like the
-    tuples it replaced: ``"rmsnorm" in NORMS``, ``tuple(NORMS)``)."""
-
-    def __init__(self, kind: str, what: str):
-        self.kind, self.what = kind, what
-        self._parts: dict[str, Part] = {}
-
-    def register(self, name: str, build: Callable, **info) -> Part:
-        """Add a part. A name already taken is a ``ValueError`` (use :func:`unregister` first)."""
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"a {self.kind} part's name must be an identifier-like string, got {name!r}")
-        if name in self._parts:
-            raise ValueError(f"{self.kind} part {name!r} is already registered; registered {self.kind}s: {self.names()}")
-        if not callable(build):
-            raise ValueError(f"{self.kind} part {name!r}: build must be callable, got {type(build).__name__}")
-        part = Part(self.kind, name, build, dict(info))
-        self._parts[name] = part
-        return part
-
-    def unregister(self, name: str) -> None:
-        self[name]  # noqa: B018 - raises with the registered names
-        del self._parts[name]
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._parts)
-
-    def __getitem__(self, name: str) -> Part:
-        if name not in self._parts:
-            raise ValueError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {self.names()}")
-        return self._parts[name]
-
-    def __contains__(self, name) -> bool:
-        return isinstance(name, str) and name in self._parts
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(self._parts))
-
-    def __len__(self) -> int:
-        return len(self._parts)
-
-    def __eq__(self, other) -> bool:  # NORMS == ("layernorm", "rmsnorm") while only the built-ins are in
-        return self.names() == tuple(other) if isinstance(other, (tuple, list)) else other is self
-
-    __hash__ = object.__hash__
-
-    def __repr__(self) -> str:
-        return f"{self.what}{self.names()}"
-
-
 NORMS = PartRegistry("norm", "NORMS")  # ModelConfig.norm (lesson 01)
+NORM_PLACEMENTS = PartRegistry("norm_position", "NORM_PLACEMENTS")  # ModelConfig.norm_position (lesson 01)
 FFNS = PartRegistry("activation", "FFNS")  # ModelConfig.activation: the FFN it names (lesson 02)
 POSITIONS = PartRegistry("position", "POSITIONS")  # ModelConfig.position (lessons 03, 06)
 ATTENTIONS = PartRegistry("attention", "ATTENTIONS")  # ModelConfig.attention (lessons 04, 06)
-KINDS = {"norm": NORMS, "activation": FFNS, "position": POSITIONS, "attention": ATTENTIONS}
+LAYER_ATTENTIONS = PartRegistry("layer attention", "LAYER_ATTENTIONS")  # one layer's own attention (lesson 06: kNN memory)
+KINDS = {"norm": NORMS, "activation": FFNS, "position": POSITIONS, "attention": ATTENTIONS}  # a learner's part plugs in here
+TABLES = {"norm": NORMS, "norm_position": NORM_PLACEMENTS, "activation": FFNS, "position": POSITIONS,
+          "attention": ATTENTIONS}  # every ModelConfig option a table names
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,12 +86,26 @@ def _eps(cfg, kind: str) -> float:
 NORMS.register("layernorm", lambda cfg: LayerNorm(cfg.d_model, eps=_eps(cfg, "layernorm"), bias=cfg.bias))
 NORMS.register("rmsnorm", lambda cfg: RMSNorm(cfg.d_model, eps=_eps(cfg, "rmsnorm")))  # never a bias
 
-for _kind in ("gelu", "relu", "swiglu", "geglu"):
-    assert _kind in FFN_KINDS
+
+
+def register_norm_placement(name: str, placement: type[NormPlacement]) -> Part:
+    """``ModelConfig(norm_position=name)``: ``placement``, a :class:`lmlab.model.norms.NormPlacement`
+    subclass, says how a block wires its norms; its entry builds ``placement(n_layers)``."""
+    if not (isinstance(placement, type) and issubclass(placement, NormPlacement)):
+        raise ValueError(f"norm_position part {name!r} must be a NormPlacement subclass, got {placement!r}")
+    return NORM_PLACEMENTS.register(name, lambda cfg: placement(cfg.n_layers))
+
+
+register_norm_placement("pre", PreNorm)
+register_norm_placement("post", PostNorm)
+register_norm_placement("sandwich", SandwichNorm)
+register_norm_placement("deepnorm", DeepNormPlacement)
+
+for _kind, _act in FFN_ACTIVATIONS.items():  # one entry per row of lmlab.model.ffn's table
     FFNS.register(
         _kind,
         lambda cfg, _k=_kind: FeedForward(cfg.d_model, cfg.d_ff, _k, bias=cfg.bias, dropout=cfg.dropout),
-        gated=_kind in GLU_KINDS,
+        gated=_act.gated,
     )
 
 POSITIONS.register("learned", lambda cfg: None, learned=True)  # the table is GPT.pos_emb (a LearnedPositionEmbedding)
@@ -154,7 +116,7 @@ for _kind in ("sinusoidal", "t5", "rope", "alibi"):
 
 
 def _mha(cfg, layer: int) -> MultiHeadAttention:
-    window = cfg.window if cfg.attention == "sliding_window" else None
+    window = cfg.window if ATTENTIONS[cfg.attention].info.get("needs_window") else None
     return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
                               window=window, n_sink=cfg.n_sink)
 
@@ -163,19 +125,31 @@ ATTENTIONS.register("full", _mha)
 ATTENTIONS.register("sliding_window", _mha, needs_window=True)
 
 
+def _knn_attention(cfg, layer: int) -> KNNMemoryAttention:
+    window = cfg.window if ATTENTIONS[cfg.attention].info.get("needs_window") else None
+    return KNNMemoryAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+                              window=window, n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"],
+                              memory_size=cfg.knn_memory["size"])
+
+
+# A layer's own attention, chosen by a per-layer option of the config instead of ModelConfig.attention:
+# ``applies(cfg, layer)`` says which layer. kNN memory (lesson 06): ModelConfig.knn_memory["layer"].
+LAYER_ATTENTIONS.register("knn_memory", _knn_attention,
+                          applies=lambda cfg, layer: cfg.knn_memory is not None and layer == cfg.knn_memory["layer"])
+
+
+def layer_attention(cfg, layer: int) -> Part:
+    """The entry layer ``layer`` is built from: the first :data:`LAYER_ATTENTIONS` entry that applies to
+    it, else ``cfg.attention``'s :data:`ATTENTIONS` entry. The one place that knows which layer gets what."""
+    for name in LAYER_ATTENTIONS:
+        if LAYER_ATTENTIONS[name].info["applies"](cfg, layer):
+            return LAYER_ATTENTIONS[name]
+    return ATTENTIONS[cfg.attention]
+
+
 def build_attention(cfg, layer: int) -> nn.Module:
-    """Layer ``layer``'s attention: ``cfg.attention``'s entry, except the kNN-memory layer
-    (``cfg.knn_memory["layer"]``, lesson 06), which is a :class:`lmlab.model.memory.KNNMemoryAttention`
-    with the same options. The one place that knows which layer gets what."""
-    if cfg.knn_memory is not None and layer == cfg.knn_memory["layer"]:
-        # Until this table existed the model built this layer's plain attention and then swapped it out;
-        # building (and dropping) it keeps the random stream, hence every lesson's numbers, as they were.
-        _mha(cfg, layer)
-        window = cfg.window if cfg.attention == "sliding_window" else None
-        return KNNMemoryAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, bias=cfg.bias, dropout=cfg.dropout,
-                                  window=window, n_sink=cfg.n_sink, top_k=cfg.knn_memory["top_k"],
-                                  memory_size=cfg.knn_memory["size"])
-    return ATTENTIONS[cfg.attention].build(cfg, layer)
+    """Layer ``layer``'s attention module (see :func:`layer_attention`)."""
+    return layer_attention(cfg, layer).build(cfg, layer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_choice, check_int
+from lmlab.model import GPT
 from lmlab.parallel import comm
 
 __all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step"]
@@ -113,15 +114,18 @@ def render(result: SimResult, unit: float = 1.0) -> str:
 
 
 class _Embed(nn.Module):
+    """The first stage's way in: :meth:`lmlab.model.gpt.GPT.embed` on the model's own embedding modules
+    (held here, so the stage owns exactly those parameters)."""
+
+    embed = GPT.embed  # reads tok_emb, pos_emb, position, drop
+
     def __init__(self, model):
         super().__init__()
-        self.tok_emb, self.pos_emb, self.drop = model.tok_emb, model.pos_emb, model.drop
+        self.tok_emb, self.pos_emb, self.position, self.drop = model.tok_emb, model.pos_emb, model.position, model.drop
 
     def forward(self, idx):
-        x = self.tok_emb(idx)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
-        return self.drop(x)
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+        return self.embed(idx, pos, pos)[0]  # (B, T, C); the blocks of a stage take no attention positions
 
 
 class _Head(nn.Module):

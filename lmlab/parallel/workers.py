@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.parallel import comm
 from lmlab.parallel.collectives import ring_all_reduce
 from lmlab.parallel.data_parallel import BucketedDataParallel, average_gradients

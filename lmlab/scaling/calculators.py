@@ -21,11 +21,13 @@ GPU for ZeRO stages 0-3; ``bubble(4, 8) == 3/11``; BLOOM has ~176.2B parameters.
 from __future__ import annotations
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 import torch
 
 from lmlab.argcheck import check_choice, check_int, check_positive
-from lmlab.model.gpt import ModelConfig, build_norm
+from lmlab.model import ModelConfig
+from lmlab.model.gpt import build_norm
 from lmlab.scaling.counting import count_params
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_bool, check_int, check_positive
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 __all__ = [
     "PARTS", "param_counts", "count_params", "matmul_params", "kaplan_flops_per_token", "flops_per_token",
@@ -41,7 +41,7 @@ PARTS = ("embedding", "positions", "attention", "ffn", "norms", "output", "other
 def _model_on_meta(cfg):
     """``GPT(cfg)`` with shapes but no storage: any size can be counted."""
     if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a lmlab.model.gpt.ModelConfig, got {type(cfg).__name__}")
+        raise ValueError(f"cfg must be a lmlab.model.config.ModelConfig, got {type(cfg).__name__}")
     with torch.device("meta"):
         return GPT(cfg)
 

@@ -7,7 +7,7 @@ import time
 
 from lmlab.data.text import char_data, unigram_entropy
 from lmlab.model.minimal_gpt import LADDER
-from lmlab.model.gpt import ModelConfig
+from lmlab.model import ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 

@@ -15,7 +15,7 @@ import torch
 
 from lmlab.data.text import CharTokenizer, char_data, unigram_entropy
 from lmlab.data.masks import architecture_mask, causal_mask, prefix_lm_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 from lmlab.course.widgets import mask_heatmap, style_figure

@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from lmlab.course.experiments.ch00_tour import leakage_test
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, unigram_entropy
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.norms import LayerNorm, RMSNorm
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 
 from lmlab.data.text import char_data, sample_batch, unigram_entropy
-from lmlab.model.gpt import GPT, NORM_POSITIONS, ModelConfig, deepnorm_gains
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.gpt import placement_gains
+from lmlab.model.registry import NORM_PLACEMENTS
 from lmlab.model.norms import pre_ln_block  # noqa: F401 (re-exported: the reference lives in the core)
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, lm_loss, seed_everything, train
@@ -54,7 +56,7 @@ def init_weights(model: GPT, init: str = "gpt2") -> GPT:
     if init == "gpt2":
         return model
     d = model.config.d_model
-    gains = deepnorm_gains(model)  # {linear: [(rows, beta)]}, empty unless DeepNorm
+    gains = placement_gains(model)  # {linear: [(rows, beta)]}, empty unless DeepNorm
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and m is not model.lm_head:
@@ -133,8 +135,8 @@ def placement_grad_norms(positions=("post", "pre", "sandwich"), n_layers: int = 
     stream leaving the last block (pre-LN's final norm divides the gradient's way back by about it).
     """
     for pos in positions:
-        if pos not in NORM_POSITIONS:
-            raise ValueError(f"positions must be among {NORM_POSITIONS}, got {pos!r}")
+        if pos not in NORM_PLACEMENTS:
+            raise ValueError(f"positions must be among {NORM_PLACEMENTS.names()}, got {pos!r}")
     tok, train_ids, _ = char_data()
     x, y = sample_batch(train_ids, batch_size, context_length, generator=torch.Generator().manual_seed(seed))
     out = {}

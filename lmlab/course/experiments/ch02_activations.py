@@ -24,9 +24,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from lmlab.model.ffn import FFN_KINDS, GLU_KINDS, FeedForward, gelu, glu_hidden_size, swish
+from lmlab.model.ffn import FFN_ACTIVATIONS, FeedForward, gelu, glu_hidden_size, swish
 from lmlab.data.text import char_data
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 from lmlab.course.stats import T_CRITICAL_95, paired_comparison
@@ -35,8 +35,10 @@ from lmlab.course.widgets import style_figure
 __all__ = [
     "ACTIVATION_FUNCTIONS", "SWISH_RELU_GAP", "activation_curves", "swish_properties", "ffn_parameter_table",
     "ActivationComparison", "compare_activations", "comparison_verdicts", "curves_figure", "swish_figure",
-    "compare_figure", "comparison_figure", "T_CRITICAL_95",
+    "compare_figure", "comparison_figure", "T_CRITICAL_95", "COMPARED_KINDS",
 ]
+
+COMPARED_KINDS = ("relu", "gelu", "swiglu", "geglu")  # lesson 02's comparison, in this order (keys of FFN_ACTIVATIONS)
 
 # max over x of |swish(x, 1) - relu(x)|: the depth of the dip, reached at x = -1.2785 (so the gap
 # to ReLU at any beta is this number / beta).
@@ -121,7 +123,7 @@ def ffn_parameter_table(d_model: int, plain_hidden: int | None = None, multiple_
     for label, kind, hidden in (("GeLU FFN", "gelu", h), ("SwiGLU FFN, same hidden size", "swiglu", h),
                                 (f"SwiGLU FFN, 2/3 rule (multiple of {multiple_of})", "swiglu", h_glu)):
         n = sum(p.numel() for p in FeedForward(d_model, hidden, kind, bias=bias).parameters())
-        rows.append({"ffn": label, "kind": kind, "hidden": hidden, "matrices": 3 if kind in GLU_KINDS else 2, "parameters": n})
+        rows.append({"ffn": label, "kind": kind, "hidden": hidden, "matrices": 3 if FFN_ACTIVATIONS[kind].gated else 2, "parameters": n})
     base = rows[0]["parameters"]
     for r in rows:
         r["vs_plain"] = r["parameters"] / base - 1.0
@@ -164,7 +166,7 @@ class ActivationComparison:
         return "\n".join(lines)
 
 
-def compare_activations(activations=FFN_KINDS, seeds=(0, 1, 2, 3), steps: int = 200, d_model: int = 32,
+def compare_activations(activations=COMPARED_KINDS, seeds=(0, 1, 2, 3), steps: int = 200, d_model: int = 32,
                         n_layers: int = 2, n_heads: int = 4, context_length: int = 32, batch_size: int = 32,
                         lr: float = 3e-3, eval_batches: int = 20, max_chars: int | None = None,
                         progress: bool = False) -> ActivationComparison:
@@ -177,9 +179,9 @@ def compare_activations(activations=FFN_KINDS, seeds=(0, 1, 2, 3), steps: int = 
     comparison).
     """
     activations = list(activations)
-    bad = [a for a in activations if a not in FFN_KINDS]
+    bad = [a for a in activations if a not in FFN_ACTIVATIONS]
     if bad or not activations:
-        raise ValueError(f"compare_activations: activations must be a non-empty subset of {FFN_KINDS}, got {activations}")
+        raise ValueError(f"compare_activations: activations must be a non-empty subset of {tuple(FFN_ACTIVATIONS)}, got {activations}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"compare_activations: seeds must be distinct ints, got {seeds}")

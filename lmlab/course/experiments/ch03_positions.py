@@ -24,7 +24,7 @@ from lmlab.course.experiments.attention_probe import attention_maps
 from lmlab.course.stats import paired_comparison
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import (POSITIONS, alibi_slopes, apply_rope, relative_position_bucket, rope_frequencies,
                          sinusoidal_embedding)
 from lmlab.train.config import TrainConfig

@@ -23,7 +23,7 @@ from lmlab.data.text import char_data
 from lmlab.infer.tiled_attention import online_softmax_merge  # re-exported: the reference lives in the core
 from lmlab.infer.kv_cache import kv_cache_bytes
 from lmlab.data.masks import causal_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.loop import seed_everything
 from lmlab.course.experiments.sweeps import Sweep, train_sweep
 from lmlab.course.experiments.timing import log_log_slope as slope, min_time

@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 
 from lmlab.data.text import char_data
 from lmlab.data.masks import prefix_lm_mask
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.data.objectives import (OBJECTIVES, UL2_DENOISERS, Example, ExtraIdTokenizer, causal_lm_example, collate,
                           decoder_only_example, masked_lm_loss, prefix_lm_example, raw_length_for,
                           sample_objective_batch, span_corruption_example, ul2_example)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.infer.kv_cache import kv_cache_bytes
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.loop import evaluate_lengths, seed_everything
 from lmlab.argcheck import check_choice, check_int
 from lmlab.course.experiments.ch06_long_context import fact_batch, fact_vocab, fine_tune, knn_experiment, method_changes

@@ -29,7 +29,7 @@ from lmlab.course.experiments.attention_probe import attention_maps
 from lmlab.infer.long_context import SinkKVCache, lambda_mask, parallel_context_logits
 from lmlab.model.memory import memorize_segments, reset_memory
 from lmlab.model.positions.rope_scaling import scaled_rope_frequencies
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import rope_frequencies
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import evaluate_lengths, lm_loss, seed_everything, train

@@ -27,7 +27,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from lmlab.infer.kv_cache import KVCache, decode_step, kv_cache_bytes  # noqa: F401 (decode_step: re-exported)
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import llama_config
 from lmlab.infer.paged import BlockManager, blocks_needed, locate_token, sample_request_lengths, simulate_waste  # noqa: F401
 from lmlab.course.experiments.timing import fit_slope, min_time

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from lmlab.data.text import char_data, unigram_entropy
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.optim import Adafactor, AdamW, param_groups, state_bytes, state_bytes_for
 from lmlab.train.schedule import steps_for_samples
 from lmlab.train.spikes import Jolt, SpikePolicy

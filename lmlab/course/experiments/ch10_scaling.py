@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.scaling.counting import CONSTANT_SETS, compute_optimal, count_params, flops_per_token, isoflop_curve, matmul_params
 from lmlab.scaling.fit import bootstrap_chinchilla, bootstrap_power_law, fit_chinchilla
 from lmlab.train.loop import evaluate, lm_loss, seed_everything

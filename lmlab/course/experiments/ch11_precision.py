@@ -25,7 +25,8 @@ import torch
 
 from lmlab.argcheck import check_choice, check_int, check_positive
 from lmlab.data.text import char_data, sample_batch
-from lmlab.model.gpt import GPT, Block, ModelConfig
+from lmlab.model import GPT, ModelConfig
+from lmlab.model.gpt import Block
 from lmlab.train.loop import evaluate, lm_loss
 from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights
 from lmlab.train.precision import quantize

@@ -27,7 +27,7 @@ from lmlab.data.bpe import BPETokenizer, train_bpe
 from lmlab.data.text import char_data, load_corpus
 from lmlab.infer.decoding import generate
 from lmlab.infer.decoding.logits import filtered_probs
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import build_llama, llama_config
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train

@@ -19,7 +19,7 @@ from lmlab.argcheck import check_int
 from lmlab.course.stats import PairedComparison, paired_comparison
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 

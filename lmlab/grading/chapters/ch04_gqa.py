@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import apply_rope
 
 

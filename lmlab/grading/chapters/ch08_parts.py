@@ -12,7 +12,7 @@ import torch
 from lmlab.grading.assertions import expect_close, expect_tensor
 from lmlab.grading.registry import Check, Exercise, register
 from lmlab.infer.decoding import generate
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 
 
 class CacheOnlyGPT(GPT):
@@ -20,7 +20,7 @@ class CacheOnlyGPT(GPT):
 
     def forward(self, *args, **kwargs):
         raise RuntimeError("this model only decodes with its KV cache: call model.forward_with_cache(ids, cache) "
-                           "(cache=None for the prompt), then feed only the new token each step")
+                           "(cache = lmlab.infer.kv_cache.KVCache.for_model(model, batch=B) for the prompt), then feed only the new token each step")
 
 
 def _model(seed, **kw):
@@ -80,7 +80,8 @@ register(Exercise(
     hints=(
         "Generation with a KV cache has two phases: a prefill that runs the whole prompt once and fills the cache, and a "
         "decode loop in which each step feeds only the newest token, so each step costs one token instead of the whole sequence.",
-        "The prefill, model.forward_with_cache on the whole prompt, gives (B, T, V) logits and the cache. Each step: take the last position's logits "
+        "The prefill, model.forward_with_cache on the whole prompt with a new cache (KVCache.for_model(model, batch=B), "
+        "from lmlab.infer.kv_cache), gives (B, T, V) logits and the cache. Each step: take the last position's logits "
         "(B, V); temperature 0 means argmax; otherwise divide by temperature, keep the top_k largest (others -inf), softmax, "
         "and draw with torch.multinomial(probs, 1, generator=g), g a torch.Generator seeded with seed. Append the "
         "(B, 1) token to the ids and feed just it: model.forward_with_cache(next_token, cache).",

@@ -19,7 +19,7 @@ from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, 
 from lmlab.grading.chapters import ch09_spikes  # noqa: F401 (registers 09.SpikeDetector)
 from lmlab.grading.harness import call_with
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 from lmlab.train.schedule import torch_warmup_cosine

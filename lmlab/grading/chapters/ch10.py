@@ -17,7 +17,7 @@ import torch
 
 from lmlab.grading.assertions import expect_int, expect_true
 from lmlab.grading.registry import CheckFailed, Check, Exercise, register
-from lmlab.model.gpt import GPT, ModelConfig
+from lmlab.model import GPT, ModelConfig
 from lmlab.model.llama import llama_config
 from lmlab.scaling.counting import ChinchillaConstants, compute_optimal, count_params
 from lmlab.scaling.fit import fit_power_law

@@ -16,7 +16,7 @@ import torch
 from lmlab.data.bpe import train_bpe
 from lmlab.grading.assertions import expect_close, expect_equal, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
-from lmlab.model.gpt import GPT
+from lmlab.model import GPT
 from lmlab.model.llama import llama_config
 
 # The notebook's order (13_capstone.py): the score table and the exercise notebook follow it.

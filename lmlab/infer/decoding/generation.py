@@ -10,7 +10,8 @@ config has no ``context_length``, like Hugging Face's) sees the whole sequence, 
 
 KV cache protocol (chapter 08 implements it for lmlab's GPT). If the model has a method
 ``forward_with_cache(new_ids, cache) -> (logits, cache)``, the loop calls it with the whole prompt
-and ``cache=None`` first (prefill), then with just the one new token per step (decode), passing back
+and a new cache first (prefill: :func:`lmlab.infer.decoding.steps.new_cache`, a
+:class:`lmlab.infer.kv_cache.KVCache` for an lmlab GPT, ``None`` for another model, which starts its own), then with just the one new token per step (decode), passing back
 the cache it returned. Beam search also needs ``cache.reorder(beam_idx) -> cache`` (select cache
 rows, ``beam_idx`` is a ``(B*K,)`` long tensor); a cache without ``reorder`` is dropped and rebuilt
 by the next prefill. Once the sequence outgrows ``context_length`` the window slides, which cached

@@ -14,9 +14,11 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_int
+from lmlab.infer.kv_cache import KVCache
+from lmlab.model import ModelConfig
 from lmlab.infer.decoding.logits import apply_repetition_penalty, block_repeated_ngrams, check_no_repeat_ngram_size, check_repetition_penalty
 
-__all__ = ["Model", "context_length", "as_logits", "prepare_ids", "inference", "Stepper", "process_history", "check_common"]
+__all__ = ["Model", "context_length", "as_logits", "prepare_ids", "inference", "new_cache", "Stepper", "process_history", "check_common"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -70,6 +72,16 @@ def inference(model: Model) -> Iterator[None]:
             model.train(True)
 
 
+def new_cache(model: Model, batch: int):
+    """The KV cache the loop starts a prefill with: for an lmlab GPT (a model whose ``config`` is a
+    :class:`lmlab.model.config.ModelConfig`) an empty :class:`lmlab.infer.kv_cache.KVCache` in its weights'
+    dtype and device; ``None`` for any other model with ``forward_with_cache`` (it starts its own)."""
+    if not isinstance(getattr(model, "config", None), ModelConfig):
+        return None
+    p = next(model.parameters())
+    return KVCache.for_model(model, batch=batch, dtype=p.dtype, device=p.device)
+
+
 class Stepper:
     """Next-token logits for a growing sequence, using the model's KV cache when it has one.
 
@@ -87,6 +99,8 @@ class Stepper:
         T = idx.size(1)
         if self.use_cache and (self.ctx is None or T <= self.ctx):
             new = idx[:, self.cached_len:]  # (B, T_new): the whole prompt first, then 1 token
+            if self.cache is None:  # prefill: the loop, not the model, makes the cache
+                self.cache = new_cache(self.model, idx.size(0))
             out, self.cache = self.model.forward_with_cache(new, self.cache)
             self.cached_len = T
             return as_logits(out, new)[:, -1, :]

@@ -13,9 +13,9 @@ are shuffled the same way. Every scheme here breaks that symmetry differently:
   the paper / GPT-J / Meta's LLaMA code, with the converters :func:`interleaved_to_half` and
   :func:`half_to_interleaved`, and the complex-number form :func:`apply_rope_complex`.
 
-:func:`lmlab.model.positions.scheme.build_position` turns ``ModelConfig.position`` into the module
+:func:`lmlab.model.gpt.build_position` turns ``ModelConfig.position`` into the module
 :class:`lmlab.model.gpt.GPT` uses; the context-extension tricks for RoPE (interpolation, NTK, YaRN, truncation) are in
-:mod:`lmlab.infer.long_context` (lesson 06).
+:mod:`lmlab.model.positions.rope_scaling` (lesson 06).
 
 Shapes: B = batch, nh = heads, T = tokens (T_q queries, T_k keys), hs = head_dim, C = d_model.
 """

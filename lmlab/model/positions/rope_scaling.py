@@ -1,7 +1,11 @@
 """RoPE scaling: reading past the trained length by changing RoPE's angles (lesson 06, ``lessons/06_long_context``).
 
 A model trained on ``L`` tokens meets rotation angles it never saw once it reads more. Each entry below
-is a ``ModelConfig(position="rope", rope_scaling={...})`` option:
+is a ``ModelConfig(position="rope", rope_scaling={...})`` option and one entry of the table
+:data:`ROPE_SCALINGS` (like Hugging Face's ``ROPE_INIT_FUNCTIONS``): its required and optional keys,
+each with its check, and its frequency function ``(head_dim, base, scaling, seq_len) -> (inv_freq,
+attention_factor)``. :func:`check_rope_scaling` validates from the entry; a new scaling is one
+:func:`register_rope_scaling` call:
 
 * ``{"type": "linear", "factor": s}`` - position interpolation: position ``p`` becomes ``p / s``
   (equivalently every frequency is divided by ``s``), so ``s·L`` tokens reuse the trained angles.
@@ -30,22 +34,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from typing import Callable
+
 from lmlab.argcheck import check_int
 from lmlab.model.attention import repeat_kv
+from lmlab.model.parts import Part, PartRegistry
 from lmlab.model.positions.encodings import AttentionPositions, apply_rope, check_rope_head_dim, rope_cos_sin, rope_frequencies
 
-__all__ = ["ROPE_SCALINGS", "check_rope_scaling", "scaled_rope_frequencies", "ntk_base", "yarn_ramp",
-           "yarn_attention_factor", "rope_attention_positions", "truncated_rope_attention"]
+__all__ = ["ROPE_SCALINGS", "register_rope_scaling", "check_rope_scaling", "scaled_rope_frequencies", "ntk_base",
+           "yarn_ramp", "yarn_attention_factor", "rope_attention_positions", "truncated_rope_attention"]
 
-ROPE_SCALINGS = ("linear", "ntk", "dynamic_ntk", "yarn", "truncate")
-_SCALING_KEYS = {
-    "linear": {"factor"},
-    "ntk": {"factor"},
-    "dynamic_ntk": {"factor", "original_context_length"},
-    "yarn": {"factor", "original_context_length"},
-    "truncate": {"window"},
-}
-_OPTIONAL_KEYS = {"yarn": {"beta_fast", "beta_slow", "attention_factor"}}
+# rope_scaling["type"] -> Part(build = frequency function, info = {"required", "optional", "check", "attention"})
+ROPE_SCALINGS = PartRegistry("rope_scaling type", "ROPE_SCALINGS")
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,31 +53,50 @@ _OPTIONAL_KEYS = {"yarn": {"beta_fast", "beta_slow", "attention_factor"}}
 # --------------------------------------------------------------------------------------------
 
 
+def _factor(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"rope_scaling {name} must be a number >= 1 (target length / trained length), got {value!r}")
+
+
+def _length(value, name: str) -> None:
+    check_int(value, f"rope_scaling {name}")
+
+
+def _positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"rope_scaling {name} must be a number > 0, got {value!r}")
+
+
+def register_rope_scaling(name: str, frequencies: Callable, *, required: dict, optional: dict | None = None,
+                          check: Callable | None = None, attention: Callable | None = None) -> Part:
+    """One RoPE scaling, ``rope_scaling={"type": name, ...}``.
+
+    ``frequencies(head_dim, base, scaling, seq_len) -> (inv_freq (hs/2,), attention_factor)``;
+    ``required`` / ``optional``: ``{key: check(value, key)}`` (a check raises ``ValueError``);
+    ``check(scaling)``: a test across keys; ``attention(head_dim, base, scaling, q_positions, k_positions)
+    -> AttentionPositions``: for a scaling that replaces RoPE's rotation with its own attention."""
+    return ROPE_SCALINGS.register(name, frequencies, required=dict(required), optional=dict(optional or {}),
+                                  check=check, attention=attention)
+
+
 def check_rope_scaling(scaling: dict | None) -> None:
-    """Validate a ``rope_scaling`` dict (see the module docstring); ``None`` is plain RoPE."""
+    """Validate a ``rope_scaling`` dict against its :data:`ROPE_SCALINGS` entry; ``None`` is plain RoPE."""
     if scaling is None:
         return
     if not isinstance(scaling, dict) or scaling.get("type") not in ROPE_SCALINGS:
-        raise ValueError(f"rope_scaling must be None or a dict with 'type' in {ROPE_SCALINGS}, got {scaling!r}")
+        raise ValueError(f"rope_scaling must be None or a dict with 'type' in {ROPE_SCALINGS.names()}, got {scaling!r}")
     kind = scaling["type"]
-    required, optional = _SCALING_KEYS[kind], _OPTIONAL_KEYS.get(kind, set())
-    missing, unknown = required - scaling.keys(), scaling.keys() - required - optional - {"type"}
+    info = ROPE_SCALINGS[kind].info
+    required, optional = info["required"], info["optional"]
+    missing, unknown = required.keys() - scaling.keys(), scaling.keys() - required.keys() - optional.keys() - {"type"}
     if missing or unknown:
         raise ValueError(f"rope_scaling of type {kind!r} needs keys {sorted(required)} (optional {sorted(optional)}); "
                          f"missing {sorted(missing)}, unknown {sorted(unknown)}")
-    if "factor" in scaling:
-        f = scaling["factor"]
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f < 1:
-            raise ValueError(f"rope_scaling factor must be a number >= 1 (target length / trained length), got {f!r}")
-    if "original_context_length" in scaling:
-        check_int(scaling["original_context_length"], "rope_scaling original_context_length")
-    if "window" in scaling:
-        check_int(scaling["window"], "rope_scaling window")
-    for name in ("beta_fast", "beta_slow", "attention_factor"):
-        if name in scaling and (isinstance(scaling[name], bool) or not isinstance(scaling[name], (int, float)) or not scaling[name] > 0):
-            raise ValueError(f"rope_scaling {name} must be a number > 0, got {scaling[name]!r}")
-    if kind == "yarn" and scaling.get("beta_fast", 32) <= scaling.get("beta_slow", 1):
-        raise ValueError(f"rope_scaling beta_fast must be > beta_slow, got {scaling.get('beta_fast', 32)} <= {scaling.get('beta_slow', 1)}")
+    for key, value in scaling.items():
+        if key != "type":
+            {**required, **optional}[key](value, key)
+    if info["check"] is not None:
+        info["check"](scaling)
 
 
 def ntk_base(base: float, factor: float, head_dim: int) -> float:
@@ -115,26 +134,62 @@ def yarn_ramp(head_dim: int, base: float, original_context_length: int, beta_fas
 
 def scaled_rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict | None = None,
                             seq_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """``(inv_freq (hs/2,), attention_factor)`` for a ``rope_scaling`` dict. ``seq_len`` (the
-    current length) only matters for ``dynamic_ntk``. ``truncate`` keeps the plain frequencies."""
+    """``(inv_freq (hs/2,), attention_factor)`` for a ``rope_scaling`` dict: its :data:`ROPE_SCALINGS`
+    entry's frequency function. ``seq_len`` (the current length) only matters for ``dynamic_ntk``."""
     check_rope_scaling(scaling)
+    if scaling is None:
+        return rope_frequencies(head_dim, base), 1.0  # (hs/2,)
+    return ROPE_SCALINGS[scaling["type"]].build(head_dim, base, scaling, seq_len)
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in scalings: one entry each
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(head_dim, base, scaling, seq_len):  # position interpolation: every frequency / s
+    return rope_frequencies(head_dim, base) / float(scaling["factor"]), 1.0
+
+
+def _ntk(head_dim, base, scaling, seq_len):  # NTK-aware: a larger base
+    return rope_frequencies(head_dim, ntk_base(base, float(scaling["factor"]), head_dim)), 1.0
+
+
+def _dynamic_ntk(head_dim, base, scaling, seq_len):  # the NTK base from the current length n
+    s, L = float(scaling["factor"]), scaling["original_context_length"]
+    n = max(seq_len or L, L)
+    return rope_frequencies(head_dim, ntk_base(base, (s * n / L) - (s - 1), head_dim)), 1.0
+
+
+def _yarn(head_dim, base, scaling, seq_len):  # blend the interpolated and the original frequency pair by pair
+    s = float(scaling["factor"])
     inv_freq = rope_frequencies(head_dim, base)  # (hs/2,)
-    if scaling is None or scaling["type"] == "truncate":
-        return inv_freq, 1.0
-    kind, s = scaling["type"], float(scaling["factor"])
-    d = head_dim
-    if kind == "linear":
-        return inv_freq / s, 1.0
-    if kind == "ntk":
-        return rope_frequencies(d, ntk_base(base, s, d)), 1.0
-    if kind == "dynamic_ntk":
-        L = scaling["original_context_length"]
-        n = max(seq_len or L, L)
-        return rope_frequencies(d, ntk_base(base, (s * n / L) - (s - 1), d)), 1.0
-    # yarn: blend the interpolated and the original frequency pair by pair
-    ramp = yarn_ramp(d, base, scaling["original_context_length"], scaling.get("beta_fast", 32), scaling.get("beta_slow", 1))
+    ramp = yarn_ramp(head_dim, base, scaling["original_context_length"], scaling.get("beta_fast", 32), scaling.get("beta_slow", 1))
     inv_freq = (inv_freq / s) * ramp + inv_freq * (1 - ramp)
     return inv_freq, float(scaling.get("attention_factor", yarn_attention_factor(s)))
+
+
+def _check_yarn(scaling: dict) -> None:
+    if scaling.get("beta_fast", 32) <= scaling.get("beta_slow", 1):
+        raise ValueError(f"rope_scaling beta_fast must be > beta_slow, got {scaling.get('beta_fast', 32)} <= {scaling.get('beta_slow', 1)}")
+
+
+def _truncate(head_dim, base, scaling, seq_len):  # the plain frequencies; the clipping is in the attention
+    return rope_frequencies(head_dim, base), 1.0
+
+
+def _truncate_attention(head_dim, base, scaling, q_positions, k_positions) -> AttentionPositions:
+    window = scaling["window"]
+    return AttentionPositions(attend_fn=lambda q, k, v, mask: truncated_rope_attention(
+        q, k, v, q_positions, k_positions, window, base=base, mask=mask))
+
+
+register_rope_scaling("linear", _linear, required={"factor": _factor})
+register_rope_scaling("ntk", _ntk, required={"factor": _factor})
+register_rope_scaling("dynamic_ntk", _dynamic_ntk, required={"factor": _factor, "original_context_length": _length})
+register_rope_scaling("yarn", _yarn, required={"factor": _factor, "original_context_length": _length},
+                      optional={"beta_fast": _positive, "beta_slow": _positive, "attention_factor": _positive}, check=_check_yarn)
+register_rope_scaling("truncate", _truncate, required={"window": _length}, attention=_truncate_attention)
 
 
 def rope_attention_positions(head_dim: int, base: float, scaling: dict | None, q_positions: torch.Tensor,
@@ -142,10 +197,9 @@ def rope_attention_positions(head_dim: int, base: float, scaling: dict | None, q
     """What a RoPE model's attention layers need for one forward pass (see
     :class:`lmlab.model.positions.scheme.AttentionPositions`): cos/sin at the new tokens' positions, or, for
     ``truncate``, an attention function that works on un-rotated q and k."""
-    if scaling is not None and scaling["type"] == "truncate":
-        window = scaling["window"]
-        return AttentionPositions(attend_fn=lambda q, k, v, mask: truncated_rope_attention(
-            q, k, v, q_positions, k_positions, window, base=base, mask=mask))
+    attention = None if scaling is None else ROPE_SCALINGS[scaling["type"]].info["attention"]
+    if attention is not None:  # truncate: its own attention on un-rotated q and k
+        return attention(head_dim, base, scaling, q_positions, k_positions)
     seq_len = int(k_positions.max()) + 1 if k_positions.numel() else 1
     inv_freq, attention_factor = scaled_rope_frequencies(head_dim, base, scaling, seq_len)
     cos, sin = rope_cos_sin(q_positions, inv_freq.to(q_positions.device), attention_factor=attention_factor)  # (T, hs) each

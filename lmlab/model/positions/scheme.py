@@ -5,7 +5,7 @@
 ``GPT.pos_emb``, and ``none``). Once per forward pass the scheme hands every attention layer an
 :class:`AttentionPositions`: RoPE's cos/sin, or an additive bias (ALiBi, T5), or its own attention
 (RoPE truncation). The schemes themselves are in :mod:`lmlab.model.positions.encodings`; RoPE's context-extension
-variants in :mod:`lmlab.infer.long_context`.
+variants in :mod:`lmlab.model.positions.rope_scaling` (one :data:`~lmlab.model.positions.rope_scaling.ROPE_SCALINGS` entry each).
 """
 
 from __future__ import annotations
