@@ -43,7 +43,7 @@ import math
 import torch
 from ipywidgets import FloatLogSlider, IntSlider
 
-from lmlab.model.gpt.positions import encodings as P
+from lmlab.model.positions import encodings as P
 from lmlab.course.doctor import doctor
 from lmlab.course.experiments import ch03_positions as X
 from lmlab.course.stats import paired_comparison
