@@ -1,4 +1,4 @@
-"""The ``lmlab`` command: ``lmlab doctor`` and ``lmlab grade``."""
+"""The ``lmlab`` command: ``lmlab doctor``, ``lmlab grade`` and ``lmlab progress``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from lmlab.course.doctor import doctor
+from lmlab.course.my_parts import progress_command
 from lmlab.grading.cli import grade_command
 
 
@@ -18,7 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--json", dest="json_path", nargs="?", const="-", default=None, help="also write the results as JSON (to a file, or - for stdout)")
     grade.add_argument("--timeout", type=float, default=None, help="seconds allowed per exercise (default: the exercise's own limit)")
     grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
+    progress = sub.add_parser("progress", help="points per chapter, your capstone parts and the next exercise")
+    progress.add_argument("folder", nargs="?", default=None, help="your exercise notebooks (default: exercises/)")
+    progress.add_argument("--chapter", dest="chapters", action="append", default=None, help="only this chapter (NN; repeatable)")
+    progress.add_argument("--timeout", type=float, default=None, help="seconds allowed per exercise (default: the exercise's own limit)")
     args = parser.parse_args(argv)
+    if args.command == "progress":
+        return progress_command(args.folder, chapters_=args.chapters, timeout=args.timeout)
     if args.command == "doctor":
         doctor()
         return 0

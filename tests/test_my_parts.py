@@ -142,3 +142,25 @@ def test_smollm2_on_your_parts_answers_like_hugging_face(solution_parts):
     print(f"identical greedy tokens: {same}/32; decode {32 / t_mine:.1f} tok/s (yours) vs {len(theirs) / t_hf:.1f} tok/s "
           f"(HF), ratio {(32 / t_mine) / (len(theirs) / t_hf):.2f}x")
     assert 2 not in theirs and same == 32
+
+
+def test_progress_totals_for_stub_solution_and_half_done(tmp_path, capsys):
+    from lmlab.cli import main
+    from lmlab.grading.registry import chapter_exercises
+
+    full = sum(e.points for e in chapter_exercises("01"))
+    layer_norm = next(e.points for e in chapter_exercises("01") if e.name == "layer_norm")
+    half = lambda t: t.replace("def layer_norm(", "def layer_norm(*args, **kwargs):\n    raise NotImplementedError\n\n\ndef _old_layer_norm(", 1)
+    _copy({"01"}, tmp_path, edit={"01": half})
+    shutil.copy(os.path.join(EXERCISES, "02_activations.py"), tmp_path)
+    assert main(["progress", str(tmp_path), "--chapter", "01", "--chapter", "02", "--chapter", "03"]) == 0
+    out = capsys.readouterr().out
+    stub02 = sum(e.points for e in chapter_exercises("02"))
+    assert f"01       {f'{full - layer_norm}/{full}':>9}  in progress: 4/5 exercises passed" in out, out
+    assert f"02       {f'0/{stub02}':>9}  not started" in out, out
+    assert "03 " in out and "total" in out and f"{full - layer_norm}/{full + stub02 + sum(e.points for e in chapter_exercises('03'))}" in out
+    assert "Capstone parts already yours: norm (01)" in out and "ffn (02), position (03)" in out
+    assert "Next: 01.layer_norm in " in out
+    solution = read_notebooks(SOLUTIONS, chapters_=["01"])
+    assert solution.points == solution.max_points == full and solution.chapters["01"].notebook.endswith(".ipynb")
+    assert main(["progress", str(tmp_path / "nope")]) == 2

@@ -24,6 +24,7 @@ A notebook that is missing, not a notebook, or has a syntax error gives a one-li
 from __future__ import annotations
 
 import os
+import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from lmlab.grading.report import STATUSES
 from lmlab.grading.runner import grade_in_subprocess
 
 __all__ = ["CAPSTONE_PARTS", "ExerciseStatus", "ChapterStatus", "Course", "Part", "Parts", "find_notebook",
-           "read_notebooks", "my_parts", "default_folder"]
+           "read_notebooks", "my_parts", "default_folder", "capstone_status", "progress_report", "progress_command"]
 
 # capstone part -> (the exercises whose objects make it, what it does in the capstone). A part is the
 # learner's when every one of its exercises passed.
@@ -309,3 +310,60 @@ def my_parts(folder: str | Path | None = None, kinds: list[str] | None = None, t
                 part.objects = {i[3:]: getattr(module, i[3:]) for i in exercise_ids}
         parts[kind] = part
     return Parts(parts, course)
+
+
+def capstone_status(course: Course) -> dict[str, bool | None]:
+    """capstone part -> True (all its exercises passed), False (not yet), None (its chapters were not read)."""
+    if not isinstance(course, Course):
+        raise ValueError(f"course must be a Course (from read_notebooks), got {type(course).__name__}")
+    out = {}
+    for kind, (ids, _) in CAPSTONE_PARTS.items():
+        try:
+            out[kind] = all(course.exercise(i).passed for i in ids)
+        except (KeyError, ValueError):
+            out[kind] = None
+    return out
+
+
+def progress_report(course: Course) -> str:
+    """The ``lmlab progress`` text: points per chapter (or "not started"), the capstone parts already
+    yours, and the next exercise to do."""
+    if not isinstance(course, Course):
+        raise ValueError(f"course must be a Course (from read_notebooks), got {type(course).__name__}")
+    lines = [f"Your progress in {course.folder}", "", f"{'chapter':<8} {'points':>9}  status"]
+    for chapter, status in sorted(course.chapters.items()):
+        if status.error and not status.started:
+            state = "not started" + (f" ({status.error})" if status.notebook else "")
+        elif status.points == status.max_points:
+            state = "done"
+        elif status.started:
+            passed = sum(e.passed for e in status.exercises)
+            state = f"in progress: {passed}/{len(status.exercises)} exercises passed"
+        else:
+            state = "not started"
+        lines.append(f"{chapter:<8} {f'{status.points}/{status.max_points}':>9}  {state}")
+    lines.append(f"{'total':<8} {f'{course.points}/{course.max_points}':>9}")
+    parts = capstone_status(course)
+    yours = [f"{k} ({CAPSTONE_PARTS[k][0][0][:2]})" for k, ok in parts.items() if ok]
+    todo = [f"{k} ({CAPSTONE_PARTS[k][0][0][:2]})" for k, ok in parts.items() if ok is False]
+    lines += ["", f"Capstone parts already yours: {', '.join(yours) or 'none yet'}"]
+    if todo:
+        lines.append(f"Capstone parts still lmlab's: {', '.join(todo)}")
+    nxt = course.next_exercise()
+    if nxt is None:
+        lines.append("Next: nothing left here, every exercise passed. Well done!")
+    else:
+        where = course.chapters[nxt.id[:2]].notebook or f"{nxt.id[:2]}_*.ipynb"
+        lines.append(f"Next: {nxt.id} in {where}" + (f" ({nxt.why()})" if nxt.status not in ("not implemented", "not started") else ""))
+    return "\n".join(lines)
+
+
+def progress_command(folder: str | None = None, chapters_: list[str] | None = None, timeout: float | None = None) -> int:
+    """The ``lmlab progress [FOLDER] [--chapter NN ...]`` command: print :func:`progress_report`; exit status."""
+    try:
+        course = read_notebooks(folder, chapters_=chapters_, timeout=timeout)
+    except ValueError as exc:
+        print(f"lmlab progress: {exc}", file=sys.stderr)
+        return 2
+    print(progress_report(course))
+    return 0
