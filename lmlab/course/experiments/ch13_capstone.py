@@ -28,7 +28,9 @@ from lmlab.data.text import char_data, load_corpus
 from lmlab.infer.decoding import generate
 from lmlab.infer.decoding.logits import filtered_probs
 from lmlab.model import GPT, ModelConfig
-from lmlab.model.llama import build_llama, llama_config
+from lmlab.interop.gguf import load_state_dict_checked
+from lmlab.interop.hf import to_hf_config
+from lmlab.model.llama import build_llama, llama_config, plugged_state_dict
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
 
@@ -201,3 +203,84 @@ def generation_figure(model, tok, prompt: str, temperature: float, top_k: int, t
     note = (f"{tok.decode(new, skip_special=True)!r} — {len(new) / seconds:.1f} tokens/s "
             f"({'with' if use_cache else 'without'} the KV cache)")
     return style_figure(fig, "Generation: the probability of each chosen token", height=360), note
+
+
+# ------------------------------------------------------------------ your parts on the real model (section 4)
+
+
+def your_model_like(reference: GPT, parts: dict, seed: int = 0) -> GPT:
+    """``build_llama(reference.config, parts=parts)`` holding ``reference``'s weights (the same tensors, no
+    copy: a learner SwiGLU gets views of lmlab's fused ``up``), in eval mode: the real weights in your model."""
+    if not isinstance(reference, GPT):
+        raise ValueError(f"reference must be a GPT (e.g. load_gguf(...).model), got {type(reference).__name__}")
+    with torch.device("meta"):  # no random init of weights that are replaced next (135 M for SmolLM2)
+        model = build_llama(reference.config, parts=parts, seed=seed)
+    load_state_dict_checked(model, plugged_state_dict(model, reference.state_dict()), source="reference model", assign=True)
+    if any(t.is_meta for t in model.buffers()):  # a part made its own buffers (e.g. RoPE tables): build it for real
+        model = build_llama(reference.config, parts=parts, seed=seed)
+        load_state_dict_checked(model, plugged_state_dict(model, reference.state_dict()), source="reference model", assign=True)
+    if reference.config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    return model.eval()
+
+
+def greedy_tokens(model, prompt: torch.Tensor, max_new_tokens: int, generate_fn=None) -> tuple[list[int], float]:
+    """Greedy new tokens of ``model`` after ``prompt (T,)`` and the decode speed in tokens/s (prefill included).
+    ``generate_fn``: chapter 08's ``generate_with_cache(model, prompt (B, T), n, temperature, top_k, seed)``
+    (the learner's), else lmlab's ``generate``; a Hugging Face model uses its own ``generate``."""
+    check_int(max_new_tokens, "max_new_tokens", "greedy_tokens")
+    start = time.perf_counter()
+    with torch.no_grad():
+        if hasattr(model, "generate") and not isinstance(model, GPT):  # transformers (stops at its EOS)
+            out = model.generate(prompt[None], max_new_tokens=max_new_tokens, do_sample=False)[0]
+        elif generate_fn is not None:
+            out = generate_fn(model, prompt[None], max_new_tokens, 0.0, None, 0)[0]
+        else:
+            out = generate(model, prompt, max_new_tokens)
+    seconds = time.perf_counter() - start
+    new = out[len(prompt):].tolist()
+    return new, len(new) / seconds
+
+
+def same_tokens(a: list[int], b: list[int], eos_id: int | None = None) -> int:
+    """How many leading tokens ``a`` and ``b`` share, each cut after its first ``eos_id`` (a generation ends there)."""
+    cut = lambda t: t[:t.index(eos_id) + 1] if eos_id in t else t
+    a, b = cut(a), cut(b)
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def hf_twin(model: GPT):
+    """transformers' ``LlamaForCausalLM`` holding ``model``'s own weight tensors (views, no copy: the lesson's
+    memory stays under 1.5 GB with SmolLM2 loaded twice); :func:`lmlab.interop.hf.to_hf` makes a copy instead."""
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be an lmlab GPT, got {type(model).__name__}")
+    import transformers  # optional dependency, only for the real-model cells
+
+    cfg = model.config
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(to_hf_config(cfg))
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    ours = lmlab_to_hf_state_dict_views(sd, cfg)
+    if "lm_head.weight" not in hf.state_dict():  # pragma: no cover - depends on the transformers version
+        ours.pop("lm_head.weight")
+    hf.load_state_dict(ours, assign=True)
+    if cfg.tie_embeddings:
+        hf.lm_head.weight = hf.model.embed_tokens.weight
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf.config)  # its inv_freq buffer, built for real
+    return hf.to(model.tok_emb.weight.dtype).eval()
+
+
+def lmlab_to_hf_state_dict_views(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """:func:`lmlab.interop.hf.lmlab_to_hf_state_dict` without its final copy (views of ``sd``'s tensors)."""
+    C, kv, F_ = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(cfg.n_layers):
+        o, h = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = sd[o + "attn.qkv.weight"].split([C, kv, kv], dim=0)  # (C, C), (kv, C), (kv, C)
+        up, gate = sd[o + "ffn.up.weight"].split([F_, F_], dim=0)  # value half first, gate second
+        out.update({h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
+                    h + "self_attn.o_proj.weight": sd[o + "attn.proj.weight"], h + "input_layernorm.weight": sd[o + "norm1.weight"],
+                    h + "post_attention_layernorm.weight": sd[o + "norm2.weight"], h + "mlp.up_proj.weight": up,
+                    h + "mlp.gate_proj.weight": gate, h + "mlp.down_proj.weight": sd[o + "ffn.down.weight"]})
+    return out
