@@ -67,8 +67,8 @@ def test_build_llama_swaps_a_part_in_one_place():
     unregister("norm", mine.config.norm)  # leave the registry as the other tests expect it
     with pytest.raises(ValueError, match="parts: kinds must be among"):
         build_llama(cfg, parts={"rope": MyNorm})
-    with pytest.raises(ValueError, match="parts: kinds must be among"):
-        build_llama(cfg, parts={"attention": MyNorm})  # plain causal attention cannot take RoPE positions
+    with pytest.raises(ValueError, match=r"parts\['attention'\] must be a function \(chapter 04's scaled_dot_product_attention"):
+        build_llama(cfg, parts={"attention": MyNorm})  # a module cannot take RoPE positions and a cache: the function goes inside
     with pytest.raises(ValueError, match="cfg must be a ModelConfig"):
         build_llama({"d_model": 3})
     with pytest.raises(ValueError, match="ModelConfig.norm must be 'rmsnorm'"):

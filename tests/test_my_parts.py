@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lmlab.course.my_parts import CAPSTONE_PARTS, find_notebook, my_parts, read_notebooks
-from lmlab.interop.gguf import find_smollm2, load_gguf, load_state_dict_checked
-from lmlab.model.llama import build_llama, llama_config, parts_table, plugged_state_dict
+from lmlab.course.experiments.ch13_capstone import greedy_tokens, hf_twin, same_tokens, your_model_like
+from lmlab.interop.gguf import find_smollm2, load_gguf
+from lmlab.model.llama import build_llama, llama_config, parts_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOLUTIONS = os.path.join(ROOT, "solutions")
@@ -57,6 +58,27 @@ def test_solutions_are_all_yours(solution_parts):
     torch.testing.assert_close(norm(8, eps=1e-5)(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
     course = solution_parts.course
     assert course.points == course.max_points > 0
+
+
+def test_your_parts_in_a_tiny_llama_with_large_weights(solution_parts):
+    """No real model needed: std-0.5 weights (a layout slip cannot hide), logits and cached greedy decoding."""
+    from lmlab.infer.decoding import generate
+
+    cfg = llama_config("tiny", vocab_size=97, d_model=48, n_heads=6, n_kv_heads=2, d_ff=40)
+    reference = build_llama(cfg, seed=1).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(1 + 0.5 * torch.randn_like(p) if p.dim() == 1 else 0.5 * torch.randn_like(p))
+    yours = your_model_like(reference, solution_parts.model_parts())
+    assert {"attention", "repeat_kv", "decode_step", "norm", "ffn", "position"} <= set(yours.plugged)
+    ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(yours(ids), reference(ids), atol=1e-4, rtol=1e-4)
+    mine = solution_parts.get("generation", "generate_with_cache")(yours, ids, 12, 0.0, None, 0)[0]
+    torch.testing.assert_close(mine, generate(reference, ids[0], 12))
+    broken = your_model_like(reference, {**solution_parts.model_parts(), "repeat_kv": lambda x, n: x.repeat(1, n, 1, 1)})
+    with torch.no_grad():
+        assert (broken(ids) - reference(ids)).abs().max() > 1e-2  # heads repeated with repeat: a different model
 
 
 def test_stub_exercises_all_fall_back():
@@ -110,38 +132,29 @@ def test_input_checks(tmp_path):
 
 @needs_smollm2
 def test_smollm2_on_your_parts_answers_like_hugging_face(solution_parts):
-    from transformers import AutoModelForCausalLM
-
-    ref = load_gguf()
-    cfg = ref.model.config
-    yours = build_llama(cfg, parts=solution_parts.model_parts())
-    load_state_dict_checked(yours, plugged_state_dict(yours, ref.model.state_dict()), source="SmolLM2", assign=True)
-    yours.lm_head.weight = yours.tok_emb.weight
-    yours.eval()
+    """Every model part the solutions' (graded, loaded from a copy), SmolLM2's weights, transformers'
+    LlamaForCausalLM on the same tensors: logits, 32 greedy tokens through your loop and decode step."""
+    ref = load_gguf(context_length=1024)
+    yours = your_model_like(ref.model, solution_parts.model_parts())
     table = dict((kind, whose) for kind, _, whose, _ in parts_table(yours))
-    assert table["norm"] == "llama_norm_RMSNorm" and table["attention"] == "scaled_dot_product_attention + repeat_kv"
-    assert table["kv_cache"] == "decode_step"
-    path = find_smollm2()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
-                                              dtype=torch.float32).eval()
-    ids = torch.tensor([ref.tokenizer.encode("The capital of France is Paris. The Eiffel tower")])  # (1, T)
+    assert table["norm"] == "llama_norm_RMSNorm" and table["ffn"] == "llama_ffn_SwiGLU"
+    assert table["attention"] == "scaled_dot_product_attention + repeat_kv" and table["kv_cache"] == "decode_step"
+    assert type(yours.blocks[0].ffn).__module__ == "lmlab_learner_ch02"
+    hf = hf_twin(ref.model)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ids = torch.tensor(ref.tokenizer.encode("The capital of France is Paris. The Eiffel tower"))  # (T,)
     with torch.no_grad():
-        want, got = hf(ids).logits, yours(ids)
+        want, got = hf(ids[None]).logits, yours(ids[None])
     rel = ((got - want).abs().max() / want.abs().max()).item()
     print(f"relative max logits difference, your parts vs transformers: {rel:.2e}")
     assert rel <= 1e-4
-    generate = solution_parts.get("generation", "generate_with_cache")
-    start = time.perf_counter()
-    mine = generate(yours, ids, 32, 0.0, None, 0)[0, ids.size(1):].tolist()  # greedy, your KV cache and loop
-    t_mine = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        theirs = hf.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.size(1):].tolist()
-    t_hf = time.perf_counter() - start
-    same = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-    print(f"identical greedy tokens: {same}/32; decode {32 / t_mine:.1f} tok/s (yours) vs {len(theirs) / t_hf:.1f} tok/s "
-          f"(HF), ratio {(32 / t_mine) / (len(theirs) / t_hf):.2f}x")
-    assert 2 not in theirs and same == 32
+    mine, my_speed = greedy_tokens(yours, ids, 32, solution_parts.get("generation", "generate_with_cache"))
+    theirs, hf_speed = greedy_tokens(hf, ids, 32)
+    same = same_tokens(mine, theirs, ref.eos_id)
+    print(f"identical greedy tokens: {same}/32; decode {my_speed:.1f} tok/s (yours) vs {hf_speed:.1f} tok/s (HF), "
+          f"ratio {my_speed / hf_speed:.2f}x")
+    assert len(theirs) == 32 and same == 32
+    assert same_tokens([5, 2, 7], [5, 2, 9], eos_id=2) == 2 and same_tokens([5, 6], [5, 7]) == 1
 
 
 def test_progress_totals_for_stub_solution_and_half_done(tmp_path, capsys):

@@ -160,6 +160,9 @@ class PluggedAttention(MultiHeadAttention):
 
 
 _ATTENTION_PARTS = ("attention", "repeat_kv", "decode_step")
+_ATTENTION_SIGNATURES = {"attention": "chapter 04's scaled_dot_product_attention(q, k, v, mask)",
+                         "repeat_kv": "chapter 04's repeat_kv(x, n_rep)",
+                         "decode_step": "chapter 08's decode_step(k_cache, v_cache, q, k_new, v_new)"}
 
 
 def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> GPT:
@@ -182,8 +185,8 @@ def build_llama(cfg: ModelConfig, parts: dict | None = None, seed: int = 0) -> G
     if unknown:
         raise ValueError(f"parts: kinds must be among {tuple(_PLUGGED) + _ATTENTION_PARTS}, got {sorted(unknown)}")
     for kind in _ATTENTION_PARTS:
-        if kind in parts and not callable(parts[kind]):
-            raise ValueError(f"parts[{kind!r}] must be a function, got {type(parts[kind]).__name__}")
+        if kind in parts and (isinstance(parts[kind], type) or not callable(parts[kind])):
+            raise ValueError(f"parts[{kind!r}] must be a function ({_ATTENTION_SIGNATURES[kind]}), got {parts[kind]!r}")
     names = {LLAMA_PARTS[kind][1]: _plug(kind, parts[kind]) for kind in _PLUGGED if kind in parts}
     torch.manual_seed(seed)
     model = GPT(dataclasses.replace(cfg, **names) if names else cfg)
