@@ -104,7 +104,7 @@ print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD 
 # writes it: the LLaMA's choices (RMSNorm, pre-LN, SwiGLU, RoPE, no biases) once, and named flavors for
 # the sizes (`tiny` here, `smollm2_135m` in section 4, `llama_7b` in lesson 10, `llama2_70b` in lesson 12).
 #
-# The parts are **the ones you wrote** in chapters 01–09 and 13. `my_parts()` reads your exercise notebooks
+# The parts are **the ones you wrote** in chapters 01–04 and 08. `my_parts()` reads your exercise notebooks
 # (`../exercises/`, the same extraction and the same sandboxed grading as `lmlab grade`: only your
 # definitions run, each part in its own process with a time limit) and keeps each part whose exercises
 # pass. The passing parts are then loaded **into this kernel**: it is your code, from your notebook, running
@@ -115,7 +115,8 @@ print(f"byte 0xC3 alone (half of 'é') is not valid UTF-8: it decodes to U+FFFD 
 # %%
 from lmlab.course.my_parts import my_parts
 
-yours = my_parts()  # grades the exercises each part needs (about half a minute on 2 cores)
+MODEL_PARTS = ["norm", "ffn", "position", "attention", "decode_step", "generation"]  # the parts this lesson uses
+yours = my_parts(kinds=MODEL_PARTS)  # grades the 8 exercises they need, each in its own process
 print(f"{'part':<12} {'whose':<78} role")
 for kind, whose, role in yours.table():
     print(f"{kind:<12} {whose:<78} {role}")
