@@ -52,7 +52,7 @@ from lmlab.interop.gguf import find_smollm2, load_gguf, permute_qk, unpermute_qk
 from lmlab.data.text import load_corpus
 from lmlab.course.doctor import doctor
 from lmlab.course.experiments.ch13_capstone import (bits_per_byte, bpe_figure, generation_figure, lesson_tokenizer, merges_rows,
-                                        pretrain_experiment, same_tokens, greedy_tokens, hf_twin,
+                                        pretrain_experiment, same_tokens, greedy_tokens, hf_twin, layer_divergence,
                                         token_logprobs, your_model_like)
 from lmlab.model.llama import build_llama, llama_config, parts_table
 from lmlab.course.widgets import FigureExplorer, style_figure
@@ -263,6 +263,18 @@ if smol is not None:
             moved = (swapped(probe[None]) - got).abs().max().item()
         print(f"{kind:<10} yours -> lmlab's: logits move by at most {moved:.1e}")
         assert moved <= 1e-4 * want.abs().max().item()
+
+# %% [markdown]
+# **Debugging view**: if one of your parts passed grading but changed SmolLM2's answer, compare your model with
+# lmlab's layer by layer: the first module whose output differs (beyond float rounding) is the part to fix.
+
+# %%
+if smol is not None:
+    rows = layer_divergence(your_smol, smol.model, probe[None])
+    worst = max(rows, key=lambda r: r[1])
+    first = next((name for name, diff in rows if diff > 1e-3), None)
+    print(f"{len(rows)} outputs compared; largest difference {worst[1]:.1e} at {worst[0]}; "
+          + (f"first to depart: {first}" if first else "no module departs from lmlab's (all within 1e-3)"))
 
 # %% [markdown]
 # Both models on the same held-out course text, in bits per byte (your model never saw this

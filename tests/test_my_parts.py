@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmlab.course.my_parts import CAPSTONE_PARTS, find_notebook, my_parts, read_notebooks
-from lmlab.course.experiments.ch13_capstone import greedy_tokens, hf_twin, same_tokens, your_model_like
+from lmlab.course.experiments.ch13_capstone import greedy_tokens, hf_twin, layer_divergence, same_tokens, your_model_like
 from lmlab.interop.gguf import find_smollm2, load_gguf
 from lmlab.model.llama import build_llama, llama_config, parts_table
 
@@ -79,6 +79,10 @@ def test_your_parts_in_a_tiny_llama_with_large_weights(solution_parts):
     broken = your_model_like(reference, {**solution_parts.model_parts(), "repeat_kv": lambda x, n: x.repeat(1, n, 1, 1)})
     with torch.no_grad():
         assert (broken(ids) - reference(ids)).abs().max() > 1e-2  # heads repeated with repeat: a different model
+    rows = layer_divergence(broken, reference, ids)
+    first = next(name for name, diff in rows if diff > 1e-3)
+    assert first == "blocks.0.attn" and rows[-1][0] == "logits"  # the per-layer view names the broken part first
+    assert max(diff for _, diff in layer_divergence(yours, reference, ids)) < 1e-3
 
 
 def test_stub_exercises_all_fall_back():

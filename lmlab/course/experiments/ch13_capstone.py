@@ -284,3 +284,29 @@ def lmlab_to_hf_state_dict_views(sd: dict[str, torch.Tensor], cfg: ModelConfig) 
                     h + "post_attention_layernorm.weight": sd[o + "norm2.weight"], h + "mlp.up_proj.weight": up,
                     h + "mlp.gate_proj.weight": gate, h + "mlp.down_proj.weight": sd[o + "ffn.down.weight"]})
     return out
+
+
+def layer_divergence(model: GPT, reference: GPT, ids: torch.Tensor) -> list[tuple[str, float]]:
+    """Where ``model`` departs from ``reference`` on ``ids (B, T)``: ``(module, max |difference|)`` of every
+    block's attention, feed-forward and output, then the logits, in the order they run. The first large
+    number names the part to debug (lesson 13: a part that passes grading but changes SmolLM2's answer)."""
+    if not isinstance(model, GPT) or not isinstance(reference, GPT):
+        raise ValueError("model and reference must be lmlab GPTs (from build_llama / your_model_like)")
+    if len(model.blocks) != len(reference.blocks):
+        raise ValueError(f"model has {len(model.blocks)} blocks, reference {len(reference.blocks)}: not the same architecture")
+
+    def outputs(m):
+        seen, hooks = {}, []
+        for i, block in enumerate(m.blocks):
+            for name, module in ((f"blocks.{i}.attn", block.attn), (f"blocks.{i}.ffn", block.ffn), (f"blocks.{i}", block)):
+                hooks.append(module.register_forward_hook(lambda _m, _a, out, name=name: seen.__setitem__(name, out.detach())))
+        try:
+            with torch.no_grad():
+                seen["logits"] = m(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen
+
+    ours, theirs = outputs(model), outputs(reference)
+    return [(name, (ours[name] - theirs[name]).abs().max().item()) for name in ours]
