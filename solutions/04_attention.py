@@ -20,7 +20,7 @@
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
 # | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 |
-# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 |
+# | 6 | `class GQAttention`: grouped-query attention as a module; the check swaps it into a model and trains it | 3 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
 # each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
@@ -163,7 +163,8 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
     Args:
         m1, l1: ``(R,)`` row max and sum of the first part; acc1: ``(R, hv)``; the same for part 2.
-        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0``.
+        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0`` (the start of a tiled loop, or a tile whose keys
+        are all masked for that row). Both may be empty: the union is then empty too, with no NaN.
 
     Returns:
         ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
@@ -174,7 +175,8 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
     """
     ### BEGIN SOLUTION
     m = torch.maximum(m1, m2)  # (R,)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # (R,): rescale each part to the common max
+    ref = torch.where(m == -math.inf, torch.zeros_like(m), m)  # (R,): a row with both parts empty stays empty
+    a1, a2 = torch.exp(m1 - ref), torch.exp(m2 - ref)  # (R,): rescale each part to the common max
     return m, a1 * l1 + a2 * l2, a1[:, None] * acc1 + a2[:, None] * acc2
     ### END SOLUTION
 
@@ -221,12 +223,13 @@ def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
 # %%
 check("04.gqa_rope_attention", gqa_rope_attention)
 
-
-# ## 6 · Swap your grouped-query attention into the model and train (3 points)
+# %% [markdown]
+# ## 6 · Grouped-query attention as a model part (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
-# Face's layer names, then put it in every block: `lmlab.model.registry.register_attention("my_gqa", GQAttention)`
-# makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
+# Face's layer names. The check puts it in every block of a small model for you
+# (`lmlab.model.registry.register_attention("my_gqa", GQAttention)` makes `ModelConfig(attention="my_gqa")`
+# valid, and you can do the same to train with it), copies lmlab's fused `qkv` weights into your
 # `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).
 
