@@ -234,8 +234,10 @@ def _merge_empty(f):
 def _merge_both_empty(f):
     s, v = seeded_randn(3, 6, seed=59), seeded_randn(6, 2, seed=60)
     state = (torch.full((3,), -math.inf), torch.zeros(3), torch.zeros(3, 2))
-    tile = (torch.tensor([-math.inf, 0.5, -math.inf]), torch.tensor([0.0, 1.0, 0.0]), torch.zeros(3, 2))
-    tile[2][1] = v[0]  # row 1 saw one key; rows 0 and 2 saw only masked keys (m = -inf, l = 0)
+    extra_s = torch.tensor([[-math.inf], [0.5], [-math.inf]])  # one more key: masked for rows 0 and 2
+    extra_v = seeded_randn(1, 2, seed=61)
+    tile = _partial(extra_s, extra_v)  # rows 0 and 2: m = -inf (and a NaN sum); row 1: m = 0.5, l = 1
+    tile = (tile[0], torch.tensor([0.0, 1.0, 0.0]), torch.cat([torch.zeros(1, 2), extra_v, torch.zeros(1, 2)]))
     what = ("online_softmax_merge(empty state, a tile fully masked for rows 0 and 2) — a tiled loop starts empty and "
             "a fully masked tile is common (causal and padding masks)")
     m, l, acc = _merge_call(f, state, tile, what)
@@ -246,8 +248,9 @@ def _merge_both_empty(f):
     expect_equal(l.tolist(), [0.0, 1.0, 0.0], f"{what}: l (an empty row keeps l = 0)")
     expect_close(acc, tile[2], f"{what}: acc (an empty row keeps acc = 0)")
     m, l, acc = _merge_call(f, (m, l, acc), _partial(s, v), "online_softmax_merge(that state, partial(all keys))")
-    expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, "after a fully masked tile, merging the keys still gives softmax(s) @ v",
-                 atol=1e-5)
+    full_s, full_v = torch.cat([extra_s, s], 1), torch.cat([extra_v, v])  # every key seen, the masked ones at -inf
+    expect_close(acc / l[:, None], torch.softmax(full_s, -1) @ full_v,
+                 "after a fully masked tile, merging the other keys still gives softmax(s) @ v", atol=1e-5)
 
 
 register(Exercise(
