@@ -135,7 +135,9 @@ check("09.AdamW", AdamW)
 
 # %%
 def warmup_cosine(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """The learning rate after ``step`` updates (``step = 0`` is before the first one).
+    """The learning rate of update number ``step`` (updates count from 1; ``step = 0``, before training, gives 0
+    during warm-up). A training loop calls it with ``t = 1 … total`` for its t-th update, so the first update
+    already moves the weights and the last one (``t = total``) runs at ``min_lr``.
 
     Hint: compare ``step`` with ``warmup`` and ``total`` before computing anything.
     """

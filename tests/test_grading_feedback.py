@@ -16,6 +16,7 @@ EXPECTED = {
     ("04.gqa_rope_attention", "no RoPE"): ("neither q nor k is rotated",),
     ("04.gqa_rope_attention", "also rotates v"): ("v is rotated too",),
     ("09.AdamW", "one step counter for the whole optimizer"): ("NO gradient on every third step", "self.state[p]"),
+    ("09.train_loop", "schedule off by one (starts at step 0)"): ("train_loss at step 2", "warmup_cosine(t, …) for t = 1"),
     ("09.SpikeDetector", "population standard deviation (pstdev)"): ("statistics.pstdev", "statistics.stdev"),
     ("09.SpikeDetector", "divides by a zero stdev (constant history crashes)"): ("constant history",),
     ("09.SpikeDetector", "no rolling window (all history)"): ("ALL good steps", "window"),

@@ -292,7 +292,11 @@ def _loop_case(f, cfg):
             if not math.isfinite(a) or abs(a - b) > 1e-4 + 1e-4 * abs(b):
                 step = i + 1 if key == "train_loss" else f"eval {i + 1}"
                 raise CheckFailed(f"{what}: {key} at step {step}: expected {b:.5f} (lmlab.train.loop.train), got {a:.5f}"
-                                  + (" — the very first loss differs: same seed, model and batches?" if i == 0 else ""))
+                                  + (" — the very first loss differs: same seed, model and batches?" if i == 0 else "")
+                                  + (" — step 1's loss matches (same seed, model and batch), so the first update differs: "
+                                     "update t runs at warmup_cosine(t, …) for t = 1 … steps (warmup_cosine(0, …) is 0 "
+                                     "during warm-up); then AdamW's settings, zero_grad, clipping at 1.0"
+                                     if key == "train_loss" and i == 1 else ""))
 
 
 def _loop_main(f):
