@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch04_flash  # noqa: F401 (registers 04.flash_attention_forward)
 from lmlab.grading.chapters import ch04_gqa  # noqa: F401 (registers 04.gqa_rope_attention)
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
@@ -27,6 +28,7 @@ EXERCISES = (
     "04.online_softmax_merge",
     "04.gqa_rope_attention",
     "04.GQAttention",
+    "04.flash_attention_forward",
 )
 
 
