@@ -430,14 +430,14 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# for i0 in range(0, Tq, block_q):
-#     q_i = ...  # (B, nh, bq, hs)
-#     m, l, acc = ...  # empty: -inf, 0, 0
-#     for j0 in range(0, Tk, block_k):
-#         s = ...  # (B, nh, bq, bk), scaled and masked
-#         ...  # the tile's partial result (the line to think about: a fully hidden row)
-#         m, l, acc = online_softmax_merge(...)
-#     ...  # write this tile's out and lse rows
+# # every query tile (its first row i0 steps by block_q):
+#     q_i = ...        # (B, nh, bq, hs)
+#     m, l, acc = ...  # the empty partial result of its rows
+#     # every key tile (its first key j0 steps by block_k):
+#         s = ...      # (B, nh, bq, bk), scaled and masked
+#         ...          # the tile's partial result (the line to think about: a fully hidden row)
+#         ...          # merged into the running one (exercise 4)
+#     ...              # this tile's rows of out and lse
 # return out, lse
 # ```
 #

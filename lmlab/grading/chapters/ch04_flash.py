@@ -143,10 +143,15 @@ register(Exercise(
         "multiplied by v_j; a row the tile hides entirely has max -inf, and its exponentials must come out 0, not NaN "
         "(clamp the max you subtract). Merge it into the running one (flatten B, nh and the rows to one axis for your "
         "merge). After the last key tile: out rows = acc / l, lse rows = m + log l.",
-        "for i0 in range(0, Tq, block_q):\n    q_i = ...  # (B, nh, bq, hs)\n    m, l, acc = ...  # empty: -inf, 0, 0\n"
-        "    for j0 in range(0, Tk, block_k):\n        s = ...  # (B, nh, bq, bk), scaled and masked\n"
-        "        ...  # the tile's partial result (the line to think about: a fully hidden row)\n"
-        "        m, l, acc = online_softmax_merge(...)\n    ...  # write this tile's out and lse rows\nreturn out, lse",
+        "# every query tile (its first row i0 steps by block_q):\n"
+        "    q_i = ...        # (B, nh, bq, hs)\n"
+        "    m, l, acc = ...  # the empty partial result of its rows\n"
+        "    # every key tile (its first key j0 steps by block_k):\n"
+        "        s = ...      # (B, nh, bq, bk), scaled and masked\n"
+        "        ...          # the tile's partial result (the line to think about: a fully hidden row)\n"
+        "        ...          # merged into the running one (exercise 4)\n"
+        "    ...              # this tile's rows of out and lse\n"
+        "return out, lse",
     ),
     checks=(
         Check("no mask, Tq != Tk, tile sizes 4/4, 3/5, 1/1 and larger than T: out and lse", _no_mask),
