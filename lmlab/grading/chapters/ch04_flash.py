@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from lmlab.grading.assertions import expect_close, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.harness import call_with
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
 from lmlab.infer.tiled_attention import online_softmax_merge
 
@@ -111,16 +112,22 @@ class _Largest(TorchFunctionMode):
         return out
 
 
-def _tiled(f):
-    B, nh, T = 2, 3, 24
+def harness_largest_tensor(f, B: int, nh: int, T: int) -> dict:
+    """Run the learner's ``f`` (where it lives: the sandbox's child) under :class:`_Largest`; plain data back."""
     q, k, v = _inputs(B, nh, T, T, 8, 8, seed=740)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     with _Largest() as seen:
         f(q, k, v, causal, 4, 6)
+    return dict(largest=int(seen.largest), shape=[int(n) for n in seen.shape])
+
+
+def _tiled(f):
+    B, nh, T = 2, 3, 24
+    seen = call_with(f, "lmlab.grading.chapters.ch04_flash:harness_largest_tensor", B, nh, T)
     full = B * nh * T * T
-    if seen.largest >= full:
-        raise CheckFailed(f"flash_attention_forward(T=24, block_q=4, block_k=6) made a tensor of shape {seen.shape} "
-                          f"({seen.largest} numbers), as large as the whole (B, nh, Tq, Tk) score matrix ({full}): work on "
+    if seen["largest"] >= full:
+        raise CheckFailed(f"flash_attention_forward(T=24, block_q=4, block_k=6) made a tensor of shape {tuple(seen['shape'])} "
+                          f"({seen['largest']} numbers), as large as the whole (B, nh, Tq, Tk) score matrix ({full}): work on "
                           "one (block_q, block_k) tile of scores at a time")
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch08_cache  # noqa: F401 (registers 08.PreallocatedKVCache)
 from lmlab.grading.chapters import ch08_parts  # noqa: F401 (registers 08.generate_with_cache)
 from lmlab.grading.registry import Check, Exercise, register
 from lmlab.infer.kv_cache import kv_cache_bytes
@@ -26,6 +27,7 @@ EXERCISES = (
     "08.blocks_needed",
     "08.locate_token",
     "08.generate_with_cache",
+    "08.PreallocatedKVCache",
 )
 
 
