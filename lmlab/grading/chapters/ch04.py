@@ -1,5 +1,5 @@
 """Chapter 04 graders (``exercises/04_attention.ipynb``): attention, a sliding-window mask, repeat_kv,
-the online-softmax merge.
+the online-softmax merge (the GQA layer is in ``ch04_gqa``, FlashAttention's tiled forward in ``ch04_flash``).
 
 Every check compares with ``F.scaled_dot_product_attention`` (with ``enable_gqa`` for repeat_kv), a
 construction written here with plain Python loops, ``torch.softmax`` on the concatenated scores, or

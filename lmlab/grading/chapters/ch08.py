@@ -1,4 +1,5 @@
-"""Chapter 08 graders (``exercises/08_inference.ipynb``): KV-cache size, a decode step, blocks, block tables.
+"""Chapter 08 graders (``exercises/08_inference.ipynb``): KV-cache size, a decode step, blocks, block tables
+(the generation loop is in ``ch08_parts``, the KV cache class in ``ch08_cache``).
 
 Every check compares with a published number (LLaMA-2's KV cache), the bytes of real tensors,
 ``F.scaled_dot_product_attention`` over the whole sequence, ``math.ceil``, or an independent
