@@ -160,10 +160,8 @@ check("01.rms_norm", rms_norm)
 # %% [markdown]
 # ## 3 · A pre-LN block (2 points)
 #
-# GPT-2 and LLaMA normalize only what goes *into* each sub-layer; the residual stream passes
-# through untouched:
-#
-# $$h = x + \mathrm{attn}(\mathrm{norm}_1(x)),\qquad \text{out} = h + \mathrm{ffn}(\mathrm{norm}_2(h)).$$
+# GPT-2 and LLaMA normalize only what goes *into* each sub-layer (attention first, then the FFN);
+# each sub-layer's output is added back to the residual stream, which itself passes through untouched.
 #
 # The parts are given to you as callables (attention, feed-forward, two norms); wire them.
 
@@ -179,8 +177,8 @@ def pre_ln_block(x: torch.Tensor, attn, ffn, norm1, norm2) -> torch.Tensor:
     Returns:
         ``(B, T, d)``. Call each part exactly once.
 
-    Hint: normalize only what enters a sub-layer: h = x + attn(norm1(x)), then out = h + ffn(norm2(h)); the
-    residual stream itself is never normalized.
+    Hint: normalize only what enters a sub-layer, and add each sub-layer's output to the stream it read;
+    the residual stream itself is never normalized. The FFN reads the stream after attention's update.
     """
     raise NotImplementedError("normalize only what enters each sub-layer; the residual stream itself is never normalized.")
 
@@ -214,14 +212,14 @@ check("01.pre_ln_block", pre_ln_block)
 # ## 4 · DeepNorm's constants (1 point, warm-up)
 #
 # DeepNet (Wang et al., 2022) keeps post-LN but up-weights the skip, $x \leftarrow \mathrm{LN}(\alpha x + f(x))$,
-# and scales the sub-layers' initial weights by $\beta$. For a decoder-only stack of $M$ layers:
-# $\alpha = (2M)^{1/4}$, $\beta = (8M)^{-1/4}$.
+# and scales the sub-layers' initial weights by $\beta$. Both depend only on the depth $M$: read them from
+# the paper's Table 1 (or Figure 2's pseudo-code), decoder-only column. $\alpha$ grows with depth, $\beta$ shrinks.
 
 # %%
 def deepnorm_constants(num_layers: int) -> tuple[float, float]:
     """DeepNet's ``(alpha, beta)`` for a decoder-only stack of ``num_layers`` layers.
 
-    Returns a pair of floats: ``alpha = (2 * M) ** (1/4)`` and ``beta = (8 * M) ** (-1/4)``.
+    Returns a pair of floats ``(alpha, beta)``, DeepNet's decoder-only values for ``M = num_layers``.
     For 12 layers: about (2.21, 0.32).
 
     Hint: DeepNet's table, decoder-only column: both constants are quarter powers of a multiple of the

@@ -248,9 +248,8 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     Returns:
         An integer (``torch.long``) tensor of the same shape.
 
-    Hint: bidirectional: n = num_buckets // 2, keys AFTER the query (relative_position > 0) add n, then use
-    |rel|; causal: rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact
-    + floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
+    Hint: first decide which half (bidirectional) and a distance that is never negative; then the near
+    distances are exact buckets and the far ones follow the log formula above, capped at the last bucket.
     """
     raise NotImplementedError("near distances get a bucket each, far ones share buckets on a log scale up to max_distance; bidirectional mode keeps keys before and after the query in separate halves.")
 
@@ -264,24 +263,18 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
 #
 # <details><summary>Hint 2 · shapes and steps</summary>
 #
-# relative_position = key - query. Bidirectional: half the buckets (n = num_buckets // 2) for each side; keys after the query (rel > 0) use the upper half (add n), and the distance is |rel|. Causal: only the past counts, distance = max(-rel, 0), all num_buckets buckets. Then max_exact = n // 2: a distance below it is its own bucket; above, max_exact + floor(log(dist / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
+# relative_position = key - query, any shape; the result has the same shape, dtype long. Steps: (1) how many buckets one direction owns (bidirectional: half, and keys after the query are offset into the upper half; causal: all of them); (2) a distance that is never negative (causal: later keys count as distance 0); (3) the first half of a direction's buckets are exact, one per distance; (4) larger distances follow the log formula in the markdown above, in float, rounded down, then capped at the direction's last bucket. Compute both cases for every element and pick with torch.where.
 #
 # </details>
 #
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# ret = ...  # zeros like relative_position, long
-# n = num_buckets
-# if bidirectional:
-#     n //= 2
-#     ret += ...  # n for keys after the query
-#     dist = ...
-# else:
-#     dist = ...  # the distance back, never negative
-# max_exact = n // 2
-# large = ...  # the log-spaced bucket, as long, capped at n - 1
-# return ret + torch.where(..., ..., large)
+# offset = ...     # 0, or the size of one half for keys after the query (bidirectional only)
+# dist = ...       # the distance, never negative, long
+# max_exact = ...  # how many distances get their own bucket
+# large = ...      # the log-spaced bucket: the line to write yourself; clamp dist to >= 1 before the log
+# return offset + torch.where(dist < max_exact, ..., ...)
 # ```
 #
 # </details>
@@ -305,7 +298,7 @@ class RotaryEmbedding(nn.Module):
     ``RotaryEmbedding(head_dim, base=10000.0)``; ``forward(x (..., T, head_dim), positions (T,))``
     returns ``x`` rotated at ``positions`` in the half-split layout (a new tensor, same shape).
 
-    Hint: keep ``base``; ``forward`` is your ``apply_rope(x, positions, self.base)``.
+    Hint: keep ``base`` on the module; ``forward`` reuses your ``apply_rope`` with it.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):

@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/exercises/04_attention.ipynb)
 #
-# Five pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
+# Seven pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
 # | # | exercise | points | time |
 # |---|---|---|---|
@@ -20,7 +20,8 @@
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 | 5 min |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 | 15 min |
 # | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 | 30 min |
-# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 | 15 min |
+# | 6 | `class GQAttention`: grouped-query attention as a module; the check swaps it into a model and trains it | 3 | 15 min |
+# | 7 | `flash_attention_forward(q, k, v, mask, block_q, block_k)`: FlashAttention's tiled forward, with its log-sum-exp | 6 | 40 min |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
 # each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
@@ -218,7 +219,8 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
     Args:
         m1, l1: ``(R,)`` row max and sum of the first part; acc1: ``(R, hv)``; the same for part 2.
-        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0``.
+        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0`` (the start of a tiled loop, or a tile whose keys
+        are all masked for that row). Both may be empty: the union is then empty too, with no NaN.
 
     Returns:
         ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
@@ -239,7 +241,7 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 #
 # <details><summary>Hint 2 · shapes and steps</summary>
 #
-# Each part's l and acc were computed with exp(score - its own m). The new max m is the elementwise max of m1 and m2 (R,). Rescale each part by exp(m_part - m) (R,): that factor multiplies its l, and its acc broadcast over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.)
+# Each part's l and acc were computed with exp(score - its own m). The new max m is the elementwise max of m1 and m2 (R,). Rescale each part by exp(m_part - m) (R,): that factor multiplies its l, and its acc broadcast over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.) When both parts are empty (m1 = m2 = -inf) the new max is -inf too and exp(-inf - (-inf)) is NaN: rescale against 0 for those rows.
 #
 # </details>
 #
@@ -312,12 +314,13 @@ def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
 # %%
 check("04.gqa_rope_attention", gqa_rope_attention)
 
-
-# ## 6 · Swap your grouped-query attention into the model and train (3 points)
+# %% [markdown]
+# ## 6 · Grouped-query attention as a model part (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
-# Face's layer names, then put it in every block: `lmlab.model.registry.register_attention("my_gqa", GQAttention)`
-# makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
+# Face's layer names. The check puts it in every block of a small model for you
+# (`lmlab.model.registry.register_attention("my_gqa", GQAttention)` makes `ModelConfig(attention="my_gqa")`
+# valid, and you can do the same to train with it), copies lmlab's fused `qkv` weights into your
 # `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).
 
@@ -375,6 +378,73 @@ class GQAttention(nn.Module):
 
 # %%
 check("04.GQAttention", GQAttention)
+
+# %% [markdown]
+# ## 7 · FlashAttention's forward pass, tile by tile (6 points)
+#
+# Now use your merge (exercise 4) for what it is for. FlashAttention never builds the $(T_q, T_k)$ score
+# matrix: it takes the queries `block_q` rows at a time and, for each query tile, streams the keys and
+# values `block_k` at a time. Each key tile gives a partial result for the tile's rows; the running
+# partial result absorbs it; after the last key tile, the output rows are `acc / l`. It also saves, per
+# query row, the **log-sum-exp** of its scores, $\mathrm{lse} = \log \sum_j e^{s_j}$ over the keys it may
+# see: the backward pass recomputes each tile's probabilities from it instead of storing them.
+#
+# Masks make tiles where a row sees **no** key at all (causal attention above the diagonal, padding): that
+# row's partial result is the empty one, and it must not turn into NaN. Every row sees at least one key
+# somewhere. The grader compares with `F.scaled_dot_product_attention` and `torch.logsumexp` at several tile
+# sizes and masks, and watches that no tensor as large as the full score matrix is ever made.
+
+# %%
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                            block_q: int = 4, block_k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention computed tile by tile, with the online softmax.
+
+    Args:
+        q: ``(B, nh, Tq, hs)``; k: ``(B, nh, Tk, hs)``; v: ``(B, nh, Tk, hv)``.
+        mask: ``None`` or a bool ``(Tq, Tk)`` tensor, True = may attend (every row has at least one True).
+        block_q, block_k: tile sizes, ``>= 1``; the last tile of each axis may be shorter.
+
+    Returns:
+        ``(out (B, nh, Tq, hv), lse (B, nh, Tq))``, ``lse`` the natural log of the sum of ``exp(score)`` over the
+        keys each query may see (scores scaled by ``1 / sqrt(hs)``).
+
+    Hint: two loops, query tiles outside and key tiles inside; one running partial result per query tile,
+    starting empty; your merge works on rows, so flatten (B, nh, rows) into one axis for it.
+    """
+    raise NotImplementedError("query tiles outside, key tiles inside; a running partial result per query tile that starts empty and absorbs each key tile with your merge; divide at the end, and keep the log-sum-exp.")
+
+
+# %% [markdown]
+# <details><summary>Hint 1 · the idea</summary>
+#
+# FlashAttention is exact attention computed in tiles so that the (T, T) scores never exist at once: for each block of queries it keeps the running (max, sum, unnormalised output) of exercise 4 and folds in one block of keys at a time. The log-sum-exp it saves, m + log(l), is all the backward pass needs to recompute any tile's probabilities.
+#
+# </details>
+#
+# <details><summary>Hint 2 · shapes and steps</summary>
+#
+# For a query tile q_i (B, nh, bq, hs): start from the empty partial result (m = -inf, l = 0, acc = 0). For each key tile k_j, v_j (B, nh, bk, ·): scores (B, nh, bq, bk), scaled by 1/sqrt(hs), -inf where the mask's matching (bq, bk) slice is False. The tile's own partial result: its row max, and exp(score - that max) summed and multiplied by v_j; a row the tile hides entirely has max -inf, and its exponentials must come out 0, not NaN (clamp the max you subtract). Merge it into the running one (flatten B, nh and the rows to one axis for your merge). After the last key tile: out rows = acc / l, lse rows = m + log l.
+#
+# </details>
+#
+# <details><summary>Hint 3 · code outline</summary>
+#
+# ```python
+# # every query tile (its first row i0 steps by block_q):
+#     q_i = ...        # (B, nh, bq, hs)
+#     m, l, acc = ...  # the empty partial result of its rows
+#     # every key tile (its first key j0 steps by block_k):
+#         s = ...      # (B, nh, bq, bk), scaled and masked
+#         ...          # the tile's partial result (the line to think about: a fully hidden row)
+#         ...          # merged into the running one (exercise 4)
+#     ...              # this tile's rows of out and lse
+# return out, lse
+# ```
+#
+# </details>
+
+# %%
+check("04.flash_attention_forward", flash_attention_forward)
 
 # %% [markdown]
 # ## Your score

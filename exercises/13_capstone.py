@@ -99,17 +99,11 @@ def bpe_merge_step(chunks: list[list[int]], new_id: int):
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# counts = {}
-# for ids in chunks:
-#     ...  # count each adjacent pair
-# best = ...  # most frequent, then smallest
-# new_chunks = []
-# for ids in chunks:
-#     out, i = [], 0
-#     while i < len(ids):
-#         ...  # merge at i, or copy ids[i]
-#     ...  # keep the rewritten chunk
-# return ..., ...
+# counts = ...  # pair -> how often it occurs, over every chunk
+# best = ...    # most frequent, then smallest
+# # rewrite each chunk with an index i that moves one or two places:
+# #   best starts at i -> new_id; otherwise ids[i]
+# return best, ...
 # ```
 #
 # </details>
@@ -158,13 +152,10 @@ def bpe_encode(ids: list[int], merges: dict) -> list[int]:
 #
 # ```python
 # rank = ...  # pair -> its position in merges
-# ids = list(ids)
-# while len(ids) >= 2:
-#     pairs = ...  # adjacent pairs that have a merge
-#     if not pairs:
-#         break
-#     best = ...
-#     ids = ...  # rewritten, left to right
+# while ...:  # while there are at least two ids
+#     pairs = ...  # adjacent pairs that have a merge (none: stop)
+#     best = ...   # the one learned earliest
+#     ids = ...    # a new list, rewritten left to right (the caller's list stays as it was)
 # return ids
 # ```
 #
@@ -293,14 +284,9 @@ def llama_block(x: torch.Tensor, w: dict, n_heads: int, n_kv_heads: int, eps: fl
 # <details><summary>Hint 3 · code outline</summary>
 #
 # ```python
-# B, T, C = x.shape
-# hs = C // n_heads
-#
-# def rms(t, g):
-#     return ...
-#
-# def rope(t):  # (B, heads, T, hs), half-split
-#     ...
+# hs = ...    # the head size
+# rms = ...   # a helper: RMSNorm of t with gain g and eps
+# rope = ...  # a helper: (B, heads, T, hs), half-split, positions 0..T-1
 #
 # h = ...  # norm1
 # q = ...

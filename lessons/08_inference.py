@@ -48,7 +48,7 @@ from ipywidgets import Dropdown, IntSlider
 
 from lmlab.infer import decoding
 from lmlab.course.doctor import doctor
-from lmlab.infer.kv_cache import KVCache, kv_cache_bytes
+from lmlab.infer.kv_cache import KVCache, decode_step, kv_cache_bytes
 from lmlab.infer.paged import BlockManager, PagedKVCache, paged_attention
 from lmlab.course.widgets import FigureExplorer, style_figure
 
@@ -87,31 +87,22 @@ fig.update_yaxes(title="tokens computed this step")
 style_figure(fig, "Work per step: recompute everything vs prefill + decode", height=340).show()
 
 # %% [markdown]
-# ## 2 · Build it: one decode step by hand, then lmlab's cache, checked against a full pass
+# ## 2 · Build it: one decode step, then lmlab's cache, checked against a full pass
 #
-# A naive decode step for one attention head: append the new key and value to the cached ones
-# (`torch.cat` along the token axis), then attend with the new query over all of them. The
+# A naive decode step for one attention layer appends the new key and value to the cached ones
+# along the token axis, then attends with the new query over all of them: no mask, every cached key is
+# in the past. lmlab's `decode_step` does exactly that (you write your own in exercise 08.2). The
 # trusted reference is `F.scaled_dot_product_attention` over the whole sequence with a causal
-# mask: its last row must equal our step.
+# mask: its last row must equal the step.
 
 # %%
 g = torch.Generator().manual_seed(0)
 B, nh, T, hs = 2, 4, 10, 16
 q_all, k_all, v_all = (torch.randn(B, nh, T + 1, hs, generator=g) for _ in range(3))  # (B, nh, T+1, hs)
-
-
-def decode_step_naive(k_cache, v_cache, q_new, k_new, v_new):
-    """k/v_cache (B, nh, T, hs); q/k/v_new (B, nh, 1, hs) -> out (B, nh, 1, hs) and the grown caches."""
-    k_cache = torch.cat([k_cache, k_new], dim=2)  # (B, nh, T+1, hs): append along the token axis
-    v_cache = torch.cat([v_cache, v_new], dim=2)
-    scores = q_new @ k_cache.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, 1, T+1): no mask needed, all are in the past
-    return scores.softmax(-1) @ v_cache, k_cache, v_cache  # (B, nh, 1, hs)
-
-
-out, k_c, v_c = decode_step_naive(k_all[:, :, :T], v_all[:, :, :T], q_all[:, :, T:], k_all[:, :, T:], v_all[:, :, T:])
+out, k_c, v_c = decode_step(k_all[:, :, :T], v_all[:, :, :T], q_all[:, :, T:], k_all[:, :, T:], v_all[:, :, T:])
 reference = F.scaled_dot_product_attention(q_all, k_all, v_all, is_causal=True)[:, :, -1:]  # (B, nh, 1, hs)
 torch.testing.assert_close(out, reference)
-print(f"naive decode step == last row of full causal attention (max diff {(out - reference).abs().max():.1e}) ✔")
+print(f"decode step == last row of full causal attention (max diff {(out - reference).abs().max():.1e}) ✔")
 
 # %% [markdown]
 # lmlab's `KVCache` preallocates `(layers, B, n_kv, max_len, head_dim)` for K and for V and writes

@@ -143,9 +143,10 @@ fig.update_yaxes(title="FlopCounterMode ÷ formula")
 style_figure(fig, "6N undercounts narrow models; the attention term fixes it", height=360).show()
 
 # %% [markdown]
-# **Chinchilla's constants and compute-optimal sizing.** Under $C = 6ND$,
-# $$N_{opt} = G\left(\tfrac{C}{6}\right)^{\frac{\beta}{\alpha+\beta}},\quad D_{opt} = G^{-1}\left(\tfrac{C}{6}\right)^{\frac{\alpha}{\alpha+\beta}},\quad G = \left(\tfrac{\alpha A}{\beta B}\right)^{\frac{1}{\alpha+\beta}}.$$
-# We evaluate it with the paper's published (rounded) constants and with Epoch AI's replication
+# **Chinchilla's constants and compute-optimal sizing.** Fix the compute $C = 6ND$ and minimise
+# $L(N, D) = E + A/N^\alpha + B/D^\beta$ along that curve: the optimum balances the two shrinking terms,
+# and both $N_{opt}$ and $D_{opt}$ come out as power laws of $C$ (you derive the closed form in exercise
+# 10.3). We evaluate it with the paper's published (rounded) constants and with Epoch AI's replication
 # (Besiroglu et al., 2024), at Chinchilla's own compute.
 
 # %%

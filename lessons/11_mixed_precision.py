@@ -46,7 +46,8 @@ from ipywidgets import Dropdown, FloatText, IntSlider, Text
 
 from lmlab.course.doctor import doctor
 from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights, gradscaler_trajectory, scaler_trajectory
-from lmlab.train.precision import FORMAT_NAMES, FORMATS, autocast_report, decode, encode, format_info, quantize, torch_bits
+from lmlab.train.precision import (FORMAT_NAMES, FORMATS, autocast_report, decode, decode_fp16, encode, format_info, quantize,
+                                   torch_bits)
 from lmlab.course.stats import paired_comparison
 from lmlab.course.widgets import FigureExplorer
 
@@ -86,16 +87,7 @@ for name in FORMAT_NAMES:
 # 65,536** FP16 and BF16 patterns against torch reinterpreting the same bits (`.view(dtype)`).
 
 # %%
-def decode_fp16_by_hand(bits: int) -> float:
-    s, e, m = bits >> 15, (bits >> 10) & 0x1F, bits & 0x3FF  # 1 | 5 | 10 bits
-    if e == 0x1F:
-        return float("nan") if m else (-1) ** s * math.inf
-    if e == 0:  # subnormal: no implicit 1, exponent stuck at 1 - 15
-        return (-1) ** s * m / 2**10 * 2.0 ** (1 - 15)
-    return (-1) ** s * (1 + m / 2**10) * 2.0 ** (e - 15)
-
-
-assert decode_fp16_by_hand(0x3C01) == 1 + 2**-10 and decode_fp16_by_hand(0x0001) == 2**-24
+assert decode_fp16(0x3C01) == 1 + 2**-10 and decode_fp16(0x0001) == 2**-24  # lmlab's; yours is exercise 11.1
 for name in ("fp16", "bf16"):
     patterns = torch.arange(2**16)
     ours = decode(patterns, name)  # (65536,) float64

@@ -210,9 +210,10 @@ class SwiGLU(nn.Module):
 
     ``SwiGLU(d_model, hidden)``: three ``nn.Linear(..., bias=False)`` layers, ``gate_proj`` and
     ``up_proj`` (``d_model -> hidden``) and ``down_proj`` (``hidden -> d_model``).
-    ``forward(x (B, T, d_model))`` returns ``down_proj(silu(gate_proj(x)) * up_proj(x))``.
+    ``forward(x (B, T, d_model))`` returns ``(B, T, d_model)``: the SwiGLU FFN of exercise 3, with these layers'
+    weights.
 
-    Hint: your ``swiglu_ffn(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)``.
+    Hint: your ``swiglu_ffn`` already does the maths; an ``nn.Linear``'s ``.weight`` is ``(out, in)``.
     """
 
     def __init__(self, d_model: int, hidden: int):

@@ -191,9 +191,8 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     Returns:
         An integer (``torch.long``) tensor of the same shape.
 
-    Hint: bidirectional: n = num_buckets // 2, keys AFTER the query (relative_position > 0) add n, then use
-    |rel|; causal: rel = max(-rel, 0). max_exact = n // 2: rel < max_exact is its own bucket, else max_exact
-    + floor(log(rel / max_exact) / log(max_distance / max_exact) * (n - max_exact)), capped at n - 1.
+    Hint: first decide which half (bidirectional) and a distance that is never negative; then the near
+    distances are exact buckets and the far ones follow the log formula above, capped at the last bucket.
     """
     ### BEGIN SOLUTION
     ret = torch.zeros_like(relative_position, dtype=torch.long)
@@ -231,7 +230,7 @@ class RotaryEmbedding(nn.Module):
     ``RotaryEmbedding(head_dim, base=10000.0)``; ``forward(x (..., T, head_dim), positions (T,))``
     returns ``x`` rotated at ``positions`` in the half-split layout (a new tensor, same shape).
 
-    Hint: keep ``base``; ``forward`` is your ``apply_rope(x, positions, self.base)``.
+    Hint: keep ``base`` on the module; ``forward`` reuses your ``apply_rope`` with it.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):

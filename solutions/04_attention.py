@@ -11,7 +11,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmlab-course/lmlab/blob/main/solutions/04_attention.ipynb)
 #
-# Five pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
+# Seven pieces of the attention variants of [lesson 04](../lessons/04_attention.ipynb), written by you.
 #
 # | # | exercise | points |
 # |---|---|---|
@@ -20,7 +20,8 @@
 # | 3 | warm-up: `repeat_kv(x, n_rep)`: share each K/V head with its group of query heads (GQA/MQA) | 1 |
 # | 4 | `online_softmax_merge(...)`: merge two partial softmax results (FlashAttention's update) | 3 |
 # | 5 | `gqa_rope_attention(x, w_qkv, w_o, n_heads, n_kv_heads, base)`: a whole grouped-query attention layer with RoPE | 5 |
-# | 6 | `class GQAttention`: grouped-query attention as a module, swapped into the model and trained | 3 |
+# | 6 | `class GQAttention`: grouped-query attention as a module; the check swaps it into a model and trains it | 3 |
+# | 7 | `flash_attention_forward(q, k, v, mask, block_q, block_k)`: FlashAttention's tiled forward, with its log-sum-exp | 6 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
 # each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
@@ -163,7 +164,8 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
     Args:
         m1, l1: ``(R,)`` row max and sum of the first part; acc1: ``(R, hv)``; the same for part 2.
-        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0``.
+        A part may be empty: ``m = -inf``, ``l = 0``, ``acc = 0`` (the start of a tiled loop, or a tile whose keys
+        are all masked for that row). Both may be empty: the union is then empty too, with no NaN.
 
     Returns:
         ``(m, l, acc)`` of the union: ``m = max(m1, m2)``, ``l`` and ``acc`` rescaled to ``m``.
@@ -174,7 +176,8 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
     """
     ### BEGIN SOLUTION
     m = torch.maximum(m1, m2)  # (R,)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # (R,): rescale each part to the common max
+    ref = torch.where(m == -math.inf, torch.zeros_like(m), m)  # (R,): a row with both parts empty stays empty
+    a1, a2 = torch.exp(m1 - ref), torch.exp(m2 - ref)  # (R,): rescale each part to the common max
     return m, a1 * l1 + a2 * l2, a1[:, None] * acc1 + a2[:, None] * acc2
     ### END SOLUTION
 
@@ -221,12 +224,13 @@ def gqa_rope_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
 # %%
 check("04.gqa_rope_attention", gqa_rope_attention)
 
-
-# ## 6 · Swap your grouped-query attention into the model and train (3 points)
+# %% [markdown]
+# ## 6 · Grouped-query attention as a model part (3 points)
 #
 # Build LLaMA's attention from your parts (`repeat_kv`, `scaled_dot_product_attention`) with Hugging
-# Face's layer names, then put it in every block: `lmlab.model.registry.register_attention("my_gqa", GQAttention)`
-# makes `ModelConfig(attention="my_gqa")` valid. The check copies lmlab's fused `qkv` weights into your
+# Face's layer names. The check puts it in every block of a small model for you
+# (`lmlab.model.registry.register_attention("my_gqa", GQAttention)` makes `ModelConfig(attention="my_gqa")`
+# valid, and you can do the same to train with it), copies lmlab's fused `qkv` weights into your
 # `q_proj`, `k_proj`, `v_proj` (and `proj` into `o_proj`): same logits, and the same losses after 8
 # Adam steps (tolerance 1e-4).
 
@@ -269,6 +273,64 @@ class GQAttention(nn.Module):
 
 # %%
 check("04.GQAttention", GQAttention)
+
+# %% [markdown]
+# ## 7 · FlashAttention's forward pass, tile by tile (6 points)
+#
+# Now use your merge (exercise 4) for what it is for. FlashAttention never builds the $(T_q, T_k)$ score
+# matrix: it takes the queries `block_q` rows at a time and, for each query tile, streams the keys and
+# values `block_k` at a time. Each key tile gives a partial result for the tile's rows; the running
+# partial result absorbs it; after the last key tile, the output rows are `acc / l`. It also saves, per
+# query row, the **log-sum-exp** of its scores, $\mathrm{lse} = \log \sum_j e^{s_j}$ over the keys it may
+# see: the backward pass recomputes each tile's probabilities from it instead of storing them.
+#
+# Masks make tiles where a row sees **no** key at all (causal attention above the diagonal, padding): that
+# row's partial result is the empty one, and it must not turn into NaN. Every row sees at least one key
+# somewhere. The grader compares with `F.scaled_dot_product_attention` and `torch.logsumexp` at several tile
+# sizes and masks, and watches that no tensor as large as the full score matrix is ever made.
+
+# %%
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                            block_q: int = 4, block_k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention computed tile by tile, with the online softmax.
+
+    Args:
+        q: ``(B, nh, Tq, hs)``; k: ``(B, nh, Tk, hs)``; v: ``(B, nh, Tk, hv)``.
+        mask: ``None`` or a bool ``(Tq, Tk)`` tensor, True = may attend (every row has at least one True).
+        block_q, block_k: tile sizes, ``>= 1``; the last tile of each axis may be shorter.
+
+    Returns:
+        ``(out (B, nh, Tq, hv), lse (B, nh, Tq))``, ``lse`` the natural log of the sum of ``exp(score)`` over the
+        keys each query may see (scores scaled by ``1 / sqrt(hs)``).
+
+    Hint: two loops, query tiles outside and key tiles inside; one running partial result per query tile,
+    starting empty; your merge works on rows, so flatten (B, nh, rows) into one axis for it.
+    """
+    ### BEGIN SOLUTION
+    B, nh, Tq, hs = q.shape
+    Tk, hv = k.size(2), v.size(-1)
+    out, lse = q.new_empty(B, nh, Tq, hv), q.new_empty(B, nh, Tq)
+    for i0 in range(0, Tq, block_q):
+        q_i = q[:, :, i0:i0 + block_q]  # (B, nh, bq, hs): one query tile
+        bq = q_i.size(2)
+        R = B * nh * bq  # rows of this tile, flattened for the merge
+        m, l, acc = q.new_full((R,), -math.inf), q.new_zeros(R), q.new_zeros(R, hv)  # the empty partial result
+        for j0 in range(0, Tk, block_k):
+            k_j, v_j = k[:, :, j0:j0 + block_k], v[:, :, j0:j0 + block_k]  # (B, nh, bk, hs), (B, nh, bk, hv)
+            s = q_i @ k_j.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, bq, bk): one score tile
+            if mask is not None:
+                s = s.masked_fill(~mask[i0:i0 + bq, j0:j0 + block_k], -math.inf)
+            m_t = s.amax(-1)  # (B, nh, bq): -inf where this tile hides every key of the row
+            p = torch.exp(s - m_t.clamp_min(torch.finfo(s.dtype).min)[..., None])  # (B, nh, bq, bk): 0 where hidden
+            m, l, acc = online_softmax_merge(m, l, acc, m_t.reshape(R), p.sum(-1).reshape(R), (p @ v_j).reshape(R, hv))
+        out[:, :, i0:i0 + bq] = (acc / l[:, None]).view(B, nh, bq, hv)
+        lse[:, :, i0:i0 + bq] = (m + torch.log(l)).view(B, nh, bq)
+    return out, lse
+    ### END SOLUTION
+
+
+# %%
+check("04.flash_attention_forward", flash_attention_forward)
 
 # %% [markdown]
 # ## Your score

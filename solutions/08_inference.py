@@ -20,6 +20,7 @@
 # | 3 | warm-up: `blocks_needed(n_tokens, block_size)`: blocks that hold n tokens | 1 |
 # | 4 | warm-up: `locate_token(block_table, position, block_size)`: physical block and offset of a token | 1 |
 # | 5 | `generate_with_cache(model, prompt, ...)`: the KV-cache generation loop, filter → sample → append | 4 |
+# | 6 | `class PreallocatedKVCache`: the KV cache itself, preallocated, plugged into the model | 5 |
 #
 # **How it works.** Each docstring says what to build, the shapes, and gives a hint. Stuck? Above
 # each check cell, three collapsed hints open one at a time: the idea, then shapes and steps, then a
@@ -217,6 +218,73 @@ def generate_with_cache(model, prompt: torch.Tensor, max_new_tokens: int, temper
 
 # %%
 check("08.generate_with_cache", generate_with_cache)
+
+# %% [markdown]
+# ## 6 · The KV cache itself (5 points)
+#
+# Exercise 5 used lmlab's cache; now build one the model can use in its place. It **preallocates** the keys and
+# values of every layer for `max_len` tokens, once, and writes each new token into the next free slots — no
+# `torch.cat`, which would copy the whole cache at every step. `GPT.forward_with_cache(ids, cache)` talks to it
+# through a small protocol:
+#
+# - `cache.batch` (the batch size B) and `cache.length`: how many tokens are cached. The model places the new tokens
+#   at positions `length, length + 1, …` — that is where RoPE rotates them, so a wrong length means wrong positions;
+# - `cache.layer(i)`: an object for layer `i` with `update(k_new, v_new)`: `(B, n_kv_heads, T_new, head_dim)` each,
+#   appended after that layer's cached tokens; it returns that layer's keys and values so far,
+#   `(B, n_kv_heads, length_so_far, head_dim)` each (views of the preallocated storage).
+#
+# The storage is two attributes, `cache.k` and `cache.v`, each `(n_layers, batch, n_kv_heads, max_len, head_dim)`
+# from the start (the grader reads them). Every layer appends the same tokens in one forward pass, so `length`
+# counts **tokens**, not `update` calls.
+# Appending past `max_len` raises `ValueError`. The grader checks the protocol on its own, then runs lmlab's GPT
+# (with RoPE and grouped-query attention) on your cache: prefill + decode must give the logits of the plain
+# forward pass.
+
+# %%
+class PreallocatedKVCache:
+    """``PreallocatedKVCache(n_layers, batch, n_kv_heads, head_dim, max_len)``: keys and values of every layer,
+    allocated once for ``max_len`` tokens in ``k`` and ``v`` ``(n_layers, batch, n_kv_heads, max_len, head_dim)``;
+    ``batch``, ``length``, ``layer(i).update(k_new, v_new)`` as above.
+
+    Hint: one zero tensor for the keys and one for the values, with a layer axis and a ``max_len`` token axis; a
+    fill level per layer; ``layer(i)`` can return a tiny object that remembers the cache and ``i``.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int):
+        ### BEGIN SOLUTION
+        self.batch, self.max_len = batch, max_len
+        self.k = torch.zeros(n_layers, batch, n_kv_heads, max_len, head_dim)  # (L, B, nkv, S, hs)
+        self.v = torch.zeros_like(self.k)
+        self.filled = [0] * n_layers  # tokens written per layer
+        ### END SOLUTION
+
+    @property
+    def length(self) -> int:
+        ### BEGIN SOLUTION
+        return self.filled[0]  # every layer holds the same tokens between forward passes
+        ### END SOLUTION
+
+    def layer(self, i: int):
+        ### BEGIN SOLUTION
+        cache = self
+
+        class _Layer:
+            def update(self, k_new, v_new):
+                start = cache.filled[i]
+                end = start + k_new.size(2)
+                if end > cache.max_len:
+                    raise ValueError(f"appending {k_new.size(2)} tokens to {start} exceeds max_len={cache.max_len}")
+                cache.k[i, :, :, start:end] = k_new  # (B, nkv, T_new, hs), in place
+                cache.v[i, :, :, start:end] = v_new
+                cache.filled[i] = end
+                return cache.k[i, :, :, :end], cache.v[i, :, :, :end]  # views, no copy
+
+        return _Layer()
+        ### END SOLUTION
+
+
+# %%
+check("08.PreallocatedKVCache", PreallocatedKVCache)
 
 # %% [markdown]
 # ## Your score

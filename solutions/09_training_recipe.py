@@ -121,7 +121,9 @@ check("09.AdamW", AdamW)
 
 # %%
 def warmup_cosine(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """The learning rate after ``step`` updates (``step = 0`` is before the first one).
+    """The learning rate of update number ``step`` (updates count from 1; ``step = 0``, before training, gives 0
+    during warm-up). A training loop calls it with ``t = 1 … total`` for its t-th update, so the first update
+    already moves the weights and the last one (``t = total``) runs at ``min_lr``.
 
     Hint: compare ``step`` with ``warmup`` and ``total`` before computing anything.
     """
@@ -173,16 +175,21 @@ check("09.clip_grad_norm", clip_grad_norm)
 # $z = (x - \bar{x}) / s$ over the last `window` **good** steps ($s$ the sample standard deviation,
 # `statistics.stdev`). Spikes are not added to the window — otherwise one spike would inflate $s$
 # and hide the next. Only upward jumps count, and nothing is a spike until `min_history` good steps
-# have been seen.
+# have been seen (`min_history >= 2`: a sample standard deviation needs two values). A constant history
+# has $s = 0$: a value above its mean is then a spike ($z = +\infty$), an equal or lower one is not.
 
 # %%
 class SpikeDetector:
     """``SpikeDetector(window, threshold, min_history)``; ``check(loss, grad_norm)`` -> True for a spike.
 
+    ``min_history < 2`` raises ValueError. A constant history (standard deviation 0) flags any value above it.
+
     Hint: two ``deque(maxlen=window)`` of good values.
     """
 
     def __init__(self, window: int = 128, threshold: float = 6.0, min_history: int = 32):
+        if min_history < 2:
+            raise ValueError(f"min_history must be >= 2 (a sample standard deviation needs two values), got {min_history}")
         self.window, self.threshold, self.min_history = window, threshold, min_history
         self.losses, self.grad_norms = deque(maxlen=window), deque(maxlen=window)
 
@@ -191,7 +198,8 @@ class SpikeDetector:
         spike = False
         if len(self.losses) >= self.min_history:
             for x, past in ((loss, self.losses), (grad_norm, self.grad_norms)):
-                z = (x - statistics.fmean(past)) / statistics.stdev(past)
+                mean, s = statistics.fmean(past), statistics.stdev(past)
+                z = (x - mean) / s if s > 0 else (math.inf if x > mean else 0.0)  # constant history: any rise is a spike
                 spike = spike or z > self.threshold
         if not spike:
             self.losses.append(loss)

@@ -40,6 +40,8 @@ def _merge(m1, l1, a1, m2, l2, a2, how):
         return m, f1 * l1 + f2 * l2, a1 + a2
     if how == "adds without rescaling":
         return m, l1 + l2, a1 + a2
+    if how == "no empty guard":  # right whenever one part holds a key; NaN where both are empty
+        return m, f1 * l1 + f2 * l2, f1[:, None] * a1 + f2[:, None] * a2
     if how == "rescale factor inverted":
         return m, torch.exp(m - m1) * l1 + torch.exp(m - m2) * l2, torch.exp(m - m1)[:, None] * a1 + torch.exp(m - m2)[:, None] * a2
     raise ValueError(how)
@@ -100,6 +102,7 @@ WRONG = {
         "only the sum rescaled, not acc": lambda *a: _merge(*a, "only the sum rescaled"),
         "adds without rescaling": lambda *a: _merge(*a, "adds without rescaling"),
         "rescale factor inverted": lambda *a: _merge(*a, "rescale factor inverted"),
+        "no guard for two empty parts (NaN)": lambda *a: _merge(*a, "no empty guard"),
     },
     "04.GQAttention": {
         "K/V heads tiled with .repeat (heads 0, 1, 0, 1) instead of repeat_interleave": _gqa_class("repeat"),

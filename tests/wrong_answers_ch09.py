@@ -108,6 +108,8 @@ class _Det:
     mistake = None
 
     def __init__(self, window=128, threshold=6.0, min_history=32):
+        if min_history < 2:
+            raise ValueError("min_history must be >= 2")
         self.window, self.threshold, self.min_history = window, threshold, min_history
         self.l = deque(maxlen=None if self.mistake == "no window" else window)
         self.g = deque(maxlen=None if self.mistake == "no window" else window)
@@ -118,7 +120,12 @@ class _Det:
             for x, past in ((loss, self.l), (grad_norm, self.g)):
                 if self.mistake == "loss only" and past is self.g:
                     continue
-                z = (x - statistics.fmean(past)) / statistics.stdev(past)
+                mean = statistics.fmean(past)
+                sd = (statistics.pstdev if self.mistake == "pstdev" else statistics.stdev)(past)
+                if self.mistake == "divides by a zero stdev":
+                    z = (x - mean) / sd
+                else:
+                    z = (x - mean) / sd if sd > 0 else (math.inf if x > mean else 0.0)
                 spike = spike or (abs(z) if self.mistake == "two-sided" else z) > self.threshold
         if not spike or self.mistake == "spikes enter the window":
             self.l.append(loss)
@@ -184,6 +191,8 @@ WRONG = {
         "no rolling window (all history)": _det("no window"),
         "two-sided (drops count as spikes)": _det("two-sided"),
         "ignores the gradient norm": _det("loss only"),
+        "population standard deviation (pstdev)": _det("pstdev"),
+        "divides by a zero stdev (constant history crashes)": _det("divides by a zero stdev"),
     },
     "09.train_loop": {
         "schedule off by one (starts at step 0)": _loop_with("schedule off by one"),

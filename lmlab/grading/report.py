@@ -5,6 +5,8 @@ Plain text with emoji, so it reads the same in JupyterLab, Colab, a terminal and
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from dataclasses import asdict, dataclass
 
 __all__ = ["STATUSES", "ExerciseResult", "format_result", "format_table", "summary"]
@@ -84,7 +86,8 @@ def summary(results: list[ExerciseResult]) -> tuple[int, int]:
 
 
 def format_table(results: list[ExerciseResult], title: str = "") -> str:
-    """A score table: exercise, points, status, one-line reason; then the total."""
+    """A score table: exercise, points, status, one-line reason (cut at 90 characters); then the total, and
+    under it every cut reason in full, wrapped to the terminal's width."""
     if not isinstance(results, list):
         raise ValueError(f"results must be a list of ExerciseResult, got {type(results).__name__}")
     rows = [("exercise", "points", "status", "reason")]
@@ -101,4 +104,13 @@ def format_table(results: list[ExerciseResult], title: str = "") -> str:
         if i == 0:
             lines.append("-" * (sum(widths) + 6 + max(len("reason"), 20)))
     lines.append(f"total: {got}/{total} points" + (f" ({100 * got / total:.0f}%)" if total else ""))
+    cut = [r for r in results if r.status != "passed" and r.reason and (len(r.reason) > 90 or "\n" in r.reason.strip())]
+    if cut:  # the table cuts a long reason; "expected ... got ..." is the part a learner needs
+        width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120)) - 4
+        lines += ["", "why (in full):"]
+        for r in cut:
+            head = f"{r.id}" + (f" · case {r.checks_passed + 1} of {r.checks_total}: {r.check}" if r.check else "")
+            lines += textwrap.wrap(head, width, initial_indent="  ", subsequent_indent="    ")
+            for para in r.reason.strip().splitlines():
+                lines += textwrap.wrap(para, width, initial_indent="    ", subsequent_indent="    ") or [""]
     return "\n".join(lines)

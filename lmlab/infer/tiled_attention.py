@@ -86,10 +86,12 @@ def online_softmax_merge(m1, l1, acc1, m2, l2, acc2):
 
     Each part is ``(m, l, acc)``: the row max ``(..., R)``, ``l = sum exp(s - m)`` ``(..., R)`` and
     ``acc = sum exp(s - m) v`` ``(..., R, hs)``. Both parts are rescaled to the common max before
-    adding; a part with ``m = -inf`` (nothing seen yet) contributes nothing. Returns the merged triple.
+    adding; a part with ``m = -inf`` (nothing seen yet, or a fully masked tile) contributes nothing, and two
+    empty parts merge into an empty one (``m = -inf``, ``l = 0``, ``acc = 0``, no NaN). Returns the merged triple.
     """
     m = torch.maximum(m1, m2)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # rescale each part to the common max
+    ref = m.masked_fill(m == -math.inf, 0.0)  # both parts empty: exp(-inf - 0) = 0, where exp(-inf + inf) is NaN
+    a1, a2 = torch.exp(m1 - ref), torch.exp(m2 - ref)  # rescale each part to the common max
     return m, a1 * l1 + a2 * l2, a1[..., None] * acc1 + a2[..., None] * acc2
 
 

@@ -29,7 +29,7 @@ SCHEDULES = ("constant", "cosine")  # lmlab.train.config.TrainConfig.schedule: w
 
 
 def warmup_constant(step: int, max_lr: float, warmup: int = 0) -> float:
-    """The learning rate after ``step`` optimizer steps: linear warm-up from 0 over ``warmup`` steps
+    """The learning rate of optimizer update number ``step`` (from 1): linear warm-up from 0 over ``warmup`` steps
     (``max_lr * step / warmup``, as :func:`warmup_cosine`), then ``max_lr`` for good."""
     check_int(step, "step", "warmup_constant", minimum=0)
     check_number(max_lr, "max_lr", "warmup_constant", low=0.0, low_inclusive=False)
@@ -38,7 +38,8 @@ def warmup_constant(step: int, max_lr: float, warmup: int = 0) -> float:
 
 
 def warmup_cosine(step: int, max_lr: float, min_lr: float | None = None, warmup: int = 0, total: int = 1) -> float:
-    """The learning rate after ``step`` optimizer steps (``step = 0`` is before the first one).
+    """The learning rate of optimizer update number ``step`` (updates count from 1; ``step = 0`` is the value before
+    training starts, 0 during warm-up).
 
     - ``step < warmup``: ``max_lr * step / warmup`` (linear from 0);
     - ``warmup <= step <= total``: ``min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2`` with

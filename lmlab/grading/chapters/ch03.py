@@ -278,15 +278,17 @@ register(Exercise(
     hints=(
         "T5 learns one attention bias per bucket, not per distance: small distances get a bucket each, larger ones "
         "share buckets on a log scale, and everything at or beyond max_distance lands in the last bucket.",
-        "relative_position = key - query. Bidirectional: half the buckets (n = num_buckets // 2) for each side; keys "
-        "after the query (rel > 0) use the upper half (add n), and the distance is |rel|. Causal: only the past "
-        "counts, distance = max(-rel, 0), all num_buckets buckets. Then max_exact = n // 2: a distance below it is its "
-        "own bucket; above, max_exact + floor(log(dist / max_exact) / log(max_distance / max_exact) * (n - "
-        "max_exact)), capped at n - 1.",
-        "ret = ...  # zeros like relative_position, long\nn = num_buckets\nif bidirectional:\n    n //= 2\n"
-        "    ret += ...  # n for keys after the query\n    dist = ...\nelse:\n"
-        "    dist = ...  # the distance back, never negative\nmax_exact = n // 2\n"
-        "large = ...  # the log-spaced bucket, as long, capped at n - 1\nreturn ret + torch.where(..., ..., large)",
+        "relative_position = key - query, any shape; the result has the same shape, dtype long. Steps: (1) how many "
+        "buckets one direction owns (bidirectional: half, and keys after the query are offset into the upper half; "
+        "causal: all of them); (2) a distance that is never negative (causal: later keys count as distance 0); "
+        "(3) the first half of a direction's buckets are exact, one per distance; (4) larger distances follow the "
+        "log formula in the markdown above, in float, rounded down, then capped at the direction's last bucket. "
+        "Compute both cases for every element and pick with torch.where.",
+        "offset = ...     # 0, or the size of one half for keys after the query (bidirectional only)\n"
+        "dist = ...       # the distance, never negative, long\n"
+        "max_exact = ...  # how many distances get their own bucket\n"
+        "large = ...      # the log-spaced bucket: the line to write yourself; clamp dist to >= 1 before the log\n"
+        "return offset + torch.where(dist < max_exact, ..., ...)",
     ),
     checks=(
         Check("bidirectional, defaults (32 buckets, max_distance 128) and 16 / 64", lambda f: _bucket_check(f, True, ((32, 128), (16, 64)), "bidirectional")),

@@ -1,5 +1,5 @@
 """Chapter 04 graders (``exercises/04_attention.ipynb``): attention, a sliding-window mask, repeat_kv,
-the online-softmax merge.
+the online-softmax merge (the GQA layer is in ``ch04_gqa``, FlashAttention's tiled forward in ``ch04_flash``).
 
 Every check compares with ``F.scaled_dot_product_attention`` (with ``enable_gqa`` for repeat_kv), a
 construction written here with plain Python loops, ``torch.softmax`` on the concatenated scores, or
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch04_flash  # noqa: F401 (registers 04.flash_attention_forward)
 from lmlab.grading.chapters import ch04_gqa  # noqa: F401 (registers 04.gqa_rope_attention)
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
@@ -27,6 +28,7 @@ EXERCISES = (
     "04.online_softmax_merge",
     "04.gqa_rope_attention",
     "04.GQAttention",
+    "04.flash_attention_forward",
 )
 
 
@@ -231,6 +233,28 @@ def _merge_empty(f):
     expect_close(acc / l[:, None], torch.softmax(s, -1) @ v, f"{what}: acc / l", atol=1e-5)
 
 
+def _merge_both_empty(f):
+    s, v = seeded_randn(3, 6, seed=59), seeded_randn(6, 2, seed=60)
+    state = (torch.full((3,), -math.inf), torch.zeros(3), torch.zeros(3, 2))
+    extra_s = torch.tensor([[-math.inf], [0.5], [-math.inf]])  # one more key: masked for rows 0 and 2
+    extra_v = seeded_randn(1, 2, seed=61)
+    tile = _partial(extra_s, extra_v)  # rows 0 and 2: m = -inf (and a NaN sum); row 1: m = 0.5, l = 1
+    tile = (tile[0], torch.tensor([0.0, 1.0, 0.0]), torch.cat([torch.zeros(1, 2), extra_v, torch.zeros(1, 2)]))
+    what = ("online_softmax_merge(empty state, a tile fully masked for rows 0 and 2) — a tiled loop starts empty and "
+            "a fully masked tile is common (causal and padding masks)")
+    m, l, acc = _merge_call(f, state, tile, what)
+    for name, x in (("m", m), ("l", l), ("acc", acc)):
+        expect_true(not torch.isnan(x).any(), f"{what}: {name} has NaN in the rows where both parts are empty: "
+                    "m = max(-inf, -inf) = -inf and exp(-inf - (-inf)) is NaN; rescale against 0 when the new max is -inf")
+    expect_equal(m.tolist(), [-math.inf, 0.5, -math.inf], f"{what}: m")
+    expect_equal(l.tolist(), [0.0, 1.0, 0.0], f"{what}: l (an empty row keeps l = 0)")
+    expect_close(acc, tile[2], f"{what}: acc (an empty row keeps acc = 0)")
+    m, l, acc = _merge_call(f, (m, l, acc), _partial(s, v), "online_softmax_merge(that state, partial(all keys))")
+    full_s, full_v = torch.cat([extra_s, s], 1), torch.cat([extra_v, v])  # every key seen, the masked ones at -inf
+    expect_close(acc / l[:, None], torch.softmax(full_s, -1) @ full_v,
+                 "after a fully masked tile, merging the other keys still gives softmax(s) @ v", atol=1e-5)
+
+
 register(Exercise(
     id="04.online_softmax_merge",
     points=3,
@@ -243,7 +267,8 @@ register(Exercise(
         "is why it never needs the N x N matrix.",
         "Each part's l and acc were computed with exp(score - its own m). The new max m is the elementwise max of m1 "
         "and m2 (R,). Rescale each part by exp(m_part - m) (R,): that factor multiplies its l, and its acc broadcast "
-        "over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.)",
+        "over the value dim (a[:, None]). Add the parts. (The final output would be acc / l.) When both parts are "
+        "empty (m1 = m2 = -inf) the new max is -inf too and exp(-inf - (-inf)) is NaN: rescale against 0 for those rows.",
         "m = ...  # (R,)\na1, a2 = ...  # (R,) rescaling factors\nl = ...\nacc = ...  # a1 and a2 broadcast over hv\n"
         "return m, l, acc",
     ),
@@ -251,6 +276,7 @@ register(Exercise(
         Check("merging two blocks gives the full softmax (the larger scores come second)", _merge_softmax),
         Check("the larger scores first, and three blocks merged in turn", _merge_order),
         Check("merging into the empty state (m = -inf, l = 0) works", _merge_empty),
+        Check("both parts empty (a fully masked tile into the empty state): empty, no NaN", _merge_both_empty),
     ),
     reference="lmlab.infer.tiled_attention:online_softmax_merge",
 ))

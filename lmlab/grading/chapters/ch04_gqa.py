@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
+from lmlab.grading.assertions import expect_close, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
 from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import apply_rope
@@ -29,6 +29,60 @@ def _sdpa_expected(x, w_qkv, w_o, nh, nkv, base):
     v = v.view(B, T, nkv, hs).transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
     return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)
+
+
+def _variant(x, w_qkv, w_o, nh, nkv, base, mistake):
+    """The layer with one named stage wrong (to say which stage a learner's answer got wrong)."""
+    B, T, C = x.shape
+    hs = C // nh
+    q, k, v = F.linear(x, w_qkv).split([C, nkv * hs, nkv * hs], dim=2)
+    q, k, v = q.view(B, T, nh, hs).transpose(1, 2), k.view(B, T, nkv, hs).transpose(1, 2), v.view(B, T, nkv, hs).transpose(1, 2)
+    if mistake != "no RoPE":
+        q = apply_rope(q, T, base=base)
+        k = k if mistake == "no RoPE on k" else apply_rope(k, T, base=base)
+    v = apply_rope(v, T, base=base) if mistake == "RoPE on v" else v
+    r = nh // nkv
+    k, v = (k.repeat(1, r, 1, 1), v.repeat(1, r, 1, 1)) if mistake == "repeat" else (k.repeat_interleave(r, 1), v.repeat_interleave(r, 1))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=mistake != "not causal")
+    return F.linear(y.transpose(1, 2).reshape(B, T, C), w_o)
+
+
+_STAGE_MESSAGES = {
+    "repeat": "the K/V heads are tiled (0, 1, 0, 1: torch's .repeat) where query head h must read K/V head h // r "
+              "(0, 0, 1, 1: repeat_interleave on the head axis)",
+    "no RoPE on k": "q is rotated but k is not: RoPE must rotate both, so that q . k depends on the distance",
+    "no RoPE": "neither q nor k is rotated (RoPE is missing)",
+    "RoPE on v": "v is rotated too: RoPE rotates only q and k",
+    "not causal": "a token sees later tokens: the attention must be causal",
+}
+
+
+def _stage_case(f, what, x, w_qkv, w_o, nh, nkv, base, stage):
+    got = expect_tensor(f(x, w_qkv.clone(), w_o.clone(), nh, nkv, base), what, shape=x.shape)
+    expected = _variant(x, w_qkv, w_o, nh, nkv, base, "")
+    if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+        for mistake, message in _STAGE_MESSAGES.items():
+            if torch.allclose(got, _variant(x, w_qkv, w_o, nh, nkv, base, mistake), atol=1e-5, rtol=1e-4):
+                expect_true(False, f"{what}: {message} (max abs difference {(got - expected).abs().max():.3g})")
+    expect_close(got, expected, f"{what} vs F.scaled_dot_product_attention; this case tests {stage}", atol=1e-5, rtol=1e-4)
+
+
+def _gqa_grouping(f):
+    x = seeded_randn(2, 1, 16, seed=470)
+    w_qkv, w_o = _weights(16, 4, 2, 471)
+    _stage_case(f, "gqa_rope_attention(x (2, 1, 16), n_heads=4, n_kv_heads=2) on ONE token (RoPE is the identity at "
+                "position 0 and attention returns v)", x, w_qkv, w_o, 4, 2, 10000.0, "the grouping alone")
+    x = seeded_randn(1, 1, 24, seed=472)
+    w_qkv, w_o = _weights(24, 6, 3, 473)
+    _stage_case(f, "gqa_rope_attention(x (1, 1, 24), n_heads=6, n_kv_heads=3) on ONE token", x, w_qkv, w_o, 6, 3, 10000.0,
+                "the grouping alone")
+
+
+def _gqa_rope_alone(f):
+    x = seeded_randn(2, 7, 16, seed=480)
+    w_qkv, w_o = _weights(16, 4, 4, 481)
+    _stage_case(f, "gqa_rope_attention(x (2, 7, 16), n_heads=4, n_kv_heads=4): no grouping, so only RoPE and the causal "
+                "attention matter", x, w_qkv, w_o, 4, 4, 500.0, "RoPE alone")
 
 
 def _gqa_sdpa(f):
@@ -78,6 +132,8 @@ register(Exercise(
         "return F.linear(..., w_o)  # heads merged back to (B, T, C)",
     ),
     checks=(
+        Check("the grouping alone: one token (no RoPE effect, attention returns v), 4 on 2 and 6 on 3 K/V heads", _gqa_grouping),
+        Check("RoPE alone: as many K/V heads as query heads (no grouping), base 500", _gqa_rope_alone),
         Check("equals F.scaled_dot_product_attention(enable_gqa=True) on RoPE-rotated q, k (GQA, another base, MHA)", _gqa_sdpa),
         Check("equals lmlab's attention layer in a position='rope' model with the same weights (MQA and GQA)", _gqa_lmlab),
     ),

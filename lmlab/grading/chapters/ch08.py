@@ -1,4 +1,5 @@
-"""Chapter 08 graders (``exercises/08_inference.ipynb``): KV-cache size, a decode step, blocks, block tables.
+"""Chapter 08 graders (``exercises/08_inference.ipynb``): KV-cache size, a decode step, blocks, block tables
+(the generation loop is in ``ch08_parts``, the KV cache class in ``ch08_cache``).
 
 Every check compares with a published number (LLaMA-2's KV cache), the bytes of real tensors,
 ``F.scaled_dot_product_attention`` over the whole sequence, ``math.ceil``, or an independent
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_int, expect_tensor, expect_true, seeded_randn
+from lmlab.grading.chapters import ch08_cache  # noqa: F401 (registers 08.PreallocatedKVCache)
 from lmlab.grading.chapters import ch08_parts  # noqa: F401 (registers 08.generate_with_cache)
 from lmlab.grading.registry import Check, Exercise, register
 from lmlab.infer.kv_cache import kv_cache_bytes
@@ -26,6 +28,7 @@ EXERCISES = (
     "08.blocks_needed",
     "08.locate_token",
     "08.generate_with_cache",
+    "08.PreallocatedKVCache",
 )
 
 

@@ -7,6 +7,7 @@ The expected flags come from an independent rolling z-score written here (``stat
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -19,15 +20,23 @@ from lmlab.grading.registry import Check, CheckFailed, Exercise, register
 # ---------------------------------------------------------------------------------------------
 
 
-def _expected_flags(values, window, threshold, min_history):
-    """An independent rolling z-score: spikes are never added to the window."""
+def _z(x, w, std):
+    s = std(w)
+    if s == 0:  # a constant history: anything above it is infinitely far above
+        return math.inf if x > statistics.fmean(w) else 0.0
+    return (x - statistics.fmean(w)) / s
+
+
+def _expected_flags(values, window, threshold, min_history, std=statistics.stdev, rolling=True):
+    """An independent rolling z-score: spikes are never added to the window. ``std`` and ``rolling`` give the
+    flags of two common mistakes (the population standard deviation, no window), to name them in the feedback."""
     good_l, good_g, flags = [], [], []
     for loss, g in values:
         if len(good_l) < min_history:
             z = (0.0, 0.0)
         else:
-            wl, wg = good_l[-window:], good_g[-window:]
-            z = tuple((x - statistics.fmean(w)) / statistics.stdev(w) for x, w in ((loss, wl), (g, wg)))
+            wl, wg = (good_l[-window:], good_g[-window:]) if rolling else (good_l, good_g)
+            z = tuple(_z(x, w, std) for x, w in ((loss, wl), (g, wg)))
         spike = max(z) > threshold
         flags.append(spike)
         if not spike:
@@ -57,8 +66,14 @@ def _spike_run(cls, values, window, threshold, min_history, what):
     want = _expected_flags(values, window, threshold, min_history)
     if got != want:
         i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        why = ""
+        if got == _expected_flags(values, window, threshold, min_history, std=statistics.pstdev):
+            why = (" Your flags are exactly those of the population standard deviation (statistics.pstdev, divides by n); "
+                   "use the sample one, statistics.stdev (divides by n - 1).")
+        elif got == _expected_flags(values, window, threshold, min_history, rolling=False):
+            why = " Your flags are exactly those of a z-score over ALL good steps: keep only the last `window` of them."
         raise CheckFailed(f"{what}: at step {i} (loss {values[i][0]:.3f}, grad norm {values[i][1]:.3f}) expected "
-                          f"{'a spike' if want[i] else 'no spike'}, got {'a spike' if got[i] else 'no spike'}")
+                          f"{'a spike' if want[i] else 'no spike'}, got {'a spike' if got[i] else 'no spike'}.{why}")
 
 
 def _spike_basic(cls):
@@ -78,6 +93,22 @@ def _spike_down(cls):
     _spike_run(cls, values, 20, 4.0, 10, "a sudden drop in loss and gradient norm (only upward jumps are spikes)")
 
 
+def _spike_edges(cls):
+    flat = [(3.0, 1.0)] * 6 + [(3.0, 1.0), (3.01, 1.0), (2.9, 1.0), (3.0, 1.2)]
+    _spike_run(cls, flat, 5, 4.0, 3, "a constant history (standard deviation 0): an equal value is no spike, anything "
+               "above it is one (z = +inf), anything below is not")
+    two = [(1.0, 1.0), (3.0, 1.0), (3.3, 1.0), (1.2, 1.0), (9.0, 1.0)]
+    _spike_run(cls, two, 2, 1.0, 2, "the smallest history (min_history = window = 2, threshold 1): loss 3.3 after 1.0 "
+               "and 3.0 has z = 0.92 with the sample standard deviation")
+    for bad in (1, 0):
+        try:
+            cls(window=5, threshold=3.0, min_history=bad)
+        except ValueError:
+            continue
+        raise CheckFailed(f"SpikeDetector(window=5, threshold=3.0, min_history={bad}) must raise ValueError: a sample "
+                          "standard deviation needs at least 2 values")
+
+
 register(Exercise(
     id="09.SpikeDetector",
     points=3,
@@ -92,8 +123,9 @@ register(Exercise(
         "hide the next.",
         "self.losses and self.grad_norms hold the last `window` good values (a deque with maxlen does that). Once "
         "min_history of them are stored: for the loss and for the gradient norm, z = (x - mean) / stdev of its own "
-        "history (statistics.fmean, statistics.stdev); a spike if either z > threshold (upward only). If it is not a "
-        "spike, remember both values. Return the verdict.",
+        "history (statistics.fmean, statistics.stdev); a spike if either z > threshold (upward only). A constant "
+        "history has stdev 0: then a value above the mean is a spike and any other is not (no division). If it is not "
+        "a spike, remember both values. Return the verdict. The constructor refuses min_history < 2 (ValueError).",
         "spike = False\nif len(self.losses) >= ...:\n"
         "    for x, past in ...:  # the loss with its history, then the grad norm with its\n        z = ...\n"
         "        spike = ...\nif not spike:\n    ...  # remember both values\nreturn spike",
@@ -102,6 +134,7 @@ register(Exercise(
         Check("loss spikes and a gradient-norm spike are flagged at the right steps", _spike_basic),
         Check("the window rolls, and spikes do not enter it", _spike_window),
         Check("downward jumps are not spikes", _spike_down),
+        Check("edge cases: a constant history, the smallest history, min_history < 2 refused", _spike_edges),
     ),
     reference="lmlab.train.spikes:SpikeDetector",
 ))

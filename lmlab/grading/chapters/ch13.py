@@ -91,10 +91,11 @@ register(Exercise(
         "Count the pairs zip(ids, ids[1:]) of every chunk in one dict. The best pair has the largest count; on a tie, "
         "the smallest pair (a, b). Then rewrite each chunk left to right: where the best pair starts at i, emit new_id "
         "and jump two, otherwise copy ids[i] and move one (so 'a a a' with pair (a, a) becomes 'X a').",
-        "counts = {}\nfor ids in chunks:\n    ...  # count each adjacent pair\n"
-        "best = ...  # most frequent, then smallest\nnew_chunks = []\nfor ids in chunks:\n    out, i = [], 0\n"
-        "    while i < len(ids):\n        ...  # merge at i, or copy ids[i]\n    ...  # keep the rewritten chunk\n"
-        "return ..., ...",
+        "counts = ...  # pair -> how often it occurs, over every chunk\n"
+        "best = ...    # most frequent, then smallest\n"
+        "# rewrite each chunk with an index i that moves one or two places:\n"
+        "#   best starts at i -> new_id; otherwise ids[i]\n"
+        "return best, ...",
     ),
     checks=(
         Check("random chunks: the most frequent pair, merged in every chunk", _step_random),
@@ -161,9 +162,12 @@ register(Exercise(
         "Give every merge its rank (its position in merges). Loop: list the adjacent pairs that have a rank; if there "
         "are none, stop; the best is the one with the smallest rank; rewrite the sequence left to right, replacing "
         "each occurrence of best with merges[best]. Do not change the caller's list.",
-        "rank = ...  # pair -> its position in merges\nids = list(ids)\nwhile len(ids) >= 2:\n"
-        "    pairs = ...  # adjacent pairs that have a merge\n    if not pairs:\n        break\n    best = ...\n"
-        "    ids = ...  # rewritten, left to right\nreturn ids",
+        "rank = ...  # pair -> its position in merges\n"
+        "while ...:  # while there are at least two ids\n"
+        "    pairs = ...  # adjacent pairs that have a merge (none: stop)\n"
+        "    best = ...   # the one learned earliest\n"
+        "    ids = ...    # a new list, rewritten left to right (the caller's list stays as it was)\n"
+        "return ids",
     ),
     checks=(
         Check("merges apply in learning order, not in text order", _encode_order),
@@ -301,8 +305,8 @@ register(Exercise(
         "(half-split, positions 0..T-1, base rope_base) on q and k only. Repeat k and v so query head h reads K/V head "
         "h // (nh // nkv). Causal softmax(q k^T / sqrt(hs)) v -> (B, T, C) -> through wo, added to x. Then add "
         "w_down(silu(w_gate h2) * w_up h2), with h2 = RMSNorm(x) using w['norm2']. Weights are (out, in): use t @ W.T.",
-        "B, T, C = x.shape\nhs = C // n_heads\n\ndef rms(t, g):\n    return ...\n\n"
-        "def rope(t):  # (B, heads, T, hs), half-split\n    ...\n\nh = ...  # norm1\nq = ...\nk, v = ...\n"
+        "hs = ...    # the head size\nrms = ...   # a helper: RMSNorm of t with gain g and eps\n"
+        "rope = ...  # a helper: (B, heads, T, hs), half-split, positions 0..T-1\n\nh = ...  # norm1\nq = ...\nk, v = ...\n"
         "...  # share K/V heads, causal attention\nx = x + ...\nh = ...  # norm2\nreturn x + ...  # SwiGLU",
     ),
     checks=(
