@@ -22,7 +22,7 @@ import torch.distributed as dist
 __all__ = [
     "Counter", "counting", "rank", "world_size", "group_size", "group_rank", "group_ranks", "device",
     "all_reduce", "all_gather", "reduce_scatter", "broadcast", "barrier",
-    "send", "isend", "recv", "send_tensor", "recv_tensor", "new_group",
+    "send", "isend", "recv", "sendrecv", "send_tensor", "recv_tensor", "new_group",
 ]
 
 
@@ -92,7 +92,8 @@ def group_ranks(group=None) -> list[int]:
 
 
 def device() -> torch.device:
-    """``cuda:<local rank>`` under nccl (one GPU per rank), else the CPU."""
+    """Where this rank's tensors live: ``cuda:<LOCAL_RANK>`` under nccl (the device the launcher selected),
+    else the CPU. Every tensor a collective or send/recv touches must be there."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -167,21 +168,34 @@ def recv(t: torch.Tensor, src: int) -> torch.Tensor:
     return t
 
 
+def sendrecv(send_t: torch.Tensor, dst: int, recv_t: torch.Tensor, src: int) -> torch.Tensor:
+    """Send ``send_t`` to global rank ``dst`` and receive into ``recv_t`` from ``src`` as one batch of
+    point-to-point operations (``batch_isend_irecv``: NCCL needs both posted together, or a ring of
+    blocking receives deadlocks). Returns ``recv_t``."""
+    _count("send", send_t.numel())
+    ops = [dist.P2POp(dist.isend, send_t.contiguous(), dst), dist.P2POp(dist.irecv, recv_t, src)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return recv_t
+
+
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
 
 
 def send_tensor(t: torch.Tensor, dst: int) -> list:
-    """Send a tensor of any shape, header first (ndim, dtype, shape), non-blocking.
-    Returns handles to wait on (the header is not counted: it is bookkeeping, not data)."""
-    t = t.contiguous()
-    header = torch.tensor([t.dim(), _DTYPES.index(t.dtype), *t.shape], dtype=torch.int64, device=t.device)
-    size = torch.tensor([header.numel()], dtype=torch.int64, device=t.device)
+    """Send a tensor of any shape, header first (ndim, dtype, shape), non-blocking, from :func:`device`
+    (where :func:`recv_tensor` receives it). Returns handles to wait on (the header is not counted: it is
+    bookkeeping, not data)."""
+    dev = device()
+    t = t.to(dev).contiguous()
+    header = torch.tensor([t.dim(), _DTYPES.index(t.dtype), *t.shape], dtype=torch.int64, device=dev)
+    size = torch.tensor([header.numel()], dtype=torch.int64, device=dev)
     handles = [dist.isend(size, dst=dst), dist.isend(header, dst=dst), isend(t, dst)]
     return [(h, keep) for h, keep in zip(handles, (size, header, t))]
 
 
 def recv_tensor(src: int) -> torch.Tensor:
-    """Receive what :func:`send_tensor` sent."""
+    """Receive what :func:`send_tensor` sent, on :func:`device`."""
     dev = device()
     size = recv(torch.empty(1, dtype=torch.int64, device=dev), src)
     header = recv(torch.empty(int(size), dtype=torch.int64, device=dev), src).tolist()

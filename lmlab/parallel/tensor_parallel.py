@@ -119,10 +119,12 @@ def row_parallel_forward(x_shard: torch.Tensor, weight_shard: torch.Tensor, bias
 class ColumnParallelLinear(nn.Module):
     """``y_r = x W_r^T + b_r`` with ``W_r`` = this rank's rows. ``split_sizes``: a fused weight
     (q|k|v, or value|gate) is cut part by part, so each rank gets a slice of every part.
-    ``gather_output=True`` returns the full output (all-gather), else this rank's slice."""
+    ``gather_output=True`` returns the full output (all-gather), else this rank's slice.
+    ``copy_input=False`` leaves out ``f`` (the all-reduce of the input gradient): the caller puts it at the
+    input of the enclosing module instead (:func:`lmlab.parallel.parallelize.parallelize` does)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, gather_output: bool = False,
-                 split_sizes: list[int] | None = None, group=None):
+                 split_sizes: list[int] | None = None, group=None, copy_input: bool = True):
         super().__init__()
         self.ranks = as_ranks(group)
         tp = self.ranks.size
@@ -133,14 +135,16 @@ class ColumnParallelLinear(nn.Module):
             check_divisible(s, tp, "out_features" if len(self.split_sizes) == 1 else "each of split_sizes", "ColumnParallelLinear")
         if gather_output and len(self.split_sizes) > 1:
             raise ValueError("ColumnParallelLinear: gather_output needs a single part (split_sizes=None)")
-        self.tp, self.gather_output = tp, gather_output
+        self.tp, self.gather_output, self.copy_input = tp, gather_output, bool(copy_input)
         self.weight = nn.Parameter(torch.empty(out_features // tp, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, gather_output: bool = False, split_sizes=None, group=None):
+    def from_linear(cls, linear: nn.Linear, *, gather_output: bool = False, split_sizes=None, group=None,
+                    copy_input: bool = True):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    gather_output=gather_output, split_sizes=split_sizes, group=group)
+                    gather_output=gather_output, split_sizes=split_sizes, group=group, copy_input=copy_input)
+        layer.to(linear.weight.device, linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(layer.shard(linear.weight))
             if linear.bias is not None:
@@ -153,7 +157,10 @@ class ColumnParallelLinear(nn.Module):
         return torch.cat([part.chunk(self.tp)[r] for part in full.split(self.split_sizes)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = column_parallel_forward(x, self.weight, self.bias, self.ranks)  # (..., out / tp)
+        if self.copy_input:
+            y = column_parallel_forward(x, self.weight, self.bias, self.ranks)  # (..., out / tp)
+        else:
+            y = F.linear(x, self.weight, self.bias)  # (..., out / tp): f is applied before this layer
         return gather_from_tp(y, self.ranks) if self.gather_output else y
 
 
@@ -174,6 +181,7 @@ class RowParallelLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, *, input_is_parallel: bool = True, group=None):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
                     input_is_parallel=input_is_parallel, group=group)
+        layer.to(linear.weight.device, linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(layer.shard(linear.weight))
             if linear.bias is not None:
@@ -206,6 +214,7 @@ class VocabParallelEmbedding(nn.Module):
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, group=None):
         layer = cls(emb.num_embeddings, emb.embedding_dim, group=group)
+        layer.to(emb.weight.device, emb.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(emb.weight[layer.start: layer.end])
         return layer
