@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -99,9 +100,18 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+_GROUP_TIMEOUT: list = [None]  # the world's timeout (a timedelta), set by whoever initialised it
+
+
+def set_group_timeout(seconds: float) -> None:
+    """The timeout every group made by :func:`new_group` gets (torch's subgroups otherwise wait 30 min)."""
+    _GROUP_TIMEOUT[0] = timedelta(seconds=seconds)
+
+
 def new_group(ranks: list[int]):
-    """Every rank must call this for every group, in the same order (a torch.distributed rule)."""
-    return dist.new_group(ranks)
+    """Every rank must call this for every group, in the same order (a torch.distributed rule). The group
+    times out like the world does (:func:`set_group_timeout`): a hung peer raises instead of hanging."""
+    return dist.new_group(ranks, timeout=_GROUP_TIMEOUT[0])
 
 
 # -- collectives -----------------------------------------------------------------------------

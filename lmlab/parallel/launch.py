@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from lmlab.argcheck import check_choice, check_int, check_number
+from lmlab.parallel import comm
 
 __all__ = ["launch", "WorkerError", "free_port", "default_backend", "local_rank", "init_from_env"]
 
@@ -75,6 +76,7 @@ def init_from_env(backend: str, timeout_s: float = 60.0) -> None:
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    comm.set_group_timeout(timeout_s)
 
 
 def _dumps(obj) -> bytes:
@@ -92,6 +94,7 @@ def _worker(fn, rank: int, world_size: int, args: tuple, backend: str, port: int
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        comm.set_group_timeout(timeout_s)
         out = fn(rank, world_size, *args)
         results.put(("ok", rank, _dumps(out)))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
