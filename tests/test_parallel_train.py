@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.model import GPT
 from lmlab.parallel import RankGrid, WorkerError, launch
@@ -112,3 +113,10 @@ def test_a_hung_rank_times_out():
     with pytest.raises(WorkerError, match=r"rank 0 failed(.|\n)*[Tt]ime"):  # its dp group's all-reduce timed out
         launch(train_worker, 2, dict(dp=2, steps=3, hang_rank=1, timeout=3.0), timeout=3)
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on the GPU machine: NCCL, world of one)")
+def test_cuda_nccl_matches_cpu(reference, tmp_path):
+    out = _run([sys.executable, "-m", "lmlab.parallel.train", "--device", "cuda"], tmp_path / "cuda.json")
+    assert out["layout"]["device"] == "cuda"
+    assert max(abs(a - b) for a, b in zip(out["losses"], reference)) < 1e-4, (out["losses"], reference)

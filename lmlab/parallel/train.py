@@ -127,7 +127,8 @@ def _optimizers(stage: ModelStage, zero: int, dp_group, a: dict) -> list[ZeroOpt
     if others:
         opts.append(ZeroOptimizer(stage, zero, units=others, **kw))
     if tied_units:
-        opts.append(ZeroOptimizer(stage, min(zero, 2), units=tied_units, **kw))
+        # kept whole until the step: under pp its gradient is added across stages after backward
+        opts.append(ZeroOptimizer(stage, min(zero, 2), units=tied_units, overlap=False, **kw))
     return opts
 
 
