@@ -196,3 +196,17 @@ def test_spmd_functions_name_bad_shapes():
     state = {"exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
     with pytest.raises(ValueError, match="divisible"):
         run_in_process(lambda ranks, _: zero1_adamw_step(torch.zeros(5), torch.zeros(5), state, 1, ranks), [None, None])
+
+
+def test_pipedream_staleness_and_its_cost():
+    from lmlab.parallel.pipeline import pipedream_staleness, stale_sgd
+
+    for p in (2, 4):
+        st = pipedream_staleness(p, 12)
+        assert [row[-1] for row in st] == [p - 1 - s for s in range(p)]  # steady state: p - 1 - s updates behind
+        assert all(row[i] <= i for row in st for i in range(12))  # never behind more updates than exist
+    assert stale_sgd(0, 0.9)[-1] < 1e-4  # synchronous: converges at this step size
+    assert stale_sgd(3, 0.9)[-1] > 1  # 3 updates stale: diverges at the same step size
+    assert stale_sgd(3, 0.3)[-1] < 1e-3  # ... and converges with a smaller one
+    with pytest.raises(ValueError, match="staleness"):
+        stale_sgd(-1)
