@@ -126,11 +126,14 @@ def test_spmd_step_in_process_equals_one_process(n):
 
 
 def test_megatron_layers_and_block_run_on_in_process_ranks():
-    """The nn.Module layers the gloo processes use, on threads: TPBlock (2 all-reduces each way) == the block."""
+    """The nn.Module layers the gloo processes use, on threads: the model's own block split by shard_block == the block."""
     import torch.nn as nn
 
     from lmlab.model import GPT, ModelConfig
-    from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
+    import copy
+
+    from lmlab.parallel.parallelize import shard_block
+    from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
     from lmlab.parallel.in_process import run_in_process
 
     torch.manual_seed(3)
@@ -143,7 +146,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
     m_ref = lin2(F.gelu(lin1(xm)))
 
     def one_rank(ranks, _):
-        tp_block = TPBlock(block, group=ranks)
+        tp_block = shard_block(copy.deepcopy(block), group=ranks)
         xg = x.clone().requires_grad_()
         y = tp_block(xg)
         y.square().sum().backward()

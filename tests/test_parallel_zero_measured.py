@@ -20,8 +20,8 @@ PSI = sum(p.numel() for p in mlp().parameters())  # 1240, every unit divisible b
 def _train(stage: int, overlap: bool = True):
     data = batches(STEPS)
 
-    def rank_fn(ranks, r):
-        model = mlp()
+    def rank_fn(ranks, rm):
+        r, model = rm
         opt = ZeroOptimizer(model, stage, group=ranks, overlap=overlap, **ADAMW)
         sent = []
         for x, y in data:
@@ -32,7 +32,7 @@ def _train(stage: int, overlap: bool = True):
             sent.append(ranks.sent - before)
         return {"params": opt.full_parameters(), "sent": sent, "peak": opt.peak_grad_bytes}
 
-    return run_in_process(rank_fn, list(range(N)))
+    return run_in_process(rank_fn, [(r, mlp()) for r in range(N)])  # built here: threads share one random stream
 
 
 def test_traffic_on_the_wire_matches_zero_formulas():

@@ -38,7 +38,7 @@ from lmlab.parallel.grid import RankGrid
 from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, copy_to_tp
 from lmlab.parallel.transport import as_ranks
 
-__all__ = ["parallelize", "check_parallelizable", "ModelStage", "stage_bounds"]
+__all__ = ["parallelize", "check_parallelizable", "shard_block", "ModelStage", "stage_bounds"]
 
 
 def stage_bounds(n_layers: int, pp: int) -> list[tuple[int, int]]:
@@ -77,17 +77,9 @@ def check_parallelizable(model: GPT, grid: RankGrid) -> None:
         raise ValueError(f"dropout: {cfg.dropout} > 0 needs the same random stream on every tensor-parallel rank "
                          "(Megatron's RNG tracker), which lmlab does not have; use dropout=0 with tp > 1")
     for i, block in enumerate(model.blocks):
-        if type(block.attn) is not MultiHeadAttention:
-            raise ValueError(f"attention: layer {i}'s attention is {type(block.attn).__name__}, not lmlab's "
-                             "MultiHeadAttention: parallelize only knows how to shard that one by heads")
-        if type(block.ffn) is not FeedForward:
-            raise ValueError(f"activation: layer {i}'s FFN is {type(block.ffn).__name__}, not lmlab's FeedForward: "
-                             "parallelize only knows how to shard that one by hidden units")
-    attn, ffn = model.blocks[0].attn, model.blocks[0].ffn
-    for name, value in (("n_heads", attn.n_heads), ("n_kv_heads", attn.n_kv_heads), ("d_ff", ffn.hidden),
-                        ("vocab_size", cfg.vocab_size)):
-        if value % tp:
-            raise ValueError(f"{name} ({value}) must be divisible by tp ({tp})")
+        _check_block(block, tp, f"layer {i}")
+    if cfg.vocab_size % tp:
+        raise ValueError(f"vocab_size ({cfg.vocab_size}) must be divisible by tp ({tp})")
 
 
 def _copy_input_hook(ranks):
@@ -99,7 +91,26 @@ def _copy_input_hook(ranks):
     return hook
 
 
-def _shard_block(block: nn.Module, ranks) -> None:
+def _check_block(block: nn.Module, tp: int, where: str) -> None:
+    if type(block.attn) is not MultiHeadAttention:
+        raise ValueError(f"attention: {where}'s attention is {type(block.attn).__name__}, not lmlab's "
+                         "MultiHeadAttention: parallelize only knows how to shard that one by heads")
+    if type(block.ffn) is not FeedForward:
+        raise ValueError(f"activation: {where}'s FFN is {type(block.ffn).__name__}, not lmlab's FeedForward: "
+                         "parallelize only knows how to shard that one by hidden units")
+    for name, value in (("n_heads", block.attn.n_heads), ("n_kv_heads", block.attn.n_kv_heads), ("d_ff", block.ffn.hidden)):
+        if value % tp:
+            raise ValueError(f"{name} ({value}) must be divisible by tp ({tp})")
+
+
+def shard_block(block: nn.Module, group=None) -> nn.Module:
+    """Split a :class:`lmlab.model.gpt.Block` over the tensor-parallel ``group`` (a process group, ``None`` for
+    all ranks, or in-process :class:`~lmlab.parallel.transport.Ranks`), in place, and return it: ``attn.qkv`` and
+    ``ffn.up`` column-parallel (this rank's heads / hidden units), ``attn.proj`` and ``ffn.down`` row-parallel,
+    ``f`` at the input of ``attn`` and ``ffn``. Its own ``forward`` then costs 2 all-reduces forward
+    (after the two row-parallel layers) and 2 backward (``f``), whatever the norm placement."""
+    ranks = as_ranks(group)
+    _check_block(block, ranks.size, "the block")
     attn, ffn, tp = block.attn, block.ffn, ranks.size
     C = attn.n_heads * attn.head_dim
     attn.qkv = ColumnParallelLinear.from_linear(attn.qkv, split_sizes=[C, attn.kv_dim, attn.kv_dim], group=ranks,
@@ -113,13 +124,14 @@ def _shard_block(block: nn.Module, ranks) -> None:
     ffn.hidden //= tp
     for part in (attn, ffn):
         part.register_forward_pre_hook(_copy_input_hook(ranks))
+    return block
 
 
 def _tensor_parallel(model: GPT, ranks) -> None:
     """Swap the model's own layers for their tensor-parallel versions, in place."""
     tied = model.config.tie_embeddings
     for block in model.blocks:
-        _shard_block(block, ranks)
+        shard_block(block, ranks)
     model.tok_emb = VocabParallelEmbedding.from_embedding(model.tok_emb, group=ranks)
     head = ColumnParallelLinear.from_linear(model.lm_head, gather_output=True, group=ranks)
     if tied:

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_choice, check_int
-from lmlab.model import GPT
 from lmlab.parallel import comm
+from lmlab.parallel.parallelize import ModelStage
 
 __all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step",
            "pipedream_staleness", "stale_sgd"]
@@ -161,43 +161,14 @@ def stale_sgd(staleness: int, lr: float = 0.5, steps: int = 40, dim: int = 8, se
 # -- real ranks ----------------------------------------------------------------------------------
 
 
-class _Embed(nn.Module):
-    """The first stage's way in: :meth:`lmlab.model.gpt.GPT.embed` on the model's own embedding modules
-    (held here, so the stage owns exactly those parameters)."""
-
-    embed = GPT.embed  # reads tok_emb, pos_emb, position, drop
-
-    def __init__(self, model):
-        super().__init__()
-        self.tok_emb, self.pos_emb, self.position, self.drop = model.tok_emb, model.pos_emb, model.position, model.drop
-
-    def forward(self, idx):
-        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
-        return self.embed(idx, pos, pos)[0]  # (B, T, C); the blocks of a stage take no attention positions
-
-
-class _Head(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.final_norm, self.lm_head = model.final_norm, model.lm_head
-
-    def forward(self, x):
-        return self.lm_head(self.final_norm(x))
-
-
-def gpt_stages(model, n_stages: int) -> list[nn.Sequential]:
-    """Cut a :class:`lmlab.model.gpt.GPT` (untied embeddings) into ``n_stages`` consecutive pieces:
-    the embedding joins the first blocks, the final norm and output layer the last ones.
-    The pieces share the model's parameters (no copy)."""
-    if model.config.tie_embeddings:
-        raise ValueError("gpt_stages: tie_embeddings must be False (the tied weight would live on two stages)")
+def gpt_stages(model, n_stages: int) -> list[ModelStage]:
+    """Cut a :class:`lmlab.model.gpt.GPT` into ``n_stages`` consecutive pieces
+    (:class:`lmlab.parallel.parallelize.ModelStage`: the model's own blocks, embedding with the first, final
+    norm and output layer with the last). They share the model's parameters (no copy), except a tied
+    embedding, which the last stage copies (see :meth:`ModelStage.sync_tied_grads`)."""
     L = len(model.blocks)
     check_int(n_stages, "n_stages", "gpt_stages:", maximum=L, note=f"at most n_layers = {L}")
-    cuts = [round(k * L / n_stages) for k in range(n_stages + 1)]
-    stages = [nn.Sequential(*model.blocks[cuts[k]: cuts[k + 1]]) for k in range(n_stages)]
-    stages[0].insert(0, _Embed(model))
-    stages[-1].append(_Head(model))
-    return stages
+    return [ModelStage(model, s, n_stages) for s in range(n_stages)]
 
 
 def pipeline_step(stage_module: nn.Module, micro_inputs, micro_targets, loss_fn, *, schedule: str = "1f1b",

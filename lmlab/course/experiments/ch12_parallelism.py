@@ -101,8 +101,8 @@ def zero_on_the_wire(n_ranks: int = 2, steps: int = 2) -> list[dict]:
     data = workers.batches(steps)
     rows = []
     for stage in ZERO_STAGES:
-        def rank_fn(ranks, r, stage=stage):
-            model = workers.mlp()
+        def rank_fn(ranks, rm, stage=stage):
+            r, model = rm
             opt = ZeroOptimizer(model, stage, group=ranks, **workers.ADAMW)
             for x, y in data:
                 F.mse_loss(model(x.chunk(n_ranks)[r]), y.chunk(n_ranks)[r]).backward()
@@ -110,7 +110,8 @@ def zero_on_the_wire(n_ranks: int = 2, steps: int = 2) -> list[dict]:
                 opt.zero_grad()
             return ranks.sent / steps, opt.peak_grad_bytes
 
-        sent, peak = run_in_process(rank_fn, list(range(n_ranks)))[0]
+        # the models are built here: threads share one random stream
+        sent, peak = run_in_process(rank_fn, [(r, workers.mlp()) for r in range(n_ranks)])[0]
         psi = sum(p.numel() for p in workers.mlp().parameters())
         rows.append({"stage": stage, "sent": sent, "formula": calc.zero_comm_volume(psi, n_ranks, stage),
                      "sent_psi": sent / psi, "peak_grad_bytes": peak, "full_grad_bytes": 4 * psi})
