@@ -116,24 +116,21 @@ P.ring_figure(4).show()
 import inspect
 
 from lmlab.course.experiments import ch12_spmd as S
-from lmlab.parallel import collectives
 from lmlab.parallel.data_parallel import average_gradients
 from lmlab.parallel.in_process import ThreadRanks, run_in_process, simulated_ring_all_reduce
-from lmlab.parallel.tensor_parallel import column_parallel_forward, row_parallel_forward
 from lmlab.parallel.transport import DistRanks
-from lmlab.parallel.zero import zero1_adamw_step
 
 print(inspect.getsource(ThreadRanks.sendrecv))
 print(inspect.getsource(DistRanks.sendrecv))
 
 # %% [markdown]
-# The ring all-reduce as every rank runs it — here on 4 in-process ranks, in section 2 on gloo processes
-# (`ring_all_reduce` pads the vector to a multiple of $N$, then calls these two):
+# The ring all-reduce as every rank runs it — here on 4 in-process ranks, in section 2 on gloo processes.
+# `ring_all_reduce` pads the vector to a multiple of $N$ and cuts it into $N$ chunks. **Reduce-scatter**:
+# for $N-1$ steps every rank sends one chunk to its right neighbour and adds the chunk arriving from its left
+# one, so afterwards each rank holds one finished sum. **All-gather**: $N-1$ more steps pass the finished chunks
+# around, copying instead of adding. (You will write it in the exercises, so its code is not printed here.)
 
 # %%
-print(inspect.getsource(collectives.ring_reduce_scatter))
-print(inspect.getsource(collectives.ring_all_gather))
-
 g = torch.Generator().manual_seed(0)
 sim_ranks = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4)]  # 4 ranks, 2 elements per chunk
 history = simulated_ring_all_reduce(sim_ranks)  # ring_all_reduce on 4 threads, every step recorded
@@ -144,12 +141,13 @@ assert all(torch.allclose(h, torch.stack(sim_ranks).sum(0)) for h in history[-1]
 # %% [markdown]
 # Data parallel averages the gradients (an all-reduce, then $\div N$); ZeRO-1 reduce-scatters them, updates
 # only its $1/N$ of the parameters with AdamW and all-gathers the result; Megatron's column-parallel layer
-# needs no message forward, the row-parallel layer all-reduces its partial sums. These are the functions
-# `lmlab.parallel` itself runs (`RowParallelLinear.forward` calls `row_parallel_forward`), and `spmd_step`
-# is one rank's part of all four:
+# needs no message forward, the row-parallel layer all-reduces its partial sums. `lmlab.parallel` runs these
+# functions itself (`RowParallelLinear.forward` calls `row_parallel_forward`); the ZeRO-1 step and the
+# column/row pair are exercises, so only data parallel's average and `spmd_step`, one rank's part of all four
+# (calling the others by name), are printed:
 
 # %%
-for fn in (average_gradients, zero1_adamw_step, column_parallel_forward, row_parallel_forward, S.spmd_step):
+for fn in (average_gradients, S.spmd_step):
     print(inspect.getsource(fn))
 
 # %% [markdown]
