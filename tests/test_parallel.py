@@ -79,6 +79,23 @@ def test_bad_input_names_the_parameter(call, name):
         call()
 
 
+def test_device_follows_the_tensors_and_local_rank(monkeypatch):
+    from lmlab.parallel.launch import default_backend, local_rank
+
+    assert default_backend("cpu") == "gloo" and default_backend("cuda") == "nccl"
+    with pytest.raises(ValueError, match="device"):
+        default_backend("tpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_rank() == 3  # the GPU index on this machine, not the global rank
+    monkeypatch.delenv("LOCAL_RANK")
+    assert local_rank() == 0
+    import torch
+
+    if torch.cuda.device_count() < 64:  # nccl needs one GPU per rank: refused before anything is spawned
+        with pytest.raises(ValueError, match="nccl"):
+            launch(workers.rank_info, 64, backend="nccl")
+
+
 def test_pipeline_bad_input():
     with pytest.raises(ValueError, match="n_micro"):
         simulate("gpipe", n_stages=4, n_micro=0)

@@ -126,11 +126,14 @@ def test_spmd_step_in_process_equals_one_process(n):
 
 
 def test_megatron_layers_and_block_run_on_in_process_ranks():
-    """The nn.Module layers the gloo processes use, on threads: TPBlock (2 all-reduces each way) == the block."""
+    """The nn.Module layers the gloo processes use, on threads: the model's own block split by shard_block == the block."""
     import torch.nn as nn
 
     from lmlab.model import GPT, ModelConfig
-    from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock
+    import copy
+
+    from lmlab.parallel.parallelize import shard_block
+    from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
     from lmlab.parallel.in_process import run_in_process
 
     torch.manual_seed(3)
@@ -143,7 +146,7 @@ def test_megatron_layers_and_block_run_on_in_process_ranks():
     m_ref = lin2(F.gelu(lin1(xm)))
 
     def one_rank(ranks, _):
-        tp_block = TPBlock(block, group=ranks)
+        tp_block = shard_block(copy.deepcopy(block), group=ranks)
         xg = x.clone().requires_grad_()
         y = tp_block(xg)
         y.square().sum().backward()
@@ -196,3 +199,17 @@ def test_spmd_functions_name_bad_shapes():
     state = {"exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
     with pytest.raises(ValueError, match="divisible"):
         run_in_process(lambda ranks, _: zero1_adamw_step(torch.zeros(5), torch.zeros(5), state, 1, ranks), [None, None])
+
+
+def test_pipedream_staleness_and_its_cost():
+    from lmlab.parallel.pipeline import pipedream_staleness, stale_sgd
+
+    for p in (2, 4):
+        st = pipedream_staleness(p, 12)
+        assert [row[-1] for row in st] == [p - 1 - s for s in range(p)]  # steady state: p - 1 - s updates behind
+        assert all(row[i] <= i for row in st for i in range(12))  # never behind more updates than exist
+    assert stale_sgd(0, 0.9)[-1] < 1e-4  # synchronous: converges at this step size
+    assert stale_sgd(3, 0.9)[-1] > 1  # 3 updates stale: diverges at the same step size
+    assert stale_sgd(3, 0.3)[-1] < 1e-3  # ... and converges with a smaller one
+    with pytest.raises(ValueError, match="staleness"):
+        stale_sgd(-1)

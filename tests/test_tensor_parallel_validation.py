@@ -32,12 +32,13 @@ def test_layers_refuse_sizes_tp_cannot_split(three_ranks):
     assert tp.ColumnParallelLinear(6, 9).weight.shape == (3, 6)  # divisible: each rank gets a third
 
 
-def test_tp_block_refuses_heads_tp_cannot_split(three_ranks):
+def test_shard_block_refuses_heads_tp_cannot_split(three_ranks):
+    from lmlab.parallel.parallelize import shard_block
+
     block = Block(ModelConfig(vocab_size=16, context_length=8, d_model=16, n_layers=1, n_heads=4, d_ff=48))
-    with pytest.raises(ValueError, match=r"TPBlock: n_heads \(4\) must be divisible by tp \(3\)"):
-        tp.TPBlock(block)
+    with pytest.raises(ValueError, match=r"n_heads \(4\) must be divisible by tp \(3\)"):
+        shard_block(block)
     post = Block(ModelConfig(vocab_size=16, context_length=8, d_model=24, n_layers=1, n_heads=3, d_ff=48, norm_position="post"))
-    with pytest.raises(ValueError, match=r"TPBlock: norm_position must be 'pre'"):
-        tp.TPBlock(post)
-    ok = tp.TPBlock(Block(ModelConfig(vocab_size=16, context_length=8, d_model=24, n_layers=1, n_heads=3, d_ff=48)))
-    assert isinstance(ok.qkv, nn.Module) and ok.qkv.weight.shape == (24, 24)  # (3 parts x 24) / 3 ranks
+    ok = shard_block(post)  # any norm placement: the block's own forward runs
+    assert isinstance(ok.attn.qkv, nn.Module) and ok.attn.qkv.weight.shape == (24, 24)  # (3 parts x 24) / 3 ranks
+    assert ok.attn.n_heads == 1

@@ -288,8 +288,8 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, T, C)`` -> ``q (B, nh, T, hs)``, ``k, v (B, nkv, T, hs)``: one matmul, split per head."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split([C, self.kv_dim, self.kv_dim], dim=2)  # (B, T, C), 2 x (B, T, nkv*hs)
+        q_dim = self.n_heads * self.head_dim  # C, or this rank's heads' share under tensor parallelism (lesson 12)
+        q, k, v = self.qkv(x).split([q_dim, self.kv_dim, self.kv_dim], dim=2)  # (B, T, nh*hs), 2 x (B, T, nkv*hs)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)  # (B, nh, T, hs)
         k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)
         v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)  # (B, nkv, T, hs)

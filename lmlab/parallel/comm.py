@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ import torch.distributed as dist
 __all__ = [
     "Counter", "counting", "rank", "world_size", "group_size", "group_rank", "group_ranks", "device",
     "all_reduce", "all_gather", "reduce_scatter", "broadcast", "barrier",
-    "send", "isend", "recv", "send_tensor", "recv_tensor", "new_group",
+    "send", "isend", "recv", "sendrecv", "send_tensor", "recv_tensor", "new_group",
 ]
 
 
@@ -92,15 +93,25 @@ def group_ranks(group=None) -> list[int]:
 
 
 def device() -> torch.device:
-    """``cuda:<local rank>`` under nccl (one GPU per rank), else the CPU."""
+    """Where this rank's tensors live: ``cuda:<LOCAL_RANK>`` under nccl (the device the launcher selected),
+    else the CPU. Every tensor a collective or send/recv touches must be there."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
+_GROUP_TIMEOUT: list = [None]  # the world's timeout (a timedelta), set by whoever initialised it
+
+
+def set_group_timeout(seconds: float) -> None:
+    """The timeout every group made by :func:`new_group` gets (torch's subgroups otherwise wait 30 min)."""
+    _GROUP_TIMEOUT[0] = timedelta(seconds=seconds)
+
+
 def new_group(ranks: list[int]):
-    """Every rank must call this for every group, in the same order (a torch.distributed rule)."""
-    return dist.new_group(ranks)
+    """Every rank must call this for every group, in the same order (a torch.distributed rule). The group
+    times out like the world does (:func:`set_group_timeout`): a hung peer raises instead of hanging."""
+    return dist.new_group(ranks, timeout=_GROUP_TIMEOUT[0])
 
 
 # -- collectives -----------------------------------------------------------------------------
@@ -167,21 +178,34 @@ def recv(t: torch.Tensor, src: int) -> torch.Tensor:
     return t
 
 
+def sendrecv(send_t: torch.Tensor, dst: int, recv_t: torch.Tensor, src: int) -> torch.Tensor:
+    """Send ``send_t`` to global rank ``dst`` and receive into ``recv_t`` from ``src`` as one batch of
+    point-to-point operations (``batch_isend_irecv``: NCCL needs both posted together, or a ring of
+    blocking receives deadlocks). Returns ``recv_t``."""
+    _count("send", send_t.numel())
+    ops = [dist.P2POp(dist.isend, send_t.contiguous(), dst), dist.P2POp(dist.irecv, recv_t, src)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return recv_t
+
+
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
 
 
 def send_tensor(t: torch.Tensor, dst: int) -> list:
-    """Send a tensor of any shape, header first (ndim, dtype, shape), non-blocking.
-    Returns handles to wait on (the header is not counted: it is bookkeeping, not data)."""
-    t = t.contiguous()
-    header = torch.tensor([t.dim(), _DTYPES.index(t.dtype), *t.shape], dtype=torch.int64, device=t.device)
-    size = torch.tensor([header.numel()], dtype=torch.int64, device=t.device)
+    """Send a tensor of any shape, header first (ndim, dtype, shape), non-blocking, from :func:`device`
+    (where :func:`recv_tensor` receives it). Returns handles to wait on (the header is not counted: it is
+    bookkeeping, not data)."""
+    dev = device()
+    t = t.to(dev).contiguous()
+    header = torch.tensor([t.dim(), _DTYPES.index(t.dtype), *t.shape], dtype=torch.int64, device=dev)
+    size = torch.tensor([header.numel()], dtype=torch.int64, device=dev)
     handles = [dist.isend(size, dst=dst), dist.isend(header, dst=dst), isend(t, dst)]
     return [(h, keep) for h, keep in zip(handles, (size, header, t))]
 
 
 def recv_tensor(src: int) -> torch.Tensor:
-    """Receive what :func:`send_tensor` sent."""
+    """Receive what :func:`send_tensor` sent, on :func:`device`."""
     dev = device()
     size = recv(torch.empty(1, dtype=torch.int64, device=dev), src)
     header = recv(torch.empty(int(size), dtype=torch.int64, device=dev), src).tolist()

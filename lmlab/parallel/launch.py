@@ -1,8 +1,11 @@
 """Start ``world_size`` processes that talk through torch.distributed (lesson 12, ``lessons/12_parallelism``).
 
-:func:`launch` is the chapter's ``torchrun``: it spawns one process per rank on 127.0.0.1 (gloo on
-CPUs; nccl with one GPU per rank when there are enough GPUs), runs ``fn(rank, world_size, *args)``
-in each, and returns every rank's result to the caller, in rank order.
+:func:`launch` is the chapter's in-notebook ``torchrun`` for CPUs: it spawns one process per rank on
+127.0.0.1 (gloo by default; ``backend="nccl"`` puts rank ``r`` on GPU ``LOCAL_RANK = r``, and then the
+worker must put its tensors on :func:`lmlab.parallel.comm.device`), runs ``fn(rank, world_size, *args)``
+in each, and returns every rank's result to the caller, in rank order. On a real cluster use
+``torchrun`` and :mod:`lmlab.parallel.train` instead; :func:`init_from_env` is what such a process
+calls first (``env://``, ``LOCAL_RANK``).
 
 Safety rails, because a distributed bug usually looks like a hang:
 
@@ -28,10 +31,12 @@ import traceback
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
 from lmlab.argcheck import check_choice, check_int, check_number
+from lmlab.parallel import comm
 
-__all__ = ["launch", "WorkerError", "free_port", "default_backend"]
+__all__ = ["launch", "WorkerError", "free_port", "default_backend", "local_rank", "init_from_env"]
 
 
 class WorkerError(RuntimeError):
@@ -49,9 +54,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def default_backend(world_size: int) -> str:
-    """``nccl`` when there is a GPU for every rank, else ``gloo``."""
-    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
+def default_backend(device: str = "cpu") -> str:
+    """The backend that moves tensors living on ``device``: ``nccl`` for ``"cuda"``, ``gloo`` for ``"cpu"``.
+    (The backend follows where the tensors are, not how many GPUs the machine has.)"""
+    check_choice(device, "device", ("cpu", "cuda"), "default_backend:")
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def local_rank() -> int:
+    """This process's index on its own machine: ``LOCAL_RANK`` (set by torchrun and by :func:`launch`), else 0.
+    The GPU a rank uses is ``cuda:LOCAL_RANK``, never its global rank (rank 8 is GPU 0 of the second node)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(backend: str, timeout_s: float = 60.0) -> None:
+    """Join the process group torchrun describes (``env://``: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT``).
+    Under nccl, first select ``cuda:LOCAL_RANK``. Without torchrun's variables: a world of one process."""
+    check_choice(backend, "backend", ("gloo", "nccl"), "init_from_env:")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    comm.set_group_timeout(timeout_s)
 
 
 def _dumps(obj) -> bytes:
@@ -61,15 +86,15 @@ def _dumps(obj) -> bytes:
 
 
 def _worker(fn, rank: int, world_size: int, args: tuple, backend: str, port: int, timeout_s: float, results) -> None:
-    import torch.distributed as dist
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    os.environ["LOCAL_RANK"] = str(rank)  # one host: the local rank is the rank
     try:
         if backend == "nccl":
-            torch.cuda.set_device(rank)
+            torch.cuda.set_device(local_rank())
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        comm.set_group_timeout(timeout_s)
         out = fn(rank, world_size, *args)
         results.put(("ok", rank, _dumps(out)))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
@@ -98,14 +123,18 @@ def launch(fn, world_size: int, *args, backend: str | None = None, timeout: floa
            join_timeout: float | None = None) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` ranks; return their results in rank order.
 
-    ``backend``: ``"gloo"`` or ``"nccl"``; ``None`` picks nccl if there is a GPU per rank.
+    ``backend``: ``"gloo"`` (the default: the chapter's workers build CPU tensors) or ``"nccl"`` (one GPU per
+    rank, ``cuda:LOCAL_RANK``; ``fn`` must then put its tensors on :func:`lmlab.parallel.comm.device`).
     ``timeout``: seconds a collective may wait before raising (the process group's timeout).
     ``join_timeout``: seconds for the whole run (default ``10 * timeout``); then every rank is killed.
     Results are passed back with ``torch.save``, so tensors, numbers and dicts of them are fine.
     """
     check_int(world_size, "world_size", "launch:")
-    backend = default_backend(world_size) if backend is None else backend
-    check_choice(backend, "backend", ("gloo", "nccl"), "launch:", note="or None: nccl with a GPU per rank, else gloo")
+    backend = "gloo" if backend is None else backend
+    check_choice(backend, "backend", ("gloo", "nccl"), "launch:", note="or None: gloo")
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"launch: backend 'nccl' needs a GPU per rank: world_size={world_size}, "
+                         f"GPUs={torch.cuda.device_count()}")
     if not callable(fn) or getattr(fn, "__module__", "__main__") in ("__main__", None) or "<locals>" in getattr(fn, "__qualname__", ""):
         raise ValueError(f"launch: fn must be a function defined at the top level of an importable module "
                          f"(spawned processes import it by name), got {fn!r}")

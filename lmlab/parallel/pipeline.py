@@ -25,10 +25,11 @@ import torch
 import torch.nn as nn
 
 from lmlab.argcheck import check_choice, check_int
-from lmlab.model import GPT
 from lmlab.parallel import comm
+from lmlab.parallel.parallelize import ModelStage
 
-__all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step"]
+__all__ = ["SCHEDULES", "schedule_ops", "simulate", "SimResult", "render", "gpt_stages", "pipeline_step",
+           "pipedream_staleness", "stale_sgd"]
 
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -110,46 +111,64 @@ def render(result: SimResult, unit: float = 1.0) -> str:
     return "\n".join(f"stage {s}: {''.join(r)}" for s, r in enumerate(rows))
 
 
+# -- PipeDream: no flush, asynchronous updates -----------------------------------------------------
+
+
+def pipedream_staleness(n_stages: int, n_micro: int) -> list[list[int]]:
+    """PipeDream (Narayanan et al., 2019) runs 1F1B *without* a flush: stage ``s`` updates its weights after
+    every backward, while later micro-batches are already in flight. From the 1F1B event simulation, for
+    each stage and micro-batch: how many updates behind sequential SGD (which would have applied all
+    ``i`` earlier ones) the weights of forward ``F_i`` are, ``i - (backwards done on s before F_i starts)``.
+    Steady state: ``n_stages - 1 - s`` (weight stashing keeps that version for the backward). 1F1B with a
+    flush (PipeDream-Flush, Megatron, what :func:`pipeline_step` runs) updates once per batch: staleness 0."""
+    _check("1f1b", n_stages, n_micro, "pipedream_staleness")
+    events = simulate("1f1b", n_stages, n_micro).events
+    out = []
+    for s in range(n_stages):
+        backs = sorted(end for st, kind, _, _, end in events if st == s and kind == "B")
+        fwd = {i: start for st, kind, i, start, _ in events if st == s and kind == "F"}
+        out.append([i - sum(1 for e in backs if e <= fwd[i]) for i in range(n_micro)])
+    return out
+
+
+def stale_sgd(staleness: int, lr: float = 0.5, steps: int = 40, dim: int = 8, seed: int = 0) -> list[float]:
+    """Gradient descent on a least-squares problem where each update uses the gradient at the weights of
+    ``staleness`` updates ago (PipeDream's first stage: ``staleness = p - 1``). ``lr`` is in units of
+    ``1 / L`` (``L``: the largest curvature): synchronous descent (``staleness=0``, a pipeline with a flush)
+    converges for ``lr < 2``, stale descent only for smaller steps. Returns the loss minus its minimum
+    after each update."""
+    check_int(staleness, "staleness", "stale_sgd:", minimum=0)
+    check_int(steps, "steps", "stale_sgd:")
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ValueError(f"stale_sgd: lr must be a positive number (in units of 1/L), got {lr!r}")
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(4 * dim, dim, generator=g, dtype=torch.float64)  # (4d, d)
+    b = torch.randn(4 * dim, generator=g, dtype=torch.float64)
+    H = A.T @ A / A.shape[0]  # (d, d): the curvature of 0.5 * mean((A w - b)^2)
+    L = float(torch.linalg.eigvalsh(H).max())
+    best = torch.linalg.lstsq(A, b).solution
+    loss = lambda w: float(0.5 * ((A @ w - b) ** 2).mean())  # noqa: E731
+    w = torch.zeros(dim, dtype=torch.float64)
+    history, out = [w], []
+    for _ in range(steps):
+        old = history[max(0, len(history) - 1 - staleness)]  # the weights its gradient was computed at
+        w = w - lr / L * (A.T @ (A @ old - b) / A.shape[0])
+        history.append(w)
+        out.append(loss(w) - loss(best))
+    return out
+
+
 # -- real ranks ----------------------------------------------------------------------------------
 
 
-class _Embed(nn.Module):
-    """The first stage's way in: :meth:`lmlab.model.gpt.GPT.embed` on the model's own embedding modules
-    (held here, so the stage owns exactly those parameters)."""
-
-    embed = GPT.embed  # reads tok_emb, pos_emb, position, drop
-
-    def __init__(self, model):
-        super().__init__()
-        self.tok_emb, self.pos_emb, self.position, self.drop = model.tok_emb, model.pos_emb, model.position, model.drop
-
-    def forward(self, idx):
-        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
-        return self.embed(idx, pos, pos)[0]  # (B, T, C); the blocks of a stage take no attention positions
-
-
-class _Head(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.final_norm, self.lm_head = model.final_norm, model.lm_head
-
-    def forward(self, x):
-        return self.lm_head(self.final_norm(x))
-
-
-def gpt_stages(model, n_stages: int) -> list[nn.Sequential]:
-    """Cut a :class:`lmlab.model.gpt.GPT` (untied embeddings) into ``n_stages`` consecutive pieces:
-    the embedding joins the first blocks, the final norm and output layer the last ones.
-    The pieces share the model's parameters (no copy)."""
-    if model.config.tie_embeddings:
-        raise ValueError("gpt_stages: tie_embeddings must be False (the tied weight would live on two stages)")
+def gpt_stages(model, n_stages: int) -> list[ModelStage]:
+    """Cut a :class:`lmlab.model.gpt.GPT` into ``n_stages`` consecutive pieces
+    (:class:`lmlab.parallel.parallelize.ModelStage`: the model's own blocks, embedding with the first, final
+    norm and output layer with the last). They share the model's parameters (no copy), except a tied
+    embedding, which the last stage copies (see :meth:`ModelStage.sync_tied_grads`)."""
     L = len(model.blocks)
     check_int(n_stages, "n_stages", "gpt_stages:", maximum=L, note=f"at most n_layers = {L}")
-    cuts = [round(k * L / n_stages) for k in range(n_stages + 1)]
-    stages = [nn.Sequential(*model.blocks[cuts[k]: cuts[k + 1]]) for k in range(n_stages)]
-    stages[0].insert(0, _Embed(model))
-    stages[-1].append(_Head(model))
-    return stages
+    return [ModelStage(model, s, n_stages) for s in range(n_stages)]
 
 
 def pipeline_step(stage_module: nn.Module, micro_inputs, micro_targets, loss_fn, *, schedule: str = "1f1b",

@@ -10,11 +10,10 @@ A weight matrix is cut across ``tp`` ranks. Two cuts suffice for a transformer:
 
 Column then row (MLP: up, down; attention: q/k/v by heads, output projection) needs no
 communication in between, so a transformer block costs exactly 2 all-reduces forward and 2
-backward (:class:`TPBlock`). :class:`VocabParallelEmbedding` splits the vocabulary: each rank
+backward (:func:`lmlab.parallel.parallelize.shard_block` puts these layers into the model's own block). :class:`VocabParallelEmbedding` splits the vocabulary: each rank
 looks up the ids it owns, zeros the rest, and an all-reduce adds the pieces.
 
-Every layer has ``from_*`` constructors that shard an existing ``nn.Linear`` / ``nn.Embedding``
-/ :class:`lmlab.model.gpt.Block`, so outputs and gradients can be compared with the original.
+Every layer has ``from_*`` constructors that shard an existing ``nn.Linear`` / ``nn.Embedding``, so outputs and gradients can be compared with the original.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from lmlab.parallel.transport import as_ranks
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "column_parallel_forward", "row_parallel_forward",
            "ColumnParallelLinear", "RowParallelLinear",
-           "VocabParallelEmbedding", "TPBlock", "check_divisible",
+           "VocabParallelEmbedding", "check_divisible",
            "simulated_row_parallel_forward"]
 
 
@@ -119,10 +118,12 @@ def row_parallel_forward(x_shard: torch.Tensor, weight_shard: torch.Tensor, bias
 class ColumnParallelLinear(nn.Module):
     """``y_r = x W_r^T + b_r`` with ``W_r`` = this rank's rows. ``split_sizes``: a fused weight
     (q|k|v, or value|gate) is cut part by part, so each rank gets a slice of every part.
-    ``gather_output=True`` returns the full output (all-gather), else this rank's slice."""
+    ``gather_output=True`` returns the full output (all-gather), else this rank's slice.
+    ``copy_input=False`` leaves out ``f`` (the all-reduce of the input gradient): the caller puts it at the
+    input of the enclosing module instead (:func:`lmlab.parallel.parallelize.parallelize` does)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, gather_output: bool = False,
-                 split_sizes: list[int] | None = None, group=None):
+                 split_sizes: list[int] | None = None, group=None, copy_input: bool = True):
         super().__init__()
         self.ranks = as_ranks(group)
         tp = self.ranks.size
@@ -133,14 +134,16 @@ class ColumnParallelLinear(nn.Module):
             check_divisible(s, tp, "out_features" if len(self.split_sizes) == 1 else "each of split_sizes", "ColumnParallelLinear")
         if gather_output and len(self.split_sizes) > 1:
             raise ValueError("ColumnParallelLinear: gather_output needs a single part (split_sizes=None)")
-        self.tp, self.gather_output = tp, gather_output
+        self.tp, self.gather_output, self.copy_input = tp, gather_output, bool(copy_input)
         self.weight = nn.Parameter(torch.empty(out_features // tp, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features // tp)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, gather_output: bool = False, split_sizes=None, group=None):
+    def from_linear(cls, linear: nn.Linear, *, gather_output: bool = False, split_sizes=None, group=None,
+                    copy_input: bool = True):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    gather_output=gather_output, split_sizes=split_sizes, group=group)
+                    gather_output=gather_output, split_sizes=split_sizes, group=group, copy_input=copy_input)
+        layer.to(linear.weight.device, linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(layer.shard(linear.weight))
             if linear.bias is not None:
@@ -153,7 +156,10 @@ class ColumnParallelLinear(nn.Module):
         return torch.cat([part.chunk(self.tp)[r] for part in full.split(self.split_sizes)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = column_parallel_forward(x, self.weight, self.bias, self.ranks)  # (..., out / tp)
+        if self.copy_input:
+            y = column_parallel_forward(x, self.weight, self.bias, self.ranks)  # (..., out / tp)
+        else:
+            y = F.linear(x, self.weight, self.bias)  # (..., out / tp): f is applied before this layer
         return gather_from_tp(y, self.ranks) if self.gather_output else y
 
 
@@ -174,6 +180,7 @@ class RowParallelLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, *, input_is_parallel: bool = True, group=None):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
                     input_is_parallel=input_is_parallel, group=group)
+        layer.to(linear.weight.device, linear.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(layer.shard(linear.weight))
             if linear.bias is not None:
@@ -206,6 +213,7 @@ class VocabParallelEmbedding(nn.Module):
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, group=None):
         layer = cls(emb.num_embeddings, emb.embedding_dim, group=group)
+        layer.to(emb.weight.device, emb.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(emb.weight[layer.start: layer.end])
         return layer
@@ -215,51 +223,6 @@ class VocabParallelEmbedding(nn.Module):
         local = (ids - self.start).masked_fill(outside, 0)
         y = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # (..., C), zeros elsewhere
         return reduce_from_tp(y, self.ranks)
-
-
-class TPBlock(nn.Module):
-    """A pre-LN :class:`lmlab.model.gpt.Block` split over ``tp`` ranks: heads and FFN hidden units are
-    divided; norms are replicated. Forward: 2 all-reduces (after attention's output projection and
-    after the FFN's down projection); backward: 2 (before qkv and before the FFN's up projection)."""
-
-    def __init__(self, block, group=None):
-        super().__init__()
-        tp = as_ranks(group).size
-        attn, ffn = block.attn, block.ffn
-        if block.norm_position != "pre":
-            raise ValueError(f"TPBlock: norm_position must be 'pre', got {block.norm_position!r}")
-        check_divisible(attn.n_heads, tp, "n_heads", "TPBlock")
-        check_divisible(attn.n_kv_heads, tp, "n_kv_heads", "TPBlock")
-        check_divisible(ffn.hidden, tp, "d_ff", "TPBlock")
-        C, kv = attn.proj.in_features, attn.kv_dim
-        self.norm1, self.norm2 = _clone(block.norm1), _clone(block.norm2)
-        self.qkv = ColumnParallelLinear.from_linear(attn.qkv, split_sizes=[C, kv, kv], group=group)
-        self.proj = RowParallelLinear.from_linear(attn.proj, group=group)
-        gated = ffn.up.out_features == 2 * ffn.hidden
-        self.up = ColumnParallelLinear.from_linear(ffn.up, split_sizes=[ffn.hidden] * (2 if gated else 1), group=group)
-        self.down = RowParallelLinear.from_linear(ffn.down, group=group)
-        self.activation = ffn.activation  # works on this rank's [value | gate] halves unchanged
-        self.heads, self.kv_heads, self.head_dim = attn.n_heads // tp, attn.n_kv_heads // tp, attn.head_dim
-
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        hs = self.head_dim
-        q, k, v = self.qkv(x).split([self.heads * hs, self.kv_heads * hs, self.kv_heads * hs], dim=-1)
-        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh/tp, T, hs)
-        k = k.view(B, T, self.kv_heads, hs).transpose(1, 2)
-        v = v.view(B, T, self.kv_heads, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.heads != self.kv_heads)
-        return self.proj(y.transpose(1, 2).reshape(B, T, self.heads * hs))  # all-reduce inside
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.down(self.activation(self.up(self.norm2(x))))
-
-
-def _clone(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def simulated_row_parallel_forward(x_shards: list, weight_shards: list, bias=None) -> list:

@@ -60,10 +60,8 @@ class DistRanks(Ranks):
 
     def sendrecv(self, send, dst, recv_buf, src):
         to_global = comm.group_ranks(self.group)  # group rank -> global rank
-        handle = comm.isend(send.contiguous().clone(), to_global[dst])  # non-blocking: everyone sends at once
-        comm.recv(recv_buf, to_global[src])
-        handle.wait()
-        return recv_buf
+        # posted together (batch_isend_irecv): every rank sends and receives at once, on gloo and nccl alike
+        return comm.sendrecv(send.contiguous().clone(), to_global[dst], recv_buf, to_global[src])
 
     def all_reduce(self, t):
         comm.all_reduce(t, group=self.group)

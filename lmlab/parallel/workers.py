@@ -18,13 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.model import GPT, ModelConfig
+from lmlab.model.llama import llama_config
 from lmlab.parallel import comm
 from lmlab.parallel.collectives import ring_all_reduce
 from lmlab.parallel.data_parallel import BucketedDataParallel, average_gradients
 from lmlab.parallel.grid import RankGrid
 from lmlab.parallel.pipeline import gpt_stages, pipeline_step
-from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPBlock, VocabParallelEmbedding
-from lmlab.parallel.three_d import build_stage, train_step_3d
+from lmlab.parallel.parallelize import parallelize, shard_block
+from lmlab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from lmlab.parallel.three_d import train_step_3d
 from lmlab.parallel.zero import ZeroOptimizer
 
 __all__ = ["fail_on_rank", "hang_on_rank", "rank_info", "check_collectives_dp_zero", "check_tensor_parallel",
@@ -239,7 +241,7 @@ def check_tp_block(out: dict) -> None:
         torch.manual_seed(3)
         cfg = ModelConfig(vocab_size=32, context_length=8, d_model=32, n_layers=1, n_heads=4, **kw)
         block = GPT(cfg).blocks[0]
-        tp_block = TPBlock(block)
+        tp_block = shard_block(copy.deepcopy(block))  # the model's own block, its layers split over the ranks
         x = torch.randn(2, 8, 32, requires_grad=True)
         y_ref = block(x)
         g = torch.randn_like(y_ref)
@@ -250,11 +252,12 @@ def check_tp_block(out: dict) -> None:
         with comm.counting() as bwd:
             y.backward(g)
         out[f"tp_block_{name}_out"] = _diff(y, y_ref)
+        at, ft = tp_block.attn, tp_block.ffn
         pairs = [(x.grad, x_grad_ref),
-                 (tp_block.qkv.weight.grad, tp_block.qkv.shard(block.attn.qkv.weight.grad)),
-                 (tp_block.proj.weight.grad, tp_block.proj.shard(block.attn.proj.weight.grad)),
-                 (tp_block.up.weight.grad, tp_block.up.shard(block.ffn.up.weight.grad)),
-                 (tp_block.down.weight.grad, tp_block.down.shard(block.ffn.down.weight.grad)),
+                 (at.qkv.weight.grad, at.qkv.shard(block.attn.qkv.weight.grad)),
+                 (at.proj.weight.grad, at.proj.shard(block.attn.proj.weight.grad)),
+                 (ft.up.weight.grad, ft.up.shard(block.ffn.up.weight.grad)),
+                 (ft.down.weight.grad, ft.down.shard(block.ffn.down.weight.grad)),
                  (tp_block.norm1.weight.grad, block.norm1.weight.grad)]
         out[f"tp_block_{name}_grad"] = _grad_diffs(pairs)
         out[f"tp_block_{name}_all_reduces"] = (fwd.calls["all_reduce"], bwd.calls["all_reduce"])
@@ -352,13 +355,13 @@ def check_pipeline(rank: int, world_size: int, n_micro: int = 8) -> dict:
 
 
 def check_3d(rank: int, world_size: int, steps: int = 3, n_micro: int = 2) -> dict:
-    """A tiny LLaMA-style GPT on a 2 x 2 x 2 (dp, pp, tp) grid: per-step losses against one process."""
+    """A tiny LLaMA (RoPE, tied embeddings) on a 2 x 2 x 2 (dp, pp, tp) grid, made parallel by
+    :func:`~lmlab.parallel.parallelize.parallelize`: per-step losses against one process."""
     grid = RankGrid(dp=2, pp=2, tp=2, world_size=world_size)
     groups = grid.make_groups()
     me = grid.coords(rank)
-    torch.manual_seed(21)
-    cfg = ModelConfig(vocab_size=32, context_length=8, d_model=16, n_layers=2, n_heads=2, bias=False, norm="rmsnorm",
-                      activation="swiglu", d_ff=32, position="none", tie_embeddings=False)
+    torch.manual_seed(21)  # the capstone's LLaMA, small: RoPE, GQA, SwiGLU, RMSNorm, tied embeddings
+    cfg = llama_config("tiny", vocab_size=32, context_length=8, d_model=16, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=32)
     model = GPT(cfg)
     g = torch.Generator().manual_seed(4)
     data = [(torch.randint(0, 32, (8, 8), generator=g), torch.randint(0, 32, (8, 8), generator=g)) for _ in range(steps)]
@@ -372,7 +375,7 @@ def check_3d(rank: int, world_size: int, steps: int = 3, n_micro: int = 2) -> di
         opt.step()
         opt.zero_grad()
         ref_losses.append(float(loss.detach()))
-    stage = build_stage(model, me["pp"], grid.pp, groups["tp"])
+    stage = parallelize(copy.deepcopy(model), grid, rank=rank, tp_group=groups["tp"])
     opt = torch.optim.AdamW(stage.parameters(), **ADAMW)
     losses = []
     for x, y in data:

@@ -150,10 +150,17 @@ class ZeroOptimizer:
     ``units``: names of ``module``'s direct children to flatten and shard separately (default:
     every child that has parameters). Stage 3 replaces each unit by a wrapper, in place.
     Use it like an optimizer: ``loss.backward(); opt.step(); opt.zero_grad()``.
+
+    Stage 2 with ``overlap=True`` (the default) is ZeRO-2 as DeepSpeed runs it: a post-accumulate-grad hook
+    on every parameter notes its gradient; when a unit (a bucket) has all of its gradients, they are
+    reduce-scattered *during backward* and freed, so the full gradient never exists at once (with several
+    backward passes before a step, each adds its shard). ``overlap=False`` reduce-scatters in ``step()``.
+    :attr:`peak_grad_bytes` is the most gradient memory held at once (sampled at every gradient arrival and
+    around every reduce-scatter): measured, not a formula.
     """
 
     def __init__(self, module: nn.Module, stage: int, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, units: list[str] | None = None, group=None):
+                 weight_decay: float = 0.01, units: list[str] | None = None, group=None, overlap: bool = True):
         check_choice(stage, "stage", ZERO_STAGES, "ZeroOptimizer:")
         self.module, self.stage, self.ranks = module, stage, as_ranks(group)
         names = units if units is not None else [n for n, c in module.named_children() if any(True for _ in c.parameters())]
@@ -167,6 +174,36 @@ class ZeroOptimizer:
             for n, u in zip(names, self.units):
                 setattr(module, n, _Zero3Unit(children[n], u))
         self.opt = AdamW([u.master for u in self.units], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.overlap = bool(overlap) and stage == 2
+        self.peak_grad_bytes = 0
+        for u in self.units:
+            u.arrived = set()
+            for p in ([u.shard] if stage == 3 else u.params):
+                p.register_post_accumulate_grad_hook(lambda p, u=u: self._grad_ready(u, p))
+
+    def grad_bytes(self) -> int:
+        """Gradient memory this rank holds now: full gradients of the parameters plus gradient shards."""
+        size = lambda t: t.numel() * t.element_size() if t is not None else 0  # noqa: E731
+        return sum(size(p.grad) for u in self.units for p in u.params) + sum(
+            size(u.grad_shard) + (size(u.shard.grad) if u.shard is not None else 0) for u in self.units)
+
+    def _grad_ready(self, u: _Unit, p: torch.Tensor) -> None:
+        self.peak_grad_bytes = max(self.peak_grad_bytes, self.grad_bytes())
+        if not self.overlap:
+            return
+        u.arrived.add(id(p))
+        if len(u.arrived) == len(u.params):  # the bucket is complete: reduce-scatter it now, during backward
+            self._reduce_unit(u)
+
+    @torch.no_grad()
+    def _reduce_unit(self, u: _Unit) -> None:
+        flat = u.full_grad()  # (padded,): this bucket's gradients in one buffer (DDP's bucket; views in DeepSpeed)
+        for p in u.params:
+            p.grad = None  # the bucket replaces them
+        self.peak_grad_bytes = max(self.peak_grad_bytes, self.grad_bytes() + flat.numel() * flat.element_size())
+        shard = self.ranks.reduce_scatter(flat) / u.n  # (padded / N,): the mean gradient of what we own
+        u.grad_shard = shard if u.grad_shard is None else u.grad_shard + shard
+        u.arrived.clear()  # the bucket is freed on return: only our shard of this gradient stays
 
     @torch.no_grad()
     def step(self) -> None:
@@ -175,6 +212,10 @@ class ZeroOptimizer:
                 g = u.full_grad()
                 self.ranks.all_reduce(g)
                 u.master.grad = g.float() / u.n
+            elif self.overlap:  # stage 2: reduce-scattered during backward
+                if u.arrived:  # a parameter got no gradient this time: reduce what the bucket has
+                    self._reduce_unit(u)
+                u.master.grad = u.grad_shard.float() if u.grad_shard is not None else torch.zeros_like(u.master)
             elif self.stage in (1, 2):
                 g = self.ranks.reduce_scatter(u.full_grad()) / u.n
                 if self.stage == 2:  # the full gradient is gone; only our shard of it stays
@@ -197,6 +238,7 @@ class ZeroOptimizer:
     def zero_grad(self) -> None:
         for u in self.units:
             u.grad_shard = None
+            u.arrived.clear()
             for p in u.params:
                 p.grad = None
             if u.shard is not None:

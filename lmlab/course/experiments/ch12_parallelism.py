@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import plotly.graph_objects as go
+import torch.nn.functional as F
 
 from lmlab.course.experiments.ch12_spmd import spmd_inputs, spmd_step
 from lmlab.course.widgets import style_figure
@@ -24,9 +25,11 @@ from lmlab.model.llama import llama_config
 from lmlab.parallel import workers
 from lmlab.parallel.collectives import ring_send_schedule  # noqa: F401 (re-exported)
 from lmlab.parallel.grid import RankGrid
+from lmlab.parallel.in_process import run_in_process
 from lmlab.parallel.launch import launch
 from lmlab.parallel.pipeline import simulate
 from lmlab.parallel.transport import DistRanks
+from lmlab.parallel.zero import ZERO_STAGES, ZeroOptimizer
 from lmlab.scaling import calculators as calc
 from lmlab.scaling.counting import count_params
 
@@ -50,6 +53,7 @@ def lesson_checks(rank: int, world_size: int) -> dict:
     workers.check_zero(out, data, reference)  # ZeRO 0-3 == one process; bytes and traffic measured
     workers.check_fsdp2(out, data, reference)  # torch's FSDP2 (fully_shard) == one process
     workers.check_tp_block(out)  # Megatron block: output/grads == one process, all-reduces counted
+    workers.check_dtensor(out)  # torch's DTensor parallelize_module (Colwise/Rowwise) == lmlab's column/row layers
     # a 4-layer GPT cut into world_size stages, 8 micro-batches: GPipe and 1F1B (from scratch and torch's) == one process
     out["pipeline"] = {k: v for k, v in workers.check_pipeline(rank, world_size).items() if not k.startswith("ring")}
     # the lesson's in-process code, unchanged, on this gloo rank: ring, DP average, ZeRO-1 step, TP column -> row
@@ -87,6 +91,30 @@ def zero_table(n_params: float = 7.5e9, n_gpus: int = 64, precision: str = "mixe
         m = calc.zero_memory_per_gpu(n_params, n_gpus, stage, precision)
         rows.append({"stage": stage, **{k: v / GB for k, v in m.items()},
                      "comm_psi": calc.zero_comm_volume(int(n_params), n_gpus, stage) / n_params})
+    return rows
+
+
+def zero_on_the_wire(n_ranks: int = 2, steps: int = 2) -> list[dict]:
+    """ZeRO stages 0-3 on ``n_ranks`` in-process ranks (the chapter's MLP, Psi = 1,240): the elements each rank
+    really sent per step (every collective is a ring of ``sendrecv`` calls; ``ThreadRanks.sent`` counts them),
+    the formula, and the most gradient memory held during the step (ZeRO-2 reduce-scatters inside backward)."""
+    data = workers.batches(steps)
+    rows = []
+    for stage in ZERO_STAGES:
+        def rank_fn(ranks, rm, stage=stage):
+            r, model = rm
+            opt = ZeroOptimizer(model, stage, group=ranks, **workers.ADAMW)
+            for x, y in data:
+                F.mse_loss(model(x.chunk(n_ranks)[r]), y.chunk(n_ranks)[r]).backward()
+                opt.step()
+                opt.zero_grad()
+            return ranks.sent / steps, opt.peak_grad_bytes
+
+        # the models are built here: threads share one random stream
+        sent, peak = run_in_process(rank_fn, [(r, workers.mlp()) for r in range(n_ranks)])[0]
+        psi = sum(p.numel() for p in workers.mlp().parameters())
+        rows.append({"stage": stage, "sent": sent, "formula": calc.zero_comm_volume(psi, n_ranks, stage),
+                     "sent_psi": sent / psi, "peak_grad_bytes": peak, "full_grad_bytes": 4 * psi})
     return rows
 
 
