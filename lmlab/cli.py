@@ -18,11 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--json", dest="json_path", nargs="?", const="-", default=None, help="also write the results as JSON (to a file, or - for stdout)")
     grade.add_argument("--timeout", type=float, default=None, help="seconds allowed per exercise (default: the exercise's own limit)")
     grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
+    grade.add_argument("--salt", type=int, default=None,
+                       help="the seed salt of the checks' inputs (default: a fresh random one, printed; give it to replay a run)")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         doctor()
         return 0
-    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict)
+    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict, salt=args.salt)
 
 
 if __name__ == "__main__":

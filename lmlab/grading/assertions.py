@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lmlab.grading.registry import CheckFailed
+from lmlab.grading.seeds import check_generator
 
 __all__ = ["expect_tensor", "expect_close", "expect_equal", "expect_true", "expect_int", "seeded_randn", "describe", "draw_mask"]
 
@@ -97,7 +98,7 @@ def expect_int(got: Any, what: str) -> int:
 
 def seeded_randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``scale`` times standard-normal test inputs, the same on every machine and in every call."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+    return torch.randn(*shape, generator=check_generator(seed), dtype=dtype) * scale
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:

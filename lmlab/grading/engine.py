@@ -49,12 +49,11 @@ import io
 import time
 from typing import Any
 
-import torch
-
 from lmlab.grading.guard import GradingTimeout, error_location, time_limit
 from lmlab.grading.registry import CheckFailed, Exercise
 from lmlab.grading.report import ExerciseResult
 from lmlab.grading.sandbox import SandboxError
+from lmlab.grading.seeds import global_seed, using_salt
 
 __all__ = ["run_exercise", "BoundedText"]
 
@@ -94,7 +93,7 @@ def _expected_kind(exercise: Exercise, obj: Any) -> str | None:
 
 
 def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, missing: bool = False,
-                 capture: bool = True) -> ExerciseResult:
+                 capture: bool = True, salt: int = 0) -> ExerciseResult:
     """Run ``exercise``'s checks on ``obj``; stop at the first failure; never raise.
 
     Args:
@@ -105,11 +104,15 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         missing: ``obj`` was not found at all (reported as not implemented).
         capture: keep what ``obj`` prints for the report (redirects this process's stdout/stderr,
             so never from several threads at once; the sandbox's proxies print nothing here).
+        salt: mixed into every seed the checks draw their inputs with (:mod:`lmlab.grading.seeds`);
+            0 in a notebook, random per run under ``lmlab grade``.
     """
     if not isinstance(exercise, Exercise):
         raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
+    if isinstance(salt, bool) or not isinstance(salt, int) or salt < 0:
+        raise ValueError(f"salt must be an int >= 0, got {salt!r}")
     limit = exercise.timeout if timeout is None else float(timeout)
     res = ExerciseResult(id=exercise.id, status="failed", points=0, max_points=exercise.points,
                          checks_total=len(exercise.checks), hint=exercise.hint)
@@ -127,8 +130,7 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if capture else (contextlib.nullcontext(),) * 2
         with time_limit(limit), redirect[0], redirect[1]:
             for check in exercise.checks:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
+                with using_salt(salt), global_seed(0):  # the salt on this thread; the global generator ours alone
                     check.fn(obj)
                 res.checks_passed += 1
         res.status, res.points, check = "passed", exercise.points, None

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator, global_seed
 from lmlab.model import GPT, ModelConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -73,13 +74,14 @@ register(Exercise(
 
 
 def _gpt_case(f, n_layers, n_heads, d_model, T, seed, scale=0.5):
-    torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=11, context_length=12, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
-    model = GPT(cfg).eval()
+    with global_seed(seed):
+        model = GPT(cfg).eval()
     with torch.no_grad():
+        g = check_generator(seed + 1)
         for p in model.parameters():
-            p.normal_(0, scale)  # large weights: every mistake moves the logits visibly
-        idx = torch.randint(11, (2, T), generator=torch.Generator().manual_seed(seed))
+            p.normal_(0, scale, generator=g)  # large weights: every mistake moves the logits visibly
+        idx = torch.randint(11, (2, T), generator=check_generator(seed))
         expected = model(idx)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     what = f"gpt_forward(lmlab.GPT's state dict: {n_layers} layers, {n_heads} heads, d_model {d_model}; idx (2, {T}))"

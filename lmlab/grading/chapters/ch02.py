@@ -18,6 +18,7 @@ from lmlab.model.ffn import FeedForward
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator
 from lmlab.model.ffn import gelu, swiglu
 
 # The notebook's order (02_activations.py): the score table and the exercise notebook follow it.
@@ -172,7 +173,7 @@ class _LinearSwiGLU(nn.Module):
 
 
 def _ffn_weights(d: int, h: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     return (torch.randn(h, d, generator=g) / d**0.5, torch.randn(h, d, generator=g) / d**0.5, torch.randn(d, h, generator=g) / h**0.5)
 
 

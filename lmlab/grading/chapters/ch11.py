@@ -16,6 +16,7 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator
 
 # The notebook's order (11_mixed_precision.py): the score table and the exercise notebook follow it.
 EXERCISES = (
@@ -71,7 +72,7 @@ def _decode_special(f):
 
 
 def _decode_sample(f):
-    g = torch.Generator().manual_seed(11)
+    g = check_generator(11)
     _decode_cases(f, torch.randint(0, 2**16, (3000,), generator=g).tolist(), "compared with torch reading the same bits")
 
 
@@ -136,7 +137,7 @@ def _bf16_ties(f):
 
 
 def _bf16_random(f):
-    g = torch.Generator().manual_seed(12)
+    g = check_generator(12)
     x = torch.randn(50_000, generator=g) * torch.exp2(torch.randint(-149, 128, (50_000,), generator=g).float())
     x = torch.cat([x, torch.tensor([0.0, -0.0, 3.3961e38, -3.4e38, 1e-45, 9e-41])])
     _bf16_compare(f, x, "fp32_to_bf16_bits on 50,000 values over the whole FP32 range (subnormals and overflow included)")
@@ -213,7 +214,7 @@ def _gradscaler_scales(script, init_scale, growth_factor, backoff_factor, growth
 
 
 def _scale_vs_gradscaler(f):
-    g = torch.Generator().manual_seed(13)
+    g = check_generator(13)
     for kw in (dict(init_scale=65536.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3),
                dict(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=1),
                dict(init_scale=3.3, growth_factor=1.7, backoff_factor=0.3, growth_interval=2)):
