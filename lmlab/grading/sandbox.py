@@ -28,13 +28,32 @@ import torch
 from lmlab.grading import child
 from lmlab.grading.guard import GradingTimeout
 from lmlab.grading.proxy import Remote, RemoteError, remote_exception
+from lmlab.grading.registry import CheckFailed
 from lmlab.grading.wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
 
-__all__ = ["Sandbox", "SandboxError", "Remote", "child_env", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
+__all__ = ["Sandbox", "SandboxError", "Remote", "child_env", "session_processes", "share", "MEMORY_LIMIT", "MAX_PROCS"]
 
 MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of address space the learner's code may add after imports
 MAX_PROCS = 8  # processes in the child's session (the child included)
 FILE_LIMIT = 64 * 1024 ** 2  # bytes any file the child writes may reach
+
+
+def share(obj):
+    """Let the learner's code change ``obj`` (a tensor, or a module with its parameters and buffers) in
+    place for the check to see: an optimizer's ``step()`` on the check's parameters, a cache the learner's
+    function fills. Without it the learner's code works on a copy: its in-place writes to the check's
+    tensors and modules never come back (so a check's inputs stay what the check drew). Returns ``obj``."""
+    if isinstance(obj, torch.nn.Module):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            t._lmlab_shared = True
+    elif not isinstance(obj, torch.Tensor):
+        raise ValueError(f"share() takes a tensor or an nn.Module, got {type(obj).__name__}")
+    obj._lmlab_shared = True
+    return obj
+
+
+def _shared(obj) -> bool:
+    return getattr(obj, "_lmlab_shared", False) is True
 
 
 class SandboxError(Exception):
@@ -145,6 +164,7 @@ class Sandbox:
         self.modules: dict[int, list] = {}  # mid -> [module, plain attrs]
         self.module_ids: dict[int, int] = {}
         self.callbacks: list = []
+        self.stale: set[int] = set()  # the check's tensors the learner's copy changed: re-sent before the next call
         self.memory, self.max_procs = memory, max_procs
         self.deadline = time.monotonic() + 180.0
         self.next_check = 0.0
@@ -193,8 +213,10 @@ class Sandbox:
         for tid, entry in self.tensors.items():
             t, old = entry
             data_changed, grad_changed = changes(t, old)
+            data_changed = data_changed or tid in self.stale
             if not (data_changed or grad_changed):
                 continue
+            self.stale.discard(tid)
             data = t.detach().clone() if data_changed else None
             grad = ("keep",) if not grad_changed else ("none",) if t.grad is None else ("set", t.grad.detach().clone())
             tensors.append((tid, data, grad))
@@ -280,11 +302,16 @@ class Sandbox:
                 self._collect_g(x, datas, depth + 1)
 
     def _apply(self, tensors, mods) -> None:
+        changed = []
         for tid, data, grad in tensors:
             tid = int(tid)
             if tid < 0 and tid not in self.tensors:
                 continue
             t = self.tensors[tid][0]
+            if data is not None and tid > 0 and not _shared(t):  # the check's own input: the learner changed a copy
+                self.stale.add(tid)
+                changed.append(t)
+                data = None
             with torch.no_grad():
                 if data is not None:
                     new = tree_tensor(data)
@@ -299,10 +326,17 @@ class Sandbox:
             self.tensors[tid][1] = snapshot(t)
         for mid, attrs in mods:
             m = self.modules[int(mid)][0]
+            if not _shared(m):  # the check's module: the learner's code changed its copy only; re-sent next call
+                self.modules[int(mid)][1] = {}
+                continue
             for k, v in attrs:
                 if isinstance(k, str) and isinstance(v, tuple) and v[0] == "v" and (v[1] is None or isinstance(v[1], (bool, int, float, str))):
                     setattr(m, k, v[1])
             self.modules[int(mid)][1] = _plain_attrs(m)
+        if changed:  # the grader's inputs are its own: writing to them is a failure, never a way to move the expected value
+            shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
+            raise CheckFailed(f"your code changed its input tensor{'s' if len(changed) > 1 else ''} of shape {shapes} in place; "
+                              "leave the inputs as they are and return new tensors")
 
     def decode(self, tree, depth, outs):
         """The value of a plain tree (validated; tensors rebuilt, handles become :class:`Remote`)."""

@@ -23,7 +23,7 @@ import torch
 __all__ = ["salted", "check_generator", "py_random", "global_seed", "using_salt", "current_salt", "new_salt", "SALT_BITS"]
 
 SALT_BITS = 32
-_MASK = (1 << 63) - 1
+_MASK32 = (1 << 32) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: nearby salts give unrelated seeds
 _LOCAL = threading.local()
 _GLOBAL_RNG = threading.RLock()
@@ -61,7 +61,7 @@ def salted(seed: int) -> int:
     """``seed`` mixed with this thread's salt (``seed`` itself when the salt is 0)."""
     _check_int(seed, "seed")
     salt = current_salt()
-    return seed if salt == 0 else (seed ^ ((salt * _GOLDEN) & _MASK)) & _MASK
+    return seed if salt == 0 else (seed ^ (salt * _GOLDEN)) & _MASK32  # 32 bits: NumPy's seeds stop there
 
 
 def check_generator(seed: int) -> torch.Generator:

@@ -103,6 +103,6 @@ register(Exercise(
 def reference_generate_with_cache(model, prompt, max_new_tokens, temperature, top_k, seed):
     """lmlab's :func:`lmlab.infer.decoding.generation` (KV cache on) with the exercise's arguments: greedy at temperature 0."""
     if temperature == 0:
-        return generate(model, prompt, max_new_tokens, "greedy", generator=check_generator(seed))
+        return generate(model, prompt, max_new_tokens, "greedy", generator=torch.Generator().manual_seed(seed))
     return generate(model, prompt, max_new_tokens, "sample", temperature=temperature, top_k=top_k,
-                    generator=check_generator(seed))
+                    generator=torch.Generator().manual_seed(seed))

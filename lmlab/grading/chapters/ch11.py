@@ -16,6 +16,7 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.sandbox import share
 from lmlab.grading.seeds import check_generator
 
 # The notebook's order (11_mixed_precision.py): the score table and the exercise notebook follow it.
@@ -110,7 +111,7 @@ def _bf16_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def _bf16_compare(f, x, what):
-    got = f(x.clone())
+    got = f(share(x.clone()))  # a copy the learner's code may change in place
     got = expect_tensor(got, what, shape=tuple(x.shape))
     expect_true(not got.is_floating_point() and got.dtype != torch.bool,
                 f"{what} should return an integer tensor of bit patterns, got dtype {got.dtype}")
@@ -261,8 +262,8 @@ def _setup(seed, dtype, shapes=((4, 3), (5,)), grad_scale=1e-2, scale=1024.0):
         m = seeded_randn(*shape, seed=seed + i)
         p = m.to(dtype)
         p.grad = (seeded_randn(*shape, seed=seed + 10 + i, scale=grad_scale) * scale).to(dtype)
-        params.append(p)
-        masters.append(p.float())  # the master starts as the stored weight
+        params.append(share(p))  # the step updates params and masters in place
+        masters.append(share(p.float()))  # the master starts as the stored weight
     return params, masters
 
 
@@ -292,8 +293,8 @@ def _ms_skip(f):
 
 
 def _ms_accumulate(f):
-    p = torch.ones(3, dtype=torch.float16)
-    m = p.float()
+    p = share(torch.ones(3, dtype=torch.float16))
+    m = share(p.float())
     lr, scale = 1e-4, 256.0
     for _ in range(100):  # 100 updates of 1e-4 each: every one is below half FP16's spacing at 1.0 (2**-11)
         p.grad = torch.full((3,), scale, dtype=torch.float16)  # gradient 1, scaled

@@ -217,7 +217,8 @@ def _mapping_check(f, tied):
     what = f"gguf_to_lmlab(tensors, cfg) ({'tied' if tied else 'untied'} embeddings, 4 query / 2 K/V heads, std-0.5 weights)"
     got = f(_as_gguf(ref), cfg)
     expect_true(isinstance(got, dict), f"{what} should return a dict name -> tensor, got {type(got).__name__}")
-    model = GPT(cfg).eval()
+    with global_seed(0):
+        model = GPT(cfg).eval()
     own = model.state_dict()
     missing = sorted(set(own) - set(got) - ({"lm_head.weight"} if tied else set()))
     expect_true(not missing, f"{what} is missing {missing[:3]} (lmlab's names: see GPT().state_dict().keys())")
