@@ -25,9 +25,10 @@ def _head_case(f, B, T, C, hs, seed):
     x = seeded_randn(B, T, C, seed=seed)
     wq, wk, wv = (seeded_randn(hs, C, seed=seed + i, scale=0.7) for i in (1, 2, 3))
     what = f"attention_head(x {B, T, C}, w_q/w_k/w_v {hs, C})"
-    got = expect_tensor(f(x, wq, wk, wv), what, shape=(B, T, hs))
     q, k, v = (x @ w.T for w in (wq, wk, wv))
-    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True), what + " vs F.scaled_dot_product_attention(q, k, v, "
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # before the learner's call
+    got = expect_tensor(f(x, wq, wk, wv), what, shape=(B, T, hs))
+    expect_close(got, want, what + " vs F.scaled_dot_product_attention(q, k, v, "
                  "is_causal=True) on the same projections (masked and scaled by 1/sqrt(head size))", atol=1e-5, rtol=1e-4)
 
 

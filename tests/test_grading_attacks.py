@@ -1,0 +1,140 @@
+"""Regression tests for the attacks of issue 31 that the grader now defeats: each a tiny notebook (or a
+tiny object) that implements nothing and must score nothing.
+
+- writing to the check's inputs in place (``v.zero_()``, ``targets.fill_(-100)``) so that an expected
+  value computed from them afterwards matches a constant answer;
+- a NaN expected value (it used to pass anything);
+- GQAttention's expected output built from the learner's own (zeroed) weights;
+- one table of answers for every student (fixed seeds): the inputs now carry a per-run salt.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmlab.grading.assertions import expect_close
+from lmlab.grading.cli import grade_path
+from lmlab.grading.engine import run_exercise
+from lmlab.grading.registry import CheckFailed, get_exercise
+
+ATTACK_04 = '''
+# %%
+import torch
+import torch.nn as nn
+from lmlab.grading import check
+
+
+# %%
+def scaled_dot_product_attention(q, k, v, mask=None):
+    v.zero_()  # the check's v: its "expected" attention output becomes zeros
+    return torch.zeros(*q.shape[:-1], v.shape[-1])
+
+
+check("04.scaled_dot_product_attention", scaled_dot_product_attention)
+
+
+# %%
+def repeat_kv(x, n_rep):
+    x.zero_()
+    return torch.zeros(x.shape[0], x.shape[1] * n_rep, *x.shape[2:])
+
+
+check("04.repeat_kv", repeat_kv)
+
+
+# %%
+class GQAttention(nn.Module):
+    def __init__(self, d_model, n_heads, n_kv_heads):
+        super().__init__()
+        hs = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * hs, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * hs, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()  # its own weights: the check used to build the expected output from them
+        return torch.zeros_like(x)
+
+
+check("04.GQAttention", GQAttention)
+'''
+
+ATTACK_00 = '''
+# %%
+import torch
+from lmlab.grading import check
+
+
+# %%
+def cross_entropy(logits, targets):
+    targets.fill_(-100)  # every target ignored: the reference cross-entropy becomes NaN
+    return torch.tensor(float("nan"))
+
+
+check("00.cross_entropy", cross_entropy)
+'''
+
+
+def test_in_place_writes_and_the_learners_own_weights_score_nothing(tmp_path):
+    path = tmp_path / "04_attention.py"
+    path.write_text(ATTACK_04, encoding="utf-8")
+    record = grade_path(path, jobs=2)
+    by_id = {r["id"]: r for r in record["exercises"]}
+    assert record["score"] == 0, {i: r["reason"] for i, r in by_id.items() if r["points"]}
+    for ex in ("04.scaled_dot_product_attention", "04.repeat_kv"):
+        assert "changed its input tensor" in by_id[ex]["reason"] and "in place" in by_id[ex]["reason"]
+    assert by_id["04.GQAttention"]["status"] == "failed" and by_id["04.GQAttention"]["checks_passed"] == 0
+
+
+def test_nan_targets_trick_scores_nothing(tmp_path):
+    path = tmp_path / "00_tour.py"
+    path.write_text(ATTACK_00, encoding="utf-8")
+    record = grade_path(path, jobs=2)
+    ce = next(r for r in record["exercises"] if r["id"] == "00.cross_entropy")
+    assert ce["points"] == 0 and "in place" in ce["reason"]
+
+
+def test_expect_close_nan_and_inf():
+    e = torch.tensor([1.0, -math.inf, 2.0])
+    expect_close(torch.tensor([1.0, -math.inf, 2.0]), e, "same infinities")
+    with pytest.raises(CheckFailed, match="infinities must match"):
+        expect_close(torch.tensor([1.0, math.inf, 2.0]), e, "the wrong sign of inf")
+    with pytest.raises(CheckFailed, match="infinities must match"):
+        expect_close(torch.tensor([1.0, -1e30, 2.0]), e, "a finite value for -inf")
+    with pytest.raises(CheckFailed, match="NaN"):
+        expect_close(torch.tensor([1.0, -math.inf, math.nan]), e, "a NaN for a number")
+    nan = torch.tensor([math.nan, 1.0])
+    with pytest.raises(ValueError, match="allow_nan"):  # a NaN expected value is the check's mistake, never a pass
+        expect_close(torch.tensor([math.nan, 1.0]), nan, "NaN expected")
+    expect_close(torch.tensor([math.nan, 1.0]), nan, "NaN expected, allowed", allow_nan=True)
+    with pytest.raises(CheckFailed, match="expected NaN"):
+        expect_close(torch.tensor([0.0, 1.0]), nan, "NaN expected, allowed", allow_nan=True)
+
+
+def test_a_table_of_answers_from_one_run_fails_the_next():
+    """Record lmlab's own gpt_forward outputs at one salt and replay them: full marks at that salt
+    (the replay is faithful), nothing at another (the inputs moved)."""
+    ex = get_exercise("00.gpt_forward")
+    reference = ex.reference()
+    table = []
+
+    def recorder(*args):
+        table.append(reference(*args).detach().clone())
+        return table[-1]
+
+    assert run_exercise(ex, recorder, salt=1, capture=False).status == "passed"
+    answers = list(table)
+
+    def replay(state, idx, n_heads):
+        return answers.pop(0).clone()
+
+    assert run_exercise(ex, replay, salt=1, capture=False).status == "passed"
+    answers[:] = list(table)
+    result = run_exercise(ex, replay, salt=2, capture=False)
+    assert result.status == "failed" and result.points == 0
