@@ -20,11 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--strict", action="store_true", help="give 0 points to exercises whose code imports lmlab's own implementation")
     grade.add_argument("--salt", type=int, default=None,
                        help="the seed salt of the checks' inputs (default: a fresh random one, printed; give it to replay a run)")
+    grade.add_argument("--chapter", default=None,
+                       help="the chapter to grade on, e.g. 04 (default: the file name's NN_ prefix, else the one chapter its checks name)")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         doctor()
         return 0
-    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict, salt=args.salt)
+    return grade_command(args.path, json_path=args.json_path, timeout=args.timeout, strict=args.strict, salt=args.salt, chapter=args.chapter)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,28 @@ tiny object) that implements nothing and must score nothing.
   value computed from them afterwards matches a constant answer;
 - a NaN expected value (it used to pass anything);
 - GQAttention's expected output built from the learner's own (zeroed) weights;
-- one table of answers for every student (fixed seeds): the inputs now carry a per-run salt.
+- one table of answers for every student (fixed seeds): the inputs now carry a per-run salt;
+- catching the child's timer to stretch the definitions phase; escape sequences in a reason; the
+  instructor's environment; a notebook that picks its chapters; malformed notebooks.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 
 import pytest
 import torch
 
+from lmlab.course import notebooks as course
 from lmlab.grading.assertions import expect_close
-from lmlab.grading.cli import grade_path
+from lmlab.grading.cli import chapter_of, grade_command, grade_path
 from lmlab.grading.engine import run_exercise
+from lmlab.grading.extract import ExtractError
 from lmlab.grading.registry import CheckFailed, get_exercise
+from lmlab.grading.report import ExerciseResult, format_table
+from lmlab.grading.sandbox import ENV_ALLOW, child_env
 
 ATTACK_04 = '''
 # %%
@@ -138,3 +146,104 @@ def test_a_table_of_answers_from_one_run_fails_the_next():
     answers[:] = list(table)
     result = run_exercise(ex, replay, salt=2, capture=False)
     assert result.status == "failed" and result.points == 0
+
+
+SPIN_00 = '''
+# %%
+import time
+from lmlab.grading import check
+
+
+def spin():  # swallows the child's own timer again and again
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        try:
+            while time.time() - t0 < 120:
+                pass
+        except BaseException:
+            pass
+
+
+SPIN = spin()
+
+
+def causal_mask(T):
+    raise ValueError("\\x1b[2K\\r\\x1b[32m00.causal_mask 2/2 passed\\x1b[8m")
+
+
+check("00.causal_mask", causal_mask)
+'''
+
+
+def test_catching_the_timer_in_the_definitions_does_not_stretch_them(tmp_path):
+    path = tmp_path / "00_tour.py"
+    path.write_text(SPIN_00, encoding="utf-8")
+    start = time.monotonic()
+    record = grade_path(path, timeout=2, jobs=4)
+    assert time.monotonic() - start < 60  # 7 exercises, 4 at a time: the 120-s loops were cut at 2 s + grace
+    assert {r["status"] for r in record["exercises"]} == {"timeout"}
+    assert all("definitions took more than 2 s" in r["reason"] for r in record["exercises"])
+
+
+def test_escape_sequences_never_reach_the_table(tmp_path):
+    path = tmp_path / "00_tour.py"
+    path.write_text(SPIN_00.replace("SPIN = spin()\n", ""), encoding="utf-8")
+    record = grade_path(path, jobs=2)
+    mask = next(r for r in record["exercises"] if r["id"] == "00.causal_mask")
+    assert mask["points"] == 0 and "ValueError" in mask["reason"]
+    text = json.dumps(record, ensure_ascii=False) + format_table([ExerciseResult.from_dict(r) for r in record["exercises"]])
+    assert "\x1b" not in text and "\r" not in text
+    assert "[2K" not in mask["reason"] and "[8m" not in mask["reason"]
+
+
+def test_the_child_sees_only_allow_listed_environment(monkeypatch):
+    monkeypatch.setenv("GITHUB_TOKEN", "secret-123")
+    env = child_env()
+    assert "GITHUB_TOKEN" not in env and set(env) <= set(ENV_ALLOW) | {"PYTHONPATH", "PYTHONIOENCODING", "OMP_NUM_THREADS"}
+    assert env["PYTHONPATH"] == str(course.ROOT)
+
+
+OTHER_CHAPTER = '''
+# %%
+from lmlab.grading import check, check_all
+
+# %%
+def causal_mask(T):
+    import torch
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+check("00.causal_mask", causal_mask)
+check_all("04")
+'''
+
+
+def test_the_file_not_the_notebook_chooses_the_chapter(tmp_path):
+    path = tmp_path / "04_attention.py"  # a chapter-04 notebook that also asks for chapter 00
+    path.write_text(OTHER_CHAPTER, encoding="utf-8")
+    record = grade_path(path, jobs=4)
+    assert record["chapters"] == ["04"] and {r["id"][:2] for r in record["exercises"]} == {"04"}
+    assert any("ignored the calls to chapter 00" in w for w in record["warnings"])
+    unnamed = tmp_path / "mine.py"
+    unnamed.write_text(OTHER_CHAPTER, encoding="utf-8")
+    with pytest.raises(ExtractError, match="--chapter"):
+        grade_path(unnamed)
+    assert chapter_of(unnamed, ["00", "04"], "00") == ("00", ["ignored the calls to chapter 04's exercises: this notebook is graded on chapter 00"])
+
+
+@pytest.mark.parametrize("nb", [
+    {"cells": [{"cell_type": "code", "source": ["x = 1\n", 5]}]},
+    {"cells": [{"cell_type": "code", "source": {"a": 1}}]},
+    {"cells": [{"cell_type": "code", "source": None}]},
+    {"cells": [[1, 2], "x", None, {"cell_type": ["code"]}]},
+    {"cells": {"0": 1}},
+    [1, 2, 3],
+    "just a string",
+    {"cells": [{"cell_type": "code", "source": "check(\"04.repeat_kv\")\n" + "(" * 2000 + ")" * 2000}]},
+])
+def test_every_malformed_notebook_is_exit_2_and_one_line(tmp_path, capsys, nb):
+    path = tmp_path / "04_attention.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    assert grade_command(str(path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lmlab grade: ") and "\n" not in err

@@ -7,6 +7,7 @@ could not be (missing file, not an exercise notebook, invalid JSON, a syntax err
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,15 +18,37 @@ from lmlab.grading.runner import grade_all
 from lmlab.grading.seeds import SALT_BITS, new_salt
 from lmlab.grading.strict import reference_uses
 
-__all__ = ["grade_command", "grade_path"]
+__all__ = ["grade_command", "grade_path", "chapter_of"]
+
+
+def chapter_of(path: str | Path, called: list[str], chapter: str | None = None) -> tuple[str, list[str]]:
+    """The chapter to grade ``path`` on, and warnings: ``chapter`` if given, else the file name's ``NN_``
+    prefix, else the one chapter the notebook's check calls name (several: :class:`ExtractError`).
+    Calls to other chapters' exercises are ignored, with a warning: the notebook does not choose."""
+    if chapter is not None and not (isinstance(chapter, str) and re.fullmatch(r"\d\d", chapter)):
+        raise ExtractError(f"--chapter must be two digits like 04, got {chapter!r}")
+    if chapter is None:
+        m = re.match(r"(\d\d)_", Path(path).name)
+        if m:
+            chapter = m.group(1)
+        elif len(called) == 1:
+            chapter = called[0]
+        else:
+            raise ExtractError(f"{path}: its check cells name chapters {', '.join(called)}; say which to grade with --chapter NN")
+    others = [c for c in called if c != chapter]
+    warnings = [f"ignored the calls to chapter {', '.join(others)}'s exercises: this notebook is graded on chapter {chapter}"] if others else []
+    return chapter, warnings
 
 
 def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None = None, strict: bool = False,
-               salt: int | None = None) -> dict:
+               salt: int | None = None, chapter: str | None = None) -> dict:
     """Grade the notebook at ``path``; return the gradebook record (raises :class:`ExtractError`).
 
     Code that imports lmlab's own implementation of a graded exercise is named in ``warnings``;
     with ``strict`` that exercise scores 0.
+
+    The chapter is ``chapter``, else the file name's ``NN_`` prefix, else the one chapter its check cells
+    name (:func:`chapter_of`); calls to other chapters' exercises are ignored with a warning.
 
     ``salt`` (None: a fresh random one) is mixed into every check's seeds, so each run draws new
     inputs; the same salt gives the same record (``--salt`` replays a run).
@@ -38,20 +61,22 @@ def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None 
         salt = new_salt()
     if isinstance(salt, bool) or not isinstance(salt, int) or not 0 <= salt < 2 ** SALT_BITS:
         raise ValueError(f"salt must be an int in [0, 2**{SALT_BITS}) (or None for a random one), got {salt!r}")
-    code = extract(path)
-    exercises, warnings = [], []
-    for chapter in code.chapters:
-        found = chapter_exercises(chapter)
-        if not found:
-            warnings.append(f"chapter {chapter} has no graded exercises in this version of lmlab")
-        exercises += found
-    for exercise_id in dict.fromkeys(code.check_ids):
+    try:
+        code = extract(path)
+    except ExtractError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:  # a notebook of an unexpected shape: still one line
+        raise ExtractError(f"{path} is not a valid exercise notebook ({type(exc).__name__})") from None
+    chapter, warnings = chapter_of(path, code.chapters, chapter)
+    code.chapters = [chapter]
+    exercises = chapter_exercises(chapter)
+    for exercise_id in dict.fromkeys(i for i in code.check_ids if i[:2] == chapter):
         try:
             get_exercise(exercise_id)
         except UnknownExercise as exc:
             warnings.append(str(exc))
     if not exercises:
-        raise ExtractError(f"{path}: none of its chapters ({', '.join(code.chapters)}) has graded exercises")
+        raise ExtractError(f"{path}: chapter {chapter} has no graded exercises in this version of lmlab")
     snippets = code.to_json()
     flagged = {}
     for exercise in exercises:
@@ -79,13 +104,13 @@ def grade_path(path: str | Path, timeout: float | None = None, jobs: int | None 
 
 
 def grade_command(path: str, json_path: str | None = None, timeout: float | None = None, strict: bool = False,
-                  salt: int | None = None) -> int:
+                  salt: int | None = None, chapter: str | None = None) -> int:
     """The ``lmlab grade`` command: print the score table (and JSON); return the exit status."""
     if timeout is not None and not timeout > 0:
         print(f"lmlab grade: --timeout must be a positive number of seconds, got {timeout}", file=sys.stderr)
         return 2
     try:
-        record = grade_path(path, timeout=timeout, strict=strict, salt=salt)
+        record = grade_path(path, timeout=timeout, strict=strict, salt=salt, chapter=chapter)
     except (ExtractError, ValueError) as exc:
         print(f"lmlab grade: {exc}", file=sys.stderr)
         return 2
