@@ -26,7 +26,8 @@ from lmlab.grading.engine import run_exercise
 from lmlab.grading.extract import ExtractError
 from lmlab.grading.registry import CheckFailed, get_exercise
 from lmlab.grading.report import ExerciseResult, format_table
-from lmlab.grading.sandbox import ENV_ALLOW, child_env
+from lmlab.grading.sandbox import ENV_ALLOW, Sandbox, child_env
+from lmlab.grading.wire import ProtocolError, dumps_plain, loads_plain
 
 ATTACK_04 = '''
 # %%
@@ -247,3 +248,19 @@ def test_every_malformed_notebook_is_exit_2_and_one_line(tmp_path, capsys, nb):
     assert grade_command(str(path)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lmlab grade: ") and "\n" not in err
+
+
+def test_one_buffer_referenced_many_times_is_not_decoded_many_times():
+    """A reply pickle can reference one 32 MB bytes object N times for ~N bytes more; the grader decodes at
+    most as many tensor bytes as the reply holds."""
+    raw = bytes(4 * 1000)
+    tree = ("l", [("T", ("float32", (1000,), raw))] * 40)
+    payload = dumps_plain(tree)
+    assert len(payload) < 2 * len(raw)  # pickle's memo: one copy of the buffer on the wire
+    sb = Sandbox.__new__(Sandbox)  # only the decoder: no child process
+    sb.tensors, sb.budget = {}, len(payload)
+    with pytest.raises(ProtocolError, match="more bytes than it sent"):
+        sb.decode(loads_plain(payload), 0, None)
+    sb.budget = len(payload)
+    one = sb.decode(loads_plain(dumps_plain(("T", ("float32", (1000,), raw)))), 0, None)
+    assert one.shape == (1000,)
