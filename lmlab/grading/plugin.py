@@ -15,7 +15,7 @@ from lmlab.grading.assertions import expect_close
 from lmlab.grading.harness import call_with
 from lmlab.grading.plug_and_train import train_with_part
 from lmlab.grading.registry import CheckFailed
-from lmlab.grading.seeds import global_seed, salted
+from lmlab.grading.seeds import salted
 
 __all__ = ["LOGITS_ATOL", "LOSS_ATOL", "expect_trains_like_lmlab"]
 
@@ -27,11 +27,10 @@ def expect_trains_like_lmlab(part, kind: str, cfg: dict, what: str, steps: int =
     """Raise :class:`CheckFailed` unless ``part`` (as ``kind`` in the model ``cfg``) matches lmlab's part.
 
     The reference run is recomputed every time (no cache shared between checks or notebooks), at the
-    run's salted seed, under :func:`lmlab.grading.seeds.global_seed` (it seeds torch's global generator).
+    run's salted seed; the harness builds its models under :func:`lmlab.grading.seeds.exact_global_seed`.
     """
     seed = salted(seed)
-    with global_seed(0):
-        want = train_with_part(None, kind, cfg, steps=steps, seed=seed)
+    want = train_with_part(None, kind, cfg, steps=steps, seed=seed)
     try:
         got = call_with(part, "lmlab.grading.plug_and_train:train_with_part", kind, cfg, steps=steps, seed=seed)
     except ValueError as err:  # the part does not fit the model: say why, in the part's words

@@ -20,7 +20,7 @@ import threading
 
 import torch
 
-__all__ = ["salted", "check_generator", "py_random", "global_seed", "using_salt", "current_salt", "new_salt", "SALT_BITS"]
+__all__ = ["salted", "check_generator", "py_random", "global_seed", "exact_global_seed", "using_salt", "current_salt", "new_salt", "SALT_BITS"]
 
 SALT_BITS = 32
 _MASK32 = (1 << 32) - 1
@@ -78,7 +78,14 @@ def py_random(seed: int) -> random.Random:
 def global_seed(seed: int):
     """Torch's global generator, seeded with :func:`salted` ``(seed)`` and held by this thread alone
     inside the block (restored afterwards). For code that cannot take a generator (module init)."""
-    value = salted(seed)
+    with exact_global_seed(salted(seed)):
+        yield
+
+
+@contextlib.contextmanager
+def exact_global_seed(value: int):
+    """:func:`global_seed` with ``value`` itself (no salt): for harnesses that get an already salted seed."""
+    _check_int(value, "value")
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(value)
         yield
