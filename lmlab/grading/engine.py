@@ -18,13 +18,18 @@ function or class. Write checks so they behave the same with the real object and
 * Arguments cross by pickling: tensors, ``nn.Parameter``, ``nn.Module`` (classes importable from torch or
   lmlab), ``torch.Generator``, plain Python. A lambda or local function is called back in the grader
   (not differentiable, plain values only); a generator is sent as a list.
-* Tensors and modules are *shared at call boundaries*: every tensor / parameter / buffer the check has
-  sent is synced both ways around every call (its data, and its ``.grad``), and so are a module's public
-  plain attributes (``int``/``float``/``str``/``bool``/``None``). So in-place work is visible: an optimizer's
-  ``step()`` on parameters the check built and whose ``.grad`` it set, a function filling a cache tensor,
-  a counter in a stand-in sub-layer. Tensors the learner's objects own (``model.weight``) come back as
-  tensors the check may read, modify in place and send back. Not synced: other attributes of the check's
-  objects, generators' state, tensors reachable only through a non-module container the child keeps.
+* The check's tensors and modules reach the learner's code as *copies*: an in-place write to one of them
+  fails the check ("changed its input … in place") and never comes back, so the check's inputs (and any
+  expected value computed from them) stay the grader's. A check that needs in-place work to be seen
+  marks that argument with :func:`lmlab.grading.sandbox.share` (an optimizer's parameters, a cache the
+  function fills, a counter in a stand-in sub-layer): then its data, ``.grad`` and a module's public
+  plain attributes are synced both ways around every call. ``.grad`` is synced for every tensor. Tensors
+  the learner's objects own (``model.weight``) come back as tensors the check may read, modify in place
+  and send back (that is how a check loads its own weights into the learner's layer). Not synced: other
+  attributes, generators' state, tensors reachable only through a non-module container the child keeps.
+* Randomness: draw inputs with :func:`lmlab.grading.assertions.seeded_randn` or
+  :func:`lmlab.grading.seeds.check_generator` (salted per run); build modules that need torch's global
+  generator inside :func:`lmlab.grading.seeds.global_seed`. Never seed the global generator directly.
 * Results come back as plain values: tensors, numbers, strings, lists/tuples/dicts/sets, dtypes; anything
   else is a proxy. A returned tensor that requires grad is connected to the check's autograd graph:
   ``loss.backward()`` / ``torch.autograd.grad(out, inputs)`` ask the child to backpropagate, and gradients
