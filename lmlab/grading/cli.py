@@ -7,6 +7,7 @@ could not be (missing file, not an exercise notebook, invalid JSON, a syntax err
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -127,8 +128,11 @@ def grade_command(path: str, json_path: str | None = None, timeout: float | None
     if to_stdout:
         print(text)
     elif json_path:
-        try:
-            Path(json_path).write_text(text + "\n", encoding="utf-8")
+        try:  # atomically, at the very end: a reader sees the old file or the whole new one
+            target = Path(json_path)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, target)
         except OSError as exc:
             print(f"lmlab grade: could not write {json_path}: {exc.strerror or exc}", file=sys.stderr)
             return 2
