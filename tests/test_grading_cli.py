@@ -79,7 +79,7 @@ def test_misbehaving_code_costs_only_its_own_points(tmp_path, capsys):
         ("{oops", "bad.ipynb", "not valid JSON"),
         ("# %%\nx = 1\n", "plain.py", "not an exercise notebook"),
         ("# %%\ncheck('00.causal_mask', f)\n\n# %%\ndef f(T)\n    pass\n", "typo.py", "syntax error in cell 2, line 5"),
-        ("# %%\ncheck('77.nothing', f)\n", "future.py", "none of its chapters (77)"),
+        ("# %%\ncheck('77.nothing', f)\n", "future.py", "chapter 77 has no graded exercises"),
     ],
     ids=["missing", "invalid-json", "not-exercise", "syntax-error", "unknown-chapter"],
 )

@@ -17,8 +17,8 @@ import torch
 
 from lmlab.course import notebooks as course
 from lmlab.grading.cli import grade_command, grade_path
-from lmlab.grading.registry import chapter_exercises, get_exercise
-from lmlab.grading.sandbox import Sandbox, session_processes
+from lmlab.grading.registry import CheckFailed, chapter_exercises, get_exercise
+from lmlab.grading.sandbox import Sandbox, session_processes, share
 from lmlab.grading.strict import reference_uses, resolve_reference
 
 TOTAL = sum(ex.points for ex in chapter_exercises("00"))
@@ -231,12 +231,17 @@ def remote():
 
 
 def test_in_place_changes_and_autograd_cross_the_boundary(remote):
-    fill = remote("fill")
+    fill, double = remote("fill"), remote("double")
     assert isinstance(fill, type(lambda: 0)) and not isinstance(fill, type)
-    cache = torch.zeros(6)
+    cache = share(torch.zeros(6))  # the check asks for this argument's in-place writes
     assert fill(cache, torch.tensor([1.0, 2.0]), 3) == 5
     assert cache.tolist() == [0, 0, 0, 1, 2, 0]  # filled in place, seen by the check
-    double = remote("double")
+    mine = torch.zeros(6)  # not shared: the learner's code gets a copy, and writing to it fails the check
+    with pytest.raises(CheckFailed, match=r"changed its input tensor of shape \(6,\) in place"):
+        fill(mine, torch.tensor([7.0]), 0)
+    assert mine.tolist() == [0.0] * 6  # the grader's tensor is untouched
+    assert fill(mine, torch.tensor([]), 6) == 6  # and the child's copy was put back before the next call
+    assert double(mine).tolist() == [0.0] * 6
     x = torch.randn(3, requires_grad=True)
     y = double(x)
     assert y.requires_grad
@@ -251,7 +256,7 @@ def test_in_place_changes_and_autograd_cross_the_boundary(remote):
 def test_optimizer_module_and_errors_through_proxies(remote):
     SGD, Scale, raises = (remote(n) for n in ("SGD", "Scale", "raises"))
     assert isinstance(SGD, type) and issubclass(SGD, torch.optim.Optimizer)
-    p = torch.nn.Parameter(torch.ones(3))
+    p = share(torch.nn.Parameter(torch.ones(3)))
     opt = SGD([p], lr=0.5)
     assert isinstance(opt, torch.optim.Optimizer)
     p.grad = torch.tensor([1.0, 2.0, 4.0])

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lmlab.grading.registry import CheckFailed
+from lmlab.grading.seeds import check_generator
 
 __all__ = ["expect_tensor", "expect_close", "expect_equal", "expect_true", "expect_int", "seeded_randn", "describe", "draw_mask"]
 
@@ -44,15 +45,33 @@ def expect_tensor(got: Any, what: str, shape: tuple[int, ...] | None = None, dty
     return got
 
 
-def expect_close(got: Any, expected: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-5, check_dtype: bool = True) -> None:
-    """``got`` must be a tensor equal to ``expected`` (within ``atol + rtol*|expected|``)."""
+def expect_close(got: Any, expected: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-5, check_dtype: bool = True,
+                 allow_nan: bool = False) -> None:
+    """``got`` must be a tensor equal to ``expected`` (within ``atol + rtol*|expected|``).
+
+    NaN and ±inf must sit at the same places on both sides (an inf must have the same sign). A NaN in
+    ``expected`` is refused (ValueError: the check computed something wrong, e.g. from inputs the
+    learner's code changed) unless the check says ``allow_nan=True``."""
     if not isinstance(expected, torch.Tensor):
         raise ValueError(f"expected must be a tensor, got {type(expected).__name__}")
     got = expect_tensor(got, what, shape=tuple(expected.shape), dtype=expected.dtype if check_dtype else None)
     g, e = got.detach().cpu(), expected.detach().cpu()
     g, e = g.to(torch.float64), e.to(torch.float64)
-    if torch.isnan(g).any() and not torch.isnan(e).any():
-        raise CheckFailed(f"{what} contains NaN (expected finite values everywhere); look for log(0), 0/0 or exp overflow")
+    nan_g, nan_e = torch.isnan(g), torch.isnan(e)
+    if nan_e.any() and not allow_nan:
+        raise ValueError(f"the expected value of {what!r} contains NaN; pass allow_nan=True if the check means it")
+    if (nan_g & ~nan_e).any():
+        raise CheckFailed(f"{what} contains NaN where a number was expected; look for log(0), 0/0 or exp overflow")
+    if (nan_e & ~nan_g).any():
+        i = _unravel(int(torch.argmax((nan_e & ~nan_g).to(torch.uint8))), tuple(e.shape))
+        raise CheckFailed(f"{what}: expected NaN{' at index ' + str(list(i)) if i else ''}, got {g[i].item():.6g}")
+    inf_g, inf_e = torch.isinf(g), torch.isinf(e)
+    wrong_inf = (inf_g | inf_e) & ~(inf_g & inf_e & (g == e))
+    if wrong_inf.any():
+        i = _unravel(int(torch.argmax(wrong_inf.to(torch.uint8))), tuple(e.shape))
+        raise CheckFailed(f"{what}: expected {e[i].item():.6g}{' at index ' + str(list(i)) if i else ''}, got {g[i].item():.6g} "
+                          "(infinities must match exactly)")
+    g, e = g.masked_fill(nan_g | inf_g, 0.0), e.masked_fill(nan_e | inf_e, 0.0)  # both NaN or the same inf here: equal
     diff = (g - e).abs()
     bad = diff > atol + rtol * e.abs()
     if not bad.any():
@@ -97,7 +116,7 @@ def expect_int(got: Any, what: str) -> int:
 
 def seeded_randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``scale`` times standard-normal test inputs, the same on every machine and in every call."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+    return torch.randn(*shape, generator=check_generator(seed), dtype=dtype) * scale
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -351,6 +351,7 @@ def main(argv: list[str]) -> None:
     module = types.ModuleType("learner")
     sys.modules["learner"] = module
     started = time.perf_counter()
+    _reply(("defining",))  # the parent's clock for the definitions starts now
     try:
         with time_limit(job["timeout"]):
             for snippet in job["snippets"]:

@@ -18,13 +18,18 @@ function or class. Write checks so they behave the same with the real object and
 * Arguments cross by pickling: tensors, ``nn.Parameter``, ``nn.Module`` (classes importable from torch or
   lmlab), ``torch.Generator``, plain Python. A lambda or local function is called back in the grader
   (not differentiable, plain values only); a generator is sent as a list.
-* Tensors and modules are *shared at call boundaries*: every tensor / parameter / buffer the check has
-  sent is synced both ways around every call (its data, and its ``.grad``), and so are a module's public
-  plain attributes (``int``/``float``/``str``/``bool``/``None``). So in-place work is visible: an optimizer's
-  ``step()`` on parameters the check built and whose ``.grad`` it set, a function filling a cache tensor,
-  a counter in a stand-in sub-layer. Tensors the learner's objects own (``model.weight``) come back as
-  tensors the check may read, modify in place and send back. Not synced: other attributes of the check's
-  objects, generators' state, tensors reachable only through a non-module container the child keeps.
+* The check's tensors and modules reach the learner's code as *copies*: an in-place write to one of them
+  fails the check ("changed its input … in place") and never comes back, so the check's inputs (and any
+  expected value computed from them) stay the grader's. A check that needs in-place work to be seen
+  marks that argument with :func:`lmlab.grading.sandbox.share` (an optimizer's parameters, a cache the
+  function fills, a counter in a stand-in sub-layer): then its data, ``.grad`` and a module's public
+  plain attributes are synced both ways around every call. ``.grad`` is synced for every tensor. Tensors
+  the learner's objects own (``model.weight``) come back as tensors the check may read, modify in place
+  and send back (that is how a check loads its own weights into the learner's layer). Not synced: other
+  attributes, generators' state, tensors reachable only through a non-module container the child keeps.
+* Randomness: draw inputs with :func:`lmlab.grading.assertions.seeded_randn` or
+  :func:`lmlab.grading.seeds.check_generator` (salted per run); build modules that need torch's global
+  generator inside :func:`lmlab.grading.seeds.global_seed`. Never seed the global generator directly.
 * Results come back as plain values: tensors, numbers, strings, lists/tuples/dicts/sets, dtypes; anything
   else is a proxy. A returned tensor that requires grad is connected to the check's autograd graph:
   ``loss.backward()`` / ``torch.autograd.grad(out, inputs)`` ask the child to backpropagate, and gradients
@@ -49,12 +54,11 @@ import io
 import time
 from typing import Any
 
-import torch
-
 from lmlab.grading.guard import GradingTimeout, error_location, time_limit
 from lmlab.grading.registry import CheckFailed, Exercise
 from lmlab.grading.report import ExerciseResult
-from lmlab.grading.sandbox import SandboxError
+from lmlab.grading.sandbox import Remote, SandboxError
+from lmlab.grading.seeds import global_seed, using_salt
 
 __all__ = ["run_exercise", "BoundedText"]
 
@@ -94,7 +98,7 @@ def _expected_kind(exercise: Exercise, obj: Any) -> str | None:
 
 
 def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, missing: bool = False,
-                 capture: bool = True) -> ExerciseResult:
+                 capture: bool = True, salt: int = 0) -> ExerciseResult:
     """Run ``exercise``'s checks on ``obj``; stop at the first failure; never raise.
 
     Args:
@@ -105,11 +109,15 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         missing: ``obj`` was not found at all (reported as not implemented).
         capture: keep what ``obj`` prints for the report (redirects this process's stdout/stderr,
             so never from several threads at once; the sandbox's proxies print nothing here).
+        salt: mixed into every seed the checks draw their inputs with (:mod:`lmlab.grading.seeds`);
+            0 in a notebook, random per run under ``lmlab grade``.
     """
     if not isinstance(exercise, Exercise):
         raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds (or None), got {timeout!r}")
+    if isinstance(salt, bool) or not isinstance(salt, int) or salt < 0:
+        raise ValueError(f"salt must be an int >= 0, got {salt!r}")
     limit = exercise.timeout if timeout is None else float(timeout)
     res = ExerciseResult(id=exercise.id, status="failed", points=0, max_points=exercise.points,
                          checks_total=len(exercise.checks), hint=exercise.hint)
@@ -127,8 +135,9 @@ def run_exercise(exercise: Exercise, obj: Any, timeout: float | None = None, mis
         redirect = (contextlib.redirect_stdout(out), contextlib.redirect_stderr(out)) if capture else (contextlib.nullcontext(),) * 2
         with time_limit(limit), redirect[0], redirect[1]:
             for check in exercise.checks:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
+                # the salt on this thread; when the learner's code runs here (a notebook), torch's global
+                # generator is this check's alone, freshly seeded (a sandbox's proxy runs it in the child)
+                with using_salt(salt), (contextlib.nullcontext() if isinstance(obj, Remote) else global_seed(0)):
                     check.fn(obj)
                 res.checks_passed += 1
         res.status, res.points, check = "passed", exercise.points, None

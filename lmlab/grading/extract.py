@@ -68,7 +68,11 @@ def _read_ipynb(path: Path, text: str) -> list[Cell]:
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
         src = cell.get("source", "")
-        cells.append(Cell(f"cell {i}", "".join(src) if isinstance(src, list) else str(src)))
+        if isinstance(src, list) and all(isinstance(s, str) for s in src):
+            src = "".join(src)
+        if not isinstance(src, str):
+            raise ExtractError(f"{path} is not a valid notebook: cell {i}'s source is neither text nor a list of lines")
+        cells.append(Cell(f"cell {i}", src))
     return cells
 
 
@@ -110,6 +114,8 @@ def read_cells(path: str | Path) -> list[Cell]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ExtractError(f"{p} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ExtractError(f"{p} could not be read: {exc.strerror or type(exc).__name__}") from None
     return _read_ipynb(p, text) if p.suffix == ".ipynb" else _read_percent(p, text)
 
 

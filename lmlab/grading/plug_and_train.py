@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from lmlab.data.text import char_data, sample_batch
+from lmlab.grading.seeds import exact_global_seed
 from lmlab.model import GPT, ModelConfig
 from lmlab.model.registry import FFNS, KINDS, plugged
 from lmlab.argcheck import check_choice, check_int
@@ -65,15 +66,15 @@ def train_with_part(part: Any, kind: str, cfg: dict, steps: int = 10, seed: int 
         raise ValueError(f"train_with_part: cfg must be a dict of ModelConfig fields naming lmlab's {kind}, got {cfg!r}")
     data = char_data()
     base = ModelConfig(**{**cfg, "vocab_size": cfg.get("vocab_size", data.tok.vocab_size)})
-    torch.manual_seed(seed)
-    ref = GPT(base)
+    with exact_global_seed(seed):  # the init draws from torch's global generator: held alone, then restored
+        ref = GPT(base)
     model = ref
     with contextlib.ExitStack() as stack:
         if part is not None:
             name = stack.enter_context(plugged(kind, part, **({"gated": FFNS[base.activation].info["gated"]} if kind == "activation" else {})))
             mine_cfg = dataclasses.replace(base, **{kind: name})
-            torch.manual_seed(seed)
-            model = GPT(mine_cfg)
+            with exact_global_seed(seed):
+                model = GPT(mine_cfg)
             try:  # every weight the two models share by name, then the swapped part's own
                 model.load_state_dict(ref.state_dict(), strict=False)
             except RuntimeError as err:

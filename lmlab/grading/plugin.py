@@ -15,24 +15,22 @@ from lmlab.grading.assertions import expect_close
 from lmlab.grading.harness import call_with
 from lmlab.grading.plug_and_train import train_with_part
 from lmlab.grading.registry import CheckFailed
+from lmlab.grading.seeds import salted
 
 __all__ = ["LOGITS_ATOL", "LOSS_ATOL", "expect_trains_like_lmlab"]
 
 LOGITS_ATOL = 1e-5
 LOSS_ATOL = 1e-4
-_CACHE: dict = {}
-
-
-def _reference(kind: str, cfg: dict, steps: int, seed: int) -> dict:
-    key = (kind, tuple(sorted((k, repr(v)) for k, v in cfg.items())), steps, seed)
-    if key not in _CACHE:  # the same reference for every learner and wrong answer in this process
-        _CACHE[key] = train_with_part(None, kind, cfg, steps=steps, seed=seed)
-    return _CACHE[key]
 
 
 def expect_trains_like_lmlab(part, kind: str, cfg: dict, what: str, steps: int = 8, seed: int = 0) -> None:
-    """Raise :class:`CheckFailed` unless ``part`` (as ``kind`` in the model ``cfg``) matches lmlab's part."""
-    want = _reference(kind, cfg, steps, seed)
+    """Raise :class:`CheckFailed` unless ``part`` (as ``kind`` in the model ``cfg``) matches lmlab's part.
+
+    The reference run is recomputed every time (no cache shared between checks or notebooks), at the
+    run's salted seed; the harness builds its models under :func:`lmlab.grading.seeds.exact_global_seed`.
+    """
+    seed = salted(seed)
+    want = train_with_part(None, kind, cfg, steps=steps, seed=seed)
     try:
         got = call_with(part, "lmlab.grading.plug_and_train:train_with_part", kind, cfg, steps=steps, seed=seed)
     except ValueError as err:  # the part does not fit the model: say why, in the part's words

@@ -5,11 +5,24 @@ Plain text with emoji, so it reads the same in JupyterLab, Colab, a terminal and
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
+import unicodedata
 from dataclasses import asdict, dataclass
 
-__all__ = ["STATUSES", "ExerciseResult", "format_result", "format_table", "summary"]
+__all__ = ["STATUSES", "ExerciseResult", "format_result", "format_table", "summary", "printable"]
+
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|\x9b[0-?]*[ -/]*[@-~]")
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """``text`` with terminal escape sequences and every other non-printable character removed (tabs
+    become spaces; newlines are kept when ``newlines``): what the learner's code says is shown as text,
+    never as commands to the terminal (erase a line, hide text, move the cursor)."""
+    text = _ESCAPES.sub("", str(text)).replace("\t", " ")
+    keep = "\n" if newlines else ""
+    return "".join(c for c in text if c in keep or not unicodedata.category(c).startswith(("C", "Zl", "Zp")))
 
 # status -> (icon, words)
 STATUSES = {
@@ -45,6 +58,13 @@ class ExerciseResult:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {list(STATUSES)}, got {self.status!r}")
+
+    def __setattr__(self, name, value):  # the learner's words reach reports only as printable text
+        if name in ("reason", "check") and isinstance(value, str):
+            value = printable(value, newlines=False)
+        elif name in ("details", "output", "hint") and isinstance(value, str):
+            value = printable(value)
+        super().__setattr__(name, value)
 
     def to_dict(self) -> dict:
         return asdict(self)

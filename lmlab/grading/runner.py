@@ -33,7 +33,7 @@ def _error(exercise: Exercise, status: str, reason: str, seconds: float = 0.0) -
 
 
 def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float | None = None, cwd: str | Path | None = None,
-                        strict: bool = False) -> ExerciseResult:
+                        strict: bool = False, salt: int = 0) -> ExerciseResult:
     """Grade one exercise: the learner's definitions in a child process, the checks here; never raises.
 
     Args:
@@ -42,6 +42,7 @@ def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float
         timeout: seconds for the learner's code (None: the exercise's own limit).
         cwd: working directory of the child (the notebook's folder, for relative paths).
         strict: give 0 points when the graded object is lmlab's own (imported, not written).
+        salt: the run's salt, mixed into every seed the checks draw with (:mod:`lmlab.grading.seeds`).
     """
     if not isinstance(exercise, Exercise):
         raise ValueError(f"exercise must be an Exercise, got {type(exercise).__name__}")
@@ -69,7 +70,7 @@ def grade_in_subprocess(exercise: Exercise, snippets: list[dict], timeout: float
         _, found, tree, module_name, _ = first
         obj = sandbox.decode(tree, 0, None) if found else None
         sandbox.deadline = time.monotonic() + limit + GRACE
-        result = run_exercise(exercise, obj, timeout=limit + GRACE, missing=not found, capture=False)
+        result = run_exercise(exercise, obj, timeout=limit + GRACE, missing=not found, capture=False, salt=salt)
         if strict and found and str(module_name).split(".")[0] == "lmlab":
             result.status, result.points = "failed", 0
             result.reason = f"--strict: `{exercise.name}` is lmlab's own {module_name}.{exercise.name}, imported rather than written"
@@ -88,10 +89,11 @@ def _deny_dirs() -> list[str]:
 
 
 def grade_all(exercises: list[Exercise], snippets: list[dict], timeout: float | None = None, cwd: str | Path | None = None,
-              jobs: int | None = None, strict: bool = False) -> list[ExerciseResult]:
-    """Grade ``exercises`` (each in its own subprocess, ``jobs`` at a time), in the given order."""
+              jobs: int | None = None, strict: bool = False, salt: int = 0) -> list[ExerciseResult]:
+    """Grade ``exercises`` (each in its own subprocess, ``jobs`` at a time, all with ``salt``), in the given order."""
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive int (or None), got {jobs!r}")
     jobs = jobs or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda ex: grade_in_subprocess(ex, snippets, timeout=timeout, cwd=cwd, strict=strict), exercises))
+        return list(pool.map(lambda ex: grade_in_subprocess(ex, snippets, timeout=timeout, cwd=cwd, strict=strict, salt=salt),
+                             exercises))

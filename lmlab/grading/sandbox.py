@@ -28,13 +28,33 @@ import torch
 from lmlab.grading import child
 from lmlab.grading.guard import GradingTimeout
 from lmlab.grading.proxy import Remote, RemoteError, remote_exception
+from lmlab.grading.registry import CheckFailed
 from lmlab.grading.wire import MAX_FRAME, ProtocolError, changes, check_depth, loads_plain, send_frame, snapshot, tree_tensor
 
-__all__ = ["Sandbox", "SandboxError", "Remote", "child_env", "session_processes", "MEMORY_LIMIT", "MAX_PROCS"]
+__all__ = ["Sandbox", "SandboxError", "Remote", "child_env", "session_processes", "share", "MEMORY_LIMIT", "MAX_PROCS"]
 
 MEMORY_LIMIT = 2 * 1024 ** 3  # bytes of address space the learner's code may add after imports
 MAX_PROCS = 8  # processes in the child's session (the child included)
 FILE_LIMIT = 64 * 1024 ** 2  # bytes any file the child writes may reach
+DEFINE_GRACE = 2.0  # seconds after the definitions' limit before the parent kills (the child's own timer goes first)
+
+
+def share(obj):
+    """Let the learner's code change ``obj`` (a tensor, or a module with its parameters and buffers) in
+    place for the check to see: an optimizer's ``step()`` on the check's parameters, a cache the learner's
+    function fills. Without it the learner's code works on a copy: its in-place writes to the check's
+    tensors and modules never come back (so a check's inputs stay what the check drew). Returns ``obj``."""
+    if isinstance(obj, torch.nn.Module):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            t._lmlab_shared = True
+    elif not isinstance(obj, torch.Tensor):
+        raise ValueError(f"share() takes a tensor or an nn.Module, got {type(obj).__name__}")
+    obj._lmlab_shared = True
+    return obj
+
+
+def _shared(obj) -> bool:
+    return getattr(obj, "_lmlab_shared", False) is True
 
 
 class SandboxError(Exception):
@@ -58,11 +78,17 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
+# what the learner's process may see of the grader's environment: locale, paths, thread counts; never
+# tokens or credentials an instructor's shell may hold (everything else is dropped)
+ENV_ALLOW = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "LD_LIBRARY_PATH", "PYTHONHASHSEED",
+             "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def child_env() -> dict:
-    """The environment of the learner's process: this lmlab first on the path, one thread, UTF-8 output."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent.parent)  # so the child finds this lmlab
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    """The environment of the learner's process: the allow-listed variables (:data:`ENV_ALLOW`) only,
+    this lmlab alone on the path, one thread, UTF-8 output."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent.parent)  # so the child finds this lmlab
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONIOENCODING"] = "utf-8"
     return env
@@ -145,6 +171,8 @@ class Sandbox:
         self.modules: dict[int, list] = {}  # mid -> [module, plain attrs]
         self.module_ids: dict[int, int] = {}
         self.callbacks: list = []
+        self.budget = 0  # bytes of tensors the reply being decoded may still produce
+        self.stale: set[int] = set()  # the check's tensors the learner's copy changed: re-sent before the next call
         self.memory, self.max_procs = memory, max_procs
         self.deadline = time.monotonic() + 180.0
         self.next_check = 0.0
@@ -180,7 +208,15 @@ class Sandbox:
         except OSError:
             raise SandboxError(f"the grading process could not start ({self._exit()})") from None
         self.deadline, self.ready_limit = time.monotonic() + 180.0, limit
-        return self._recv(starting=True)
+        first = self._recv(starting=True)  # imports: slow on a busy machine, not the learner's time
+        if first != ("defining",):
+            return first
+        # the learner's definitions run now: the exercise's own limit, enforced here (the child's timer can be caught)
+        self.deadline = time.monotonic() + limit + DEFINE_GRACE
+        try:
+            return self._recv()
+        except GradingTimeout:
+            return ("failed", "timeout", {"timeout": True, "where": ""})
 
     def _send(self, payload: bytes) -> None:
         try:
@@ -193,8 +229,10 @@ class Sandbox:
         for tid, entry in self.tensors.items():
             t, old = entry
             data_changed, grad_changed = changes(t, old)
+            data_changed = data_changed or tid in self.stale
             if not (data_changed or grad_changed):
                 continue
+            self.stale.discard(tid)
             data = t.detach().clone() if data_changed else None
             grad = ("keep",) if not grad_changed else ("none",) if t.grad is None else ("set", t.grad.detach().clone())
             tensors.append((tid, data, grad))
@@ -271,7 +309,7 @@ class Sandbox:
     def _collect_g(self, tree, datas, depth):
         check_depth(depth)
         if isinstance(tree, tuple) and tree and tree[0] == "G":
-            datas.append(tree_tensor(tree[2]))
+            datas.append(self._tensor(tree[2]))
         elif isinstance(tree, tuple) and tree and tree[0] in ("l", "t", "s", "f"):
             for x in tree[1]:
                 self._collect_g(x, datas, depth + 1)
@@ -280,14 +318,19 @@ class Sandbox:
                 self._collect_g(x, datas, depth + 1)
 
     def _apply(self, tensors, mods) -> None:
+        changed = []
         for tid, data, grad in tensors:
             tid = int(tid)
             if tid < 0 and tid not in self.tensors:
                 continue
             t = self.tensors[tid][0]
+            if data is not None and tid > 0 and not _shared(t):  # the check's own input: the learner changed a copy
+                self.stale.add(tid)
+                changed.append(t)
+                data = None
             with torch.no_grad():
                 if data is not None:
-                    new = tree_tensor(data)
+                    new = self._tensor(data)
                     if new.shape == t.shape and new.dtype == t.dtype:
                         t.copy_(new)
                     else:
@@ -295,14 +338,30 @@ class Sandbox:
                 if grad[0] == "none":
                     t.grad = None
                 elif grad[0] == "set":
-                    t.grad = tree_tensor(grad[1])
+                    t.grad = self._tensor(grad[1])
             self.tensors[tid][1] = snapshot(t)
         for mid, attrs in mods:
             m = self.modules[int(mid)][0]
+            if not _shared(m):  # the check's module: the learner's code changed its copy only; re-sent next call
+                self.modules[int(mid)][1] = {}
+                continue
             for k, v in attrs:
                 if isinstance(k, str) and isinstance(v, tuple) and v[0] == "v" and (v[1] is None or isinstance(v[1], (bool, int, float, str))):
                     setattr(m, k, v[1])
             self.modules[int(mid)][1] = _plain_attrs(m)
+        if changed:  # the grader's inputs are its own: writing to them is a failure, never a way to move the expected value
+            shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
+            raise CheckFailed(f"your code changed its input tensor{'s' if len(changed) > 1 else ''} of shape {shapes} in place; "
+                              "leave the inputs as they are and return new tensors")
+
+    def _tensor(self, tree) -> torch.Tensor:
+        """A tensor of the current reply, counted against its byte budget: the tensors one reply decodes to
+        may not exceed the reply's own size (a buffer referenced N times in a pickle is not N buffers)."""
+        raw = tree[2] if isinstance(tree, tuple) and len(tree) == 3 and isinstance(tree[2], bytes) else b""
+        self.budget -= len(raw)
+        if self.budget < 0:
+            raise ProtocolError("its tensors add up to more bytes than it sent")
+        return tree_tensor(tree)
 
     def decode(self, tree, depth, outs):
         """The value of a plain tree (validated; tensors rebuilt, handles become :class:`Remote`)."""
@@ -324,17 +383,17 @@ class Sandbox:
         if tag == "size":
             return torch.Size([int(i) for i in tree[1]])
         if tag == "T":
-            return tree_tensor(tree[1])
+            return self._tensor(tree[1])
         if tag == "G":
-            return outs[tree[1]] if outs is not None else tree_tensor(tree[2])
+            return outs[tree[1]] if outs is not None else self._tensor(tree[2])
         if tag == "ref":
             return self.tensors[int(tree[1])][0]
         if tag == "new":
             _, tid, data, requires_grad, is_param, grad = tree
-            t = tree_tensor(data)
+            t = self._tensor(data)
             t = torch.nn.Parameter(t, requires_grad=bool(requires_grad)) if is_param else t.requires_grad_(bool(requires_grad))
             if grad is not None:
-                t.grad = tree_tensor(grad)
+                t.grad = self._tensor(grad)
             self.register_tensor(t, tid=int(tid))
             return t
         items = lambda: [self.decode(x, depth + 1, outs) for x in tree[1]]  # noqa: E731
@@ -353,6 +412,7 @@ class Sandbox:
         (n,) = struct.unpack("<Q", header)
         if n > MAX_FRAME:
             raise SandboxError(f"your code's process sent {n:,} bytes at once (garbage on its channel?)")
+        self.budget = n
         try:
             return loads_plain(self._read(n, starting))
         except ProtocolError as exc:

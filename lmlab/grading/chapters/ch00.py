@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true
 from lmlab.grading.chapters import ch00_model  # noqa: F401 (registers 00.attention_head, 00.gpt_forward)
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator
 
 # The notebook's order (00_tour.py): the score table and the exercise notebook follow it.
 EXERCISES = (
@@ -45,7 +46,7 @@ def _prefix(T: int, p: int) -> torch.Tensor:
 
 
 def _qkv(T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     return tuple(torch.randn(1, 2, T, 8, generator=g) for _ in range(3))  # (B, heads, T, head_dim)
 
 
@@ -212,7 +213,7 @@ register(Exercise(
 
 
 def _logits(B, T, V, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     return torch.randn(B, T, V, generator=g) * scale, torch.randint(V, (B, T), generator=g)
 
 
@@ -222,20 +223,22 @@ def _builtin_ce(logits, targets):
 
 def _ce_small(f):
     logits, targets = _logits(2, 3, 5, seed=3)
+    want = _builtin_ce(logits, targets)  # before the learner's call
     got = f(logits, targets)
     expect_tensor(got, "cross_entropy(logits (2, 3, 5), targets (2, 3))", shape=())
-    expect_close(got, _builtin_ce(logits, targets), "cross_entropy(logits (2, 3, 5), targets (2, 3)) vs F.cross_entropy", atol=1e-5)
+    expect_close(got, want, "cross_entropy(logits (2, 3, 5), targets (2, 3)) vs F.cross_entropy", atol=1e-5)
 
 
 def _ce_uniform(f):
     V = 7
-    got = f(torch.zeros(3, 4, V), torch.randint(V, (3, 4), generator=torch.Generator().manual_seed(4)))
+    got = f(torch.zeros(3, 4, V), torch.randint(V, (3, 4), generator=check_generator(4)))
     expect_close(got, torch.tensor(math.log(V)), f"cross_entropy of uniform logits over V={V} (should be log V)", atol=1e-5)
 
 
 def _ce_stable(f):
     logits, targets = _logits(2, 4, 6, seed=5, scale=1000.0)
-    expect_close(f(logits, targets), _builtin_ce(logits, targets),
+    want = _builtin_ce(logits, targets)
+    expect_close(f(logits, targets), want,
                  "cross_entropy with logits around ±1000 (needs the log-sum-exp trick)", atol=1e-3, rtol=1e-5)
 
 
@@ -281,7 +284,7 @@ register(Exercise(
 
 
 def _windows(f, ids, B, T, seed):
-    x, y = f(ids, B, T, torch.Generator().manual_seed(seed))
+    x, y = f(ids, B, T, check_generator(seed))
     expect_tensor(x, f"x from sample_batch(ids, {B}, {T}, generator)", shape=(B, T), dtype=ids.dtype)
     expect_tensor(y, f"y from sample_batch(ids, {B}, {T}, generator)", shape=(B, T), dtype=ids.dtype)
     return x, y

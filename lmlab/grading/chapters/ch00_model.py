@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator, global_seed
 from lmlab.model import GPT, ModelConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -24,9 +25,10 @@ def _head_case(f, B, T, C, hs, seed):
     x = seeded_randn(B, T, C, seed=seed)
     wq, wk, wv = (seeded_randn(hs, C, seed=seed + i, scale=0.7) for i in (1, 2, 3))
     what = f"attention_head(x {B, T, C}, w_q/w_k/w_v {hs, C})"
-    got = expect_tensor(f(x, wq, wk, wv), what, shape=(B, T, hs))
     q, k, v = (x @ w.T for w in (wq, wk, wv))
-    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True), what + " vs F.scaled_dot_product_attention(q, k, v, "
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # before the learner's call
+    got = expect_tensor(f(x, wq, wk, wv), what, shape=(B, T, hs))
+    expect_close(got, want, what + " vs F.scaled_dot_product_attention(q, k, v, "
                  "is_causal=True) on the same projections (masked and scaled by 1/sqrt(head size))", atol=1e-5, rtol=1e-4)
 
 
@@ -73,13 +75,14 @@ register(Exercise(
 
 
 def _gpt_case(f, n_layers, n_heads, d_model, T, seed, scale=0.5):
-    torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=11, context_length=12, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
-    model = GPT(cfg).eval()
+    with global_seed(seed):
+        model = GPT(cfg).eval()
     with torch.no_grad():
+        g = check_generator(seed + 1)
         for p in model.parameters():
-            p.normal_(0, scale)  # large weights: every mistake moves the logits visibly
-        idx = torch.randint(11, (2, T), generator=torch.Generator().manual_seed(seed))
+            p.normal_(0, scale, generator=g)  # large weights: every mistake moves the logits visibly
+        idx = torch.randint(11, (2, T), generator=check_generator(seed))
         expected = model(idx)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     what = f"gpt_forward(lmlab.GPT's state dict: {n_layers} layers, {n_heads} heads, d_model {d_model}; idx (2, {T}))"

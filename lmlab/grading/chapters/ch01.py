@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from lmlab.grading.assertions import expect_close, expect_tensor, expect_true
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import CheckFailed, Check, Exercise, register
+from lmlab.grading.sandbox import share
+from lmlab.grading.seeds import check_generator, global_seed
 
 # The notebook's order (01_normalization.py): the score table and the exercise notebook follow it.
 EXERCISES = (
@@ -30,7 +32,7 @@ EXERCISES = (
 
 
 def _rand(*shape, seed: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
-    return shift + scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return shift + scale * torch.randn(*shape, generator=check_generator(seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,14 +203,15 @@ class _MixTokens(nn.Module):
 
 
 def _parts(d: int, seed: int):
-    torch.manual_seed(seed)
-    attn = _MixTokens(d)
-    ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+    with global_seed(seed):  # nn.Linear draws its initial weights from torch's global generator
+        attn = _MixTokens(d)
+        ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
     norm1, norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+    g = check_generator(seed + 1)
     with torch.no_grad():  # distinct gains and shifts, so using the wrong norm shows
         for norm, s in ((norm1, 1.0), (norm2, -1.0)):
-            norm.weight.copy_(1.0 + 0.5 * torch.randn(d))
-            norm.bias.copy_(s * 0.3 + 0.1 * torch.randn(d))
+            norm.weight.copy_(1.0 + 0.5 * torch.randn(d, generator=g))
+            norm.bias.copy_(s * 0.3 + 0.1 * torch.randn(d, generator=g))
     return attn, ffn, norm1, norm2
 
 
@@ -242,7 +245,7 @@ def _block_identity(f):
 
 def _block_calls_and_order(f):
     d = 8
-    attn, ffn, norm1, norm2 = (_Counted(m) for m in _parts(d, seed=44))
+    attn, ffn, norm1, norm2 = (share(_Counted(m)) for m in _parts(d, seed=44))  # their call counts come back
     x = _rand(1, 6, d, seed=45)
     with torch.no_grad():
         got = f(x, attn, ffn, norm1, norm2)

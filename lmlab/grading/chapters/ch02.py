@@ -18,6 +18,7 @@ from lmlab.model.ffn import FeedForward
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.plugin import expect_trains_like_lmlab
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator, global_seed
 from lmlab.model.ffn import gelu, swiglu
 
 # The notebook's order (02_activations.py): the score table and the exercise notebook follow it.
@@ -159,9 +160,10 @@ class _LinearSwiGLU(nn.Module):
     def __init__(self, w_gate, w_value, w_down):
         super().__init__()
         hidden, d = w_gate.shape
-        self.gate = nn.Linear(d, hidden, bias=False)
-        self.value = nn.Linear(d, hidden, bias=False)
-        self.down = nn.Linear(hidden, d, bias=False)
+        with global_seed(0):  # nn.Linear's init draws from the global generator (overwritten below)
+            self.gate = nn.Linear(d, hidden, bias=False)
+            self.value = nn.Linear(d, hidden, bias=False)
+            self.down = nn.Linear(hidden, d, bias=False)
         with torch.no_grad():
             self.gate.weight.copy_(w_gate)
             self.value.weight.copy_(w_value)
@@ -172,7 +174,7 @@ class _LinearSwiGLU(nn.Module):
 
 
 def _ffn_weights(d: int, h: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     return (torch.randn(h, d, generator=g) / d**0.5, torch.randn(h, d, generator=g) / d**0.5, torch.randn(d, h, generator=g) / h**0.5)
 
 

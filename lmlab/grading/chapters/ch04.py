@@ -40,28 +40,32 @@ EXERCISES = (
 def _sdpa_plain(f):
     q, k, v = seeded_randn(2, 3, 5, 8, seed=40), seeded_randn(2, 3, 7, 8, seed=41), seeded_randn(2, 3, 7, 4, seed=42)
     what = "scaled_dot_product_attention(q (2, 3, 5, 8), k (2, 3, 7, 8), v (2, 3, 7, 4)) with no mask"
+    want = F.scaled_dot_product_attention(q, k, v)  # before the learner's call
     got = expect_tensor(f(q, k, v), what, shape=(2, 3, 5, 4), dtype=torch.float32)
-    expect_close(got, F.scaled_dot_product_attention(q, k, v), f"{what} vs F.scaled_dot_product_attention", atol=1e-5)
+    expect_close(got, want, f"{what} vs F.scaled_dot_product_attention", atol=1e-5)
 
 
 def _sdpa_mask(f):
     q, k, v = (seeded_randn(1, 2, 9, 16, seed=43 + i, scale=2.0) for i in range(3))
     causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    band = causal & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
+    want_causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # both before the learner's calls
+    want_band = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
     what = "scaled_dot_product_attention(q, k, v, causal mask (9, 9))"
     got = expect_tensor(f(q, k, v, causal), what, shape=(1, 2, 9, 16))
-    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True), f"{what} vs SDPA(is_causal=True)", atol=1e-5)
-    band = causal & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
+    expect_close(got, want_causal, f"{what} vs SDPA(is_causal=True)", atol=1e-5)
     what = "scaled_dot_product_attention(q, k, v, a band mask (each query sees 3 keys))"
     got = expect_tensor(f(q, k, v, band), what, shape=(1, 2, 9, 16))
-    expect_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=band), f"{what} vs SDPA(attn_mask=band)", atol=1e-5)
+    expect_close(got, want_band, f"{what} vs SDPA(attn_mask=band)", atol=1e-5)
 
 
 def _sdpa_large(f):
     q, k, v = seeded_randn(1, 1, 4, 64, seed=46, scale=10.0), seeded_randn(1, 1, 6, 64, seed=47, scale=10.0), seeded_randn(1, 1, 6, 8, seed=48)
     what = "scaled_dot_product_attention on scores in the hundreds (head size 64, entries ~10)"
+    want = F.scaled_dot_product_attention(q, k, v)
     got = expect_tensor(f(q, k, v), what, shape=(1, 1, 4, 8))
     expect_true(not torch.isnan(got).any(), f"{what} contains NaN: exp overflows; use torch.softmax (it subtracts the max)")
-    expect_close(got, F.scaled_dot_product_attention(q, k, v), f"{what} vs SDPA", atol=1e-4)
+    expect_close(got, want, f"{what} vs SDPA", atol=1e-4)
 
 
 register(Exercise(
@@ -142,20 +146,22 @@ register(Exercise(
 
 def _rkv_values(f):
     x = seeded_randn(2, 3, 5, 4, seed=49)
+    x0 = x.clone()  # what the outputs must repeat, kept before any call
     for n in (1, 2, 4):
         what = f"repeat_kv(x (2, 3, 5, 4), {n})"
         got = expect_tensor(f(x, n), what, shape=(2, 3 * n, 5, 4), dtype=x.dtype)
         for h in range(3 * n):
-            expect_close(got[:, h], x[:, h // n], f"{what}[:, {h}] (query head {h} uses K/V head {h} // {n} = {h // n})", atol=0)
+            expect_close(got[:, h], x0[:, h // n], f"{what}[:, {h}] (query head {h} uses K/V head {h} // {n} = {h // n})", atol=0)
 
 
 def _rkv_gqa(f):
     q = seeded_randn(1, 8, 6, 16, seed=50)
     k, v = seeded_randn(1, 2, 6, 16, seed=51), seeded_randn(1, 2, 6, 16, seed=52)
     what = "SDPA(q (1, 8, 6, 16), repeat_kv(k, 4), repeat_kv(v, 4))"
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # before the learner's calls
     got = F.scaled_dot_product_attention(q, expect_tensor(f(k, 4), "repeat_kv(k, 4)", shape=(1, 8, 6, 16)),
                                          expect_tensor(f(v, 4), "repeat_kv(v, 4)", shape=(1, 8, 6, 16)), is_causal=True)
-    expect_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), f"{what} vs SDPA(enable_gqa=True)")
+    expect_close(got, want, f"{what} vs SDPA(enable_gqa=True)")
 
 
 register(Exercise(
@@ -302,11 +308,16 @@ def _gqa_module(cls):
                     f"GQAttention(16, {n_heads}, {n_kv}) needs bias-free nn.Linear layers {want}, got {got}")
         x = seeded_randn(2, 6, 16, seed=90 + n_kv)
         B, T, hs = 2, 6, 16 // n_heads
-        q = F.linear(x, layers["q_proj"].weight).view(B, T, n_heads, hs).transpose(1, 2)
-        k = F.linear(x, layers["k_proj"].weight).view(B, T, n_kv, hs).transpose(1, 2)
-        v = F.linear(x, layers["v_proj"].weight).view(B, T, n_kv, hs).transpose(1, 2)
+        # the grader's weights, loaded into the learner's layers: the expected output never depends on theirs
+        w = {n: seeded_randn(*shape, seed=95 + 10 * n_kv + i, scale=0.4) for i, (n, shape) in enumerate(want.items())}
+        with torch.no_grad():
+            for n in want:
+                layers[n].weight.copy_(w[n])
+        q = F.linear(x, w["q_proj"]).view(B, T, n_heads, hs).transpose(1, 2)
+        k = F.linear(x, w["k_proj"]).view(B, T, n_kv, hs).transpose(1, 2)
+        v = F.linear(x, w["v_proj"]).view(B, T, n_kv, hs).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # query head h reads K/V head h // n_rep
-        want_out = F.linear(y.transpose(1, 2).reshape(B, T, 16), layers["o_proj"].weight)
+        want_out = F.linear(y.transpose(1, 2).reshape(B, T, 16), w["o_proj"])
         with torch.no_grad():
             expect_close(m(x), want_out, f"GQAttention(16, {n_heads}, {n_kv})(x (2, 6, 16)) vs causal SDPA with enable_gqa", atol=1e-5)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from lmlab.grading.assertions import expect_close, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import global_seed
 from lmlab.model import GPT, ModelConfig
 from lmlab.model.positions.encodings import apply_rope
 
@@ -97,9 +98,9 @@ def _gqa_sdpa(f):
 
 def _gqa_lmlab(f):
     for C, nh, nkv, seed in ((16, 4, 1, 430), (24, 6, 3, 440)):
-        torch.manual_seed(seed)
         cfg = ModelConfig(vocab_size=5, context_length=8, d_model=C, n_layers=1, n_heads=nh, n_kv_heads=nkv, position="rope", bias=False)
-        model = GPT(cfg).eval()
+        with global_seed(seed):
+            model = GPT(cfg).eval()
         attn = model.blocks[0].attn
         w_qkv, w_o = _weights(C, nh, nkv, seed)
         with torch.no_grad():

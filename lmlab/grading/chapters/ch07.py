@@ -14,6 +14,7 @@ import torch
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.chapters import ch07_beam  # noqa: F401 (registers 07.beam_step)
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator
 
 # The notebook's order (07_decoding.py): the score table and the exercise notebook follow it.
 EXERCISES = (
@@ -297,7 +298,7 @@ def _penalty_repeats(f):
 
 def _penalty_batch(f):
     logits = seeded_randn(3, 10, seed=79, scale=2.0)
-    ids = torch.randint(10, (3, 6), generator=torch.Generator().manual_seed(80))
+    ids = torch.randint(10, (3, 6), generator=check_generator(80))
     what = "repetition_penalty(logits (3, 10), ids (3, 6), 1.3) (each row uses its own history)"
     expect_close(_penalty_call(f, logits, ids, 1.3, what), _penalty_expected(logits, ids, 1.3), what)
 

@@ -11,6 +11,7 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_tensor
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator, global_seed, salted
 from lmlab.infer.decoding import generate
 from lmlab.model import GPT, ModelConfig
 
@@ -24,18 +25,19 @@ class CacheOnlyGPT(GPT):
 
 
 def _model(seed, **kw):
-    torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=17, context_length=32, d_model=16, n_layers=2, n_heads=4, **kw)
-    model = CacheOnlyGPT(cfg).eval()
+    with global_seed(seed):
+        model = CacheOnlyGPT(cfg).eval()
+    g = check_generator(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.3)  # peaked enough that greedy and sampling differ visibly
+            p.normal_(0, 0.3, generator=g)  # peaked enough that greedy and sampling differ visibly
     return model
 
 
 @torch.no_grad()
 def _no_cache_loop(model, prompt, n, temperature, top_k, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # the seed the learner's loop was given (already salted)
     ids = prompt.clone()
     for _ in range(n):
         z = GPT.forward(model, ids)[:, -1, :]  # (B, V): the whole sequence again, no cache
@@ -51,6 +53,7 @@ def _no_cache_loop(model, prompt, n, temperature, top_k, seed):
 
 
 def _gen_case(f, model, prompt, n, temperature, top_k, seed):
+    seed = salted(seed)
     what = f"generate_with_cache(model, prompt {tuple(prompt.shape)}, max_new_tokens={n}, temperature={temperature}, top_k={top_k}, seed={seed})"
     got = expect_tensor(f(model, prompt.clone(), n, temperature, top_k, seed), what, shape=(prompt.size(0), prompt.size(1) + n))
     expect_close(got, _no_cache_loop(model, prompt, n, temperature, top_k, seed), what + " vs the same loop re-running the whole "

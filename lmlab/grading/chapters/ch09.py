@@ -19,6 +19,8 @@ from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, 
 from lmlab.grading.chapters import ch09_spikes  # noqa: F401 (registers 09.SpikeDetector)
 from lmlab.grading.harness import call_with
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
+from lmlab.grading.sandbox import share
+from lmlab.grading.seeds import global_seed, salted
 from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
@@ -42,7 +44,7 @@ EXERCISES = (
 def _adam_run(cls, groups_spec, steps, seed, skip_last=False, **kw):
     """Run ``cls`` on fresh parameters with seeded gradients; return the final parameters. With ``skip_last`` the
     last parameter has no gradient on every third step (it must not count those steps)."""
-    params = [torch.nn.Parameter(seeded_randn(*shape, seed=seed + i)) for i, (shape, _) in enumerate(groups_spec)]
+    params = [share(torch.nn.Parameter(seeded_randn(*shape, seed=seed + i))) for i, (shape, _) in enumerate(groups_spec)]  # step() updates them
     groups = [dict(params=[p], **extra) for p, (_, extra) in zip(params, groups_spec)]
     opt = cls(groups, **kw)
     for t in range(steps):
@@ -276,10 +278,12 @@ def harness_train_loop(loop, steps, batch_size, lr, warmup, eval_every, seed) ->
 
 def _reference_losses(cfg) -> dict:
     _, train_ids, val_ids = char_data()
-    return reference_train_loop(_tiny_model(cfg["seed"]), train_ids, val_ids, **cfg)
+    with global_seed(0):  # seed_everything and the model's init use the global generators: ours alone meanwhile
+        return reference_train_loop(_tiny_model(cfg["seed"]), train_ids, val_ids, **cfg)
 
 
 def _loop_case(f, cfg):
+    cfg = {**cfg, "seed": salted(cfg["seed"])}
     got = call_with(f, "lmlab.grading.chapters.ch09:harness_train_loop", **cfg)
     if "error" in got:
         raise CheckFailed(got["error"])

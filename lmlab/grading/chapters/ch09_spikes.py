@@ -14,6 +14,7 @@ import torch
 
 from lmlab.grading.assertions import expect_true
 from lmlab.grading.registry import Check, CheckFailed, Exercise, register
+from lmlab.grading.seeds import check_generator
 
 # ---------------------------------------------------------------------------------------------
 # 09.SpikeDetector
@@ -46,7 +47,7 @@ def _expected_flags(values, window, threshold, min_history, std=statistics.stdev
 
 
 def _series(seed, n, spikes_at, grad_spikes_at=(), drift=0.0, bumps=None):
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     noise = torch.randn(n, 2, generator=g).tolist()
     out = []
     for i, (a, b) in enumerate(noise):

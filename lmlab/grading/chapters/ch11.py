@@ -16,6 +16,8 @@ import torch
 
 from lmlab.grading.assertions import expect_close, expect_equal, expect_tensor, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.sandbox import share
+from lmlab.grading.seeds import check_generator
 
 # The notebook's order (11_mixed_precision.py): the score table and the exercise notebook follow it.
 EXERCISES = (
@@ -71,7 +73,7 @@ def _decode_special(f):
 
 
 def _decode_sample(f):
-    g = torch.Generator().manual_seed(11)
+    g = check_generator(11)
     _decode_cases(f, torch.randint(0, 2**16, (3000,), generator=g).tolist(), "compared with torch reading the same bits")
 
 
@@ -109,7 +111,7 @@ def _bf16_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def _bf16_compare(f, x, what):
-    got = f(x.clone())
+    got = f(share(x.clone()))  # a copy the learner's code may change in place
     got = expect_tensor(got, what, shape=tuple(x.shape))
     expect_true(not got.is_floating_point() and got.dtype != torch.bool,
                 f"{what} should return an integer tensor of bit patterns, got dtype {got.dtype}")
@@ -136,7 +138,7 @@ def _bf16_ties(f):
 
 
 def _bf16_random(f):
-    g = torch.Generator().manual_seed(12)
+    g = check_generator(12)
     x = torch.randn(50_000, generator=g) * torch.exp2(torch.randint(-149, 128, (50_000,), generator=g).float())
     x = torch.cat([x, torch.tensor([0.0, -0.0, 3.3961e38, -3.4e38, 1e-45, 9e-41])])
     _bf16_compare(f, x, "fp32_to_bf16_bits on 50,000 values over the whole FP32 range (subnormals and overflow included)")
@@ -213,7 +215,7 @@ def _gradscaler_scales(script, init_scale, growth_factor, backoff_factor, growth
 
 
 def _scale_vs_gradscaler(f):
-    g = torch.Generator().manual_seed(13)
+    g = check_generator(13)
     for kw in (dict(init_scale=65536.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3),
                dict(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=1),
                dict(init_scale=3.3, growth_factor=1.7, backoff_factor=0.3, growth_interval=2)):
@@ -260,8 +262,8 @@ def _setup(seed, dtype, shapes=((4, 3), (5,)), grad_scale=1e-2, scale=1024.0):
         m = seeded_randn(*shape, seed=seed + i)
         p = m.to(dtype)
         p.grad = (seeded_randn(*shape, seed=seed + 10 + i, scale=grad_scale) * scale).to(dtype)
-        params.append(p)
-        masters.append(p.float())  # the master starts as the stored weight
+        params.append(share(p))  # the step updates params and masters in place
+        masters.append(share(p.float()))  # the master starts as the stored weight
     return params, masters
 
 
@@ -291,8 +293,8 @@ def _ms_skip(f):
 
 
 def _ms_accumulate(f):
-    p = torch.ones(3, dtype=torch.float16)
-    m = p.float()
+    p = share(torch.ones(3, dtype=torch.float16))
+    m = share(p.float())
     lr, scale = 1e-4, 256.0
     for _ in range(100):  # 100 updates of 1e-4 each: every one is below half FP16's spacing at 1.0 (2**-11)
         p.grad = torch.full((3,), scale, dtype=torch.float16)  # gradient 1, scaled

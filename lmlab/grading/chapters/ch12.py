@@ -18,6 +18,7 @@ from lmlab.grading.assertions import expect_close, expect_equal, expect_int, exp
 from lmlab.grading.chapters import ch12_ranks  # noqa: F401 (registers 12.ring_all_reduce_sim, 12.zero1_step, 12.row_parallel_forward, 12.one_f_one_b)
 from lmlab.grading.chapters.ch12_ranks import ring_expected_chunk
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator
 from lmlab.parallel.grid import RankGrid
 from lmlab.parallel.pipeline import simulate
 from lmlab.scaling.calculators import zero_memory_per_gpu
@@ -184,7 +185,7 @@ register(Exercise(
 
 
 def _col_case(f, tp, bias, seed, shape=(2, 3, 8), out=12):
-    g = torch.Generator().manual_seed(seed)
+    g = check_generator(seed)
     x = torch.randn(*shape, generator=g)
     w = torch.randn(out, shape[-1], generator=g)
     b = torch.randn(out, generator=g) if bias else None

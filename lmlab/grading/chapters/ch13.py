@@ -16,6 +16,7 @@ import torch
 from lmlab.data.bpe import train_bpe
 from lmlab.grading.assertions import expect_close, expect_equal, expect_true, seeded_randn
 from lmlab.grading.registry import Check, Exercise, register
+from lmlab.grading.seeds import check_generator, global_seed
 from lmlab.model import GPT
 from lmlab.model.llama import llama_config
 
@@ -61,7 +62,7 @@ def _step_call(f, chunks, new_id, what):
 
 
 def _step_random(f):
-    g = torch.Generator().manual_seed(13)
+    g = check_generator(13)
     for trial in range(4):
         chunks = [torch.randint(0, 5, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(12)]
         what = f"bpe_merge_step({chunks[:3]}..., 256) (random chunks, trial {trial})"
@@ -188,8 +189,8 @@ def _llama_cpp_permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py, LlamaMode
 def _tiny(tied, seed):
     cfg = llama_config(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=24, context_length=16,
                        tie_embeddings=tied, norm_eps=1e-5)
-    torch.manual_seed(seed)
-    model = GPT(cfg).eval()
+    with global_seed(seed):  # every weight is overwritten below; the lock keeps other checks' draws apart
+        model = GPT(cfg).eval()
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
             p.copy_(seeded_randn(*p.shape, seed=seed * 100 + i, scale=0.5) + (1.0 if p.dim() == 1 else 0.0))
@@ -220,7 +221,8 @@ def _mapping_check(f, tied):
     what = f"gguf_to_lmlab(tensors, cfg) ({'tied' if tied else 'untied'} embeddings, 4 query / 2 K/V heads, std-0.5 weights)"
     got = f(_as_gguf(ref), cfg)
     expect_true(isinstance(got, dict), f"{what} should return a dict name -> tensor, got {type(got).__name__}")
-    model = GPT(cfg).eval()
+    with global_seed(0):
+        model = GPT(cfg).eval()
     own = model.state_dict()
     missing = sorted(set(own) - set(got) - ({"lm_head.weight"} if tied else set()))
     expect_true(not missing, f"{what} is missing {missing[:3]} (lmlab's names: see GPT().state_dict().keys())")
@@ -272,8 +274,8 @@ register(Exercise(
 def _block_case(f, n_heads, n_kv_heads, eps, base, seed):
     cfg = llama_config(vocab_size=16, d_model=32, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=40,
                        context_length=12, norm_eps=eps, rope_base=base)
-    torch.manual_seed(seed)
-    block = GPT(cfg).eval()
+    with global_seed(seed):
+        block = GPT(cfg).eval()
     with torch.no_grad():
         for i, p in enumerate(block.parameters()):
             p.copy_(seeded_randn(*p.shape, seed=seed * 50 + i, scale=0.5) + (1.0 if p.dim() == 1 else 0.0))
