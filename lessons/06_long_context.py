@@ -274,7 +274,8 @@ print(f"\nVerdict 3b: after 30 steps PI reaches {pi_ft_mean:.3f} at {target} (no
       + (f"Its short-text cost is measured: {pi_short.mean_diff:+.3f} nats at {short} vs plain fine-tuning, as the seed warns."
          if costs_short else f"The seed's warning of a short-text cost is {pi_short.outcome.upper()} at {short} "
          f"({pi_short.mean_diff:+.3f} nats; {pi_short.reason})."))
-print(guess_ft.reveal("PI + fine-tune" if cheaper else ("plain fine-tune" if pi_vs_none.significant else "no measurable difference")))
+print(guess_ft.reveal({"PI + fine-tune": "PI + fine-tune", "plain fine-tune": "plain fine-tune",
+                       None: "no measurable difference"}[pi_vs_none.better]))
 
 # %% [markdown]
 # **Why sinks?** The seed's reason for keeping the first tokens is that models put a lot of attention
