@@ -64,13 +64,18 @@ class Sweep:
         """``(text, comparison at each one's best LR, whether the outcome is the same at every LR)``.
 
         The outcome at one LR is the three-way verdict on ``claim`` (supports / contradicts /
-        undetermined); the comparisons at the LRs and at the best LRs are Holm-corrected together."""
+        undetermined); the comparisons at the LRs and, when the two best LRs differ, at the best LRs are
+        Holm-corrected together (when they coincide the best-LR comparison is that LR's, counted once)."""
         lines, outcomes = [], []
         cs = [self.compare(a, b, lr, claim=claim, margin=margin) for lr in self.lrs]
-        cs.append(self.compare(a, b, claim=claim, margin=margin))
+        same_best = self.best_lr(a) == self.best_lr(b)
+        if not same_best:
+            cs.append(self.compare(a, b, claim=claim, margin=margin))
         live = holm([c for c in cs if c is not None])
         it = iter(live)
         cs = [next(it) if c is not None else None for c in cs]
+        if same_best:
+            cs.append(cs[self.lrs.index(self.best_lr(a))])
         for lr, c in zip(self.lrs, cs):
             outcomes.append("diverged" if c is None else c.outcome)
             lines.append(f"  at lr {lr:g}: " + (c.sentence if c is not None else "a run diverged, no paired test"))
