@@ -236,7 +236,8 @@ def _sentence(c: PairedComparison) -> str:
                    "equal": f"{c.a_name} and {c.b_name} are equal"}[c.claim]
     margin = f"margin ±{c.margin:.3g}" if c.margin is not None else "no margin stated"
     holm = f", Holm-corrected over {c.n_claims} claims" if c.n_claims > 1 else ""
-    return (f"{c.a_name} vs {c.b_name}: {c.mean_diff:+.3f} {u}, 95 % CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
+    ci = "95 % CI (per claim, before Holm)" if c.n_claims > 1 else "95 % CI"
+    return (f"{c.a_name} vs {c.b_name}: {c.mean_diff:+.3f} {u}, {ci} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
             f"(± {c.se:.3f} s.e., t = {c.t:+.1f}, {c.n} paired seeds: {seeds}); {margin}; "
             f"detectable at this design ≥ {c.mde:.3f}; p(difference) = {c.p_difference:.3g}, "
             f"p(equivalence) = {c.p_equivalence:.3g}{holm} — claim '{claim_words}': {c.outcome.upper()} "
