@@ -197,7 +197,8 @@ class PairedComparison:
 
 
 def _decide(claim: str, n: int, significant: bool, equivalent: bool, a_better: bool, margin: float | None,
-            a_name: str, b_name: str) -> tuple[str, str]:
+            a_name: str, b_name: str, n_claims: int = 1) -> tuple[str, str]:
+    noise = "the difference is not significant" + (f" after Holm over {n_claims} claims" if n_claims > 1 else "")
     if n < 2:
         return "undetermined", "one seed only: the seed noise was not measured"
     winner, loser = (a_name, b_name) if a_better else (b_name, a_name)
@@ -208,10 +209,8 @@ def _decide(claim: str, n: int, significant: bool, equivalent: bool, a_better: b
         if significant:
             return "contradicts", f"{winner} is better, and equivalence within ±{margin:g} is not shown" \
                 if margin is not None else f"{winner} is better"
-        return "undetermined", ("the difference is within the seed noise and equivalence within "
-                                f"±{margin:g} is not shown" if margin is not None else
-                                "the difference is within the seed noise and no margin was stated, so "
-                                "equality cannot be shown")
+        return "undetermined", (f"{noise} and equivalence within ±{margin:g} is not shown" if margin is not None else
+                                f"{noise} and no margin was stated, so equality cannot be shown")
     want_a = claim == "better"
     if significant and a_better == want_a and not equivalent:
         return "supports", f"{winner} is better beyond the seed noise"
@@ -221,9 +220,8 @@ def _decide(claim: str, n: int, significant: bool, equivalent: bool, a_better: b
         return "contradicts", f"{winner} is better beyond the seed noise (the claim said {loser})"
     if equivalent:
         return "contradicts", f"no difference as large as the margin ±{margin:g} (equivalence shown)"
-    return "undetermined", ("the difference is within the seed noise and equivalence within "
-                            f"±{margin:g} is not shown" if margin is not None else
-                            "the difference is within the seed noise (no margin stated, no equivalence test)")
+    return "undetermined", (f"{noise} and equivalence within ±{margin:g} is not shown" if margin is not None else
+                            f"{noise} (no margin stated, no equivalence test)")
 
 
 def _sentence(c: PairedComparison) -> str:
@@ -248,7 +246,7 @@ def _build(a_name, b_name, n, mean, se, crit, p_diff, p_eq, margin, mde, a_bette
            lower_is_better, n_claims, t) -> PairedComparison:
     significant = n > 1 and p_diff < ALPHA
     equivalent = n > 1 and margin is not None and p_eq < ALPHA
-    outcome, reason = _decide(claim, n, significant, equivalent, a_better, margin, a_name, b_name)
+    outcome, reason = _decide(claim, n, significant, equivalent, a_better, margin, a_name, b_name, n_claims)
     better = (a_name if a_better else b_name) if significant else None
     half = crit * se if math.isfinite(crit) and math.isfinite(se) else math.inf
     c = PairedComparison(a_name, b_name, n, mean, se, t, crit, mean - half, mean + half, p_diff, p_eq, margin,
