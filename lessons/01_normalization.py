@@ -234,8 +234,9 @@ timing_figure(times).show()
 # (`lmlab.course.stats.paired_comparison`) at every LR and at each norm's best LR, Holm-corrected.
 # The claim is *equality*, so a non-significant difference is not enough: the helper also runs an
 # **equivalence test** (TOST) against a stated margin of 0.02 nats, and says *supports* only when the
-# whole difference is shown to be smaller than that. With 3 seeds the minimum detectable effect it
-# prints is several times the margin, so expect *undetermined*: this scale cannot decide the claim.
+# whole difference is shown to be smaller than that. The minimum detectable effect it prints says how
+# small a difference 3 seeds can see at each LR; where it is near or above the margin, expect
+# *undetermined*: the design, not the norm, decides that outcome.
 
 # %%
 from lmlab.course.experiments.sweeps import sweep_figure, train_sweep

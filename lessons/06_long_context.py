@@ -402,7 +402,9 @@ knn = X.knn_experiment(steps=120, top_k=4)
 print(f"trained in {knn['seconds']:.1f} s; near questions (local window): {knn['near_local_only']:.1%} correct")
 print(f"far questions ({knn['distance']} tokens back): with memory {knn['far_with_memory']:.1%}, local attention only "
       f"{knn['far_local_only']:.1%}, chance {knn['chance']:.1%}")
-print(f"Verdict: retrieval {'helps' if knn['far_with_memory'] > knn['far_local_only'] + 0.2 else 'does not help'}: "
+print("(A sanity check more than a test: a 16-token window cannot see a fact 48 tokens back, so 'local only' is at "
+      "chance by construction. The comparison that can disagree is kNN memory against full attention, below.)")
+print(f"Check, one seed: retrieval {'helps' if knn['far_with_memory'] > knn['far_local_only'] + 0.2 else 'does not help'}: "
       f"{knn['far_with_memory']:.0%} vs {knn['far_local_only']:.0%} (chance {knn['chance']:.0%}), each query attending to "
       f"{knn['top_k']} retrieved entries of a {knn['memory_size']}-entry memory plus its 16-token window. "
       "Honest caveat: the task is built so that one content match answers it — real memories need an approximate search "
