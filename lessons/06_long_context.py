@@ -270,9 +270,9 @@ costs_short = pi_short.outcome == "supports"
 print(f"\nVerdict 3b: after 30 steps PI reaches {pi_ft_mean:.3f} at {target} (no fine-tune: PI {pi['losses'][target]:.3f}, "
       f"no trick {none['losses'][target]:.3f}) — it {'recovers' if recovers else 'does NOT recover'} long context in every seed. "
       + ("It beats plain fine-tuning at the same budget beyond the seed noise: interpolation is the cheaper route, as claimed. "
-         if cheaper else f"'PI is the cheaper route' is {pi_vs_none.outcome.upper()} here ({pi_vs_none.reason}). ")
+         if cheaper else f"Verdict on 'PI is the cheaper route': {pi_vs_none.outcome.upper()} ({pi_vs_none.reason}). ")
       + (f"Its short-text cost is measured: {pi_short.mean_diff:+.3f} nats at {short} vs plain fine-tuning, as the seed warns."
-         if costs_short else f"The seed's warning of a short-text cost is {pi_short.outcome.upper()} at {short} "
+         if costs_short else f"Verdict on the seed's warning of a short-text cost at {short}: {pi_short.outcome.upper()} "
          f"({pi_short.mean_diff:+.3f} nats; {pi_short.reason})."))
 print(guess_ft.reveal({"PI + fine-tune": "PI + fine-tune", "plain fine-tune": "plain fine-tune",
                        None: "no measurable difference"}[pi_vs_none.better]))
