@@ -318,7 +318,7 @@ for c in (bf, noscale, scaled):
 fails = noscale.outcome == "supports"
 print(("Reproduced: FP16 without loss scaling trains worse, and scaling rescues it."
        if fails else
-       f"At this scale FP16 without loss scaling does not fail: only {zero['fp16_no_scaling']:.3%} of gradient entries were zero "
+       f"At this scale FP16 without loss scaling is not shown to fail: only {zero['fp16_no_scaling']:.3%} of gradient entries were zero "
        f"(FP32: {zero['fp32']:.4%}) — a tiny model's batch of {16 * cfg.context_length} tokens keeps most gradients above FP16's "
        f"floor. Section 6 shows where that changes: with per-token gradients {int(1 / u['scales'][0])}× smaller (far bigger "
        f"batches) {u['real'][0]:.0%} of them vanish without scaling.")
