@@ -172,7 +172,8 @@ for row in ladder:
 best = min(ladder[1:], key=lambda r: r["val_loss"])
 context_gain = ladder[1]["val_loss"] - ladder[2]["val_loss"]
 print(f"Averaging the past is {context_gain:+.2f} nats/token better than the bigram; the best rung after 150 steps is "
-      f"'{best['rung']}' ({best['val_loss']:.3f}).")
+      f"'{best['rung']}' ({best['val_loss']:.3f}). One seed: a ranking of single runs, not a verdict — gaps of a few "
+      f"hundredths could flip with another seed.")
 if best["rung"] != "GPT (2 blocks)":
     print("With only 150 steps the deeper models have not caught up yet: more layers need more steps "
           "(section 3 trains the GPT for 800). One learning rate for every rung is a confound.")
@@ -224,7 +225,8 @@ result = train_tiny_gpt(steps=800, seed=0)
 print(f"unigram baseline      : {result.unigram_loss:.3f} nats/token")
 print(f"tiny GPT (validation) : {result.val_loss:.3f} nats/token  ({result.history.seconds:.0f} s of training)")
 gap = result.unigram_loss - result.val_loss
-verdict = (f"The model beats the context-free baseline by {gap:.2f} nats/token: it uses context."
+verdict = (f"The model beats the context-free baseline by {gap:.2f} nats/token: it uses context (one seed — a "
+           f"measurement against a fixed baseline, not a paired verdict over seeds)."
            if gap > 0.5 else f"Only {gap:.2f} nats/token below the baseline: the model barely uses context.")
 print(verdict)
 assert result.val_loss < result.unigram_loss
@@ -269,7 +271,9 @@ assert causal["earlier_positions_changed"] == 0 and prefix["earlier_positions_ch
 # show strong zero/few-shot ability, they scale predictably, and they suit instruction and alignment
 # tuning. One concrete reason is the **training signal**: a causal decoder gets a loss at *every*
 # position, while a prefix decoder or an encoder-decoder only predicts the part after the
-# prefix/source. The cell below is only that arithmetic (T positions against T − prefix), read off the
+# prefix/source. The cell below is only that arithmetic (T positions against T − prefix + 1 for the prefix
+# decoder, whose last prefix position predicts the first suffix token, and T − prefix targets for the
+# encoder-decoder), read off the
 # masks — not an experiment: whether the extra positions make a better model is a question for
 # trained models, which chapter 05 (pretraining objectives) compares.
 #
@@ -287,7 +291,8 @@ for arch, v in rows.items():
           f"{v['positions_with_loss']:>2}/{T} positions trained")
 most_signal = max(rows, key=lambda a: rows[a]["positions_with_loss"])
 print(f"Arithmetic, not a measurement: {most_signal} has a loss at {rows[most_signal]['positions_with_loss']} of {T} "
-      f"positions, the others at {T} − {prefix_len} = {T - prefix_len}.")
+      f"positions, the prefix decoder at {T} − {prefix_len} + 1 = {T - prefix_len + 1}, the encoder-decoder at "
+      f"{T} − {prefix_len} = {T - prefix_len}.")
 
 # %% [markdown]
 # ## 5 · Widget: explore the masks

@@ -151,7 +151,8 @@ worst_B = bn["batch_sizes"][max(range(len(bn["batch_sizes"])), key=lambda i: bn[
 verdict = (f"LayerNorm's output never moved (max change {bn['layernorm_max_change']:.1g}); BatchNorm's moved by up to "
            f"{max(bn['spread_padded']):.2f} with the batch-mates, its train-mode output was off the true-statistics "
            f"output by {max(bn['mismatch_padded']):.2f} (worst at B={worst_B}) when pads are counted, and masking the pads "
-           f"still left a gap of {bn['mismatch_masked'][0]:.2f} at B=1 — the claim holds."
+           f"still left a gap of {bn['mismatch_masked'][0]:.2f} at B=1. A demonstration, not an experiment: LayerNorm "
+           f"normalizes each position alone, so it cannot depend on its batch-mates by construction."
            if bn["layernorm_max_change"] == 0 and max(bn["spread_padded"]) > 0.05 else
            "BatchNorm's output barely depended on the batch here: the claim is not visible at these sizes.")
 print(verdict)
@@ -229,8 +230,13 @@ timing_figure(times).show()
 # **Quality.** The same tiny GPT (pre-LN, 2 layers, d=32), trained 150 steps with each norm, for
 # **3 seeds** and at **2 learning rates** (3e-3 and 1e-2): one norm might simply prefer another step
 # size, so comparing at one LR would confound the norm with the LR. Runs with the same seed share
-# the batches and validation windows, and the verdict is the shared paired test over seeds
-# (`lmlab.course.stats.paired_comparison`) at every LR and at each norm's best LR.
+# the batches and validation windows, and the verdict is the shared helper
+# (`lmlab.course.stats.paired_comparison`) at every LR and at each norm's best LR, Holm-corrected.
+# The claim is *equality*, so a non-significant difference is not enough: the helper also runs an
+# **equivalence test** (TOST) against a stated margin of 0.02 nats, and says *supports* only when the
+# whole difference is shown to be smaller than that. The minimum detectable effect it prints says how
+# small a difference 3 seeds can see at each LR; where it is near or above the margin, expect
+# *undetermined*: the design, not the norm, decides that outcome.
 
 # %%
 from lmlab.course.experiments.sweeps import sweep_figure, train_sweep
@@ -238,11 +244,11 @@ from lmlab.course.experiments.sweeps import sweep_figure, train_sweep
 quality = train_sweep({"layernorm": dict(norm="layernorm"), "rmsnorm": dict(norm="rmsnorm")}, lrs=(3e-3, 1e-2),
                       seeds=(0, 1, 2), steps=150, batch_size=16)
 print(quality.table(), f"\n({len(quality.loss) * len(quality.seeds)} runs in {quality.seconds:.0f} s)")
-text, cmp, same = quality.verdict("rmsnorm", "layernorm")
+MARGIN = 0.02  # nats: the smallest quality difference we would care about (about 2 % in perplexity)
+text, cmp, same = quality.verdict("rmsnorm", "layernorm", claim="equal", margin=MARGIN)
 print(text)
-print("Verdict: " + ("a run diverged, no verdict." if cmp is None else
-                     "equal quality within the measured seed noise (the seed's claim)." if cmp.better is None else
-                     f"{cmp.better} is better by {abs(cmp.mean_diff):.3f} nats, more than the seed noise.")
+print("Verdict on the seed's claim (RMSNorm matches LayerNorm's quality): "
+      + ("a run diverged, no verdict." if cmp is None else f"{cmp.outcome.upper()} ({cmp.reason}).")
       + ("" if same else " The outcome depends on the learning rate."))
 
 # %%
@@ -352,21 +358,26 @@ n = len(stab.seeds)
 counts = {pos: stab.counts(pos) for pos in stab.histories}
 if counts["post"]["trained"] < n and counts["pre"]["trained"] == n:
     print(f"post-LN failed to train in {n - counts['post']['trained']} of {n} seeds, pre-LN trained in all {n}: "
-          f"the claim holds on this tiny model at this learning rate (DeepNorm trained in {counts['deepnorm']['trained']} "
-          f"of {n}).")
+          f"the claimed pattern in {n} of {n} seeds (a count, not a significance test; DeepNorm trained in "
+          f"{counts['deepnorm']['trained']} of {n}). 'Stalled' means: still above the unigram loss after 60 steps — slow "
+          f"at this LR, not shown never to train.")
 else:
     print(f"Not the claimed pattern here: post-LN trained in {counts['post']['trained']} of {n} seeds, pre-LN in "
           f"{counts['pre']['trained']} of {n}.")
 print("Confound: one learning rate (3e-3) for every placement; post-LN's failure depends on it (try lr=1e-3 below).")
 end = {pos: [t[-1] for t in stab.residual_rms[pos]] for pos in stab.histories}  # one final RMS per seed
-rms_cmp = paired_comparison(end["sandwich"], end["pre"], "sandwich-LN", "pre-LN", unit="RMS")
+rms_cmp = paired_comparison(end["sandwich"], end["pre"], "sandwich-LN", "pre-LN", unit="RMS", margin=0.1,
+                            seeds=stab.seeds)  # claim: sandwich-LN's stream is smaller (lower is better); 0.1 RMS matters
 print(f"Residual-stream RMS at the end, per seed: sandwich-LN {[round(v, 2) for v in end['sandwich']]}, pre-LN "
       f"{[round(v, 2) for v in end['pre']]}; sandwich − pre: {rms_cmp.mean_diff:+.2f} ± {rms_cmp.se:.2f} (t = {rms_cmp.t:+.1f}, "
       f"{'beyond' if rms_cmp.significant else 'within'} the seed noise; smaller is what sandwich-LN is for).")
-print("Verdict: " + ("sandwich-LN kept the stream smaller, as it is meant to." if rms_cmp.better == "sandwich-LN" else
-                     "sandwich-LN did NOT keep the stream measurably smaller than pre-LN here (its normalized sub-layer "
-                     "outputs still add up over 12 layers, and their gains are learned): a finding at this scale, not "
-                     "the textbook picture."))
+print(rms_cmp.sentence)
+print("Verdict: " + {"supports": "sandwich-LN kept the stream smaller, as it is meant to.",
+                     "contradicts": "sandwich-LN did NOT keep the stream smaller than pre-LN here (its normalized sub-layer "
+                                    "outputs still add up over 12 layers, and their gains are learned): a finding at this "
+                                    "scale, not the textbook picture.",
+                     "undetermined": "undetermined with these seeds: neither a difference nor equivalence within the margin "
+                                     "was shown."}[rms_cmp.outcome])
 
 # %%
 placement = ("pre-LN fails in some seed too" if counts["pre"]["trained"] < n else
@@ -382,12 +393,17 @@ stability_figure(stab).show()
 # above. Warm-up and clipping are exactly the fixes the field adopted (the training-recipe chapter,
 # 09). The seed also notes two things this tiny model cannot show: pre-LN trains less well than
 # post-LN *when both train*, and pre-LN itself becomes unstable past ~100B parameters — which is why
-# GLM-130B chose DeepNorm. DeepNorm's constants for a few depths:
+# GLM-130B chose DeepNorm. DeepNorm's constants for a few depths — DeepNet's form (Wang et al. 2022,
+# Table 1, decoder-only), which `deepnorm_constants` implements, next to the constants GLM-130B's own paper
+# states for its model (Zeng et al. 2022, §2.1: α = (2N)^½, Xavier-normal init scaled by (2N)^-½ on
+# the FFN, v and output projections). They are not the same numbers: quote each under its own name.
 
 # %%
 for M in (6, 12, 24, 100, 1000):
     alpha, beta = deepnorm_constants(M)
-    print(f"{M:>4} layers: alpha = (2M)^1/4 = {alpha:.2f} (skip up-weighted), beta = (8M)^-1/4 = {beta:.3f} (init scaled down)")
+    print(f"{M:>4} layers: DeepNet's alpha = (2M)^1/4 = {alpha:.2f} (skip up-weighted), beta = (8M)^-1/4 = {beta:.3f} "
+          f"(init scaled down); GLM-130B's own: alpha = (2M)^1/2 = {(2 * M) ** 0.5:.2f}, init scale (2M)^-1/2 = "
+          f"{(2 * M) ** -0.5:.3f}")
 
 # %% [markdown]
 # ## 7 · Widgets

@@ -275,15 +275,18 @@ print(bias[0, 0])
 # evaluated on windows of $L$, $2L$ and $4L$ characters (`lmlab.train.loop.evaluate_lengths` copies it
 # with a longer `context_length`, same weights). A window's mean loss mixes positions the model was
 # trained on with new ones, and more context usually *lowers* the loss; so the right plot also shows the
-# loss at each position of a $4L$ window (mean over seeds). A scheme **degrades** when its loss past
-# position $L$ is above its loss on positions $L/2 \dots L-1$ by more than 0.05 nats *and* by more than
-# the seed noise (the shared paired test over the 3 seeds, `lmlab.course.stats.paired_comparison`).
+# loss at each position of a $4L$ window (mean over seeds). The claim tested for each scheme is "its loss
+# past position $L$ is worse than on positions $L/2 \dots L-1$", by the shared verdict helper
+# (`lmlab.course.stats.paired_comparison`, 3 seeds, margin 0.05 nats, Holm-corrected over the schemes):
+# **degrades** when the difference is beyond the seed noise; **holds** only when the equivalence test
+# shows the loss past $L$ within ±0.05 nats (or better); **undetermined** when neither is shown.
 
 # %%
 from ipywidgets import VBox
 from lmlab.course.widgets import Prediction
 
-guess_learned = Prediction("Trained at L = 32: does the learned table's loss past L degrade?", ["degrades", "holds", "cannot run"],
+guess_learned = Prediction("Trained at L = 32: does the learned table's loss past L degrade?",
+                           ["degrades", "holds", "undetermined", "cannot run"],
                            description="learned")
 guess_relative = Prediction("Of the two relative schemes RoPE and ALiBi, which hold past L?",
                             ["both", "RoPE only", "ALiBi only", "neither"], description="RoPE / ALiBi")
@@ -304,27 +307,31 @@ for name, v in verdicts.items():
     detail = ("no row for position 32: " + next(r["error"] for r in ext.rows if r["scheme"] == name).split(". ")[0]
               if v["verdict"] == "cannot run" else
               f"loss on positions {L // 2}..{L - 1}: {v['inside']:.3f}, past {L}: {v['beyond']:.3f} ({v['beyond'] - v['inside']:+.3f})")
-    print(f"{name:<11}{v['verdict']:<12}{detail}")
+    print(f"{name:<11}{v['verdict']:<13}{detail}")
     if v.get("comparison") is not None:
         print(f"{'':<23}{v['comparison'].sentence}")
 holds = [n for n, v in verdicts.items() if v["verdict"] == "holds"]
 degrades = [n for n, v in verdicts.items() if v["verdict"] == "degrades"]
+open_ = [n for n, v in verdicts.items() if v["verdict"] == "undetermined"]
 worst = max(degrades, key=lambda n: verdicts[n]["beyond"] - verdicts[n]["inside"]) if degrades else None
 best_row, second_row = sorted(ext.rows, key=lambda r: r["losses"][L])[:2]
 best_at_L = best_row["scheme"]
 best_cmp = paired_comparison(best_row["losses_per_seed"][L], second_row["losses_per_seed"][L], best_at_L,
-                             second_row["scheme"])
+                             second_row["scheme"], margin=0.02, seeds=ext.seeds)
+print("At L:", best_cmp.sentence)
 lv = verdicts["learned"]
 learned_text = ("cannot run past L" if lv["verdict"] == "cannot run" else
-                f"with untrained rows past L {'degrade, as claimed' if lv['verdict'] == 'degrades' else 'do NOT degrade measurably (against the claim)'}"
+                f"with untrained rows past L {({'degrades': 'degrade, as claimed', 'holds': 'do NOT degrade (against the claim)'}).get(lv['verdict'], 'are undetermined at this scale')}"
                 f" ({lv['beyond'] - lv['inside']:+.3f} nats past L)")
 print(f"Verdict: learned positions {learned_text}. "
       f"Past L, {', '.join(holds) or 'no scheme'} {'holds' if len(holds) == 1 else 'hold'} and "
       f"{', '.join(degrades) or 'none'} {'degrades' if len(degrades) == 1 else 'degrade'}"
-      + (f" (worst: {worst}, +{verdicts[worst]['beyond'] - verdicts[worst]['inside']:.2f} nats)." if worst else ".")
+      + (f" (worst: {worst}, +{verdicts[worst]['beyond'] - verdicts[worst]['inside']:.2f} nats)" if worst else "")
+      + (f"; undetermined: {', '.join(open_)}." if open_ else ".")
       + f" At L itself the lowest mean loss is {best_at_L}'s; against the runner-up, {second_row['scheme']}, it is "
-      + (f"better beyond the seed noise (t = {best_cmp.t:+.1f})" if best_cmp.significant else
-         f"within the seed noise (t = {best_cmp.t:+.1f}): no ranking at L")
+      + {"supports": f"better beyond the seed noise (t = {best_cmp.t:+.1f})",
+         "contradicts": f"not better by the 0.02-nat margin ({best_cmp.reason})",
+         "undetermined": f"undetermined (t = {best_cmp.t:+.1f}): no ranking at L"}[best_cmp.outcome]
       + f" (at one learning rate, {3e-3:g}: a ranking confounded with the LR, which each scheme might like "
       "differently; the past-L verdicts compare each model with itself and do not have that confound).")
 

@@ -207,9 +207,11 @@ print(f"top-p adapts: at p = 0.9 it keeps {conf[p9]['kept']} token(s) on the con
 # 4-grams}}{\#\text{4-grams}}$ — 0 if no 4 characters ever repeat, near 1 for a loop. The dashed line
 # is the same measure on real 200-character windows of the validation text (the docs repeat words
 # and indentation too). We also print the model's own log-probability per generated character.
-# Two repetition controls work on greedy decoding: CTRL's **repetition penalty** (divide a
-# positive logit of an already-seen token by 1.3, multiply a negative one) and **no-repeat n-gram
-# blocking** (forbid any token that would repeat a 4-gram).
+# Two repetition controls work on greedy decoding: the **repetition penalty** in Hugging Face's form
+# (divide a positive logit of an already-seen token by 1.3, multiply a negative one — CTRL itself,
+# Keskar et al. 2019, divides every seen token's logit by θ whatever its sign, which would *raise* a
+# negative one; the sign rule is Hugging Face's) and **no-repeat n-gram blocking** (forbid any token
+# that would repeat a 4-gram).
 
 # %%
 from lmlab.course.widgets import Prediction
@@ -369,7 +371,7 @@ beam_explorer
 # - `top_p_filter`: the nucleus, keeping the token that crosses p;
 # - `beam_step`: one step of beam search — expand, finish the EOS candidates with the length penalty,
 #   keep the running beams and the best finished scores, and decide with the exact rule when it is done;
-# - `repetition_penalty`: CTRL's penalty on tokens already generated.
+# - `repetition_penalty`: CTRL's penalty on tokens already generated, with Hugging Face's sign rule.
 #
 # Grade the whole notebook from a terminal with `lmlab grade exercises/07_decoding.ipynb`.
 #

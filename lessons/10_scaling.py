@@ -66,7 +66,10 @@ torch.set_num_threads(1)  # one thread: the same numbers and timings on a busy l
 #
 # - **Compute** $C$ in FLOPs. Each weight costs a multiply-add forward and two backward, so training
 #   on $D$ tokens costs $C \approx 6ND$ (GPT-3: $6 \cdot 175\text{e}9 \cdot 300\text{e}9 = 3.15\text{e}23$).
-#   Attention adds $12 L T d$ per token that no weight counts (Kaplan et al., 2020).
+#   Attention adds $12 L T d$ per token that no weight counts: PaLM's *model FLOPs* count (Chowdhery
+#   et al. 2022, App. B: $6N + 12 \cdot L \cdot H \cdot Q \cdot T$, both attention matmuls, forward + backward).
+#   Kaplan et al. (2020, Table 1) count $2 \cdot n_{layer} \cdot n_{ctx} \cdot d_{attn}$ per token *forward*, i.e.
+#   $6LTd$ per training token — half of PaLM's. Both are shown below; PyTorch's counter sides with PaLM's.
 # - **A law for the loss.** Chinchilla (Hoffmann et al., 2022) fits
 #   $L(N, D) = E + A/N^{\alpha} + B/D^{\beta}$ and, under $C = 6ND$, reads off the best $N$ and $D$
 #   for a budget in closed form.
@@ -127,10 +130,12 @@ for d in (16, 32, 64, 128, 256):
     measured = scaling.measure_training_flops(GPT(cfg), batch_size=1)["per_token"]
     six_n = 6 * scaling.matmul_params(cfg)
     rows.append((d, six_n, scaling.flops_per_token(cfg), measured))
-print(f"{'d':>5}{'6N':>14}{'6N + 12LTd':>14}{'measured':>14}{'measured/6N':>13}{'measured/(6N+12LTd)':>21}")
-for d, six_n, kaplan, measured in rows:
-    print(f"{d:>5}{six_n:>14,.0f}{kaplan:>14,.0f}{measured:>14,.0f}{measured / six_n:>13.3f}{measured / kaplan:>21.4f}")
-    assert abs(measured / kaplan - 1) < 0.01
+print(f"{'d':>5}{'6N':>14}{'+6LTd Kaplan':>14}{'+12LTd PaLM':>14}{'measured':>14}{'measured/6N':>13}"
+      f"{'measured/(6N+12LTd)':>21}")
+for d, six_n, palm, measured in rows:
+    kaplan = six_n + 6 * cfg.n_layers * cfg.context_length * d  # Kaplan: 2·n_layer·n_ctx·d_attn forward, ×3 to train
+    print(f"{d:>5}{six_n:>14,.0f}{kaplan:>14,.0f}{palm:>14,.0f}{measured:>14,.0f}{measured / six_n:>13.3f}{measured / palm:>21.4f}")
+    assert abs(measured / palm - 1) < 0.01
 print(f"6N + 12LTd is within 1 % of the counter at every width; plain 6ND undercounts by "
       f"{1 - rows[0][1] / rows[0][3]:.0%} at d = {rows[0][0]} and {1 - rows[-1][1] / rows[-1][3]:.0%} at d = {rows[-1][0]} "
       f"(T = 128): the attention term is 12LTd / 6N ≈ T / (6d) of the rest, large for narrow models.")
@@ -217,7 +222,8 @@ for r in runs:
 # %% [markdown]
 # **The planned run** is wider ($d$ = 48, twice the parameters of $d$ = 32) and trains for 600
 # steps. Before it exists, we fit the frontier of the small runs and print what it will reach —
-# with a 90 % bootstrap interval (refits on resampled points) — and, as a second opinion,
+# with a 90 % bootstrap interval (refits on resampled points; the points are checkpoints of the *same*
+# runs, which the bootstrap treats as independent — they are not, so the interval is too narrow) — and, as a second opinion,
 # Chinchilla's $L(N, D)$ fitted on every checkpoint, which also knows the planned run's $N$ and $D$.
 
 # %%
@@ -276,8 +282,11 @@ exp.sweep_figure(runs, pred, big).show()
 # best model at that compute may be one we did not train, so the envelope bends up too early); the
 # interval covers the fit's uncertainty from these points, not the noise of a single seeded run;
 # one learning rate for every width is a confound (the best rate shrinks with width); and tiny
-# character models still pass through a plateau (~2.3 nats, roughly a bigram model) that no power law
-# describes. $L(N, D)$ knows the planned run's actual shape, $L(C)$ assumes it is compute-optimal.
+# character models still pass through a plateau (roughly where a bigram model sits; the frontier above
+# shows where in this run) that no power law describes. And this is **one seed** and a short
+# extrapolation: the planned run is 2× the parameters and 2–3× the compute of the largest small run,
+# where GPT-4's report predicted across about 10⁴× in compute — a calculation that can disagree, but a
+# weak test of the method. $L(N, D)$ knows the planned run's actual shape, $L(C)$ assumes it is compute-optimal.
 #
 # **How many decades does a fit need?** The same prediction from fits on parts of the frontier.
 

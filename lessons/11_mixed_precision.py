@@ -48,7 +48,7 @@ from lmlab.course.doctor import doctor
 from lmlab.train.loss_scaling import DynamicLossScaler, MasterWeights, gradscaler_trajectory, scaler_trajectory
 from lmlab.train.precision import (FORMAT_NAMES, FORMATS, autocast_report, decode, decode_fp16, encode, format_info, quantize,
                                    torch_bits)
-from lmlab.course.stats import paired_comparison
+from lmlab.course.stats import holm, paired_comparison
 from lmlab.course.widgets import FigureExplorer
 
 torch.set_num_threads(1)  # one thread: the same numbers and timings on a shared machine
@@ -66,7 +66,8 @@ info = doctor()  # versions, device, and whether widgets will render
 # and the all-ones exponent means $\pm\infty$ ($m = 0$) or NaN. The exponent bits decide the
 # **range**, the mantissa bits the **precision**: the gap after 1.0 is $2^{-M}$ (machine epsilon).
 # FP16 spends 5 bits on the exponent and 10 on the mantissa; BF16 ("brain float") 8 and 7 — FP32's
-# range with a third of FP16's precision; it is simply the top half of an FP32.
+# range with 8 significand bits against FP16's 11: machine epsilon $2^{-7}$ vs $2^{-10}$, so BF16's spacing
+# is **8× coarser** (IEEE 754 binary16; Google's bfloat16 definition); it is simply the top half of an FP32.
 #
 # Mixed-precision training (Micikevicius et al., 2018) runs the matrix multiplies in 16 bits, keeps
 # an FP32 **master copy** of the weights for the update, and, for FP16, multiplies the loss by a
@@ -225,10 +226,27 @@ for kw in (dict(init_scale=65536.0, growth_interval=4), dict(init_scale=3.3, gro
 # One batch of a tiny GPT (at initialisation), gradients computed in FP32, then in **real FP16**
 # (`model.half()`, torch's CPU kernels) and in **simulated FP16** (FP32 tensors rounded to FP16 at
 # every module boundary with lmlab's own `quantize`, which the training runs below use, because real
-# FP16 arithmetic on a CPU is about 7× slower than FP32). The share of gradient entries that are
+# FP16 arithmetic on a CPU is much slower than FP32: measured in the next cell). The share of gradient entries that are
 # non-zero in FP32 but zero in FP16, for loss scales from $2^{-12}$ to $2^{24}$. A scale below 1
 # stands in for a bigger batch: the loss is a mean over tokens, so per-token gradients shrink
 # as 1/(tokens per batch) — the regime of real LLM batches of millions of tokens.
+
+# %%
+import time
+
+
+def matmul_ms(dtype, repeats=10):  # one (128 × 256) @ (256 × 256) product on this CPU, in milliseconds
+    x, w = torch.randn(128, 256).to(dtype), torch.randn(256, 256).to(dtype)
+    x @ w
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    return 1e3 * (time.perf_counter() - t0) / repeats
+
+
+ms = {str(d).split(".")[-1]: matmul_ms(d) for d in (torch.float32, torch.float16, torch.bfloat16)}
+print("measured on this CPU, one matmul: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items())
+      + f" — FP16 is {ms['float16'] / ms['float32']:.0f}× slower than FP32 here (no FP16 kernels on most CPUs).")
 
 # %%
 from lmlab.course.experiments.ch11_precision import gradient_underflow
@@ -280,20 +298,26 @@ for r in runs:
     skipped = sum(len(x["skipped"]) for x in runs[r])
     print(f"{r:<20} val loss {sum(val[r]) / len(SEEDS):.4f}  zero gradient entries {zero[r]:.4%}  skipped steps {skipped}"
           f"  {sum(x['seconds'] for x in runs[r]) / len(SEEDS):.1f} s/run")
-bf = paired_comparison(val["bf16_autocast"], val["fp32"], "BF16 autocast", "FP32")
-noscale = paired_comparison(val["fp16_no_scaling"], val["fp16_scaled_master"], "FP16 without scaling", "FP16 with scaling")
-scaled = paired_comparison(val["fp16_scaled_master"], val["fp32"], "FP16 scaled + master", "FP32")
+MARGIN = 0.02  # nats: the smallest loss difference we would care about
+bf, noscale, scaled = holm([  # three claims at once: Holm-corrected
+    paired_comparison(val["bf16_autocast"], val["fp32"], "BF16 autocast", "FP32", claim="equal", margin=MARGIN, seeds=SEEDS),
+    paired_comparison(val["fp16_no_scaling"], val["fp16_scaled_master"], "FP16 without scaling", "FP16 with scaling",
+                      claim="worse", margin=MARGIN, seeds=SEEDS),
+    paired_comparison(val["fp16_scaled_master"], val["fp32"], "FP16 scaled + master", "FP32", claim="equal", margin=MARGIN,
+                      seeds=SEEDS)])
 for c in (bf, noscale, scaled):
     print(c.sentence)
-fails = noscale.significant and noscale.better == "FP16 with scaling"
+fails = noscale.outcome == "supports"
 print(("Reproduced: FP16 without loss scaling trains worse, and scaling rescues it."
        if fails else
-       f"At this scale FP16 without loss scaling does not fail: only {zero['fp16_no_scaling']:.3%} of gradient entries were zero "
+       f"At this scale FP16 without loss scaling is not shown to fail: only {zero['fp16_no_scaling']:.3%} of gradient entries were zero "
        f"(FP32: {zero['fp32']:.4%}) — a tiny model's batch of {16 * cfg.context_length} tokens keeps most gradients above FP16's "
        f"floor. Section 6 shows where that changes: with per-token gradients {int(1 / u['scales'][0])}× smaller (far bigger "
        f"batches) {u['real'][0]:.0%} of them vanish without scaling.")
-      + (" FP16 with scaling and master weights matches FP32." if not scaled.significant else
-         f" FP16 with scaling differs from FP32 measurably ({scaled.better} better)."))
+      + {"supports": " FP16 with scaling and master weights matches FP32 within the margin (equivalence shown).",
+         "contradicts": f" FP16 with scaling is NOT equivalent to FP32 here ({scaled.reason}).",
+         "undetermined": " Whether FP16 with scaling matches FP32 is undetermined at this scale (neither a difference "
+                         "nor equivalence within the margin was shown)."}[scaled.outcome])
 
 # %%
 print(guess_scaling.reveal({"FP16 with scaling": "worse without scaling", "FP16 without scaling": "better without scaling",
@@ -321,15 +345,15 @@ gain = {r: [a - x["val_loss"] for a, x in zip(start, v)] for r, v in late.items(
 lost = sum(sum(x["lost_updates"]) / len(x["lost_updates"]) for x in late["fp16_no_master"]) / len(SEEDS)
 changed = {r: sum(x["weights_changed"] for x in v) / len(v) for r, v in late.items()}
 stall = paired_comparison(gain["fp16_no_master"], gain["fp16_scaled_master"], "no master copy", "FP32 master",
-                          lower_is_better=False)
+                          lower_is_better=False, claim="worse", margin=0.001, seeds=SEEDS)  # gains are ~1e-3 nats
 print(f"late phase (lr 1e-5): without a master copy {lost:.0%} of the proposed updates rounded away each step, and "
       f"{changed['fp16_no_master']:.0%} of the FP16 weights moved at all in 10 steps (with the master: "
       f"{changed['fp16_scaled_master']:.0%}); validation loss improved by {sum(gain['fp16_no_master']) / 3:.4f} vs "
       f"{sum(gain['fp16_scaled_master']) / 3:.4f} nats.")
 print(stall.sentence)
 print(("Reproduced: without the master copy a large share of the updates is lost and training slows"
-       if lost > 0.25 and stall.better == "FP32 master" else
-       f"Partly reproduced: {lost:.0%} of the updates are lost, but the loss difference is not measurable in 10 steps"
+       if lost > 0.25 and stall.outcome == "supports" else
+       f"Partly reproduced: {lost:.0%} of the updates are lost, but the effect on the loss is {stall.outcome} in 10 steps"
        if lost > 0.25 else "Not reproduced at this learning rate")
       + f". Early in training the steps are large: at lr 1e-3 only {ur['fp16'][ur['lrs'].index(1e-3)]:.1%} of the FP16 weights "
         f"would miss a step (BF16: {ur['bf16'][ur['lrs'].index(1e-3)]:.1%}); updates are lost late in training, once the learning rate has decayed.")

@@ -166,6 +166,8 @@ style_figure(fig, "Pretraining losses", height=340).show()
 print(f"bits/byte, BPE LLaMA: {[round(v, 3) for v in result.bpe_bpb]}; char GPT: {[round(v, 3) for v in result.char_bpb]} "
       f"({result.seconds:.0f} s)")
 print(result.comparison.sentence)
+print("Confound: the tokenizer (BPE vs characters) and the architecture (LLaMA parts vs GPT-2 parts) change together, "
+      "so this compares two recipes, not the tokenizer alone.")
 print(guess.reveal(result.comparison.better or NO_DIFFERENCE))
 
 # %%

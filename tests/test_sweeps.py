@@ -49,3 +49,14 @@ def test_sweep_figure_has_a_line_and_the_seeds_per_variant():
     fig = sweep_figure(_sweep(loss))
     assert len(fig.data) == 4 and list(fig.data[1].y) == [2.0, 2.1, 2.2, 1.9, 2.0, 2.1]
     assert fig.data[2].y[1] is None  # a diverged LR has no mean
+
+
+def test_verdict_is_three_way_and_holm_corrected_once_per_distinct_comparison():
+    loss = {("a", 1e-3): [2.00, 2.01, 2.02, 2.00, 2.01], ("b", 1e-3): [2.001, 2.012, 2.018, 2.002, 2.011],
+            ("a", 1e-2): [2.50, 2.52, 2.51, 2.50, 2.53], ("b", 1e-2): [2.40, 2.45, 2.60, 2.55, 2.50]}
+    s = Sweep(["a", "b"], [1e-3, 1e-2], [0, 1, 2, 3, 4], loss)
+    text, best, same = s.verdict("a", "b", claim="equal", margin=0.02)
+    # both best at 1e-3: the best-LR comparison is the 1e-3 one, and Holm counts 2 claims, not 3
+    assert best == s.verdict("a", "b", claim="equal", margin=0.02)[1] and "Holm-corrected over 2 claims" in best.sentence
+    assert best.outcome == "supports"  # equal within ±0.02 at lr 1e-3
+    assert not same and "UNDETERMINED" in text  # at lr 1e-2 the noise leaves it open

@@ -36,7 +36,8 @@ def test_visibility_counts_match_the_masks():
     # The prefix block becomes bidirectional: P*(P-1)/2 extra pairs above the diagonal.
     assert prefix["visible_pairs"] == causal["visible_pairs"] + P * (P - 1) // 2
     assert encdec["visible_pairs"] == prefix["visible_pairs"]
-    assert causal["positions_with_loss"] == T and prefix["positions_with_loss"] == T - P
+    assert causal["positions_with_loss"] == T and prefix["positions_with_loss"] == T - P + 1
+    assert encdec["positions_with_loss"] == T - P
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

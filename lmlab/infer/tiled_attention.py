@@ -69,8 +69,11 @@ def sram_block_sizes(M: int, d: int) -> tuple[int, int]:
 
     A query tile of ``M // (4d)`` rows, so that ``Q_i``, ``O_i`` and the streamed ``K_j``, ``V_j``
     fit together; key tiles of ``min(M // (4d), d)`` rows keep the score tile ``block_q x block_k``
-    within ``M / 4`` (the FlashAttention paper's choice, with the loops in FlashAttention-2's order:
-    queries outside, keys inside). Then K and V are read ``N / block_q`` times: ``Θ(N² d² / M)``."""
+    within ``M / 4``. This is the FlashAttention paper's pair *swapped*: its Algorithm 1 (Dao et al.
+    2022) takes key/value tiles of ``B_c = ⌈M/4d⌉`` rows and query tiles of ``B_r = min(⌈M/4d⌉, d)``,
+    with keys in the outer loop. Here the loops are in FlashAttention-2's order (queries outside, keys
+    inside), where the larger tile belongs to the queries: K and V are read ``N / block_q`` times,
+    ``Θ(N² d² / M)``."""
     for name, value in (("M", M), ("d", d)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")

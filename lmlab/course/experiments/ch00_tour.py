@@ -61,11 +61,13 @@ def loss_figure(result: TourResult) -> go.Figure:
 def visibility(architecture: str, T: int, prefix_len: int = 0) -> dict:
     """Counts that describe a mask: visible pairs, and how many positions get a training loss.
 
-    A causal decoder predicts every next token, so all T positions carry a loss. A prefix decoder and
-    an encoder-decoder only predict the part after the prefix/source: T - prefix_len positions.
+    A causal decoder predicts every next token, so all T positions carry a loss. A prefix decoder only
+    predicts the suffix: positions ``prefix_len - 1 .. T - 1`` (the last prefix position predicts the first
+    suffix token), ``T - prefix_len + 1`` of them, as lesson 05 counts. An encoder-decoder predicts its
+    ``T - prefix_len`` target tokens (the source is read, never predicted).
     """
     mask = architecture_mask(architecture, T, prefix_len)
-    trained = T if architecture == "causal decoder" else T - prefix_len
+    trained = {"causal decoder": T, "prefix decoder": T - prefix_len + 1}.get(architecture, T - prefix_len)
     return {
         "visible_pairs": int(mask.sum()),
         "fraction_visible": float(mask.float().mean()),

@@ -29,7 +29,7 @@ from lmlab.data.text import char_data
 from lmlab.model import GPT, ModelConfig
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
-from lmlab.course.stats import T_CRITICAL_95, paired_comparison
+from lmlab.course.stats import T_CRITICAL_95, holm, paired_comparison
 from lmlab.course.widgets import style_figure
 
 __all__ = [
@@ -207,26 +207,28 @@ def compare_activations(activations=COMPARED_KINDS, seeds=(0, 1, 2, 3), steps: i
     return result
 
 
-def comparison_verdicts(result: ActivationComparison, against: str | None = None) -> list[dict]:
-    """Compare every activation with ``against`` (default: the best mean) by a paired t-test
-    (:func:`lmlab.course.stats.paired_comparison`, the one helper every lesson's verdict uses).
+def comparison_verdicts(result: ActivationComparison, against: str | None = None, *, margin: float | None = 0.02,
+                        claims: dict[str, str] | None = None) -> list[dict]:
+    """Compare every activation with ``against`` (default: the best mean) with the shared verdict helper
+    (:func:`lmlab.course.stats.paired_comparison`: paired t-test + equivalence test against ``margin``
+    nats), all comparisons Holm-corrected together (:func:`lmlab.course.stats.holm`).
 
-    For each other activation: the mean over seeds of (its loss - the reference's loss with the same
-    seed), that difference's standard error, t = mean / se, and ``significant`` when |t| exceeds
-    the two-sided 95 % critical value for n - 1 degrees of freedom. With one seed nothing can be
-    called significant. ``sentence`` says it in words, built from these numbers.
+    ``claims`` maps an activation to the claim tested about it against the reference (``"better"``,
+    ``"worse"`` or ``"equal"``; default ``"better"``: the gated FFN papers' claim). Each dict holds the
+    mean over seeds of (its loss - the reference's loss with the same seed), its standard error, t, the
+    95 % interval, ``significant``, ``outcome`` (supports / contradicts / undetermined) and ``sentence``.
     """
     ref = against if against is not None else min(result.activations, key=result.mean)
     if ref not in result.final_loss:
         raise ValueError(f"comparison_verdicts: {ref!r} was not trained; have {result.activations}")
-    out = []
-    for act in result.activations:
-        if act == ref:
-            continue
-        c = paired_comparison(result.final_loss[act], result.final_loss[ref], act, ref)  # the shared paired t-test
-        out.append({"activation": act, "against": ref, "mean_diff": c.mean_diff, "se": c.se, "t": c.t,
-                    "critical": c.critical, "significant": c.significant, "better": c.better, "sentence": c.sentence})
-    return out
+    claims = claims or {}
+    others = [act for act in result.activations if act != ref]
+    cs = holm([paired_comparison(result.final_loss[act], result.final_loss[ref], act, ref, margin=margin,
+                                 claim=claims.get(act, "better"), seeds=result.seeds) for act in others])
+    return [{"activation": act, "against": ref, "mean_diff": c.mean_diff, "se": c.se, "t": c.t, "critical": c.critical,
+             "ci95": (c.ci_low, c.ci_high), "mde": c.mde, "margin": c.margin, "significant": c.significant,
+             "better": c.better, "outcome": c.outcome, "comparison": c, "sentence": c.sentence}
+            for act, c in zip(others, cs)]
 
 
 # --------------------------------------------------------------------------------------------

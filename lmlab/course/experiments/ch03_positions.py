@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from lmlab.course.experiments.attention_probe import attention_maps
-from lmlab.course.stats import paired_comparison
+from lmlab.course.stats import holm, paired_comparison
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data, sample_batch
 from lmlab.model import GPT, ModelConfig
@@ -206,15 +206,16 @@ def extrapolation_experiment(schemes=SCHEMES, L: int = 32, steps: int = 300, see
 
 
 def extrapolation_verdicts(result: ExtrapolationResult, tol: float = 0.05) -> dict:
-    """Per scheme, from the numbers: ``"cannot run"`` past L, ``"degrades"``, or ``"holds"``.
+    """Per scheme, from the numbers: ``"cannot run"`` past L, ``"degrades"``, ``"holds"`` or ``"undetermined"``.
 
     ``inside``: the loss on positions ``L/2..L-1`` of a 4L window, ``beyond``: on positions past ``L``.
-    With several seeds the two are compared by the shared paired test over seeds
-    (:func:`lmlab.course.stats.paired_comparison`, ``comparison``): a scheme degrades when ``beyond`` is
-    worse by more than the seed noise *and* by more than ``tol`` nats; "holds" otherwise. With one
-    seed (the noise not measured) only the ``tol`` threshold decides."""
+    The claim tested is "the loss past L is worse than inside L", with the shared verdict helper
+    (:func:`lmlab.course.stats.paired_comparison`, ``comparison``; margin ``tol`` nats), Holm-corrected
+    over the schemes: *supports* -> ``"degrades"``; *contradicts* (the loss past L is shown to be within
+    ±``tol`` of inside L, or better) -> ``"holds"``; otherwise ``"undetermined"``. With one seed the noise
+    is not measured, so nothing is decided."""
     L = result.L
-    out = {}
+    out, pending = {}, []
     for r in result.rows:
         if r["per_position"] is None:
             out[r["scheme"]] = {"verdict": "cannot run", "inside": float("nan"), "beyond": float("nan"), "comparison": None}
@@ -223,9 +224,13 @@ def extrapolation_verdicts(result: ExtrapolationResult, tol: float = 0.05) -> di
         ins = [sum(p[L // 2:L]) / (L - L // 2) for p in per_seed]
         bey = [sum(p[L:]) / (len(p) - L) for p in per_seed]
         inside, beyond = sum(ins) / len(ins), sum(bey) / len(bey)
-        cmp = paired_comparison(bey, ins, "past L", "inside L") if len(per_seed) > 1 else None
-        worse = beyond > inside + tol and (cmp is None or cmp.better == "inside L")
-        out[r["scheme"]] = {"verdict": "degrades" if worse else "holds", "inside": inside, "beyond": beyond, "comparison": cmp}
+        seeds = result.seeds if len(result.seeds) == len(per_seed) else None
+        cmp = paired_comparison(bey, ins, "past L", "inside L", claim="worse", margin=tol, seeds=seeds)
+        out[r["scheme"]] = {"inside": inside, "beyond": beyond}
+        pending.append((r["scheme"], cmp))
+    for (scheme, _), cmp in zip(pending, holm([c for _, c in pending])):
+        out[scheme].update(comparison=cmp, verdict={"supports": "degrades", "contradicts": "holds",
+                                                    "undetermined": "undetermined"}[cmp.outcome])
     return out
 
 

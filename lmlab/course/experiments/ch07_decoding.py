@@ -245,7 +245,7 @@ def beam_figure(rows: list[dict]) -> go.Figure:
     fig.update_xaxes(type="log", title="beam size", tickvals=sorted({r["beams"] for r in rows}))
     fig.update_yaxes(title="characters", row=1, col=2)
     fig.update_yaxes(range=[0, 1], row=1, col=3)
-    return style_figure(fig, "Beam search: larger beams win the search, the text does not", width=820, height=400)
+    return style_figure(fig, "Beam search by beam size: the search score against the text it gives", width=820, height=400)
 
 
 # ---------------------------------------------------------------------------------------------

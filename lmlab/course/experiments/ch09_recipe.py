@@ -20,7 +20,7 @@ from lmlab.model import GPT, ModelConfig
 from lmlab.train.optim import Adafactor, AdamW, param_groups, state_bytes, state_bytes_for
 from lmlab.train.schedule import steps_for_samples
 from lmlab.train.spikes import Jolt, SpikePolicy
-from lmlab.course.stats import PairedComparison, paired_comparison
+from lmlab.course.stats import PairedComparison, holm, paired_comparison
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import History, seed_everything, train
 
@@ -49,6 +49,12 @@ VARIANTS = {
     "Adafactor": dict(optimizer="adafactor", lr=0.1),  # its lr is a relative step (x RMS of the weight)
     "batch ramp": "ramp",  # resolved by ramp_settings() for the run's steps and batch size
 }
+
+# the claim tested for each variant against the baseline recipe: removing a piece of the recipe makes the
+# loss worse; Adafactor and the batch ramp are claimed to save memory / early compute at equal quality
+CLAIMS = {"no warm-up": "worse", "β2 = 0.999": "worse", "no clipping": "worse", "weight decay 0": "worse",
+          "Adafactor": "equal", "batch ramp": "equal"}
+MARGIN = 0.02  # nats: the smallest loss difference the lesson cares about
 
 
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
@@ -105,8 +111,11 @@ class SettingResult:
 
 
 def compare_settings(variants=tuple(VARIANTS), seeds=(0, 1, 2), steps: int = BASE.steps, lr: float = BASE.lr,
-                     model_kw: dict | None = None, batch_size: int = BASE.batch_size) -> SettingResult:
-    """The baseline and each variant in ``variants`` (names of :data:`VARIANTS`) over ``seeds``."""
+                     model_kw: dict | None = None, batch_size: int = BASE.batch_size,
+                     margin: float = MARGIN) -> SettingResult:
+    """The baseline and each variant in ``variants`` (names of :data:`VARIANTS`) over ``seeds``; each
+    variant's claim (:data:`CLAIMS`) is decided by :func:`lmlab.course.stats.paired_comparison` against
+    ``margin`` nats, all variants Holm-corrected together."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"compare_settings: variants must be among {tuple(VARIANTS)}, got {unknown}")
@@ -125,7 +134,10 @@ def compare_settings(variants=tuple(VARIANTS), seeds=(0, 1, 2), steps: int = BAS
     comparisons = {}
     for name in variants:
         ok = all(math.isfinite(v) for v in losses[name] + losses["baseline"])
-        comparisons[name] = paired_comparison(losses[name], losses["baseline"], name, "baseline") if ok else None
+        comparisons[name] = paired_comparison(losses[name], losses["baseline"], name, "baseline", claim=CLAIMS[name],
+                                              margin=margin, seeds=seeds) if ok else None
+    live = [n for n, c in comparisons.items() if c is not None]
+    comparisons.update(zip(live, holm([comparisons[n] for n in live])))
     return SettingResult(seeds, losses, histories, comparisons, diverged, unigram, dict(common, model=TINY | (model_kw or {})))
 
 

@@ -6,7 +6,8 @@
 - :func:`fp16_simulation`: FP16 *storage* simulated on FP32 tensors: every module output and every
   gradient flowing back into it is rounded to FP16 with lmlab's own ``quantize`` (the arithmetic
   inside an op stays FP32, like FP16 tensor cores accumulating in FP32). Real FP16 arithmetic on a
-  CPU is ~7x slower than FP32, too slow for a lesson's training runs.
+  CPU is many times slower than FP32 (lesson 11 measures it on the learner's machine), too slow for a
+  lesson's training runs.
 - :func:`gradient_underflow`: the share of a tiny model's gradient entries that FP16 flushes to zero,
   with real FP16 (``model.half()``) and with the simulation, at several loss scales.
 - :func:`train_recipe`: one tiny GPT trained as ``fp32``, ``bf16_autocast``, ``fp16_no_scaling``,

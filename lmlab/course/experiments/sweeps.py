@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from lmlab.argcheck import check_int
-from lmlab.course.stats import PairedComparison, paired_comparison
+from lmlab.course.stats import PairedComparison, holm, paired_comparison
 from lmlab.course.widgets import style_figure
 from lmlab.data.text import char_data
 from lmlab.model import GPT, ModelConfig
@@ -48,25 +48,38 @@ class Sweep:
     def diverged(self, variant: str, lr: float) -> int:
         return sum(not math.isfinite(x) for x in self.loss[(variant, lr)])
 
-    def compare(self, a: str, b: str, lr: float | None = None) -> PairedComparison | None:
-        """``a`` vs ``b`` paired by seed, at ``lr`` (both at it) or, with ``lr=None``, each at its best LR.
+    def compare(self, a: str, b: str, lr: float | None = None, *, claim: str = "better",
+                margin: float | None = None) -> PairedComparison | None:
+        """``a`` vs ``b`` paired by seed, at ``lr`` (both at it) or, with ``lr=None``, each at its best LR,
+        with the verdict on ``claim`` against ``margin`` (:func:`lmlab.course.stats.paired_comparison`).
         ``None`` when a run diverged there (reported by :meth:`table`, not averaged away)."""
         la = self.loss[(a, lr if lr is not None else self.best_lr(a))]
         lb = self.loss[(b, lr if lr is not None else self.best_lr(b))]
         if not all(math.isfinite(x) for x in la + lb):
             return None
-        return paired_comparison(la, lb, a, b)
+        return paired_comparison(la, lb, a, b, claim=claim, margin=margin, seeds=self.seeds)
 
-    def verdict(self, a: str, b: str) -> tuple[str, PairedComparison | None, bool]:
+    def verdict(self, a: str, b: str, *, claim: str = "better",
+                margin: float | None = None) -> tuple[str, PairedComparison | None, bool]:
         """``(text, comparison at each one's best LR, whether the outcome is the same at every LR)``.
 
-        The outcome at one LR is "a better", "b better" or "no measurable difference"."""
+        The outcome at one LR is the three-way verdict on ``claim`` (supports / contradicts /
+        undetermined); the comparisons at the LRs and, when the two best LRs differ, at the best LRs are
+        Holm-corrected together (when they coincide the best-LR comparison is that LR's, counted once)."""
         lines, outcomes = [], []
-        for lr in self.lrs:
-            c = self.compare(a, b, lr)
-            outcomes.append("diverged" if c is None else (c.better or "no difference"))
+        cs = [self.compare(a, b, lr, claim=claim, margin=margin) for lr in self.lrs]
+        same_best = self.best_lr(a) == self.best_lr(b)
+        if not same_best:
+            cs.append(self.compare(a, b, claim=claim, margin=margin))
+        live = holm([c for c in cs if c is not None])
+        it = iter(live)
+        cs = [next(it) if c is not None else None for c in cs]
+        if same_best:
+            cs.append(cs[self.lrs.index(self.best_lr(a))])
+        for lr, c in zip(self.lrs, cs):
+            outcomes.append("diverged" if c is None else c.outcome)
             lines.append(f"  at lr {lr:g}: " + (c.sentence if c is not None else "a run diverged, no paired test"))
-        best = self.compare(a, b)
+        best = cs[-1]
         same = len(set(outcomes)) == 1
         head = (f"{a} (best lr {self.best_lr(a):g}) vs {b} (best lr {self.best_lr(b):g}), each at its best LR: "
                 + (best.sentence if best is not None else "a run diverged, no paired test"))

@@ -226,8 +226,10 @@ def _check_history(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
 
 
 def apply_repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (Keskar et al. 2019), as in Hugging Face: every token that already
-    occurs in ``ids`` gets its logit divided by ``penalty`` if positive, multiplied if negative.
+    """The repetition penalty in Hugging Face's form: every token that already occurs in ``ids`` gets its
+    logit divided by ``penalty`` if positive, multiplied if negative. (CTRL, Keskar et al. 2019, divides
+    every seen token's logit by θ whatever its sign, which *raises* a negative logit; the sign rule is
+    Hugging Face's implementation choice.)
 
     ``penalty > 1`` discourages repeats, ``1`` is a no-op, ``< 1`` encourages them.
     ``logits``: ``(B, V)``; ``ids``: the tokens so far, ``(B, T)`` (prompt included).
