@@ -20,6 +20,7 @@ Open ``artifacts/site/index.html`` in a browser (a ``file://`` URL works), or se
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import re
 import shutil
@@ -206,7 +207,7 @@ def sphinx_build(src: Path, out: Path) -> list[str]:
     return [w for w in warnings.getvalue().splitlines() if w.strip()]
 
 
-def build_site(notebooks: list[Path], out: Path, timeout: int = 900, log=print) -> tuple[Path, dict]:
+def build_site(notebooks: list[Path], out: Path, timeout: int = 900, log=functools.partial(print, flush=True)) -> tuple[Path, dict]:
     """Execute ``notebooks`` (lessons), build the site into ``out``; return (index.html, timings in s)."""
     previews = _previews()
     executed: dict[str, nbformat.NotebookNode] = {}
