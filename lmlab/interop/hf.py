@@ -81,8 +81,9 @@ def from_hf_config(hf_cfg, context_length: int | None = None) -> ModelConfig:
     )
 
 
-def lmlab_to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """An lmlab ``GPT`` state dict -> ``LlamaForCausalLM`` names (see the module's table)."""
+def lmlab_to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, copy: bool = True) -> dict[str, torch.Tensor]:
+    """An lmlab ``GPT`` state dict -> ``LlamaForCausalLM`` names (see the module's table). ``copy=False`` returns
+    views of ``sd``'s tensors (lesson 13 shares SmolLM2's weights with the HF model instead of copying them)."""
     C, kv, F = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"],
            "lm_head.weight": sd["lm_head.weight"]}
@@ -96,7 +97,7 @@ def lmlab_to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dic
                     h + "post_attention_layernorm.weight": sd[o + "norm2.weight"],
                     h + "mlp.up_proj.weight": up, h + "mlp.gate_proj.weight": gate,
                     h + "mlp.down_proj.weight": sd[o + "ffn.down.weight"]})
-    return {k: v.clone() for k, v in out.items()}
+    return {k: v.clone() for k, v in out.items()} if copy else out
 
 
 def hf_to_lmlab_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from lmlab.infer.decoding import generate
 from lmlab.infer.decoding.logits import filtered_probs
 from lmlab.model import GPT, ModelConfig
 from lmlab.interop.gguf import load_state_dict_checked
-from lmlab.interop.hf import to_hf_config
+from lmlab.interop.hf import lmlab_to_hf_state_dict, to_hf_config
 from lmlab.model.llama import build_llama, llama_config, plugged_state_dict
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import seed_everything, train
@@ -261,7 +261,7 @@ def hf_twin(model: GPT):
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(to_hf_config(cfg))
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    ours = lmlab_to_hf_state_dict_views(sd, cfg)
+    ours = lmlab_to_hf_state_dict(sd, cfg, copy=False)
     if "lm_head.weight" not in hf.state_dict():  # pragma: no cover - depends on the transformers version
         ours.pop("lm_head.weight")
     hf.load_state_dict(ours, assign=True)
@@ -270,21 +270,6 @@ def hf_twin(model: GPT):
     hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf.config)  # its inv_freq buffer, built for real
     return hf.to(model.tok_emb.weight.dtype).eval()
 
-
-def lmlab_to_hf_state_dict_views(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """:func:`lmlab.interop.hf.lmlab_to_hf_state_dict` without its final copy (views of ``sd``'s tensors)."""
-    C, kv, F_ = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"],
-           "lm_head.weight": sd["lm_head.weight"]}
-    for i in range(cfg.n_layers):
-        o, h = f"blocks.{i}.", f"model.layers.{i}."
-        q, k, v = sd[o + "attn.qkv.weight"].split([C, kv, kv], dim=0)  # (C, C), (kv, C), (kv, C)
-        up, gate = sd[o + "ffn.up.weight"].split([F_, F_], dim=0)  # value half first, gate second
-        out.update({h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
-                    h + "self_attn.o_proj.weight": sd[o + "attn.proj.weight"], h + "input_layernorm.weight": sd[o + "norm1.weight"],
-                    h + "post_attention_layernorm.weight": sd[o + "norm2.weight"], h + "mlp.up_proj.weight": up,
-                    h + "mlp.gate_proj.weight": gate, h + "mlp.down_proj.weight": sd[o + "ffn.down.weight"]})
-    return out
 
 
 def layer_divergence(model: GPT, reference: GPT, ids: torch.Tensor) -> list[tuple[str, float]]:
