@@ -10,6 +10,7 @@ at ``cell N, line L`` (notebook) or the file's own line (``.py``).
 from __future__ import annotations
 
 import ast
+import threading
 import json
 import re
 from dataclasses import dataclass, field
@@ -157,6 +158,16 @@ def _check_calls(tree: ast.AST) -> tuple[list[str], list[str]]:
     return ids, chapters
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_python(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse`` one at a time: CPython 3.11's parser is not safe to run from several threads at once
+    (``SystemError: AST constructor recursion depth mismatch``), and the grader grades notebooks in threads."""
+    with _PARSE_LOCK:
+        return ast.parse(source, filename)
+
+
 def extract_cells(cells: list[Cell], path: str = "<notebook>") -> LearnerCode:
     """Keep the definitions of ``cells``; raise :class:`ExtractError` naming the cell of a syntax error."""
     if not isinstance(cells, list):
@@ -167,7 +178,7 @@ def extract_cells(cells: list[Cell], path: str = "<notebook>") -> LearnerCode:
         lines = ["" if _MAGIC.match(line) else line for line in cell.source.splitlines()]
         source = "\n".join(lines)
         try:
-            tree = ast.parse(source)
+            tree = parse_python(source)
         except SyntaxError as exc:
             line = exc.lineno or 1
             where = f"{cell.label}, line {line}" if cell.line_offset == 0 else f"{cell.label}, line {cell.line_offset + line} of the file"

@@ -14,6 +14,7 @@ import ast
 import importlib
 from typing import Any
 
+from lmlab.grading.extract import parse_python
 from lmlab.grading.registry import Exercise
 
 __all__ = ["resolve_reference", "reference_names", "reference_uses", "object_origin"]
@@ -65,7 +66,7 @@ def reference_uses(exercise: Exercise, snippets: list[dict]) -> list[str]:
     trees = []
     for snip in snippets:
         try:
-            trees.append((snip["filename"], ast.parse(snip["source"])))
+            trees.append((snip["filename"], parse_python(snip["source"])))
         except (SyntaxError, KeyError, TypeError, ValueError):
             continue
     for filename, tree in trees:
